@@ -1,0 +1,38 @@
+# The only way anyone runs things here. Every target creates and uses the project's
+# virtualenv (.venv) and installs what it needs on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install lint format typecheck test pytest bench-stats clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check shadow tests
+	$(BIN)/ruff format --check shadow tests
+
+format: install
+	$(BIN)/ruff check --fix shadow tests
+	$(BIN)/ruff format shadow tests
+
+typecheck: install
+	$(BIN)/mypy shadow tests
+
+pytest: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench-stats: install
+	$(BIN)/python tests/bench/bench_stats.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

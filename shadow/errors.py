@@ -1,0 +1,73 @@
+"""The sidecar's errors: one hierarchy rooted at :class:`ShadowError`.
+
+::
+
+    ShadowError
+    ├── ValidationError    a record breaks a data contract; names each field path
+    ├── PolicyError        the policy file is wrong; names the file, key path and the fix
+    ├── ConflictError      same id, different content; never an overwrite
+    ├── AutonomyError      an autonomy change that the ladder does not allow
+    └── StoreError         the store cannot be opened or migrated
+
+Third-party errors (DuckDB, YAML) are translated at the boundary of the module that meets
+them, so callers only ever catch ``ShadowError`` subclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "AutonomyError",
+    "ConflictError",
+    "FieldError",
+    "PolicyError",
+    "ShadowError",
+    "StoreError",
+    "ValidationError",
+]
+
+
+class ShadowError(Exception):
+    """Root of every error the sidecar raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One problem at one field path (``payload.customer.email``, ``decision``)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ValidationError(ShadowError):
+    """A record does not follow its data contract; ``errors`` names each field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("; ".join(str(e) for e in self.errors))
+
+
+class PolicyError(ShadowError):
+    """The policy file is invalid. Each problem names the key path and how to fix it."""
+
+    def __init__(self, source: str, problems: list[FieldError]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        lines = [f"{source}: {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class ConflictError(ShadowError):
+    """A record reuses an id already stored with different content."""
+
+
+class AutonomyError(ShadowError):
+    """An autonomy change the ladder refuses (above the ceiling, nothing to approve...)."""
+
+
+class StoreError(ShadowError):
+    """The store could not be opened, migrated or written."""

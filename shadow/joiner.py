@@ -1,0 +1,95 @@
+"""The joiner: event ⋈ decision ⋈ outcome, in any order, any number of times.
+
+Pending joins live in the store as rows; the joiner asks the store which decisions now have
+a current outcome and no up-to-date comparison, diffs them under the task type's rules and
+writes the comparisons back. Re-running it is harmless: a pair is compared once per outcome
+revision, so duplicates never count twice and an outcome reversal re-compares (and is
+audited by the store).
+
+:func:`compare` is the pure part; :class:`Joiner` drives it against a :class:`Store`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from shadow.diff import diff
+from shadow.model import Comparison, FieldResult, Verdict
+from shadow.policy import CompareRules, Policy
+from shadow.store import JoinRow, Reversal, Store
+
+__all__ = ["JoinReport", "Joiner", "compare"]
+
+_STRICT = CompareRules()
+
+
+def compare(row: JoinRow, rules: CompareRules) -> Comparison:
+    """The verdict for one joined pair. An agent error is a verdict of its own (it counts
+    against the agent, but is not a critical miss: nothing was done)."""
+    d = row.decision
+    if d.error is not None or d.decision is None:
+        reason = d.error or "agent returned no decision"
+        return Comparison(
+            event_id=d.event_id,
+            task_type=row.task_type,
+            agent_version=d.agent_version,
+            verdict=Verdict.AGENT_ERROR,
+            fields=(FieldResult("decision", "agent", False, False, reason),),
+            critical_miss=False,
+            outcome_hash=row.outcome_hash,
+        )
+    result = diff(rules, d.decision, row.outcome.decision, d.actions, row.outcome.actions)
+    return Comparison(
+        event_id=d.event_id,
+        task_type=row.task_type,
+        agent_version=d.agent_version,
+        verdict=Verdict.AGREE if result.agree else Verdict.DISAGREE,
+        fields=result.fields,
+        critical_miss=result.critical_miss,
+        outcome_hash=row.outcome_hash,
+    )
+
+
+@dataclass(slots=True)
+class JoinReport:
+    comparisons: list[Comparison] = field(default_factory=list)
+    reversals: list[Reversal] = field(default_factory=list)
+
+
+class Joiner:
+    """Completes joins against the store. ``clock`` returns an aware ``datetime``.
+
+    Unknown task types (no policy any more) are compared with strict exact rules rather
+    than left pending forever.
+    """
+
+    def __init__(
+        self, store: Store, policy: Policy, clock: Callable[[], datetime], *, batch: int = 5000
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.batch = batch
+
+    def rules_for(self, task_type: str) -> CompareRules:
+        task = self.policy.for_task(task_type)
+        return task.compare if task is not None else _STRICT
+
+    async def join(self, event_ids: Sequence[str] | None = None) -> JoinReport:
+        """Compare every ready pair among ``event_ids`` (all events when ``None``)."""
+        report = JoinReport()
+        while True:
+            rows = await self.store.ready_pairs(event_ids, limit=self.batch)
+            if not rows:
+                return report
+            comparisons = [compare(r, self.rules_for(r.task_type)) for r in rows]
+            report.reversals += await self.store.put_comparisons(comparisons, now=self.clock())
+            report.comparisons += comparisons
+            if len(rows) < self.batch:
+                return report
+
+    async def expire(self, ttl: timedelta) -> tuple[int, int]:
+        """Close joins older than ``ttl`` (see :meth:`Store.expire`)."""
+        return await self.store.expire(now=self.clock(), ttl=ttl)

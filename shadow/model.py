@@ -1,0 +1,562 @@
+"""Immutable values that flow through the pipeline, and their JSON contracts.
+
+Parsing is strict and total: ``WorkEvent.from_json`` and friends either return a value or
+raise :class:`~shadow.errors.ValidationError` listing *every* problem with its field path
+and what was expected. Values never hold anything that is not JSON-serialisable, so the
+store can persist them and the API can print them unchanged.
+
+Limits (``MAX_DEPTH``, ``MAX_ID_LENGTH``) protect the pipeline from hostile input; the
+service passes its configured limits down, these are the defaults.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Self
+
+from shadow.errors import FieldError, ValidationError
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_ID_LENGTH",
+    "Action",
+    "AuditEntry",
+    "Comparison",
+    "Evidence",
+    "FieldResult",
+    "Level",
+    "Outcome",
+    "ShadowDecision",
+    "Usage",
+    "Verdict",
+    "WorkEvent",
+    "canonical_json",
+    "content_hash",
+]
+
+MAX_DEPTH = 32
+MAX_ID_LENGTH = 256
+_TASK_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
+
+JSONObject = dict[str, Any]
+
+
+class Level(enum.IntEnum):
+    """The autonomy ladder. Ordered: ``Level.L1 < Level.L2``."""
+
+    L0 = 0  # shadow / assist
+    L1 = 1  # suggest
+    L2 = 2  # execute with approval
+    L3 = 3  # supervised autonomy
+    L4 = 4  # full autonomy
+
+    @classmethod
+    def parse(cls, value: object) -> Level:
+        """``"L2"`` -> ``Level.L2``; anything else raises ``ValueError`` naming the choices."""
+        if isinstance(value, str) and value in cls.__members__:
+            return cls[value]
+        raise ValueError(f"unknown level {value!r}; use one of L0, L1, L2, L3, L4")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Verdict(enum.StrEnum):
+    AGREE = "agree"
+    DISAGREE = "disagree"
+    AGENT_ERROR = "agent_error"
+    EXPIRED = "expired"
+
+
+def canonical_json(value: object) -> str:
+    """Deterministic JSON (sorted keys, no spaces): the basis of hashes and equality."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(value: object) -> str:
+    """Short, stable hash of a JSON value (hex SHA-256, first 32 chars)."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:32]
+
+
+# -- validation helpers ---------------------------------------------------------------------
+
+
+class _Check:
+    """Collects field errors so one bad record reports every problem at once."""
+
+    def __init__(self, obj: object, what: str) -> None:
+        self.errors: list[FieldError] = []
+        self.obj: Mapping[str, Any] = {}
+        if isinstance(obj, Mapping):
+            self.obj = obj
+        else:
+            self.errors.append(FieldError("", f"expected a JSON object ({what}), got {_kind(obj)}"))
+
+    def fail(self, path: str, message: str) -> None:
+        self.errors.append(FieldError(path, message))
+
+    def done(self) -> None:
+        if self.errors:
+            raise ValidationError(self.errors)
+
+    def unknown_keys(self, allowed: set[str]) -> None:
+        for key in self.obj:
+            if key not in allowed:
+                self.fail(str(key), f"unknown field; allowed: {', '.join(sorted(allowed))}")
+
+    def ident(self, key: str, *, required: bool = True) -> str:
+        value = self.obj.get(key)
+        if value is None:
+            if required:
+                self.fail(key, "required; expected a non-empty string")
+            return ""
+        if not isinstance(value, str) or not value:
+            self.fail(key, f"expected a non-empty string, got {_kind(value)}")
+            return ""
+        if len(value) > MAX_ID_LENGTH:
+            self.fail(key, f"too long ({len(value)} characters); at most {MAX_ID_LENGTH}")
+            return ""
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            self.fail(key, "must not contain control characters")
+            return ""
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.fail(key, f"expected a string, got {_kind(value)}")
+            return None
+        if len(value) > MAX_ID_LENGTH:
+            self.fail(key, f"too long ({len(value)} characters); at most {MAX_ID_LENGTH}")
+            return None
+        return value
+
+    def json_object(self, key: str, *, required: bool = True) -> JSONObject:
+        value = self.obj.get(key)
+        if value is None:
+            if required:
+                self.fail(key, "required; expected a JSON object")
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, f"expected a JSON object, got {_kind(value)}")
+            return {}
+        problem = _json_problem(value, key, 1)
+        if problem is not None:
+            self.fail(*problem)
+            return {}
+        return value
+
+    def timestamp(self, key: str) -> str | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.fail(key, f"expected an ISO-8601 timestamp string, got {_kind(value)}")
+            return None
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(
+                key, f"expected an ISO-8601 timestamp like 2026-11-20T10:00:00Z, got {value!r}"
+            )
+            return None
+        if parsed.tzinfo is None:
+            self.fail(key, f"timestamp {value!r} has no timezone; add Z or +00:00")
+            return None
+        return value
+
+    def number(
+        self, key: str, *, low: float | None = None, high: float | None = None
+    ) -> float | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            self.fail(key, f"expected a finite number, got {_kind(value)}")
+            return None
+        if (low is not None and value < low) or (high is not None and value > high):
+            self.fail(key, f"expected a number in [{low}, {high}], got {value}")
+            return None
+        return float(value)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _json_problem(value: object, path: str, depth: int) -> tuple[str, str] | None:
+    """First non-JSON or too-deep spot inside ``value``, as (path, message)."""
+    if depth > MAX_DEPTH:
+        return path, f"nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return path, "object keys must be strings"
+            found = _json_problem(v, f"{path}.{k}", depth + 1)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _json_problem(v, f"{path}[{i}]", depth + 1)
+            if found:
+                return found
+    elif isinstance(value, float) and not math.isfinite(value):
+        return path, "numbers must be finite"
+    elif value is not None and not isinstance(value, str | int | float | bool):
+        return path, f"not a JSON value ({type(value).__name__})"
+    return None
+
+
+# -- records --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkEvent:
+    """A unit of human-handled work, mirrored to the agent. ``payload`` is already redacted
+    when the event reaches the store or the agent."""
+
+    event_id: str
+    task_type: str
+    payload: JSONObject
+    occurred_at: str | None = None
+    segment: str | None = None
+
+    @classmethod
+    def from_json(cls, obj: object) -> Self:
+        c = _Check(obj, "a work event")
+        c.unknown_keys({"event_id", "task_type", "payload", "occurred_at", "segment", "kind"})
+        if "kind" in c.obj and c.obj["kind"] != "event":
+            c.fail("kind", f'expected "event", got {c.obj["kind"]!r}')
+        event_id = c.ident("event_id")
+        task_type = c.ident("task_type")
+        if task_type and not _TASK_TYPE_RE.match(task_type):
+            c.fail("task_type", "expected a letter then letters, digits, _ . - (at most 64)")
+        payload = c.json_object("payload")
+        occurred_at = c.timestamp("occurred_at")
+        segment = c.optional_str("segment")
+        c.done()
+        return cls(event_id, task_type, payload, occurred_at, segment)
+
+    def to_json(self) -> JSONObject:
+        out: JSONObject = {"event_id": self.event_id, "task_type": self.task_type}
+        out["payload"] = self.payload
+        if self.occurred_at is not None:
+            out["occurred_at"] = self.occurred_at
+        if self.segment is not None:
+            out["segment"] = self.segment
+        return out
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self.to_json())
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One tool call an agent proposes or a human performed."""
+
+    tool: str
+    args: JSONObject = field(default_factory=dict)
+
+    def to_json(self) -> JSONObject:
+        return {"tool": self.tool, "args": self.args}
+
+
+def _parse_actions(c: _Check, key: str) -> tuple[Action, ...]:
+    raw = c.obj.get(key)
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        c.fail(key, f"expected an array of {{tool, args}} objects, got {_kind(raw)}")
+        return ()
+    actions: list[Action] = []
+    for i, item in enumerate(raw):
+        path = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            c.fail(path, f"expected an object with tool and args, got {_kind(item)}")
+            continue
+        tool = item.get("tool")
+        args = item.get("args", {})
+        if not isinstance(tool, str) or not tool:
+            c.fail(f"{path}.tool", f"required; expected a non-empty string, got {_kind(tool)}")
+            continue
+        if not isinstance(args, dict):
+            c.fail(f"{path}.args", f"expected a JSON object, got {_kind(args)}")
+            continue
+        extra = set(item) - {"tool", "args"}
+        if extra:
+            c.fail(f"{path}.{sorted(extra)[0]}", "unknown field; allowed: args, tool")
+            continue
+        problem = _json_problem(args, f"{path}.args", 3)
+        if problem:
+            c.fail(*problem)
+            continue
+        actions.append(Action(tool, args))
+    return tuple(actions)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the human actually decided for an event."""
+
+    event_id: str
+    decision: JSONObject
+    actions: tuple[Action, ...] = ()
+    decided_by: str | None = None
+    decided_at: str | None = None
+
+    @classmethod
+    def from_json(cls, obj: object) -> Self:
+        c = _Check(obj, "a human outcome")
+        c.unknown_keys({"event_id", "decision", "actions", "decided_by", "decided_at", "kind"})
+        if "kind" in c.obj and c.obj["kind"] != "outcome":
+            c.fail("kind", f'expected "outcome", got {c.obj["kind"]!r}')
+        event_id = c.ident("event_id")
+        decision = c.json_object("decision")
+        actions = _parse_actions(c, "actions")
+        decided_by = c.optional_str("decided_by")
+        decided_at = c.timestamp("decided_at")
+        c.done()
+        return cls(event_id, decision, actions, decided_by, decided_at)
+
+    def to_json(self) -> JSONObject:
+        out: JSONObject = {"event_id": self.event_id, "decision": self.decision}
+        if self.actions:
+            out["actions"] = [a.to_json() for a in self.actions]
+        if self.decided_by is not None:
+            out["decided_by"] = self.decided_by
+        if self.decided_at is not None:
+            out["decided_at"] = self.decided_at
+        return out
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of what was decided (decision and actions), not who or when."""
+        return content_hash({"decision": self.decision, "actions": self.to_json().get("actions")})
+
+    @property
+    def decided_at_ts(self) -> datetime | None:
+        return None if self.decided_at is None else datetime.fromisoformat(self.decided_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def to_json(self) -> JSONObject:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowDecision:
+    """The agent's answer for one event, recorded and never executed.
+
+    ``error`` is set (and ``decision`` is ``None``) when the agent failed: non-2xx, timeout,
+    invalid JSON, no ``decision``. Such a decision compares as ``agent_error``.
+    """
+
+    event_id: str
+    agent_version: str
+    decision: JSONObject | None
+    actions: tuple[Action, ...] = ()
+    confidence: float | None = None
+    usage: Usage = field(default_factory=Usage)
+    latency_ms: float | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_agent_response(
+        cls, event_id: str, obj: object, *, default_version: str, latency_ms: float | None = None
+    ) -> Self:
+        """Parse an agent's 200 response body (the agent contract in DESIGN.md)."""
+        c = _Check(obj, "an agent response")
+        decision = c.json_object("decision")
+        actions = _parse_actions(c, "actions")
+        confidence = c.number("confidence", low=0.0, high=1.0)
+        version = c.optional_str("agent_version") or default_version
+        usage = Usage()
+        raw_usage = c.obj.get("usage")
+        if raw_usage is not None:
+            u = _Check(raw_usage, "usage")
+            tokens_in = u.number("input_tokens", low=0)
+            tokens_out = u.number("output_tokens", low=0)
+            cost = u.number("cost_usd", low=0)
+            usage = Usage(int(tokens_in or 0), int(tokens_out or 0), cost or 0.0)
+            c.errors.extend(FieldError(f"usage.{e.path}".rstrip("."), e.message) for e in u.errors)
+        c.done()
+        return cls(event_id, version, decision, actions, confidence, usage, latency_ms)
+
+    @classmethod
+    def failed(
+        cls, event_id: str, agent_version: str, error: str, *, latency_ms: float | None = None
+    ) -> Self:
+        return cls(event_id, agent_version, None, error=error, latency_ms=latency_ms)
+
+    def to_json(self) -> JSONObject:
+        return {
+            "event_id": self.event_id,
+            "agent_version": self.agent_version,
+            "decision": self.decision,
+            "actions": [a.to_json() for a in self.actions],
+            "confidence": self.confidence,
+            "usage": self.usage.to_json(),
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_stored(cls, obj: Mapping[str, Any]) -> Self:
+        """Inverse of :meth:`to_json` for rows the store wrote itself (already validated)."""
+        usage = obj.get("usage") or {}
+        return cls(
+            event_id=obj["event_id"],
+            agent_version=obj["agent_version"],
+            decision=obj.get("decision"),
+            actions=tuple(Action(a["tool"], a.get("args", {})) for a in obj.get("actions") or ()),
+            confidence=obj.get("confidence"),
+            usage=Usage(
+                int(usage.get("input_tokens", 0)),
+                int(usage.get("output_tokens", 0)),
+                float(usage.get("cost_usd", 0.0)),
+            ),
+            latency_ms=obj.get("latency_ms"),
+            error=obj.get("error"),
+        )
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of the answer (decision, actions, error), not of timing or usage."""
+        return content_hash(
+            {
+                "decision": self.decision,
+                "actions": [a.to_json() for a in self.actions],
+                "error": self.error,
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FieldResult:
+    """The comparison of one field (or the ``actions`` list) between agent and human."""
+
+    path: str
+    match: str
+    matched: bool
+    critical: bool = False
+    reason: str = ""
+
+    def to_json(self) -> JSONObject:
+        return {
+            "path": self.path,
+            "match": self.match,
+            "matched": self.matched,
+            "critical": self.critical,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        return cls(
+            obj["path"], obj["match"], bool(obj["matched"]), bool(obj["critical"]), obj["reason"]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One verdict per (event_id, agent_version), against one outcome revision."""
+
+    event_id: str
+    task_type: str
+    agent_version: str
+    verdict: Verdict
+    fields: tuple[FieldResult, ...] = ()
+    critical_miss: bool = False
+    outcome_hash: str | None = None
+
+    @property
+    def mismatches(self) -> tuple[FieldResult, ...]:
+        return tuple(f for f in self.fields if not f.matched)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Counts behind a gate for one (task_type, agent_version).
+
+    ``n`` counts agree, disagree and agent_error (errors count against the agent); expired
+    comparisons are not evidence.
+    """
+
+    task_type: str
+    agent_version: str
+    n: int = 0
+    agree: int = 0
+    critical: int = 0
+    errors: int = 0
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agree / self.n if self.n else None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One line of the append-only autonomy audit log."""
+
+    at: datetime
+    task_type: str
+    actor: str
+    action: str
+    from_level: Level | None
+    to_level: Level | None
+    reason: str
+    evidence: JSONObject = field(default_factory=dict)
+    policy_hash: str | None = None
+
+    def to_json(self) -> JSONObject:
+        return {
+            "at": self.at.isoformat(),
+            "task_type": self.task_type,
+            "actor": self.actor,
+            "action": self.action,
+            "from_level": None if self.from_level is None else str(self.from_level),
+            "to_level": None if self.to_level is None else str(self.to_level),
+            "reason": self.reason,
+            "evidence": self.evidence,
+            "policy_hash": self.policy_hash,
+        }
+
+
+def as_actions(raw: Sequence[Mapping[str, Any]] | None) -> tuple[Action, ...]:
+    """Actions from stored JSON (already validated on the way in)."""
+    return tuple(Action(a["tool"], dict(a.get("args") or {})) for a in raw or ())

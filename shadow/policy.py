@@ -1,0 +1,513 @@
+"""The policy file: per task type sampling, redaction, diff rules and the autonomy ladder.
+
+The YAML keys are a public contract (DESIGN.md, docs/policy.md). Loading is strict: every
+mistake is collected and raised together as one :class:`~shadow.errors.PolicyError` whose
+lines name the file, the key path and the fix, e.g.::
+
+    policy.yaml: task_types.refund.compare.fields.amount.match: unknown match kind 'fuzzy';
+    use one of exact, number, text, set, ignore
+
+The parsed policy is a tree of frozen values; ``TaskPolicy.hash`` identifies the rules that
+produced a piece of evidence and is recorded in every audit entry.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shadow.errors import FieldError, PolicyError
+from shadow.model import JSONObject, Level, content_hash
+
+__all__ = [
+    "ActionsRule",
+    "AutonomyMode",
+    "AutonomyPolicy",
+    "CompareRules",
+    "FieldRule",
+    "Gate",
+    "MatchKind",
+    "Policy",
+    "TaskPolicy",
+    "load_policy",
+    "parse_policy",
+]
+
+
+class MatchKind(enum.StrEnum):
+    EXACT = "exact"
+    NUMBER = "number"
+    TEXT = "text"
+    SET = "set"
+    IGNORE = "ignore"
+
+
+class AutonomyMode(enum.StrEnum):
+    AUTO = "auto"  # promotions are applied
+    PROPOSE = "propose"  # promotions wait for an operator's approval
+
+
+Scalar = str | int | float | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """How one field is compared. ``abs``/``rel`` only matter for ``number``;
+    ``equivalent`` classes map several values onto one before comparing."""
+
+    match: MatchKind = MatchKind.EXACT
+    critical: bool = False
+    abs: float = 0.0
+    rel: float = 0.0
+    equivalent: tuple[tuple[Scalar, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ActionsRule:
+    """Proposed vs human actions, compared as multisets of tool name plus the selected
+    argument paths in ``args`` (compared under their rules; other arguments are ignored)."""
+
+    args: Mapping[str, FieldRule] = field(default_factory=dict)
+    critical: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CompareRules:
+    fields: Mapping[str, FieldRule] = field(default_factory=dict)
+    unlisted: MatchKind = MatchKind.EXACT  # exact | ignore
+    actions: ActionsRule | None = None  # None: actions are not compared
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """What a task type needs to be promoted *to* ``level``."""
+
+    level: Level
+    agreement: float
+    min_samples: int
+    max_critical: int | None = None  # None: critical misses do not block this gate
+
+
+@dataclass(frozen=True, slots=True)
+class AutonomyPolicy:
+    start: Level = Level.L0
+    ceiling: Level = Level.L0
+    mode: AutonomyMode = AutonomyMode.PROPOSE
+    alpha: float = 0.05
+    gates: Mapping[Level, Gate] = field(default_factory=dict)
+    audit_rate: float = 0.05
+
+    def gate_for(self, level: Level) -> Gate | None:
+        return self.gates.get(level)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPolicy:
+    name: str
+    sample_rate: float = 1.0
+    redact: tuple[str, ...] = ()
+    compare: CompareRules = field(default_factory=CompareRules)
+    autonomy: AutonomyPolicy = field(default_factory=AutonomyPolicy)
+    hash: str = ""
+
+    def redact_payload(self, payload: JSONObject) -> JSONObject:
+        """A copy of ``payload`` without the ``redact`` paths (``payload.a.b`` removes b)."""
+        if not self.redact:
+            return payload
+        out: JSONObject = _deep_copy(payload)
+        for path in self.redact:
+            parts = path.split(".")[1:]  # paths start with "payload."
+            node: Any = out
+            for part in parts[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(parts[-1], None)
+        return out
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    source: str
+    task_types: Mapping[str, TaskPolicy]
+    unknown_task_types: str = "reject"  # reject | default
+    default: TaskPolicy | None = None
+    hash: str = ""
+
+    def for_task(self, task_type: str) -> TaskPolicy | None:
+        """The policy for ``task_type``; the default policy for unknown ones when
+        ``defaults.unknown_task_types: default``; ``None`` when they are rejected."""
+        found = self.task_types.get(task_type)
+        if found is not None:
+            return found
+        if self.default is not None:
+            return self.default
+        return None
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe loader that refuses duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}; keep only one", key_node.start_mark
+            )
+        seen[key] = loader.construct_object(value_node, deep=True)
+    return seen
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; raises :class:`PolicyError` with every problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(source, [FieldError("", f"cannot read file: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(source, [FieldError("", "file is not UTF-8 text")]) from exc
+    return parse_policy(text, source=source)
+
+
+def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(source, [FieldError("", f"invalid YAML: {where}{problem}")]) from exc
+    p = _Parser(source)
+    policy = p.policy(raw)
+    if p.problems:
+        raise PolicyError(source, p.problems)
+    return policy
+
+
+_MATCH_CHOICES = ", ".join(m.value for m in MatchKind)
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[FieldError] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(FieldError(path, message))
+
+    def mapping(self, value: object, path: str, allowed: set[str]) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a mapping of keys, got {type(value).__name__}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                choices = ", ".join(sorted(allowed))
+                self.fail(f"{path}.{key}".lstrip("."), f"unknown key; allowed here: {choices}")
+        return value
+
+    def number(
+        self,
+        m: Mapping[str, Any],
+        key: str,
+        path: str,
+        default: float,
+        low: float,
+        high: float,
+        *,
+        open_low: bool = False,
+        open_high: bool = False,
+    ) -> float:
+        value = m.get(key, default)
+        where = f"{path}.{key}".lstrip(".")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            self.fail(where, f"expected a number, got {value!r}")
+            return default
+        too_low = value <= low if open_low else value < low
+        too_high = value >= high if open_high else value > high
+        if too_low or too_high:
+            lo = "(" if open_low else "["
+            hi = ")" if open_high else "]"
+            self.fail(where, f"{value} is out of range; use a number in {lo}{low}, {high}{hi}")
+            return default
+        return float(value)
+
+    def level(self, value: object, path: str, default: Level) -> Level:
+        if value is None:
+            return default
+        try:
+            return Level.parse(value)
+        except ValueError as exc:
+            self.fail(path, str(exc))
+            return default
+
+    # -- sections --------------------------------------------------------------------------
+
+    def policy(self, raw: object) -> Policy:
+        top = self.mapping(raw, "", {"defaults", "task_types"})
+        if raw is None or not top.get("task_types"):
+            self.fail("task_types", "required; add at least one task type under task_types")
+        defaults = self.mapping(top.get("defaults"), "defaults", {"unknown_task_types", "policy"})
+        unknown = defaults.get("unknown_task_types", "reject")
+        if unknown not in ("reject", "default"):
+            self.fail(
+                "defaults.unknown_task_types",
+                f"unknown value {unknown!r}; use reject or default",
+            )
+            unknown = "reject"
+        default: TaskPolicy | None = None
+        if unknown == "default":
+            default = self.task("*", defaults.get("policy"), "defaults.policy")
+        elif "policy" in defaults:
+            self.fail("defaults.policy", "only used with unknown_task_types: default; remove it")
+        tasks: dict[str, TaskPolicy] = {}
+        raw_tasks = top.get("task_types")
+        if raw_tasks is not None and not isinstance(raw_tasks, dict):
+            self.fail("task_types", "expected a mapping of task type name to its policy")
+        elif raw_tasks:
+            for name, body in raw_tasks.items():
+                if not isinstance(name, str):
+                    self.fail(f"task_types.{name}", "task type names must be strings")
+                    continue
+                tasks[name] = self.task(name, body, f"task_types.{name}")
+        return Policy(
+            source=self.source,
+            task_types=tasks,
+            unknown_task_types=unknown,
+            default=default,
+            hash=content_hash(raw if isinstance(raw, dict) else {}),
+        )
+
+    def task(self, name: str, body: object, path: str) -> TaskPolicy:
+        m = self.mapping(body, path, {"sample_rate", "redact", "compare", "autonomy"})
+        sample_rate = self.number(m, "sample_rate", path, 1.0, 0.0, 1.0)
+        redact_raw = m.get("redact", [])
+        redact: list[str] = []
+        if not isinstance(redact_raw, list):
+            self.fail(
+                f"{path}.redact", "expected a list of dotted paths like payload.customer.email"
+            )
+        else:
+            for i, item in enumerate(redact_raw):
+                if not isinstance(item, str) or not item.startswith("payload.") or ".." in item:
+                    self.fail(
+                        f"{path}.redact[{i}]",
+                        f"{item!r} is not a dotted path under payload, e.g. payload.customer.email",
+                    )
+                else:
+                    redact.append(item)
+        compare = self.compare(m.get("compare"), f"{path}.compare")
+        autonomy = self.autonomy(m.get("autonomy"), f"{path}.autonomy")
+        digest = content_hash({"name": name, "body": body if isinstance(body, dict) else {}})
+        return TaskPolicy(name, sample_rate, tuple(redact), compare, autonomy, digest)
+
+    def compare(self, raw: object, path: str) -> CompareRules:
+        m = self.mapping(raw, path, {"fields", "unlisted", "actions"})
+        fields_raw = m.get("fields") or {}
+        fields: dict[str, FieldRule] = {}
+        if not isinstance(fields_raw, dict):
+            self.fail(f"{path}.fields", "expected a mapping of field path to rule")
+        else:
+            for fname, rule in fields_raw.items():
+                fpath = f"{path}.fields.{fname}"
+                if not isinstance(fname, str) or not fname or ".." in fname or fname.endswith("."):
+                    self.fail(fpath, "field names are dotted paths like customer.tier")
+                    continue
+                fields[fname] = self.field_rule(rule, fpath)
+        unlisted = m.get("unlisted", "exact")
+        if unlisted not in ("exact", "ignore"):
+            self.fail(f"{path}.unlisted", f"unknown value {unlisted!r}; use exact or ignore")
+            unlisted = "exact"
+        actions = None
+        if m.get("actions") is not None:
+            actions = self.actions(m["actions"], f"{path}.actions")
+        return CompareRules(fields, MatchKind(unlisted), actions)
+
+    def actions(self, raw: object, path: str) -> ActionsRule:
+        m = self.mapping(raw, path, {"args", "critical"})
+        critical = self.boolean(m, "critical", path)
+        args_raw = m.get("args") or {}
+        args: dict[str, FieldRule] = {}
+        if not isinstance(args_raw, dict):
+            self.fail(f"{path}.args", "expected a mapping of argument path to rule")
+        else:
+            for aname, rule in args_raw.items():
+                args[str(aname)] = self.field_rule(rule, f"{path}.args.{aname}", in_actions=True)
+        return ActionsRule(args, critical)
+
+    def boolean(self, m: Mapping[str, Any], key: str, path: str) -> bool:
+        value = m.get(key, False)
+        if not isinstance(value, bool):
+            self.fail(f"{path}.{key}", f"expected true or false, got {value!r}")
+            return False
+        return value
+
+    def field_rule(self, raw: object, path: str, *, in_actions: bool = False) -> FieldRule:
+        allowed = {"match", "abs", "rel", "equivalent"} | (set() if in_actions else {"critical"})
+        m = self.mapping(raw, path, allowed)
+        match_raw = m.get("match", "exact")
+        try:
+            match = MatchKind(match_raw)
+        except ValueError:
+            self.fail(
+                f"{path}.match", f"unknown match kind {match_raw!r}; use one of {_MATCH_CHOICES}"
+            )
+            match = MatchKind.EXACT
+        critical = self.boolean(m, "critical", path)
+        abs_tol = rel_tol = 0.0
+        for key in ("abs", "rel"):
+            if key not in m:
+                continue
+            if match is not MatchKind.NUMBER:
+                self.fail(f"{path}.{key}", f"{key} applies only to match: number; remove it")
+                continue
+            value = m[key]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                self.fail(f"{path}.{key}", f"expected a number, got {value!r}")
+            elif value < 0:
+                self.fail(f"{path}.{key}", f"tolerance {value} is negative; use 0 or more")
+            elif key == "abs":
+                abs_tol = float(value)
+            else:
+                rel_tol = float(value)
+        equivalent = self.equivalent(m.get("equivalent"), f"{path}.equivalent", match)
+        return FieldRule(match, critical, abs_tol, rel_tol, equivalent)
+
+    def equivalent(
+        self, raw: object, path: str, match: MatchKind
+    ) -> tuple[tuple[Scalar, ...], ...]:
+        if raw is None:
+            return ()
+        if match not in (MatchKind.EXACT, MatchKind.TEXT, MatchKind.SET):
+            self.fail(path, f"equivalent applies to exact, text and set matches, not {match.value}")
+            return ()
+        if not isinstance(raw, list):
+            self.fail(path, "expected a list of classes, e.g. [[billing, payments]]")
+            return ()
+        classes: list[tuple[Scalar, ...]] = []
+        seen: set[str] = set()
+        for i, cls in enumerate(raw):
+            if not isinstance(cls, list) or len(cls) < 2:
+                self.fail(f"{path}[{i}]", "each class is a list of at least two values")
+                continue
+            if any(isinstance(v, dict | list) for v in cls):
+                self.fail(f"{path}[{i}]", "classes hold plain values (strings, numbers, booleans)")
+                continue
+            for v in cls:
+                key = repr(v)
+                if key in seen:
+                    self.fail(f"{path}[{i}]", f"value {v!r} is in more than one class; merge them")
+                seen.add(key)
+            classes.append(tuple(cls))
+        return tuple(classes)
+
+    def autonomy(self, raw: object, path: str) -> AutonomyPolicy:
+        m = self.mapping(raw, path, {"start", "ceiling", "mode", "alpha", "gates", "audit_rate"})
+        start = self.level(m.get("start"), f"{path}.start", Level.L0)
+        mode_raw = m.get("mode", "propose")
+        try:
+            mode = AutonomyMode(mode_raw)
+        except ValueError:
+            self.fail(f"{path}.mode", f"unknown mode {mode_raw!r}; use auto or propose")
+            mode = AutonomyMode.PROPOSE
+        alpha = self.number(m, "alpha", path, 0.05, 0.0, 1.0, open_low=True, open_high=True)
+        audit_rate = self.number(m, "audit_rate", path, 0.05, 0.0, 1.0)
+        gates = self.gates(m.get("gates"), f"{path}.gates")
+        highest = max(gates, default=Level.L0)
+        ceiling = self.level(m.get("ceiling"), f"{path}.ceiling", max(highest, start))
+        if ceiling < start:
+            self.fail(
+                f"{path}.ceiling",
+                f"ceiling {ceiling} is below start {start}; raise the ceiling or lower the start",
+            )
+        for level in Level:
+            if start < level <= ceiling and level not in gates:
+                self.fail(
+                    f"{path}.gates",
+                    f"no gate for {level}, which is under the ceiling {ceiling}; "
+                    f"add gates.{level} or lower the ceiling",
+                )
+        return AutonomyPolicy(start, ceiling, mode, alpha, gates, audit_rate)
+
+    def gates(self, raw: object, path: str) -> dict[Level, Gate]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.fail(path, "expected a mapping of level (L1..L4) to gate")
+            return {}
+        gates: dict[Level, Gate] = {}
+        for name, body in raw.items():
+            gpath = f"{path}.{name}"
+            try:
+                level = Level.parse(name)
+            except ValueError as exc:
+                self.fail(gpath, str(exc))
+                continue
+            if level is Level.L0:
+                self.fail(gpath, "L0 is where every task type starts; gates begin at L1")
+                continue
+            g = self.mapping(body, gpath, {"agreement", "min_samples", "max_critical"})
+            if "agreement" not in g:
+                self.fail(f"{gpath}.agreement", "required; e.g. agreement: 0.95")
+            agreement = self.number(g, "agreement", gpath, 1.0, 0.0, 1.0, open_low=True)
+            min_samples = self.count(g, "min_samples", gpath, 0)
+            max_critical = self.count(g, "max_critical", gpath, None)
+            gates[level] = Gate(level, agreement, min_samples or 0, max_critical)
+        ordered = sorted(gates.values(), key=lambda x: x.level)
+        for lower, upper in itertools.pairwise(ordered):
+            if upper.agreement < lower.agreement:
+                self.fail(
+                    f"{path}.{upper.level}.agreement",
+                    f"{upper.agreement} is below {lower.level}'s {lower.agreement}; "
+                    "gates must not get easier as the level rises",
+                )
+            if upper.min_samples < lower.min_samples:
+                self.fail(
+                    f"{path}.{upper.level}.min_samples",
+                    f"{upper.min_samples} is below {lower.level}'s {lower.min_samples}; "
+                    "gates must not get easier as the level rises",
+                )
+        return gates
+
+    def count(self, m: Mapping[str, Any], key: str, path: str, default: int | None) -> int | None:
+        if key not in m:
+            return default
+        value = m[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(f"{path}.{key}", f"expected a whole number >= 0, got {value!r}")
+            return default
+        return value

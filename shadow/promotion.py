@@ -1,0 +1,415 @@
+"""The autonomy ladder's decisions: pure functions over immutable values.
+
+``decide`` looks at one task type after new evidence and returns what should happen:
+
+- **demote** (always applied): the upper bound of the current agent version's agreement fell
+  below the gate of the current level (to the highest level whose gate is still plausible),
+  the critical-miss limit of an L3+ gate was exceeded (to L2), the level is above the
+  policy's ceiling, or the agent version changed while above L2 (to L2: higher levels must
+  be re-earned on the new version's own evidence);
+- **promote** one level (``mode: auto``) or **propose** it (``mode: propose``) when the next
+  gate is met: ``n >= min_samples``, ``lower_bound >= agreement``, critical misses within
+  ``max_critical``, next level <= ceiling, not frozen;
+- **drop_proposal** when a pending proposal is no longer supported by the evidence;
+- **rebind** to a new agent version (levels up to L2 carry over), otherwise **stay**.
+
+``approve``, ``manual_set``, ``freeze`` and ``unfreeze`` are the operator's moves. Every
+result carries a reason and an evidence :class:`Snapshot` for the audit log. Nothing here
+reads a clock: ``now`` is an argument.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from shadow.errors import AutonomyError
+from shadow.model import Evidence, Level
+from shadow.policy import AutonomyMode, Gate, TaskPolicy
+from shadow.stats import lower_bound, upper_bound
+
+__all__ = [
+    "LadderState",
+    "Move",
+    "Proposal",
+    "Snapshot",
+    "Step",
+    "approve",
+    "decide",
+    "freeze",
+    "gate_status",
+    "manual_set",
+    "snapshot",
+    "unfreeze",
+]
+
+# Above this level a new agent version must earn the level on its own evidence.
+CARRY_OVER_MAX = Level.L2
+
+
+class Move(enum.StrEnum):
+    STAY = "stay"
+    PROMOTE = "promote"
+    PROPOSE = "propose"
+    DEMOTE = "demote"
+    DROP_PROPOSAL = "drop_proposal"
+    REBIND = "rebind"
+    APPROVE = "approve"
+    MANUAL_SET = "manual_set"
+    FREEZE = "freeze"
+    UNFREEZE = "unfreeze"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The evidence behind a decision, as recorded in the audit log."""
+
+    agent_version: str | None
+    n: int
+    agree: int
+    critical: int
+    errors: int
+    lower: float
+    upper: float
+    alpha: float
+    policy_hash: str
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Snapshot:
+        return cls(
+            agent_version=obj.get("agent_version"),
+            n=int(obj["n"]),
+            agree=int(obj["agree"]),
+            critical=int(obj["critical"]),
+            errors=int(obj["errors"]),
+            lower=float(obj["lower"]),
+            upper=float(obj["upper"]),
+            alpha=float(obj["alpha"]),
+            policy_hash=str(obj["policy_hash"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "agent_version": self.agent_version,
+            "n": self.n,
+            "agree": self.agree,
+            "agreement": round(self.agree / self.n, 6) if self.n else None,
+            "critical": self.critical,
+            "errors": self.errors,
+            "lower": self.lower,
+            "upper": self.upper,
+            "alpha": self.alpha,
+            "policy_hash": self.policy_hash,
+        }
+
+
+def snapshot(evidence: Evidence | None, policy: TaskPolicy, version: str | None) -> Snapshot:
+    ev = evidence or Evidence(policy.name, version or "")
+    alpha = policy.autonomy.alpha
+    return Snapshot(
+        agent_version=version,
+        n=ev.n,
+        agree=ev.agree,
+        critical=ev.critical,
+        errors=ev.errors,
+        lower=lower_bound(ev.agree, ev.n, alpha),
+        upper=upper_bound(ev.agree, ev.n, alpha),
+        alpha=alpha,
+        policy_hash=policy.hash,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A promotion waiting for an operator (``mode: propose``)."""
+
+    to_level: Level
+    agent_version: str | None
+    proposed_at: datetime
+    evidence: Snapshot
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Proposal:
+        return cls(
+            to_level=Level.parse(obj["to_level"]),
+            agent_version=obj.get("agent_version"),
+            proposed_at=datetime.fromisoformat(obj["proposed_at"]),
+            evidence=Snapshot.from_json(obj["evidence"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "to_level": str(self.to_level),
+            "agent_version": self.agent_version,
+            "proposed_at": self.proposed_at.isoformat(),
+            "evidence": self.evidence.to_json(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LadderState:
+    """Where one task type stands. ``agent_version`` is the version the level applies to."""
+
+    task_type: str
+    level: Level
+    agent_version: str | None = None
+    proposal: Proposal | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The result of a decision: the move, the new state, why, and the evidence."""
+
+    move: Move
+    before: LadderState
+    after: LadderState
+    reason: str
+    evidence: Snapshot
+
+    @property
+    def changed(self) -> bool:
+        return self.move is not Move.STAY
+
+
+@dataclass(frozen=True, slots=True)
+class GateStatus:
+    gate: Gate
+    met: bool
+    missing: str  # empty when met; otherwise what is missing, for humans
+
+
+def gate_status(gate: Gate, snap: Snapshot) -> GateStatus:
+    """Whether ``snap`` meets ``gate``: min_samples, lower bound and critical limit."""
+    missing: list[str] = []
+    if snap.n < gate.min_samples:
+        missing.append(f"n {snap.n} < min_samples {gate.min_samples}")
+    if snap.lower < gate.agreement:
+        missing.append(f"lower bound {snap.lower:.4f} < {gate.agreement}")
+    if gate.max_critical is not None and snap.critical > gate.max_critical:
+        missing.append(f"critical misses {snap.critical} > {gate.max_critical}")
+    return GateStatus(gate, not missing, "; ".join(missing))
+
+
+def decide(
+    state: LadderState,
+    evidence: Mapping[str, Evidence],
+    current_version: str | None,
+    policy: TaskPolicy,
+    *,
+    frozen: bool,
+    now: datetime,
+) -> Step:
+    """What should happen to ``state`` given the evidence per agent version.
+
+    ``current_version`` is the agent version now answering for this task type (``None``
+    before the first decision); only its evidence counts for gates.
+    """
+    version = current_version if current_version is not None else state.agent_version
+    snap = _snap(state, evidence, current_version, policy)
+    auto = policy.autonomy
+
+    def step(move: Move, reason: str, **changes: Any) -> Step:
+        after = replace(state, updated_at=now, **changes) if move is not Move.STAY else state
+        return Step(move, state, after, reason, snap)
+
+    if frozen:
+        if state.proposal is not None:
+            return step(Move.DROP_PROPOSAL, "sidecar is frozen", proposal=None)
+        if state.level > Level.L0:
+            return step(
+                Move.DEMOTE,
+                "sidecar is frozen: every task type is held at L0",
+                level=Level.L0,
+                agent_version=version,
+            )
+        return step(Move.STAY, "frozen")
+
+    demotion = _demotion(state, snap, version, policy)
+    if demotion is not None:
+        to_level, reason = demotion
+        return step(Move.DEMOTE, reason, level=to_level, agent_version=version, proposal=None)
+
+    if state.proposal is not None:
+        drop = _stale_proposal(state, state.proposal, snap, version, policy)
+        if drop:
+            return step(Move.DROP_PROPOSAL, drop, proposal=None, agent_version=version)
+        return step(Move.STAY, f"proposal for {state.proposal.to_level} awaits approval")
+
+    if version != state.agent_version and version is not None:
+        return step(
+            Move.REBIND,
+            f"agent version {state.agent_version} -> {version}; {state.level} carries over",
+            agent_version=version,
+        )
+
+    target = Level(state.level + 1) if state.level < Level.L4 else None
+    if target is None or target > auto.ceiling:
+        return step(Move.STAY, f"at ceiling {auto.ceiling}")
+    gate = auto.gate_for(target)
+    if gate is None:
+        return step(Move.STAY, f"no gate for {target}")
+    status = gate_status(gate, snap)
+    if not status.met:
+        return step(Move.STAY, f"gate {target} not met: {status.missing}")
+    met = (
+        f"gate {target} met: lower bound {snap.lower:.4f} >= {gate.agreement}, "
+        f"n {snap.n} >= {gate.min_samples}, critical {snap.critical}"
+    )
+    if auto.mode is AutonomyMode.AUTO:
+        return step(Move.PROMOTE, met, level=target, agent_version=version)
+    proposal = Proposal(target, version, now, snap)
+    return step(Move.PROPOSE, met, proposal=proposal, agent_version=version)
+
+
+def _demotion(
+    state: LadderState, snap: Snapshot, version: str | None, policy: TaskPolicy
+) -> tuple[Level, str] | None:
+    auto = policy.autonomy
+    level = state.level
+    if level > auto.ceiling:
+        return auto.ceiling, f"{level} is above the policy ceiling {auto.ceiling}"
+    if (
+        level > CARRY_OVER_MAX
+        and state.agent_version is not None
+        and version is not None
+        and version != state.agent_version
+    ):
+        return CARRY_OVER_MAX, (
+            f"agent version changed {state.agent_version} -> {version}; levels above "
+            f"{CARRY_OVER_MAX} must be re-earned on the new version's own evidence"
+        )
+    gate = auto.gate_for(level)
+    if gate is None:
+        return None
+    if level >= Level.L3 and gate.max_critical is not None and snap.critical > gate.max_critical:
+        return Level.L2, (
+            f"{snap.critical} critical misses exceed {level}'s limit of {gate.max_critical}"
+        )
+    if snap.upper < gate.agreement:
+        to = Level.L0
+        for lower in range(level - 1, 0, -1):
+            g = auto.gate_for(Level(lower))
+            if g is not None and snap.upper >= g.agreement:
+                to = Level(lower)
+                break
+        return to, f"upper bound {snap.upper:.4f} < {level} gate {gate.agreement}"
+    return None
+
+
+def _stale_proposal(
+    state: LadderState, proposal: Proposal, snap: Snapshot, version: str | None, policy: TaskPolicy
+) -> str | None:
+    if proposal.to_level != state.level + 1:
+        return f"proposal for {proposal.to_level} no longer follows {state.level}"
+    if proposal.agent_version != version:
+        return f"proposal was for agent version {proposal.agent_version}, now {version}"
+    if proposal.to_level > policy.autonomy.ceiling:
+        return f"proposal for {proposal.to_level} is above the ceiling {policy.autonomy.ceiling}"
+    gate = policy.autonomy.gate_for(proposal.to_level)
+    if gate is None:
+        return f"no gate for {proposal.to_level} any more"
+    status = gate_status(gate, snap)
+    if not status.met:
+        return f"evidence no longer supports {proposal.to_level}: {status.missing}"
+    return None
+
+
+def _snap(
+    state: LadderState,
+    evidence: Mapping[str, Evidence],
+    current_version: str | None,
+    policy: TaskPolicy,
+) -> Snapshot:
+    version = current_version if current_version is not None else state.agent_version
+    return snapshot(evidence.get(version) if version else None, policy, version)
+
+
+# -- operator moves --------------------------------------------------------------------------
+
+
+def approve(
+    state: LadderState,
+    evidence: Mapping[str, Evidence],
+    current_version: str | None,
+    policy: TaskPolicy,
+    *,
+    frozen: bool,
+    now: datetime,
+) -> Step:
+    """Apply the pending proposal if the evidence still supports it."""
+    if frozen:
+        raise AutonomyError("the sidecar is frozen; unfreeze before approving promotions")
+    proposal = state.proposal
+    if proposal is None:
+        raise AutonomyError(f"{state.task_type} has no pending proposal to approve")
+    version = current_version if current_version is not None else state.agent_version
+    snap = _snap(state, evidence, current_version, policy)
+    stale = _stale_proposal(state, proposal, snap, version, policy)
+    if stale:
+        raise AutonomyError(f"cannot approve {proposal.to_level} for {state.task_type}: {stale}")
+    after = replace(
+        state, level=proposal.to_level, agent_version=version, proposal=None, updated_at=now
+    )
+    return Step(Move.APPROVE, state, after, f"approved promotion to {proposal.to_level}", snap)
+
+
+def manual_set(
+    state: LadderState,
+    level: Level,
+    evidence: Mapping[str, Evidence],
+    current_version: str | None,
+    policy: TaskPolicy,
+    *,
+    frozen: bool,
+    now: datetime,
+    reason: str,
+) -> Step:
+    """An operator sets the level directly. Never above the ceiling; not while frozen
+    (except to L0). Drops any pending proposal."""
+    ceiling = policy.autonomy.ceiling
+    if level > ceiling:
+        raise AutonomyError(
+            f"{level} is above the ceiling {ceiling} for {state.task_type}; "
+            "raise autonomy.ceiling in the policy first"
+        )
+    if frozen and level > Level.L0:
+        raise AutonomyError("the sidecar is frozen; unfreeze before raising a level")
+    version = current_version if current_version is not None else state.agent_version
+    snap = _snap(state, evidence, current_version, policy)
+    after = replace(state, level=level, agent_version=version, proposal=None, updated_at=now)
+    why = reason or "manual set"
+    return Step(Move.MANUAL_SET, state, after, why, snap)
+
+
+def freeze(
+    state: LadderState,
+    evidence: Mapping[str, Evidence],
+    current_version: str | None,
+    policy: TaskPolicy,
+    *,
+    now: datetime,
+    reason: str,
+) -> Step:
+    """Send one task type to L0 (the service freezes all of them together)."""
+    snap = _snap(state, evidence, current_version, policy)
+    after = replace(state, level=Level.L0, proposal=None, updated_at=now)
+    return Step(Move.FREEZE, state, after, reason or "frozen", snap)
+
+
+def unfreeze(
+    state: LadderState,
+    evidence: Mapping[str, Evidence],
+    current_version: str | None,
+    policy: TaskPolicy,
+    *,
+    now: datetime,
+    reason: str,
+) -> Step:
+    """Lift the freeze: the level stays L0 and is re-earned through the gates."""
+    snap = _snap(state, evidence, current_version, policy)
+    after = replace(state, updated_at=now)
+    return Step(Move.UNFREEZE, state, after, reason or "unfrozen", snap)

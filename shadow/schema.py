@@ -1,0 +1,127 @@
+"""The store's schema as ordered migrations (plain SQL; applied by :mod:`shadow.store`).
+
+Append a new ``(version, statements)`` pair to change the schema; never edit a released
+one. Each migration runs in one transaction together with its ``schema_version`` row.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+_V1 = [
+    """
+    CREATE TABLE events (
+        event_id     VARCHAR PRIMARY KEY,
+        task_type    VARCHAR NOT NULL,
+        payload      JSON NOT NULL,           -- after redaction
+        occurred_at  VARCHAR,
+        segment      VARCHAR,
+        content_hash VARCHAR NOT NULL,
+        source       VARCHAR NOT NULL,
+        received_at  TIMESTAMPTZ NOT NULL,
+        needs_agent  BOOLEAN NOT NULL,        -- sampled and not answered yet
+        expired      BOOLEAN NOT NULL DEFAULT false
+    )
+    """,
+    """
+    CREATE TABLE outcomes (
+        event_id       VARCHAR NOT NULL,
+        revision       INTEGER NOT NULL,      -- 1, 2, ... in arrival order
+        is_current     BOOLEAN NOT NULL,      -- the latest decided_at wins
+        decision       JSON NOT NULL,
+        actions        JSON NOT NULL,
+        decided_by     VARCHAR,
+        decided_at     VARCHAR,
+        decided_at_ts  TIMESTAMPTZ,
+        content_hash   VARCHAR NOT NULL,
+        source         VARCHAR NOT NULL,
+        received_at    TIMESTAMPTZ NOT NULL,
+        expired        BOOLEAN NOT NULL DEFAULT false,   -- no event before the TTL
+        PRIMARY KEY (event_id, revision)
+    )
+    """,
+    "CREATE SEQUENCE decision_seq",
+    """
+    CREATE TABLE decisions (
+        event_id      VARCHAR NOT NULL,
+        agent_version VARCHAR NOT NULL,
+        task_type     VARCHAR NOT NULL,
+        seq           BIGINT NOT NULL DEFAULT nextval('decision_seq'),
+        body          JSON NOT NULL,
+        content_hash  VARCHAR NOT NULL,
+        error         VARCHAR,
+        latency_ms    DOUBLE,
+        input_tokens  BIGINT NOT NULL,
+        output_tokens BIGINT NOT NULL,
+        cost_usd      DOUBLE NOT NULL,
+        received_at   TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (event_id, agent_version)
+    )
+    """,
+    """
+    CREATE TABLE comparisons (
+        event_id      VARCHAR NOT NULL,
+        agent_version VARCHAR NOT NULL,
+        task_type     VARCHAR NOT NULL,
+        verdict       VARCHAR NOT NULL,       -- agree | disagree | agent_error | expired
+        critical      BOOLEAN NOT NULL,
+        fields        JSON NOT NULL,          -- per-field results with reasons
+        outcome_hash  VARCHAR,                -- which outcome revision it compared against
+        compared_at   TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (event_id, agent_version)
+    )
+    """,
+    """
+    CREATE TABLE autonomy (
+        task_type     VARCHAR PRIMARY KEY,
+        level         INTEGER NOT NULL,
+        agent_version VARCHAR,
+        proposal      JSON,
+        updated_at    TIMESTAMPTZ
+    )
+    """,
+    "CREATE TABLE sidecar_state (key VARCHAR PRIMARY KEY, value JSON NOT NULL)",
+    "CREATE SEQUENCE audit_seq",
+    """
+    CREATE TABLE audit_log (
+        id          BIGINT PRIMARY KEY DEFAULT nextval('audit_seq'),
+        at          TIMESTAMPTZ NOT NULL,
+        task_type   VARCHAR NOT NULL,
+        actor       VARCHAR NOT NULL,
+        action      VARCHAR NOT NULL,
+        from_level  VARCHAR,
+        to_level    VARCHAR,
+        reason      VARCHAR NOT NULL,
+        evidence    JSON NOT NULL,
+        policy_hash VARCHAR
+    )
+    """,
+    "CREATE SEQUENCE dead_letter_seq",
+    """
+    CREATE TABLE dead_letters (
+        id        BIGINT PRIMARY KEY DEFAULT nextval('dead_letter_seq'),
+        at        TIMESTAMPTZ NOT NULL,
+        source    VARCHAR NOT NULL,
+        kind      VARCHAR NOT NULL,           -- event | outcome | decision | unknown
+        reason    VARCHAR NOT NULL,
+        event_id  VARCHAR,
+        location  VARCHAR,                    -- line number, offset, request id
+        raw       VARCHAR
+    )
+    """,
+    # The agreement view is a query: evidence per task type x agent version.
+    """
+    CREATE VIEW agreement AS
+    SELECT task_type, agent_version,
+           count(*) FILTER (WHERE verdict IN ('agree', 'disagree', 'agent_error')) AS n,
+           count(*) FILTER (WHERE verdict = 'agree') AS agree,
+           count(*) FILTER (WHERE critical) AS critical,
+           count(*) FILTER (WHERE verdict = 'agent_error') AS errors,
+           count(*) FILTER (WHERE verdict = 'expired') AS expired
+    FROM comparisons
+    GROUP BY task_type, agent_version
+    """,
+]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]

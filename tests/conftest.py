@@ -1,0 +1,53 @@
+"""Shared fixtures: factories that clean up what they made."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from shadow.store import Store
+
+
+class FakeClock:
+    """A settable clock (time is injected everywhere; tests move it by hand)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> datetime:
+        self.now += timedelta(**kwargs)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+StoreFactory = Callable[..., Awaitable[Store]]
+
+
+@pytest.fixture
+async def store_factory(tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """``await store_factory()`` opens a real DuckDB file under tmp_path; all are closed after."""
+    opened: list[Store] = []
+
+    async def make(name: str = "shadow.duckdb") -> Store:
+        store = await Store(tmp_path / name).open()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> Store:
+    return await store_factory()

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shadow.errors import PolicyError
+from shadow.model import Level
+from shadow.policy import AutonomyMode, MatchKind, load_policy, parse_policy
+
+DESIGN_EXAMPLE = """
+defaults:
+  unknown_task_types: reject        # or: default policy
+task_types:
+  refund_request:
+    sample_rate: 1.0
+    redact: [payload.customer.email]
+    compare:
+      fields:
+        action: {match: exact, critical: true}
+        amount: {match: number, abs: 0.01}
+        reason: {match: text}
+        tags:   {match: set}
+        queue:  {match: exact, equivalent: [[billing, payments]]}
+        note:   {match: ignore}
+      unlisted: exact
+    autonomy:
+      start: L0
+      ceiling: L3
+      mode: propose
+      alpha: 0.05
+      gates:
+        L1: {agreement: 0.90, min_samples: 100}
+        L2: {agreement: 0.95, min_samples: 300}
+        L3: {agreement: 0.98, min_samples: 1000, max_critical: 0}
+      audit_rate: 0.05
+"""
+
+
+def test_design_example_parses_exactly() -> None:
+    policy = parse_policy(DESIGN_EXAMPLE, source="policy.yaml")
+    task = policy.task_types["refund_request"]
+    assert task.sample_rate == 1.0
+    assert task.redact == ("payload.customer.email",)
+    fields = task.compare.fields
+    assert fields["action"].match is MatchKind.EXACT and fields["action"].critical
+    assert fields["amount"].match is MatchKind.NUMBER and fields["amount"].abs == 0.01
+    assert fields["queue"].equivalent == (("billing", "payments"),)
+    assert fields["note"].match is MatchKind.IGNORE
+    assert task.compare.unlisted is MatchKind.EXACT
+    auto = task.autonomy
+    assert (auto.start, auto.ceiling, auto.mode) == (Level.L0, Level.L3, AutonomyMode.PROPOSE)
+    assert auto.gates[Level.L3].max_critical == 0
+    assert auto.gates[Level.L2].min_samples == 300
+    assert auto.gates[Level.L1].max_critical is None
+    assert policy.for_task("refund_request") is task
+    assert policy.for_task("unknown") is None
+    assert len(task.hash) == 32
+
+
+def test_hash_changes_with_rules_not_with_formatting() -> None:
+    a = parse_policy(DESIGN_EXAMPLE).task_types["refund_request"]
+    reformatted = DESIGN_EXAMPLE.replace("{match: text}", "\n          match: text")
+    b = parse_policy(reformatted).task_types["refund_request"]
+    c = parse_policy(DESIGN_EXAMPLE.replace("abs: 0.01", "abs: 0.02")).task_types[
+        "refund_request"
+    ]
+    assert a.hash == b.hash
+    assert a.hash != c.hash
+
+
+def test_default_policy_for_unknown_task_types() -> None:
+    text = """
+defaults:
+  unknown_task_types: default
+  policy:
+    compare: {unlisted: ignore}
+task_types:
+  t1: {}
+"""
+    policy = parse_policy(text)
+    fallback = policy.for_task("anything")
+    assert fallback is not None
+    assert fallback.compare.unlisted is MatchKind.IGNORE
+    assert fallback.autonomy.ceiling is Level.L0
+
+
+def test_redact_payload_removes_nested_paths_without_touching_input() -> None:
+    task = parse_policy(DESIGN_EXAMPLE).task_types["refund_request"]
+    payload = {"customer": {"email": "a@b.c", "tier": "gold"}, "amount": 1}
+    assert task.redact_payload(payload) == {"customer": {"tier": "gold"}, "amount": 1}
+    assert payload["customer"] == {"email": "a@b.c", "tier": "gold"}
+    assert task.redact_payload({"customer": "not an object"}) == {"customer": "not an object"}
+
+
+def test_load_policy_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(DESIGN_EXAMPLE)
+    assert load_policy(path).source == str(path)
+    with pytest.raises(PolicyError, match="cannot read file"):
+        load_policy(tmp_path / "missing.yaml")
+    path.write_bytes(b"\xff\xfe bad")
+    with pytest.raises(PolicyError, match="not UTF-8"):
+        load_policy(path)
+
+
+def _task(body: str) -> str:
+    return "task_types:\n  refund:\n" + "\n".join("    " + line for line in body.splitlines())
+
+
+# Each bad policy: (yaml, key path in the error, words of the fix)
+BAD = [
+    ("task_types: {}", "task_types", "add at least one task type"),
+    ("[1, 2]", "", "expected a mapping"),
+    ("task_types:\n  t: {}\nextra: 1", "extra", "unknown key"),
+    ("defaults: {unknown_task_types: maybe}\ntask_types: {t: {}}",
+     "defaults.unknown_task_types", "use reject or default"),
+    (_task("sample_rate: 1.5"), "task_types.refund.sample_rate", "[0.0, 1.0]"),
+    (_task("samplerate: 1"), "task_types.refund.samplerate", "unknown key"),
+    (_task("redact: [customer.email]"), "task_types.refund.redact[0]", "under payload"),
+    (_task("compare: {fields: {amount: {match: fuzzy}}}"),
+     "task_types.refund.compare.fields.amount.match", "unknown match kind 'fuzzy'"),
+    (_task("compare: {fields: {amount: {match: number, abs: -0.5}}}"),
+     "task_types.refund.compare.fields.amount.abs", "negative"),
+    (_task("compare: {fields: {amount: {match: number, rel: -1}}}"),
+     "task_types.refund.compare.fields.amount.rel", "negative"),
+    (_task("compare: {fields: {amount: {match: exact, abs: 1}}}"),
+     "task_types.refund.compare.fields.amount.abs", "only to match: number"),
+    (_task("compare: {fields: {q: {match: number, equivalent: [[a, b]]}}}"),
+     "task_types.refund.compare.fields.q.equivalent", "not number"),
+    (_task("compare: {fields: {q: {equivalent: [[a]]}}}"),
+     "task_types.refund.compare.fields.q.equivalent[0]", "at least two"),
+    (_task("compare: {fields: {q: {equivalent: [[a, b], [b, c]]}}}"),
+     "task_types.refund.compare.fields.q.equivalent[1]", "more than one class"),
+    (_task("compare: {fields: {q: {critical: yes please}}}"),
+     "task_types.refund.compare.fields.q.critical", "true or false"),
+    (_task("compare: {unlisted: fuzzy}"), "task_types.refund.compare.unlisted", "exact or ignore"),
+    (_task("compare: {actions: {args: {amount: {match: number, abs: -1}}}}"),
+     "task_types.refund.compare.actions.args.amount.abs", "negative"),
+    (_task("autonomy: {start: L9}"), "task_types.refund.autonomy.start", "unknown level"),
+    (_task("autonomy: {ceiling: top}"), "task_types.refund.autonomy.ceiling", "unknown level"),
+    (_task("autonomy: {start: L2, ceiling: L1, gates: {L1: {agreement: 0.9}}}"),
+     "task_types.refund.autonomy.ceiling", "below start"),
+    (_task("autonomy: {mode: yolo}"), "task_types.refund.autonomy.mode", "auto or propose"),
+    (_task("autonomy: {alpha: 0}"), "task_types.refund.autonomy.alpha", "(0.0, 1.0)"),
+    (_task("autonomy: {alpha: 1.0}"), "task_types.refund.autonomy.alpha", "(0.0, 1.0)"),
+    (_task("autonomy: {audit_rate: 1.2}"), "task_types.refund.autonomy.audit_rate", "[0.0, 1.0]"),
+    (_task("autonomy: {gates: {L7: {agreement: 0.9}}}"),
+     "task_types.refund.autonomy.gates.L7", "unknown level"),
+    (_task("autonomy: {gates: {L0: {agreement: 0.9}}}"),
+     "task_types.refund.autonomy.gates.L0", "gates begin at L1"),
+    (_task("autonomy: {gates: {L1: {min_samples: 5}}}"),
+     "task_types.refund.autonomy.gates.L1.agreement", "required"),
+    (_task("autonomy: {gates: {L1: {agreement: 0.9, min_samples: -3}}}"),
+     "task_types.refund.autonomy.gates.L1.min_samples", "whole number"),
+    (_task("autonomy: {gates: {L1: {agreement: 0.95}, L2: {agreement: 0.9}}}"),
+     "task_types.refund.autonomy.gates.L2.agreement", "must not get easier"),
+    (_task("autonomy: {gates: {L1: {agreement: 0.9, min_samples: 300}, "
+           "L2: {agreement: 0.95, min_samples: 100}}}"),
+     "task_types.refund.autonomy.gates.L2.min_samples", "must not get easier"),
+    (_task("autonomy: {ceiling: L2, gates: {L1: {agreement: 0.9}}}"),
+     "task_types.refund.autonomy.gates", "no gate for L2"),
+    (_task("autonomy: {gates: {L1: {agreement: 0.9, floor: 1}}}"),
+     "task_types.refund.autonomy.gates.L1.floor", "unknown key"),
+]
+
+
+@pytest.mark.parametrize(("text", "path", "fix"), BAD)
+def test_bad_policy_names_file_key_path_and_fix(text: str, path: str, fix: str) -> None:
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(text, source="policy.yaml")
+    lines = str(exc.value).splitlines()
+    expected = f"policy.yaml: {path}: " if path else "policy.yaml: "
+    matching = [line for line in lines if line.startswith(expected) and fix in line]
+    assert matching, f"no line for {path!r} with {fix!r} in:\n{exc.value}"
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = _task("sample_rate: 3\nautonomy: {alpha: 2, mode: yolo}")
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(text, source="p.yaml")
+    assert {p.path for p in exc.value.problems} == {
+        "task_types.refund.sample_rate",
+        "task_types.refund.autonomy.alpha",
+        "task_types.refund.autonomy.mode",
+    }
+
+
+def test_invalid_yaml_and_duplicate_keys_say_where() -> None:
+    with pytest.raises(PolicyError, match=r"invalid YAML: line 2"):
+        parse_policy("task_types:\n  t: {a: [1, 2}\n", source="p.yaml")
+    with pytest.raises(PolicyError, match="duplicate key 't'"):
+        parse_policy("task_types:\n  t: {}\n  t: {}\n", source="p.yaml")
