@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from shadow.diff import diff
+from shadow.diff import Differ
 from shadow.model import Comparison, FieldResult, Verdict
 from shadow.policy import CompareRules, Policy
 from shadow.store import JoinRow, Reversal, Store
@@ -25,7 +25,7 @@ __all__ = ["JoinReport", "Joiner", "compare"]
 _STRICT = CompareRules()
 
 
-def compare(row: JoinRow, rules: CompareRules) -> Comparison:
+def compare(row: JoinRow, differ: Differ) -> Comparison:
     """The verdict for one joined pair. An agent error is a verdict of its own (it counts
     against the agent, but is not a critical miss: nothing was done)."""
     d = row.decision
@@ -40,7 +40,7 @@ def compare(row: JoinRow, rules: CompareRules) -> Comparison:
             critical_miss=False,
             outcome_hash=row.outcome_hash,
         )
-    result = diff(rules, d.decision, row.outcome.decision, d.actions, row.outcome.actions)
+    result = differ(d.decision, row.outcome.decision, d.actions, row.outcome.actions)
     return Comparison(
         event_id=d.event_id,
         task_type=row.task_type,
@@ -72,10 +72,15 @@ class Joiner:
         self.policy = policy
         self.clock = clock
         self.batch = batch
+        self._differs: dict[str, Differ] = {}
 
-    def rules_for(self, task_type: str) -> CompareRules:
-        task = self.policy.for_task(task_type)
-        return task.compare if task is not None else _STRICT
+    def differ_for(self, task_type: str) -> Differ:
+        found = self._differs.get(task_type)
+        if found is None:
+            task = self.policy.for_task(task_type)
+            found = Differ(task.compare if task is not None else _STRICT)
+            self._differs[task_type] = found
+        return found
 
     async def join(self, event_ids: Sequence[str] | None = None) -> JoinReport:
         """Compare every ready pair among ``event_ids`` (all events when ``None``)."""
@@ -84,7 +89,7 @@ class Joiner:
             rows = await self.store.ready_pairs(event_ids, limit=self.batch)
             if not rows:
                 return report
-            comparisons = [compare(r, self.rules_for(r.task_type)) for r in rows]
+            comparisons = [compare(r, self.differ_for(r.task_type)) for r in rows]
             report.reversals += await self.store.put_comparisons(comparisons, now=self.clock())
             report.comparisons += comparisons
             if len(rows) < self.batch:

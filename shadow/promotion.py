@@ -239,22 +239,20 @@ def decide(
             return step(Move.DROP_PROPOSAL, drop, proposal=None, agent_version=version)
         return step(Move.STAY, f"proposal for {state.proposal.to_level} awaits approval")
 
-    if version != state.agent_version and version is not None:
-        return step(
-            Move.REBIND,
-            f"agent version {state.agent_version} -> {version}; {state.level} carries over",
-            agent_version=version,
-        )
-
     target = Level(state.level + 1) if state.level < Level.L4 else None
+    gate = auto.gate_for(target) if target is not None else None
     if target is None or target > auto.ceiling:
-        return step(Move.STAY, f"at ceiling {auto.ceiling}")
-    gate = auto.gate_for(target)
-    if gate is None:
-        return step(Move.STAY, f"no gate for {target}")
-    status = gate_status(gate, snap)
-    if not status.met:
-        return step(Move.STAY, f"gate {target} not met: {status.missing}")
+        why = f"at ceiling {auto.ceiling}"
+    elif gate is None:
+        why = f"no gate for {target}"
+    else:
+        status = gate_status(gate, snap)
+        why = "" if status.met else f"gate {target} not met: {status.missing}"
+    if why or target is None or gate is None:
+        if version is not None and version != state.agent_version:
+            rebind = f"agent version {state.agent_version} -> {version}; {state.level} carries over"
+            return step(Move.REBIND, f"{rebind}; {why}", agent_version=version)
+        return step(Move.STAY, why)
     met = (
         f"gate {target} met: lower bound {snap.lower:.4f} >= {gate.agreement}, "
         f"n {snap.n} >= {gate.min_samples}, critical {snap.critical}"

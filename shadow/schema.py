@@ -85,7 +85,7 @@ _V1 = [
     """
     CREATE TABLE audit_log (
         id          BIGINT PRIMARY KEY DEFAULT nextval('audit_seq'),
-        at          TIMESTAMPTZ NOT NULL,
+        recorded_at TIMESTAMPTZ NOT NULL,
         task_type   VARCHAR NOT NULL,
         actor       VARCHAR NOT NULL,
         action      VARCHAR NOT NULL,
@@ -100,7 +100,7 @@ _V1 = [
     """
     CREATE TABLE dead_letters (
         id        BIGINT PRIMARY KEY DEFAULT nextval('dead_letter_seq'),
-        at        TIMESTAMPTZ NOT NULL,
+        recorded_at TIMESTAMPTZ NOT NULL,
         source    VARCHAR NOT NULL,
         kind      VARCHAR NOT NULL,           -- event | outcome | decision | unknown
         reason    VARCHAR NOT NULL,

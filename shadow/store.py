@@ -474,7 +474,7 @@ class Store:
         if not dead:
             return
         tx.execute(
-            "INSERT INTO dead_letters (at, source, kind, reason, event_id, location, raw) "
+            "INSERT INTO dead_letters (recorded_at, source, kind, reason, event_id, location, raw) "
             "SELECT ?::TIMESTAMPTZ, unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
             "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
             "unnest(?::VARCHAR[])",
@@ -736,7 +736,8 @@ class Store:
     def _insert_audit(tx: duckdb.DuckDBPyConnection, entries: list[AuditEntry]) -> None:
         for e in entries:
             tx.execute(
-                "INSERT INTO audit_log (at, task_type, actor, action, from_level, to_level, "
+                "INSERT INTO audit_log (recorded_at, task_type, actor, action, from_level, "
+                "to_level, "
                 "reason, evidence, policy_hash) VALUES (?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, "
                 "?::JSON, ?)",
                 [
@@ -759,7 +760,7 @@ class Store:
 
         def q() -> list[tuple[int, AuditEntry]]:
             sql = (
-                "SELECT id, at, task_type, actor, action, from_level, to_level, reason, "
+                "SELECT id, recorded_at, task_type, actor, action, from_level, to_level, reason, "
                 "evidence, policy_hash FROM audit_log "
             )
             params: list[Any] = []
@@ -789,7 +790,8 @@ class Store:
     async def dead_letters(self, *, limit: int = 100) -> list[dict[str, Any]]:
         def q() -> list[dict[str, Any]]:
             cur = self.con.execute(
-                "SELECT id, at, source, kind, reason, event_id, location, raw FROM dead_letters "
+                "SELECT id, recorded_at, source, kind, reason, event_id, location, raw "
+                "FROM dead_letters "
                 "ORDER BY id DESC LIMIT ?",
                 [limit],
             )

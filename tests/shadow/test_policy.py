@@ -43,8 +43,10 @@ def test_design_example_parses_exactly() -> None:
     assert task.sample_rate == 1.0
     assert task.redact == ("payload.customer.email",)
     fields = task.compare.fields
-    assert fields["action"].match is MatchKind.EXACT and fields["action"].critical
-    assert fields["amount"].match is MatchKind.NUMBER and fields["amount"].abs == 0.01
+    assert fields["action"].match is MatchKind.EXACT
+    assert fields["action"].critical
+    assert fields["amount"].match is MatchKind.NUMBER
+    assert fields["amount"].abs == 0.01
     assert fields["queue"].equivalent == (("billing", "payments"),)
     assert fields["note"].match is MatchKind.IGNORE
     assert task.compare.unlisted is MatchKind.EXACT
@@ -62,9 +64,7 @@ def test_hash_changes_with_rules_not_with_formatting() -> None:
     a = parse_policy(DESIGN_EXAMPLE).task_types["refund_request"]
     reformatted = DESIGN_EXAMPLE.replace("{match: text}", "\n          match: text")
     b = parse_policy(reformatted).task_types["refund_request"]
-    c = parse_policy(DESIGN_EXAMPLE.replace("abs: 0.01", "abs: 0.02")).task_types[
-        "refund_request"
-    ]
+    c = parse_policy(DESIGN_EXAMPLE.replace("abs: 0.01", "abs: 0.02")).task_types["refund_request"]
     assert a.hash == b.hash
     assert a.hash != c.hash
 
@@ -113,55 +113,114 @@ BAD = [
     ("task_types: {}", "task_types", "add at least one task type"),
     ("[1, 2]", "", "expected a mapping"),
     ("task_types:\n  t: {}\nextra: 1", "extra", "unknown key"),
-    ("defaults: {unknown_task_types: maybe}\ntask_types: {t: {}}",
-     "defaults.unknown_task_types", "use reject or default"),
+    (
+        "defaults: {unknown_task_types: maybe}\ntask_types: {t: {}}",
+        "defaults.unknown_task_types",
+        "use reject or default",
+    ),
     (_task("sample_rate: 1.5"), "task_types.refund.sample_rate", "[0.0, 1.0]"),
     (_task("samplerate: 1"), "task_types.refund.samplerate", "unknown key"),
     (_task("redact: [customer.email]"), "task_types.refund.redact[0]", "under payload"),
-    (_task("compare: {fields: {amount: {match: fuzzy}}}"),
-     "task_types.refund.compare.fields.amount.match", "unknown match kind 'fuzzy'"),
-    (_task("compare: {fields: {amount: {match: number, abs: -0.5}}}"),
-     "task_types.refund.compare.fields.amount.abs", "negative"),
-    (_task("compare: {fields: {amount: {match: number, rel: -1}}}"),
-     "task_types.refund.compare.fields.amount.rel", "negative"),
-    (_task("compare: {fields: {amount: {match: exact, abs: 1}}}"),
-     "task_types.refund.compare.fields.amount.abs", "only to match: number"),
-    (_task("compare: {fields: {q: {match: number, equivalent: [[a, b]]}}}"),
-     "task_types.refund.compare.fields.q.equivalent", "not number"),
-    (_task("compare: {fields: {q: {equivalent: [[a]]}}}"),
-     "task_types.refund.compare.fields.q.equivalent[0]", "at least two"),
-    (_task("compare: {fields: {q: {equivalent: [[a, b], [b, c]]}}}"),
-     "task_types.refund.compare.fields.q.equivalent[1]", "more than one class"),
-    (_task("compare: {fields: {q: {critical: yes please}}}"),
-     "task_types.refund.compare.fields.q.critical", "true or false"),
+    (
+        _task("compare: {fields: {amount: {match: fuzzy}}}"),
+        "task_types.refund.compare.fields.amount.match",
+        "unknown match kind 'fuzzy'",
+    ),
+    (
+        _task("compare: {fields: {amount: {match: number, abs: -0.5}}}"),
+        "task_types.refund.compare.fields.amount.abs",
+        "negative",
+    ),
+    (
+        _task("compare: {fields: {amount: {match: number, rel: -1}}}"),
+        "task_types.refund.compare.fields.amount.rel",
+        "negative",
+    ),
+    (
+        _task("compare: {fields: {amount: {match: exact, abs: 1}}}"),
+        "task_types.refund.compare.fields.amount.abs",
+        "only to match: number",
+    ),
+    (
+        _task("compare: {fields: {q: {match: number, equivalent: [[a, b]]}}}"),
+        "task_types.refund.compare.fields.q.equivalent",
+        "not number",
+    ),
+    (
+        _task("compare: {fields: {q: {equivalent: [[a]]}}}"),
+        "task_types.refund.compare.fields.q.equivalent[0]",
+        "at least two",
+    ),
+    (
+        _task("compare: {fields: {q: {equivalent: [[a, b], [b, c]]}}}"),
+        "task_types.refund.compare.fields.q.equivalent[1]",
+        "more than one class",
+    ),
+    (
+        _task("compare: {fields: {q: {critical: yes please}}}"),
+        "task_types.refund.compare.fields.q.critical",
+        "true or false",
+    ),
     (_task("compare: {unlisted: fuzzy}"), "task_types.refund.compare.unlisted", "exact or ignore"),
-    (_task("compare: {actions: {args: {amount: {match: number, abs: -1}}}}"),
-     "task_types.refund.compare.actions.args.amount.abs", "negative"),
+    (
+        _task("compare: {actions: {args: {amount: {match: number, abs: -1}}}}"),
+        "task_types.refund.compare.actions.args.amount.abs",
+        "negative",
+    ),
     (_task("autonomy: {start: L9}"), "task_types.refund.autonomy.start", "unknown level"),
     (_task("autonomy: {ceiling: top}"), "task_types.refund.autonomy.ceiling", "unknown level"),
-    (_task("autonomy: {start: L2, ceiling: L1, gates: {L1: {agreement: 0.9}}}"),
-     "task_types.refund.autonomy.ceiling", "below start"),
+    (
+        _task("autonomy: {start: L2, ceiling: L1, gates: {L1: {agreement: 0.9}}}"),
+        "task_types.refund.autonomy.ceiling",
+        "below start",
+    ),
     (_task("autonomy: {mode: yolo}"), "task_types.refund.autonomy.mode", "auto or propose"),
     (_task("autonomy: {alpha: 0}"), "task_types.refund.autonomy.alpha", "(0.0, 1.0)"),
     (_task("autonomy: {alpha: 1.0}"), "task_types.refund.autonomy.alpha", "(0.0, 1.0)"),
     (_task("autonomy: {audit_rate: 1.2}"), "task_types.refund.autonomy.audit_rate", "[0.0, 1.0]"),
-    (_task("autonomy: {gates: {L7: {agreement: 0.9}}}"),
-     "task_types.refund.autonomy.gates.L7", "unknown level"),
-    (_task("autonomy: {gates: {L0: {agreement: 0.9}}}"),
-     "task_types.refund.autonomy.gates.L0", "gates begin at L1"),
-    (_task("autonomy: {gates: {L1: {min_samples: 5}}}"),
-     "task_types.refund.autonomy.gates.L1.agreement", "required"),
-    (_task("autonomy: {gates: {L1: {agreement: 0.9, min_samples: -3}}}"),
-     "task_types.refund.autonomy.gates.L1.min_samples", "whole number"),
-    (_task("autonomy: {gates: {L1: {agreement: 0.95}, L2: {agreement: 0.9}}}"),
-     "task_types.refund.autonomy.gates.L2.agreement", "must not get easier"),
-    (_task("autonomy: {gates: {L1: {agreement: 0.9, min_samples: 300}, "
-           "L2: {agreement: 0.95, min_samples: 100}}}"),
-     "task_types.refund.autonomy.gates.L2.min_samples", "must not get easier"),
-    (_task("autonomy: {ceiling: L2, gates: {L1: {agreement: 0.9}}}"),
-     "task_types.refund.autonomy.gates", "no gate for L2"),
-    (_task("autonomy: {gates: {L1: {agreement: 0.9, floor: 1}}}"),
-     "task_types.refund.autonomy.gates.L1.floor", "unknown key"),
+    (
+        _task("autonomy: {gates: {L7: {agreement: 0.9}}}"),
+        "task_types.refund.autonomy.gates.L7",
+        "unknown level",
+    ),
+    (
+        _task("autonomy: {gates: {L0: {agreement: 0.9}}}"),
+        "task_types.refund.autonomy.gates.L0",
+        "gates begin at L1",
+    ),
+    (
+        _task("autonomy: {gates: {L1: {min_samples: 5}}}"),
+        "task_types.refund.autonomy.gates.L1.agreement",
+        "required",
+    ),
+    (
+        _task("autonomy: {gates: {L1: {agreement: 0.9, min_samples: -3}}}"),
+        "task_types.refund.autonomy.gates.L1.min_samples",
+        "whole number",
+    ),
+    (
+        _task("autonomy: {gates: {L1: {agreement: 0.95}, L2: {agreement: 0.9}}}"),
+        "task_types.refund.autonomy.gates.L2.agreement",
+        "must not get easier",
+    ),
+    (
+        _task(
+            "autonomy: {gates: {L1: {agreement: 0.9, min_samples: 300}, "
+            "L2: {agreement: 0.95, min_samples: 100}}}"
+        ),
+        "task_types.refund.autonomy.gates.L2.min_samples",
+        "must not get easier",
+    ),
+    (
+        _task("autonomy: {ceiling: L2, gates: {L1: {agreement: 0.9}}}"),
+        "task_types.refund.autonomy.gates",
+        "no gate for L2",
+    ),
+    (
+        _task("autonomy: {gates: {L1: {agreement: 0.9, floor: 1}}}"),
+        "task_types.refund.autonomy.gates.L1.floor",
+        "unknown key",
+    ),
 ]
 
 

@@ -40,8 +40,14 @@ def state(level: Level = Level.L0, version: str | None = "v1") -> LadderState:
     return LadderState("refund", level, version)
 
 
-def decide(s: LadderState, e: dict[str, Evidence], policy: TaskPolicy, *, version: str = "v1",
-           frozen: bool = False) -> promotion.Step:
+def decide(
+    s: LadderState,
+    e: dict[str, Evidence],
+    policy: TaskPolicy,
+    *,
+    version: str = "v1",
+    frozen: bool = False,
+) -> promotion.Step:
     return promotion.decide(s, e, version, policy, frozen=frozen, now=NOW)
 
 
@@ -113,7 +119,8 @@ def test_propose_mode_records_then_approval_applies() -> None:
     assert step.move is Move.PROPOSE
     assert step.after.level is Level.L0
     proposal = step.after.proposal
-    assert proposal is not None and proposal.to_level is Level.L1
+    assert proposal is not None
+    assert proposal.to_level is Level.L1
     again = decide(step.after, evidence, policy)
     assert again.move is Move.STAY
     assert "awaits approval" in again.reason
@@ -204,8 +211,9 @@ def test_frozen_holds_everything_at_l0() -> None:
     assert step.after.level is Level.L0
     assert decide(step.after, evidence, task(), frozen=True).move is Move.STAY
     with pytest.raises(AutonomyError, match="frozen"):
-        promotion.manual_set(state(), Level.L1, evidence, "v1", task(), frozen=True, now=NOW,
-                             reason="")
+        promotion.manual_set(
+            state(), Level.L1, evidence, "v1", task(), frozen=True, now=NOW, reason=""
+        )
     frozen_proposal = decide(state(), ev(400, 396), task(mode="propose")).after
     dropped = decide(frozen_proposal, ev(400, 396), task(mode="propose"), frozen=True)
     assert dropped.move is Move.DROP_PROPOSAL
@@ -213,10 +221,12 @@ def test_frozen_holds_everything_at_l0() -> None:
 
 def test_manual_set_never_exceeds_ceiling() -> None:
     with pytest.raises(AutonomyError, match="above the ceiling L3"):
-        promotion.manual_set(state(), Level.L4, {}, "v1", task(), frozen=False, now=NOW,
-                             reason="trust me")
-    step = promotion.manual_set(state(), Level.L2, {}, "v1", task(), frozen=False, now=NOW,
-                                reason="pilot")
+        promotion.manual_set(
+            state(), Level.L4, {}, "v1", task(), frozen=False, now=NOW, reason="trust me"
+        )
+    step = promotion.manual_set(
+        state(), Level.L2, {}, "v1", task(), frozen=False, now=NOW, reason="pilot"
+    )
     assert step.move is Move.MANUAL_SET
     assert step.after.level is Level.L2
     assert step.reason == "pilot"
