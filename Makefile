@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lint format typecheck test pytest bench-stats clean
+.PHONY: install lint format typecheck test pytest bench bench-stats clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ test: lint typecheck pytest
 
 bench-stats: install
 	$(BIN)/python tests/bench/bench_stats.py
+
+bench: bench-stats
+	$(BIN)/python tests/bench/bench_store.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

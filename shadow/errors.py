@@ -7,7 +7,9 @@
     ├── PolicyError        the policy file is wrong; names the file, key path and the fix
     ├── ConflictError      same id, different content; never an overwrite
     ├── AutonomyError      an autonomy change that the ladder does not allow
-    └── StoreError         the store cannot be opened or migrated
+    ├── StoreError         the store cannot be opened or migrated
+    ├── AgentError         an agent call failed (``retriable`` for transport errors)
+    └── ConfigError        settings or a source spec are wrong (the CLI exits 2)
 
 Third-party errors (DuckDB, YAML) are translated at the boundary of the module that meets
 them, so callers only ever catch ``ShadowError`` subclasses.
@@ -18,7 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AgentError",
     "AutonomyError",
+    "ConfigError",
     "ConflictError",
     "FieldError",
     "PolicyError",
@@ -71,3 +75,16 @@ class AutonomyError(ShadowError):
 
 class StoreError(ShadowError):
     """The store could not be opened, migrated or written."""
+
+
+class AgentError(ShadowError):
+    """An agent call failed. ``retriable``: a transport error worth retrying (connection
+    refused or reset), as opposed to a bad answer, an HTTP error or a timeout."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        self.retriable = retriable
+        super().__init__(message)
+
+
+class ConfigError(ShadowError):
+    """Settings, a source spec or an agent spec are wrong; the message says how to fix it."""

@@ -14,6 +14,7 @@ produced a piece of evidence and is recorded in every audit entry.
 from __future__ import annotations
 
 import enum
+import hashlib
 import itertools
 import math
 from collections.abc import Mapping
@@ -38,7 +39,15 @@ __all__ = [
     "TaskPolicy",
     "load_policy",
     "parse_policy",
+    "stable_fraction",
 ]
+
+
+def stable_fraction(key: str, salt: str = "") -> float:
+    """A number in [0, 1) fixed by ``key`` (and ``salt``): the same event is always sampled
+    (or routed to audit) the same way, on every replica and after every restart."""
+    digest = hashlib.blake2b(f"{salt}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 class MatchKind(enum.StrEnum):
@@ -116,6 +125,15 @@ class TaskPolicy:
     compare: CompareRules = field(default_factory=CompareRules)
     autonomy: AutonomyPolicy = field(default_factory=AutonomyPolicy)
     hash: str = ""
+
+    def sampled(self, event_id: str) -> bool:
+        """Whether ``event_id`` is mirrored to the agent (``sample_rate``, stable hash)."""
+        return self.sample_rate >= 1.0 or stable_fraction(event_id, "sample") < self.sample_rate
+
+    def audited(self, event_id: str) -> bool:
+        """Whether an item at L3+ goes to a human for a sampled audit (``audit_rate``)."""
+        rate = self.autonomy.audit_rate
+        return rate >= 1.0 or stable_fraction(event_id, "audit") < rate
 
     def redact_payload(self, payload: JSONObject) -> JSONObject:
         """A copy of ``payload`` without the ``redact`` paths (``payload.a.b`` removes b)."""

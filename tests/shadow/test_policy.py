@@ -250,3 +250,18 @@ def test_invalid_yaml_and_duplicate_keys_say_where() -> None:
         parse_policy("task_types:\n  t: {a: [1, 2}\n", source="p.yaml")
     with pytest.raises(PolicyError, match="duplicate key 't'"):
         parse_policy("task_types:\n  t: {}\n  t: {}\n", source="p.yaml")
+
+
+def test_sampling_and_audit_are_stable_and_close_to_the_rate() -> None:
+    text = _task("sample_rate: 0.3\nautonomy: {audit_rate: 0.1}")
+    task = parse_policy(text).task_types["refund"]
+    ids = [f"e{i}" for i in range(20_000)]
+    sampled = [task.sampled(i) for i in ids]
+    assert sampled == [task.sampled(i) for i in ids]
+    assert 0.28 < sum(sampled) / len(ids) < 0.32
+    audited = sum(task.audited(i) for i in ids) / len(ids)
+    assert 0.085 < audited < 0.115
+    everything = parse_policy(_task("sample_rate: 1.0")).task_types["refund"]
+    assert all(everything.sampled(i) for i in ids[:100])
+    nothing = parse_policy(_task("sample_rate: 0")).task_types["refund"]
+    assert not any(nothing.sampled(i) for i in ids[:1000])
