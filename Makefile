@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lint format typecheck test pytest bench bench-stats clean
+.PHONY: install demo lint format typecheck test pytest bench bench-stats clean
 
 install: $(STAMP)
 
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+demo: install
+	$(BIN)/shadow demo $(DEMO_ARGS)
 
 lint: install
 	$(BIN)/ruff check shadow tests

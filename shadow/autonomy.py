@@ -8,17 +8,19 @@ through here too, so every change has an actor, a reason and an evidence snapsho
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any
 
 from shadow import promotion
 from shadow.errors import AutonomyError
 from shadow.model import Evidence, Level
-from shadow.policy import Policy, TaskPolicy
+from shadow.policy import Gate, Policy, TaskPolicy
 from shadow.promotion import LadderState, Step
+from shadow.stats import lower_bound
 from shadow.store import Store
 
-__all__ = ["AutonomyRegistry"]
+__all__ = ["AutonomyRegistry", "agreement_document", "agreements_needed"]
 
 SYSTEM_ACTOR = "promoter"
 
@@ -138,3 +140,79 @@ class AutonomyRegistry:
 
     async def is_frozen(self) -> bool:
         return await self.store.is_frozen()
+
+    async def agreement(self) -> dict[str, Any]:
+        """The agreement document for every configured task type (see DESIGN.md)."""
+        states, evidence, versions, frozen = await self._inputs()
+        return agreement_document(self.policy, states, evidence, versions, frozen)
+
+
+def agreements_needed(agree: int, n: int, gate: Gate, alpha: float) -> int | None:
+    """How many more agreeing comparisons (and nothing else) would meet ``gate``'s bound
+    and sample count; ``None`` when over 10 million would be needed."""
+
+    def ok(k: int) -> bool:
+        return n + k >= gate.min_samples and lower_bound(agree + k, n + k, alpha) >= gate.agreement
+
+    if ok(0):
+        return 0
+    hi = 1
+    while not ok(hi):
+        hi *= 2
+        if hi > 10_000_000:
+            return None
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def agreement_document(
+    policy: Policy,
+    states: Mapping[str, LadderState],
+    evidence: Mapping[str, Mapping[str, Evidence]],
+    versions: Mapping[str, str],
+    frozen: bool,
+) -> dict[str, Any]:
+    """The ``GET /v1/agreement`` document (also ``shadow status --json``): the evidence of
+    the current agent version of each configured task type."""
+    out: dict[str, Any] = {}
+    for name, task in policy.task_types.items():
+        state = states.get(name) or LadderState(name, task.autonomy.start)
+        version = versions.get(name) or state.agent_version
+        ev = evidence.get(name, {}).get(version or "") or Evidence(name, version or "")
+        snap = promotion.snapshot(ev, task, version)
+        target = Level(state.level + 1) if state.level < Level.L4 else None
+        gate = (
+            task.autonomy.gate_for(target) if target and target <= task.autonomy.ceiling else None
+        )
+        next_gate = None
+        if gate is not None:
+            next_gate = {
+                "level": str(gate.level),
+                "agreement": gate.agreement,
+                "min_samples": gate.min_samples,
+                "max_critical": gate.max_critical,
+                "met": promotion.gate_status(gate, snap).met,
+                "agreements_needed": agreements_needed(ev.agree, ev.n, gate, snap.alpha),
+            }
+        out[name] = {
+            "level": str(state.level),
+            "agent_version": version,
+            "n": ev.n,
+            "agree": ev.agree,
+            "agreement": round(ev.agree / ev.n, 4) if ev.n else None,
+            "lower": round(snap.lower, 4),
+            "upper": round(snap.upper, 4),
+            "critical": ev.critical,
+            "errors": ev.errors,
+            "next_gate": next_gate,
+            "proposal": state.proposal.to_json() if state.proposal else None,
+            "ceiling": str(task.autonomy.ceiling),
+            "mode": task.autonomy.mode.value,
+        }
+    return {"frozen": frozen, "task_types": out}

@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,7 @@ class Policy:
     unknown_task_types: str = "reject"  # reject | default
     default: TaskPolicy | None = None
     hash: str = ""
+    text: str = ""  # the YAML it was parsed from (stored with the evidence)
 
     def for_task(self, task_type: str) -> TaskPolicy | None:
         """The policy for ``task_type``; the default policy for unknown ones when
@@ -224,7 +225,7 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
     policy = p.policy(raw)
     if p.problems:
         raise PolicyError(source, p.problems)
-    return policy
+    return replace(policy, text=text)
 
 
 _MATCH_CHOICES = ", ".join(m.value for m in MatchKind)

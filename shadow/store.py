@@ -723,6 +723,28 @@ class Store:
                     [json.dumps(frozen)],
                 )
 
+    async def save_policy(self, text: str, digest: str) -> None:
+        """Keep the policy in force with the evidence, so ``shadow status --db`` can read
+        a database without the policy file."""
+
+        def write() -> None:
+            with self._tx() as tx:
+                tx.execute(
+                    "INSERT OR REPLACE INTO sidecar_state VALUES ('policy', ?::JSON)",
+                    [json.dumps({"text": text, "hash": digest})],
+                )
+
+        await self._run(write)
+
+    async def policy_text(self) -> str | None:
+        def q() -> str | None:
+            row = self.con.execute(
+                "SELECT value FROM sidecar_state WHERE key = 'policy'"
+            ).fetchone()
+            return str(json.loads(row[0])["text"]) if row else None
+
+        return await self._run(q)
+
     async def is_frozen(self) -> bool:
         def q() -> bool:
             row = self.con.execute(

@@ -1,0 +1,354 @@
+"""HTTP API handlers (aiohttp). Routes and shapes are a contract: DESIGN.md, docs/api.md.
+
+Handlers only translate HTTP to the pipeline and registry wired by :func:`shadow.app.
+build_app`; they never build clients. Errors are JSON: ``{"error": "...", "errors": [...]}``.
+
+Writes (``PUT``/``POST`` on autonomy, freeze, unfreeze) need ``Authorization: Bearer
+<SHADOW_ADMIN_TOKEN>``, compared in constant time; with no token configured they are refused
+with a message that says how to configure one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from shadow.config import Settings
+from shadow.errors import AutonomyError
+from shadow.ingest import BodyError, Parsed, RecordError, parse_events, parse_outcomes
+from shadow.model import Level, Outcome, WorkEvent
+from shadow.openapi import openapi_spec
+from shadow.pipeline import IngestResult, Pipeline
+
+__all__ = ["PIPELINE", "REGISTRY", "SETTINGS", "routes"]
+
+SETTINGS = web.AppKey("settings", Settings)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if errors is not None:
+        body["errors"] = errors
+    return web.json_response(body, status=status)
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+
+async def _read(request: web.Request) -> bytes | web.Response:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_body_bytes
+        return error(413, f"body larger than {limit} bytes; split it or raise max_body_bytes")
+
+
+def _summarise(
+    parsed_errors: list[RecordError], lines: list[int], results: list[IngestResult]
+) -> web.Response:
+    errors = [e.to_json() for e in parsed_errors]
+    counts: dict[str, int] = {}
+    for line, r in zip(lines, results, strict=True):
+        counts[r.status] = counts.get(r.status, 0) + 1
+        if not r.accepted:
+            errors.append({"line": line, "path": r.path or "event_id", "message": r.reason})
+    errors.sort(key=lambda e: int(e["line"]))
+    accepted = sum(1 for r in results if r.accepted)
+    body = {"accepted": accepted, "results": counts, "errors": errors}
+    if accepted or not errors:
+        return web.json_response(body, status=202)
+    if parsed_errors:
+        status, message = 400, "no record was valid"
+    elif any(r.status == "rejected" for r in results):
+        status, message = 422, "no record has a configured task type"
+    else:
+        status, message = 409, "every record conflicts with one already stored"
+    return web.json_response({"error": message, **body}, status=status)
+
+
+async def post_events(request: web.Request) -> web.Response:
+    body = await _read(request)
+    if isinstance(body, web.Response):
+        return body
+    settings = request.app[SETTINGS]
+    try:
+        parsed: Parsed[WorkEvent] = parse_events(
+            body, request.headers.get("Content-Type"), max_records=settings.max_records
+        )
+    except BodyError as exc:
+        return error(exc.status, exc.message)
+    results: list[IngestResult] = []
+    if parsed.records:
+        results = await request.app[PIPELINE].submit_events(
+            [r for _, r in parsed.records], source="http", dead_letter_rejected=False
+        )
+    return _summarise(parsed.errors, [line for line, _ in parsed.records], results)
+
+
+async def post_outcomes(request: web.Request) -> web.Response:
+    body = await _read(request)
+    if isinstance(body, web.Response):
+        return body
+    settings = request.app[SETTINGS]
+    try:
+        parsed: Parsed[Outcome] = parse_outcomes(
+            body, request.headers.get("Content-Type"), max_records=settings.max_records
+        )
+    except BodyError as exc:
+        return error(exc.status, exc.message)
+    results: list[IngestResult] = []
+    if parsed.records:
+        results = await request.app[PIPELINE].submit_outcomes(
+            [r for _, r in parsed.records], source="http"
+        )
+    return _summarise(parsed.errors, [line for line, _ in parsed.records], results)
+
+
+# -- read side --------------------------------------------------------------------------------
+
+
+async def get_agreement(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[PIPELINE].registry.agreement())
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    await request.app[PIPELINE].refresh()
+    body = generate_latest(request.app[REGISTRY])
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    pipeline = request.app[PIPELINE]
+    if not pipeline.started:
+        return error(503, "pipeline not started")
+    try:
+        await pipeline.store.schema_version()
+    except Exception as exc:  # any store failure means not ready; say which
+        return error(503, f"store unavailable: {exc}")
+    return web.json_response({"status": "ready"})
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_spec())
+
+
+# -- autonomy ---------------------------------------------------------------------------------
+
+
+def _task_type(request: web.Request) -> str:
+    name = request.match_info["task_type"]
+    if name not in request.app[PIPELINE].policy.task_types:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": f"unknown task type {name!r}"}),
+            content_type="application/json",
+        )
+    return name
+
+
+async def get_autonomy(request: web.Request) -> web.Response:
+    doc = await request.app[PIPELINE].registry.agreement()
+    return web.json_response(
+        {
+            "frozen": doc["frozen"],
+            "task_types": {k: _level_view(v) for k, v in doc["task_types"].items()},
+        }
+    )
+
+
+def _level_view(entry: dict[str, Any]) -> dict[str, Any]:
+    keys = ("level", "agent_version", "ceiling", "mode", "proposal", "next_gate")
+    return {k: entry[k] for k in keys}
+
+
+async def get_autonomy_one(request: web.Request) -> web.Response:
+    name = _task_type(request)
+    doc = await request.app[PIPELINE].registry.agreement()
+    return web.json_response(
+        {"task_type": name, "frozen": doc["frozen"], **doc["task_types"][name]}
+    )
+
+
+async def get_history(request: web.Request) -> web.Response:
+    name = _task_type(request)
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        return error(400, "limit must be a whole number")
+    if not 1 <= limit <= 10_000:
+        return error(400, "limit must be between 1 and 10000")
+    entries = await request.app[PIPELINE].store.audit_log(task_type=name, limit=limit)
+    return web.json_response(
+        {"task_type": name, "entries": [{"id": i, **e.to_json()} for i, e in entries]}
+    )
+
+
+async def get_route(request: web.Request) -> web.Response:
+    name = _task_type(request)
+    event_id = request.query.get("event_id", "")
+    if not event_id:
+        return error(400, "event_id query parameter is required")
+    pipeline = request.app[PIPELINE]
+    state = await pipeline.registry.state(name)
+    level = Level.L0 if await pipeline.store.is_frozen() else state.level
+    task = pipeline.policy.task_types[name]
+    audit = level >= Level.L3 and task.audited(event_id)
+    handler = "agent" if level >= Level.L2 and not audit else "human"
+    return web.json_response(
+        {
+            "handler": handler,
+            "level": str(level),
+            "audit": audit,
+            "approval_required": level == Level.L2,
+            "suggestion": level == Level.L1,
+        }
+    )
+
+
+async def _write_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"body is not valid JSON: {exc}"}),
+            content_type="application/json",
+        ) from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "body must be a JSON object"}),
+            content_type="application/json",
+        )
+    for key in ("actor", "reason", "level"):
+        if key in body and not isinstance(body[key], str):
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": f"{key} must be a string"}),
+                content_type="application/json",
+            )
+    return body
+
+
+def _actor(request: web.Request, body: dict[str, Any]) -> str:
+    return str(body.get("actor") or request.headers.get("X-Shadow-Actor") or "admin")[:200]
+
+
+def admin(handler: Handler) -> Handler:
+    """Refuse the write unless the admin bearer token matches (constant-time compare)."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        token = request.app[SETTINGS].admin_token
+        if token is None or not token.get_secret_value():
+            return error(
+                403,
+                "API writes are disabled: set SHADOW_ADMIN_TOKEN (or --admin-token) and send "
+                "'Authorization: Bearer <token>'",
+            )
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        expected = token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
+            return error(401, "missing or wrong admin token; send 'Authorization: Bearer <token>'")
+        try:
+            return await handler(request)
+        except AutonomyError as exc:
+            return error(409, str(exc))
+
+    return guarded
+
+
+@admin
+async def put_autonomy(request: web.Request) -> web.StreamResponse:
+    name = _task_type(request)
+    body = await _write_body(request)
+    try:
+        level = Level.parse(body.get("level"))
+    except ValueError as exc:
+        return error(400, f"level: {exc}")
+    pipeline = request.app[PIPELINE]
+    step = await pipeline.registry.set_level(
+        name, level, actor=_actor(request, body), reason=str(body.get("reason") or "manual set")
+    )
+    await pipeline.refresh()
+    return web.json_response(
+        {
+            "task_type": name,
+            "move": step.move.value,
+            "from": str(step.before.level),
+            "to": str(step.after.level),
+        }
+    )
+
+
+@admin
+async def post_approve(request: web.Request) -> web.StreamResponse:
+    name = _task_type(request)
+    body = await _write_body(request)
+    pipeline = request.app[PIPELINE]
+    step = await pipeline.registry.approve(name, actor=_actor(request, body))
+    await pipeline.refresh()
+    return web.json_response(
+        {
+            "task_type": name,
+            "move": step.move.value,
+            "from": str(step.before.level),
+            "to": str(step.after.level),
+        }
+    )
+
+
+@admin
+async def post_freeze(request: web.Request) -> web.StreamResponse:
+    body = await _write_body(request)
+    pipeline = request.app[PIPELINE]
+    await pipeline.registry.freeze(
+        actor=_actor(request, body), reason=str(body.get("reason") or "frozen")
+    )
+    await pipeline.refresh()
+    return web.json_response({"frozen": True})
+
+
+@admin
+async def post_unfreeze(request: web.Request) -> web.StreamResponse:
+    body = await _write_body(request)
+    pipeline = request.app[PIPELINE]
+    await pipeline.registry.unfreeze(
+        actor=_actor(request, body), reason=str(body.get("reason") or "unfrozen")
+    )
+    await pipeline.evaluate()
+    return web.json_response({"frozen": False})
+
+
+def routes() -> list[web.RouteDef]:
+    """Every route; ``shadow.openapi`` documents exactly these (a test checks)."""
+    return [
+        web.post("/v1/events", post_events),
+        web.post("/v1/outcomes", post_outcomes),
+        web.get("/v1/agreement", get_agreement),
+        web.get("/v1/autonomy", get_autonomy),
+        web.get("/v1/autonomy/{task_type}", get_autonomy_one),
+        web.put("/v1/autonomy/{task_type}", put_autonomy),
+        web.post("/v1/autonomy/{task_type}/approve", post_approve),
+        web.get("/v1/autonomy/{task_type}/history", get_history),
+        web.post("/v1/freeze", post_freeze),
+        web.post("/v1/unfreeze", post_unfreeze),
+        web.get("/v1/route/{task_type}", get_route),
+        web.get("/metrics", get_metrics),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/openapi.json", get_openapi),
+    ]

@@ -1,0 +1,121 @@
+"""The composition root: ``build_app(settings)`` wires every resource of ``shadow run``.
+
+Resources are opened in order through aiohttp ``cleanup_ctx`` and closed in reverse:
+store → agent runner → pipeline → sources. Handlers reach them through typed
+``web.AppKey``s (:mod:`shadow.api`). Seams (metrics registry, clock, policy) are arguments so
+tests pass real lightweight implementations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from shadow.agent import AgentRunner, CircuitBreaker, load_agent
+from shadow.api import PIPELINE, REGISTRY, SETTINGS, routes
+from shadow.config import Settings
+from shadow.errors import ConfigError
+from shadow.metrics import Metrics
+from shadow.pipeline import Pipeline
+from shadow.policy import Policy, load_policy
+from shadow.sources.files import FileSource, parse_source_spec
+from shadow.store import Store
+
+__all__ = ["build_app", "build_runner", "utc_now"]
+
+log = logging.getLogger("shadow.app")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_runner(settings: Settings) -> AgentRunner | None:
+    """The agent runner for ``settings.agent`` (``None`` without an agent)."""
+    if not settings.agent:
+        return None
+    transport = load_agent(settings.agent, timeout=settings.agent_timeout)
+    return AgentRunner(
+        transport,
+        concurrency=settings.agent_concurrency,
+        retries=settings.agent_retries,
+        backoff=settings.agent_backoff,
+        breaker=CircuitBreaker(
+            failure_threshold=settings.breaker_failures, reset_after=settings.breaker_reset
+        ),
+        default_version=settings.agent_version,
+    )
+
+
+def build_app(
+    settings: Settings,
+    *,
+    policy: Policy | None = None,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> web.Application:
+    """The sidecar as an aiohttp application. Raises ConfigError/PolicyError up front."""
+    if policy is None:
+        if settings.config is None:
+            raise ConfigError("a policy file is required: pass --config POLICY.yaml")
+        policy = load_policy(settings.config)
+    specs = [parse_source_spec(s) for s in settings.source]
+    for kind, spec in specs:
+        if kind != "file":
+            raise ConfigError(f"source {spec!r}: only file: sources are supported so far")
+        if not Path(spec).is_file():
+            raise ConfigError(f"source file {spec} does not exist")
+    metrics_registry = registry if registry is not None else CollectorRegistry()
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[REGISTRY] = metrics_registry
+    app.add_routes(routes())
+    resolved: Policy = policy
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        async with Store(settings.db) as store:
+            runner = build_runner(settings)
+            try:
+                metrics = Metrics(metrics_registry, resolved)
+                pipeline = Pipeline(
+                    settings=settings,
+                    policy=resolved,
+                    store=store,
+                    agent=runner,
+                    metrics=metrics,
+                    clock=clock,
+                )
+                async with pipeline:
+                    app[PIPELINE] = pipeline
+                    tasks = [
+                        asyncio.get_running_loop().create_task(_run_file(path, pipeline))
+                        for _, path in specs
+                    ]
+                    yield
+                    for task in tasks:
+                        task.cancel()
+                    for task in tasks:
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+            finally:
+                if runner is not None:
+                    await runner.close()
+
+    app.cleanup_ctx.append(resources)
+    return app
+
+
+async def _run_file(path: str, pipeline: Pipeline) -> None:
+    try:
+        async with FileSource(path, pipeline) as source:
+            report = await source.run()
+        log.info("file source %s done: %s", path, report)
+    except Exception:
+        log.exception("file source %s failed", path)

@@ -1,0 +1,317 @@
+"""The ``shadow`` command: run, demo, status, autonomy (names are a contract; DESIGN.md).
+
+This is the entry point: it is the only place that reads the environment (through
+:func:`shadow.config.load_settings`) and the only place that turns errors into exit codes.
+A user mistake prints one line (``shadow: error: ...``) and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+from shadow.errors import ShadowError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+DEFAULT_URL = "http://127.0.0.1:8750"
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in its inputs: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="shadow", description="Let an AI agent earn autonomy, one task type at a time."
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the sidecar (HTTP ingest API always on)")
+    run.add_argument("--config", help="policy YAML (env SHADOW_CONFIG)")
+    run.add_argument("--settings", help="YAML file with settings (env SHADOW_SETTINGS)")
+    run.add_argument("--db", help="DuckDB file (env SHADOW_DB, default shadow.duckdb)")
+    run.add_argument("--host", help="listen address (env SHADOW_HOST, default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="listen port (env SHADOW_PORT, default 8750)")
+    run.add_argument("--agent", help="agent URL or module:callable (env SHADOW_AGENT)")
+    run.add_argument("--source", action="append", help="file:PATH.jsonl (repeatable)")
+    run.add_argument("--admin-token", help="bearer token for API writes (env SHADOW_ADMIN_TOKEN)")
+    run.add_argument("--agent-concurrency", type=int, help="concurrent agent calls")
+    run.add_argument("--agent-timeout", type=float, help="seconds per agent call")
+
+    demo = sub.add_parser("demo", help="synthetic back office, built-in agent, real pipeline")
+    demo.add_argument("--events", type=int, help="number of work events (default from the demo)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--db", help="DuckDB file (default: a fresh temporary file)")
+    demo.add_argument("--serve", action="store_true", help="keep the API and /metrics up after")
+    demo.add_argument("--port", type=int, default=8750)
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    status = sub.add_parser("status", help="agreement and autonomy per task type")
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("--db", help="read a sidecar's DuckDB file (not while it runs)")
+    where.add_argument("--url", help=f"ask a running sidecar (default {DEFAULT_URL})")
+    status.add_argument("--json", action="store_true", help="print the /v1/agreement document")
+
+    auto = sub.add_parser("autonomy", help="list, set, approve, history, freeze, unfreeze")
+    auto.add_argument("--url", default=DEFAULT_URL, help="the sidecar's API")
+    auto_sub = auto.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    auto_sub.add_parser("list", help="level per task type")
+    s = auto_sub.add_parser("set", help="set a level (token from SHADOW_ADMIN_TOKEN)")
+    s.add_argument("task_type")
+    s.add_argument("level", help="L0..L4")
+    s.add_argument("--reason", default="")
+    s.add_argument("--actor", default=None)
+    a = auto_sub.add_parser("approve", help="approve a pending promotion")
+    a.add_argument("task_type")
+    a.add_argument("--actor", default=None)
+    h = auto_sub.add_parser("history", help="audit log of a task type")
+    h.add_argument("task_type")
+    h.add_argument("--limit", type=int, default=20)
+    for name in ("freeze", "unfreeze"):
+        f = auto_sub.add_parser(name, help=f"{name} every task type")
+        f.add_argument("--reason", default="")
+        f.add_argument("--actor", default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    console = Console()
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "demo":
+            from shadow.demo_run import run_demo
+
+            return asyncio.run(run_demo(args, console))
+        if args.command == "status":
+            return asyncio.run(_status(args, console))
+        return asyncio.run(_autonomy(args, console))
+    except (UsageError, ShadowError) as exc:
+        first = str(exc).strip().splitlines() or ["invalid input"]
+        detail = "\n".join(first[1:])
+        print(f"shadow: error: {first[0]}", file=sys.stderr)
+        if detail:
+            print(detail, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from shadow.app import build_app
+    from shadow.config import load_settings
+
+    settings = load_settings(
+        config=args.config,
+        settings=args.settings,
+        db=args.db,
+        host=args.host,
+        port=args.port,
+        agent=args.agent,
+        source=args.source,
+        admin_token=args.admin_token,
+        agent_concurrency=args.agent_concurrency,
+        agent_timeout=args.agent_timeout,
+    )
+    app = build_app(settings)
+    print(f"shadow: serving on http://{settings.host}:{settings.port} (db {settings.db})")
+    web.run_app(app, host=settings.host, port=settings.port, print=None)
+    return 0
+
+
+# -- status -----------------------------------------------------------------------------------
+
+
+async def _status(args: argparse.Namespace, console: Console) -> int:
+    if args.db:
+        doc = await _status_from_db(args.db)
+    else:
+        doc = await _http("GET", args.url or DEFAULT_URL, "/v1/agreement")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        console.print(agreement_table(doc))
+    return 0
+
+
+async def _status_from_db(path: str) -> dict[str, Any]:
+    from shadow.autonomy import AutonomyRegistry
+    from shadow.policy import parse_policy
+    from shadow.store import Store
+
+    if not await asyncio.to_thread(os.path.exists, path):
+        raise UsageError(f"no sidecar database at {path}")
+    async with Store(path) as store:
+        text = await store.policy_text()
+        if text is None:
+            raise UsageError(f"{path} has no policy recorded; has a sidecar run on it?")
+        policy = parse_policy(text, source=f"{path} (stored policy)")
+        from shadow.app import utc_now
+
+        return await AutonomyRegistry(store, policy, utc_now).agreement()
+
+
+def _fmt(value: object, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def agreement_table(doc: dict[str, Any], title: str = "Agreement and autonomy") -> Table:
+    """The per-task-type table of ``shadow status`` and ``shadow demo``."""
+    frozen = " (FROZEN: every task type held at L0)" if doc.get("frozen") else ""
+    table = Table(title=title + frozen)
+    for col in (
+        "task type",
+        "level",
+        "agent",
+        "n",
+        "agreement",
+        "lower",
+        "upper",
+        "critical",
+        "errors",
+        "next gate",
+        "needs",
+    ):
+        table.add_column(col, justify="right" if col not in ("task type", "agent") else "left")
+    for name, t in doc["task_types"].items():
+        gate = t.get("next_gate")
+        if gate is None:
+            gate_text, needs = "at ceiling", "-"
+        else:
+            mark = "met" if gate["met"] else "not met"
+            gate_text = f"{gate['level']} ≥ {gate['agreement']} n≥{gate['min_samples']} ({mark})"
+            if gate.get("max_critical") is not None:
+                gate_text += f" crit≤{gate['max_critical']}"
+            k = gate.get("agreements_needed")
+            needs = "-" if gate["met"] else (f"+{k} agreeing" if k is not None else "out of reach")
+            if gate.get("max_critical") is not None and t["critical"] > gate["max_critical"]:
+                needs = "blocked by critical misses"
+        level = t["level"] + (f" → {t['proposal']['to_level']}?" if t.get("proposal") else "")
+        table.add_row(
+            name,
+            level,
+            _fmt(t.get("agent_version")),
+            _fmt(t["n"]),
+            _fmt(t["agreement"]),
+            _fmt(t["lower"]),
+            _fmt(t["upper"]),
+            _fmt(t["critical"]),
+            _fmt(t["errors"]),
+            gate_text,
+            needs,
+        )
+    return table
+
+
+# -- autonomy ---------------------------------------------------------------------------------
+
+
+async def _http(
+    method: str,
+    base: str,
+    path: str,
+    *,
+    body: dict[str, Any] | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = base.rstrip("/") + path
+    try:
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(method, url, json=body, headers=headers) as resp,
+        ):
+            try:
+                data = await resp.json(content_type=None)
+            except (json.JSONDecodeError, aiohttp.ContentTypeError):
+                data = {"error": (await resp.text())[:200]}
+            if resp.status >= 400:
+                raise UsageError(f"{method} {url}: HTTP {resp.status}: {data.get('error', data)}")
+            if not isinstance(data, dict):
+                raise UsageError(f"{method} {url}: unexpected answer {str(data)[:200]}")
+            return data
+    except aiohttp.ClientError as exc:
+        raise UsageError(f"cannot reach the sidecar at {base}: {exc}") from None
+
+
+async def _autonomy(args: argparse.Namespace, console: Console) -> int:
+    token = os.environ.get("SHADOW_ADMIN_TOKEN")
+    base = args.url
+    if args.action == "list":
+        doc = await _http("GET", base, "/v1/autonomy")
+        table = Table(title="Autonomy" + (" (FROZEN)" if doc["frozen"] else ""))
+        for col in ("task type", "level", "ceiling", "mode", "agent", "proposal"):
+            table.add_column(col)
+        for name, t in doc["task_types"].items():
+            proposal = t["proposal"]["to_level"] if t.get("proposal") else "-"
+            table.add_row(
+                name, t["level"], t["ceiling"], t["mode"], _fmt(t["agent_version"]), proposal
+            )
+        console.print(table)
+        return 0
+    if args.action == "history":
+        doc = await _http("GET", base, f"/v1/autonomy/{args.task_type}/history?limit={args.limit}")
+        table = Table(title=f"Audit log: {args.task_type}")
+        for col in ("id", "at", "actor", "action", "from", "to", "reason", "n", "lower"):
+            table.add_column(col)
+        for e in doc["entries"]:
+            ev = e.get("evidence") or {}
+            table.add_row(
+                str(e["id"]),
+                e["at"][:19],
+                e["actor"],
+                e["action"],
+                _fmt(e["from_level"]),
+                _fmt(e["to_level"]),
+                e["reason"],
+                _fmt(ev.get("n")),
+                _fmt(ev.get("lower")),
+            )
+        console.print(table)
+        return 0
+    if not token:
+        raise UsageError("set SHADOW_ADMIN_TOKEN to the sidecar's admin token for writes")
+    body: dict[str, Any] = {"actor": args.actor} if args.actor else {}
+    if args.action == "set":
+        body |= {"level": args.level, "reason": args.reason}
+        out = await _http("PUT", base, f"/v1/autonomy/{args.task_type}", body=body, token=token)
+        console.print(f"{args.task_type}: {out['from']} → {out['to']}")
+    elif args.action == "approve":
+        out = await _http(
+            "POST", base, f"/v1/autonomy/{args.task_type}/approve", body=body, token=token
+        )
+        console.print(f"{args.task_type}: approved {out['from']} → {out['to']}")
+    else:
+        body["reason"] = args.reason
+        out = await _http("POST", base, f"/v1/{args.action}", body=body, token=token)
+        console.print("frozen: every task type is at L0" if out["frozen"] else "unfrozen")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

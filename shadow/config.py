@@ -1,0 +1,128 @@
+"""Settings: built once at the entry point, passed down as one object.
+
+Precedence, highest first: command-line flags (passed as keyword arguments), environment
+variables ``SHADOW_<OPTION>`` (``SHADOW_DB``, ``SHADOW_AGENT``, ``SHADOW_SOURCE``...), an
+optional YAML settings file (``--settings``/``SHADOW_SETTINGS``), then the defaults named
+here. List options accept JSON (``["file:a.jsonl"]``) or a comma-separated string in the
+environment.
+
+Nothing below the entry point reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from shadow.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_DB",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Settings",
+    "load_settings",
+]
+
+DEFAULT_DB = "shadow.duckdb"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8750
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_RECORDS = 10_000
+DEFAULT_JOIN_TTL_S = 7 * 24 * 3600.0
+
+
+class Settings(BaseSettings):
+    """Every knob of ``shadow run`` (and the embedded ``shadow demo``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHADOW_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    config: Path | None = Field(None, description="policy YAML (required for run)")
+    settings: Path | None = Field(None, description="optional YAML file with these settings")
+    db: str = Field(DEFAULT_DB, description="DuckDB file (':memory:' for throwaway runs)")
+    host: str = DEFAULT_HOST
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    agent: str | None = Field(None, description="agent URL or module:callable")
+    source: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    admin_token: SecretStr | None = Field(None, description="bearer token for API writes")
+
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
+    max_records: int = Field(DEFAULT_MAX_RECORDS, ge=1)
+
+    agent_timeout: float = Field(10.0, gt=0)
+    agent_concurrency: int = Field(8, ge=1, le=1024)
+    agent_retries: int = Field(2, ge=0, le=10)
+    agent_backoff: float = Field(0.2, ge=0)
+    agent_version: str = Field("unknown", description="version for errors before any answer")
+    breaker_failures: int = Field(5, ge=1)
+    breaker_reset: float = Field(30.0, gt=0)
+
+    join_ttl: float = Field(DEFAULT_JOIN_TTL_S, gt=0, description="seconds a join stays open")
+    expire_interval: float = Field(60.0, gt=0)
+    batch_size: int = Field(500, ge=1, le=100_000)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _split_sources(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [s.strip() for s in text.split(",") if s.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _settings_file(init_settings, env_settings)
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def _settings_file(*sources: PydanticBaseSettingsSource) -> Path | None:
+    for source in sources:
+        value = source().get("settings")
+        if value:
+            path = Path(value)
+            if not path.is_file():
+                raise ConfigError(f"settings file {path} does not exist")
+            return path
+    return None
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Settings from flags (``None`` means "not given"), environment and YAML.
+
+    Raises :class:`ConfigError` with one line per problem, naming the option."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"{where} (SHADOW_{where.upper()}): {err['msg']}")
+        raise ConfigError("; ".join(lines)) from None
+    except ValueError as exc:  # a malformed JSON list in the environment
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,145 @@
+"""``shadow demo``: the embedded default, end to end through the real sidecar.
+
+It builds the same application as ``shadow run`` (:func:`shadow.app.build_app`) with the
+demo policy and the built-in reference agent (``shadow.demo:reference_agent``), serves it on
+loopback, and posts the synthetic back office's events and — a little later, shuffled, as
+humans decide — their outcomes to its HTTP ingest API as NDJSON batches. It then waits for
+every comparison and prints the agreement and autonomy table. ``--serve`` keeps the API and
+``/metrics`` up afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from shadow.api import PIPELINE
+from shadow.app import build_app
+from shadow.cli import UsageError, agreement_table
+from shadow.config import load_settings
+from shadow.demo import DEFAULT_EVENTS, DEMO_POLICY, generate
+from shadow.policy import parse_policy
+
+__all__ = ["run_demo"]
+
+BATCH = 250
+OUTCOME_LAG_BATCHES = 2  # humans decide a while after the work arrives
+
+
+async def run_demo(args: argparse.Namespace, console: Console) -> int:
+    n_events = args.events if args.events is not None else DEFAULT_EVENTS
+    if n_events < 1:
+        raise UsageError("--events must be at least 1")
+    db = args.db or str(Path(tempfile.mkdtemp(prefix="shadow-demo-")) / "demo.duckdb")
+    port = args.port if args.serve else 0
+    settings = load_settings(
+        db=db,
+        agent="shadow.demo:reference_agent",
+        host=args.host,
+        port=port,
+        agent_concurrency=4,
+        expire_interval=3600.0,
+    )
+    policy = parse_policy(DEMO_POLICY, source="shadow.demo policy")
+    app = build_app(settings, policy=policy)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {settings.host}:{port}: {exc.strerror}") from None
+        url = _bound_url(runner, settings.host)
+        pipeline = app[PIPELINE]
+        cases = generate(n_events, seed=args.seed)
+        console.print(
+            f"shadow demo: {len(cases)} work events across "
+            f"{len({c.event['task_type'] for c in cases})} task types, seed {args.seed}, "
+            f"db {db}"
+        )
+        progress = Progress(
+            TextColumn("[bold]comparisons"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=args.no_progress,
+        )
+        with progress:
+            bar = progress.add_task("comparisons", total=len(cases))
+            start = pipeline.comparisons
+            async with aiohttp.ClientSession() as session:
+                feeding = asyncio.create_task(_feed(session, url, cases, args.seed))
+                while not feeding.done():
+                    progress.update(bar, completed=pipeline.comparisons - start)
+                    await asyncio.sleep(0.1)
+                await feeding
+            drained = asyncio.create_task(pipeline.drain())
+            while not drained.done():
+                progress.update(bar, completed=pipeline.comparisons - start)
+                await asyncio.sleep(0.1)
+            await drained
+            progress.update(bar, completed=pipeline.comparisons - start)
+        await pipeline.evaluate()
+        doc = await pipeline.registry.agreement()
+        console.print(agreement_table(doc, title="shadow demo: agreement and autonomy"))
+        console.print(
+            f"Evidence, audit log and dead letters are in {db}; "
+            f"`shadow status --db {db}` shows this table again."
+        )
+        if args.serve:
+            console.print(f"Serving the API and /metrics on {url} (Ctrl-C to stop).")
+            await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def _bound_url(runner: web.AppRunner, host: str) -> str:
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        for sock in sockets:
+            return f"http://{host}:{sock.getsockname()[1]}"
+    raise UsageError("the demo server did not start")
+
+
+async def _post(session: aiohttp.ClientSession, url: str, records: list[dict[str, Any]]) -> None:
+    body = "\n".join(json.dumps(r) for r in records).encode()
+    async with session.post(
+        url, data=body, headers={"Content-Type": "application/x-ndjson"}
+    ) as resp:
+        if resp.status != 202:
+            raise UsageError(
+                f"demo ingest refused a batch: HTTP {resp.status}: {(await resp.text())[:300]}"
+            )
+
+
+async def _feed(session: aiohttp.ClientSession, url: str, cases: list[Any], seed: int) -> None:
+    rng = random.Random(seed)
+    batches = [cases[i : i + BATCH] for i in range(0, len(cases), BATCH)]
+    for i, batch in enumerate(batches):
+        await _post(session, f"{url}/v1/events", [c.event for c in batch])
+        if i >= OUTCOME_LAG_BATCHES:
+            await _post_outcomes(session, url, batches[i - OUTCOME_LAG_BATCHES], rng)
+    for batch in batches[max(0, len(batches) - OUTCOME_LAG_BATCHES) :]:
+        await _post_outcomes(session, url, batch, rng)
+
+
+async def _post_outcomes(
+    session: aiohttp.ClientSession, url: str, batch: list[Any], rng: random.Random
+) -> None:
+    outcomes = [c.outcome for c in batch]
+    rng.shuffle(outcomes)
+    await _post(session, f"{url}/v1/outcomes", outcomes)

@@ -1,0 +1,288 @@
+"""Every Prometheus metric the sidecar exports, defined once on an injected registry.
+
+Names follow ``shadow_<what>_<unit>``. Label values are bounded: task types outside the
+policy are reported as ``other``, field paths outside the task's rules as ``other``, and
+dead-letter reasons are a small fixed vocabulary (see :func:`reason_class`), so a hostile
+stream cannot explode the series count.
+
+Gauges describing evidence and autonomy are *set* from the store after each evaluation (the
+store is the source of truth: reversals and restarts stay exact); counters count what this
+process did since it started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from shadow.model import Comparison, Evidence, ShadowDecision
+from shadow.policy import Policy
+from shadow.promotion import LadderState, Step
+from shadow.stats import lower_bound, upper_bound
+
+__all__ = ["OTHER", "Metrics", "reason_class"]
+
+OTHER = "other"
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+_REASONS = (
+    ("conflicting duplicate", "conflict"),
+    ("invalid json", "malformed"),
+    ("not utf-8", "encoding"),
+    ("too long", "too_large"),
+    ("too large", "too_large"),
+    ("exceeds", "too_large"),
+    ("unknown task type", "unknown_task_type"),
+    ("kind", "bad_kind"),
+)
+
+
+def reason_class(reason: str) -> str:
+    """Map a free-text dead-letter reason onto a bounded label value."""
+    low = reason.lower()
+    for needle, label in _REASONS:
+        if needle in low:
+            return label
+    return "invalid"
+
+
+class Metrics:
+    """The sidecar's metrics. ``registry`` is injected (tests use their own)."""
+
+    def __init__(self, registry: CollectorRegistry, policy: Policy) -> None:
+        self.registry = registry
+        self.policy = policy
+        r = registry
+        self.events = Counter(
+            "shadow_events",
+            "Work events received, by task type, source and result",
+            ["task_type", "source", "result"],
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "shadow_outcomes",
+            "Human outcomes received, by source and result",
+            ["source", "result"],
+            registry=r,
+        )
+        self.comparisons = Counter(
+            "shadow_comparisons",
+            "Comparisons made (re-comparisons after reversals included)",
+            ["task_type", "agent_version", "verdict"],
+            registry=r,
+        )
+        self.reversals = Counter(
+            "shadow_outcome_reversals",
+            "Outcomes reversed after a comparison was made",
+            ["task_type"],
+            registry=r,
+        )
+        self.field_mismatches = Counter(
+            "shadow_field_mismatches",
+            "Field-level disagreements, by field",
+            ["task_type", "field"],
+            registry=r,
+        )
+        self.critical_misses = Counter(
+            "shadow_critical_misses",
+            "Comparisons with a critical field mismatch",
+            ["task_type", "agent_version"],
+            registry=r,
+        )
+        self.agreement = Gauge(
+            "shadow_agreement_ratio",
+            "Observed agreement of the evidence",
+            ["task_type", "agent_version"],
+            registry=r,
+        )
+        self.lower = Gauge(
+            "shadow_agreement_lower_ratio",
+            "Anytime-valid lower bound of agreement",
+            ["task_type", "agent_version"],
+            registry=r,
+        )
+        self.upper = Gauge(
+            "shadow_agreement_upper_ratio",
+            "Anytime-valid upper bound of agreement",
+            ["task_type", "agent_version"],
+            registry=r,
+        )
+        self.evidence_n = Gauge(
+            "shadow_evidence_comparisons",
+            "Comparisons counted as evidence (n)",
+            ["task_type", "agent_version"],
+            registry=r,
+        )
+        self.evidence_agree = Gauge(
+            "shadow_evidence_agreements",
+            "Agreeing comparisons in the evidence",
+            ["task_type", "agent_version"],
+            registry=r,
+        )
+        self.evidence_critical = Gauge(
+            "shadow_evidence_critical_misses",
+            "Critical misses in the evidence",
+            ["task_type", "agent_version"],
+            registry=r,
+        )
+        self.level = Gauge(
+            "shadow_autonomy_level", "Current autonomy level (0-4)", ["task_type"], registry=r
+        )
+        self.proposal = Gauge(
+            "shadow_autonomy_proposal_level",
+            "Level proposed and awaiting approval (0: none)",
+            ["task_type"],
+            registry=r,
+        )
+        self.changes = Counter(
+            "shadow_autonomy_changes",
+            "Autonomy changes, by move",
+            ["task_type", "move"],
+            registry=r,
+        )
+        self.frozen = Gauge("shadow_frozen", "1 while the sidecar is frozen", registry=r)
+        self.gate_agreement = Gauge(
+            "shadow_gate_agreement_ratio",
+            "Agreement a level's gate requires",
+            ["task_type", "level"],
+            registry=r,
+        )
+        self.gate_min_samples = Gauge(
+            "shadow_gate_min_samples",
+            "Minimum comparisons a level's gate requires",
+            ["task_type", "level"],
+            registry=r,
+        )
+        self.agent_latency = Histogram(
+            "shadow_agent_latency_seconds",
+            "Agent call latency (retries included)",
+            ["task_type"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.agent_calls = Counter(
+            "shadow_agent_calls", "Agent calls, by result", ["task_type", "result"], registry=r
+        )
+        self.agent_cost = Counter(
+            "shadow_agent_cost_usd",
+            "Agent cost reported by the agent",
+            ["task_type", "agent_version"],
+            registry=r,
+        )
+        self.agent_tokens = Counter(
+            "shadow_agent_tokens",
+            "Agent tokens reported by the agent",
+            ["task_type", "direction"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "shadow_agent_breaker_open", "1 while the agent circuit breaker is open", registry=r
+        )
+        self.pending = Gauge(
+            "shadow_pending_joins",
+            "Open joins, by what they wait for",
+            ["waiting_for"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "shadow_dead_letters",
+            "Records dead-lettered, by source and reason",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.info = Info("shadow_build", "Sidecar build information", registry=r)
+        self.info.info({"version": "0.1.0", "policy_hash": policy.hash})
+        self._publish_gates()
+
+    # -- label hygiene ----------------------------------------------------------------------
+
+    def task_label(self, task_type: str) -> str:
+        return task_type if task_type in self.policy.task_types else OTHER
+
+    def field_label(self, task_type: str, path: str) -> str:
+        task = self.policy.task_types.get(task_type)
+        if path == "actions" or (task is not None and path in task.compare.fields):
+            return path
+        return OTHER
+
+    @staticmethod
+    def source_label(source: str) -> str:
+        """``file:/a/b.jsonl`` -> ``file``; ``kafka://...`` -> ``kafka``; ``http`` stays."""
+        return source.split(":", 1)[0] if ":" in source else source
+
+    # -- recording --------------------------------------------------------------------------
+
+    def _publish_gates(self) -> None:
+        for name, task in self.policy.task_types.items():
+            for level, gate in task.autonomy.gates.items():
+                self.gate_agreement.labels(name, str(level)).set(gate.agreement)
+                self.gate_min_samples.labels(name, str(level)).set(gate.min_samples)
+
+    def event_results(self, task_types: Iterable[str], source: str, results: Iterable[str]) -> None:
+        src = self.source_label(source)
+        for task_type, result in zip(task_types, results, strict=True):
+            self.events.labels(self.task_label(task_type), src, result).inc()
+
+    def outcome_results(self, source: str, results: Iterable[str]) -> None:
+        src = self.source_label(source)
+        for result in results:
+            self.outcomes.labels(src, result).inc()
+
+    def decision(self, task_type: str, d: ShadowDecision) -> None:
+        tt = self.task_label(task_type)
+        if d.latency_ms is not None:
+            self.agent_latency.labels(tt).observe(d.latency_ms / 1000.0)
+        self.agent_calls.labels(tt, "error" if d.error else "ok").inc()
+        if d.usage.cost_usd:
+            self.agent_cost.labels(tt, d.agent_version).inc(d.usage.cost_usd)
+        if d.usage.input_tokens:
+            self.agent_tokens.labels(tt, "input").inc(d.usage.input_tokens)
+        if d.usage.output_tokens:
+            self.agent_tokens.labels(tt, "output").inc(d.usage.output_tokens)
+
+    def comparison(self, c: Comparison) -> None:
+        tt = self.task_label(c.task_type)
+        self.comparisons.labels(tt, c.agent_version, c.verdict.value).inc()
+        for f in c.mismatches:
+            self.field_mismatches.labels(tt, self.field_label(c.task_type, f.path)).inc()
+        if c.critical_miss:
+            self.critical_misses.labels(tt, c.agent_version).inc()
+
+    def reversal(self, task_type: str) -> None:
+        self.reversals.labels(self.task_label(task_type)).inc()
+
+    def dead_letter(self, source: str, reason: str) -> None:
+        self.dead_letters.labels(self.source_label(source), reason_class(reason)).inc()
+
+    def steps(self, steps: Iterable[Step]) -> None:
+        for s in steps:
+            if s.changed:
+                self.changes.labels(self.task_label(s.after.task_type), s.move.value).inc()
+
+    def evidence(self, evidence: Mapping[str, Mapping[str, Evidence]]) -> None:
+        """Set the evidence gauges from the store's agreement view."""
+        for task_type, versions in evidence.items():
+            if task_type not in self.policy.task_types:
+                continue
+            task = self.policy.task_types[task_type]
+            alpha = task.autonomy.alpha
+            for version, ev in versions.items():
+                labels = (task_type, version)
+                self.evidence_n.labels(*labels).set(ev.n)
+                self.evidence_agree.labels(*labels).set(ev.agree)
+                self.evidence_critical.labels(*labels).set(ev.critical)
+                self.agreement.labels(*labels).set(ev.agree / ev.n if ev.n else 0.0)
+                self.lower.labels(*labels).set(lower_bound(ev.agree, ev.n, alpha))
+                self.upper.labels(*labels).set(upper_bound(ev.agree, ev.n, alpha))
+
+    def ladder(self, states: Mapping[str, LadderState], frozen: bool) -> None:
+        self.frozen.set(1 if frozen else 0)
+        for name, state in states.items():
+            self.level.labels(self.task_label(name)).set(int(state.level))
+            proposed = state.proposal.to_level if state.proposal else 0
+            self.proposal.labels(self.task_label(name)).set(int(proposed))
+
+    def pending_joins(self, pending: Mapping[str, int]) -> None:
+        for key, value in pending.items():
+            self.pending.labels(key).set(value)

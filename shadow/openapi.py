@@ -1,0 +1,254 @@
+"""The OpenAPI 3.0 description of the HTTP API, served at ``/openapi.json``.
+
+It documents exactly the routes in :func:`shadow.api.routes` (a test compares them) and is
+what the schemathesis fuzz test drives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi_spec"]
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out["content"] = _json(schema)
+    return out
+
+
+_ERR = _ref("Error")
+_TASK = {"name": "task_type", "in": "path", "required": True, "schema": {"type": "string"}}
+_ADMIN: list[dict[str, list[str]]] = [{"admin": []}]
+_WRITE_ERRORS = {
+    "400": _resp("bad request body", _ERR),
+    "401": _resp("missing or wrong admin token", _ERR),
+    "403": _resp("writes disabled: no admin token configured", _ERR),
+    "404": _resp("unknown task type", _ERR),
+    "409": _resp("the ladder refuses the change", _ERR),
+}
+
+
+def _ingest(kind: str, schema: str) -> dict[str, Any]:
+    body_schema = {"oneOf": [_ref(schema), {"type": "array", "items": _ref(schema)}]}
+    return {
+        "summary": f"Ingest {kind}: one JSON object, a JSON array, or NDJSON lines",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": body_schema},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        },
+        "responses": {
+            "202": _resp("stored durably (per-record errors listed)", _ref("IngestResult")),
+            "400": _resp("malformed body or no valid record", _ERR),
+            "409": _resp("every record conflicts with a stored one", _ERR),
+            "413": _resp("body or batch too large", _ERR),
+            "415": _resp("unsupported content type", _ERR),
+            "422": _resp("unknown task type", _ERR),
+        },
+    }
+
+
+def _write(summary: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": _ADMIN,
+        "responses": {"200": _resp("done", {"type": "object"}), **_WRITE_ERRORS},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": False, "content": _json(body)}
+    return op
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}, "errors": {"type": "array"}},
+    },
+    "WorkEvent": {
+        "type": "object",
+        "required": ["event_id", "task_type", "payload"],
+        "properties": {
+            "event_id": {"type": "string", "minLength": 1},
+            "task_type": {"type": "string"},
+            "payload": {"type": "object"},
+            "occurred_at": {"type": "string", "format": "date-time"},
+            "segment": {"type": "string"},
+        },
+    },
+    "Outcome": {
+        "type": "object",
+        "required": ["event_id", "decision"],
+        "properties": {
+            "event_id": {"type": "string", "minLength": 1},
+            "decision": {"type": "object"},
+            "actions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["tool"],
+                    "properties": {"tool": {"type": "string"}, "args": {"type": "object"}},
+                },
+            },
+            "decided_by": {"type": "string"},
+            "decided_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "IngestResult": {
+        "type": "object",
+        "required": ["accepted", "results", "errors"],
+        "properties": {
+            "accepted": {"type": "integer"},
+            "results": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "line": {"type": "integer"},
+                        "path": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "Agreement": {
+        "type": "object",
+        "required": ["frozen", "task_types"],
+        "properties": {
+            "frozen": {"type": "boolean"},
+            "task_types": {"type": "object", "additionalProperties": {"type": "object"}},
+        },
+    },
+    "Route": {
+        "type": "object",
+        "required": ["handler", "level", "audit"],
+        "properties": {
+            "handler": {"type": "string", "enum": ["agent", "human"]},
+            "level": {"type": "string", "enum": ["L0", "L1", "L2", "L3", "L4"]},
+            "audit": {"type": "boolean"},
+            "approval_required": {"type": "boolean"},
+            "suggestion": {"type": "boolean"},
+        },
+    },
+    "WriteBody": {
+        "type": "object",
+        "properties": {"actor": {"type": "string"}, "reason": {"type": "string"}},
+    },
+    "SetLevel": {
+        "type": "object",
+        "required": ["level"],
+        "properties": {
+            "level": {"type": "string", "enum": ["L0", "L1", "L2", "L3", "L4"]},
+            "actor": {"type": "string"},
+            "reason": {"type": "string"},
+        },
+    },
+}
+
+
+def openapi_spec() -> dict[str, Any]:
+    """The API description (a fresh dict each call)."""
+    ok_obj = _resp("ok", {"type": "object"})
+    not_found = _resp("unknown task type", _ERR)
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "shadow sidecar", "version": "0.1.0"},
+        "paths": {
+            "/v1/events": {"post": _ingest("work events", "WorkEvent")},
+            "/v1/outcomes": {"post": _ingest("human outcomes", "Outcome")},
+            "/v1/agreement": {
+                "get": {
+                    "summary": "Evidence of the current agent version per task type",
+                    "responses": {"200": _resp("ok", _ref("Agreement"))},
+                }
+            },
+            "/v1/autonomy": {
+                "get": {"summary": "Autonomy level per task type", "responses": {"200": ok_obj}}
+            },
+            "/v1/autonomy/{task_type}": {
+                "parameters": [_TASK],
+                "get": {
+                    "summary": "One task type's level and evidence",
+                    "responses": {"200": ok_obj, "404": not_found},
+                },
+                "put": _write("Set the level (never above the ceiling)", _ref("SetLevel")),
+            },
+            "/v1/autonomy/{task_type}/approve": {
+                "parameters": [_TASK],
+                "post": _write("Approve the pending promotion", _ref("WriteBody")),
+            },
+            "/v1/autonomy/{task_type}/history": {
+                "parameters": [_TASK],
+                "get": {
+                    "summary": "Audit log of one task type, newest first",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        }
+                    ],
+                    "responses": {"200": ok_obj, "400": _resp("bad limit", _ERR), "404": not_found},
+                },
+            },
+            "/v1/freeze": {"post": _write("Send every task type to L0", _ref("WriteBody"))},
+            "/v1/unfreeze": {"post": _write("Lift the freeze", _ref("WriteBody"))},
+            "/v1/route/{task_type}": {
+                "parameters": [_TASK],
+                "get": {
+                    "summary": "Who handles this item: agent or human (audit sampling at L3+)",
+                    "parameters": [
+                        {
+                            "name": "event_id",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1},
+                        }
+                    ],
+                    "responses": {
+                        "200": _resp("ok", _ref("Route")),
+                        "400": _resp("event_id missing", _ERR),
+                        "404": not_found,
+                    },
+                },
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": ok_obj}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness",
+                    "responses": {"200": ok_obj, "503": _resp("not ready", _ERR)},
+                }
+            },
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok_obj}}},
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,328 @@
+"""The pipeline: ingest → store → agent (shadow) → store → joiner → promoter → metrics.
+
+One :class:`Pipeline` per process, shared by every source (HTTP ingest, files, Kafka) and
+by ``shadow demo``. Its contract:
+
+- ``submit_events`` / ``submit_outcomes`` return once the records are durably stored (the
+  caller may then acknowledge them). Unknown task types are rejected (or dead-lettered for
+  non-HTTP sources); payloads are redacted before storage; events are sampled for the agent
+  by a stable hash of their id.
+- The agent never runs on the ingest path: stored events flagged ``needs_agent`` are the
+  work queue. A feeder reads them from the store (so a restart resumes, and memory stays
+  bounded), ``agent_concurrency`` workers call the agent, and one writer stores decisions in
+  batches, then completes joins and re-evaluates the ladder after each batch of comparisons.
+- Outcomes trigger joins in a background task too, so a burst of outcomes never waits for
+  comparisons or promotion.
+- Expiry runs every ``expire_interval`` seconds with ``join_ttl``.
+
+Backpressure for pull sources: :attr:`Pipeline.saturated` is true while the agent workers
+are all busy and their hand-off queue is full; Kafka pauses partitions on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Self
+
+from shadow.agent import AgentRunner
+from shadow.autonomy import AutonomyRegistry
+from shadow.config import Settings
+from shadow.joiner import Joiner, JoinReport
+from shadow.metrics import Metrics
+from shadow.model import Outcome, ShadowDecision, WorkEvent
+from shadow.policy import Policy
+from shadow.store import DeadLetter, PutStatus, Store
+
+__all__ = ["IngestResult", "Pipeline"]
+
+log = logging.getLogger("shadow.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What happened to one submitted record. ``status``: stored, duplicate, conflict,
+    reversal, superseded or rejected (with ``path`` and ``reason``)."""
+
+    event_id: str
+    status: str
+    path: str = ""
+    reason: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.status not in ("conflict", "rejected")
+
+
+class Pipeline:
+    """Wires the stages together; see the module docstring. Use as an async context
+    manager (or ``start``/``stop``); ``clock`` returns aware datetimes."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        policy: Policy,
+        store: Store,
+        agent: AgentRunner | None,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.store = store
+        self.agent = agent
+        self.metrics = metrics
+        self.clock = clock
+        self.joiner = Joiner(store, policy, clock, batch=max(settings.batch_size, 1000))
+        self.registry = AutonomyRegistry(store, policy, clock)
+        self._work: asyncio.Queue[WorkEvent] = asyncio.Queue(maxsize=settings.agent_concurrency * 2)
+        self._results: asyncio.Queue[tuple[WorkEvent, ShadowDecision]] = asyncio.Queue()
+        self._inflight: set[str] = set()
+        self._join_ids: set[str] = set()
+        self._agent_wake = asyncio.Event()
+        self._join_wake = asyncio.Event()
+        self._busy = 0  # writer/joiner batches being processed
+        self._tasks: list[asyncio.Task[None]] = []
+        self.comparisons = 0  # made by this process (for progress displays)
+        self.started = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> Self:
+        if self.started:
+            return self
+        self.started = True
+        await self.store.save_policy(self.policy.text, self.policy.hash)
+        await self._after_join(await self.joiner.join())  # finish what a crash interrupted
+        await self.refresh()
+        spawn = asyncio.get_running_loop().create_task
+        self._tasks.append(spawn(self._join_loop(), name="shadow-join"))
+        self._tasks.append(spawn(self._expire_loop(), name="shadow-expire"))
+        if self.agent is not None:
+            self._tasks.append(spawn(self._feeder(), name="shadow-feeder"))
+            self._tasks.append(spawn(self._writer(), name="shadow-writer"))
+            for i in range(self.settings.agent_concurrency):
+                self._tasks.append(spawn(self._worker(), name=f"shadow-agent-{i}"))
+        return self
+
+    async def stop(self) -> None:
+        """Idempotent. Work not finished stays in the store and resumes on the next start."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- ingest -----------------------------------------------------------------------------
+
+    async def submit_events(
+        self, events: Sequence[WorkEvent], *, source: str, dead_letter_rejected: bool = True
+    ) -> list[IngestResult]:
+        """Validate task types, redact, sample and store ``events`` (durable on return)."""
+        results: list[IngestResult | None] = [None] * len(events)
+        keep: list[tuple[int, WorkEvent]] = []
+        needs: list[bool] = []
+        rejected: list[DeadLetter] = []
+        for i, event in enumerate(events):
+            task = self.policy.for_task(event.task_type)
+            if task is None:
+                known = ", ".join(sorted(self.policy.task_types)) or "none"
+                reason = f"unknown task type {event.task_type!r}; configured: {known}"
+                results[i] = IngestResult(event.event_id, "rejected", "task_type", reason)
+                rejected.append(DeadLetter(source, "event", reason, None, event.event_id, None))
+                continue
+            keep.append((i, replace(event, payload=task.redact_payload(event.payload))))
+            needs.append(self.agent is not None and task.sampled(event.event_id))
+        if keep:
+            put = await self.store.put_events(
+                [e for _, e in keep], source=source, now=self.clock(), needs_agent=needs
+            )
+            for (i, _), r in zip(keep, put, strict=True):
+                results[i] = IngestResult(r.event_id, r.status.value, "", r.reason)
+                if r.status is PutStatus.CONFLICT:
+                    self.metrics.dead_letter(source, r.reason)
+            if any(r.status is PutStatus.STORED for r in put) and any(needs):
+                self._agent_wake.set()
+        if rejected and dead_letter_rejected:
+            await self.store.put_dead_letters(rejected, now=self.clock())
+            for letter in rejected:
+                self.metrics.dead_letter(source, letter.reason)
+        final = [r for r in results if r is not None]
+        self.metrics.event_results([e.task_type for e in events], source, [r.status for r in final])
+        return final
+
+    async def submit_outcomes(
+        self, outcomes: Sequence[Outcome], *, source: str
+    ) -> list[IngestResult]:
+        """Store ``outcomes`` (durable on return) and schedule their joins."""
+        put = await self.store.put_outcomes(outcomes, source=source, now=self.clock())
+        ready = [r.event_id for r in put if r.status in (PutStatus.STORED, PutStatus.REVERSAL)]
+        for r in put:
+            if r.status is PutStatus.CONFLICT:
+                self.metrics.dead_letter(source, r.reason)
+        self.metrics.outcome_results(source, [r.status.value for r in put])
+        self._schedule_join(ready)
+        return [IngestResult(r.event_id, r.status.value, "", r.reason) for r in put]
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        """Record input that could not be parsed (sources call this)."""
+        if not letters:
+            return
+        await self.store.put_dead_letters(letters, now=self.clock())
+        for letter in letters:
+            self.metrics.dead_letter(letter.source, letter.reason)
+
+    # -- background work --------------------------------------------------------------------
+
+    @property
+    def saturated(self) -> bool:
+        """True while every agent worker is busy and the hand-off queue is full: pull
+        sources (Kafka) pause until it clears."""
+        return self._work.full()
+
+    def _schedule_join(self, event_ids: Sequence[str]) -> None:
+        if event_ids:
+            self._join_ids.update(event_ids)
+            self._join_wake.set()
+
+    async def _feeder(self) -> None:
+        assert self.agent is not None
+        while True:
+            room = self._work.maxsize - self._work.qsize()
+            if room <= 0:
+                await asyncio.sleep(0.005)
+                continue
+            events = await self.store.events_awaiting_agent(limit=room + len(self._inflight))
+            fresh = [e for e in events if e.event_id not in self._inflight]
+            if not fresh:
+                self._agent_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._agent_wake.wait(), timeout=1.0)
+                continue
+            for event in fresh[:room]:
+                self._inflight.add(event.event_id)
+                await self._work.put(event)
+
+    async def _worker(self) -> None:
+        assert self.agent is not None
+        while True:
+            event = await self._work.get()
+            decision = await self.agent.decide(event)
+            await self._results.put((event, decision))
+
+    async def _writer(self) -> None:
+        while True:
+            batch = [await self._results.get()]
+            self._busy += 1
+            try:
+                while len(batch) < self.settings.batch_size:
+                    try:
+                        batch.append(self._results.get_nowait())
+                    except asyncio.QueueEmpty:
+                        break
+                await self.store.put_decisions(
+                    [(d, e.task_type) for e, d in batch], now=self.clock()
+                )
+                for event, decision in batch:
+                    self.metrics.decision(event.task_type, decision)
+                    self._inflight.discard(event.event_id)
+                self._breaker_gauge()
+                self._schedule_join([e.event_id for e, _ in batch])
+            except Exception:
+                log.exception("storing %d agent decisions failed; they will be retried", len(batch))
+                for event, _ in batch:
+                    self._inflight.discard(event.event_id)
+                await asyncio.sleep(1.0)
+            finally:
+                self._busy -= 1
+
+    def _breaker_gauge(self) -> None:
+        if self.agent is not None:
+            self.metrics.breaker_open.set(1 if self.agent.breaker.state == "open" else 0)
+
+    async def _join_loop(self) -> None:
+        while True:
+            await self._join_wake.wait()
+            self._join_wake.clear()
+            ids, self._join_ids = list(self._join_ids), set()
+            if not ids:
+                continue
+            self._busy += 1
+            try:
+                await self._after_join(await self.joiner.join(ids))
+            except Exception:
+                log.exception("joining %d events failed; retrying", len(ids))
+                self._join_ids.update(ids)
+                await asyncio.sleep(1.0)
+                self._join_wake.set()
+            finally:
+                self._busy -= 1
+
+    async def _after_join(self, report: JoinReport) -> None:
+        for c in report.comparisons:
+            self.metrics.comparison(c)
+        by_key = {(c.event_id, c.agent_version): c.task_type for c in report.comparisons}
+        for r in report.reversals:
+            self.metrics.reversal(by_key.get((r.event_id, r.agent_version), "other"))
+        self.comparisons += len(report.comparisons)
+        if report.comparisons:
+            self.metrics.steps(await self.registry.evaluate())
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Set the evidence, ladder and pending-join gauges from the store."""
+        self.metrics.evidence(await self.store.evidence())
+        self.metrics.ladder(await self.registry.states(), await self.store.is_frozen())
+        self.metrics.pending_joins(await self.store.pending())
+
+    async def _expire_loop(self) -> None:
+        ttl = timedelta(seconds=self.settings.join_ttl)
+        while True:
+            await asyncio.sleep(self.settings.expire_interval)
+            try:
+                await self.joiner.expire(ttl)
+                await self.refresh()
+            except Exception:
+                log.exception("expiring joins failed; will retry")
+
+    async def evaluate(self) -> None:
+        """Re-decide the ladder now (operators' writes call this after changing state)."""
+        self.metrics.steps(await self.registry.evaluate())
+        await self.refresh()
+
+    async def drain(self, *, poll: float = 0.02) -> None:
+        """Wait until every stored event has its decision and every ready join is done."""
+        while True:
+            idle = (
+                not self._inflight
+                and self._work.empty()
+                and self._results.empty()
+                and not self._join_ids
+                and self._busy == 0
+            )
+            # The store query yields to the loop, so re-check the in-memory state after it.
+            if (
+                idle
+                and (self.agent is None or await self._nothing_awaits_agent())
+                and not (self._join_ids or self._busy or self._inflight)
+            ):
+                return
+            await asyncio.sleep(poll)
+
+    async def _nothing_awaits_agent(self) -> bool:
+        return (await self.store.pending())["awaiting_agent"] == 0
