@@ -209,6 +209,13 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
+def _brief(value: object) -> str:
+    """A short description of a value for messages: strings quoted and clipped."""
+    if isinstance(value, str):
+        return repr(value[:40] + ("..." if len(value) > 40 else ""))
+    return _kind(value)
+
+
 def _json_problem(value: object, path: str, depth: int) -> tuple[str, str] | None:
     """First non-JSON or too-deep spot inside ``value``, as (path, message)."""
     if depth > MAX_DEPTH:
@@ -249,9 +256,10 @@ class WorkEvent:
     @classmethod
     def from_json(cls, obj: object) -> Self:
         c = _Check(obj, "a work event")
+        c.done()  # not an object: that is the one problem worth reporting
         c.unknown_keys({"event_id", "task_type", "payload", "occurred_at", "segment", "kind"})
         if "kind" in c.obj and c.obj["kind"] != "event":
-            c.fail("kind", f'expected "event", got {c.obj["kind"]!r}')
+            c.fail("kind", f'expected "event", got {_brief(c.obj["kind"])}')
         event_id = c.ident("event_id")
         task_type = c.ident("task_type")
         if task_type and not _TASK_TYPE_RE.match(task_type):
@@ -333,9 +341,10 @@ class Outcome:
     @classmethod
     def from_json(cls, obj: object) -> Self:
         c = _Check(obj, "a human outcome")
+        c.done()
         c.unknown_keys({"event_id", "decision", "actions", "decided_by", "decided_at", "kind"})
         if "kind" in c.obj and c.obj["kind"] != "outcome":
-            c.fail("kind", f'expected "outcome", got {c.obj["kind"]!r}')
+            c.fail("kind", f'expected "outcome", got {_brief(c.obj["kind"])}')
         event_id = c.ident("event_id")
         decision = c.json_object("decision")
         actions = _parse_actions(c, "actions")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
@@ -128,7 +128,13 @@ class Store:
         if self._con is not None:
             return self
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow-store")
-        await self._run(self._open)
+        try:
+            await self._run(self._open)
+        except BaseException:
+            executor, self._executor = self._executor, None
+            if executor is not None:
+                executor.shutdown(wait=False)
+            raise
         return self
 
     async def close(self) -> None:
@@ -157,14 +163,24 @@ class Store:
 
     def _open(self) -> None:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         try:
             con = duckdb.connect(self.path)
         except duckdb.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-        con.execute("SET TimeZone = 'UTC'")
-        self._con = con
-        self._migrate()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            self._con = con
+            self._migrate()
+        except BaseException as exc:
+            self._con = None
+            con.close()
+            if isinstance(exc, duckdb.Error):
+                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            raise
 
     def _close(self) -> None:
         con, self._con = self._con, None
@@ -192,7 +208,10 @@ class Store:
                 raise StoreError(f"store write failed: {exc}") from exc
             raise
         else:
-            con.execute("COMMIT")
+            try:
+                con.execute("COMMIT")
+            except duckdb.Error as exc:
+                raise StoreError(f"store write failed: {exc}") from exc
 
     def _migrate(self) -> None:
         con = self.con
@@ -312,9 +331,13 @@ class Store:
         for o in outcomes:
             digest = o.content_hash
             ts = o.decided_at_ts
+            if ts is not None and ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
             revs = known.setdefault(o.event_id, [])
             current = next((r for r in revs if r[3]), None)
-            if any(r[1] == digest for r in revs):
+            if (current is not None and current[1] == digest) or any(
+                r[1] == digest and (ts is None or r[2] == ts) for r in revs
+            ):
                 results.append(PutResult(o.event_id, PutStatus.DUPLICATE))
                 continue
             if current is None:
@@ -506,6 +529,7 @@ class Store:
         sql = (
             "SELECT d.task_type, d.body, o.event_id, o.decision, o.actions, o.decided_by, "
             "o.decided_at, o.content_hash FROM decisions d "
+            "JOIN events e ON e.event_id = d.event_id "
             "JOIN outcomes o ON o.event_id = d.event_id AND o.is_current "
             "LEFT JOIN comparisons c ON c.event_id = d.event_id "
             "AND c.agent_version = d.agent_version "
@@ -539,19 +563,22 @@ class Store:
     ) -> list[Reversal]:
         if not comparisons:
             return []
+        comparisons = list({(c.event_id, c.agent_version): c for c in comparisons}.values())
         keys = [f"{c.event_id}\x00{c.agent_version}" for c in comparisons]
-        before: dict[str, Verdict] = {
-            f"{eid}\x00{ver}": Verdict(v)
-            for eid, ver, v in self.con.execute(
-                "SELECT event_id, agent_version, verdict FROM comparisons "
+        before: dict[str, tuple[Verdict, str | None]] = {
+            f"{eid}\x00{ver}": (Verdict(v), digest)
+            for eid, ver, v, digest in self.con.execute(
+                "SELECT event_id, agent_version, verdict, outcome_hash FROM comparisons "
                 "WHERE event_id || chr(0) || agent_version IN (SELECT unnest(?::VARCHAR[]))",
                 [keys],
             ).fetchall()
         }
         reversals = [
-            Reversal(c.event_id, c.agent_version, before[k], c.verdict)
+            Reversal(c.event_id, c.agent_version, before[k][0], c.verdict)
             for c, k in zip(comparisons, keys, strict=True)
-            if k in before and before[k] is not Verdict.EXPIRED
+            if k in before
+            and before[k][0] is not Verdict.EXPIRED
+            and before[k][1] != c.outcome_hash
         ]
         with self._tx() as tx:
             tx.execute(

@@ -1,0 +1,464 @@
+"""Parse ingest bodies into records: pure functions, no I/O (the HTTP layer and the sources
+call them).
+
+Two kinds of failure:
+
+- :class:`BodyError` — the whole body is unusable; ``status`` is the HTTP status to answer
+  (400 malformed / not UTF-8 / empty, 413 too many records, 415 wrong content type).
+- :class:`RecordError` — one record is bad; the others in the body still parse. Each names
+  its ``line`` (1-based; the 1-based array index for a JSON array; 1 for a single object),
+  the field ``path`` (``""`` for the whole record) and a message.
+
+Accepted content types: ``application/json`` (one object, or an array of objects) and
+``application/x-ndjson`` / ``application/jsonl`` / ``application/json-lines`` (one object per
+line; blank lines skipped; ``\\r\\n`` accepted). A ``charset`` parameter must be UTF-8. A
+leading UTF-8 byte-order mark is accepted and stripped (some Windows tools write one).
+
+Stricter than :func:`json.loads`, because an ambiguous record must never be half-understood:
+duplicate keys in one object, ``NaN``/``Infinity`` literals and lone UTF-16 surrogate escapes
+(``"\\ud800"``, not encodable as UTF-8) reject the record with the field path. Nesting deep
+enough to exhaust the parser is reported as "nested too deeply" instead of crashing;
+:data:`shadow.model.MAX_DEPTH` bounds what a valid record may hold.
+
+Repeated event ids in one body are not an error here: the store dedupes them, or
+dead-letters a conflicting one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+from shadow.errors import FieldError, ShadowError, ValidationError
+from shadow.model import MAX_ID_LENGTH, Outcome, WorkEvent
+
+__all__ = [
+    "JSON_TYPES",
+    "NDJSON_TYPES",
+    "RAW_LIMIT",
+    "BodyError",
+    "Parsed",
+    "RecordError",
+    "clip_raw",
+    "parse_events",
+    "parse_mixed_line",
+    "parse_outcomes",
+]
+
+JSON_TYPES = ("application/json",)
+NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines")
+RAW_LIMIT = 2048
+"""Characters of an offending record kept in :attr:`RecordError.raw` (for dead letters)."""
+
+_ACCEPTED = (
+    "use application/json (one object or an array of objects) or application/x-ndjson "
+    "(one object per line; application/jsonl and application/json-lines also work)"
+)
+_BOM = "\ufeff"
+# A lone surrogate can only come from a \uD800-\uDFFF escape (the body is valid UTF-8), so
+# the full walk for one runs only when such an escape appears in the text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+R = TypeVar("R", WorkEvent, Outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordError:
+    """One bad record in a body.
+
+    ``raw`` is the offending text, clipped to :data:`RAW_LIMIT` characters, for dead letters.
+    ``kind`` (``"event"``, ``"outcome"`` or ``"unknown"``) and ``event_id`` (when the record
+    has a string one) are what a dead letter needs; they are not part of :meth:`to_json`.
+    A record with several field errors yields one ``RecordError`` per field, sharing ``line``.
+    """
+
+    line: int
+    path: str
+    message: str
+    raw: str | None = None
+    kind: str = "unknown"
+    event_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "path": self.path, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class BodyError(ShadowError):
+    """The whole body is unusable; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"{status}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed(Generic[R]):
+    """The records of one body, in body order, and the bad ones."""
+
+    records: list[tuple[int, R]]
+    errors: list[RecordError]
+
+
+def clip_raw(text: str) -> str:
+    """``text`` cut to :data:`RAW_LIMIT` characters (marked when cut), safe to store as UTF-8."""
+    if len(text) > RAW_LIMIT:
+        text = f"{text[:RAW_LIMIT]}…[{len(text) - RAW_LIMIT} more characters]"
+    return _utf8_safe(text)
+
+
+# -- strict JSON ----------------------------------------------------------------------------
+
+
+class _Suspect(Exception):
+    """Raised by the fast decoder's hooks: decode again, marking, to find the path."""
+
+
+class _DupDict(dict[str, Any]):
+    """An object that had a repeated key (the lenient decoder keeps the last value)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        seen: set[str] = set()
+        self.repeated = ""
+        for key, _ in pairs:
+            if key in seen:
+                self.repeated = key
+                break
+            seen.add(key)
+
+
+class _NonFinite(float):
+    """A ``NaN`` / ``Infinity`` / ``-Infinity`` literal, marked by the lenient decoder."""
+
+    def __new__(cls, literal: str) -> _NonFinite:
+        value = super().__new__(cls, literal)
+        value.literal = literal
+        return value
+
+    literal: str
+
+
+def _fast_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _Suspect
+    return obj
+
+
+def _fast_constant(literal: str) -> object:
+    raise _Suspect
+
+
+def _marked_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    return _DupDict(pairs) if len(obj) != len(pairs) else obj
+
+
+# Stateless, so one instance of each is shared (and thread-safe). The fast one handles clean
+# input at near-C speed; only suspect input is decoded a second time by the marking one.
+_FAST = json.JSONDecoder(object_pairs_hook=_fast_pairs, parse_constant=_fast_constant)
+_MARKING = json.JSONDecoder(object_pairs_hook=_marked_pairs, parse_constant=_NonFinite)
+
+
+class _Undecodable(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _decode(text: str, *, where: Callable[[json.JSONDecodeError], str]) -> tuple[Any, bool]:
+    """JSON value of ``text`` and whether it may hold a marked problem (see :func:`_problem`).
+
+    Raises :class:`_Undecodable` with a message; ``where`` renders a syntax error's position.
+    """
+    try:
+        try:
+            return _FAST.decode(text), bool(_SURROGATE_ESCAPE.search(text))
+        except _Suspect:
+            return _MARKING.decode(text), True
+    except json.JSONDecodeError as e:
+        hint = ""
+        if e.msg == "Extra data":
+            hint = " (more than one JSON value; for one object per line use application/x-ndjson)"
+        raise _Undecodable(f"invalid JSON at {where(e)}: {e.msg}{hint}") from None
+    except RecursionError:
+        raise _Undecodable("invalid JSON: nested too deeply") from None
+    except ValueError as e:  # int() refusing a number of thousands of digits
+        if "digits" in str(e):
+            raise _Undecodable("invalid JSON: a number has too many digits") from None
+        raise _Undecodable(f"invalid JSON: {e}") from None
+
+
+def _column(e: json.JSONDecodeError) -> str:
+    return f"column {e.colno}"
+
+
+def _line_column(e: json.JSONDecodeError) -> str:
+    return f"line {e.lineno} column {e.colno}"
+
+
+def _problem(value: object) -> tuple[str, str] | None:
+    """First marked problem inside ``value`` in document order, as (path, message).
+
+    Iterative, because a value the parser accepted may still be nested hundreds deep.
+    """
+    stack: list[tuple[str, object]] = [("", value)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, _NonFinite):
+            return path, f"{node.literal} is not valid JSON; use null or a finite number"
+        if isinstance(node, str):
+            if not _encodable(node):
+                return path, "string holds a lone UTF-16 surrogate escape; not valid Unicode"
+        elif isinstance(node, dict):
+            if isinstance(node, _DupDict):
+                key = node.repeated
+                return _join(path, key), (
+                    "key appears more than once in one JSON object; the value is ambiguous"
+                )
+            children: list[tuple[str, object]] = []
+            for key, child in node.items():
+                if not _encodable(key):
+                    return path, "object key holds a lone UTF-16 surrogate escape"
+                children.append((_join(path, key), child))
+            stack.extend(reversed(children))
+        elif isinstance(node, list):
+            stack.extend((f"{path}[{i}]", node[i]) for i in range(len(node) - 1, -1, -1))
+    return None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _utf8_safe(text: str) -> str:
+    return text if _encodable(text) else text.encode("utf-8", "backslashreplace").decode()
+
+
+def _raw_json(value: object) -> str | None:
+    try:
+        return clip_raw(json.dumps(value, ensure_ascii=False))
+    except (RecursionError, ValueError, TypeError):
+        return None
+
+
+def _event_id(obj: object) -> str | None:
+    if isinstance(obj, dict):
+        value = obj.get("event_id")
+        if isinstance(value, str) and value:
+            return _utf8_safe(value[:MAX_ID_LENGTH])
+    return None
+
+
+# -- bodies ---------------------------------------------------------------------------------
+
+
+def parse_events(body: bytes, content_type: str | None, *, max_records: int) -> Parsed[WorkEvent]:
+    """Work events of an ingest body. Raises :class:`BodyError`; bad records are in
+    ``errors``. More than ``max_records`` records is a 413."""
+    return _parse(body, content_type, max_records, WorkEvent.from_json, "event")
+
+
+def parse_outcomes(body: bytes, content_type: str | None, *, max_records: int) -> Parsed[Outcome]:
+    """Human outcomes of an ingest body; the same rules as :func:`parse_events`."""
+    return _parse(body, content_type, max_records, Outcome.from_json, "outcome")
+
+
+def _parse(
+    body: bytes,
+    content_type: str | None,
+    max_records: int,
+    build: Callable[[object], R],
+    kind: str,
+) -> Parsed[R]:
+    ndjson = _is_ndjson(content_type)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BodyError(400, f"body is not UTF-8 at byte {e.start}") from None
+    text = text.removeprefix(_BOM)
+    if not text.strip(" \t\r\n"):
+        raise BodyError(400, "empty body; send a JSON object, an array or NDJSON lines")
+    out: Parsed[R] = Parsed([], [])
+    if ndjson:
+        lines = list(_lines(text))
+        if len(lines) > max_records:
+            raise BodyError(413, _too_many(len(lines), max_records))
+        for lineno, line in lines:
+            try:
+                value, suspect = _decode(line, where=_column)
+            except _Undecodable as e:
+                out.errors.append(RecordError(lineno, "", e.message, clip_raw(line), kind))
+                continue
+            _take(out, lineno, value, suspect, partial(clip_raw, line), build, kind)
+        return out
+
+    try:
+        value, suspect = _decode(text, where=_line_column)
+    except _Undecodable as e:
+        raise BodyError(400, e.message) from None
+    if isinstance(value, dict):
+        _take(out, 1, value, suspect, partial(clip_raw, text), build, kind)
+    elif isinstance(value, list):
+        if not value:
+            raise BodyError(400, "empty array; send at least one record")
+        if len(value) > max_records:
+            raise BodyError(413, _too_many(len(value), max_records))
+        for i, item in enumerate(value, start=1):
+            _take(out, i, item, suspect, partial(_raw_json, item), build, kind)
+    else:
+        raise BodyError(
+            400, f"expected a JSON object or an array of objects, got {_json_kind(value)}"
+        )
+    return out
+
+
+def _take(
+    out: Parsed[R],
+    line: int,
+    value: object,
+    suspect: bool,
+    raw: Callable[[], str | None],
+    build: Callable[[object], R],
+    kind: str,
+) -> None:
+    """Validate one decoded record into ``out``. ``raw`` is called only for a bad record."""
+    found = _problem(value) if suspect else None
+    if found is not None:
+        out.errors.append(RecordError(line, *found, raw(), kind, _event_id(value)))
+        return
+    if not isinstance(value, dict):  # the model would add every required field as missing
+        message = f"expected a JSON object, got {_json_kind(value)}"
+        out.errors.append(RecordError(line, "", message, raw(), kind))
+        return
+    errors: list[FieldError] = []
+    if "kind" in value and value["kind"] != kind:
+        # Checked here, not left to the model: its message would repr() an arbitrary value.
+        errors.append(FieldError("kind", f'expected "{kind}", got {_shown(value["kind"])}'))
+        value = {k: v for k, v in value.items() if k != "kind"}
+    try:
+        record = build(value)
+    except ValidationError as e:
+        errors.extend(e.errors)
+    if errors:
+        text, event_id = raw(), _event_id(value)
+        out.errors.extend(
+            RecordError(line, f.path, f.message, text, kind, event_id) for f in errors
+        )
+    else:
+        out.records.append((line, record))
+
+
+def _is_ndjson(content_type: str | None) -> bool:
+    if content_type is None or not content_type.strip():
+        raise BodyError(415, f"missing Content-Type; {_ACCEPTED}")
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+            if charset not in ("utf-8", "utf8"):
+                raise BodyError(415, f"unsupported charset {charset!r}; send UTF-8")
+    if media in JSON_TYPES:
+        return False
+    if media in NDJSON_TYPES:
+        return True
+    raise BodyError(415, f"unsupported Content-Type {media[:100]!r}; {_ACCEPTED}")
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    """Non-blank lines with 1-based numbers. Split on ``\\n`` only: ``str.splitlines`` would
+    also split on U+2028 and friends, which JSON strings may hold unescaped."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if line.strip(" \t"):
+            yield lineno, line
+
+
+def _too_many(n: int, limit: int) -> str:
+    return f"too many records in one body: {n}; at most {limit} (split the batch)"
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+# -- mixed streams --------------------------------------------------------------------------
+
+
+def parse_mixed_line(line: str, lineno: int) -> WorkEvent | Outcome | RecordError:
+    """One JSONL line of a mixed stream (files, Kafka): ``"kind"`` says event or outcome.
+
+    Never raises. A trailing ``\\n`` / ``\\r\\n`` is ignored. A record with several field
+    errors becomes one :class:`RecordError` with path ``""`` and every ``path: message``
+    joined by ``"; "`` (a dead letter has one reason); with one error its path is kept.
+    """
+    line = line.removesuffix("\n").removesuffix("\r")
+    raw = clip_raw(line)
+    if not line.strip(" \t"):
+        return RecordError(lineno, "", "empty line", raw)
+    try:
+        value, suspect = _decode(line, where=_column)
+    except _Undecodable as e:
+        return RecordError(lineno, "", e.message, raw)
+    # A str from a caller (not decoded from bytes here) may hold surrogates itself.
+    suspect = suspect or not _encodable(line)
+    if not isinstance(value, dict):
+        return RecordError(lineno, "", f"{_MIXED}, got {_json_kind(value)}", raw)
+    kind = value.get("kind")
+    known = kind if kind == "event" or kind == "outcome" else "unknown"
+    event_id = _event_id(value)
+    found = _problem(value) if suspect else None
+    if found is not None:
+        return RecordError(lineno, *found, raw, known, event_id)
+    if known == "unknown":
+        message = (
+            'required; expected "event" or "outcome"'
+            if kind is None
+            else f'expected "event" or "outcome", got {_shown(kind)}'
+        )
+        return RecordError(lineno, "kind", message, raw, known, event_id)
+    try:
+        return WorkEvent.from_json(value) if known == "event" else Outcome.from_json(value)
+    except ValidationError as e:
+        if len(e.errors) == 1:
+            return RecordError(lineno, e.errors[0].path, e.errors[0].message, raw, known, event_id)
+        return RecordError(lineno, "", str(e), raw, known, event_id)
+
+
+_MIXED = 'expected a JSON object with "kind": "event" or "outcome"'
+
+
+def _shown(value: object) -> str:
+    """A short rendering of an arbitrary JSON value for a message (never a deep repr)."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:40] + "…")
+    if value is None or isinstance(value, bool | int | float):
+        return json.dumps(value)[:40]
+    return _json_kind(value)

@@ -1,0 +1,40 @@
+"""Sources feed mirrored work into the pipeline: each reads records from somewhere and hands
+them, in batches, to a :class:`Sink`.
+
+A source never crashes on bad input: a record it cannot take becomes a
+:class:`~shadow.store.DeadLetter` with the reason and where it was found. Backpressure is the
+sink's job: a source reads its next batch only after the sink has taken the previous one, so
+it never holds more than one batch.
+
+Implementations: :class:`~shadow.sources.files.FileSource` (``file:PATH.jsonl``, backfills).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from shadow.model import Outcome, WorkEvent
+from shadow.sources.files import FileReport, FileSource, parse_source_spec
+from shadow.store import DeadLetter
+
+__all__ = ["FileReport", "FileSource", "Sink", "parse_source_spec"]
+
+
+class Sink(Protocol):
+    """Where a source delivers records (the pipeline implements it).
+
+    Each call returns once the records are durably taken (stored or dead-lettered), which is
+    what lets a source acknowledge them (commit a Kafka offset, move on in a file). The
+    per-record results of ``submit_*`` are the sink's business; sources do not inspect them.
+    """
+
+    async def submit_events(
+        self, events: Sequence[WorkEvent], *, source: str
+    ) -> Sequence[object]: ...
+
+    async def submit_outcomes(
+        self, outcomes: Sequence[Outcome], *, source: str
+    ) -> Sequence[object]: ...
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None: ...

@@ -1,0 +1,479 @@
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from shadow.errors import ConfigError
+from shadow.ingest import RAW_LIMIT, clip_raw
+from shadow.model import Outcome, WorkEvent
+from shadow.sources import FileReport, FileSource, Sink, parse_source_spec
+from shadow.store import DeadLetter
+
+
+def event(n: int, **extra: object) -> dict[str, object]:
+    return {
+        "kind": "event",
+        "event_id": f"e-{n}",
+        "task_type": "refund_request",
+        "payload": {"n": n},
+        **extra,
+    }
+
+
+def outcome(n: int) -> dict[str, object]:
+    return {"kind": "outcome", "event_id": f"e-{n}", "decision": {"action": "approve"}}
+
+
+Line = str | bytes | dict[str, object]
+
+
+def encode(line: Line) -> bytes:
+    if isinstance(line, dict):
+        return json.dumps(line).encode()
+    return line.encode() if isinstance(line, str) else line
+
+
+def write(path: Path, lines: Iterable[Line], *, newline: bytes = b"\n") -> Path:
+    with path.open("wb") as f:
+        for line in lines:
+            f.write(encode(line) + newline)
+    return path
+
+
+class RecordingSink:
+    """A real sink that keeps what it is given, and the size and kind of every call."""
+
+    def __init__(self) -> None:
+        self.events: list[WorkEvent] = []
+        self.outcomes: list[Outcome] = []
+        self.dead: list[DeadLetter] = []
+        self.calls: list[tuple[str, int]] = []
+        self.sources: set[str] = set()
+
+    @property
+    def max_call(self) -> int:
+        return max((n for _, n in self.calls), default=0)
+
+    async def submit_events(self, events: Sequence[WorkEvent], *, source: str) -> list[object]:
+        self.sources.add(source)
+        self.calls.append(("events", len(events)))
+        self.events.extend(events)
+        return [None] * len(events)
+
+    async def submit_outcomes(self, outcomes: Sequence[Outcome], *, source: str) -> list[object]:
+        self.sources.add(source)
+        self.calls.append(("outcomes", len(outcomes)))
+        self.outcomes.extend(outcomes)
+        return [None] * len(outcomes)
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        self.calls.append(("dead", len(letters)))
+        self.dead.extend(letters)
+
+
+class GatedSink(RecordingSink):
+    """Holds every call until the test opens the gate (to watch backpressure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.waiting = 0
+
+    async def submit_events(self, events: Sequence[WorkEvent], *, source: str) -> list[object]:
+        self.waiting += 1
+        self.entered.set()
+        await self.gate.wait()
+        self.waiting -= 1
+        return await super().submit_events(events, source=source)
+
+
+SourceFactory = Callable[..., FileSource]
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    return RecordingSink()
+
+
+@pytest.fixture
+async def make_source(sink: RecordingSink) -> AsyncIterator[SourceFactory]:
+    """``make_source(path, sink=..., batch_size=...)``; every source made is closed after."""
+    made: list[FileSource] = []
+
+    def make(path: Path, *, to: Sink | None = None, **kwargs: int) -> FileSource:
+        source = FileSource(path, to if to is not None else sink, **kwargs)
+        made.append(source)
+        return source
+
+    yield make
+    for source in made:
+        await source.close()
+
+
+def test_sink_protocol_is_met_by_the_test_sink() -> None:
+    checked: Sink = RecordingSink()
+    assert checked is not None
+
+
+# -- the happy path -------------------------------------------------------------------------
+
+
+async def test_delivers_events_and_outcomes_in_file_order(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    path = write(tmp_path / "history.jsonl", [event(1), outcome(1), event(2), outcome(3), event(3)])
+    source = make_source(path)
+    assert source.name == f"file:{path}"
+    report = await source.run()
+    assert report == FileReport(
+        lines=5, events=3, outcomes=2, dead_letters=0, blank=0, finished=True
+    )
+    assert [e.event_id for e in sink.events] == ["e-1", "e-2", "e-3"]
+    assert [o.event_id for o in sink.outcomes] == ["e-1", "e-3"]
+    assert sink.events[0] == WorkEvent.from_json(event(1))
+    assert sink.calls == [("events", 3), ("outcomes", 2)]
+    assert sink.sources == {f"file:{path}"}
+
+
+async def test_batches_submit_events_then_outcomes_then_dead_letters(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    lines: list[Line] = []
+    for n in range(1, 8):
+        lines += [outcome(n), event(n), "{bad"]
+    path = write(tmp_path / "mixed.jsonl", lines)  # 21 lines, 7 of each
+    report = await make_source(path, batch_size=3).run()
+    assert (report.events, report.outcomes, report.dead_letters) == (7, 7, 7)
+    assert sink.calls == [("events", 1), ("outcomes", 1), ("dead", 1)] * 7
+    assert [d.location for d in sink.dead] == [f"line {3 * n}" for n in range(1, 8)]
+    assert [e.event_id for e in sink.events] == [f"e-{n}" for n in range(1, 8)]
+
+
+async def test_batch_size_bounds_every_call(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    path = write(tmp_path / "events.jsonl", [event(n) for n in range(10)])
+    await make_source(path, batch_size=4).run()
+    assert sink.calls == [("events", 4), ("events", 4), ("events", 2)]
+
+
+async def test_blank_lines_are_skipped_and_do_not_fill_batches(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    path = write(tmp_path / "gaps.jsonl", [event(1), "", "   ", "\t", event(2), "", event(3)])
+    report = await make_source(path, batch_size=2).run()
+    assert report == FileReport(
+        lines=7, events=3, outcomes=0, dead_letters=0, blank=4, finished=True
+    )
+    assert sink.calls == [("events", 2), ("events", 1)]
+    assert sink.dead == []
+
+
+async def test_crlf_bom_and_missing_final_newline(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    path = tmp_path / "windows.jsonl"
+    body = b"\xef\xbb\xbf" + encode(event(1)) + b"\r\n\r\n" + encode(outcome(1)) + b"\r\n"
+    path.write_bytes(body + encode(event(2)))
+    report = await make_source(path).run()
+    assert report == FileReport(
+        lines=4, events=2, outcomes=1, dead_letters=0, blank=1, finished=True
+    )
+    assert [e.event_id for e in sink.events] == ["e-1", "e-2"]
+
+
+async def test_duplicates_are_passed_through(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    path = write(tmp_path / "dups.jsonl", [event(1), event(1), outcome(1), outcome(1)])
+    report = await make_source(path).run()
+    assert (report.events, report.outcomes, report.dead_letters) == (2, 2, 0)
+    assert sink.events == [WorkEvent.from_json(event(1))] * 2
+
+
+async def test_empty_file(tmp_path: Path, sink: RecordingSink, make_source: SourceFactory) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(b"")
+    assert await make_source(path).run() == FileReport(finished=True)
+    assert sink.calls == []
+
+
+# -- bad lines ------------------------------------------------------------------------------
+
+
+async def test_bad_lines_become_dead_letters_with_line_and_reason(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    missing_payload: dict[str, object] = {
+        "kind": "event",
+        "event_id": "e-2",
+        "task_type": "refund_request",
+    }
+    lines: list[Line] = [
+        event(1),
+        '{"kind": "event", "event_id": ',
+        missing_payload,
+        {**event(4), "kind": "ticket"},
+        {k: v for k, v in event(5).items() if k != "kind"},
+        b'{"kind": "event", "event_id": "e-\xff"}',
+        "",
+        "[1, 2]",
+        '{"kind": "outcome", "event_id": "e-9", "event_id": "e-9", "decision": {}}',
+        outcome(1),
+    ]
+    path = write(tmp_path / "bad.jsonl", lines)
+    report = await make_source(path).run()
+    assert report == FileReport(
+        lines=10, events=1, outcomes=1, dead_letters=7, blank=1, finished=True
+    )
+    name = f"file:{path}"
+    expected = [
+        DeadLetter(
+            name,
+            "unknown",
+            "invalid JSON at column 31: Expecting value",
+            '{"kind": "event", "event_id": ',
+            None,
+            "line 2",
+        ),
+        DeadLetter(
+            name,
+            "event",
+            "payload: required; expected a JSON object",
+            json.dumps(missing_payload),
+            "e-2",
+            "line 3",
+        ),
+        DeadLetter(
+            name,
+            "unknown",
+            'kind: expected "event" or "outcome", got \'ticket\'',
+            json.dumps({**event(4), "kind": "ticket"}),
+            "e-4",
+            "line 4",
+        ),
+        DeadLetter(
+            name,
+            "unknown",
+            'kind: required; expected "event" or "outcome"',
+            json.dumps({k: v for k, v in event(5).items() if k != "kind"}),
+            "e-5",
+            "line 5",
+        ),
+        DeadLetter(
+            name,
+            "unknown",
+            "line is not UTF-8 at byte 33",
+            '{"kind": "event", "event_id": "e-\\xff"}',
+            None,
+            "line 6",
+        ),
+        DeadLetter(
+            name,
+            "unknown",
+            'expected a JSON object with "kind": "event" or "outcome", got an array',
+            "[1, 2]",
+            None,
+            "line 8",
+        ),
+        DeadLetter(
+            name,
+            "outcome",
+            "event_id: key appears more than once in one JSON object; the value is ambiguous",
+            encode(lines[8]).decode(),
+            "e-9",
+            "line 9",
+        ),
+    ]
+    assert sink.dead == expected
+    assert [e.event_id for e in sink.events] == ["e-1"]
+    assert [o.event_id for o in sink.outcomes] == ["e-1"]
+
+
+async def test_overlong_lines_are_dead_letters_without_holding_them(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    fits = encode(event(1))
+    huge = b'{"kind": "event", "pad": "' + b"x" * 200_000 + b'"}'
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(fits + b"\n" + huge + b"\n" + encode(event(3)) + b"\n" + huge)
+    limit = len(fits)
+    report = await make_source(path, max_line_bytes=limit).run()
+    assert report == FileReport(
+        lines=4, events=2, outcomes=0, dead_letters=2, blank=0, finished=True
+    )
+    assert [e.event_id for e in sink.events] == ["e-1", "e-3"]
+    reason = f"line is {len(huge)} bytes long; the limit is {limit} (max_line_bytes)"
+    shown = huge[: limit + 1].decode()
+    assert sink.dead == [
+        DeadLetter(f"file:{path}", "unknown", reason, shown, None, "line 2"),
+        DeadLetter(f"file:{path}", "unknown", reason, shown, None, "line 4"),
+    ]
+
+
+async def test_line_of_exactly_max_line_bytes_is_fine(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    line = encode(event(1))
+    path = write(tmp_path / "edge.jsonl", [line, line], newline=b"\r\n")
+    report = await make_source(path, max_line_bytes=len(line) + 1).run()  # + 1 for the \r
+    assert (report.events, report.dead_letters) == (2, 0)
+    report = await make_source(path, max_line_bytes=len(line)).run()
+    assert (report.events, report.dead_letters) == (0, 2)
+
+
+async def test_overlong_dead_letter_keeps_at_most_raw_limit(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    huge = "é" * 50_000
+    path = write(tmp_path / "long.jsonl", [huge])
+    await make_source(path, max_line_bytes=RAW_LIMIT * 3).run()
+    (letter,) = sink.dead
+    assert letter.raw is not None
+    assert letter.raw == clip_raw(huge.encode()[:RAW_LIMIT].decode())
+    assert (
+        letter.reason == f"line is 100000 bytes long; the limit is {RAW_LIMIT * 3} (max_line_bytes)"
+    )
+
+
+# -- resources and errors -------------------------------------------------------------------
+
+
+async def test_missing_file_is_a_config_error_naming_it(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    path = tmp_path / "nope.jsonl"
+    with pytest.raises(ConfigError, match=f"source file not found: {path}"):
+        await make_source(path).run()
+    with pytest.raises(ConfigError, match="is a directory"):
+        await make_source(tmp_path).run()
+    assert sink.calls == []
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"max_line_bytes": 0}])
+def test_bad_settings_are_config_errors(tmp_path: Path, kwargs: dict[str, int]) -> None:
+    with pytest.raises(ConfigError, match="must be at least 1"):
+        FileSource(tmp_path / "x.jsonl", RecordingSink(), **kwargs)
+
+
+async def test_close_is_idempotent_and_a_context_manager(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    path = write(tmp_path / "one.jsonl", [event(1)])
+    async with FileSource(path, sink) as source:
+        assert (await source.run()).events == 1
+        assert (await source.run()).events == 1  # another pass over the file
+    await source.close()
+    await source.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await source.run()
+
+
+async def test_source_waits_for_the_sink_and_close_stops_after_the_batch(
+    tmp_path: Path, make_source: SourceFactory
+) -> None:
+    gated = GatedSink()
+    path = write(tmp_path / "many.jsonl", [event(n) for n in range(100)])
+    source = make_source(path, to=gated, batch_size=10)
+    run = asyncio.create_task(source.run())
+    for _ in range(50):
+        await asyncio.sleep(0.005)
+    assert gated.waiting == 1  # one batch handed over; nothing read ahead of the sink
+    assert gated.events == []
+    with pytest.raises(RuntimeError, match="already in progress"):
+        await source.run()
+    closing = asyncio.create_task(source.close())
+    await asyncio.sleep(0.01)
+    gated.gate.set()
+    await closing
+    report = await run
+    assert report == FileReport(lines=10, events=10, finished=False)
+    assert [n for _, n in gated.calls] == [10]
+
+
+async def test_cancelled_run_closes_the_file(tmp_path: Path, make_source: SourceFactory) -> None:
+    gated = GatedSink()
+    path = write(tmp_path / "many.jsonl", [event(n) for n in range(100)])
+    run = asyncio.create_task(make_source(path, to=gated, batch_size=10).run())
+    await gated.entered.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    gc.collect()  # an unclosed file would warn (ResourceWarning -> error under this config)
+
+
+# -- scale ----------------------------------------------------------------------------------
+
+
+def big_file_lines(n: int) -> Iterator[bytes]:
+    for i in range(n):
+        if i % 1000 == 999:
+            yield b"{not json"
+        elif i % 2:
+            yield encode(outcome(i - 1))
+        else:
+            yield encode(event(i))
+
+
+async def test_a_200k_line_file_streams_one_batch_at_a_time(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    lines = 200_000
+    path = write(tmp_path / "big.jsonl", big_file_lines(lines))
+    report = await make_source(path, batch_size=500).run()
+    bad = lines // 1000
+    assert report == FileReport(
+        lines=lines,
+        events=lines // 2,
+        outcomes=lines // 2 - bad,
+        dead_letters=bad,
+        blank=0,
+        finished=True,
+    )
+    assert len(sink.events) == lines // 2
+    assert len(sink.outcomes) == lines // 2 - bad
+    assert sink.events[-1].event_id == f"e-{lines - 2}"
+    assert sink.dead[-1].location == f"line {lines}"
+    assert sink.max_call <= 500
+    # Every batch of 500 lines arrives as at most three calls (events, outcomes, dead).
+    assert len(sink.calls) <= 3 * (lines // 500)
+
+
+# -- source specs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "parsed"),
+    [
+        ("file:history.jsonl", ("file", "history.jsonl")),
+        ("file:/var/lib/shadow/h.jsonl", ("file", "/var/lib/shadow/h.jsonl")),
+        ("file:///var/lib/shadow/h.jsonl", ("file", "/var/lib/shadow/h.jsonl")),
+        (
+            "kafka://broker:9092?events=work&outcomes=done&group=shadow",
+            ("kafka", "kafka://broker:9092?events=work&outcomes=done&group=shadow"),
+        ),
+    ],
+)
+def test_parse_source_spec(spec: str, parsed: tuple[str, str]) -> None:
+    assert parse_source_spec(spec) == parsed
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("history.jsonl", "unknown source 'history.jsonl'; use file:PATH.jsonl or kafka://"),
+        ("http://x", "unknown source 'http://x'; use file:PATH.jsonl or kafka://HOST:PORT?"),
+        ("file:", "source 'file:' has no path; use file:PATH.jsonl"),
+        ("file://host/x.jsonl", "file URLs with a host are not supported"),
+    ],
+)
+def test_parse_source_spec_errors(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_source_spec(spec)
+    assert message in str(exc.value)

@@ -1,0 +1,363 @@
+"""The synthetic back office of ``shadow demo``: valid records, determinism, and the outcome
+targets of a default run, checked offline with the engine's pure pieces (policy, diff,
+bounds, ladder): no store, no HTTP."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+import pytest
+
+from shadow import demo, promotion
+from shadow.diff import Differ
+from shadow.errors import ValidationError
+from shadow.model import Evidence, Level, Outcome, ShadowDecision, WorkEvent
+from shadow.policy import AutonomyMode, Policy, parse_policy
+from shadow.promotion import LadderState, Move
+
+NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+EVALUATE_EVERY = 25
+REFUND, INVOICE, CLAIMS = demo.TASK_TYPES
+
+
+@cache
+def policy() -> Policy:
+    return parse_policy(demo.DEMO_POLICY, source="DEMO_POLICY")
+
+
+def request_for(case: demo.DemoCase) -> dict[str, Any]:
+    """The agent request the pipeline builds: payload after redaction, shadow flag set."""
+    task = policy().task_types[case.task_type]
+    return {
+        "event_id": case.event["event_id"],
+        "task_type": case.task_type,
+        "payload": task.redact_payload(case.event["payload"]),
+        "shadow": True,
+    }
+
+
+@dataclass
+class Run:
+    """The end of an offline run: ladder state and evidence per task type, plus a few
+    counters about how human inconsistency met the diff rules."""
+
+    states: dict[str, LadderState]
+    evidence: dict[str, Evidence]
+    moves: list[tuple[int, str, Move, Level]] = field(default_factory=list)
+    absorbed: Counter[str] = field(default_factory=Counter)
+
+    def snapshot(self, task_type: str) -> promotion.Snapshot:
+        ev = self.evidence[task_type]
+        return promotion.snapshot(ev, policy().task_types[task_type], ev.agent_version)
+
+    def agreement(self, task_type: str) -> float:
+        value = self.evidence[task_type].agreement
+        assert value is not None
+        return value
+
+
+@cache
+def offline_run(n_events: int, seed: int) -> Run:
+    """What the pipeline does, minus I/O: comparisons in arrival order (an outcome arrives
+    at ``decided_at``; the agent answered within seconds of the event), the ladder decided
+    for every task type after every 25 comparisons and once at the end."""
+    pol = policy()
+    differs = {name: Differ(task.compare) for name, task in pol.task_types.items()}
+    evidence: dict[str, Evidence] = {}
+    states = {name: LadderState(name, Level.L0) for name in pol.task_types}
+    run = Run(states, evidence)
+    cases = sorted(demo.generate(n_events, seed), key=lambda c: c.outcome["decided_at"])
+    for i, case in enumerate(cases, 1):
+        tt = case.task_type
+        answer = ShadowDecision.from_agent_response(
+            case.event["event_id"], demo.reference_agent(request_for(case)), default_version="?"
+        )
+        human = Outcome.from_json(case.outcome)
+        assert answer.decision is not None
+        result = differs[tt](answer.decision, human.decision, answer.actions, human.actions)
+        ev = evidence.get(tt) or Evidence(tt, answer.agent_version)
+        assert ev.agent_version == answer.agent_version
+        evidence[tt] = Evidence(
+            tt,
+            ev.agent_version,
+            ev.n + 1,
+            ev.agree + result.agree,
+            ev.critical + result.critical_miss,
+            ev.errors,
+        )
+        if result.agree:
+            for name in ("reason", "tags", "queue", "payment_ids"):
+                if name in human.decision and human.decision[name] != answer.decision.get(name):
+                    run.absorbed[f"{tt}.{name}"] += 1
+        if i % EVALUATE_EVERY == 0 or i == len(cases):
+            for name, state in states.items():
+                found = evidence.get(name)
+                step = promotion.decide(
+                    state,
+                    {} if found is None else {found.agent_version: found},
+                    None if found is None else found.agent_version,
+                    pol.task_types[name],
+                    frozen=False,
+                    now=NOW,
+                )
+                # Promotions apply (mode auto), proposals stay pending, demotions apply.
+                states[name] = step.after
+                if step.move in (Move.PROMOTE, Move.PROPOSE, Move.DEMOTE):
+                    run.moves.append((i, name, step.move, step.after.level))
+    return run
+
+
+def report(run: Run, seed: int) -> str:
+    lines = [f"seed {seed}:"]
+    for tt in demo.TASK_TYPES:
+        snap = run.snapshot(tt)
+        lines.append(
+            f"  {tt:15} {run.states[tt].level} n={snap.n} agreement={run.agreement(tt):.4f} "
+            f"lower={snap.lower:.4f} upper={snap.upper:.4f} critical={snap.critical}"
+        )
+    return "\n".join(lines)
+
+
+# -- the policy --------------------------------------------------------------------------------
+
+
+def test_policy_parses_with_the_three_task_types() -> None:
+    pol = policy()
+    assert set(pol.task_types) == set(demo.TASK_TYPES)
+    assert pol.unknown_task_types == "reject"
+    modes = {tt: pol.task_types[tt].autonomy.mode for tt in demo.TASK_TYPES}
+    assert modes == {
+        REFUND: AutonomyMode.AUTO,
+        INVOICE: AutonomyMode.AUTO,
+        CLAIMS: AutonomyMode.PROPOSE,
+    }
+    refund = pol.task_types[REFUND]
+    assert "payload.customer.email" in refund.redact
+    assert refund.compare.actions is not None
+    assert refund.compare.fields["action"].critical
+    assert pol.task_types[INVOICE].compare.fields["status"].critical
+    assert pol.task_types[CLAIMS].compare.fields["outcome"].critical
+    gates = refund.autonomy.gates
+    assert [gates[lv].min_samples for lv in (Level.L1, Level.L2, Level.L3)] == [50, 150, 400]
+
+
+# -- generation --------------------------------------------------------------------------------
+
+
+def test_generate_is_deterministic_per_seed() -> None:
+    a, b = demo.generate(400, seed=7), demo.generate(400, seed=7)
+    assert a == b
+    assert demo.generate(400) == a  # seed 7 is the default
+    other = demo.generate(400, seed=8)
+    assert [c.event for c in other] != [c.event for c in a]
+    assert [c.outcome["decision"] for c in other] != [c.outcome["decision"] for c in a]
+
+
+def test_generate_edge_sizes() -> None:
+    assert demo.generate(0) == []
+    assert len(demo.generate(1, seed=3)) == 1
+    with pytest.raises(ValueError, match="n_events"):
+        demo.generate(-1)
+
+
+def test_generate_does_not_share_state_between_calls() -> None:
+    first = demo.generate(50, seed=11)
+    first[0].event["payload"]["mutated"] = True
+    assert "mutated" not in demo.generate(50, seed=11)[0].event["payload"]
+
+
+@pytest.mark.parametrize("seed", [7, 1, 2])
+def test_every_record_passes_the_contracts(seed: int) -> None:
+    cases = demo.generate(1500, seed=seed)
+    ids = [c.event["event_id"] for c in cases]
+    assert len(set(ids)) == len(ids)
+    previous = None
+    for case in cases:
+        event = WorkEvent.from_json(case.event)
+        outcome = Outcome.from_json(case.outcome)
+        assert outcome.event_id == event.event_id
+        assert event.task_type in demo.TASK_TYPES
+        assert event.segment
+        assert outcome.decided_by
+        assert event.occurred_at is not None
+        assert outcome.decided_at is not None
+        occurred = datetime.fromisoformat(event.occurred_at)
+        decided = datetime.fromisoformat(outcome.decided_at)
+        assert previous is None or occurred > previous  # strictly increasing
+        previous = occurred
+        assert timedelta(minutes=2) <= decided - occurred <= timedelta(days=10)
+        json.dumps(case.event, allow_nan=False)  # plain JSON all the way down
+        json.dumps(case.outcome, allow_nan=False)
+    # Realistic, different volumes, interleaved from the start.
+    volumes = Counter(c.task_type for c in cases)
+    assert volumes[REFUND] > volumes[INVOICE] > volumes[CLAIMS] > 150
+    assert {c.task_type for c in cases[:40]} == set(demo.TASK_TYPES)
+    assert datetime.fromisoformat(cases[0].event["occurred_at"]) >= datetime(
+        2026, 11, 2, 8, 0, tzinfo=UTC
+    )
+
+
+def test_reviewers_and_delays_differ_by_task_type() -> None:
+    cases = demo.generate(1500, seed=7)
+    reviewers: dict[str, set[str]] = {}
+    delays: dict[str, list[timedelta]] = {}
+    for case in cases:
+        reviewers.setdefault(case.task_type, set()).add(case.outcome["decided_by"])
+        delay = datetime.fromisoformat(case.outcome["decided_at"]) - datetime.fromisoformat(
+            case.event["occurred_at"]
+        )
+        delays.setdefault(case.task_type, []).append(delay)
+    assert all(len(r) >= 3 for r in reviewers.values())
+    median = {tt: sorted(d)[len(d) // 2] for tt, d in delays.items()}
+    assert median[REFUND] < timedelta(hours=2)  # minutes to hours
+    assert timedelta(hours=2) < median[INVOICE] < timedelta(days=1)  # hours
+    assert median[CLAIMS] > timedelta(days=1)  # days
+
+
+def test_timeline_interleaves_events_and_outcomes_in_arrival_order() -> None:
+    cases = demo.generate(300, seed=5)
+    records = demo.timeline(cases)
+    assert len(records) == 2 * len(cases)
+    stamps = [r["occurred_at"] if r["kind"] == "event" else r["decided_at"] for r in records]
+    assert stamps == sorted(stamps)
+    seen: set[str] = set()
+    for record in records:
+        if record["kind"] == "event":
+            WorkEvent.from_json(record)
+            seen.add(record["event_id"])
+        else:
+            Outcome.from_json(record)
+            assert record["event_id"] in seen  # never an outcome before its event
+    assert "kind" not in cases[0].event  # the cases themselves are untouched
+
+
+# -- the reference agent -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [7, 4])
+def test_agent_answers_pass_the_contract(seed: int) -> None:
+    for case in demo.generate(600, seed=seed):
+        request = request_for(case)
+        raw = demo.reference_agent(request)
+        assert set(raw) == {"decision", "actions", "confidence", "agent_version", "usage"}
+        answer = ShadowDecision.from_agent_response(
+            case.event["event_id"], raw, default_version="unused"
+        )
+        assert answer.agent_version == demo.AGENT_VERSIONS[case.task_type]
+        assert answer.decision
+        assert answer.confidence is not None
+        assert 0.5 <= answer.confidence <= 1.0
+        assert answer.usage.input_tokens > answer.usage.output_tokens > 0
+        assert 0 < answer.usage.cost_usd < 0.05
+        json.dumps(raw, allow_nan=False)
+
+
+def test_agent_is_a_pure_function_of_the_request() -> None:
+    for case in demo.generate(200, seed=9):
+        request = request_for(case)
+        frozen = copy.deepcopy(request)
+        assert demo.reference_agent(request) == demo.reference_agent(copy.deepcopy(request))
+        assert request == frozen  # the request is not modified
+
+
+def test_agent_never_needs_what_is_redacted() -> None:
+    for case in demo.generate(200, seed=9):
+        request = request_for(case)
+        if case.task_type == REFUND:
+            assert "email" in case.event["payload"]["customer"]
+            assert "email" not in request["payload"]["customer"]
+        raw_request = {**request, "payload": case.event["payload"]}
+        assert (
+            demo.reference_agent(raw_request)["decision"]
+            == (demo.reference_agent(request)["decision"])
+        )
+
+
+def test_agent_refuses_what_it_cannot_handle() -> None:
+    with pytest.raises(ValueError, match="task type"):
+        demo.reference_agent({"event_id": "x", "task_type": "ticket_routing", "payload": {}})
+    with pytest.raises(ValueError, match="payload object"):
+        demo.reference_agent({"event_id": "x", "task_type": REFUND, "payload": [1]})
+    with pytest.raises(ValueError, match="cannot read"):
+        demo.reference_agent({"event_id": "x", "task_type": REFUND, "payload": {"amount": 1}})
+
+
+def test_agent_versions_and_decision_shapes_per_task_type() -> None:
+    shapes: dict[str, set[str]] = {}
+    for case in demo.generate(300, seed=7):
+        decision = demo.reference_agent(request_for(case))["decision"]
+        shapes.setdefault(case.task_type, set()).update(decision)
+    assert shapes[REFUND] == {"action", "amount", "currency", "reason", "tags", "queue", "note"}
+    assert shapes[INVOICE] == {"status", "payment_ids", "variance", "exception", "note"}
+    assert shapes[CLAIMS] == {"outcome", "payable_amount", "denial_code", "rationale"}
+    assert demo.AGENT_VERSIONS[REFUND] == "refund-agent@7"
+    with pytest.raises(ValidationError):  # the demo data is what the contract checks
+        WorkEvent.from_json({"event_id": "x", "task_type": REFUND})
+
+
+# -- the outcome targets, offline --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [7, 1, 2])
+def test_default_run_reaches_the_targets(seed: int) -> None:
+    run = offline_run(demo.DEFAULT_EVENTS, seed)
+    print(report(run, seed))
+    pol = policy()
+
+    # refund_request: good agent, promoted automatically to L2 (L3 needs 0 critical misses).
+    refund = run.snapshot(REFUND)
+    assert run.agreement(REFUND) >= 0.975
+    assert run.states[REFUND].level >= Level.L2
+    assert run.states[REFUND].level <= pol.task_types[REFUND].autonomy.ceiling
+    assert refund.n >= 1800
+    assert [(m, lv) for _, tt, m, lv in run.moves if tt == REFUND][:2] == [
+        (Move.PROMOTE, Level.L1),
+        (Move.PROMOTE, Level.L2),
+    ]
+
+    # invoice_match: hovers at its L2 gate (0.92). Ends at L1, the L2 gate not met but close.
+    invoice = run.snapshot(INVOICE)
+    l2 = pol.task_types[INVOICE].autonomy.gates[Level.L2]
+    assert run.states[INVOICE].level == Level.L1
+    assert run.states[INVOICE].proposal is None
+    assert 0.88 <= run.agreement(INVOICE) <= 0.94
+    assert l2.agreement - 0.05 <= invoice.lower < l2.agreement
+    assert invoice.upper > l2.agreement  # the gate is still plausible: near, not failed
+    status = promotion.gate_status(l2, invoice)
+    assert not status.met
+    assert "lower bound" in status.missing
+    assert "min_samples" not in status.missing
+    assert not any(tt == INVOICE and m is Move.DEMOTE for _, tt, m, _ in run.moves)
+
+    # claim_appeal: poor agent with critical misses, never leaves L0, nothing proposed.
+    claims = run.snapshot(CLAIMS)
+    assert run.states[CLAIMS].level == Level.L0
+    assert run.states[CLAIMS].proposal is None
+    assert run.agreement(CLAIMS) <= 0.80
+    assert claims.critical >= 0.1 * claims.n
+    assert not any(tt == CLAIMS for _, tt, _, _ in run.moves)
+
+
+def test_default_run_shows_what_the_diff_rules_absorb() -> None:
+    """Human inconsistency that is not disagreement: reason typed differently (text),
+    tags and payment ids in another order (set), billing vs payments (equivalent)."""
+    run = offline_run(demo.DEFAULT_EVENTS, 7)
+    for key in ("refund_request.reason", "refund_request.tags", "refund_request.queue"):
+        assert run.absorbed[key] >= 20, key
+    assert run.absorbed["invoice_match.payment_ids"] >= 5
+
+
+def test_refund_misses_are_human_habits_and_slips() -> None:
+    """The good agent's disagreements are few, and some are critical, which keeps L3 (at most
+    0 critical misses) out of reach."""
+    run = offline_run(demo.DEFAULT_EVENTS, 7)
+    refund = run.snapshot(REFUND)
+    assert 0 < refund.n - refund.agree <= 0.025 * refund.n
+    assert refund.critical > 0
+    assert run.states[REFUND].level == Level.L2
