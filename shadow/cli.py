@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    console = Console()
+    # Piped output (CI logs, files) gets a width that fits the tables instead of 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 120)
     try:
         args = _parser().parse_args(argv)
         if args.command == "run":
@@ -183,38 +184,27 @@ def agreement_table(doc: dict[str, Any], title: str = "Agreement and autonomy") 
     """The per-task-type table of ``shadow status`` and ``shadow demo``."""
     frozen = " (FROZEN: every task type held at L0)" if doc.get("frozen") else ""
     table = Table(title=title + frozen)
-    for col in (
-        "task type",
-        "level",
-        "agent",
-        "n",
-        "agreement",
-        "lower",
-        "upper",
-        "critical",
-        "errors",
-        "next gate",
-        "needs",
-    ):
-        table.add_column(col, justify="right" if col not in ("task type", "agent") else "left")
+    for col in ("task type", "level", "n", "agree", "lower", "upper", "crit", "err"):
+        table.add_column(col, justify="left" if col == "task type" else "right", no_wrap=True)
+    table.add_column("next gate", no_wrap=True)
+    table.add_column("needs", justify="right")
     for name, t in doc["task_types"].items():
         gate = t.get("next_gate")
         if gate is None:
             gate_text, needs = "at ceiling", "-"
         else:
-            mark = "met" if gate["met"] else "not met"
-            gate_text = f"{gate['level']} ≥ {gate['agreement']} n≥{gate['min_samples']} ({mark})"
+            gate_text = f"{gate['level']}: ≥{gate['agreement']} n≥{gate['min_samples']}"
             if gate.get("max_critical") is not None:
                 gate_text += f" crit≤{gate['max_critical']}"
+            gate_text += " ✓" if gate["met"] else ""
             k = gate.get("agreements_needed")
             needs = "-" if gate["met"] else (f"+{k} agreeing" if k is not None else "out of reach")
             if gate.get("max_critical") is not None and t["critical"] > gate["max_critical"]:
-                needs = "blocked by critical misses"
+                needs = "critical misses"
         level = t["level"] + (f" → {t['proposal']['to_level']}?" if t.get("proposal") else "")
         table.add_row(
             name,
             level,
-            _fmt(t.get("agent_version")),
             _fmt(t["n"]),
             _fmt(t["agreement"]),
             _fmt(t["lower"]),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,12 @@ from shadow.api import PIPELINE
 from shadow.app import build_app
 from shadow.cli import UsageError, agreement_table
 from shadow.config import load_settings
-from shadow.demo import DEFAULT_EVENTS, DEMO_POLICY, generate
+from shadow.demo import DEFAULT_EVENTS, DEMO_POLICY, DemoCase, generate, timeline
 from shadow.policy import parse_policy
 
 __all__ = ["run_demo"]
 
 BATCH = 250
-OUTCOME_LAG_BATCHES = 2  # humans decide a while after the work arrives
 
 
 async def run_demo(args: argparse.Namespace, console: Console) -> int:
@@ -80,7 +78,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             bar = progress.add_task("comparisons", total=len(cases))
             start = pipeline.comparisons
             async with aiohttp.ClientSession() as session:
-                feeding = asyncio.create_task(_feed(session, url, cases, args.seed))
+                feeding = asyncio.create_task(_feed(session, url, cases))
                 while not feeding.done():
                     progress.update(bar, completed=pipeline.comparisons - start)
                     await asyncio.sleep(0.1)
@@ -126,20 +124,15 @@ async def _post(session: aiohttp.ClientSession, url: str, records: list[dict[str
             )
 
 
-async def _feed(session: aiohttp.ClientSession, url: str, cases: list[Any], seed: int) -> None:
-    rng = random.Random(seed)
-    batches = [cases[i : i + BATCH] for i in range(0, len(cases), BATCH)]
-    for i, batch in enumerate(batches):
-        await _post(session, f"{url}/v1/events", [c.event for c in batch])
-        if i >= OUTCOME_LAG_BATCHES:
-            await _post_outcomes(session, url, batches[i - OUTCOME_LAG_BATCHES], rng)
-    for batch in batches[max(0, len(batches) - OUTCOME_LAG_BATCHES) :]:
-        await _post_outcomes(session, url, batch, rng)
-
-
-async def _post_outcomes(
-    session: aiohttp.ClientSession, url: str, batch: list[Any], rng: random.Random
-) -> None:
-    outcomes = [c.outcome for c in batch]
-    rng.shuffle(outcomes)
-    await _post(session, f"{url}/v1/outcomes", outcomes)
+async def _feed(session: aiohttp.ClientSession, url: str, cases: list[DemoCase]) -> None:
+    """Post the back office's records in arrival order: events as work happens, outcomes
+    when the humans decide (minutes to days later), in NDJSON batches."""
+    stream = timeline(cases)
+    for i in range(0, len(stream), BATCH):
+        chunk = stream[i : i + BATCH]
+        events = [r for r in chunk if r["kind"] == "event"]
+        outcomes = [r for r in chunk if r["kind"] == "outcome"]
+        if events:
+            await _post(session, f"{url}/v1/events", events)
+        if outcomes:
+            await _post(session, f"{url}/v1/outcomes", outcomes)
