@@ -39,6 +39,7 @@ bench-stats: install
 
 bench: bench-stats
 	$(BIN)/python tests/bench/bench_store.py
+	$(BIN)/python tests/bench/bench_service.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

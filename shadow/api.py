@@ -283,7 +283,7 @@ async def put_autonomy(request: web.Request) -> web.StreamResponse:
     step = await pipeline.registry.set_level(
         name, level, actor=_actor(request, body), reason=str(body.get("reason") or "manual set")
     )
-    await pipeline.refresh()
+    await pipeline.evaluate()  # the ladder reacts at once (a proposal for the next level...)
     return web.json_response(
         {
             "task_type": name,
@@ -300,7 +300,7 @@ async def post_approve(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request)
     pipeline = request.app[PIPELINE]
     step = await pipeline.registry.approve(name, actor=_actor(request, body))
-    await pipeline.refresh()
+    await pipeline.evaluate()  # the ladder reacts at once (a proposal for the next level...)
     return web.json_response(
         {
             "task_type": name,
