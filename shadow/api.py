@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -75,42 +75,43 @@ def _summarise(
     return web.json_response({"error": message, **body}, status=status)
 
 
-async def post_events(request: web.Request) -> web.Response:
+R = TypeVar("R", WorkEvent, Outcome)
+
+
+async def _ingest(
+    request: web.Request,
+    parse: Callable[..., Parsed[R]],
+    submit: Callable[[list[R]], Awaitable[list[IngestResult]]],
+) -> web.Response:
     body = await _read(request)
     if isinstance(body, web.Response):
         return body
     settings = request.app[SETTINGS]
     try:
-        parsed: Parsed[WorkEvent] = parse_events(
-            body, request.headers.get("Content-Type"), max_records=settings.max_records
-        )
+        parsed = parse(body, request.headers.get("Content-Type"), max_records=settings.max_records)
     except BodyError as exc:
         return error(exc.status, exc.message)
-    results: list[IngestResult] = []
-    if parsed.records:
-        results = await request.app[PIPELINE].submit_events(
-            [r for _, r in parsed.records], source="http", dead_letter_rejected=False
-        )
+    results = await submit([r for _, r in parsed.records]) if parsed.records else []
     return _summarise(parsed.errors, [line for line, _ in parsed.records], results)
+
+
+async def post_events(request: web.Request) -> web.Response:
+    pipeline = request.app[PIPELINE]
+
+    async def submit(events: list[WorkEvent]) -> list[IngestResult]:
+        # HTTP callers get the rejection in the response, so no dead letter is needed.
+        return await pipeline.submit_events(events, source="http", dead_letter_rejected=False)
+
+    return await _ingest(request, parse_events, submit)
 
 
 async def post_outcomes(request: web.Request) -> web.Response:
-    body = await _read(request)
-    if isinstance(body, web.Response):
-        return body
-    settings = request.app[SETTINGS]
-    try:
-        parsed: Parsed[Outcome] = parse_outcomes(
-            body, request.headers.get("Content-Type"), max_records=settings.max_records
-        )
-    except BodyError as exc:
-        return error(exc.status, exc.message)
-    results: list[IngestResult] = []
-    if parsed.records:
-        results = await request.app[PIPELINE].submit_outcomes(
-            [r for _, r in parsed.records], source="http"
-        )
-    return _summarise(parsed.errors, [line for line, _ in parsed.records], results)
+    pipeline = request.app[PIPELINE]
+
+    async def submit(outcomes: list[Outcome]) -> list[IngestResult]:
+        return await pipeline.submit_outcomes(outcomes, source="http")
+
+    return await _ingest(request, parse_outcomes, submit)
 
 
 # -- read side --------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ Contract:
   writers (DuckDB allows one writing connection per file).
 
 Schema changes are versioned migrations in :mod:`shadow.schema`.
+
+This module is longer than our ~600-line guide on purpose: "one module owns every DuckDB
+call" (so blocking I/O stays on one thread) outweighs splitting it.
 """
 
 from __future__ import annotations
