@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo lint format typecheck test pytest bench bench-stats clean
+.PHONY: install tools demo lint format typecheck test pytest bench bench-stats clean
 
 install: $(STAMP)
 
@@ -29,7 +29,11 @@ format: install
 typecheck: install
 	$(BIN)/mypy shadow tests
 
-pytest: install
+# Test-only system tools (Prometheus, promtool, Chromium), installed when missing and possible.
+tools:
+	./.ci/system-tools
+
+pytest: install tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,6 +11,18 @@ from pathlib import Path
 import pytest
 
 from shadow.store import Store
+
+
+def require_tool(name: str, *, hint: str = "make test installs it (.ci/system-tools)") -> str:
+    """The path of an external tool a test needs. Missing: skip locally, fail under CI=true
+    (CI must never pass by skipping what it was meant to run)."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"required tool {name!r} not found on PATH; {hint}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 class FakeClock:
