@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools demo lint format typecheck test pytest bench bench-stats clean
+.PHONY: install tools demo lint format typecheck test pytest bench bench-stats clean dashboards
 
 install: $(STAMP)
 
@@ -19,15 +19,15 @@ demo: install
 	$(BIN)/shadow demo $(DEMO_ARGS)
 
 lint: install
-	$(BIN)/ruff check shadow tests
-	$(BIN)/ruff format --check shadow tests
+	$(BIN)/ruff check shadow tests dashboards
+	$(BIN)/ruff format --check shadow tests dashboards
 
 format: install
-	$(BIN)/ruff check --fix shadow tests
-	$(BIN)/ruff format shadow tests
+	$(BIN)/ruff check --fix shadow tests dashboards
+	$(BIN)/ruff format shadow tests dashboards
 
 typecheck: install
-	$(BIN)/mypy shadow tests
+	$(BIN)/mypy shadow tests dashboards
 
 # Test-only system tools (Prometheus, promtool, Chromium), installed when missing and possible.
 tools:
@@ -37,6 +37,11 @@ pytest: install tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# Regenerate the Grafana JSON (dashboards/grafana/) and the Helm chart's copies of the
+# dashboards and rules (helm/shadow-sidecar/files/); tests fail when they are out of date.
+dashboards: install
+	$(BIN)/python -m dashboards.generate
 
 bench-stats: install
 	$(BIN)/python tests/bench/bench_stats.py
