@@ -25,11 +25,13 @@ from shadow.model import Level, Outcome, WorkEvent
 from shadow.openapi import openapi_spec
 from shadow.pipeline import IngestResult, Pipeline
 
-__all__ = ["PIPELINE", "REGISTRY", "SETTINGS", "routes"]
+__all__ = ["PIPELINE", "READINESS", "REGISTRY", "SETTINGS", "routes"]
 
 SETTINGS = web.AppKey("settings", Settings)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+# Source health checks (Kafka): each returns why the sidecar is not ready, or None.
+READINESS = web.AppKey("readiness", list[Callable[[], str | None]])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,20 +80,31 @@ def _summarise(
 R = TypeVar("R", WorkEvent, Outcome)
 
 
+_BODY_REASONS = {413: "too_large", 415: "unsupported_media_type"}
+_RESULT_REASONS = {"rejected": "unknown_task_type", "conflict": "conflict"}
+
+
 async def _ingest(
     request: web.Request,
+    kind: str,
     parse: Callable[..., Parsed[R]],
     submit: Callable[[list[R]], Awaitable[list[IngestResult]]],
 ) -> web.Response:
+    metrics = request.app[PIPELINE].metrics
     body = await _read(request)
     if isinstance(body, web.Response):
+        metrics.rejected(kind, "http", "too_large")
         return body
     settings = request.app[SETTINGS]
     try:
         parsed = parse(body, request.headers.get("Content-Type"), max_records=settings.max_records)
     except BodyError as exc:
+        metrics.rejected(kind, "http", _BODY_REASONS.get(exc.status, "malformed"))
         return error(exc.status, exc.message)
     results = await submit([r for _, r in parsed.records]) if parsed.records else []
+    metrics.rejected(kind, "http", "invalid", len(parsed.errors))
+    for status, reason in _RESULT_REASONS.items():
+        metrics.rejected(kind, "http", reason, sum(1 for r in results if r.status == status))
     return _summarise(parsed.errors, [line for line, _ in parsed.records], results)
 
 
@@ -102,7 +115,7 @@ async def post_events(request: web.Request) -> web.Response:
         # HTTP callers get the rejection in the response, so no dead letter is needed.
         return await pipeline.submit_events(events, source="http", dead_letter_rejected=False)
 
-    return await _ingest(request, parse_events, submit)
+    return await _ingest(request, "event", parse_events, submit)
 
 
 async def post_outcomes(request: web.Request) -> web.Response:
@@ -111,7 +124,7 @@ async def post_outcomes(request: web.Request) -> web.Response:
     async def submit(outcomes: list[Outcome]) -> list[IngestResult]:
         return await pipeline.submit_outcomes(outcomes, source="http")
 
-    return await _ingest(request, parse_outcomes, submit)
+    return await _ingest(request, "outcome", parse_outcomes, submit)
 
 
 # -- read side --------------------------------------------------------------------------------
@@ -141,6 +154,10 @@ async def readyz(request: web.Request) -> web.Response:
         await pipeline.store.schema_version()
     except Exception as exc:  # any store failure means not ready; say which
         return error(503, f"store unavailable: {exc}")
+    for check in request.app.get(READINESS, []):
+        problem = check()
+        if problem:
+            return error(503, problem)
     return web.json_response({"status": "ready"})
 
 

@@ -19,13 +19,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shadow.agent import AgentRunner, CircuitBreaker, load_agent
-from shadow.api import PIPELINE, REGISTRY, SETTINGS, routes
+from shadow.api import PIPELINE, READINESS, REGISTRY, SETTINGS, routes
 from shadow.config import Settings
 from shadow.errors import ConfigError
 from shadow.metrics import Metrics
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
 from shadow.sources.files import FileSource, parse_source_spec
+from shadow.sources.kafka import parse_kafka_spec
+from shadow.sources.kafka_stack import KafkaStack
 from shadow.store import Store
 
 __all__ = ["build_app", "build_runner", "utc_now"]
@@ -67,23 +69,27 @@ def build_app(
             raise ConfigError("a policy file is required: pass --config POLICY.yaml")
         policy = load_policy(settings.config)
     specs = [parse_source_spec(s) for s in settings.source]
-    for kind, spec in specs:
-        if kind != "file":
-            raise ConfigError(f"source {spec!r}: only file: sources are supported so far")
+    kafka_specs = [parse_kafka_spec(spec) for kind, spec in specs if kind == "kafka"]
+    specs = [(kind, spec) for kind, spec in specs if kind == "file"]
+    for _, spec in specs:
         if not Path(spec).is_file():
             raise ConfigError(f"source file {spec} does not exist")
     metrics_registry = registry if registry is not None else CollectorRegistry()
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[REGISTRY] = metrics_registry
+    app[READINESS] = []
     app.add_routes(routes())
     resolved: Policy = policy
+    # Resolved now, so a bad --agent is refused before anything listens or touches the DB.
+    runner = build_runner(settings)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with Store(settings.db) as store:
-            runner = build_runner(settings)
             try:
                 metrics = Metrics(metrics_registry, resolved)
+                kafka = KafkaStack(settings, kafka_specs, store=store, clock=clock, metrics=metrics)
+                app[READINESS].append(kafka.not_ready)
                 pipeline = Pipeline(
                     settings=settings,
                     policy=resolved,
@@ -91,8 +97,10 @@ def build_app(
                     agent=runner,
                     metrics=metrics,
                     clock=clock,
+                    observers=kafka.observers,
+                    promote=kafka.promote,
                 )
-                async with pipeline:
+                async with pipeline, kafka.running(pipeline):
                     app[PIPELINE] = pipeline
                     tasks = [
                         asyncio.get_running_loop().create_task(_run_file(path, pipeline))

@@ -11,8 +11,10 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from typing import Any, NoReturn
 
 import aiohttp
@@ -88,7 +90,20 @@ def _parser() -> argparse.ArgumentParser:
         f = auto_sub.add_parser(name, help=f"{name} every task type")
         f.add_argument("--reason", default="")
         f.add_argument("--actor", default=None)
+    _add_plugins(sub)
     return p
+
+
+def _add_plugins(sub: Any) -> None:
+    """Subcommands from other packages (entry-point group ``shadow.commands``; ``replay``
+    registers ``shadow replay`` this way, so ``shadow`` never imports it). Each entry
+    point is ``register(subparsers)``: it adds its parser and sets ``plugin`` to a
+    ``(args, console) -> exit code`` callable. A plugin that fails to load is skipped."""
+    for ep in entry_points(group="shadow.commands"):
+        try:
+            ep.load()(sub)
+        except Exception as exc:
+            print(f"shadow: warning: command {ep.name!r} not loaded: {exc}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 120)
     try:
         args = _parser().parse_args(argv)
+        plugin = getattr(args, "plugin", None)
+        if plugin is not None:
+            return int(plugin(args, console))
         if args.command == "run":
             return _run(args)
         if args.command == "demo":
@@ -135,9 +153,31 @@ def _run(args: argparse.Namespace) -> int:
         agent_timeout=args.agent_timeout,
     )
     app = build_app(settings)
-    print(f"shadow: serving on http://{settings.host}:{settings.port} (db {settings.db})")
-    web.run_app(app, host=settings.host, port=settings.port, print=None)
+    sock = _listen(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    print(f"shadow: serving on http://{settings.host}:{port} (db {settings.db})", flush=True)
+    web.run_app(app, sock=sock, print=None)
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket, bound before anything claims to serve (a busy port is a usage
+    error, not a traceback)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
 
 
 # -- status -----------------------------------------------------------------------------------

@@ -191,6 +191,38 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.ingest_rejected = Counter(
+            "shadow_ingest_rejected",
+            "Records (or whole bodies) refused at ingest, by kind, source and reason",
+            ["kind", "source", "reason"],
+            registry=r,
+        )
+        self.kafka_lag = Gauge(
+            "shadow_kafka_consumer_lag_messages",
+            "Messages behind the partition's high watermark (after the last commit)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.kafka_connected = Gauge(
+            "shadow_kafka_connected", "1 while the Kafka broker answers metadata probes", registry=r
+        )
+        self.kafka_paused = Gauge(
+            "shadow_kafka_paused",
+            "1 while Kafka partitions are paused for backpressure",
+            registry=r,
+        )
+        self.kafka_published = Counter(
+            "shadow_kafka_published",
+            "Records published to Kafka, by stream (comparisons, autonomy, dead_letters)",
+            ["stream"],
+            registry=r,
+        )
+        self.kafka_publish_errors = Counter(
+            "shadow_kafka_publish_errors",
+            "Failed Kafka publish attempts (retried), by stream",
+            ["stream"],
+            registry=r,
+        )
         self.info = Info("shadow_build", "Sidecar build information", registry=r)
         self.info.info({"version": "0.1.0", "policy_hash": policy.hash})
         self._publish_gates()
@@ -254,6 +286,12 @@ class Metrics:
 
     def dead_letter(self, source: str, reason: str) -> None:
         self.dead_letters.labels(self.source_label(source), reason_class(reason)).inc()
+
+    def rejected(self, kind: str, source: str, reason: str, count: int = 1) -> None:
+        """``reason`` is a fixed class: malformed, too_large, unsupported_media_type, invalid,
+        unknown_task_type or conflict (never free text, so label values stay bounded)."""
+        if count > 0:
+            self.ingest_rejected.labels(kind, self.source_label(source), reason).inc(count)
 
     def steps(self, steps: Iterable[Step]) -> None:
         for s in steps:

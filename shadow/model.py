@@ -26,6 +26,7 @@ from shadow.errors import FieldError, ValidationError
 __all__ = [
     "MAX_DEPTH",
     "MAX_ID_LENGTH",
+    "TASK_TYPE_PATTERN",
     "Action",
     "AuditEntry",
     "Comparison",
@@ -43,7 +44,8 @@ __all__ = [
 
 MAX_DEPTH = 32
 MAX_ID_LENGTH = 256
-_TASK_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
+TASK_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
+_TASK_TYPE_RE = re.compile(TASK_TYPE_PATTERN)
 
 JSONObject = dict[str, Any]
 

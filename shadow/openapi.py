@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shadow.model import MAX_DEPTH, MAX_ID_LENGTH, TASK_TYPE_PATTERN
+
 __all__ = ["openapi_spec"]
 
 
@@ -39,7 +41,8 @@ _WRITE_ERRORS = {
 
 
 def _ingest(kind: str, schema: str) -> dict[str, Any]:
-    body_schema = {"oneOf": [_ref(schema), {"type": "array", "items": _ref(schema)}]}
+    array = {"type": "array", "items": _ref(schema), "minItems": 1}
+    body_schema = {"oneOf": [_ref(schema), array]}
     return {
         "summary": f"Ingest {kind}: one JSON object, a JSON array, or NDJSON lines",
         "requestBody": {
@@ -60,16 +63,26 @@ def _ingest(kind: str, schema: str) -> dict[str, Any]:
     }
 
 
-def _write(summary: str, body: dict[str, Any] | None) -> dict[str, Any]:
+def _write(summary: str, body: dict[str, Any] | None, *, required: bool = False) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "security": _ADMIN,
         "responses": {"200": _resp("done", {"type": "object"}), **_WRITE_ERRORS},
     }
     if body is not None:
-        op["requestBody"] = {"required": False, "content": _json(body)}
+        op["requestBody"] = {"required": required, "content": _json(body)}
     return op
 
+
+# The model's own limits (shadow/model.py), so a body valid per this document is accepted.
+_ID = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_ID_LENGTH,
+    "pattern": "^[^\\u0000-\\u001f\\u007f]+$",
+    "description": "no control characters",
+}
+_DEPTH_NOTE = f"any JSON object nested at most {MAX_DEPTH} levels deep"
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -80,29 +93,37 @@ _SCHEMAS: dict[str, Any] = {
     "WorkEvent": {
         "type": "object",
         "required": ["event_id", "task_type", "payload"],
+        "additionalProperties": False,
         "properties": {
-            "event_id": {"type": "string", "minLength": 1},
-            "task_type": {"type": "string"},
-            "payload": {"type": "object"},
+            "kind": {"type": "string", "enum": ["event"]},
+            "event_id": _ID,
+            "task_type": {"type": "string", "pattern": TASK_TYPE_PATTERN},
+            "payload": {"type": "object", "description": _DEPTH_NOTE},
             "occurred_at": {"type": "string", "format": "date-time"},
-            "segment": {"type": "string"},
+            "segment": {"type": "string", "maxLength": MAX_ID_LENGTH},
         },
     },
     "Outcome": {
         "type": "object",
         "required": ["event_id", "decision"],
+        "additionalProperties": False,
         "properties": {
-            "event_id": {"type": "string", "minLength": 1},
-            "decision": {"type": "object"},
+            "kind": {"type": "string", "enum": ["outcome"]},
+            "event_id": _ID,
+            "decision": {"type": "object", "description": _DEPTH_NOTE},
             "actions": {
                 "type": "array",
                 "items": {
                     "type": "object",
                     "required": ["tool"],
-                    "properties": {"tool": {"type": "string"}, "args": {"type": "object"}},
+                    "additionalProperties": False,
+                    "properties": {
+                        "tool": {"type": "string", "minLength": 1},
+                        "args": {"type": "object"},
+                    },
                 },
             },
-            "decided_by": {"type": "string"},
+            "decided_by": {"type": "string", "maxLength": MAX_ID_LENGTH},
             "decided_at": {"type": "string", "format": "date-time"},
         },
     },
@@ -185,7 +206,9 @@ def openapi_spec() -> dict[str, Any]:
                     "summary": "One task type's level and evidence",
                     "responses": {"200": ok_obj, "404": not_found},
                 },
-                "put": _write("Set the level (never above the ceiling)", _ref("SetLevel")),
+                "put": _write(
+                    "Set the level (never above the ceiling)", _ref("SetLevel"), required=True
+                ),
             },
             "/v1/autonomy/{task_type}/approve": {
                 "parameters": [_TASK],

@@ -24,24 +24,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from shadow.agent import AgentRunner
 from shadow.autonomy import AutonomyRegistry
 from shadow.config import Settings
 from shadow.joiner import Joiner, JoinReport
 from shadow.metrics import Metrics
-from shadow.model import Outcome, ShadowDecision, WorkEvent
+from shadow.model import Comparison, Outcome, ShadowDecision, WorkEvent
 from shadow.policy import Policy
+from shadow.promotion import LadderState
 from shadow.store import DeadLetter, PutStatus, Store
 
-__all__ = ["IngestResult", "Pipeline"]
+__all__ = ["IngestResult", "Pipeline", "PipelineObserver"]
 
 log = logging.getLogger("shadow.pipeline")
+
+
+class PipelineObserver(Protocol):
+    """Told what the pipeline stored (the Kafka publisher implements it). Both calls must
+    return at once and never raise: an observer queues its own work, so a slow or broken
+    broker never slows the pipeline."""
+
+    def comparisons_stored(self, comparisons: Sequence[Comparison]) -> None: ...
+
+    def ladder(self, states: Mapping[str, LadderState]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +83,8 @@ class Pipeline:
         agent: AgentRunner | None,
         metrics: Metrics,
         clock: Callable[[], datetime],
+        observers: Sequence[PipelineObserver] = (),
+        promote: bool = True,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -79,6 +92,8 @@ class Pipeline:
         self.agent = agent
         self.metrics = metrics
         self.clock = clock
+        self.observers = tuple(observers)
+        self.promote = promote  # False on Kafka replicas: one promoter owns the ladder
         self.joiner = Joiner(store, policy, clock, batch=max(settings.batch_size, 1000))
         self.registry = AutonomyRegistry(store, policy, clock)
         self._work: asyncio.Queue[WorkEvent] = asyncio.Queue(maxsize=settings.agent_concurrency * 2)
@@ -100,7 +115,9 @@ class Pipeline:
         self.started = True
         await self.store.save_policy(self.policy.text, self.policy.hash)
         await self._after_join(await self.joiner.join())  # finish what a crash interrupted
-        await self.refresh()
+        # Comparisons stored just before a crash may owe the ladder a (demotion) decision even
+        # when the sweep above made none; deciding now is idempotent.
+        await self.evaluate()
         spawn = asyncio.get_running_loop().create_task
         self._tasks.append(spawn(self._join_loop(), name="shadow-join"))
         self._tasks.append(spawn(self._expire_loop(), name="shadow-expire"))
@@ -281,13 +298,19 @@ class Pipeline:
             self.metrics.reversal(by_key.get((r.event_id, r.agent_version), "other"))
         self.comparisons += len(report.comparisons)
         if report.comparisons:
-            self.metrics.steps(await self.registry.evaluate())
+            for observer in self.observers:
+                observer.comparisons_stored(report.comparisons)
+            if self.promote:
+                self.metrics.steps(await self.registry.evaluate())
             await self.refresh()
 
     async def refresh(self) -> None:
         """Set the evidence, ladder and pending-join gauges from the store."""
         self.metrics.evidence(await self.store.evidence())
-        self.metrics.ladder(await self.registry.states(), await self.store.is_frozen())
+        states = await self.registry.states()
+        self.metrics.ladder(states, await self.store.is_frozen())
+        for observer in self.observers:
+            observer.ladder(states)
         self.metrics.pending_joins(await self.store.pending())
 
     async def _expire_loop(self) -> None:
@@ -302,7 +325,8 @@ class Pipeline:
 
     async def evaluate(self) -> None:
         """Re-decide the ladder now (operators' writes call this after changing state)."""
-        self.metrics.steps(await self.registry.evaluate())
+        if self.promote:
+            self.metrics.steps(await self.registry.evaluate())
         await self.refresh()
 
     async def drain(self, *, poll: float = 0.02) -> None:

@@ -427,12 +427,6 @@ def rejected_total(samples: Mapping[MetricKey, float], kind: str) -> float:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: bad HTTP ingest input (malformed, invalid records, 413, 415, empty) is "
-    "counted in no metric, though DESIGN.md promises it is; shadow/api.py post_events/"
-    "post_outcomes never touch Metrics on these paths",
-)
 @pytest.mark.parametrize("path", [EVENTS, OUTCOMES])
 async def test_bad_http_input_is_counted_in_a_metric(
     sidecar: SidecarFactory, agent_server: AgentServerFactory, path: str

@@ -267,11 +267,6 @@ def test_agent_module_not_found(policy: Path, tmp_path: Path) -> None:
     assert_usage_error(res, "'no_such_mod' not found")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: shadow run resolves --agent only at startup, after printing 'serving on' "
-    "and creating the DuckDB file (shadow/app.py build_app / shadow/cli.py _run)",
-)
 def test_bad_agent_spec_fails_before_claiming_to_serve_or_touching_the_db(
     policy: Path, tmp_path: Path
 ) -> None:
@@ -375,11 +370,6 @@ def test_demo_with_no_events(capsys: pytest.CaptureFixture[str]) -> None:
     assert_usage_error(cli(capsys, "demo", "--events", "0"), "--events")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: shadow run on a port in use dies with an OSError traceback and exit 1 "
-    "(shadow/cli.py _run does not translate the bind error; shadow demo does)",
-)
 def test_run_on_a_port_in_use(policy: Path, tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import hypothesis
-import pytest
 import requests
 import schemathesis
 from aiohttp import web
@@ -212,12 +211,6 @@ def schema_valid_records_are_accepted(base_url: str) -> int:
     return calls
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: shadow/openapi.py WorkEvent/Outcome schemas omit the model's constraints "
-    "(additionalProperties: false, the kind enum, task_type pattern, id length and "
-    "control characters), so bodies valid per the document get 400",
-)
 async def test_schema_valid_ingest_bodies_are_accepted(
     sidecar: SidecarFactory, agent_server: AgentServerFactory
 ) -> None:
@@ -225,11 +218,6 @@ async def test_schema_valid_ingest_bodies_are_accepted(
     await asyncio.to_thread(schema_valid_records_are_accepted, sc.url)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: shadow/openapi.py _write() marks every write body optional, but PUT "
-    "/v1/autonomy/{task_type} needs one (level is required): no body gets 400",
-)
 def test_set_level_documents_its_body_as_required() -> None:
     put = openapi_spec()["paths"]["/v1/autonomy/{task_type}"]["put"]
     assert put["requestBody"]["required"] is True

@@ -332,12 +332,6 @@ async def test_start_finishes_joins_a_crash_left_behind(
     assert run.sample("shadow_evidence_critical_misses", **labels) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: shadow/pipeline.py Pipeline.start only re-evaluates the ladder when its "
-    "start-up join sweep made comparisons, so comparisons stored just before a crash "
-    "never get their (automatic) demotion until new traffic arrives",
-)
 async def test_start_applies_a_demotion_the_crash_interrupted(
     store: Store, pipelines: PipelineFactory, clock: FakeClock
 ) -> None:
