@@ -124,4 +124,30 @@ _V1 = [
 ]
 
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
+# Version 3: replay evidence (``shadow replay --record-evidence``). Kept in its own table, apart
+# from the comparisons behind the live ``agreement`` view, so it never moves a gate.
+_V3 = [
+    "CREATE SEQUENCE replay_evidence_seq",
+    """
+    CREATE TABLE replay_evidence (
+        id            BIGINT PRIMARY KEY DEFAULT nextval('replay_evidence_seq'),
+        run_id        VARCHAR NOT NULL,
+        recorded_at   TIMESTAMPTZ NOT NULL,
+        task_type     VARCHAR NOT NULL,
+        agent_version VARCHAR NOT NULL,
+        n             BIGINT NOT NULL,
+        agree         BIGINT NOT NULL,
+        critical      BIGINT NOT NULL,
+        errors        BIGINT NOT NULL,
+        lower         DOUBLE NOT NULL,
+        upper         DOUBLE NOT NULL,
+        policy_hash   VARCHAR,
+        history       VARCHAR NOT NULL,       -- the replayed history file
+        report        JSON NOT NULL,          -- the task type's replay report entry
+        UNIQUE (run_id, task_type)
+    )
+    """,
+]
+MIGRATIONS.append((3, _V3))
+
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -52,7 +52,7 @@ from shadow.model import (
 from shadow.promotion import LadderState, Proposal, Step
 from shadow.schema import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["DeadLetter", "JoinRow", "PutResult", "PutStatus", "Store"]
+__all__ = ["DeadLetter", "JoinRow", "PutResult", "PutStatus", "ReplayEvidence", "Store"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -97,6 +97,23 @@ class JoinRow:
     decision: ShadowDecision
     outcome: Outcome
     outcome_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayEvidence:
+    """One task type's result of a ``shadow replay --record-evidence`` run. Stored apart
+    from live evidence (table ``replay_evidence``): it is audited, never gate evidence."""
+
+    task_type: str
+    agent_version: str
+    n: int
+    agree: int
+    critical: int
+    errors: int
+    lower: float
+    upper: float
+    policy_hash: str | None
+    report: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,15 +238,17 @@ class Store:
         con.execute(
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMPTZ)"
         )
-        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
-        current = int(row[0]) if row and row[0] is not None else 0
+        # Applied versions as a set, not just the highest: a migration merged with a lower
+        # number than one already applied (parallel branches) still runs.
+        applied = {int(r[0]) for r in con.execute("SELECT version FROM schema_version").fetchall()}
+        current = max(applied, default=0)
         if current > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has schema version {current}, newer than this sidecar's "
                 f"{SCHEMA_VERSION}; upgrade the sidecar"
             )
         for version, statements in MIGRATIONS:
-            if version <= current:
+            if version in applied:
                 continue
             with self._tx() as tx:
                 for sql in statements:
@@ -847,6 +866,95 @@ class Store:
                 "ORDER BY id DESC LIMIT ?",
                 [limit],
             )
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+        return await self._run(q)
+
+    # -- replay evidence (shadow replay --record-evidence) -------------------------------
+
+    async def put_replay_evidence(
+        self,
+        entries: Sequence[ReplayEvidence],
+        *,
+        run_id: str,
+        history: str,
+        now: datetime,
+        actor: str = "replay",
+    ) -> None:
+        """Keep a replay run's per task type results, each audited (action
+        ``replay_evidence``), in one transaction. Never touches live evidence or levels."""
+
+        def write() -> None:
+            with self._tx() as tx:
+                for e in entries:
+                    tx.execute(
+                        "INSERT INTO replay_evidence (run_id, recorded_at, task_type, "
+                        "agent_version, n, agree, critical, errors, lower, upper, policy_hash, "
+                        "history, report) VALUES (?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                        "?, ?::JSON)",
+                        [
+                            run_id,
+                            now,
+                            e.task_type,
+                            e.agent_version,
+                            e.n,
+                            e.agree,
+                            e.critical,
+                            e.errors,
+                            e.lower,
+                            e.upper,
+                            e.policy_hash,
+                            history,
+                            json.dumps(e.report),
+                        ],
+                    )
+                self._insert_audit(
+                    tx,
+                    [
+                        AuditEntry(
+                            at=now,
+                            task_type=e.task_type,
+                            actor=actor,
+                            action="replay_evidence",
+                            from_level=None,
+                            to_level=None,
+                            reason=(
+                                f"replay {run_id} of {history}: agent {e.agent_version} agreed "
+                                f"{e.agree}/{e.n} (replay evidence, not live evidence)"
+                            ),
+                            evidence={
+                                "run_id": run_id,
+                                "agent_version": e.agent_version,
+                                "n": e.n,
+                                "agree": e.agree,
+                                "critical": e.critical,
+                                "errors": e.errors,
+                                "lower": e.lower,
+                                "upper": e.upper,
+                                "source": "replay",
+                            },
+                            policy_hash=e.policy_hash,
+                        )
+                        for e in entries
+                    ],
+                )
+
+        await self._run(write)
+
+    async def replay_evidence(self, *, task_type: str | None = None) -> list[dict[str, Any]]:
+        """Recorded replay results, oldest first (without the report bodies)."""
+
+        def q() -> list[dict[str, Any]]:
+            sql = (
+                "SELECT run_id, recorded_at, task_type, agent_version, n, agree, critical, "
+                "errors, lower, upper, policy_hash, history FROM replay_evidence "
+            )
+            params: list[Any] = []
+            if task_type is not None:
+                sql += "WHERE task_type = ? "
+                params.append(task_type)
+            cur = self.con.execute(sql + "ORDER BY id", params)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 

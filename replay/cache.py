@@ -1,0 +1,232 @@
+"""Agent answers through the response cache: a re-run pays for nothing twice.
+
+Key
+    Each successful answer is cached under ``(agent_key, request_hash)``.
+    ``request_hash`` is the content hash of exactly what the agent is sent (``event_id``,
+    ``task_type`` and the payload *after* the policy's redaction), so a change to the
+    history or to the redaction rules is a miss, never a stale hit.
+    ``agent_key`` is ``version:<V>`` when the run declares ``--agent-version V``, else
+    ``spec:<URL or module:callable>``. The agent's own ``agent_version`` is only known
+    after its first answer, so it cannot be part of a key that is looked up before the
+    call; it is stored with every answer instead and checked as follows.
+Version check (no ``--agent-version``)
+    The run *expects* the version that gave most of the cached answers under the spec.
+    Only cached answers of the expected version are hits. The first fresh answer of the
+    run confirms or replaces the expectation: if the agent now reports another version
+    and cached answers were already used, :class:`VersionChanged` is raised after the
+    fresh answers are cached, and the runner starts its pass again (once) under the new
+    version, so a report never mixes two versions silently and nothing is called twice.
+    Later version changes (e.g. a rolling deploy) are kept and listed in the report.
+    With ``--agent-version`` the declared name is trusted as is.
+Not cached
+    Failed calls (HTTP errors, timeouts, invalid answers): the next run retries them.
+Bounded work
+    At most ``concurrency`` calls in flight (the :class:`~shadow.agent.AgentRunner`
+    semaphore) and at most ``rate`` call starts per second (``None``: no limit). Setting
+    ``stop`` ends a batch early: calls in flight are cancelled, answers already received
+    are cached and returned, the rest come back as ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from replay.history import ResponseCache
+from shadow.agent import AgentRunner
+from shadow.model import ShadowDecision, WorkEvent, content_hash
+
+__all__ = ["CachedAgent", "RateLimiter", "VersionChanged", "agent_key", "request_hash"]
+
+
+class VersionChanged(Exception):
+    """The agent's version is not the one the cached answers used: start the pass again."""
+
+
+def agent_key(spec: str, declared_version: str | None = None) -> str:
+    return f"version:{declared_version}" if declared_version else f"spec:{spec.strip()}"
+
+
+def request_hash(event: WorkEvent) -> str:
+    """Hash of what the agent receives for ``event`` (its payload already redacted)."""
+    return content_hash(
+        {"event_id": event.event_id, "task_type": event.task_type, "payload": event.payload}
+    )
+
+
+class RateLimiter:
+    """Spaces call starts at least ``1/rate`` seconds apart (``rate=None``: no limit)."""
+
+    def __init__(
+        self,
+        rate: float | None,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if rate is not None and not rate > 0:
+            raise ValueError(f"rate must be a positive number of calls per second, got {rate}")
+        self._gap = 1.0 / rate if rate else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+
+    async def acquire(self) -> None:
+        if not self._gap:
+            return
+        now = self._clock()
+        start = max(now, self._next)
+        self._next = start + self._gap
+        if start > now:
+            await self._sleep(start - now)
+
+
+@dataclass(slots=True)
+class CallStats:
+    calls: int = 0  # agent calls made by this process
+    hits: int = 0  # cached answers used
+    failed: int = 0  # calls whose answer was an error (not cached)
+
+
+class CachedAgent:
+    """Answers for events: cached ones first, the rest from ``runner``; see the module doc."""
+
+    def __init__(
+        self,
+        runner: AgentRunner,
+        cache: ResponseCache,
+        *,
+        spec: str,
+        declared_version: str | None = None,
+        refresh: bool = False,
+        rate: float | None = None,
+        clock: Callable[[], float],
+        now: Callable[[], datetime],
+    ) -> None:
+        self.runner = runner
+        self.cache = cache
+        self.key = agent_key(spec, declared_version)
+        self.declared = declared_version
+        self.refresh = refresh
+        self.limiter = RateLimiter(rate, clock=clock)
+        self.now = now
+        self.stats = CallStats()
+        self.expected: str | None = declared_version
+        self._confirmed = declared_version is not None
+        self._used_unconfirmed = False
+        self._restarted = False
+
+    async def start(self) -> None:
+        """Learn the version the cached answers were given by (the expectation)."""
+        if self.expected is None and not self.refresh:
+            versions = await self.cache.versions(self.key)
+            if versions:
+                self.expected = sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+    def reset(self) -> None:
+        """Start of a new pass (after :class:`VersionChanged`)."""
+        self._used_unconfirmed = False
+
+    async def answers(
+        self, events: Sequence[WorkEvent], stop: asyncio.Event | None = None
+    ) -> list[ShadowDecision | None]:
+        hashes = [request_hash(e) for e in events]
+        cached = {} if self.refresh else await self.cache.get(self.key, hashes)
+        out: list[ShadowDecision | None] = [None] * len(events)
+        todo = self._use_hits(cached, hashes, out)
+        before = self.expected
+        first_live = not self._confirmed
+        await self._call(events, hashes, todo, out, stop)
+        if first_live and self._confirmed and self.expected != before and before is not None:
+            if self._used_unconfirmed and not self._restarted:
+                self._restarted = True
+                raise VersionChanged(f"agent now answers as {self.expected}, cache had {before}")
+            # Hits of this batch from the old version are not the agent's answers now.
+            redo = [
+                i
+                for i, d in enumerate(out)
+                if d is not None and i not in todo and d.agent_version != self.expected
+            ]
+            for i in redo:
+                out[i] = None
+                self.stats.hits -= 1
+            await self._call(events, hashes, redo, out, stop)
+        return out
+
+    def _use_hits(
+        self, cached: dict[str, ShadowDecision], hashes: list[str], out: list[ShadowDecision | None]
+    ) -> list[int]:
+        todo: list[int] = []
+        for i, h in enumerate(hashes):
+            hit = cached.get(h)
+            if hit is not None and (
+                self.declared is not None or hit.agent_version == self.expected
+            ):
+                out[i] = hit
+                self.stats.hits += 1
+                if not self._confirmed:
+                    self._used_unconfirmed = True
+            else:
+                todo.append(i)
+        return todo
+
+    async def _call(
+        self,
+        events: Sequence[WorkEvent],
+        hashes: list[str],
+        todo: list[int],
+        out: list[ShadowDecision | None],
+        stop: asyncio.Event | None,
+    ) -> None:
+        if not todo:
+            return
+        queue = iter(todo)
+        fresh: list[tuple[str, ShadowDecision]] = []
+
+        async def worker() -> None:
+            for i in queue:
+                if stop is not None and stop.is_set():
+                    return
+                await self.limiter.acquire()
+                self.stats.calls += 1
+                d = await self.runner.decide(events[i])
+                out[i] = d
+                if d.error is None:
+                    fresh.append((hashes[i], d))
+                    self._observe(d)
+                else:
+                    self.stats.failed += 1
+
+        workers = asyncio.gather(
+            *(worker() for _ in range(min(self.runner.concurrency, len(todo))))
+        )
+        try:
+            if stop is None:
+                await workers
+            else:
+                halt: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+                both: set[asyncio.Future[Any]] = {workers, halt}
+                try:
+                    await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    halt.cancel()
+                if not workers.done():
+                    workers.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await workers
+                else:
+                    workers.result()
+        finally:
+            # Answers already paid for are kept even when the batch is cut short.
+            await asyncio.shield(self.cache.put(self.key, fresh, now=self.now()))
+
+    def _observe(self, d: ShadowDecision) -> None:
+        if self.declared is not None:
+            return
+        if not self._confirmed:
+            self._confirmed = True
+            self.expected = d.agent_version

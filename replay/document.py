@@ -1,0 +1,101 @@
+"""The JSON report document: building one from a run, reading one back as a baseline.
+
+The schema (``shadow-replay-report/1``) is documented field by field in docs/replay.md;
+additions are allowed, renames are not. Reading a baseline accepts any document with that
+schema name whose task type entries carry integer ``n`` and ``agree``; anything else is
+a :class:`~replay.errors.ReplayError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from replay.errors import ReplayError
+from replay.model import Selection
+from replay.report import SCHEMA, totals_entry
+from replay.runner import ReplayResult, summary
+from shadow.policy import Policy
+
+__all__ = ["DETERMINISTIC_SKIP", "build_document", "deterministic_view", "load_report"]
+
+# Keys that depend on timing or on the process, left out when two runs are compared.
+DETERMINISTIC_SKIP = frozenset({"run", "latency_ms", "latency_p95_ms"})
+
+
+def build_document(
+    result: ReplayResult,
+    *,
+    policy: Policy,
+    agent: Mapping[str, Any],
+    history: str,
+    selection: Selection,
+    alpha: float,
+    run: Mapping[str, Any],
+) -> dict[str, Any]:
+    tasks = {name: stats.entry() for name, stats in result.tasks.items()}
+    versions: dict[str, int] = {}
+    for stats in result.tasks.values():
+        for v, k in stats.versions.items():
+            versions[v] = versions.get(v, 0) + k
+    return {
+        "schema": SCHEMA,
+        "complete": result.complete,
+        "agent": {
+            **agent,
+            "agent_version": max(versions, key=lambda v: (versions[v], v)) if versions else None,
+            "versions": dict(sorted(versions.items())),
+        },
+        "policy": {"source": policy.source, "hash": policy.hash},
+        "history": {"path": history, **summary(result), "selection": selection.to_json()},
+        "alpha": alpha,
+        "totals": totals_entry(result.tasks, alpha),
+        "task_types": tasks,
+        "baseline": None,
+        "regression": None,
+        "run": dict(run),
+    }
+
+
+def deterministic_view(doc: Any) -> Any:
+    """``doc`` without its timing-dependent keys (for comparing two runs)."""
+    if isinstance(doc, Mapping):
+        return {k: deterministic_view(v) for k, v in doc.items() if k not in DETERMINISTIC_SKIP}
+    if isinstance(doc, list):
+        return [deterministic_view(v) for v in doc]
+    return doc
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """A previous report as a baseline, checked enough to compare against."""
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReplayError(f"cannot read baseline {where}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ReplayError(f"baseline {where} is not UTF-8 text") from None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ReplayError(f"baseline {where} is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        raise ReplayError(f"baseline {where}: schema: expected {SCHEMA!r}, got {got!r}")
+    tasks = doc.get("task_types")
+    if not isinstance(tasks, dict):
+        raise ReplayError(f"baseline {where}: task_types: expected an object")
+    for name, entry in tasks.items():
+        for key in ("n", "agree"):
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ReplayError(
+                    f"baseline {where}: task_types.{name}.{key}: expected a whole number >= 0"
+                )
+        if entry["agree"] > entry["n"]:
+            raise ReplayError(f"baseline {where}: task_types.{name}: agree exceeds n")
+    if doc.get("complete") is False:
+        raise ReplayError(f"baseline {where} is a partial report (complete: false); re-run it")
+    return doc

@@ -1,0 +1,249 @@
+"""The replay report: per task type tallies, and the JSON document built from them.
+
+:class:`TaskStats` takes one scored case at a time (:meth:`TaskStats.add`) and keeps only
+bounded state besides one latency float per answer: counts, per-field tallies, a capped
+confusion matrix per categorical field and the first ``examples`` critical misses and
+agent errors *by event_id* (so the examples do not depend on the order answers arrived).
+
+The JSON document (schema ``shadow-replay-report/1``, documented in docs/replay.md) is a
+plain dict; every per-task-type entry carries the ``GET /v1/agreement`` names ``n``,
+``agree``, ``agreement``, ``lower``, ``upper``, ``critical``, ``errors`` with the same
+meaning and rounding (``n`` counts agree, disagree and agent_error; the bounds are the
+anytime-valid ones of :mod:`shadow.stats` at the task type's ``alpha``). Everything that
+depends on timing (``latency_ms``, ``run``) is kept apart from the counts, so two runs over
+the same history and answers differ only there.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from array import array
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from replay.gate import gate_entry
+from replay.model import Case
+from shadow.diff import normalize_text
+from shadow.model import Comparison, Evidence, ShadowDecision, Verdict
+from shadow.policy import MatchKind, TaskPolicy
+from shadow.promotion import snapshot
+from shadow.stats import lower_bound, upper_bound
+
+__all__ = ["SCHEMA", "TaskStats", "percentiles", "totals_entry"]
+
+SCHEMA = "shadow-replay-report/1"
+CONFUSION_LABELS = 12  # shown per matrix; rarer labels are folded into "(other)"
+_TRACK_LABELS = 50  # a field with more distinct values is not categorical: no matrix
+_MISSING = object()
+OTHER = "(other)"
+
+
+def _resolve(obj: Any, parts: tuple[str, ...]) -> Any:
+    for p in parts:
+        if not isinstance(obj, Mapping) or p not in obj:
+            return _MISSING
+        obj = obj[p]
+    return obj
+
+
+def _label(value: Any, text: bool) -> str | None:
+    """A categorical label, or ``None`` when ``value`` is not categorical."""
+    if value is _MISSING:
+        return "(missing)"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return normalize_text(value) if text else value
+    return None
+
+
+def percentiles(values: array[float] | list[float]) -> dict[str, Any]:
+    """Nearest-rank p50/p90/p95/p99 and max, in ms rounded to 0.001."""
+    if not values:
+        return {"count": 0, "p50": None, "p90": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def rank(p: float) -> float:
+        return round(ordered[max(math.ceil(p / 100.0 * n) - 1, 0)], 3)
+
+    return {
+        "count": n,
+        "p50": rank(50),
+        "p90": rank(90),
+        "p95": rank(95),
+        "p99": rank(99),
+        "max": round(ordered[-1], 3),
+    }
+
+
+class TaskStats:
+    """Tallies for one task type; ``entry()`` is its JSON report entry."""
+
+    def __init__(self, name: str, task: TaskPolicy, *, examples: int = 5) -> None:
+        self.name = name
+        self.task = task
+        self.examples = examples
+        self.n = self.agree = self.disagree = self.critical = self.errors = 0
+        self.compared: Counter[str] = Counter()
+        self.mismatched: Counter[str] = Counter()
+        self.critical_fields: Counter[str] = Counter()
+        self.versions: Counter[str] = Counter()
+        self.latencies: array[float] = array("d")
+        self.input_tokens = self.output_tokens = 0
+        self.cost_usd = 0.0
+        self._categorical = [
+            (path, tuple(path.split(".")), rule.match is MatchKind.TEXT)
+            for path, rule in task.compare.fields.items()
+            if rule.match in (MatchKind.EXACT, MatchKind.TEXT)
+        ]
+        self.confusion: dict[str, Counter[tuple[str, str]]] = {
+            p: Counter() for p, *_ in self._categorical
+        }
+        self._labels: dict[str, set[str]] = {p: set() for p, *_ in self._categorical}
+        self.not_categorical: set[str] = set()
+        self.critical_examples: list[tuple[str, dict[str, Any]]] = []
+        self.error_examples: list[tuple[str, dict[str, Any]]] = []
+
+    def add(self, case: Case, payload: Mapping[str, Any], d: ShadowDecision, c: Comparison) -> None:
+        self.n += 1
+        self.versions[d.agent_version] += 1
+        if d.latency_ms is not None:
+            self.latencies.append(d.latency_ms)
+        self.input_tokens += d.usage.input_tokens
+        self.output_tokens += d.usage.output_tokens
+        self.cost_usd += d.usage.cost_usd
+        if c.verdict is Verdict.AGENT_ERROR:
+            self.errors += 1
+            self._example(self.error_examples, case, {"error": d.error})
+            return
+        if c.verdict is Verdict.AGREE:
+            self.agree += 1
+        else:
+            self.disagree += 1
+        for f in c.fields:
+            self.compared[f.path] += 1
+            if not f.matched:
+                self.mismatched[f.path] += 1
+                if f.critical:
+                    self.critical_fields[f.path] += 1
+        if c.critical_miss:
+            self.critical += 1
+            self._example(
+                self.critical_examples,
+                case,
+                {
+                    "mismatches": [
+                        {"path": f.path, "critical": f.critical, "reason": f.reason}
+                        for f in c.mismatches
+                    ],
+                    "agent": d.decision,
+                    "human": case.outcome.decision,
+                    "payload": dict(payload),
+                },
+            )
+        self._confuse(case.outcome.decision, d.decision or {})
+
+    def _confuse(self, human: Mapping[str, Any], agent: Mapping[str, Any]) -> None:
+        for path, parts, text in self._categorical:
+            if path in self.not_categorical:
+                continue
+            h = _label(_resolve(human, parts), text)
+            a = _label(_resolve(agent, parts), text)
+            if h is None or a is None:
+                continue
+            labels = self._labels[path]
+            labels.add(h)
+            labels.add(a)
+            if len(labels) > _TRACK_LABELS:
+                self.not_categorical.add(path)
+                del self.confusion[path]
+                continue
+            self.confusion[path][(h, a)] += 1
+
+    def _example(
+        self, into: list[tuple[str, dict[str, Any]]], case: Case, body: dict[str, Any]
+    ) -> None:
+        key = case.event_id
+        if len(into) >= self.examples and key >= into[-1][0]:
+            return
+        bisect.insort(into, (key, {"event_id": key, **body}), key=lambda kv: kv[0])
+        del into[self.examples :]
+
+    @property
+    def agent_version(self) -> str | None:
+        return self.versions.most_common(1)[0][0] if self.versions else None
+
+    def entry(self) -> dict[str, Any]:
+        version = self.agent_version
+        ev = Evidence(self.name, version or "", self.n, self.agree, self.critical, self.errors)
+        snap = snapshot(ev, self.task, version)
+        fields = {
+            path: {
+                "compared": count,
+                "mismatches": self.mismatched[path],
+                "rate": round(self.mismatched[path] / count, 4),
+                "critical": self.critical_fields[path],
+            }
+            for path, count in sorted(
+                self.compared.items(), key=lambda kv: (-self.mismatched[kv[0]], kv[0])
+            )
+        }
+        return {
+            "agent_version": version,
+            "n": self.n,
+            "agree": self.agree,
+            "agreement": round(self.agree / self.n, 4) if self.n else None,
+            "lower": round(snap.lower, 4),
+            "upper": round(snap.upper, 4),
+            "critical": self.critical,
+            "errors": self.errors,
+            "disagree": self.disagree,
+            "agent_versions": dict(sorted(self.versions.items())),
+            "fields": fields,
+            "confusion": {p: self._matrix(p) for p in sorted(self.confusion) if self.confusion[p]},
+            "critical_examples": [body for _, body in self.critical_examples],
+            "error_examples": [body for _, body in self.error_examples],
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+                "cost_usd": round(self.cost_usd, 6),
+            },
+            "gates": gate_entry(self.task, snap),
+            "latency_ms": percentiles(self.latencies),
+        }
+
+    def _matrix(self, path: str) -> dict[str, Any]:
+        counts = self.confusion[path]
+        freq: Counter[str] = Counter()
+        for (h, a), k in counts.items():
+            freq[h] += k
+            freq[a] += k
+        ranked = sorted(freq, key=lambda lab: (-freq[lab], lab))
+        shown = ranked[:CONFUSION_LABELS]
+        folded = len(ranked) > CONFUSION_LABELS
+        labels = shown + ([OTHER] if folded else [])
+        index = {lab: i for i, lab in enumerate(shown)}
+        size = len(labels)
+        matrix = [[0] * size for _ in range(size)]
+        for (h, a), k in counts.items():
+            matrix[index.get(h, size - 1)][index.get(a, size - 1)] += k
+        return {"labels": labels, "rows": "human", "columns": "agent", "matrix": matrix}
+
+
+def totals_entry(stats: Mapping[str, TaskStats], alpha: float) -> dict[str, Any]:
+    n = sum(s.n for s in stats.values())
+    agree = sum(s.agree for s in stats.values())
+    return {
+        "n": n,
+        "agree": agree,
+        "agreement": round(agree / n, 4) if n else None,
+        "lower": round(lower_bound(agree, n, alpha), 4),
+        "upper": round(upper_bound(agree, n, alpha), 4),
+        "critical": sum(s.critical for s in stats.values()),
+        "errors": sum(s.errors for s in stats.values()),
+    }

@@ -1,0 +1,164 @@
+"""The replay loop: history batches → answers (cache, agent or store) → diff → tallies.
+
+For each batch of selected cases, in ``event_id`` order: cases whose task type the policy
+rejects are skipped (counted); payloads are redacted with the task type's rules, exactly as
+the live pipeline does before the agent sees them; the :class:`AnswerSource` answers the
+batch; each answer is compared with the recorded outcome by :func:`shadow.joiner.compare`
+(the live sidecar's verdict, with :class:`shadow.diff.Differ` under the policy's rules) and
+tallied in a :class:`~replay.report.TaskStats`.
+
+Batches run one after another: every answer of a batch is cached (one transaction) before
+the next batch's first call, so after ``kill -9`` at most the calls of one batch were
+made and not kept. Setting ``stop`` (Ctrl-C) ends the run after the answers in flight are
+handled; the result then says ``complete: False`` and holds exactly the cases scored, a
+consistent partial report. The cache makes the next run resume where this one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from replay.cache import CachedAgent, VersionChanged
+from replay.history import History, HistoryStats
+from replay.report import TaskStats
+from shadow.diff import Differ
+from shadow.joiner import compare
+from shadow.model import ShadowDecision, WorkEvent
+from shadow.policy import Policy
+from shadow.store import JoinRow
+
+__all__ = ["AnswerSource", "ReplayResult", "ReplayRunner", "StoreAnswers"]
+
+Progress = Callable[[int], None]
+
+
+class AnswerSource(Protocol):
+    """Answers for a batch of (redacted) events, in order; ``None`` for an event with no
+    answer (the run was stopped, or a stored version never answered it)."""
+
+    async def answers(
+        self, events: Sequence[WorkEvent], stop: asyncio.Event | None = None
+    ) -> list[ShadowDecision | None]: ...
+
+
+class StoreAnswers:
+    """The decisions one agent version made live, read from the sidecar's DuckDB history:
+    a baseline scored with the replay's own policy on the same selected cases."""
+
+    def __init__(self, history: History, version: str) -> None:
+        self.history = history
+        self.version = version
+
+    async def answers(
+        self, events: Sequence[WorkEvent], stop: asyncio.Event | None = None
+    ) -> list[ShadowDecision | None]:
+        found = await self.history.stored_decisions(self.version, [e.event_id for e in events])
+        return [found.get(e.event_id) for e in events]
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    tasks: dict[str, TaskStats]
+    stats: HistoryStats
+    complete: bool
+    skipped: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    passes: int = 1
+
+    @property
+    def scored(self) -> int:
+        return sum(t.n for t in self.tasks.values())
+
+
+class ReplayRunner:
+    """Runs one history through one answer source under one policy."""
+
+    def __init__(
+        self,
+        history: History,
+        policy: Policy,
+        source: AnswerSource,
+        *,
+        examples: int = 5,
+        stop: asyncio.Event | None = None,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.history = history
+        self.policy = policy
+        self.source = source
+        self.examples = examples
+        self.stop = stop
+        self.progress = progress
+        self.clock = clock
+        self._differs: dict[str, Differ] = {}
+
+    async def run(self) -> ReplayResult:
+        start = self.clock()
+        passes = 1
+        while True:
+            try:
+                result = await self._pass()
+            except VersionChanged:
+                if isinstance(self.source, CachedAgent):
+                    self.source.reset()
+                passes += 1
+                continue
+            result.seconds = self.clock() - start
+            result.passes = passes
+            return result
+
+    async def _pass(self) -> ReplayResult:
+        tasks: dict[str, TaskStats] = {}
+        skipped: Counter[str] = Counter()
+        complete = True
+        async for batch in self.history.batches():
+            known = []
+            for case in batch:
+                task = self.policy.for_task(case.task_type)
+                if task is None:
+                    skipped["unknown_task_type"] += 1
+                    continue
+                event = replace(case.event, payload=task.redact_payload(case.event.payload))
+                known.append((case, event))
+            answers = await self.source.answers([e for _, e in known], self.stop)
+            stopped = self.stop is not None and self.stop.is_set()
+            for (case, event), answer in zip(known, answers, strict=True):
+                if answer is None:
+                    if stopped:
+                        complete = False
+                    else:
+                        skipped["no_answer"] += 1
+                    continue
+                tt = case.task_type
+                stats = tasks.get(tt)
+                if stats is None:
+                    task = self.policy.for_task(tt)
+                    assert task is not None
+                    stats = tasks[tt] = TaskStats(tt, task, examples=self.examples)
+                row = JoinRow(tt, answer, case.outcome, "")
+                stats.add(case, event.payload, answer, compare(row, self._differ(tt)))
+            if self.progress is not None:
+                self.progress(len(batch))
+            if stopped:
+                complete = False
+                break
+        return ReplayResult(dict(sorted(tasks.items())), self.history.stats, complete, skipped)
+
+    def _differ(self, task_type: str) -> Differ:
+        found = self._differs.get(task_type)
+        if found is None:
+            task = self.policy.for_task(task_type)
+            assert task is not None
+            found = self._differs[task_type] = Differ(task.compare)
+        return found
+
+
+def summary(result: ReplayResult) -> dict[str, Any]:
+    """The ``history`` counts of a result (plus how many cases were skipped and why)."""
+    return {**result.stats.to_json(), "skipped": dict(sorted(result.skipped.items()))}
