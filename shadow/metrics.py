@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from shadow.model import Comparison, Evidence, ShadowDecision
 from shadow.policy import Policy
-from shadow.promotion import LadderState, Step
+from shadow.promotion import LadderState, Move, Step
 from shadow.stats import lower_bound, upper_bound
 
 __all__ = ["OTHER", "Metrics", "reason_class"]
@@ -226,6 +226,7 @@ class Metrics:
         self.info = Info("shadow_build", "Sidecar build information", registry=r)
         self.info.info({"version": "0.1.0", "policy_hash": policy.hash})
         self._publish_gates()
+        self._initialise_counters()
 
     # -- label hygiene ----------------------------------------------------------------------
 
@@ -244,6 +245,17 @@ class Metrics:
         return source.split(":", 1)[0] if ":" in source else source
 
     # -- recording --------------------------------------------------------------------------
+
+    def _initialise_counters(self) -> None:
+        """Export the known label sets of event-like counters at 0 from the start: a series
+        that first appears at 1 is invisible to ``increase()``, so the first demotion or the
+        first burst of dead letters would never alert (dashboards/prometheus/)."""
+        for name in self.policy.task_types:
+            for move in Move:
+                self.changes.labels(name, move.value)
+        for source in ("http", "file", "kafka"):
+            for reason in sorted({label for _, label in _REASONS} | {"invalid"}):
+                self.dead_letters.labels(source, reason)
 
     def _publish_gates(self) -> None:
         for name, task in self.policy.task_types.items():
