@@ -12,7 +12,7 @@ Nothing below the entry point reads ``os.environ``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -39,6 +39,7 @@ DEFAULT_PORT = 8750
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_RECORDS = 10_000
 DEFAULT_JOIN_TTL_S = 7 * 24 * 3600.0
+DEFAULT_KAFKA_MAX_MESSAGE_BYTES = 1_048_576
 
 
 class Settings(BaseSettings):
@@ -71,6 +72,35 @@ class Settings(BaseSettings):
     join_ttl: float = Field(DEFAULT_JOIN_TTL_S, gt=0, description="seconds a join stays open")
     expire_interval: float = Field(60.0, gt=0)
     batch_size: int = Field(500, ge=1, le=100_000)
+
+    # Kafka (kafka:// sources; see docs/kafka.md). Broker, topics and group are in the URL.
+    kafka_client_id: str = Field("shadow-sidecar", min_length=1)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL")
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (mTLS)")
+    kafka_ssl_keyfile: Path | None = Field(None, description="client key (mTLS)")
+    kafka_start: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a group with no committed offset starts"
+    )
+    kafka_dead_letter_topic: str | None = Field(None, description="poison copies (+ reason)")
+    kafka_comparisons_topic: str | None = Field(None, description="one record per comparison")
+    kafka_autonomy_topic: str | None = Field(None, description="compacted; key = task type")
+    kafka_max_message_bytes: int = Field(DEFAULT_KAFKA_MAX_MESSAGE_BYTES, ge=1024)
+    kafka_pause_backlog: int = Field(
+        5_000, ge=1, description="pause partitions at this many stored events awaiting the agent"
+    )
+    kafka_resume_backlog: int = Field(1_000, ge=0, description="resume at or below this many")
+    kafka_role: Literal["standalone", "replica", "promoter"] = Field(
+        "standalone",
+        description="standalone: one sidecar owns its ladder; replica: publish comparisons, "
+        "never promote; promoter: also fold every replica's comparisons into the ladder",
+    )
+    kafka_health_interval: float = Field(1.0, gt=0, description="seconds between broker probes")
 
     @field_validator("source", mode="before")
     @classmethod

@@ -123,7 +123,22 @@ _V1 = [
     """,
 ]
 
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
+# Version 2: the Kafka outbox. Which comparison (verdict and outcome revision) was last
+# published to the comparisons topic, so a crash between store and publish re-publishes.
+_V2 = [
+    """
+    CREATE TABLE published_comparisons (
+        event_id      VARCHAR NOT NULL,
+        agent_version VARCHAR NOT NULL,
+        verdict       VARCHAR NOT NULL,
+        outcome_hash  VARCHAR,
+        published_at  TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (event_id, agent_version)
+    )
+    """,
+]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2)]
 # Version 3: replay evidence (``shadow replay --record-evidence``). Kept in its own table, apart
 # from the comparisons behind the live ``agreement`` view, so it never moves a gate.
 _V3 = [

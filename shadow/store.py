@@ -42,6 +42,7 @@ from shadow.model import (
     AuditEntry,
     Comparison,
     Evidence,
+    FieldResult,
     Level,
     Outcome,
     ShadowDecision,
@@ -871,6 +872,61 @@ class Store:
 
         return await self._run(q)
 
+    # -- Kafka outbox (shadow.sources.publish) ------------------------------------------
+
+    async def unpublished_comparisons(self, *, limit: int = 1000) -> list[Comparison]:
+        """Comparisons whose current verdict and outcome revision are not yet marked
+        published (oldest first): the comparisons topic's outbox."""
+
+        def q() -> list[Comparison]:
+            rows = self.con.execute(
+                "SELECT c.event_id, c.task_type, c.agent_version, c.verdict, c.critical, "
+                "c.fields, c.outcome_hash FROM comparisons c "
+                "LEFT JOIN published_comparisons p ON p.event_id = c.event_id "
+                "AND p.agent_version = c.agent_version "
+                "WHERE p.event_id IS NULL OR p.verdict <> c.verdict "
+                "OR p.outcome_hash IS DISTINCT FROM c.outcome_hash "
+                "ORDER BY c.compared_at, c.event_id, c.agent_version LIMIT ?",
+                [limit],
+            ).fetchall()
+            return [
+                Comparison(
+                    r[0],
+                    r[1],
+                    r[2],
+                    Verdict(r[3]),
+                    tuple(FieldResult.from_json(f) for f in json.loads(r[5])),
+                    bool(r[4]),
+                    r[6],
+                )
+                for r in rows
+            ]
+
+        return await self._run(q)
+
+    async def mark_published(self, comparisons: Sequence[Comparison], *, now: datetime) -> None:
+        """Record that these comparisons (verdict and outcome revision) were published."""
+        if not comparisons:
+            return
+        rows = list({(c.event_id, c.agent_version): c for c in comparisons}.values())
+
+        def write() -> None:
+            with self._tx() as tx:
+                tx.execute(
+                    "INSERT OR REPLACE INTO published_comparisons SELECT unnest(?::VARCHAR[]), "
+                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                    "?::TIMESTAMPTZ",
+                    [
+                        [c.event_id for c in rows],
+                        [c.agent_version for c in rows],
+                        [c.verdict.value for c in rows],
+                        [c.outcome_hash for c in rows],
+                        now,
+                    ],
+                )
+
+        await self._run(write)
+
     # -- replay evidence (shadow replay --record-evidence) -------------------------------
 
     async def put_replay_evidence(
@@ -970,6 +1026,7 @@ class Store:
             "dead_letters",
             "audit_log",
             "autonomy",
+            "published_comparisons",
         }:
             raise ValueError(f"unknown table {table!r}")
 

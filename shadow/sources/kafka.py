@@ -1,0 +1,459 @@
+"""The Kafka source: ``--source kafka://HOST:PORT?events=TOPIC&outcomes=TOPIC&group=GROUP``.
+
+One consumer in consumer group ``GROUP`` reads the work-events topic and the outcomes topic.
+Values are one JSON record each (DESIGN.md data contracts), keyed by ``event_id``.
+
+Contract (see docs/kafka.md for the topology and the multi-replica design):
+
+- **At-least-once in, exactly-once in effect.** Auto-commit is off. A fetched batch is handed
+  to the pipeline (``submit_events``, ``submit_outcomes``, ``dead_letter``: each returns
+  once durable) and only then are its offsets committed. A crash between the two re-delivers
+  the batch; the store dedupes by ``event_id`` (one comparison per ``(event_id,
+  agent_version)``). Revocation in a rebalance waits for the batch in flight and its commit.
+- **Co-partitioning.** Events and outcomes of one ``event_id`` must reach the same replica:
+  both topics must have the same partition count and be keyed by ``event_id``, and the
+  group uses the range assignor (partition *n* of both topics go to the same member).
+  :meth:`KafkaSource.start` refuses unequal partition counts or a missing topic with a
+  :class:`~shadow.errors.ConfigError`; a record whose key is not its ``event_id`` is a dead
+  letter.
+- **Poison** (not UTF-8, not JSON, schema violations, no value, larger than
+  ``kafka_max_message_bytes``) becomes a dead letter (``location`` = ``topic[partition]@
+  offset``) and, with ``kafka_dead_letter_topic``, a copy of the message on that topic with
+  the reason in headers; consumption continues.
+- **Backpressure.** While at least ``kafka_pause_backlog`` stored events await the agent
+  (the agent runner is saturated), every assigned partition is paused; they resume at
+  ``kafka_resume_backlog``. RAM holds at most one fetch per partition, the store at most
+  the threshold plus one batch; the rest of a backlog stays in Kafka.
+- **Operations.** ``shadow_kafka_consumer_lag_messages{topic,partition}`` (high watermark
+  minus committed position), ``shadow_kafka_connected`` (metadata probe every
+  ``kafka_health_interval``); :meth:`KafkaSource.not_ready` feeds ``/readyz``. The client
+  reconnects by itself after a broker restart.
+
+Errors: configuration problems raise :class:`~shadow.errors.ConfigError`; broker errors
+(``aiokafka.errors.KafkaError``) are logged and retried, never raised out of :meth:`run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import parse_qs, urlsplit
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError
+
+from shadow.config import Settings
+from shadow.errors import ConfigError
+from shadow.ingest import RAW_LIMIT, BodyError, clip_raw, parse_events, parse_outcomes
+from shadow.model import Outcome, WorkEvent
+from shadow.store import DeadLetter
+
+if TYPE_CHECKING:
+    from shadow.pipeline import Pipeline
+    from shadow.sources.publish import KafkaPublisher
+
+__all__ = ["KafkaSource", "KafkaSpec", "client_options", "parse_kafka_spec"]
+
+log = logging.getLogger("shadow.kafka")
+
+_POLL_MS = 200
+_BACKPRESSURE_CHECK_S = 0.25
+_LAG_EVERY_S = 1.0
+_SPEC_HELP = "use kafka://HOST:PORT?events=TOPIC&outcomes=TOPIC&group=GROUP"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSpec:
+    """A parsed ``kafka://`` source. ``bootstrap`` may list several ``host:port``."""
+
+    bootstrap: str
+    events: str
+    outcomes: str
+    group: str
+
+    @property
+    def name(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+
+def parse_kafka_spec(spec: str) -> KafkaSpec:
+    """``kafka://HOST:PORT[,HOST:PORT]?events=T&outcomes=T&group=G`` -> :class:`KafkaSpec`.
+    Raises :class:`ConfigError` naming what is missing or wrong."""
+    parts = urlsplit(spec)
+    if parts.scheme != "kafka" or not parts.netloc:
+        raise ConfigError(f"source {spec!r}: no broker address; {_SPEC_HELP}")
+    for hostport in parts.netloc.split(","):
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"source {spec!r}: broker {hostport!r} is not HOST:PORT")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"events", "outcomes", "group"})
+    if unknown:
+        raise ConfigError(f"source {spec!r}: unknown parameter(s) {', '.join(unknown)}")
+    values: dict[str, str] = {}
+    for key in ("events", "outcomes", "group"):
+        got = query.get(key, [])
+        if len(got) != 1 or not got[0]:
+            raise ConfigError(f"source {spec!r}: exactly one non-empty {key}= is required")
+        values[key] = got[0]
+    if values["events"] == values["outcomes"]:
+        raise ConfigError(f"source {spec!r}: events and outcomes must be different topics")
+    return KafkaSpec(parts.netloc, values["events"], values["outcomes"], values["group"])
+
+
+def client_options(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """Connection keyword arguments shared by every aiokafka client (security, client id)."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": bootstrap.split(","),
+        "client_id": settings.kafka_client_id,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+        if settings.kafka_ssl_certfile is not None:
+            context.load_cert_chain(
+                str(settings.kafka_ssl_certfile),
+                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            )
+        opts["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL"):
+        if settings.kafka_sasl_mechanism is None or settings.kafka_sasl_username is None:
+            raise ConfigError(
+                f"kafka_security_protocol {settings.kafka_security_protocol} needs "
+                "kafka_sasl_mechanism and kafka_sasl_username (SHADOW_KAFKA_SASL_*)"
+            )
+        password = settings.kafka_sasl_password
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        opts["sasl_plain_password"] = password.get_secret_value() if password else ""
+    return opts
+
+
+@dataclass(slots=True)
+class _Batch:
+    events: list[WorkEvent] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    dead: list[tuple[DeadLetter, Any]] = field(default_factory=list)  # (letter, message)
+    commit: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        # The batch in flight finishes (stored and committed) before the partitions go.
+        async with self._source._delivering:
+            pass
+        for tp in revoked:
+            with contextlib.suppress(KeyError):
+                self._source._metrics_lag().remove(tp.topic, str(tp.partition))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        parts = sorted((tp.topic, tp.partition) for tp in assigned)
+        log.info("%s: assigned %s", self._source.spec.name, parts)
+        if self._source._paused and assigned:
+            self._source._consumer_or_fail().pause(*assigned)
+
+
+class KafkaSource:
+    """Feeds one ``kafka://`` source into ``pipeline``; see the module docstring.
+
+    ``await start()`` connects, checks co-partitioning and subscribes (raising
+    :class:`ConfigError` on a bad topology); ``await run()`` consumes until :meth:`close`.
+    An async context manager; :meth:`close` is idempotent. ``publisher`` (optional) gets the
+    copies for the dead-letter topic.
+    """
+
+    def __init__(
+        self,
+        spec: KafkaSpec,
+        pipeline: Pipeline,
+        settings: Settings,
+        *,
+        publisher: KafkaPublisher | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.spec = spec
+        self._pipeline = pipeline
+        self._settings = settings
+        self._publisher = publisher
+        self._batch_size = batch_size or settings.batch_size
+        self._consumer: AIOKafkaConsumer | None = None
+        self._delivering = asyncio.Lock()
+        self._paused = False
+        self._next_check = 0.0
+        self._estimate = 0  # upper bound of stored events awaiting the agent
+        self._next_lag = 0.0
+        self._closing = asyncio.Event()
+        self._health: asyncio.Task[None] | None = None
+        self._connected = False
+        self._problem = "not started"
+        self.partitions = 0
+        self.delivered = 0  # messages handed to the pipeline (records and dead letters)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> Self:
+        if self._consumer is not None:
+            return self
+        s = self._settings
+        max_fetch = max(1_048_576, s.kafka_max_message_bytes + 65_536)
+        consumer = AIOKafkaConsumer(
+            **client_options(s, self.spec.bootstrap),
+            group_id=self.spec.group,
+            enable_auto_commit=False,
+            auto_offset_reset=s.kafka_start,
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_partition_fetch_bytes=max_fetch,
+            fetch_max_bytes=max(max_fetch, 52_428_800),
+        )
+        try:
+            await consumer.start()
+            self.partitions = await self._check_topology(consumer)
+        except BaseException:
+            await consumer.stop()
+            raise
+        consumer.subscribe([self.spec.events, self.spec.outcomes], listener=_Listener(self))
+        self._consumer = consumer
+        self._set_connected(True, "")
+        self._health = asyncio.get_running_loop().create_task(self._probe(), name="kafka-health")
+        return self
+
+    async def _check_topology(self, consumer: AIOKafkaConsumer) -> int:
+        try:
+            await consumer.topics()  # fresh metadata for every topic
+        except KafkaError as e:
+            raise ConfigError(
+                f"Kafka source {self.spec.name}: cannot reach the broker ({e}); "
+                "check the address and security settings"
+            ) from None
+        counts: dict[str, int] = {}
+        for role, topic in (("events", self.spec.events), ("outcomes", self.spec.outcomes)):
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                raise ConfigError(
+                    f"Kafka source {self.spec.name}: {role} topic {topic!r} does not exist; "
+                    "create it with the same partition count as the other topic"
+                )
+            counts[role] = len(parts)
+        if counts["events"] != counts["outcomes"]:
+            raise ConfigError(
+                f"Kafka source {self.spec.name}: topics are not co-partitioned: events topic "
+                f"{self.spec.events!r} has {counts['events']} partitions but outcomes topic "
+                f"{self.spec.outcomes!r} has {counts['outcomes']}; both must have the same "
+                "partition count and be keyed by event_id so an event and its outcome reach "
+                "the same replica"
+            )
+        return counts["events"]
+
+    async def close(self) -> None:
+        self._closing.set()
+        health, self._health = self._health, None
+        if health is not None:
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            async with self._delivering:
+                await consumer.stop()
+        self._set_connected(False, "source closed")
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- health -----------------------------------------------------------------------------
+
+    def not_ready(self) -> str | None:
+        """Why ``/readyz`` must fail (``None`` while the broker answers)."""
+        return None if self._connected else f"Kafka {self.spec.name}: {self._problem}"
+
+    def _set_connected(self, ok: bool, problem: str) -> None:
+        if ok != self._connected:
+            log.warning("%s: broker %s", self.spec.name, "reachable" if ok else problem)
+        self._connected, self._problem = ok, problem
+        self._pipeline.metrics.kafka_connected.set(1 if ok else 0)
+
+    async def _probe(self) -> None:
+        interval = self._settings.kafka_health_interval
+        while True:
+            consumer = self._consumer
+            if consumer is not None:
+                try:
+                    await asyncio.wait_for(consumer.topics(), timeout=max(interval, 1.0))
+                    self._set_connected(True, "")
+                except (KafkaError, TimeoutError) as e:
+                    self._set_connected(False, f"broker unreachable ({e or type(e).__name__})")
+            await asyncio.sleep(interval)
+
+    def _metrics_lag(self) -> Any:
+        return self._pipeline.metrics.kafka_lag
+
+    def _consumer_or_fail(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError(f"{self.spec.name}: source is not started")
+        return self._consumer
+
+    # -- consuming --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until :meth:`close`. Broker trouble is logged and retried."""
+        consumer = self._consumer_or_fail()
+        loop = asyncio.get_running_loop()
+        while not self._closing.is_set():
+            await self._backpressure(consumer, loop.time())
+            try:
+                fetched = await consumer.getmany(timeout_ms=_POLL_MS, max_records=self._batch_size)
+            except KafkaError as e:
+                log.warning("%s: fetch failed (%s); retrying", self.spec.name, e)
+                await asyncio.sleep(0.5)
+                continue
+            if fetched and not self._closing.is_set():
+                async with self._delivering:
+                    await self._deliver(consumer, fetched)
+            if loop.time() >= self._next_lag:
+                self._next_lag = loop.time() + _LAG_EVERY_S
+                await self._update_lag(consumer)
+
+    async def _deliver(
+        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, Any]
+    ) -> None:
+        batch = _Batch()
+        for tp, messages in fetched.items():
+            for message in messages:
+                self._parse(tp.topic, message, batch)
+            if messages:
+                batch.commit[tp] = messages[-1].offset + 1
+        source = f"kafka:{self.spec.events}"
+        if batch.events:
+            await self._pipeline.submit_events(batch.events, source=source)
+        if batch.outcomes:
+            await self._pipeline.submit_outcomes(
+                batch.outcomes, source=f"kafka:{self.spec.outcomes}"
+            )
+        if batch.dead:
+            await self._pipeline.dead_letter([letter for letter, _ in batch.dead])
+            if self._publisher is not None:
+                for letter, message in batch.dead:
+                    await self._publisher.dead_letter(message, letter.reason)
+        self.delivered += len(batch.events) + len(batch.outcomes) + len(batch.dead)
+        self._estimate += len(batch.events)
+        try:
+            await consumer.commit(batch.commit)
+        except KafkaError as e:
+            # Stored already: a re-delivery is deduplicated by the store.
+            log.warning("%s: commit failed (%s); the batch may be re-delivered", self.spec.name, e)
+
+    def _parse(self, topic: str, message: Any, batch: _Batch) -> None:
+        kind = "event" if topic == self.spec.events else "outcome"
+        where = f"{topic}[{message.partition}]@{message.offset}"
+        value: bytes | None = message.value
+        limit = self._settings.kafka_max_message_bytes
+
+        def dead(reason: str, event_id: str | None = None) -> None:
+            shown = None
+            if value is not None:
+                shown = clip_raw(value[: RAW_LIMIT * 4].decode("utf-8", "backslashreplace"))
+            letter = DeadLetter(f"kafka:{topic}", kind, reason, shown, event_id, where)
+            batch.dead.append((letter, message))
+
+        if value is None:
+            dead("message has no value (a tombstone); expected one JSON record")
+            return
+        if len(value) > limit:
+            dead(
+                f"message too large: {len(value)} bytes; the limit is {limit} "
+                "(kafka_max_message_bytes)"
+            )
+            return
+        parse = parse_events if kind == "event" else parse_outcomes
+        try:
+            parsed = parse(value, "application/json", max_records=1)
+        except BodyError as e:
+            if e.status == 413:
+                dead("expected one JSON object per message, got an array")
+            else:
+                dead(f"invalid message: {e.message.replace('body', 'message')}")
+            return
+        if parsed.errors:
+            first = parsed.errors[0]
+            dead("; ".join(str(err) for err in parsed.errors), first.event_id)
+            return
+        if len(parsed.records) != 1:
+            dead("expected one JSON object per message")
+            return
+        record = parsed.records[0][1]
+        key = message.key
+        if key is not None and key != record.event_id.encode("utf-8"):
+            shown_key = key[:100].decode("utf-8", "backslashreplace")
+            dead(
+                f"message key {shown_key!r} does not match event_id {record.event_id!r}; key "
+                "events and outcomes by event_id (co-partitioning)",
+                record.event_id,
+            )
+            return
+        if isinstance(record, WorkEvent):
+            batch.events.append(record)
+        else:
+            batch.outcomes.append(record)
+
+    # -- backpressure and lag ---------------------------------------------------------------
+
+    async def _backpressure(self, consumer: AIOKafkaConsumer, now: float) -> None:
+        """Pause at ``kafka_pause_backlog`` stored events awaiting the agent, resume at
+        ``kafka_resume_backlog``. The store is asked only when an upper-bound estimate (last
+        count + events delivered since) reaches the threshold, so the backlog never exceeds
+        the threshold by more than one batch and the check costs nothing when the agent
+        keeps up. (``Pipeline.saturated`` alone flips each time a worker frees up; the
+        backlog thresholds give the hysteresis.)"""
+        s = self._settings
+        if self._pipeline.agent is None:
+            return
+        if not self._paused and self._estimate < s.kafka_pause_backlog:
+            return
+        if self._paused and now < self._next_check:
+            return
+        self._next_check = now + _BACKPRESSURE_CHECK_S
+        backlog = (await self._pipeline.store.pending())["awaiting_agent"]
+        self._estimate = backlog
+        if not self._paused and backlog >= s.kafka_pause_backlog:
+            self._paused = True
+            consumer.pause(*consumer.assignment())
+            self._pipeline.metrics.kafka_paused.set(1)
+            log.info("%s: paused (%d events await the agent)", self.spec.name, backlog)
+        elif self._paused and backlog <= s.kafka_resume_backlog:
+            self._paused = False
+            consumer.resume(*consumer.assignment())
+            self._pipeline.metrics.kafka_paused.set(0)
+            log.info("%s: resumed (%d events await the agent)", self.spec.name, backlog)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        gauge = self._pipeline.metrics.kafka_lag
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), timeout=0.5)
+            except (KafkaError, TimeoutError):
+                continue
+            gauge.labels(tp.topic, str(tp.partition)).set(max(0, high - position))

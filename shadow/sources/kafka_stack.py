@@ -1,0 +1,126 @@
+"""Everything Kafka in one ``shadow run``: sources, the publisher, the promoter's follower.
+
+:func:`shadow.app.build_app` builds one :class:`KafkaStack` from the ``kafka://`` sources
+and the settings, hands :attr:`KafkaStack.observers` and :attr:`KafkaStack.promote` to the
+pipeline, then enters :meth:`KafkaStack.running`, which starts (in order) the publisher,
+every source (connect + co-partitioning check: a :class:`~shadow.errors.ConfigError` here
+aborts start-up) and, with ``kafka_role=promoter``, the comparisons follower; it stops them
+in reverse. :meth:`not_ready` feeds ``/readyz``.
+
+The publisher uses the first source's brokers. Roles: ``standalone`` (default) and
+``promoter`` decide the ladder; ``replica`` never does (see docs/kafka.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from shadow.config import Settings
+from shadow.errors import ConfigError
+from shadow.sources.kafka import KafkaSource, KafkaSpec
+from shadow.sources.publish import ComparisonFollower, KafkaPublisher
+
+if TYPE_CHECKING:
+    from shadow.pipeline import Pipeline, PipelineObserver
+    from shadow.store import Store
+
+__all__ = ["KafkaStack"]
+
+log = logging.getLogger("shadow.kafka")
+
+
+class KafkaStack:
+    """The Kafka side of one sidecar; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        specs: Sequence[KafkaSpec],
+        *,
+        store: Store,
+        clock: Callable[[], datetime],
+        metrics: Any,
+    ) -> None:
+        self.settings = settings
+        self.specs = list(specs)
+        self.sources: list[KafkaSource] = []
+        self.follower: ComparisonFollower | None = None
+        self.publisher: KafkaPublisher | None = None
+        publishes = (
+            settings.kafka_comparisons_topic
+            or settings.kafka_autonomy_topic
+            or settings.kafka_dead_letter_topic
+        )
+        if settings.kafka_role != "standalone" and not self.specs:
+            raise ConfigError(f"kafka_role={settings.kafka_role} needs a kafka:// source")
+        if settings.kafka_role != "standalone" and not settings.kafka_comparisons_topic:
+            raise ConfigError(
+                f"kafka_role={settings.kafka_role} needs kafka_comparisons_topic: replicas "
+                "publish their comparisons there and the promoter reads them"
+            )
+        if self.specs and publishes:
+            self.publisher = KafkaPublisher(
+                settings, self.specs[0].bootstrap, store, clock, metrics
+            )
+
+    @property
+    def observers(self) -> list[PipelineObserver]:
+        return [self.publisher] if self.publisher is not None else []
+
+    @property
+    def promote(self) -> bool:
+        return self.settings.kafka_role != "replica"
+
+    def not_ready(self) -> str | None:
+        for source in self.sources:
+            problem = source.not_ready()
+            if problem:
+                return problem
+        return None
+
+    @contextlib.asynccontextmanager
+    async def running(self, pipeline: Pipeline) -> AsyncIterator[KafkaStack]:
+        if not self.specs:
+            yield self
+            return
+        tasks: list[asyncio.Task[None]] = []
+        async with contextlib.AsyncExitStack() as stack:
+            if self.publisher is not None:
+                await stack.enter_async_context(self.publisher)
+            for spec in self.specs:
+                source = KafkaSource(spec, pipeline, self.settings, publisher=self.publisher)
+                await stack.enter_async_context(source)
+                self.sources.append(source)
+            if self.settings.kafka_role == "promoter":
+                spec = self.specs[0]
+                self.follower = ComparisonFollower(
+                    self.settings, spec.bootstrap, spec.group, pipeline
+                )
+                await self.follower.start()
+                stack.push_async_callback(self.follower.close)
+            spawn = asyncio.get_running_loop().create_task
+            tasks = [spawn(_guard(s.spec.name, s.run()), name="kafka-source") for s in self.sources]
+            if self.follower is not None:
+                tasks.append(spawn(_guard("promoter", self.follower.run()), name="kafka-promoter"))
+            try:
+                yield self
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+
+async def _guard(name: str, run: Any) -> None:
+    try:
+        await run
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("Kafka %s stopped with an error", name)

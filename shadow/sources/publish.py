@@ -1,0 +1,298 @@
+"""Publishing to Kafka, and the promoter that folds every replica's comparisons together.
+
+:class:`KafkaPublisher` is a :class:`~shadow.pipeline.PipelineObserver` with its own task:
+
+- **Comparisons** (``kafka_comparisons_topic``): an outbox. The store remembers which
+  comparison revision was published (``published_comparisons``, schema v2); the publisher
+  sends what is not yet marked, waits for the broker's acknowledgement, then marks it. A
+  crash in between re-publishes; consumers upsert by ``(event_id, agent_version)``. Key:
+  ``event_id``. Value: :func:`comparison_json`.
+- **Autonomy** (``kafka_autonomy_topic``, create it with ``cleanup.policy=compact``): one
+  record per task type whose ladder state changed, key = task type, value
+  :func:`ladder_json`. Every start re-publishes the current state of every task type, so a
+  publish lost in a crash is repaired by the next start.
+- **Dead letters** (``kafka_dead_letter_topic``): the poison message as it came, same key,
+  with headers ``shadow-reason``, ``shadow-topic``, ``shadow-partition``, ``shadow-offset``.
+
+:class:`ComparisonFollower` runs on the one replica with ``kafka_role=promoter``: it reads
+the comparisons topic (consumer group ``<group>.promoter``), upserts every replica's
+comparisons into its own store (marked published, so they are not echoed), commits, and
+re-decides the ladder. Replicas (``kafka_role=replica``) never promote.
+
+Publishing never slows the pipeline: observer calls only wake the publisher's task, and
+broker errors are retried with a pause (counted in ``shadow_kafka_publish_errors``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from shadow.config import Settings
+from shadow.model import Comparison, FieldResult, Verdict
+from shadow.promotion import LadderState
+from shadow.sources.kafka import client_options
+
+if TYPE_CHECKING:
+    from shadow.pipeline import Pipeline
+    from shadow.store import Store
+
+__all__ = ["ComparisonFollower", "KafkaPublisher", "comparison_from_json", "comparison_json"]
+
+log = logging.getLogger("shadow.kafka.publish")
+
+_RETRY_S = 1.0
+_POLL_S = 1.0
+_OUTBOX_BATCH = 1000
+
+
+def comparison_json(c: Comparison) -> dict[str, Any]:
+    return {
+        "event_id": c.event_id,
+        "task_type": c.task_type,
+        "agent_version": c.agent_version,
+        "verdict": c.verdict.value,
+        "critical_miss": c.critical_miss,
+        "outcome_hash": c.outcome_hash,
+        "fields": [f.to_json() for f in c.fields],
+    }
+
+
+def comparison_from_json(obj: Mapping[str, Any]) -> Comparison:
+    """Inverse of :func:`comparison_json`; raises ``KeyError``/``ValueError`` on bad input."""
+    return Comparison(
+        event_id=str(obj["event_id"]),
+        task_type=str(obj["task_type"]),
+        agent_version=str(obj["agent_version"]),
+        verdict=Verdict(obj["verdict"]),
+        fields=tuple(FieldResult.from_json(f) for f in obj["fields"]),
+        critical_miss=bool(obj["critical_miss"]),
+        outcome_hash=obj.get("outcome_hash"),
+    )
+
+
+def ladder_json(state: LadderState) -> dict[str, Any]:
+    return {
+        "task_type": state.task_type,
+        "level": str(state.level),
+        "agent_version": state.agent_version,
+        "proposal": None if state.proposal is None else str(state.proposal.to_level),
+        "updated_at": state.updated_at.isoformat() if state.updated_at else None,
+    }
+
+
+def _encode(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+class KafkaPublisher:
+    """Publishes comparisons, autonomy changes and dead-letter copies; see the module
+    docstring. An async context manager with an idempotent :meth:`close`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        store: Store,
+        clock: Callable[[], datetime],
+        metrics: Any,
+    ) -> None:
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._states: dict[str, dict[str, Any]] = {}
+        self._published_states: dict[str, dict[str, Any]] = {}
+
+    async def start(self) -> Self:
+        if self._producer is not None:
+            return self
+        # acks=all; not idempotent: tansu has no InitProducerId, and consumers upsert anyway.
+        producer = AIOKafkaProducer(
+            **client_options(self._settings, self._bootstrap),
+            acks="all",
+            max_request_size=max(1_048_576, self._settings.kafka_max_message_bytes + 65_536),
+        )
+        await producer.start()
+        self._producer = producer
+        if self._settings.kafka_comparisons_topic or self._settings.kafka_autonomy_topic:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="kafka-pub")
+            self._wake.set()
+        return self
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- PipelineObserver ---------------------------------------------------------------------
+
+    def comparisons_stored(self, comparisons: Sequence[Comparison]) -> None:
+        self._wake.set()
+
+    def ladder(self, states: Mapping[str, LadderState]) -> None:
+        for name, state in states.items():
+            self._states[name] = ladder_json(state)
+        self._wake.set()
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def dead_letter(self, message: Any, reason: str) -> None:
+        """Copy a poison message to the dead-letter topic (no-op without one)."""
+        topic = self._settings.kafka_dead_letter_topic
+        if topic is None or self._producer is None:
+            return
+        headers = [
+            ("shadow-reason", reason.encode("utf-8")),
+            ("shadow-topic", str(message.topic).encode("utf-8")),
+            ("shadow-partition", str(message.partition).encode("ascii")),
+            ("shadow-offset", str(message.offset).encode("ascii")),
+        ]
+        value = message.value
+        if value is not None and len(value) > self._settings.kafka_max_message_bytes:
+            value = value[: self._settings.kafka_max_message_bytes]
+            headers.append(("shadow-truncated", b"true"))
+        await self._producer.send_and_wait(topic, value=value, key=message.key, headers=headers)
+        self._metrics.kafka_published.labels("dead_letters").inc()
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=_POLL_S)
+            self._wake.clear()
+            try:
+                await self._publish_comparisons()
+                await self._publish_ladder()
+            except KafkaError as e:
+                log.warning("publishing to Kafka failed (%s); retrying", e)
+                await asyncio.sleep(_RETRY_S)
+                self._wake.set()
+
+    async def _publish_comparisons(self) -> None:
+        topic = self._settings.kafka_comparisons_topic
+        if topic is None or self._producer is None:
+            return
+        while True:
+            todo = await self._store.unpublished_comparisons(limit=_OUTBOX_BATCH)
+            if not todo:
+                return
+            try:
+                sent = [
+                    await self._producer.send(
+                        topic, value=_encode(comparison_json(c)), key=c.event_id.encode("utf-8")
+                    )
+                    for c in todo
+                ]
+                await asyncio.gather(*sent)
+            except KafkaError:
+                self._metrics.kafka_publish_errors.labels("comparisons").inc()
+                raise
+            await self._store.mark_published(todo, now=self._clock())
+            self._metrics.kafka_published.labels("comparisons").inc(len(todo))
+
+    async def _publish_ladder(self) -> None:
+        topic = self._settings.kafka_autonomy_topic
+        if topic is None or self._producer is None:
+            return
+        for name, value in list(self._states.items()):
+            if self._published_states.get(name) == value:
+                continue
+            try:
+                await self._producer.send_and_wait(
+                    topic, value=_encode(value), key=name.encode("utf-8")
+                )
+            except KafkaError:
+                self._metrics.kafka_publish_errors.labels("autonomy").inc()
+                raise
+            self._published_states[name] = value
+            self._metrics.kafka_published.labels("autonomy").inc()
+
+
+class ComparisonFollower:
+    """The promoter's reader of the comparisons topic; see the module docstring."""
+
+    def __init__(self, settings: Settings, bootstrap: str, group: str, pipeline: Pipeline) -> None:
+        topic = settings.kafka_comparisons_topic
+        if topic is None:
+            from shadow.errors import ConfigError
+
+            raise ConfigError("kafka_role=promoter needs kafka_comparisons_topic")
+        self._topic = topic
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._group = f"{group}.promoter"
+        self._pipeline = pipeline
+        self._consumer: AIOKafkaConsumer | None = None
+        self.imported = 0
+
+    async def start(self) -> Self:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                self._topic,
+                **client_options(self._settings, self._bootstrap),
+                group_id=self._group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def run(self) -> None:
+        """Fold comparisons into the store until closed; commit after each stored batch."""
+        while self._consumer is not None:
+            consumer = self._consumer
+            try:
+                fetched = await consumer.getmany(timeout_ms=200, max_records=_OUTBOX_BATCH)
+            except KafkaError as e:
+                log.warning("reading comparisons failed (%s); retrying", e)
+                await asyncio.sleep(_RETRY_S)
+                continue
+            if not fetched:
+                continue
+            comparisons: list[Comparison] = []
+            for messages in fetched.values():
+                for m in messages:
+                    try:
+                        comparisons.append(comparison_from_json(json.loads(m.value)))
+                    except (KeyError, ValueError, TypeError) as e:
+                        log.warning("skipping a malformed comparison at offset %d: %s", m.offset, e)
+            store = self._pipeline.store
+            now = self._pipeline.clock()
+            await store.put_comparisons(comparisons, now=now, actor="kafka")
+            await store.mark_published(comparisons, now=now)
+            self.imported += len(comparisons)
+            with contextlib.suppress(KafkaError):
+                await consumer.commit({tp: ms[-1].offset + 1 for tp, ms in fetched.items() if ms})
+            await self._pipeline.evaluate()

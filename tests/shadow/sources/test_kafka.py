@@ -1,0 +1,313 @@
+"""The Kafka source against a real tansu broker process, through the real app
+(:func:`shadow.app.build_app` served on loopback) and a real aiokafka producer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from shadow.errors import ConfigError
+from shadow.sources.kafka import parse_kafka_spec
+from tests.kafka_broker import Broker
+from tests.shadow import crash_agent
+from tests.shadow.conftest import Sidecar, SidecarFactory, metric
+from tests.shadow.sources.conftest import BrokerFactory
+from tests.shadow.sources.kafka_data import (
+    AGENT_SPEC,
+    POLICY,
+    expected,
+    observed,
+    shuffled_with_duplicates,
+    wait_for,
+)
+
+
+def spec(broker: Broker, events: str = "ev", outcomes: str = "oc", group: str = "g") -> str:
+    return f"kafka://{broker.bootstrap}?events={events}&outcomes={outcomes}&group={group}"
+
+
+async def start(sidecar: SidecarFactory, broker: Broker, **overrides: Any) -> Sidecar:
+    values: dict[str, Any] = {
+        "agent": AGENT_SPEC,
+        "source": [spec(broker)],
+        "kafka_health_interval": 0.2,
+        "batch_size": 200,
+    }
+    values.update(overrides)
+    return await sidecar(policy=POLICY, **values)
+
+
+async def comparisons(sc: Sidecar) -> int:
+    return await sc.pipeline.store.count("comparisons")
+
+
+# -- the spec -----------------------------------------------------------------------------------
+
+
+def test_spec_parses_brokers_topics_and_group() -> None:
+    s = parse_kafka_spec("kafka://a:9092,b:9093?events=ev&outcomes=oc&group=shadow")
+    assert (s.bootstrap, s.events, s.outcomes, s.group) == ("a:9092,b:9093", "ev", "oc", "shadow")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("kafka://?events=e&outcomes=o&group=g", "no broker address"),
+        ("kafka://host?events=e&outcomes=o&group=g", "is not HOST:PORT"),
+        ("kafka://h:1?events=e&group=g", "outcomes="),
+        ("kafka://h:1?events=e&outcomes=o&group=", "group="),
+        ("kafka://h:1?events=e&outcomes=o&group=g&x=1", "unknown parameter(s) x"),
+        ("kafka://h:1?events=e&outcomes=e&group=g", "different topics"),
+    ],
+)
+def test_spec_errors_name_the_problem(text: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=None) as info:
+        parse_kafka_spec(text)
+    assert says in str(info.value)
+
+
+# -- exact counts -------------------------------------------------------------------------------
+
+
+async def test_exact_counts_with_shuffled_and_duplicated_records(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    n = 600
+    await broker.create_topics({"ev": 3, "oc": 3})
+    events, outcomes = shuffled_with_duplicates(range(n), seed=4)
+    # Half is waiting before the sidecar starts, half arrives while it consumes.
+    await broker.produce_json("oc", outcomes[: len(outcomes) // 2])
+    await broker.produce_json("ev", events[: len(events) // 2])
+    sc = await start(sidecar, broker)
+    await broker.produce_json("ev", events[len(events) // 2 :])
+    await broker.produce_json("oc", outcomes[len(outcomes) // 2 :])
+
+    await wait_for(lambda: _at_least(sc, n), f"{n} comparisons")
+    await sc.pipeline.drain()
+    assert observed(await sc.agreement()) == expected(range(n))
+    store = sc.pipeline.store
+    assert await store.count("comparisons") == n
+    assert await store.count("events") == n
+    assert await store.count("decisions") == n
+    assert await store.count("dead_letters") == 0
+
+    async def lag_drained() -> bool:
+        m = await sc.metrics()
+        lags = [
+            metric(m, "shadow_kafka_consumer_lag_messages", topic=t, partition=str(p))
+            for t in ("ev", "oc")
+            for p in range(3)
+        ]
+        return all(v == 0 for v in lags)
+
+    await wait_for(lag_drained, "zero lag on all six partitions")
+    m = await sc.metrics()
+    assert metric(m, "shadow_kafka_connected") == 1
+    dup_events = sum(
+        metric(m, "shadow_events_total", task_type=t, source="kafka", result="duplicate") or 0
+        for t in crash_agent.TASK_TYPES
+    )
+    assert dup_events == len(events) - n
+    stored = sum(
+        metric(m, "shadow_events_total", task_type=t, source="kafka", result="stored") or 0
+        for t in crash_agent.TASK_TYPES
+    )
+    assert stored == n
+    assert (await sc.get("/readyz")).status == 200
+
+
+async def _at_least(sc: Sidecar, n: int) -> bool:
+    return await comparisons(sc) >= n
+
+
+# -- poison -------------------------------------------------------------------------------------
+
+
+async def test_poison_goes_to_dead_letters_and_the_topic_while_good_records_flow(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    n = 200
+    await broker.create_topics({"ev": 2, "oc": 2, "dlq": 1})
+    good_events = [json.dumps(crash_agent.event(i)).encode() for i in range(n)]
+    ok = crash_agent.event(9999)
+    poison: list[tuple[bytes | None, bytes | None, str]] = [
+        (b"p1", b"{not json", "invalid JSON"),
+        (b"p2", b"\xff\xfe garbage", "not UTF-8"),
+        (b"p3", json.dumps({"event_id": "p3", "payload": {}}).encode(), "task_type"),
+        (b"p4", json.dumps({**ok, "event_id": "p4", "pad": "x" * 3000}).encode(), "too large"),
+        (b"p5", None, "tombstone"),
+        (b"not-p6", json.dumps({**ok, "event_id": "p6"}).encode(), "does not match event_id"),
+        (b"p7", b"[1, 2]", "got an array"),
+    ]
+    # Poison in the middle of the stream: good records before and after it.
+    records: list[tuple[bytes | None, bytes | None]] = [
+        (crash_agent.event_id(i).encode(), good_events[i]) for i in range(n // 2)
+    ]
+    records += [(k, v) for k, v, _ in poison]
+    records += [(crash_agent.event_id(i).encode(), good_events[i]) for i in range(n // 2, n)]
+    await broker.produce("ev", records)
+    await broker.produce_json("oc", [crash_agent.outcome(i) for i in range(n)])
+    await broker.produce("oc", [(b"q1", b'{"event_id": "q1"}')])  # outcome without decision
+
+    sc = await start(sidecar, broker, kafka_dead_letter_topic="dlq", kafka_max_message_bytes=2048)
+    await wait_for(lambda: _at_least(sc, n), f"{n} comparisons")
+    store = sc.pipeline.store
+    await wait_for(
+        lambda: _count_is(store.count("dead_letters"), len(poison) + 1), "eight dead letters"
+    )
+    letters = await store.dead_letters(limit=100)
+    by_location = {str(d["location"]): d for d in letters}
+    for key, _, says in poison:
+        found = [d for d in letters if says in str(d["reason"])]
+        assert len(found) == 1, f"want one dead letter for {key!r} saying {says!r}: {letters}"
+        assert str(found[0]["location"]).startswith("ev[")
+    assert any(loc.startswith("oc[") for loc in by_location)
+    assert observed(await sc.agreement()) == expected(range(n))
+
+    copies = await _read_topic(broker, "dlq", len(poison) + 1)
+    reasons = {m.key: dict(m.headers)["shadow-reason"].decode() for m in copies}
+    assert "does not match event_id" in reasons[b"not-p6"]
+    assert dict(copies[0].headers)["shadow-topic"] in (b"ev", b"oc")
+    m = await sc.metrics()
+    total = sum(v for (name, labels), v in m.items() if name == "shadow_dead_letters_total")
+    assert total == len(poison) + 1
+    assert metric(m, "shadow_kafka_published_total", stream="dead_letters") == len(poison) + 1
+
+
+async def _count_is(value: Any, want: int) -> bool:
+    return int(await value) == want
+
+
+async def _read_topic(broker: Broker, topic: str, count: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        for _ in range(100):
+            batch = await consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                out.extend(messages)
+            if len(out) >= count:
+                break
+    finally:
+        await consumer.stop()
+    return out
+
+
+# -- topology -----------------------------------------------------------------------------------
+
+
+async def test_co_partitioning_mismatch_is_refused_at_start(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    await broker.create_topics({"ev": 3, "oc": 2})
+    with pytest.raises(ConfigError) as info:
+        await start(sidecar, broker)
+    message = str(info.value)
+    assert "not co-partitioned" in message
+    assert "'ev' has 3 partitions" in message
+    assert "'oc' has 2" in message
+
+
+async def test_missing_topic_is_refused_at_start(broker: Broker, sidecar: SidecarFactory) -> None:
+    await broker.create_topics({"ev": 2})
+    with pytest.raises(ConfigError, match="outcomes topic 'oc' does not exist"):
+        await start(sidecar, broker)
+
+
+# -- broker restart ----------------------------------------------------------------------------
+
+
+async def test_broker_restart_makes_it_unready_then_it_recovers(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    """tansu keeps everything in memory: a restart forgets topics, records and committed
+    offsets. So the test recreates the topics and sends the second half after the restart;
+    what it checks is that the sidecar notices (not ready), reconnects by itself, rejoins
+    its group and consumes the new records, with the first half already durable."""
+    first, second = range(150), range(150, 300)
+    await broker.create_topics({"ev": 2, "oc": 2})
+    sc = await start(sidecar, broker)
+    await broker.produce_json("ev", [crash_agent.event(i) for i in first])
+    await broker.produce_json("oc", [crash_agent.outcome(i) for i in first])
+    await wait_for(lambda: _at_least(sc, len(first)), "the first half compared")
+
+    broker.kill()
+    await wait_for(lambda: _status_is(sc, "/readyz", 503), "/readyz 503 while the broker is down")
+    res = await sc.get("/readyz")
+    assert "Kafka" in res.body["error"]
+    assert metric(await sc.metrics(), "shadow_kafka_connected") == 0
+    assert (await sc.get("/healthz")).status == 200
+
+    await broker.start()
+    await broker.create_topics({"ev": 2, "oc": 2})
+    await wait_for(lambda: _status_is(sc, "/readyz", 200), "/readyz 200 after the restart")
+    await broker.produce_json("ev", [crash_agent.event(i) for i in second])
+    await broker.produce_json("oc", [crash_agent.outcome(i) for i in second])
+    await wait_for(lambda: _at_least(sc, 300), "the second half compared")
+    await sc.pipeline.drain()
+    assert observed(await sc.agreement()) == expected(range(300))
+    assert await sc.pipeline.store.count("comparisons") == 300
+
+
+async def _status_is(sc: Sidecar, path: str, status: int) -> bool:
+    return (await sc.get(path)).status == status
+
+
+# -- backpressure -------------------------------------------------------------------------------
+
+
+async def test_backpressure_pauses_partitions_and_bounds_the_stored_backlog(
+    broker: Broker, sidecar: SidecarFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n, pause, resume, batch = 400, 60, 20, 25
+    monkeypatch.setenv("CRASH_AGENT_DELAY", "0.01")  # read by the test agent only
+    await broker.create_topics({"ev": 2, "oc": 2})
+    await broker.produce_json("ev", [crash_agent.event(i) for i in range(n)])
+    await broker.produce_json("oc", [crash_agent.outcome(i) for i in range(n)])
+    sc = await start(
+        sidecar,
+        broker,
+        agent_concurrency=2,
+        batch_size=batch,
+        kafka_pause_backlog=pause,
+        kafka_resume_backlog=resume,
+    )
+    store = sc.pipeline.store
+    most, paused_seen, lag_seen = 0, False, 0.0
+    while await comparisons(sc) < n:
+        most = max(most, (await store.pending())["awaiting_agent"])
+        m = await sc.metrics()
+        if metric(m, "shadow_kafka_paused") == 1:
+            paused_seen = True
+            lag_seen = max(
+                lag_seen,
+                *(
+                    metric(m, "shadow_kafka_consumer_lag_messages", topic="ev", partition=p) or 0
+                    for p in ("0", "1")
+                ),
+            )
+        await _sleep()
+    assert paused_seen
+    assert lag_seen > 0
+    assert most < pause + batch
+    assert observed(await sc.agreement()) == expected(range(n))
+    await wait_for(lambda: _paused_is(sc, 0), "resumed at the end")
+
+
+async def _paused_is(sc: Sidecar, value: int) -> bool:
+    return metric(await sc.metrics(), "shadow_kafka_paused") == value
+
+
+async def _sleep() -> None:
+    import asyncio
+
+    await asyncio.sleep(0.02)
+
+
+_ = BrokerFactory  # re-exported fixture type for the replica tests
