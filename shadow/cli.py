@@ -51,7 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="listen address (env SHADOW_HOST, default 127.0.0.1)")
     run.add_argument("--port", type=int, help="listen port (env SHADOW_PORT, default 8750)")
     run.add_argument("--agent", help="agent URL or module:callable (env SHADOW_AGENT)")
-    run.add_argument("--source", action="append", help="file:PATH.jsonl (repeatable)")
+    run.add_argument(
+        "--source",
+        action="append",
+        help="file:PATH.jsonl or kafka://HOST:PORT?events=TOPIC&outcomes=TOPIC&group=GROUP "
+        "(repeatable; Kafka settings: SHADOW_KAFKA_*, see docs/kafka.md)",
+    )
     run.add_argument("--admin-token", help="bearer token for API writes (env SHADOW_ADMIN_TOKEN)")
     run.add_argument("--agent-concurrency", type=int, help="concurrent agent calls")
     run.add_argument("--agent-timeout", type=float, help="seconds per agent call")
