@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -194,12 +194,16 @@ class CachedAgent:
                 await self.limiter.acquire()
                 self.stats.calls += 1
                 d = await self.runner.decide(events[i])
-                out[i] = d
                 if d.error is None:
                     fresh.append((hashes[i], d))
                     self._observe(d)
                 else:
                     self.stats.failed += 1
+                    if self.expected is not None:
+                        # Errors count against the version the run is about, whichever
+                        # answer the runner happened to see last.
+                        d = replace(d, agent_version=self.expected)
+                out[i] = d
 
         workers = asyncio.gather(
             *(worker() for _ in range(min(self.runner.concurrency, len(todo))))

@@ -265,7 +265,7 @@ class History:
 
     def _check_parquet(self) -> None:
         src = f"read_parquet({_sql_str(str(self.path))}, file_row_number=true)"
-        self._con.execute(f"CREATE TEMP VIEW src AS SELECT * FROM {src}")
+        self._con.execute(f"CREATE VIEW src AS SELECT * FROM {src}")
         self._columns = {
             str(name).lower(): str(kind)
             for name, kind, *_ in self._con.execute("DESCRIBE SELECT * FROM src").fetchall()
@@ -344,6 +344,7 @@ class History:
         ev_cols = ", ".join(self._col(c, "ev") for c in _EVENT_COLS)
         oc_cols = ", ".join(self._col(c, "oc") for c in _OUTCOME_COLS)
         if self._layout == "joined":
+            oc_cols = ", ".join(self._col(c, "ev") for c in _OUTCOME_COLS)
             return (
                 f"SELECT ev.file_row_number + 1, ev.file_row_number + 1, {ev_cols}, {oc_cols} "
                 "FROM src ev"

@@ -195,8 +195,18 @@ def render_html(doc: Mapping[str, Any]) -> str:
             if reg["regression"]
             else '<p><span class="badge ok">No significant regression vs baseline</span></p>'
         )
-    head_cols = ("task type", "n", "agree", "agreement", "lower", "upper", "critical", "errors",
-                 "gate cleared", "vs baseline")  # fmt: skip
+    head_cols = (
+        "task type",
+        "n",
+        "agree",
+        "agreement",
+        "lower",
+        "upper",
+        "critical",
+        "errors",
+        "gate cleared",
+        "vs baseline",
+    )
     rows = []
     for name, t in tasks.items():
         base = t.get("baseline")
@@ -204,17 +214,27 @@ def render_html(doc: Mapping[str, Any]) -> str:
         if base and base["delta"]["agreement"] is not None:
             delta = f"{base['delta']['agreement'] * 100:+.2f} pp"
             delta += " (worse)" if base["significantly_worse"] else ""
-        cells = [t["n"], t["agree"], _pct(t["agreement"]), _pct(t["lower"]), _pct(t["upper"]),
-                 t["critical"], t["errors"]]  # fmt: skip
+        cells = [
+            t["n"],
+            t["agree"],
+            _pct(t["agreement"]),
+            _pct(t["lower"]),
+            _pct(t["upper"]),
+            t["critical"],
+            t["errors"],
+        ]
         rows.append(
             f'<tr><td><a href="#t-{_e(name)}">{_e(name)}</a></td>'
             + "".join(f"<td class=num>{_e(c)}</td>" for c in cells)
             + f"<td>{_e(t['gates']['cleared'])}</td><td>{_e(delta)}</td></tr>"
         )
     summary = (
-        "<table><tr>" + "".join(f"<th>{c}</th>" for c in head_cols) + "</tr>"
-        + "".join(rows) + "</table>"
-    )  # fmt: skip
+        "<table><tr>"
+        + "".join(f"<th>{c}</th>" for c in head_cols)
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
     body = [
         f"<h1>Replay report: {_e(agent.get('agent_version'))}</h1>",
         f'<p class="meta">{state} agent {_e(agent.get("spec"))}; history {_e(h["path"])} '
