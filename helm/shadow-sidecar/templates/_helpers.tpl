@@ -1,0 +1,159 @@
+{{/*
+Names and labels. Every template here takes the chart's context (.Values, .Release, .Chart);
+from a parent chart pass the subchart's: (index .Subcharts "shadow-sidecar").
+*/}}
+{{- define "shadow-sidecar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "shadow-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "shadow-sidecar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "shadow-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "shadow-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "shadow-sidecar.labels" -}}
+helm.sh/chart: {{ include "shadow-sidecar.chart" . }}
+{{ include "shadow-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: shadow-sidecar
+{{- end }}
+
+{{- define "shadow-sidecar.policyConfigMap" -}}
+{{- .Values.policy.existingConfigMap | default (printf "%s-policy" (include "shadow-sidecar.fullname" .)) }}
+{{- end }}
+
+{{- define "shadow-sidecar.tokenSecret" -}}
+{{- .Values.adminToken.existingSecret | default (include "shadow-sidecar.fullname" .) }}
+{{- end }}
+
+{{- define "shadow-sidecar.dataClaim" -}}
+{{- .Values.persistence.existingClaim | default (printf "%s-data" (include "shadow-sidecar.fullname" .)) }}
+{{- end }}
+
+{{/*
+The sidecar container. Include it in a pod's `containers:` list:
+  containers:
+    - name: my-app
+      ...
+    {{- include "shadow-sidecar.container" (index .Subcharts "shadow-sidecar") | nindent 4 }}
+*/}}
+{{- define "shadow-sidecar.container" -}}
+- name: shadow-sidecar
+  image: "{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}"
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args:
+    - run
+    - --config
+    - /etc/shadow/policy.yaml
+    - --db
+    - /var/lib/shadow/shadow.duckdb
+    - --host
+    - 0.0.0.0
+    - --port
+    - {{ .Values.containerPort | quote }}
+    - --agent-concurrency
+    - {{ .Values.agent.concurrency | quote }}
+    - --agent-timeout
+    - {{ .Values.agent.timeoutSeconds | quote }}
+    {{- with .Values.agent.url }}
+    - --agent
+    - {{ . | quote }}
+    {{- end }}
+    {{- if .Values.kafka.enabled }}
+    - --source
+    - {{ printf "kafka://%s?events=%s&outcomes=%s&group=%s" .Values.kafka.bootstrap .Values.kafka.eventsTopic .Values.kafka.outcomesTopic .Values.kafka.group | quote }}
+    {{- end }}
+    {{- range .Values.extraSources }}
+    - --source
+    - {{ . | quote }}
+    {{- end }}
+  env:
+    # Temp files (Python, DuckDB spill) go to the /tmp emptyDir: the root filesystem is read-only.
+    - name: TMPDIR
+      value: /tmp
+    - name: HOME
+      value: /tmp
+    {{- if or .Values.adminToken.value .Values.adminToken.existingSecret }}
+    - name: SHADOW_ADMIN_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "shadow-sidecar.tokenSecret" . }}
+          key: {{ .Values.adminToken.existingSecretKey }}
+    {{- end }}
+    {{- with .Values.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - name: shadow-http
+      containerPort: {{ .Values.containerPort }}
+      protocol: TCP
+  startupProbe:
+    httpGet:
+      path: /healthz
+      port: shadow-http
+    {{- toYaml .Values.probes.startup | nindent 4 }}
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: shadow-http
+    {{- toYaml .Values.probes.liveness | nindent 4 }}
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: shadow-http
+    {{- toYaml .Values.probes.readiness | nindent 4 }}
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: shadow-policy
+      mountPath: /etc/shadow
+      readOnly: true
+    - name: shadow-data
+      mountPath: /var/lib/shadow
+    - name: shadow-tmp
+      mountPath: /tmp
+{{- end }}
+
+{{/*
+The volumes the sidecar container mounts. Include it in the pod's `volumes:` list:
+  volumes:
+    {{- include "shadow-sidecar.volumes" (index .Subcharts "shadow-sidecar") | nindent 4 }}
+*/}}
+{{- define "shadow-sidecar.volumes" -}}
+- name: shadow-policy
+  configMap:
+    name: {{ include "shadow-sidecar.policyConfigMap" . }}
+    items:
+      - key: policy.yaml
+        path: policy.yaml
+- name: shadow-data
+  {{- if .Values.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "shadow-sidecar.dataClaim" . }}
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+- name: shadow-tmp
+  emptyDir:
+    sizeLimit: 1Gi
+{{- end }}
