@@ -96,7 +96,11 @@ class Pipeline:
         self.promote = promote  # False on Kafka replicas: one promoter owns the ladder
         self.joiner = Joiner(store, policy, clock, batch=max(settings.batch_size, 1000))
         self.registry = AutonomyRegistry(store, policy, clock)
-        self._work: asyncio.Queue[WorkEvent] = asyncio.Queue(maxsize=settings.agent_concurrency * 2)
+        # Room for a whole store batch: the feeder reads the backlog a batch at a time (one
+        # query per batch, not per handful), while memory stays bounded by batch_size.
+        self._work: asyncio.Queue[WorkEvent] = asyncio.Queue(
+            maxsize=max(settings.agent_concurrency * 2, settings.batch_size)
+        )
         self._results: asyncio.Queue[tuple[WorkEvent, ShadowDecision]] = asyncio.Queue()
         self._inflight: set[str] = set()
         self._join_ids: set[str] = set()

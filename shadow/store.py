@@ -444,13 +444,14 @@ class Store:
     def _put_decisions(
         self, decisions: list[tuple[ShadowDecision, str]], now: datetime, source: str
     ) -> list[PutResult]:
-        keys = list({f"{d.event_id}\x00{d.agent_version}" for d, _ in decisions})
+        keys = sorted({(d.event_id, d.agent_version) for d, _ in decisions})
         known: dict[str, str] = {
             f"{eid}\x00{ver}": digest
             for eid, ver, digest in self.con.execute(
-                "SELECT event_id, agent_version, content_hash FROM decisions "
-                "WHERE event_id || chr(0) || agent_version IN (SELECT unnest(?::VARCHAR[]))",
-                [keys],
+                "SELECT d.event_id, d.agent_version, d.content_hash FROM decisions d "
+                "JOIN (SELECT unnest(?::VARCHAR[]) AS event_id, unnest(?::VARCHAR[]) AS ver) k "
+                "ON d.event_id = k.event_id AND d.agent_version = k.ver",
+                [[k[0] for k in keys], [k[1] for k in keys]],
             ).fetchall()
         }
         results: list[PutResult] = []
