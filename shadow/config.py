@@ -75,9 +75,7 @@ class Settings(BaseSettings):
 
     # Kafka (kafka:// sources; see docs/kafka.md). Broker, topics and group are in the URL.
     kafka_client_id: str = Field("shadow-sidecar", min_length=1)
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
-        "PLAINTEXT"
-    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
@@ -101,6 +99,9 @@ class Settings(BaseSettings):
         "never promote; promoter: also fold every replica's comparisons into the ladder",
     )
     kafka_health_interval: float = Field(1.0, gt=0, description="seconds between broker probes")
+    kafka_session_timeout: float = Field(
+        10.0, ge=1.0, le=300.0, description="seconds before a silent group member is dropped"
+    )
 
     @field_validator("source", mode="before")
     @classmethod

@@ -214,6 +214,8 @@ class KafkaSource:
             enable_auto_commit=False,
             auto_offset_reset=s.kafka_start,
             partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=int(s.kafka_session_timeout * 1000),
+            heartbeat_interval_ms=max(100, int(s.kafka_session_timeout * 1000 / 3)),
             max_partition_fetch_bytes=max_fetch,
             fetch_max_bytes=max(max_fetch, 52_428_800),
         )
