@@ -1,0 +1,253 @@
+"""A synthetic back office for ``shadow demo``: three task types, human reviewers who are
+realistically inconsistent, and a rule-based reference agent of different quality per task.
+
+Everything here is pure and deterministic given a seed (``random.Random(seed)``; no global
+random state, no clock), so a demo run is reproducible and its outcome can be tested.
+
+The three task types
+--------------------
+``refund_request`` (about half the traffic)
+    An e-commerce refund: order amount, currency, days since purchase, item category, the
+    customer's tier, tenure and recent refunds, a reason code and the customer's own words.
+    The customer's e-mail is in the payload and is redacted by the policy before the agent.
+    Decision ``{action: approve|partial|deny|escalate, amount, currency, reason, tags, queue,
+    note}`` plus actions (``issue_refund(amount)``, ``send_email(template)``,
+    ``open_case(queue)``). The agent is **good**: it follows the refund handbook and agrees
+    with the reviewers about 98.7% of the time; what it misses is an unwritten platinum-tier
+    goodwill habit, one lenient reviewer's longer return window, and the humans' own slips.
+    Policy ``mode: auto``; the default run promotes it to L2 (its L3 gate, 0.98 with no
+    critical miss, stays out of reach).
+``invoice_match`` (about a third)
+    Accounts payable: an invoice, its purchase order and the candidate payment lines (bank
+    feed) with a match tolerance ``max(abs, rel * amount)``; the remittance IBAN is redacted.
+    Decision ``{status: match|partial|no_match, payment_ids, variance, exception, note}``. The
+    agent **hovers just under its L2 gate**: it reads only the absolute tolerance, does not
+    add up split payments and takes the earliest of two same-amount payments instead of the
+    one whose reference names the invoice, so with the reviewers' slips it agrees about 91%
+    of the time against an L2 gate of 0.92. Policy ``mode: auto``; the default run promotes
+    it to L1 early and ends there with the L2 gate *not met* but close: for seed 7 agreement
+    0.924 and lower bound 0.899 (over seeds 1-100: agreement 0.88-0.93, median 0.91; lower
+    bound 0.85-0.90). An agent at or under its gate must not be promoted, and the
+    anytime-valid bound keeps that so (false promotion at most alpha) however long it runs.
+``claim_appeal`` (the rest, about a sixth)
+    A health-insurance appeal against a denial: claim amount, denial code (CARC), the member's
+    coverage (covered, deductible left, coinsurance), documentation flags and how late the
+    appeal was filed; the member's name and date of birth are redacted. Decision ``{outcome:
+    overturn|uphold|escalate, payable_amount, denial_code, rationale}``. The agent is
+    **poor**: too lenient on medical necessity, blind to the filing deadline and to the
+    medical-director threshold, and it forgets the deductible, so it agrees only about 72% of
+    the time, mostly with *critical* misses (overturn vs uphold). Policy ``mode: propose``; it
+    stays at L0.
+
+Human inconsistency
+-------------------
+Reviewers (``decided_by``) have their habits: one is lenient with return windows, some route
+refunds to ``billing`` and others to ``payments`` (an ``equivalent`` class in the policy), one
+appeals reviewer overturns medical-necessity denials on records alone. Borderline cases are
+decided both ways, and a few per cent of decisions are plain slips. Reasons are typed with
+varying case and spacing (absorbed by ``match: text``), tags and payment ids come in any
+order (``match: set``), notes are free text (``match: ignore``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from shadow.demo.cases import JSON, DemoCase
+from shadow.demo.claims import _build_claim, _claim_agent
+from shadow.demo.invoices import _build_invoice, _invoice_agent
+from shadow.demo.refunds import _build_refund, _refund_agent
+
+__all__ = [
+    "AGENT_VERSIONS",
+    "DEFAULT_EVENTS",
+    "DEMO_POLICY",
+    "TASK_TYPES",
+    "DemoCase",
+    "generate",
+    "reference_agent",
+    "timeline",
+]
+
+
+#: Events in a default ``shadow demo`` run: about 2,000 refunds, 1,330 invoices and 670
+#: appeals. Enough for refunds to clear the L2 gate (around comparison 250) with a wide
+#: margin and for the invoice bound to settle near its gate; small enough for the whole
+#: pipeline to finish in seconds.
+DEFAULT_EVENTS: Final = 4000
+
+TASK_TYPES: Final = ("refund_request", "invoice_match", "claim_appeal")
+
+#: The reference agent's version per task type (each task type is its own agent).
+AGENT_VERSIONS: Final[Mapping[str, str]] = {
+    "refund_request": "refund-agent@7",
+    "invoice_match": "invoice-matcher@3",
+    "claim_appeal": "appeals-agent@2",
+}
+
+DEMO_POLICY: Final = """\
+# Policy of `shadow demo` (shadow/demo/__init__.py): three back-office task types.
+defaults:
+  unknown_task_types: reject
+task_types:
+  refund_request:
+    sample_rate: 1.0
+    redact: [payload.customer.email]
+    compare:
+      fields:
+        action:   {match: exact, critical: true}
+        amount:   {match: number, abs: 0.01}
+        currency: {match: exact}
+        reason:   {match: text}
+        tags:     {match: set}
+        queue:    {match: exact, equivalent: [[billing, payments]]}
+        note:     {match: ignore}
+      unlisted: exact
+      actions:
+        critical: false
+        args:
+          amount:   {match: number, abs: 0.01}
+          template: {match: exact}
+    autonomy:
+      start: L0
+      ceiling: L3
+      mode: auto
+      alpha: 0.05
+      gates:
+        L1: {agreement: 0.90, min_samples: 50}
+        L2: {agreement: 0.95, min_samples: 150}
+        L3: {agreement: 0.98, min_samples: 400, max_critical: 0}
+      audit_rate: 0.05
+  invoice_match:
+    sample_rate: 1.0
+    redact: [payload.remit_to.iban]
+    compare:
+      fields:
+        status:      {match: exact, critical: true}
+        payment_ids: {match: set}
+        variance:    {match: number, abs: 0.01}
+        exception:   {match: exact}
+        note:        {match: ignore}
+      unlisted: ignore
+    autonomy:
+      start: L0
+      ceiling: L2
+      mode: auto
+      alpha: 0.05
+      gates:
+        L1: {agreement: 0.85, min_samples: 50}
+        L2: {agreement: 0.92, min_samples: 150}
+      audit_rate: 0.05
+  claim_appeal:
+    sample_rate: 1.0
+    redact: [payload.member.name, payload.member.date_of_birth]
+    compare:
+      fields:
+        outcome:        {match: exact, critical: true}
+        payable_amount: {match: number, abs: 1.0, rel: 0.01}
+        denial_code:    {match: exact}
+        rationale:      {match: ignore}
+      unlisted: ignore
+    autonomy:
+      start: L0
+      ceiling: L2
+      mode: propose
+      alpha: 0.05
+      gates:
+        L1: {agreement: 0.90, min_samples: 50}
+        L2: {agreement: 0.95, min_samples: 150, max_critical: 0}
+      audit_rate: 0.10
+"""
+
+_START: Final = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # a Monday morning
+_MIX: Final = (("refund_request", 0.50), ("invoice_match", 0.33), ("claim_appeal", 0.17))
+_ID_PREFIX: Final = {"refund_request": "rf", "invoice_match": "inv", "claim_appeal": "clm"}
+
+
+def generate(n_events: int, seed: int = 7) -> list[DemoCase]:
+    """``n_events`` cases in ``occurred_at`` order, task types interleaved at different
+    volumes, arrivals denser in office hours, outcomes minutes to days after their event."""
+    if n_events < 0:
+        raise ValueError(f"n_events must be >= 0, got {n_events}")
+    rng = random.Random(seed)
+    names = [name for name, _ in _MIX]
+    weights = [w for _, w in _MIX]
+    counters = dict.fromkeys(names, 0)
+    t = _START
+    cases: list[DemoCase] = []
+    for _ in range(n_events):
+        office = t.weekday() < 5 and 8 <= t.hour < 18
+        t += timedelta(seconds=round(rng.expovariate(1.0 / (150.0 if office else 900.0))) + 1)
+        task_type = rng.choices(names, weights)[0]
+        counters[task_type] += 1
+        event_id = f"{_ID_PREFIX[task_type]}-s{seed}-{counters[task_type]:06d}"
+        cases.append(_BUILDERS[task_type](rng, event_id, t))
+    return cases
+
+
+def timeline(cases: list[DemoCase]) -> list[dict[str, Any]]:
+    """Events and outcomes as one mixed stream in arrival order (each record carries
+    ``kind``): an event at its ``occurred_at``, its outcome at its ``decided_at``."""
+    keyed: list[tuple[str, int, int, dict[str, Any]]] = []
+    for i, case in enumerate(cases):
+        keyed.append((case.event["occurred_at"], 0, i, {"kind": "event", **case.event}))
+        keyed.append((case.outcome["decided_at"], 1, i, {"kind": "outcome", **case.outcome}))
+    keyed.sort(key=lambda k: k[:3])
+    return [record for *_, record in keyed]
+
+
+# -- the reference agent -----------------------------------------------------------------------
+
+_BUILDERS: Final[Mapping[str, Callable[[random.Random, str, datetime], DemoCase]]] = {
+    "refund_request": _build_refund,
+    "invoice_match": _build_invoice,
+    "claim_appeal": _build_claim,
+}
+_AGENTS: Final[Mapping[str, Callable[[Mapping[str, Any]], tuple[JSON, list[JSON], float]]]] = {
+    "refund_request": _refund_agent,
+    "invoice_match": _invoice_agent,
+    "claim_appeal": _claim_agent,
+}
+# (system prompt tokens, USD per 1M input tokens, USD per 1M output tokens) per task type.
+_PRICING: Final[Mapping[str, tuple[int, float, float]]] = {
+    "refund_request": (620, 0.25, 1.25),
+    "invoice_match": (840, 0.80, 4.00),
+    "claim_appeal": (1450, 3.00, 15.00),
+}
+
+
+def reference_agent(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The built-in agent (``shadow.demo:reference_agent``): the agent contract's request
+    ``{"event_id", "task_type", "payload", "shadow": true}`` in, its response out.
+
+    Deterministic and free of side effects: it only *proposes*. A task type it does not
+    know, or a payload it cannot read, raises ``ValueError`` (an ``agent_error``)."""
+    task_type = request.get("task_type")
+    payload = request.get("payload")
+    agent = _AGENTS.get(task_type) if isinstance(task_type, str) else None
+    if agent is None:
+        raise ValueError(f"reference agent does not handle task type {task_type!r}")
+    if not isinstance(payload, Mapping):
+        raise ValueError("reference agent needs a payload object")
+    try:
+        decision, actions, confidence = agent(payload)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"reference agent cannot read this {task_type} payload: {exc!r}") from exc
+    prompt, usd_in, usd_out = _PRICING[str(task_type)]
+    tokens_in = prompt + len(json.dumps(payload, sort_keys=True)) // 4
+    tokens_out = 24 + len(json.dumps([decision, actions], sort_keys=True)) // 4
+    return {
+        "decision": decision,
+        "actions": actions,
+        "confidence": confidence,
+        "agent_version": AGENT_VERSIONS[str(task_type)],
+        "usage": {
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "cost_usd": round((tokens_in * usd_in + tokens_out * usd_out) / 1e6, 6),
+        },
+    }
