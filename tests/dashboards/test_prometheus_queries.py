@@ -32,6 +32,7 @@ from shadow.api import PIPELINE
 from shadow.app import build_app
 from shadow.config import load_settings
 from shadow.demo import DEMO_POLICY, generate, timeline
+from shadow.pipeline import Pipeline
 from shadow.policy import Policy, parse_policy
 from tests.conftest import require_tool
 from tests.dashboards.feed_agent import AGENT
@@ -95,6 +96,18 @@ async def feed(session: aiohttp.ClientSession, base: str, stream: Iterable[dict[
             await post(session, f"{base}/v1/outcomes", outcomes)
 
 
+async def settle(pipeline: Pipeline) -> None:
+    """Every comparison made, and the ladder evaluated until it stops moving (one step per
+    evaluation; the background evaluations during the feed depend on timing)."""
+    await pipeline.drain()
+    for _ in range(5):
+        before = (await pipeline.registry.agreement())["task_types"]
+        await pipeline.evaluate()
+        after = (await pipeline.registry.agreement())["task_types"]
+        if {k: v["level"] for k, v in before.items()} == {k: v["level"] for k, v in after.items()}:
+            return
+
+
 async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
     binary = require_tool("prometheus")
     AGENT.degraded = False
@@ -129,8 +142,7 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
         pipeline = app[PIPELINE]
         async with aiohttp.ClientSession() as session:
             await feed(session, base, timeline(generate(240, seed=7)))
-            await pipeline.drain()
-            await pipeline.evaluate()
+            await settle(pipeline)
             doc = await pipeline.registry.agreement()
             assert doc["task_types"]["refund_request"]["level"] == "L3", doc
             assert doc["task_types"]["invoice_match"]["proposal"] is not None, doc
@@ -148,11 +160,13 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
             # A bad agent release.
             AGENT.degraded = True
             await feed(session, base, timeline(generate(160, seed=8)))
-            await pipeline.drain()
-            await pipeline.evaluate()
+            await settle(pipeline)
         doc = await pipeline.registry.agreement()
         refund = doc["task_types"]["refund_request"]
-        assert refund["level"] in ("L1", "L2"), doc
+        # Demoted from L3 by critical misses beyond max_critical; the upper bound still
+        # clears the L2 gate, the lower bound is under it (the near-gate alert's case).
+        assert (refund["level"], refund["critical"] > 5) == ("L2", True), refund
+        assert refund["lower"] < 0.85 < refund["upper"], refund
 
         live = [q for q in all_queries() if q.where != SIDECAR_DOWN]
         counts = await evaluate_all(prom, live)
