@@ -19,15 +19,15 @@ demo: install
 	$(BIN)/shadow demo $(DEMO_ARGS)
 
 lint: install
-	$(BIN)/ruff check shadow tests dashboards
-	$(BIN)/ruff format --check shadow tests dashboards
+	$(BIN)/ruff check shadow replay tests dashboards
+	$(BIN)/ruff format --check shadow replay tests dashboards
 
 format: install
-	$(BIN)/ruff check --fix shadow tests dashboards
-	$(BIN)/ruff format shadow tests dashboards
+	$(BIN)/ruff check --fix shadow replay tests dashboards
+	$(BIN)/ruff format shadow replay tests dashboards
 
 typecheck: install
-	$(BIN)/mypy shadow tests dashboards
+	$(BIN)/mypy shadow replay tests dashboards
 
 # Test-only system tools (Prometheus, promtool, Chromium), installed when missing and possible.
 tools:
@@ -49,6 +49,7 @@ bench-stats: install
 bench: bench-stats
 	$(BIN)/python tests/bench/bench_store.py
 	$(BIN)/python tests/bench/bench_service.py
+	$(BIN)/python tests/bench/bench_replay.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

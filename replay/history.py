@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -372,7 +372,7 @@ class History:
 
     # -- reading --------------------------------------------------------------------------
 
-    async def batches(self) -> AsyncIterator[list[Case]]:
+    async def batches(self) -> AsyncGenerator[list[Case], None]:
         """Selected cases in ``event_id`` order, ``batch`` at a time."""
         sel = self.selection
         left = sel.limit
@@ -487,7 +487,8 @@ def _stored_case(row: tuple[Any, ...]) -> Case:
     """A case from the sidecar's own tables (validated when they were ingested)."""
     _, _, eid, tt, payload, occurred, segment, decision, actions, by, at = row
     event = WorkEvent(eid, tt, json.loads(payload), occurred, segment)
-    outcome = Outcome(eid, json.loads(decision), as_actions(json.loads(actions)), by, at)
+    acts = () if actions == "[]" else as_actions(json.loads(actions))
+    outcome = Outcome(eid, json.loads(decision), acts, by, at)
     return Case(event, outcome)
 
 

@@ -17,14 +17,16 @@ consistent partial report. The cache makes the next run resume where this one st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from replay.cache import CachedAgent, VersionChanged
 from replay.history import History, HistoryStats
+from replay.model import Case
 from replay.report import TaskStats
 from shadow.diff import Differ
 from shadow.joiner import compare
@@ -117,38 +119,62 @@ class ReplayRunner:
         tasks: dict[str, TaskStats] = {}
         skipped: Counter[str] = Counter()
         complete = True
-        async for batch in self.history.batches():
-            known = []
-            for case in batch:
-                task = self.policy.for_task(case.task_type)
-                if task is None:
-                    skipped["unknown_task_type"] += 1
-                    continue
-                event = replace(case.event, payload=task.redact_payload(case.event.payload))
-                known.append((case, event))
-            answers = await self.source.answers([e for _, e in known], self.stop)
-            stopped = self.stop is not None and self.stop.is_set()
-            for (case, event), answer in zip(known, answers, strict=True):
-                if answer is None:
-                    if stopped:
-                        complete = False
-                    else:
-                        skipped["no_answer"] += 1
-                    continue
-                tt = case.task_type
-                stats = tasks.get(tt)
-                if stats is None:
-                    task = self.policy.for_task(tt)
-                    assert task is not None
-                    stats = tasks[tt] = TaskStats(tt, task, examples=self.examples)
-                row = JoinRow(tt, answer, case.outcome, "")
-                stats.add(case, event.payload, answer, compare(row, self._differ(tt)))
-            if self.progress is not None:
-                self.progress(len(batch))
-            if stopped:
-                complete = False
-                break
+        batches = self.history.batches()
+        # The next batch is read (on the history's thread) while this one is answered.
+        ahead: asyncio.Future[list[Case] | None] = asyncio.ensure_future(anext(batches, None))
+        try:
+            while (batch := await ahead) is not None:
+                ahead = asyncio.ensure_future(anext(batches, None))
+                stopped = await self._batch(batch, tasks, skipped)
+                if stopped:
+                    complete = False
+                    break
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ahead
+            await batches.aclose()
         return ReplayResult(dict(sorted(tasks.items())), self.history.stats, complete, skipped)
+
+    async def _batch(
+        self, batch: list[Case], tasks: dict[str, TaskStats], skipped: Counter[str]
+    ) -> bool:
+        """Answer and score one batch; ``True`` when the run was stopped meanwhile."""
+        known: list[tuple[Case, WorkEvent]] = []
+        for case in batch:
+            task = self.policy.for_task(case.task_type)
+            if task is None:
+                skipped["unknown_task_type"] += 1
+                continue
+            event = case.event
+            if task.redact:
+                event = WorkEvent(
+                    event.event_id,
+                    event.task_type,
+                    task.redact_payload(event.payload),
+                    event.occurred_at,
+                    event.segment,
+                )
+            known.append((case, event))
+        answers = await self.source.answers([e for _, e in known], self.stop)
+        stopped = self.stop is not None and self.stop.is_set()
+        for (case, event), answer in zip(known, answers, strict=True):
+            if answer is None:
+                if not stopped:
+                    skipped["no_answer"] += 1
+                continue
+            tt = case.task_type
+            stats = tasks.get(tt)
+            if stats is None:
+                task = self.policy.for_task(tt)
+                assert task is not None
+                stats = tasks[tt] = TaskStats(tt, task, examples=self.examples)
+            row = JoinRow(tt, answer, case.outcome, "")
+            stats.add(case, event.payload, answer, compare(row, self._differ(tt)))
+        if self.progress is not None:
+            self.progress(len(batch))
+        return stopped
 
     def _differ(self, task_type: str) -> Differ:
         found = self._differs.get(task_type)
