@@ -1,7 +1,9 @@
 """Dashboards and alerting as code for the shadow sidecar.
 
-- :mod:`dashboards.generate` builds the Grafana dashboards with ``grafana-foundation-sdk``
-  and writes their JSON (``dashboards/grafana/*.json``, committed; ``make dashboards``).
+- :mod:`dashboards.generate` writes the Grafana dashboards' JSON (``dashboards/grafana/*.json``,
+  committed; ``make dashboards``), built with ``grafana-foundation-sdk`` in
+  :mod:`dashboards.agreement` and :mod:`dashboards.pipeline_health` from the pieces in
+  :mod:`dashboards.panels`.
 - ``dashboards/prometheus/shadow-rules.yaml``: recording rules and alerts, with promtool unit
   tests in ``shadow-rules.test.yaml``.
 - ``dashboards/provisioning/``: datasource and dashboard-provider files for a plain Grafana.

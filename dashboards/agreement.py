@@ -1,0 +1,192 @@
+"""The *Agreement* dashboard (``shadow-agreement``): per task type and agent version —
+agreement over time, the anytime-valid bounds against each gate's threshold line, evidence,
+autonomy level as a state timeline with promotions and demotions as annotations, critical
+misses, top disagreeing fields, proposals waiting for approval."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import bargauge, statetimeline, table, timeseries
+from grafana_foundation_sdk.builders.dashboard import Dashboard, Row
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+
+from dashboards.panels import (
+    LEVEL_COLORS,
+    LEVELS,
+    TASK,
+    TASK_VERSION,
+    change_annotation,
+    dashed,
+    link,
+    query,
+    variables,
+)
+
+__all__ = ["agreement"]
+
+
+def agreement() -> Dashboard:
+    level_map = model.ValueMap(
+        {v: model.ValueMappingResult(text=t, color=LEVEL_COLORS[v]) for v, t in LEVELS.items()}
+    )
+    return (
+        Dashboard("Shadow sidecar / Agreement")
+        .uid("shadow-agreement")
+        .description("Agreement, evidence and autonomy per task type and agent version.")
+        .tags(["shadow-sidecar"])
+        .time("now-24h", "now")
+        .refresh("1m")
+        .timezone(common.TimeZoneUtc)
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .variables(variables(with_version=True))  # type: ignore[arg-type]
+        .annotation(change_annotation("Promotions", "promote|approve|manual_set", "green"))
+        .annotation(change_annotation("Demotions", "demote", "red"))
+        .link(link("Pipeline health", "shadow-pipeline-health"))
+        .with_row(Row("Agreement"))
+        .with_panel(
+            timeseries.Panel()
+            .title("Agreement over time")
+            .description("Observed agreement of the evidence (agree / n).")
+            .unit("percentunit")
+            .min(0)
+            .max(1)
+            .span(12)
+            .height(8)
+            .with_target(
+                query(
+                    f"shadow_agreement_ratio{{{TASK_VERSION}}}",
+                    "{{task_type}} {{agent_version}}",
+                    "A",
+                )
+            )
+        )
+        .with_panel(
+            dashed(".* gate L.*")
+            .title("Lower and upper bound against each gate")
+            .description(
+                "Anytime-valid bounds. Promotion needs lower ≥ the next gate; demotion "
+                "happens when upper < the gate of the current level. Dashed: gates."
+            )
+            .unit("percentunit")
+            .max(1)
+            .span(12)
+            .height(8)
+            .with_target(
+                query(
+                    f"shadow_agreement_lower_ratio{{{TASK_VERSION}}}",
+                    "{{task_type}} {{agent_version}} lower",
+                    "A",
+                )
+            )
+            .with_target(
+                query(
+                    f"shadow_agreement_upper_ratio{{{TASK_VERSION}}}",
+                    "{{task_type}} {{agent_version}} upper",
+                    "B",
+                )
+            )
+            .with_target(
+                query(
+                    f"shadow_gate_agreement_ratio{{{TASK}}}",
+                    "{{task_type}} gate {{level}}",
+                    "C",
+                )
+            )
+        )
+        .with_panel(
+            timeseries.Panel()
+            .title("Evidence")
+            .description("Comparisons counted as evidence (n), agreements and critical misses.")
+            .unit("short")
+            .span(8)
+            .height(8)
+            .with_target(
+                query(
+                    f"shadow_evidence_comparisons{{{TASK_VERSION}}}",
+                    "{{task_type}} {{agent_version}} n",
+                    "A",
+                )
+            )
+            .with_target(
+                query(
+                    f"shadow_evidence_agreements{{{TASK_VERSION}}}",
+                    "{{task_type}} {{agent_version}} agree",
+                    "B",
+                )
+            )
+        )
+        .with_panel(
+            statetimeline.Panel()
+            .title("Autonomy level")
+            .description("Level per task type; promotions and demotions are annotations.")
+            .mappings([level_map])
+            .span(16)
+            .height(8)
+            .with_target(query(f"shadow_autonomy_level{{{TASK}}}", "{{task_type}}", "A"))
+            .with_target(query("shadow_frozen", "frozen", "B"))
+        )
+        .with_row(Row("Misses and proposals"))
+        .with_panel(
+            timeseries.Panel()
+            .title("Critical misses")
+            .description("Comparisons with a critical field mismatch, per interval.")
+            .draw_style(common.GraphDrawStyle.BARS)
+            .unit("short")
+            .span(8)
+            .height(8)
+            .with_target(
+                query(
+                    "sum by (task_type, agent_version) (increase(shadow_critical_misses_total"
+                    f"{{{TASK_VERSION}}}[$__rate_interval]))",
+                    "{{task_type}} {{agent_version}}",
+                    "A",
+                )
+            )
+        )
+        .with_panel(
+            bargauge.Panel()
+            .title("Top disagreeing fields")
+            .description("Field-level mismatches over the dashboard's time range.")
+            .orientation(common.VizOrientation.HORIZONTAL)
+            .display_mode(common.BarGaugeDisplayMode.BASIC)
+            .unit("short")
+            .span(8)
+            .height(8)
+            .with_target(
+                query(
+                    "topk(10, sum by (task_type, field) (increase(shadow_field_mismatches_total"
+                    f"{{{TASK}}}[$__range])))",
+                    "{{task_type}} {{field}}",
+                    "A",
+                    instant=True,
+                )
+            )
+        )
+        .with_panel(
+            table.Panel()
+            .title("Proposals waiting for approval")
+            .description(
+                "Promotions proposed (mode: propose) and not yet approved: "
+                "`shadow autonomy approve TASK_TYPE`."
+            )
+            .mappings([level_map])
+            .span(8)
+            .height(8)
+            .with_target(
+                query(
+                    f"shadow_autonomy_proposal_level{{{TASK}}} > 0",
+                    "{{task_type}}",
+                    "A",
+                    instant=True,
+                )
+            )
+            .with_target(
+                query(
+                    f"task_type:shadow_gate_agreement:next{{{TASK}}}",
+                    "{{task_type}} next gate",
+                    "B",
+                    instant=True,
+                )
+            )
+        )
+    )

@@ -1,0 +1,167 @@
+"""The *Pipeline health* dashboard (``shadow-pipeline-health``): ingest rate by source,
+agent latency p50/p95/p99, agent errors, cost per decision and per day, pending joins, dead
+letters by reason, Kafka consumer lag."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import stat, timeseries
+from grafana_foundation_sdk.builders.dashboard import Dashboard, Row
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+
+from dashboards.panels import TASK, link, query, variables
+
+__all__ = ["pipeline_health"]
+
+
+def pipeline_health() -> Dashboard:
+    return (
+        Dashboard("Shadow sidecar / Pipeline health")
+        .uid("shadow-pipeline-health")
+        .description("Ingest, agent calls, cost, joins, dead letters and Kafka lag.")
+        .tags(["shadow-sidecar"])
+        .time("now-6h", "now")
+        .refresh("1m")
+        .timezone(common.TimeZoneUtc)
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .variables(variables(with_version=False))  # type: ignore[arg-type]
+        .link(link("Agreement", "shadow-agreement"))
+        .with_row(Row("Ingest and agent"))
+        .with_panel(
+            timeseries.Panel()
+            .title("Ingest rate by source")
+            .unit("reqps")
+            .span(12)
+            .height(8)
+            .with_target(
+                query(
+                    f"sum by (source) (source_task_type:shadow_events:rate5m{{{TASK}}})",
+                    "events {{source}}",
+                    "A",
+                )
+            )
+            .with_target(query("source:shadow_outcomes:rate5m", "outcomes {{source}}", "B"))
+        )
+        .with_panel(
+            timeseries.Panel()
+            .title("Agent latency p50 / p95 / p99")
+            .unit("s")
+            .span(12)
+            .height(8)
+            .with_target(
+                query(
+                    f"task_type:shadow_agent_latency_seconds:p50_5m{{{TASK}}}",
+                    "{{task_type}} p50",
+                    "A",
+                )
+            )
+            .with_target(
+                query(
+                    f"task_type:shadow_agent_latency_seconds:p95_5m{{{TASK}}}",
+                    "{{task_type}} p95",
+                    "B",
+                )
+            )
+            .with_target(
+                query(
+                    f"task_type:shadow_agent_latency_seconds:p99_5m{{{TASK}}}",
+                    "{{task_type}} p99",
+                    "C",
+                )
+            )
+        )
+        .with_panel(
+            timeseries.Panel()
+            .title("Agent errors")
+            .description("Failed agent calls per second, and their share of all calls.")
+            .unit("reqps")
+            .span(12)
+            .height(8)
+            .with_target(
+                query(
+                    'sum by (task_type) (rate(shadow_agent_calls_total{result="error", '
+                    f"{TASK}}}[$__rate_interval]))",
+                    "{{task_type}} errors/s",
+                    "A",
+                )
+            )
+            .with_target(
+                query(
+                    f"task_type:shadow_agent_errors:ratio_rate5m{{{TASK}}}",
+                    "{{task_type}} error ratio",
+                    "B",
+                )
+            )
+            .with_target(query("shadow_agent_breaker_open", "breaker open", "C"))
+        )
+        .with_panel(
+            stat.Panel()
+            .title("Cost per decision")
+            .unit("currencyUSD")
+            .decimals(4)
+            .span(6)
+            .height(8)
+            .with_target(
+                query(
+                    f"task_type:shadow_agent_cost_usd_per_decision:ratio_rate5m{{{TASK}}}",
+                    "{{task_type}}",
+                    "A",
+                )
+            )
+        )
+        .with_panel(
+            stat.Panel()
+            .title("Cost per day")
+            .unit("currencyUSD")
+            .decimals(2)
+            .span(6)
+            .height(8)
+            .with_target(
+                query(
+                    f"task_type:shadow_agent_cost_usd:increase1d{{{TASK}}}",
+                    "{{task_type}}",
+                    "A",
+                )
+            )
+        )
+        .with_row(Row("Joins, dead letters, Kafka"))
+        .with_panel(
+            timeseries.Panel()
+            .title("Pending joins")
+            .unit("short")
+            .span(8)
+            .height(8)
+            .with_target(query("shadow_pending_joins", "{{waiting_for}}", "A"))
+        )
+        .with_panel(
+            timeseries.Panel()
+            .title("Dead letters by reason")
+            .draw_style(common.GraphDrawStyle.BARS)
+            .unit("short")
+            .span(8)
+            .height(8)
+            .with_target(
+                query(
+                    "sum by (source, reason) "
+                    "(increase(shadow_dead_letters_total[$__rate_interval]))",
+                    "{{source}} {{reason}}",
+                    "A",
+                )
+            )
+        )
+        .with_panel(
+            timeseries.Panel()
+            .title("Kafka consumer lag")
+            .description("Messages behind the end of each topic partition.")
+            .unit("short")
+            .span(8)
+            .height(8)
+            .with_target(
+                query(
+                    "sum by (topic, partition) (shadow_kafka_consumer_lag_messages)",
+                    "{{topic}}/{{partition}}",
+                    "A",
+                )
+            )
+        )
+    )
