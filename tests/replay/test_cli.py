@@ -336,3 +336,16 @@ async def test_sigint_writes_a_consistent_partial_report(
     assert doc["run"]["agent_calls"] - doc["run"]["failed_calls"] >= 20
     assert "PARTIAL" in stdout
     assert "PARTIAL: interrupted run" in html.read_text()
+
+
+def test_bad_parquet_history_exits_2_naming_row_and_column(
+    capsys: pytest.CaptureFixture[str], policy_file: Path, tmp_path: Path
+) -> None:
+    from tests.replay.conftest import write_parquet
+
+    rows = [{k: v for k, v in r.items() if k != "task_type"} for r in data.records()[:4]]
+    path = write_parquet(tmp_path / "h.parquet", rows)
+    code, _, err = replay(capsys, path, CANDIDATE, policy_file, "--no-cache")
+    assert code == 2
+    # Cases are read in event_id order: rf-058 (its event is row 4 of the file) comes first.
+    assert "h.parquet: row 4, column task_type: required" in one_error(err)
