@@ -6,7 +6,7 @@ never the reverse: ``shadow``'s CLI finds ``shadow replay`` through the ``shadow
 entry point. The stages, one module each:
 
 - :mod:`replay.history` reads a history file (sidecar DuckDB, Parquet, JSONL) and keeps the
-  response cache (the only module importing duckdb);
+  response cache (the only module importing duckdb); :mod:`replay.jsonl` reads JSONL;
 - :mod:`replay.cache` answers events from the cache, else from the agent;
 - :mod:`replay.runner` scores every selected case with the live sidecar's rules;
 - :mod:`replay.report`, :mod:`replay.gate`, :mod:`replay.document` build the report, the

@@ -30,6 +30,10 @@ Errors
 
 The cache (:class:`ResponseCache`) keeps each successful agent answer under
 ``(agent_key, request_hash)``; see :mod:`replay.cache` for what the key means.
+
+Longer than our ~600-line guide on purpose (like :mod:`shadow.store`): keeping every DuckDB
+call in one module, on its own threads, outweighs splitting it. JSONL, which needs no
+DuckDB, is read by :mod:`replay.jsonl`.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from typing import Any, Literal, ParamSpec, Self, TypeVar
 import duckdb
 
 from replay.errors import HistoryError
+from replay.jsonl import read_jsonl
 from replay.model import Case, Selection
 from shadow.errors import ValidationError
 from shadow.model import Outcome, ShadowDecision, WorkEvent, as_actions
@@ -193,7 +198,7 @@ class History:
 
     def _open(self) -> None:
         if self.format == "jsonl":
-            self._jsonl = _read_jsonl(self.path, self.stats)
+            self._jsonl = read_jsonl(self.path, self.stats)
             self.total = sum(
                 1
                 for c in self._jsonl
@@ -495,70 +500,6 @@ def _stored_case(row: tuple[Any, ...]) -> Case:
 def _chunks(items: list[Case], size: int) -> Iterator[list[Case]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def _read_jsonl(path: Path, stats: HistoryStats) -> list[Case]:
-    """Every case of a JSONL history, validated whole (all problems, up to 10, at once)."""
-    events: dict[str, WorkEvent] = {}
-    outcomes: dict[str, tuple[datetime | None, int, Outcome]] = {}
-    errors: list[str] = []
-    try:
-        f = path.open("rb")
-    except OSError as exc:
-        raise HistoryError(f"cannot read history {path}: {exc.strerror or exc}") from None
-    with f:
-        for number, raw in enumerate(f, start=1):
-            if len(errors) >= _MAX_ERRORS:
-                break
-            if not raw.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(raw)
-            except ValueError as exc:
-                errors.append(f"{where}: invalid JSON: {exc}")
-                continue
-            kind = obj.get("kind") if isinstance(obj, dict) else None
-            if not isinstance(obj, dict):
-                errors.append(
-                    f"{where}: expected a JSON object with a kind, got {type(obj).__name__}"
-                )
-            elif kind == "event":
-                try:
-                    event = WorkEvent.from_json(obj)
-                except ValidationError as exc:
-                    errors.extend(f"{where}: {e}" for e in exc.errors)
-                    continue
-                stats.events += 1
-                events.setdefault(event.event_id, event)
-            elif kind == "outcome":
-                try:
-                    outcome = Outcome.from_json(obj)
-                except ValidationError as exc:
-                    errors.extend(f"{where}: {e}" for e in exc.errors)
-                    continue
-                stats.outcomes += 1
-                ts = outcome.decided_at_ts
-                old = outcomes.get(outcome.event_id)
-                if old is None or _later(ts, number, old[0], old[1]):
-                    outcomes[outcome.event_id] = (ts, number, outcome)
-            elif kind is None:
-                errors.append(f'{where}: kind: required; expected "event" or "outcome"')
-            else:
-                errors.append(f'{where}: kind: expected "event" or "outcome", got {kind!r}')
-    if errors:
-        raise HistoryError("\n".join(errors[:_MAX_ERRORS]))
-    cases = [Case(e, outcomes[i][2]) for i, e in sorted(events.items()) if i in outcomes]
-    stats.cases = len(cases)
-    stats.without_outcome = len(events) - len(cases)
-    stats.outcomes_without_event = sum(1 for i in outcomes if i not in events)
-    return cases
-
-
-def _later(ts: datetime | None, line: int, old_ts: datetime | None, old_line: int) -> bool:
-    if ts is None or old_ts is None:
-        return old_ts is None and (ts is not None or line > old_line)
-    return ts > old_ts or (ts == old_ts and line > old_line)
 
 
 # -- the response cache -------------------------------------------------------------------------

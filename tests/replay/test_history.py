@@ -258,3 +258,28 @@ async def test_replay_evidence_is_kept_apart_from_live_evidence(tmp_path: Path) 
         audit = await store.audit_log(task_type="refund")
         assert [e.action for _, e in audit] == ["replay_evidence"]
         assert audit[0][1].evidence["source"] == "replay"
+
+
+async def test_a_file_held_by_another_process_is_refused_clearly(tmp_path: Path) -> None:
+    import asyncio
+    import sys
+
+    db = await write_sidecar_history(tmp_path / "busy.duckdb")
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('open', flush=True); "
+        "time.sleep(60)",
+        str(db),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 30) == b"open\n"
+        with pytest.raises(
+            HistoryError, match=r"another process \(a running sidecar\?\) has it open"
+        ):
+            await read_all(db)
+    finally:
+        holder.kill()
+        await holder.wait()
