@@ -119,6 +119,7 @@ class CachedAgent:
         self._confirmed = declared_version is not None
         self._used_unconfirmed = False
         self._restarted = False
+        self._pending: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Learn the version the cached answers were given by (the expectation)."""
@@ -135,6 +136,7 @@ class CachedAgent:
         self, events: Sequence[WorkEvent], stop: asyncio.Event | None = None
     ) -> list[ShadowDecision | None]:
         hashes = [request_hash(e) for e in events]
+        await self.flush()  # the previous batch's answers are on disk before any new call
         cached = {} if self.refresh else await self.cache.get(self.key, hashes)
         out: list[ShadowDecision | None] = [None] * len(events)
         todo = self._use_hits(cached, hashes, out)
@@ -146,10 +148,11 @@ class CachedAgent:
                 self._restarted = True
                 raise VersionChanged(f"agent now answers as {self.expected}, cache had {before}")
             # Hits of this batch from the old version are not the agent's answers now.
+            asked = set(todo)
             redo = [
                 i
                 for i, d in enumerate(out)
-                if d is not None and i not in todo and d.agent_version != self.expected
+                if d is not None and i not in asked and d.agent_version != self.expected
             ]
             for i in redo:
                 out[i] = None
@@ -225,8 +228,17 @@ class CachedAgent:
                 else:
                     workers.result()
         finally:
-            # Answers already paid for are kept even when the batch is cut short.
-            await asyncio.shield(self.cache.put(self.key, fresh, now=self.now()))
+            # Answers already paid for are kept even when the batch is cut short. The write
+            # runs while the caller scores the batch; the next call to ``answers`` (or
+            # ``flush``) waits for it before asking the agent anything.
+            await self.flush()
+            self._pending = asyncio.ensure_future(self.cache.put(self.key, fresh, now=self.now()))
+
+    async def flush(self) -> None:
+        """Wait until every answer received so far is committed to the cache."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await asyncio.shield(pending)
 
     def _observe(self, d: ShadowDecision) -> None:
         if self.declared is not None:

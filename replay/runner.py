@@ -47,6 +47,9 @@ class AnswerSource(Protocol):
         self, events: Sequence[WorkEvent], stop: asyncio.Event | None = None
     ) -> list[ShadowDecision | None]: ...
 
+    async def flush(self) -> None:
+        """Wait until the answers handed out are durable (if the source keeps any)."""
+
 
 class StoreAnswers:
     """The decisions one agent version made live, read from the sidecar's DuckDB history:
@@ -61,6 +64,9 @@ class StoreAnswers:
     ) -> list[ShadowDecision | None]:
         found = await self.history.stored_decisions(self.version, [e.event_id for e in events])
         return [found.get(e.event_id) for e in events]
+
+    async def flush(self) -> None:
+        return None
 
 
 @dataclass(slots=True)
@@ -130,6 +136,7 @@ class ReplayRunner:
                     complete = False
                     break
         finally:
+            await self.source.flush()
             if not ahead.done():
                 ahead.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
