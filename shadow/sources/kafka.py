@@ -155,8 +155,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self._source._delivering:
             pass
         for tp in revoked:
-            with contextlib.suppress(KeyError):
-                self._source._metrics_lag().remove(tp.topic, str(tp.partition))
+            self._source._forget_lag(tp)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         parts = sorted((tp.topic, tp.partition) for tp in assigned)
@@ -193,6 +192,7 @@ class KafkaSource:
         self._paused = False
         self._next_check = 0.0
         self._estimate = 0  # upper bound of stored events awaiting the agent
+        self._lagging: set[TopicPartition] = set()  # partitions with a lag gauge
         self._next_lag = 0.0
         self._closing = asyncio.Event()
         self._health: asyncio.Task[None] | None = None
@@ -302,9 +302,6 @@ class KafkaSource:
                 except (KafkaError, TimeoutError) as e:
                     self._set_connected(False, f"broker unreachable ({e or type(e).__name__})")
             await asyncio.sleep(interval)
-
-    def _metrics_lag(self) -> Any:
-        return self._pipeline.metrics.kafka_lag
 
     def _consumer_or_fail(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -459,3 +456,12 @@ class KafkaSource:
             except (KafkaError, TimeoutError):
                 continue
             gauge.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+            self._lagging.add(tp)
+        # A rebalance during the awaits above may have taken partitions away.
+        for tp in self._lagging - consumer.assignment():
+            self._forget_lag(tp)
+
+    def _forget_lag(self, tp: TopicPartition) -> None:
+        self._lagging.discard(tp)
+        with contextlib.suppress(KeyError):
+            self._pipeline.metrics.kafka_lag.remove(tp.topic, str(tp.partition))

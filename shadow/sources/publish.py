@@ -9,8 +9,9 @@
   ``event_id``. Value: :func:`comparison_json`.
 - **Autonomy** (``kafka_autonomy_topic``, create it with ``cleanup.policy=compact``): one
   record per task type whose ladder state changed, key = task type, value
-  :func:`ladder_json`. Every start re-publishes the current state of every task type, so a
-  publish lost in a crash is repaired by the next start.
+  :func:`ladder_json` (never from ``kafka_role=replica``). Every start re-publishes the
+  current state of every task type, so a publish lost in a crash is repaired by the next
+  start.
 - **Dead letters** (``kafka_dead_letter_topic``): the poison message as it came, same key,
   with headers ``shadow-reason``, ``shadow-topic``, ``shadow-partition``, ``shadow-offset``.
 
@@ -218,7 +219,9 @@ class KafkaPublisher:
 
     async def _publish_ladder(self) -> None:
         topic = self._settings.kafka_autonomy_topic
-        if topic is None or self._producer is None:
+        # A replica's ladder is not the ladder: only standalone sidecars and the promoter
+        # publish levels.
+        if topic is None or self._producer is None or self._settings.kafka_role == "replica":
             return
         for name, value in list(self._states.items()):
             if self._published_states.get(name) == value:
@@ -290,8 +293,10 @@ class ComparisonFollower:
                         log.warning("skipping a malformed comparison at offset %d: %s", m.offset, e)
             store = self._pipeline.store
             now = self._pipeline.clock()
-            await store.put_comparisons(comparisons, now=now, actor="kafka")
+            # Marked first: the outbox must never see them as this sidecar's own to publish
+            # (a crash in between re-reads the batch, which was not committed yet).
             await store.mark_published(comparisons, now=now)
+            await store.put_comparisons(comparisons, now=now, actor="kafka")
             self.imported += len(comparisons)
             with contextlib.suppress(KafkaError):
                 await consumer.commit({tp: ms[-1].offset + 1 for tp, ms in fetched.items() if ms})
