@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry
 
 from shadow.api import PIPELINE, REGISTRY
 from shadow.app import build_app
-from shadow.config import Settings
+from shadow.config import load_settings
 from shadow.policy import parse_policy
 from tests.kafka_broker import Broker, broker_binary
 
@@ -145,7 +145,7 @@ async def raw_round(broker: Broker, group: str, total: int) -> float:
 
 
 async def sidecar_round(broker: Broker, group: str, n: int, db: Path) -> float:
-    settings = Settings(
+    settings = load_settings(
         db=str(db),
         agent=AGENT_SPEC,
         source=[f"kafka://{broker.bootstrap}?events=ev&outcomes=oc&group={group}"],
