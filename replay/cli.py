@@ -177,7 +177,9 @@ async def _replay(args: argparse.Namespace, console: Console) -> int:
     baseline_doc = load_report(args.baseline) if args.baseline else None
     transport = load_agent(args.agent, timeout=args.timeout)
     stop = asyncio.Event()
-    err = console.__class__(stderr=True)
+    from rich.console import Console as RichConsole
+
+    err = RichConsole(stderr=True)  # the progress bar; stdout stays for the report
     started_at = datetime.now(UTC)
     t0 = time.monotonic()
     cache_path = ":memory:" if args.no_cache else args.cache
