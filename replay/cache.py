@@ -118,7 +118,6 @@ class CachedAgent:
         self.expected: str | None = declared_version
         self._confirmed = declared_version is not None
         self._used_unconfirmed = False
-        self._restarted = False
         self._pending: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
@@ -143,21 +142,12 @@ class CachedAgent:
         before = self.expected
         first_live = not self._confirmed
         await self._call(events, hashes, todo, out, stop)
-        if first_live and self._confirmed and self.expected != before and before is not None:
-            if self._used_unconfirmed and not self._restarted:
-                self._restarted = True
-                raise VersionChanged(f"agent now answers as {self.expected}, cache had {before}")
-            # Hits of this batch from the old version are not the agent's answers now.
-            asked = set(todo)
-            redo = [
-                i
-                for i, d in enumerate(out)
-                if d is not None and i not in asked and d.agent_version != self.expected
-            ]
-            for i in redo:
-                out[i] = None
-                self.stats.hits -= 1
-            await self._call(events, hashes, redo, out, stop)
+        changed = first_live and self._confirmed and before is not None
+        if changed and self.expected != before and self._used_unconfirmed:
+            # Cached answers of the old version were used (in this batch or before): score
+            # everything again under the new one. Only the first fresh answer can trigger
+            # this, so it happens at most once per run.
+            raise VersionChanged(f"agent now answers as {self.expected}, cache had {before}")
         return out
 
     def _use_hits(
