@@ -54,10 +54,11 @@ async def read_all(broker: Broker, topic: str, want: int) -> list[Any]:
     out: list[Any] = []
     try:
         for _ in range(300):
-            for messages in (await consumer.getmany(timeout_ms=200)).values():
+            fetched = await consumer.getmany(timeout_ms=300)
+            for messages in fetched.values():
                 out.extend(messages)
-            if len(out) >= want:
-                break
+            if len(out) >= want and not fetched:
+                break  # at least ``want``, and the topic has nothing more right now
     finally:
         await consumer.stop()
     return out
@@ -152,3 +153,70 @@ async def test_two_replicas_compare_each_event_once_and_promote_like_one(
         return latest == levels
 
     await wait_for(topic_has_levels, "the autonomy topic to carry the promoter's levels")
+
+
+async def test_a_replica_joining_mid_stream_never_double_counts(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    """A rebalance in the middle of the stream: replica B joins while A holds open joins from
+    the first half, and the second half arrives after the partitions moved. The promoter's
+    evidence holds each compared event once, with the agent's exact verdicts. Joins split by
+    the move (event on one replica, outcome on the other) do not complete (docs/kafka.md,
+    known limits); the test accounts for every one of them in the pending-join counts."""
+    await broker.create_topics({"ev": PARTITIONS, "oc": PARTITIONS, "cmp": 3})
+    common: dict[str, Any] = {
+        "agent": AGENT_SPEC,
+        "kafka_health_interval": 0.2,
+        "kafka_comparisons_topic": "cmp",
+        "batch_size": 100,
+    }
+    a = await sidecar(
+        policy=POLICY, source=[source(broker, "grp")], kafka_role="promoter", **common
+    )
+    events, outcomes = shuffled_with_duplicates(range(N), seed=5)
+    half_e, half_o = len(events) // 2, len(outcomes) // 2
+    await broker.produce_json("ev", events[:half_e])
+    await broker.produce_json("oc", outcomes[:half_o])
+
+    async def started() -> bool:
+        return await a.pipeline.store.count("comparisons") > 0
+
+    await wait_for(started, "the promoter to compare alone first")
+    b = await sidecar(policy=POLICY, source=[source(broker, "grp")], kafka_role="replica", **common)
+
+    async def moved() -> bool:
+        return len(await assigned(b)) == PARTITIONS and len(await assigned(a)) == PARTITIONS
+
+    await wait_for(moved, "half of the partitions to move to B")
+    await broker.produce_json("ev", events[half_e:])
+    await broker.produce_json("oc", outcomes[half_o:])
+
+    async def quiet() -> bool:
+        lags = [
+            v
+            for sc in (a, b)
+            for (name, _), v in (await sc.metrics()).items()
+            if name == "shadow_kafka_consumer_lag_messages"
+        ]
+        return len(lags) == 2 * PARTITIONS and not any(lags)
+
+    await wait_for(quiet, "both replicas to read everything")
+    await a.pipeline.drain()
+    await b.pipeline.drain()
+    published = {m.key.decode() for m in await read_all(broker, "cmp", 1)}
+
+    async def folded() -> bool:
+        return await a.pipeline.store.count("comparisons") == len(published)
+
+    await wait_for(folded, "the promoter to fold every published comparison")
+    compared = sorted(int(k.removeprefix("cr-")) for k in published)
+    assert 0 < await b.pipeline.store.count("decisions")
+    assert observed(await a.agreement()) == expected(compared)
+    # Every event not compared is a split join, visible (not lost) as a decision waiting for
+    # its outcome on one replica and that outcome waiting for its event on the other. (More
+    # may wait: a duplicate record that landed on the other side of the move.)
+    pa, pb = await a.pipeline.store.pending(), await b.pipeline.store.pending()
+    split = N - len(compared)
+    assert split <= pa["awaiting_outcome"] + pb["awaiting_outcome"]
+    assert split <= pa["awaiting_event"] + pb["awaiting_event"]
+    assert pa["awaiting_agent"] == pb["awaiting_agent"] == 0
