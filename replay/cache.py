@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -38,7 +40,7 @@ from typing import Any
 
 from replay.history import ResponseCache
 from shadow.agent import AgentRunner
-from shadow.model import ShadowDecision, WorkEvent, content_hash
+from shadow.model import ShadowDecision, WorkEvent
 
 __all__ = ["CachedAgent", "RateLimiter", "VersionChanged", "agent_key", "request_hash"]
 
@@ -51,11 +53,28 @@ def agent_key(spec: str, declared_version: str | None = None) -> str:
     return f"version:{declared_version}" if declared_version else f"spec:{spec.strip()}"
 
 
-def request_hash(event: WorkEvent) -> str:
-    """Hash of what the agent receives for ``event`` (its payload already redacted)."""
-    return content_hash(
+# ``shadow.model.canonical_json`` with the encoder built once instead of per call (a test
+# checks that both give the same hashes).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def canonical_request(event: WorkEvent) -> str:
+    """The canonical JSON of what the agent receives for ``event`` (payload already
+    redacted): ``{event_id, task_type, payload}``, as :func:`shadow.model.canonical_json`."""
+    return _CANONICAL(
         {"event_id": event.event_id, "task_type": event.task_type, "payload": event.payload}
     )
+
+
+def hash_text(canonical: str) -> str:
+    """:func:`shadow.model.content_hash` of a value, from its canonical JSON."""
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def request_hash(event: WorkEvent) -> str:
+    """Hash of what the agent receives for ``event`` (its payload already redacted): the
+    :func:`shadow.model.content_hash` of ``{event_id, task_type, payload}``."""
+    return hash_text(canonical_request(event))
 
 
 class RateLimiter:
@@ -74,6 +93,10 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next = 0.0
+
+    @property
+    def limited(self) -> bool:
+        return bool(self._gap)
 
     async def acquire(self) -> None:
         if not self._gap:
@@ -132,16 +155,26 @@ class CachedAgent:
         self._used_unconfirmed = False
 
     async def answers(
-        self, events: Sequence[WorkEvent], stop: asyncio.Event | None = None
+        self,
+        events: Sequence[WorkEvent],
+        stop: asyncio.Event | None = None,
+        *,
+        texts: Sequence[str] | None = None,
+        handover: bool = False,
     ) -> list[ShadowDecision | None]:
-        hashes = [request_hash(e) for e in events]
+        """``texts``: the events' :func:`canonical_request` when the caller has them;
+        ``handover``: the caller never reads the events' payloads again, so an in-process
+        agent may get them without a copy (:meth:`shadow.agent.AgentRunner.decide_batch`)."""
+        if texts is None:
+            texts = [canonical_request(e) for e in events]
+        hashes = [hash_text(t) for t in texts]
         await self.flush()  # the previous batch's answers are on disk before any new call
         cached = {} if self.refresh else await self.cache.get(self.key, hashes)
         out: list[ShadowDecision | None] = [None] * len(events)
         todo = self._use_hits(cached, hashes, out)
         before = self.expected
         first_live = not self._confirmed
-        await self._call(events, hashes, todo, out, stop)
+        await self._call(events, hashes, todo, out, stop, handover)
         changed = first_live and self._confirmed and before is not None
         if changed and self.expected != before and self._used_unconfirmed:
             # Cached answers of the old version were used (in this batch or before): score
@@ -174,33 +207,49 @@ class CachedAgent:
         todo: list[int],
         out: list[ShadowDecision | None],
         stop: asyncio.Event | None,
+        handover: bool,
     ) -> None:
         if not todo:
             return
-        queue = iter(todo)
         fresh: list[tuple[str, ShadowDecision]] = []
 
-        async def worker() -> None:
-            for i in queue:
-                if stop is not None and stop.is_set():
-                    return
-                await self.limiter.acquire()
-                self.stats.calls += 1
-                d = await self.runner.decide(events[i])
-                if d.error is None:
-                    fresh.append((hashes[i], d))
-                    self._observe(d)
-                else:
-                    self.stats.failed += 1
-                    if self.expected is not None:
-                        # Errors count against the version the run is about, whichever
-                        # answer the runner happened to see last.
-                        d = replace(d, agent_version=self.expected)
-                out[i] = d
+        def got(i: int, d: ShadowDecision) -> None:
+            self.stats.calls += 1
+            if d.error is None:
+                fresh.append((hashes[i], d))
+                self._observe(d)
+            else:
+                self.stats.failed += 1
+                if self.expected is not None:
+                    # Errors count against the version the run is about, whichever
+                    # answer the runner happened to see last.
+                    d = replace(d, agent_version=self.expected)
+            out[i] = d
 
-        workers = asyncio.gather(
-            *(worker() for _ in range(min(self.runner.concurrency, len(todo))))
-        )
+        if self.limiter.limited:
+            queue = iter(todo)
+
+            async def worker() -> None:
+                for i in queue:
+                    if stop is not None and stop.is_set():
+                        return
+                    await self.limiter.acquire()
+                    got(i, await self.runner.decide(events[i]))
+
+            workers: asyncio.Future[Any] = asyncio.gather(
+                *(worker() for _ in range(min(self.runner.concurrency, len(todo))))
+            )
+        else:
+            # One batch call: for in-process agents far less work per call (see
+            # shadow.agent.AgentRunner.decide_batch); each answer arrives through ``got``.
+            workers = asyncio.ensure_future(
+                self.runner.decide_batch(
+                    [events[i] for i in todo],
+                    done=lambda k, d: got(todo[k], d),
+                    stop=stop.is_set if stop is not None else None,
+                    handover=handover,
+                )
+            )
         try:
             if stop is None:
                 await workers

@@ -418,7 +418,7 @@ class History:
         except duckdb.Error as exc:
             raise self._translate(exc) from None
         if self.format == "duckdb":
-            return [_stored_case(r) for r in rows]
+            return _stored_cases(rows)
         return [self._parquet_case(r) for r in rows]
 
     def _parquet_case(self, row: tuple[Any, ...]) -> Case:
@@ -488,13 +488,25 @@ def _row_error(path: Path, row: object, exc: ValidationError) -> HistoryError:
     return HistoryError("\n".join(lines[:_MAX_ERRORS]))
 
 
-def _stored_case(row: tuple[Any, ...]) -> Case:
-    """A case from the sidecar's own tables (validated when they were ingested)."""
-    _, _, eid, tt, payload, occurred, segment, decision, actions, by, at = row
-    event = WorkEvent(eid, tt, json.loads(payload), occurred, segment)
-    acts = () if actions == "[]" else as_actions(json.loads(actions))
-    outcome = Outcome(eid, json.loads(decision), acts, by, at)
-    return Case(event, outcome)
+def _json_column(texts: Sequence[str]) -> list[Any]:
+    """Every JSON text of a column in one parse (one call into the C decoder per batch)."""
+    return json.loads("[" + ",".join(texts) + "]") if texts else []
+
+
+def _stored_cases(rows: Sequence[tuple[Any, ...]]) -> list[Case]:
+    """Cases from the sidecar's own tables (validated when they were ingested)."""
+    payloads = _json_column([r[4] for r in rows])
+    decisions = _json_column([r[7] for r in rows])
+    out = []
+    for row, payload, decision in zip(rows, payloads, decisions, strict=True):
+        _, _, eid, tt, _, occurred, segment, _, actions, by, at = row
+        acts = () if actions == "[]" else as_actions(json.loads(actions))
+        out.append(
+            Case(
+                WorkEvent(eid, tt, payload, occurred, segment), Outcome(eid, decision, acts, by, at)
+            )
+        )
+    return out
 
 
 def _chunks(items: list[Case], size: int) -> Iterator[list[Case]]:
@@ -573,7 +585,11 @@ class ResponseCache:
                 "WHERE agent_key = ? AND request_hash IN (SELECT unnest(?::VARCHAR[]))",
                 [agent_key, list(hashes)],
             ).fetchall()
-            return {h: ShadowDecision.from_stored(json.loads(body)) for h, body in rows}
+            bodies = _json_column([body for _, body in rows])
+            return {
+                h: ShadowDecision.from_stored(body)
+                for (h, _), body in zip(rows, bodies, strict=True)
+            }
 
         return await self._worker.run(q)
 
@@ -585,14 +601,16 @@ class ResponseCache:
 
         def write() -> None:
             try:
+                # The answers travel as one JSON array (one encoder call per batch), split
+                # into rows by DuckDB.
                 self._con.execute(
                     "INSERT OR REPLACE INTO replay_answers SELECT ?, unnest(?::VARCHAR[]), "
-                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[])::JSON, ?::TIMESTAMPTZ",
+                    "unnest(?::VARCHAR[]), unnest(CAST(? AS JSON[])), ?::TIMESTAMPTZ",
                     [
                         agent_key,
                         [h for h, _ in answers],
                         [d.agent_version for _, d in answers],
-                        [json.dumps(d.to_json()) for _, d in answers],
+                        json.dumps([d.to_json() for _, d in answers]),
                         now,
                     ],
                 )

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
-from replay.cache import CachedAgent, VersionChanged
+from replay.cache import CachedAgent, VersionChanged, canonical_request
 from replay.history import History, HistoryStats
 from replay.model import Case
 from replay.report import TaskStats
@@ -37,6 +39,7 @@ from shadow.store import JoinRow
 __all__ = ["AnswerSource", "ReplayResult", "ReplayRunner", "StoreAnswers"]
 
 Progress = Callable[[int], None]
+_NO_PAYLOAD: Mapping[str, Any] = MappingProxyType({})
 
 
 class AnswerSource(Protocol):
@@ -44,8 +47,17 @@ class AnswerSource(Protocol):
     answer (the run was stopped, or a stored version never answered it)."""
 
     async def answers(
-        self, events: Sequence[WorkEvent], stop: asyncio.Event | None = None
-    ) -> list[ShadowDecision | None]: ...
+        self,
+        events: Sequence[WorkEvent],
+        stop: asyncio.Event | None = None,
+        *,
+        texts: Sequence[str] | None = None,
+        handover: bool = False,
+    ) -> list[ShadowDecision | None]:
+        """``texts`` are the events' canonical request JSON
+        (:func:`replay.cache.canonical_request`); with ``handover`` the caller never reads
+        the events' payloads again (an in-process agent may keep or change them)."""
+        ...
 
     async def flush(self) -> None:
         """Wait until the answers handed out are durable (if the source keeps any)."""
@@ -60,7 +72,12 @@ class StoreAnswers:
         self.version = version
 
     async def answers(
-        self, events: Sequence[WorkEvent], stop: asyncio.Event | None = None
+        self,
+        events: Sequence[WorkEvent],
+        stop: asyncio.Event | None = None,
+        *,
+        texts: Sequence[str] | None = None,
+        handover: bool = False,
     ) -> list[ShadowDecision | None]:
         found = await self.history.stored_decisions(self.version, [e.event_id for e in events])
         return [found.get(e.event_id) for e in events]
@@ -164,9 +181,15 @@ class ReplayRunner:
                     event.segment,
                 )
             known.append((case, event))
-        answers = await self.source.answers([e for _, e in known], self.stop)
+        # The canonical request text is both the cache key's input and the runner's own
+        # copy of the (redacted) payload: the payload objects are handed to the source,
+        # which may give them to an in-process agent without copying them.
+        texts = [canonical_request(e) for _, e in known]
+        answers = await self.source.answers(
+            [e for _, e in known], self.stop, texts=texts, handover=True
+        )
         stopped = self.stop is not None and self.stop.is_set()
-        for (case, event), answer in zip(known, answers, strict=True):
+        for (case, _), text, answer in zip(known, texts, answers, strict=True):
             if answer is None:
                 if not stopped:
                     skipped["no_answer"] += 1
@@ -177,8 +200,10 @@ class ReplayRunner:
                 task = self.policy.for_task(tt)
                 assert task is not None
                 stats = tasks[tt] = TaskStats(tt, task, examples=self.examples)
-            row = JoinRow(tt, answer, case.outcome, "")
-            stats.add(case, event.payload, answer, compare(row, self._differ(tt)))
+            c = compare(JoinRow(tt, answer, case.outcome, ""), self._differ(tt))
+            # Only a critical miss shows the payload (an example): parse it back then.
+            payload = json.loads(text)["payload"] if c.critical_miss else _NO_PAYLOAD
+            stats.add(case, payload, answer, c)
         if self.progress is not None:
             self.progress(len(batch))
         return stopped

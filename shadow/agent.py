@@ -50,7 +50,7 @@ import importlib
 import inspect
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
@@ -87,6 +87,10 @@ def _kind(value: object) -> str:
     if value is None:
         return "null"
     return type(value).__name__
+
+
+def _never() -> bool:
+    return False
 
 
 def _check_timeout(timeout: float) -> float:
@@ -257,13 +261,34 @@ class CallableAgent:
     async def close(self) -> None:
         self._closed = True
 
+    @property
+    def is_async(self) -> bool:
+        return self._is_async
+
     async def call(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
+        fresh = self.fresh_copies([request])[0]
+        if isinstance(fresh, AgentError):
+            raise fresh
+        return await self.invoke(fresh)
+
+    def fresh_copies(self, requests: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """A fresh JSON copy of each request (one JSON round trip for the whole list), or the
+        :class:`AgentError` saying why that request is not JSON."""
         if self._closed:
             raise AgentError("agent is closed")
         try:
-            fresh = json.loads(json.dumps(dict(request), allow_nan=False))
-        except (TypeError, ValueError) as exc:
-            raise AgentError(f"request is not JSON: {exc}") from None
+            copies: list[Any] = json.loads(_REQUEST_JSON.encode([dict(r) for r in requests]))
+        except (TypeError, ValueError):
+            copies = []
+            for r in requests:  # find which ones are not JSON
+                try:
+                    copies.append(json.loads(_REQUEST_JSON.encode(dict(r))))
+                except (TypeError, ValueError) as exc:
+                    copies.append(AgentError(f"request is not JSON: {exc}"))
+        return copies
+
+    async def invoke(self, fresh: dict[str, Any]) -> Mapping[str, Any]:
+        """Call the agent with a request it may keep or mutate (a fresh copy)."""
         deadline = asyncio.timeout(self._timeout)
         try:
             async with deadline:
@@ -276,15 +301,141 @@ class CallableAgent:
         except Exception as exc:
             if isinstance(exc, TimeoutError) and deadline.expired():
                 raise AgentError(f"timeout after {self._timeout} s") from None
-            detail = _clip(str(exc))
-            message = f"agent raised {type(exc).__name__}" + (f": {detail}" if detail else "")
-            raise AgentError(message) from None
+            raise _raised(exc) from None
+        return self.answer(result)
+
+    async def invoke_async(self, fresh: dict[str, Any]) -> object:
+        """Await an async agent under the timeout; what it returned, unchecked.
+
+        The coroutine is stepped once right away: an agent that answers without waiting on
+        anything (nothing a timeout could interrupt) needs no timer. One that waits runs on
+        under a deadline counted from the start of the call."""
+        start = asyncio.get_running_loop().time()
+        coro = self._fn(fresh)
+        try:
+            first = coro.send(None)
+        except StopIteration as done:
+            return done.value
+        except Exception as exc:
+            raise _raised(exc) from None
+        deadline = asyncio.timeout_at(start + self._timeout)
+        try:
+            async with deadline:
+                return await _Resumed(coro, first)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise AgentError(f"timeout after {self._timeout} s") from None
+            raise _raised(exc) from None
+
+    def answers(self, results: Sequence[object]) -> list[Any]:
+        """:meth:`answer` for many results with one JSON round trip: a checked copy of each
+        dict, the :class:`AgentError` saying why not, or ``None`` for ``None``, an
+        :class:`AgentError` (passed through) or an awaitable (see :meth:`finish`)."""
+        out: list[Any] = [None] * len(results)
+        dicts: list[int] = []
+        maps: list[dict[str, Any]] = []
+        for i, r in enumerate(results):
+            if r is None or inspect.isawaitable(r):
+                continue
+            if isinstance(r, AgentError):
+                out[i] = r
+            elif not isinstance(r, Mapping):
+                out[i] = AgentError(f"agent returned {_kind(r)}, expected a dict")
+            else:
+                dicts.append(i)
+                maps.append(r if type(r) is dict else dict(r))
+        try:
+            copies = json.loads(json.dumps(maps))
+        except (TypeError, ValueError, RecursionError):
+            for i in dicts:  # find which ones are not JSON
+                try:
+                    out[i] = self.answer(results[i])
+                except AgentError as exc:
+                    out[i] = exc
+                except RecursionError as exc:
+                    out[i] = AgentError(f"agent transport raised RecursionError: {exc}")
+            return out
+        for i, copy in zip(dicts, copies, strict=True):
+            out[i] = copy
+        return out
+
+    def invoke_sync(self, fresh: dict[str, Any]) -> object:
+        """Call a sync agent on the current (worker) thread; see
+        :meth:`AgentRunner.decide_batch`. Returns what it returned, unchecked (an awaitable
+        is then awaited by :meth:`finish`). The timeout is checked after the call returns: a
+        sync call cannot be interrupted."""
+        start = time.monotonic()
+        try:
+            result = self._fn(fresh)
+        except Exception as exc:
+            raise _raised(exc) from None
+        if not inspect.isawaitable(result) and time.monotonic() - start > self._timeout:
+            raise AgentError(f"timeout after {self._timeout} s")
+        return result
+
+    async def finish(self, result: object) -> Mapping[str, Any]:
+        """:meth:`answer` of a result :meth:`invoke_sync` returned, awaiting it first (under
+        the timeout) when the sync callable handed back an awaitable."""
+        if inspect.isawaitable(result):
+            deadline = asyncio.timeout(self._timeout)
+            try:
+                async with deadline:
+                    result = await result
+            except Exception as exc:
+                if isinstance(exc, TimeoutError) and deadline.expired():
+                    raise AgentError(f"timeout after {self._timeout} s") from None
+                raise _raised(exc) from None
+        return self.answer(result)
+
+    def answer(self, result: object) -> Mapping[str, Any]:
+        """The agent's return value, checked and copied through JSON."""
         if not isinstance(result, Mapping):
             raise AgentError(f"agent returned {_kind(result)}, expected a dict")
         try:
-            return _parse_answer(json.dumps(dict(result)).encode())
+            text = json.dumps(result if type(result) is dict else dict(result))
         except (TypeError, ValueError) as exc:
             raise AgentError(f"agent returned a value that is not JSON: {exc}") from None
+        try:
+            value: dict[str, Any] = json.loads(text)
+        except RecursionError:
+            raise AgentError("invalid JSON: nested too deeply") from None
+        return value
+
+
+_REQUEST_JSON = json.JSONEncoder(allow_nan=False)
+
+
+class _Resumed:
+    """Awaits the rest of a coroutine that was stepped once (``yield from`` by hand): what
+    it yielded goes to the task driving us, what the task sends or throws goes back."""
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self._coro = coro
+        self._next = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self._coro, self._next
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+def _raised(exc: Exception) -> AgentError:
+    detail = _clip(str(exc))
+    return AgentError(f"agent raised {type(exc).__name__}" + (f": {detail}" if detail else ""))
 
 
 def _resolve(spec: str) -> Callable[..., Any]:
@@ -505,6 +656,182 @@ class AgentRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
+    async def decide_batch(
+        self,
+        events: Sequence[WorkEvent],
+        *,
+        done: Callable[[int, ShadowDecision], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+        handover: bool = False,
+    ) -> list[ShadowDecision | None]:
+        """Decisions for ``events``, in order: the verdicts :meth:`decide` gives, with far
+        less work per call for in-process agents (replay's batches).
+
+        ``done(i, d)`` runs for each decision as it is settled, so a caller that cancels the
+        batch still gets every answer already made. Events not started because ``stop()``
+        turned true (or the runner is closing) stay ``None``.
+
+        Any transport but :class:`CallableAgent` (HTTP): ``concurrency`` workers call
+        :meth:`decide`, unchanged.
+
+        :class:`CallableAgent`: the agent still gets a fresh JSON copy of each request and
+        its answer is still copied through JSON and validated, but per batch:
+
+        - the requests are copied in one JSON round trip; with ``handover=True`` the caller
+          declares the events' payloads its own to give away (objects it never reads again,
+          e.g. freshly parsed), and they are passed without a copy;
+        - *async* callables are awaited by ``concurrency`` workers holding one of the
+          runner's slots each for the batch, every call under its own timeout; *sync* ones
+          run in ``concurrency`` contiguous chunks, one worker-thread hop per chunk instead
+          of one per call (a sync call that overruns the timeout cannot be interrupted: it is
+          waited for, then counted as a timeout);
+        - the answers are copied in one JSON round trip and validated in event order;
+        - the breaker is asked once before the batch (open: every event is rejected without
+          a call); during the batch, calling stops after the failures in a row
+          (exceptions, timeouts, non-dict answers) that would open it, and the rest are
+          rejected; then the breaker learns every result in event order, so afterwards it
+          is in the state :meth:`decide` would have left it in. Answers that fail
+          validation count as failures then, not while the batch runs.
+
+        Retries never apply to in-process agents (their failures are not transport errors).
+        """
+        self._check_open()
+        out: list[ShadowDecision | None] = [None] * len(events)
+
+        def deliver(i: int, d: ShadowDecision) -> None:
+            out[i] = d
+            if done is not None:
+                done(i, d)
+
+        halted = stop if stop is not None else _never
+        width = min(self.concurrency, len(events))
+        if not width:
+            return out
+        t = self.transport
+        if not isinstance(t, CallableAgent):
+            todo = iter(range(len(events)))
+
+            async def worker() -> None:
+                for i in todo:
+                    if halted() or self._closing:
+                        return
+                    deliver(i, await self.decide(events[i]))
+
+            await asyncio.gather(*(worker() for _ in range(width)))
+            return out
+        if not self._breaker.allow():
+            for i, e in enumerate(events):
+                deliver(i, self._rejected(e))
+            return out
+        requests = [self._request(e) for e in events]
+        fresh = requests if handover else t.fresh_copies(requests)
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            await self._inproc(t, events, fresh, deliver, halted, width)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        return out
+
+    async def _inproc(
+        self,
+        t: CallableAgent,
+        events: Sequence[WorkEvent],
+        fresh: list[Any],
+        deliver: Callable[[int, ShadowDecision], None],
+        halted: Callable[[], bool],
+        width: int,
+    ) -> None:
+        n = len(events)
+        budget = max(1, self._breaker.failure_threshold - self._breaker.failures)
+        results: list[tuple[object, float, float] | None] = [None] * n
+        quit_ = [False]
+        in_a_row = [0]
+        clock = self._clock
+
+        def keep(i: int, res: object, start: float) -> None:
+            results[i] = (res, start, clock())
+            if isinstance(res, AgentError) or not isinstance(res, Mapping):
+                in_a_row[0] += 1
+                if in_a_row[0] >= budget:
+                    quit_[0] = True
+            else:
+                in_a_row[0] = 0
+
+        async def worker(todo: Iterator[int]) -> None:
+            async with self._slots:
+                for i in todo:
+                    if quit_[0] or halted() or self._closing:
+                        return
+                    start = clock()
+                    f = fresh[i]
+                    try:
+                        if isinstance(f, AgentError):
+                            raise f
+                        res = await t.invoke_async(f)
+                    except AgentError as exc:
+                        res = exc
+                    keep(i, res, start)
+
+        def chunk(lo: int, hi: int) -> None:  # on a worker thread
+            for i in range(lo, hi):
+                if quit_[0] or halted() or self._closing:
+                    return
+                start = clock()
+                f = fresh[i]
+                try:
+                    if isinstance(f, AgentError):
+                        raise f
+                    res = t.invoke_sync(f)
+                except AgentError as exc:
+                    res = exc
+                keep(i, res, start)
+
+        interrupted = False
+        try:
+            if t.is_async:
+                todo = iter(range(n))
+                await asyncio.gather(*(worker(todo) for _ in range(width)))
+            else:
+                size = -(-n // width)
+                await asyncio.gather(
+                    *(asyncio.to_thread(chunk, lo, min(lo + size, n)) for lo in range(0, n, size))
+                )
+        except BaseException:
+            interrupted = True
+            raise
+        finally:
+            quit_[0] = True  # threads stop after the call they are in
+            stopped = interrupted or halted() or self._closing
+            await self._settle_all(t, events, results, deliver, stopped)
+
+    async def _settle_all(
+        self,
+        t: CallableAgent,
+        events: Sequence[WorkEvent],
+        results: list[tuple[object, float, float] | None],
+        deliver: Callable[[int, ShadowDecision], None],
+        stopped: bool,
+    ) -> None:
+        answers = t.answers([r[0] if r is not None else None for r in results])
+        for i, got in enumerate(results):
+            if got is None:
+                if not stopped:  # calling stopped at the breaker's threshold
+                    deliver(i, self._rejected(events[i]))
+                continue
+            res, start, end = got
+            answer = answers[i]
+            if inspect.isawaitable(res):  # a sync callable handed back an awaitable
+                try:
+                    answer = await t.finish(res)
+                except AgentError as exc:
+                    answer = exc
+            reason = str(answer) if isinstance(answer, AgentError) else ""
+            ok = None if isinstance(answer, AgentError) else answer
+            deliver(i, self._settle(events[i], ok, reason, (end - start) * 1000.0))
+
     async def decide(self, event: WorkEvent) -> ShadowDecision:
         """The agent's decision for ``event``, or a failed one saying why; never raises for
         an agent problem."""
@@ -534,13 +861,17 @@ class AgentRunner:
         reason = f"circuit open: agent failed {b.failures} {times} in a row; {when}"
         return ShadowDecision.failed(event.event_id, self.version, reason, latency_ms=None)
 
-    async def _call(self, event: WorkEvent) -> ShadowDecision:
-        request = {
+    @staticmethod
+    def _request(event: WorkEvent) -> dict[str, Any]:
+        return {
             "event_id": event.event_id,
             "task_type": event.task_type,
             "payload": event.payload,
             "shadow": True,
         }
+
+    async def _call(self, event: WorkEvent) -> ShadowDecision:
+        request = self._request(event)
         start = self._clock()
         answer: Mapping[str, Any] | None = None
         reason = ""
@@ -560,7 +891,12 @@ class AgentRunner:
                 reason = f"agent transport raised {type(exc).__name__}: {_clip(str(exc))}"
                 break
             await self._sleep(self.backoff * 2**attempt)
-        latency_ms = (self._clock() - start) * 1000.0
+        return self._settle(event, answer, reason, (self._clock() - start) * 1000.0)
+
+    def _settle(
+        self, event: WorkEvent, answer: Mapping[str, Any] | None, reason: str, latency_ms: float
+    ) -> ShadowDecision:
+        """The decision for an answer (validated) or a failure; the breaker learns which."""
         if answer is not None:
             try:
                 decision = ShadowDecision.from_agent_response(
