@@ -18,7 +18,8 @@
 :class:`ComparisonFollower` runs on the one replica with ``kafka_role=promoter``: it reads
 the comparisons topic (consumer group ``<group>.promoter``), upserts every replica's
 comparisons into its own store (marked published, so they are not echoed), commits, and
-re-decides the ladder. Replicas (``kafka_role=replica``) never promote.
+re-decides the ladder; a record it cannot read becomes a dead letter (kind
+``comparison``). Replicas (``kafka_role=replica``) never promote.
 
 Publishing never slows the pipeline: observer calls only wake the publisher's task, and
 broker errors are retried with a pause (counted in ``shadow_kafka_publish_errors``).
@@ -39,13 +40,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from shadow.config import Settings
+from shadow.ingest import RAW_LIMIT, clip_raw
 from shadow.model import Comparison, FieldResult, Verdict
 from shadow.promotion import LadderState
 from shadow.sources.kafka import client_options
+from shadow.store import DeadLetter, Store
 
 if TYPE_CHECKING:
     from shadow.pipeline import Pipeline
-    from shadow.store import Store
 
 __all__ = ["ComparisonFollower", "KafkaPublisher", "comparison_from_json", "comparison_json"]
 
@@ -285,12 +287,19 @@ class ComparisonFollower:
             if not fetched:
                 continue
             comparisons: list[Comparison] = []
+            bad: list[DeadLetter] = []
             for messages in fetched.values():
                 for m in messages:
                     try:
                         comparisons.append(comparison_from_json(json.loads(m.value)))
-                    except (KeyError, ValueError, TypeError) as e:
-                        log.warning("skipping a malformed comparison at offset %d: %s", m.offset, e)
+                    except (KeyError, ValueError, TypeError, AttributeError) as e:
+                        shown = None if m.value is None else clip_raw(repr(m.value[:RAW_LIMIT]))
+                        where = f"{m.topic}[{m.partition}]@{m.offset}"
+                        reason = f"invalid comparison record: {type(e).__name__}: {e}"
+                        bad.append(
+                            DeadLetter(f"kafka:{m.topic}", "comparison", reason, shown, None, where)
+                        )
+            await self._pipeline.dead_letter(bad)
             store = self._pipeline.store
             now = self._pipeline.clock()
             # Marked first: the outbox must never see them as this sidecar's own to publish

@@ -311,3 +311,51 @@ async def _sleep() -> None:
 
 
 _ = BrokerFactory  # re-exported fixture type for the replica tests
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def test_sasl_needs_a_mechanism_and_a_user() -> None:
+    from shadow.config import Settings
+    from shadow.sources.kafka import client_options
+
+    sasl: dict[str, Any] = {"kafka_security_protocol": "SASL_SSL"}
+    settings = Settings(**sasl)
+    with pytest.raises(ConfigError, match="needs kafka_sasl_mechanism and kafka_sasl_username"):
+        client_options(settings, "h:1")
+    values: dict[str, Any] = {
+        "kafka_security_protocol": "SASL_PLAINTEXT",
+        "kafka_sasl_mechanism": "SCRAM-SHA-256",
+        "kafka_sasl_username": "shadow",
+        "kafka_sasl_password": "pw",
+        "kafka_client_id": "sidecar-7",
+    }
+    ok = Settings(**values)
+    opts = client_options(ok, "a:1,b:2")
+    assert opts["bootstrap_servers"] == ["a:1", "b:2"]
+    assert (opts["sasl_mechanism"], opts["sasl_plain_password"]) == ("SCRAM-SHA-256", "pw")
+    assert opts["client_id"] == "sidecar-7"
+
+
+async def test_replica_role_needs_a_comparisons_topic(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    await broker.create_topics({"ev": 1, "oc": 1})
+    with pytest.raises(ConfigError, match="kafka_role=replica needs kafka_comparisons_topic"):
+        await start(sidecar, broker, kafka_role="replica")
+
+
+async def test_promoter_dead_letters_an_unreadable_comparison(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    await broker.create_topics({"ev": 1, "oc": 1, "cmp": 1})
+    await broker.produce("cmp", [(b"x", b'{"event_id": "x"}'), (b"y", b"\xff")])
+    sc = await start(sidecar, broker, kafka_role="promoter", kafka_comparisons_topic="cmp")
+    store = sc.pipeline.store
+    await wait_for(lambda: _count_is(store.count("dead_letters"), 2), "two dead letters")
+    letters = await store.dead_letters()
+    assert {d["kind"] for d in letters} == {"comparison"}
+    assert {d["location"] for d in letters} == {"cmp[0]@0", "cmp[0]@1"}
+    assert any("KeyError" in d["reason"] for d in letters)
+    assert await store.count("comparisons") == 0
