@@ -220,7 +220,13 @@ class KafkaSource:
             fetch_max_bytes=max(max_fetch, 52_428_800),
         )
         try:
-            await consumer.start()
+            try:
+                await consumer.start()
+            except KafkaError as e:
+                raise ConfigError(
+                    f"Kafka source {self.spec.name}: cannot reach the broker ({e}); "
+                    "check the address and the security settings"
+                ) from None
             self.partitions = await self._check_topology(consumer)
         except BaseException:
             await consumer.stop()

@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from shadow.config import Settings
+from shadow.errors import ConfigError
 from shadow.ingest import RAW_LIMIT, clip_raw
 from shadow.model import Comparison, FieldResult, Verdict
 from shadow.promotion import LadderState
@@ -129,7 +130,13 @@ class KafkaPublisher:
             acks="all",
             max_request_size=max(1_048_576, self._settings.kafka_max_message_bytes + 65_536),
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except KafkaError as e:
+            await producer.stop()
+            raise ConfigError(
+                f"Kafka publisher kafka://{self._bootstrap}: cannot reach the broker ({e})"
+            ) from None
         self._producer = producer
         if self._settings.kafka_comparisons_topic or self._settings.kafka_autonomy_topic:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="kafka-pub")
@@ -245,8 +252,6 @@ class ComparisonFollower:
     def __init__(self, settings: Settings, bootstrap: str, group: str, pipeline: Pipeline) -> None:
         topic = settings.kafka_comparisons_topic
         if topic is None:
-            from shadow.errors import ConfigError
-
             raise ConfigError("kafka_role=promoter needs kafka_comparisons_topic")
         self._topic = topic
         self._settings = settings
