@@ -203,6 +203,14 @@ async def test_a_replica_joining_mid_stream_never_double_counts(
     await wait_for(quiet, "both replicas to read everything")
     await a.pipeline.drain()
     await b.pipeline.drain()
+
+    async def outboxes_empty() -> bool:
+        return not (
+            await a.pipeline.store.unpublished_comparisons(limit=1)
+            or await b.pipeline.store.unpublished_comparisons(limit=1)
+        )
+
+    await wait_for(outboxes_empty, "both replicas to publish every comparison")
     published = {m.key.decode() for m in await read_all(broker, "cmp", 1)}
 
     async def folded() -> bool:
