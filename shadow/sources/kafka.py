@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -59,11 +59,12 @@ if TYPE_CHECKING:
     from shadow.pipeline import Pipeline
     from shadow.sources.publish import KafkaPublisher
 
-__all__ = ["KafkaSource", "KafkaSpec", "client_options", "parse_kafka_spec"]
+__all__ = ["KafkaSource", "KafkaSpec", "client_options", "parse_kafka_spec", "rewind"]
 
 log = logging.getLogger("shadow.kafka")
 
 _POLL_MS = 200
+_RETRY_S = 1.0
 _BACKPRESSURE_CHECK_S = 0.25
 _LAG_EVERY_S = 1.0
 _SPEC_HELP = "use kafka://HOST:PORT?events=TOPIC&outcomes=TOPIC&group=GROUP"
@@ -136,6 +137,15 @@ def client_options(settings: Settings, bootstrap: str) -> dict[str, Any]:
         opts["sasl_plain_username"] = settings.kafka_sasl_username
         opts["sasl_plain_password"] = password.get_secret_value() if password else ""
     return opts
+
+
+def rewind(consumer: AIOKafkaConsumer, fetched: Mapping[TopicPartition, Any]) -> None:
+    """Seek every still-assigned partition of ``fetched`` back to its first fetched offset,
+    so an uncommitted batch whose processing failed is read again."""
+    owned = consumer.assignment()
+    for tp, messages in fetched.items():
+        if messages and tp in owned:
+            consumer.seek(tp, messages[0].offset)
 
 
 @dataclass(slots=True)
@@ -329,8 +339,15 @@ class KafkaSource:
                 await asyncio.sleep(0.5)
                 continue
             if fetched and not self._closing.is_set():
-                async with self._delivering:
-                    await self._deliver(consumer, fetched)
+                try:
+                    async with self._delivering:
+                        await self._deliver(consumer, fetched)
+                except Exception:
+                    # Store or dead-letter topic failed: nothing was committed, so read the
+                    # batch again (what was stored already comes back as duplicates).
+                    log.exception("%s: delivering a batch failed; retrying it", self.spec.name)
+                    rewind(consumer, fetched)
+                    await asyncio.sleep(_RETRY_S)
             if loop.time() >= self._next_lag:
                 self._next_lag = loop.time() + _LAG_EVERY_S
                 await self._update_lag(consumer)

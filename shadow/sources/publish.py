@@ -44,7 +44,7 @@ from shadow.errors import ConfigError
 from shadow.ingest import RAW_LIMIT, clip_raw
 from shadow.model import Comparison, FieldResult, Verdict
 from shadow.promotion import LadderState
-from shadow.sources.kafka import client_options
+from shadow.sources.kafka import client_options, rewind
 from shadow.store import DeadLetter, Store
 
 if TYPE_CHECKING:
@@ -203,6 +203,10 @@ class KafkaPublisher:
                 log.warning("publishing to Kafka failed (%s); retrying", e)
                 await asyncio.sleep(_RETRY_S)
                 self._wake.set()
+            except Exception:  # the store: the outbox is still there next time
+                log.exception("reading the comparisons outbox failed; retrying")
+                await asyncio.sleep(_RETRY_S)
+                self._wake.set()
 
     async def _publish_comparisons(self) -> None:
         topic = self._settings.kafka_comparisons_topic
@@ -291,27 +295,35 @@ class ComparisonFollower:
                 continue
             if not fetched:
                 continue
-            comparisons: list[Comparison] = []
-            bad: list[DeadLetter] = []
-            for messages in fetched.values():
-                for m in messages:
-                    try:
-                        comparisons.append(comparison_from_json(json.loads(m.value)))
-                    except (KeyError, ValueError, TypeError, AttributeError) as e:
-                        shown = None if m.value is None else clip_raw(repr(m.value[:RAW_LIMIT]))
-                        where = f"{m.topic}[{m.partition}]@{m.offset}"
-                        reason = f"invalid comparison record: {type(e).__name__}: {e}"
-                        bad.append(
-                            DeadLetter(f"kafka:{m.topic}", "comparison", reason, shown, None, where)
-                        )
-            await self._pipeline.dead_letter(bad)
-            store = self._pipeline.store
-            now = self._pipeline.clock()
-            # Marked first: the outbox must never see them as this sidecar's own to publish
-            # (a crash in between re-reads the batch, which was not committed yet).
-            await store.mark_published(comparisons, now=now)
-            await store.put_comparisons(comparisons, now=now, actor="kafka")
-            self.imported += len(comparisons)
-            with contextlib.suppress(KafkaError):
-                await consumer.commit({tp: ms[-1].offset + 1 for tp, ms in fetched.items() if ms})
-            await self._pipeline.evaluate()
+            try:
+                await self._fold(consumer, fetched)
+            except Exception:
+                log.exception("folding comparisons failed; retrying the batch")
+                rewind(consumer, fetched)
+                await asyncio.sleep(_RETRY_S)
+
+    async def _fold(self, consumer: AIOKafkaConsumer, fetched: Mapping[Any, Any]) -> None:
+        comparisons: list[Comparison] = []
+        bad: list[DeadLetter] = []
+        for messages in fetched.values():
+            for m in messages:
+                try:
+                    comparisons.append(comparison_from_json(json.loads(m.value)))
+                except (KeyError, ValueError, TypeError, AttributeError) as e:
+                    shown = None if m.value is None else clip_raw(repr(m.value[:RAW_LIMIT]))
+                    where = f"{m.topic}[{m.partition}]@{m.offset}"
+                    reason = f"invalid comparison record: {type(e).__name__}: {e}"
+                    bad.append(
+                        DeadLetter(f"kafka:{m.topic}", "comparison", reason, shown, None, where)
+                    )
+        await self._pipeline.dead_letter(bad)
+        store = self._pipeline.store
+        now = self._pipeline.clock()
+        # Marked first: the outbox must never see them as this sidecar's own to publish
+        # (a crash in between re-reads the batch, which was not committed yet).
+        await store.mark_published(comparisons, now=now)
+        await store.put_comparisons(comparisons, now=now, actor="kafka")
+        self.imported += len(comparisons)
+        with contextlib.suppress(KafkaError):
+            await consumer.commit({tp: ms[-1].offset + 1 for tp, ms in fetched.items() if ms})
+        await self._pipeline.evaluate()
