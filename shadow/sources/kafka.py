@@ -303,7 +303,8 @@ class KafkaSource:
 
     def _set_connected(self, ok: bool, problem: str) -> None:
         if ok != self._connected:
-            log.warning("%s: broker %s", self.spec.name, "reachable" if ok else problem)
+            level = logging.INFO if ok else logging.WARNING
+            log.log(level, "%s: broker %s", self.spec.name, "reachable" if ok else problem)
         self._connected, self._problem = ok, problem
         self._pipeline.metrics.kafka_connected.set(1 if ok else 0)
 
