@@ -44,7 +44,7 @@ from shadow.errors import ConfigError
 from shadow.ingest import RAW_LIMIT, clip_raw
 from shadow.model import Comparison, FieldResult, Verdict
 from shadow.promotion import LadderState
-from shadow.sources.kafka import client_options, rewind
+from shadow.sources.kafka_client import client_options, rewind
 from shadow.store import DeadLetter, Store
 
 if TYPE_CHECKING:

@@ -1,0 +1,101 @@
+"""Kafka connection pieces shared by the source, the publisher and the promoter: the
+``kafka://`` spec, the client options (security, client id), and :func:`rewind`.
+
+``parse_kafka_spec`` and ``client_options`` raise :class:`~shadow.errors.ConfigError` naming
+what is wrong; the only I/O here is loading the TLS files named in the settings.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shadow.config import Settings
+from shadow.errors import ConfigError
+
+__all__ = ["KafkaSpec", "client_options", "parse_kafka_spec", "rewind"]
+
+_SPEC_HELP = "use kafka://HOST:PORT?events=TOPIC&outcomes=TOPIC&group=GROUP"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSpec:
+    """A parsed ``kafka://`` source. ``bootstrap`` may list several ``host:port``."""
+
+    bootstrap: str
+    events: str
+    outcomes: str
+    group: str
+
+    @property
+    def name(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+
+def parse_kafka_spec(spec: str) -> KafkaSpec:
+    """``kafka://HOST:PORT[,HOST:PORT]?events=T&outcomes=T&group=G`` -> :class:`KafkaSpec`.
+    Raises :class:`ConfigError` naming what is missing or wrong."""
+    parts = urlsplit(spec)
+    if parts.scheme != "kafka" or not parts.netloc:
+        raise ConfigError(f"source {spec!r}: no broker address; {_SPEC_HELP}")
+    for hostport in parts.netloc.split(","):
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"source {spec!r}: broker {hostport!r} is not HOST:PORT")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"events", "outcomes", "group"})
+    if unknown:
+        raise ConfigError(f"source {spec!r}: unknown parameter(s) {', '.join(unknown)}")
+    values: dict[str, str] = {}
+    for key in ("events", "outcomes", "group"):
+        got = query.get(key, [])
+        if len(got) != 1 or not got[0]:
+            raise ConfigError(f"source {spec!r}: exactly one non-empty {key}= is required")
+        values[key] = got[0]
+    if values["events"] == values["outcomes"]:
+        raise ConfigError(f"source {spec!r}: events and outcomes must be different topics")
+    return KafkaSpec(parts.netloc, values["events"], values["outcomes"], values["group"])
+
+
+def client_options(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """Connection keyword arguments shared by every aiokafka client (security, client id)."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": bootstrap.split(","),
+        "client_id": settings.kafka_client_id,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+        if settings.kafka_ssl_certfile is not None:
+            context.load_cert_chain(
+                str(settings.kafka_ssl_certfile),
+                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            )
+        opts["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL"):
+        if settings.kafka_sasl_mechanism is None or settings.kafka_sasl_username is None:
+            raise ConfigError(
+                f"kafka_security_protocol {settings.kafka_security_protocol} needs "
+                "kafka_sasl_mechanism and kafka_sasl_username (SHADOW_KAFKA_SASL_*)"
+            )
+        password = settings.kafka_sasl_password
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        opts["sasl_plain_password"] = password.get_secret_value() if password else ""
+    return opts
+
+
+def rewind(consumer: AIOKafkaConsumer, fetched: Mapping[TopicPartition, Any]) -> None:
+    """Seek every still-assigned partition of ``fetched`` back to its first fetched offset,
+    so an uncommitted batch whose processing failed is read again."""
+    owned = consumer.assignment()
+    for tp, messages in fetched.items():
+        if messages and tp in owned:
+            consumer.seek(tp, messages[0].offset)
