@@ -6,7 +6,9 @@ A source never crashes on bad input: a record it cannot take becomes a
 sink's job: a source reads its next batch only after the sink has taken the previous one, so
 it never holds more than one batch.
 
-Implementations: :class:`~shadow.sources.files.FileSource` (``file:PATH.jsonl``, backfills).
+Implementations: :class:`~shadow.sources.files.FileSource` (``file:PATH.jsonl``, backfills)
+and :class:`~shadow.sources.kafka.KafkaSource` (``kafka://...``, see docs/kafka.md; it
+commits offsets only after the sink took the records).
 """
 
 from __future__ import annotations
@@ -16,9 +18,18 @@ from typing import Protocol
 
 from shadow.model import Outcome, WorkEvent
 from shadow.sources.files import FileReport, FileSource, parse_source_spec
+from shadow.sources.kafka import KafkaSource, KafkaSpec, parse_kafka_spec
 from shadow.store import DeadLetter
 
-__all__ = ["FileReport", "FileSource", "Sink", "parse_source_spec"]
+__all__ = [
+    "FileReport",
+    "FileSource",
+    "KafkaSource",
+    "KafkaSpec",
+    "Sink",
+    "parse_kafka_spec",
+    "parse_source_spec",
+]
 
 
 class Sink(Protocol):
