@@ -33,16 +33,41 @@ import asyncio
 import contextlib
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from replay.history import ResponseCache
 from shadow.agent import AgentRunner
 from shadow.model import ShadowDecision, WorkEvent
 
-__all__ = ["CachedAgent", "RateLimiter", "VersionChanged", "agent_key", "request_hash"]
+__all__ = [
+    "AnswerStore",
+    "CachedAgent",
+    "RateLimiter",
+    "VersionChanged",
+    "agent_key",
+    "request_hash",
+]
+
+
+class AnswerStore(Protocol):
+    """Where cached answers live: a :class:`~replay.history.ResponseCache` or, in a worker of
+    a sharded run, the parent's one over a pipe (:mod:`replay.shard`)."""
+
+    async def get(self, agent_key: str, hashes: Sequence[str]) -> dict[str, ShadowDecision]: ...
+
+    async def put(
+        self,
+        agent_key: str,
+        answers: Sequence[tuple[str, ShadowDecision]],
+        *,
+        now: datetime,
+        replace: bool = True,
+    ) -> None: ...
+
+    async def versions(self, agent_key: str) -> Counter[str]: ...
 
 
 class VersionChanged(Exception):
@@ -121,7 +146,7 @@ class CachedAgent:
     def __init__(
         self,
         runner: AgentRunner,
-        cache: ResponseCache,
+        cache: AnswerStore,
         *,
         spec: str,
         declared_version: str | None = None,
@@ -142,6 +167,7 @@ class CachedAgent:
         self._confirmed = declared_version is not None
         self._used_unconfirmed = False
         self._pending: asyncio.Future[None] | None = None
+        self._replace = True
 
     async def start(self) -> None:
         """Learn the version the cached answers were given by (the expectation)."""
@@ -149,6 +175,11 @@ class CachedAgent:
             versions = await self.cache.versions(self.key)
             if versions:
                 self.expected = sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+    @property
+    def confirmed(self) -> bool:
+        """A fresh answer (or ``--agent-version``) told which version the agent is."""
+        return self._confirmed
 
     def reset(self) -> None:
         """Start of a new pass (after :class:`VersionChanged`)."""
@@ -174,6 +205,9 @@ class CachedAgent:
         todo = self._use_hits(cached, hashes, out)
         before = self.expected
         first_live = not self._confirmed
+        # Rows of these hashes exist when another version answered them (or --refresh-cache
+        # skipped the lookup): only then must the write replace rows.
+        self._replace = self.refresh or any(cached.get(hashes[i]) is not None for i in todo)
         await self._call(events, hashes, todo, out, stop, handover)
         changed = first_live and self._confirmed and before is not None
         if changed and self.expected != before and self._used_unconfirmed:
@@ -271,7 +305,9 @@ class CachedAgent:
             # runs while the caller scores the batch; the next call to ``answers`` (or
             # ``flush``) waits for it before asking the agent anything.
             await self.flush()
-            self._pending = asyncio.ensure_future(self.cache.put(self.key, fresh, now=self.now()))
+            self._pending = asyncio.ensure_future(
+                self.cache.put(self.key, fresh, now=self.now(), replace=self._replace)
+            )
 
     async def flush(self) -> None:
         """Wait until every answer received so far is committed to the cache."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +58,15 @@ from replay.model import Case, Selection
 from shadow.errors import ValidationError
 from shadow.model import Outcome, ShadowDecision, WorkEvent, as_actions
 
-__all__ = ["Format", "History", "HistoryStats", "ResponseCache", "detect_format"]
+__all__ = [
+    "Format",
+    "History",
+    "HistoryStats",
+    "ResponseCache",
+    "decode_answers",
+    "detect_format",
+    "encode_answers",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -155,9 +164,19 @@ class History:
     then ``async for batch in h.batches()``. ``total`` is the number of cases before the
     time/sample/limit rules (an upper bound for progress displays)."""
 
-    def __init__(self, path: str | Path, selection: Selection | None = None, *, batch: int = 1000):
+    def __init__(
+        self,
+        path: str | Path,
+        selection: Selection | None = None,
+        *,
+        batch: int = 1000,
+        shard: tuple[int, int] | None = None,
+    ):
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard}")
+        self.shard = shard  # (k, n): only cases whose event_id hashes to k modulo n
         self.path = Path(path)
         self.selection = selection or Selection()
         self.batch = batch
@@ -199,6 +218,9 @@ class History:
     def _open(self) -> None:
         if self.format == "jsonl":
             self._jsonl = read_jsonl(self.path, self.stats)
+            if self.shard is not None:
+                k, n = self.shard
+                self._jsonl = [c for c in self._jsonl if _shard_of(c.event_id, n) == k]
             self.total = sum(
                 1
                 for c in self._jsonl
@@ -334,16 +356,20 @@ class History:
     def _cases_sql(self) -> str:
         """Columns: row numbers (event, outcome; NULL for the sidecar file), the event's
         five columns, the outcome's four, ordered by event_id."""
-        where = ""
+        rules = []
         if self.selection.task_types is not None:
-            where = " WHERE task_type IN (SELECT unnest(?::VARCHAR[]))"
+            rules.append("task_type IN (SELECT unnest(?::VARCHAR[]))")
+        if self.shard is not None:
+            # DuckDB's hash: the same in every process of one run (same DuckDB build).
+            rules.append(f"hash(event_id) % {self.shard[1]} = {self.shard[0]}")
+        where = " WHERE " + " AND ".join(rules) if rules else ""
         if self.format == "duckdb":
             return (
                 "SELECT NULL, NULL, e.event_id, e.task_type, CAST(e.payload AS VARCHAR), "
                 "e.occurred_at, e.segment, CAST(o.decision AS VARCHAR), "
                 "CAST(o.actions AS VARCHAR), o.decided_by, o.decided_at "
                 "FROM events e JOIN outcomes o ON o.event_id = e.event_id AND o.is_current"
-                + where.replace("task_type", "e.task_type")
+                + where.replace("task_type", "e.task_type").replace("(event_id)", "(e.event_id)")
                 + " ORDER BY e.event_id"
             )
         ev_cols = ", ".join(self._col(c, "ev") for c in _EVENT_COLS)
@@ -353,7 +379,7 @@ class History:
             return (
                 f"SELECT ev.file_row_number + 1, ev.file_row_number + 1, {ev_cols}, {oc_cols} "
                 "FROM src ev"
-                + where.replace("task_type", "ev.task_type")
+                + where.replace("task_type", "ev.task_type").replace("(event_id)", "(ev.event_id)")
                 + " QUALIFY row_number() OVER (PARTITION BY ev.event_id "
                 "ORDER BY ev.file_row_number) = 1 ORDER BY ev.event_id"
             )
@@ -366,7 +392,7 @@ class History:
             " = 1) "
             f"SELECT ev.file_row_number + 1, oc.file_row_number + 1, {ev_cols}, {oc_cols} "
             "FROM ev JOIN oc ON oc.event_id = ev.event_id"
-            + where.replace("task_type", "ev.task_type")
+            + where.replace("task_type", "ev.task_type").replace("(event_id)", "(ev.event_id)")
             + " ORDER BY ev.event_id"
         )
 
@@ -509,6 +535,11 @@ def _stored_cases(rows: Sequence[tuple[Any, ...]]) -> list[Case]:
     return out
 
 
+def _shard_of(event_id: str, shards: int) -> int:
+    """The shard of a JSONL case (any stable hash works: it only splits one run's work)."""
+    return zlib.crc32(event_id.encode()) % shards
+
+
 def _chunks(items: list[Case], size: int) -> Iterator[list[Case]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -526,6 +557,23 @@ CREATE TABLE IF NOT EXISTS replay_answers (
     PRIMARY KEY (agent_key, request_hash)
 )
 """
+
+
+def encode_answers(
+    answers: Sequence[tuple[str, ShadowDecision]],
+) -> tuple[list[str], list[str], str]:
+    """Hashes, versions and one JSON array of the answers (``ShadowDecision.to_json``)."""
+    return (
+        [h for h, _ in answers],
+        [d.agent_version for _, d in answers],
+        json.dumps([d.to_json() for _, d in answers]),
+    )
+
+
+def decode_answers(rows: Sequence[tuple[str, str]]) -> dict[str, ShadowDecision]:
+    """Inverse of :func:`encode_answers` for rows read back: ``{request_hash: answer}``."""
+    bodies = _json_column([body for _, body in rows])
+    return {h: ShadowDecision.from_stored(b) for (h, _), b in zip(rows, bodies, strict=True)}
 
 
 class ResponseCache:
@@ -579,45 +627,60 @@ class ResponseCache:
         return self._worker.con
 
     async def get(self, agent_key: str, hashes: Sequence[str]) -> dict[str, ShadowDecision]:
-        def q() -> dict[str, ShadowDecision]:
-            rows = self._con.execute(
+        return decode_answers(await self.get_texts(agent_key, hashes))
+
+    async def get_texts(self, agent_key: str, hashes: Sequence[str]) -> list[tuple[str, str]]:
+        """``(request_hash, answer JSON)`` of the cached ones among ``hashes``."""
+
+        def q() -> list[tuple[str, str]]:
+            return self._con.execute(
                 "SELECT request_hash, CAST(answer AS VARCHAR) FROM replay_answers "
                 "WHERE agent_key = ? AND request_hash IN (SELECT unnest(?::VARCHAR[]))",
                 [agent_key, list(hashes)],
             ).fetchall()
-            bodies = _json_column([body for _, body in rows])
-            return {
-                h: ShadowDecision.from_stored(body)
-                for (h, _), body in zip(rows, bodies, strict=True)
-            }
 
         return await self._worker.run(q)
 
     async def put(
-        self, agent_key: str, answers: Sequence[tuple[str, ShadowDecision]], *, now: datetime
+        self,
+        agent_key: str,
+        answers: Sequence[tuple[str, ShadowDecision]],
+        *,
+        now: datetime,
+        replace: bool = True,
     ) -> None:
-        if not answers:
-            return
+        """Store answers (one transaction). ``replace=False``: the caller knows none of them
+        is cached yet (it looked them up), which spares DuckDB the conflict check."""
+        if answers:
+            await self.put_texts(agent_key, *encode_answers(answers), now=now, replace=replace)
+
+    async def put_texts(
+        self,
+        agent_key: str,
+        hashes: Sequence[str],
+        versions: Sequence[str],
+        answers: str,
+        *,
+        now: datetime,
+        replace: bool = True,
+    ) -> None:
+        """Store answers given as :func:`encode_answers` gives them, in one transaction."""
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
 
         def write() -> None:
             try:
                 # The answers travel as one JSON array (one encoder call per batch), split
                 # into rows by DuckDB.
                 self._con.execute(
-                    "INSERT OR REPLACE INTO replay_answers SELECT ?, unnest(?::VARCHAR[]), "
+                    f"{verb} INTO replay_answers SELECT ?, unnest(?::VARCHAR[]), "
                     "unnest(?::VARCHAR[]), unnest(CAST(? AS JSON[])), ?::TIMESTAMPTZ",
-                    [
-                        agent_key,
-                        [h for h, _ in answers],
-                        [d.agent_version for _, d in answers],
-                        json.dumps([d.to_json() for _, d in answers]),
-                        now,
-                    ],
+                    [agent_key, list(hashes), list(versions), answers, now],
                 )
             except duckdb.Error as exc:
                 raise HistoryError(f"writing replay cache {self.path} failed: {exc}") from None
 
-        await self._worker.run(write)
+        if hashes:
+            await self._worker.run(write)
 
     async def versions(self, agent_key: str) -> Counter[str]:
         """How many cached answers each observed agent version gave under ``agent_key``."""

@@ -95,7 +95,9 @@ class TaskStats:
         self.versions: Counter[str] = Counter()
         self.latencies: array[float] = array("d")
         self.input_tokens = self.output_tokens = 0
-        self.cost_usd = 0.0
+        # Costs summed exactly (math.fsum) at the end: the total does not depend on the
+        # order answers were tallied in, so merged shards give the very same figure.
+        self.costs: array[float] = array("d")
         self._categorical = [
             (path, tuple(path.split(".")), rule.match is MatchKind.TEXT)
             for path, rule in task.compare.fields.items()
@@ -116,7 +118,8 @@ class TaskStats:
             self.latencies.append(d.latency_ms)
         self.input_tokens += d.usage.input_tokens
         self.output_tokens += d.usage.output_tokens
-        self.cost_usd += d.usage.cost_usd
+        if d.usage.cost_usd:
+            self.costs.append(d.usage.cost_usd)
         if c.verdict is Verdict.AGENT_ERROR:
             self.errors += 1
             self._example(self.error_examples, case, {"error": d.error})
@@ -173,6 +176,51 @@ class TaskStats:
             return
         bisect.insort(into, (key, {"event_id": key, **body}), key=lambda kv: kv[0])
         del into[self.examples :]
+
+    @property
+    def cost_usd(self) -> float:
+        return math.fsum(self.costs)
+
+    def merge(self, other: TaskStats) -> None:
+        """Add another tally of the same task type over *other* cases (a shard): the result
+        is what one tally over all the cases would hold."""
+        if other.name != self.name:
+            raise ValueError(f"cannot merge {other.name} into {self.name}")
+        self.n += other.n
+        self.agree += other.agree
+        self.disagree += other.disagree
+        self.critical += other.critical
+        self.errors += other.errors
+        for mine, theirs in (
+            (self.compared, other.compared),
+            (self.mismatched, other.mismatched),
+            (self.critical_fields, other.critical_fields),
+            (self.versions, other.versions),
+        ):
+            mine.update(theirs)
+        self.latencies.extend(other.latencies)
+        self.costs.extend(other.costs)
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        for path, _, _ in self._categorical:
+            labels = self._labels[path] | other._labels[path]
+            self._labels[path] = labels
+            if (
+                path in self.not_categorical
+                or path in other.not_categorical
+                or len(labels) > _TRACK_LABELS
+            ):
+                self.not_categorical.add(path)
+                self.confusion.pop(path, None)
+            else:
+                self.confusion[path].update(other.confusion[path])
+        for into, extra in (
+            (self.critical_examples, other.critical_examples),
+            (self.error_examples, other.error_examples),
+        ):
+            into.extend(extra)
+            into.sort(key=lambda kv: kv[0])
+            del into[self.examples :]
 
     @property
     def agent_version(self) -> str | None:

@@ -9,9 +9,12 @@ with SQL), then measures in the same run:
 - replay with a cold cache: every case read, redacted, sent through the real
   :class:`~shadow.agent.AgentRunner` to an async ``module:callable`` agent
   (:class:`~shadow.agent.CallableAgent`), cached, diffed under the policy and tallied;
-- replay again with the warm cache (no agent call), i.e. a resumed or repeated run.
+- replay again with the warm cache (no agent call), i.e. a resumed or repeated run;
+- the same two, sharded over ``--workers`` processes (:func:`replay.shard.run_sharded`,
+  default 2: this machine's cores), with their own cache.
 
-Goal: 1M events in under 60 s cold. Nothing is asserted: it prints one table.
+Goal: 1M events in under 60 s cold. Nothing is asserted: it prints one table, and the
+sharded report is checked to equal the single-process one (counts, fields, examples).
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ from typing import Any
 import duckdb
 
 from replay.cache import CachedAgent
+from replay.document import build_document, deterministic_view
 from replay.history import History, ResponseCache
+from replay.model import Selection
 from replay.runner import ReplayRunner
+from replay.shard import ShardJob, run_sharded
 from shadow.agent import AgentRunner, load_agent
 from shadow.policy import parse_policy
 from shadow.store import Store
@@ -113,7 +119,9 @@ def scan(path: Path, batch: int) -> int:
         con.close()
 
 
-async def replay_once(path: Path, cache: Path, batch: int, concurrency: int) -> tuple[int, Any]:
+async def replay_once(
+    path: Path, cache: Path, batch: int, concurrency: int
+) -> tuple[int, Any, Any]:
     policy = parse_policy(POLICY)
     async with (
         History(path, batch=batch) as history,
@@ -125,7 +133,38 @@ async def replay_once(path: Path, cache: Path, batch: int, concurrency: int) -> 
         )
         await source.start()
         result = await ReplayRunner(history, policy, source).run()
-    return result.scored, source.stats
+    return result.scored, source.stats, result
+
+
+async def replay_sharded(
+    path: Path, cache: Path, batch: int, concurrency: int, workers: int
+) -> tuple[int, Any, Any]:
+    job = ShardJob(
+        str(path),
+        Selection(),
+        parse_policy(POLICY),
+        AGENT,
+        cache=str(cache),
+        concurrency=concurrency,
+        batch=batch,
+    )
+    result, stats = await run_sharded(job, workers)
+    return result.scored, stats, result
+
+
+def view(result: Any) -> Any:
+    """The report's counts (no timing) for comparing two runs."""
+    return deterministic_view(
+        build_document(
+            result,
+            policy=parse_policy(POLICY),
+            agent={"spec": AGENT},
+            history="",
+            selection=Selection(),
+            alpha=0.05,
+            run={},
+        )
+    )
 
 
 def main() -> None:
@@ -133,7 +172,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="sharded runs (0: none)")
     args = parser.parse_args()
+    views = []
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         db, cache = Path(tmp) / "history.duckdb", Path(tmp) / "cache.duckdb"
         t = time.perf_counter()
@@ -145,13 +186,28 @@ def main() -> None:
         rows.append(("plain DuckDB scan (join, fetch)", scanned, time.perf_counter() - t, ""))
         for label in ("replay, cold cache", "replay, warm cache"):
             t = time.perf_counter()
-            scored, stats = asyncio.run(replay_once(db, cache, args.batch, args.concurrency))
+            scored, stats, result = asyncio.run(
+                replay_once(db, cache, args.batch, args.concurrency)
+            )
             note = f"{stats.calls} agent calls, {stats.hits} cached"
             rows.append((label, scored, time.perf_counter() - t, note))
+            views.append(view(result))
+        sharded = Path(tmp) / "sharded-cache.duckdb"
+        for label in ("cold", "warm") if args.workers else ():
+            t = time.perf_counter()
+            scored, stats, result = asyncio.run(
+                replay_sharded(db, sharded, args.batch, args.concurrency, args.workers)
+            )
+            note = f"{stats.calls} agent calls, {stats.hits} cached"
+            what = f"replay, {label}, {args.workers} processes"
+            rows.append((what, scored, time.perf_counter() - t, note))
+            views.append(view(result))
     print(f"history: {args.events:,} events in a sidecar DuckDB file (built in {built:.1f} s)")
     print(f"{'what':34} {'cases':>10} {'seconds':>9} {'cases/s':>10}  note")
     for what, n, secs, note in rows:
         print(f"{what:34} {n:>10,} {secs:>9.2f} {n / secs:>10,.0f}  {note}")
+    same = all(v == views[0] for v in views)
+    print(f"every run's report counts equal: {'yes' if same else 'NO'}")
 
 
 if __name__ == "__main__":
