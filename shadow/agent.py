@@ -753,7 +753,9 @@ class AgentRunner:
 
         def keep(i: int, res: object, start: float) -> None:
             results[i] = (res, start, clock())
-            if isinstance(res, AgentError) or not isinstance(res, Mapping):
+            if isinstance(res, AgentError) or not (
+                isinstance(res, Mapping) or inspect.isawaitable(res)
+            ):
                 in_a_row[0] += 1
                 if in_a_row[0] >= budget:
                     quit_[0] = True
