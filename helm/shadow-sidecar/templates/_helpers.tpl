@@ -23,9 +23,21 @@ from a parent chart pass the subchart's: (index .Subcharts "shadow-sidecar").
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+Scale-out (kafka.scaleOut.enabled): the promoter Deployment and the replica StatefulSet pass
+the chart context with one more key, shadowKafkaRole ("promoter" or "replica"):
+  merge (dict "shadowKafkaRole" "replica") .
+It becomes the app.kubernetes.io/component label (part of their selectors, so the two
+workloads never select each other's pods) and the container's SHADOW_KAFKA_ROLE. Without it
+(standalone, or the sidecar in your own pod) every template renders as before.
+*/}}
+
 {{- define "shadow-sidecar.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "shadow-sidecar.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- with get . "shadowKafkaRole" }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
 {{- end }}
 
 {{- define "shadow-sidecar.labels" -}}
@@ -33,7 +45,14 @@ helm.sh/chart: {{ include "shadow-sidecar.chart" . }}
 {{ include "shadow-sidecar.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- if not (get . "shadowKafkaRole") }}
 app.kubernetes.io/component: shadow-sidecar
+{{- end }}
+{{- end }}
+
+{{/* The replica StatefulSet and its headless Service (52: room for the pod ordinal). */}}
+{{- define "shadow-sidecar.replicaName" -}}
+{{- printf "%s-replica" (include "shadow-sidecar.fullname" .) | trunc 52 | trimSuffix "-" }}
 {{- end }}
 
 {{- define "shadow-sidecar.policyConfigMap" -}}
@@ -98,6 +117,20 @@ The sidecar container. Include it in a pod's `containers:` list:
           name: {{ include "shadow-sidecar.tokenSecret" . }}
           key: {{ .Values.adminToken.existingSecretKey }}
     {{- end }}
+    {{- if .Values.kafka.enabled }}
+    {{- with get . "shadowKafkaRole" }}
+    - name: SHADOW_KAFKA_ROLE
+      value: {{ . | quote }}
+    {{- end }}
+    {{- with .Values.kafka.comparisonsTopic }}
+    - name: SHADOW_KAFKA_COMPARISONS_TOPIC
+      value: {{ . | quote }}
+    {{- end }}
+    {{- with .Values.kafka.autonomyTopic }}
+    - name: SHADOW_KAFKA_AUTONOMY_TOPIC
+      value: {{ . | quote }}
+    {{- end }}
+    {{- end }}
     {{- with .Values.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -146,13 +179,15 @@ The volumes the sidecar container mounts. Include it in the pod's `volumes:` lis
     items:
       - key: policy.yaml
         path: policy.yaml
+{{- if not .Values.persistence.enabled }}
 - name: shadow-data
-  {{- if .Values.persistence.enabled }}
+  emptyDir: {}
+{{- else if ne (get . "shadowKafkaRole") "replica" }}
+{{- /* A replica's shadow-data comes from the StatefulSet's volumeClaimTemplates. */}}
+- name: shadow-data
   persistentVolumeClaim:
     claimName: {{ include "shadow-sidecar.dataClaim" . }}
-  {{- else }}
-  emptyDir: {}
-  {{- end }}
+{{- end }}
 - name: shadow-tmp
   emptyDir:
     sizeLimit: 1Gi
