@@ -356,3 +356,17 @@ def test_the_templates_refuse_scale_out_without_kafka_even_without_the_schema(
         with helm.Chart.load(chart) as loaded, pytest.raises(helm.HelmRenderError) as caught:
             loaded.render(values=values, name="shadow", namespace="ops")
         assert f"kafka.scaleOut.enabled {needs}" in str(caught.value)
+
+
+def test_install_notes_name_the_promoter_and_the_partitions_needed() -> None:
+    with helm.Chart.load(CHART) as chart:
+        notes = chart.render(values=SCALE_OUT, name="shadow", namespace="ops")[
+            "shadow-sidecar/templates/NOTES.txt"
+        ]
+        default = chart.render(values={}, name="shadow", namespace="ops")[
+            "shadow-sidecar/templates/NOTES.txt"
+        ]
+    assert "deployment/shadow-shadow-sidecar is the promoter" in notes
+    assert "statefulset/shadow-shadow-sidecar-replica runs 3 replicas" in notes
+    assert "at least 4 partitions" in notes
+    assert "scale-out" not in default
