@@ -281,6 +281,13 @@ def admin(handler: Handler) -> Handler:
         expected = token.get_secret_value().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
             return error(401, "missing or wrong admin token; send 'Authorization: Bearer <token>'")
+        if request.app[SETTINGS].kafka_role == "replica":
+            return error(
+                409,
+                "this sidecar is a Kafka replica (kafka_role=replica): autonomy levels are owned "
+                "by the promoter (kafka_role=promoter) and followed here from the autonomy "
+                "topic; send set, approve, freeze and unfreeze to the promoter's API",
+            )
         try:
             return await handler(request)
         except AutonomyError as exc:

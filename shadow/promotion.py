@@ -61,6 +61,7 @@ class Move(enum.StrEnum):
     MANUAL_SET = "manual_set"
     FREEZE = "freeze"
     UNFREEZE = "unfreeze"
+    FOLLOW = "follow"  # a Kafka replica applies the promoter's published level
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,10 @@ and the settings, hands :attr:`KafkaStack.observers` and :attr:`KafkaStack.promo
 pipeline, then enters :meth:`KafkaStack.running`, which starts (in order) the publisher,
 every source (connect + co-partitioning check: a :class:`~shadow.errors.ConfigError` here
 aborts start-up) and, with ``kafka_role=promoter``, the comparisons follower; it stops them
-in reverse. :meth:`not_ready` feeds ``/readyz``.
+in reverse. With ``kafka_role=replica`` and ``kafka_autonomy_topic`` it also starts the
+:class:`~shadow.sources.follow.AutonomyFollower`, which applies the promoter's levels to
+this replica's ladder. :meth:`not_ready` feeds ``/readyz`` (a replica is not ready until
+its follower has read the autonomy topic to the end once).
 
 The publisher uses the first source's brokers. Roles: ``standalone`` (default) and
 ``promoter`` decide the ladder; ``replica`` never does (see docs/kafka.md).
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from shadow.config import Settings
 from shadow.errors import ConfigError
+from shadow.sources.follow import AutonomyFollower
 from shadow.sources.kafka import KafkaSource, KafkaSpec
 from shadow.sources.publish import ComparisonFollower, KafkaPublisher
 
@@ -50,6 +54,7 @@ class KafkaStack:
         self.specs = list(specs)
         self.sources: list[KafkaSource] = []
         self.follower: ComparisonFollower | None = None
+        self.levels: AutonomyFollower | None = None  # a replica following the promoter
         self.publisher: KafkaPublisher | None = None
         publishes = (
             settings.kafka_comparisons_topic
@@ -81,7 +86,7 @@ class KafkaStack:
             problem = source.not_ready()
             if problem:
                 return problem
-        return None
+        return self.levels.not_ready() if self.levels is not None else None
 
     @contextlib.asynccontextmanager
     async def running(self, pipeline: Pipeline) -> AsyncIterator[KafkaStack]:
@@ -103,10 +108,15 @@ class KafkaStack:
                 )
                 await self.follower.start()
                 stack.push_async_callback(self.follower.close)
+            if self.settings.kafka_role == "replica" and self.settings.kafka_autonomy_topic:
+                self.levels = AutonomyFollower(self.settings, self.specs[0].bootstrap, pipeline)
+                await stack.enter_async_context(self.levels)
             spawn = asyncio.get_running_loop().create_task
             tasks = [spawn(_guard(s.spec.name, s.run()), name="kafka-source") for s in self.sources]
             if self.follower is not None:
                 tasks.append(spawn(_guard("promoter", self.follower.run()), name="kafka-promoter"))
+            if self.levels is not None:
+                tasks.append(spawn(_guard("follower", self.levels.run()), name="kafka-follow"))
             try:
                 yield self
             finally:

@@ -9,9 +9,11 @@
   ``event_id``. Value: :func:`comparison_json`.
 - **Autonomy** (``kafka_autonomy_topic``, create it with ``cleanup.policy=compact``): one
   record per task type whose ladder state changed, key = task type, value
-  :func:`ladder_json` (never from ``kafka_role=replica``). Every start re-publishes the
-  current state of every task type, so a publish lost in a crash is repaired by the next
-  start.
+  :func:`ladder_json` plus ``frozen`` (the global freeze flag) and ``reason`` (the audited
+  reason of the change, ``"<action> by <actor>: <reason>"``, or null); never from
+  ``kafka_role=replica``. Every start re-publishes the current state of every task type,
+  so a publish lost in a crash is repaired by the next start. Replicas follow it
+  (:mod:`shadow.sources.follow`).
 - **Dead letters** (``kafka_dead_letter_topic``): the poison message as it came, same key,
   with headers ``shadow-reason``, ``shadow-topic``, ``shadow-partition``, ``shadow-offset``.
 
@@ -236,18 +238,36 @@ class KafkaPublisher:
         # publish levels.
         if topic is None or self._producer is None or self._settings.kafka_role == "replica":
             return
-        for name, value in list(self._states.items()):
-            if self._published_states.get(name) == value:
-                continue
+        todo = [
+            (name, value)
+            for name, value in list(self._states.items())
+            if self._published_states.get(name) != value
+        ]
+        if not todo:
+            return
+        frozen = await self._store.is_frozen()
+        for name, value in todo:
+            record = {**value, "frozen": frozen, "reason": await self._reason(name, value)}
             try:
                 await self._producer.send_and_wait(
-                    topic, value=_encode(value), key=name.encode("utf-8")
+                    topic, value=_encode(record), key=name.encode("utf-8")
                 )
             except KafkaError:
                 self._metrics.kafka_publish_errors.labels("autonomy").inc()
                 raise
             self._published_states[name] = value
             self._metrics.kafka_published.labels("autonomy").inc()
+
+    async def _reason(self, name: str, value: Mapping[str, Any]) -> str | None:
+        """The audited reason of the change that produced ``value`` (same time), if any."""
+        stamp = value.get("updated_at")
+        if stamp is None:
+            return None
+        at = datetime.fromisoformat(stamp)
+        for _, entry in await self._store.audit_log(task_type=name, limit=10):
+            if entry.at == at:
+                return f"{entry.action} by {entry.actor}: {entry.reason}"
+        return None
 
 
 class ComparisonFollower:

@@ -1,0 +1,304 @@
+"""The replica's follower of the compacted autonomy topic (``kafka_role=replica``).
+
+The promoter publishes every ladder change to ``kafka_autonomy_topic`` (key = task type,
+value :func:`shadow.sources.publish.ladder_json`). :class:`AutonomyFollower` reads that
+topic on a replica and applies each record to the replica's own ladder state, so the
+replica's ``/v1/route``, ``/v1/autonomy`` and ``/v1/agreement`` answer the promoter's level.
+
+Contract:
+
+- **No group, whole topic.** The consumer has no group id: it assigns every partition of the
+  topic itself and seeks to the beginning at each start, so a fresh replica sees the latest
+  record of every task type (the topic is compacted) and no offsets are ever committed.
+- **Newest wins, idempotent.** A record is applied only when its ``updated_at`` (the
+  promoter's time of the change) is later than the replica's stored ``updated_at`` for that
+  task type; a re-delivery, the promoter's re-publish at start, or an older record that
+  arrives late changes nothing (counted in :attr:`AutonomyFollower.skipped`). A record
+  without ``updated_at`` is the policy's start state, which nothing needs to follow.
+- **Applied like a ladder move.** One transaction per fetched batch: the new states, the
+  global freeze flag (the record's ``frozen``, when present) and one audit entry per applied
+  record (action ``follow``, actor ``promoter (autonomy topic)``, the promoter's own
+  reason when the record carries it, and where the record came from). The evidence snapshot
+  in that entry is the replica's local, partial evidence; the replica never decides.
+- **Poison** (not JSON, a missing or wrong field, a task type not in this replica's policy,
+  a key that is not the task type) becomes a dead letter (kind ``autonomy``, location
+  ``topic[partition]@offset``); following continues. Tombstones (a deleted key) are skipped.
+- **Readiness.** :meth:`AutonomyFollower.not_ready` says why ``/readyz`` must wait until the
+  follower has read every partition up to the high watermark seen at start-up: until then
+  the replica's levels may be behind the promoter's.
+
+A store failure while applying is logged, the batch is read again a second later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from shadow import promotion
+from shadow.config import Settings
+from shadow.errors import ConfigError
+from shadow.ingest import RAW_LIMIT, clip_raw
+from shadow.model import Level
+from shadow.promotion import LadderState, Move, Proposal, Step
+from shadow.sources.kafka_client import client_options, rewind
+from shadow.store import DeadLetter
+
+if TYPE_CHECKING:
+    from shadow.pipeline import Pipeline
+
+__all__ = ["FOLLOW_ACTOR", "AutonomyFollower", "LevelRecord", "parse_level_record"]
+
+log = logging.getLogger("shadow.kafka.follow")
+
+FOLLOW_ACTOR = "promoter (autonomy topic)"
+_RETRY_S = 1.0
+_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class LevelRecord:
+    """One record of the autonomy topic, checked."""
+
+    task_type: str
+    level: Level
+    agent_version: str | None
+    proposal: Level | None
+    updated_at: datetime | None
+    frozen: bool | None
+    reason: str | None
+
+
+def parse_level_record(
+    value: bytes, key: bytes | None, task_types: Mapping[str, Any]
+) -> LevelRecord:
+    """Check one autonomy record; ``ValueError`` names the field that is wrong."""
+    try:
+        obj = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    name = obj.get("task_type")
+    if not isinstance(name, str) or not name:
+        raise ValueError("task_type: missing or not a string")
+    if name not in task_types:
+        raise ValueError(f"task_type: {name!r} is not in this replica's policy")
+    if key is not None and key != name.encode("utf-8"):
+        shown = key[:100].decode("utf-8", "backslashreplace")
+        raise ValueError(f"key {shown!r} does not match task_type {name!r}")
+
+    def optional(field: str, kind: type) -> Any:
+        got = obj.get(field)
+        if got is not None and not isinstance(got, kind):
+            raise ValueError(f"{field}: expected {kind.__name__} or null, got {got!r}")
+        return got
+
+    try:
+        level = Level.parse(obj.get("level"))
+    except ValueError as e:
+        raise ValueError(f"level: {e}") from None
+    proposal_text = optional("proposal", str)
+    try:
+        proposal = None if proposal_text is None else Level.parse(proposal_text)
+    except ValueError as e:
+        raise ValueError(f"proposal: {e}") from None
+    stamp = optional("updated_at", str)
+    try:
+        updated_at = None if stamp is None else datetime.fromisoformat(stamp)
+    except ValueError:
+        raise ValueError(f"updated_at: {stamp!r} is not an ISO 8601 time") from None
+    if updated_at is not None and updated_at.tzinfo is None:
+        raise ValueError(f"updated_at: {stamp!r} has no time zone")
+    return LevelRecord(
+        task_type=name,
+        level=level,
+        agent_version=optional("agent_version", str),
+        proposal=proposal,
+        updated_at=updated_at,
+        frozen=optional("frozen", bool),
+        reason=optional("reason", str),
+    )
+
+
+class AutonomyFollower:
+    """Follows the promoter's levels on a replica; see the module docstring. An async
+    context manager; :meth:`close` is idempotent; :meth:`run` follows until closed."""
+
+    def __init__(self, settings: Settings, bootstrap: str, pipeline: Pipeline) -> None:
+        topic = settings.kafka_autonomy_topic
+        if topic is None:
+            raise ConfigError("following levels needs kafka_autonomy_topic")
+        self.topic = topic
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._pipeline = pipeline
+        self._consumer: AIOKafkaConsumer | None = None
+        self._caught_up = False
+        self._progress = "not started"
+        self.applied = 0  # records that changed the replica's ladder
+        self.skipped = 0  # stale, repeated or start-state records
+
+    async def start(self) -> Self:
+        if self._consumer is not None:
+            return self
+        consumer = AIOKafkaConsumer(
+            **client_options(self._settings, self._bootstrap),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        try:
+            try:
+                await consumer.start()
+                await consumer.topics()
+            except KafkaError as e:
+                raise ConfigError(
+                    f"autonomy follower kafka://{self._bootstrap}: cannot reach the broker ({e})"
+                ) from None
+            parts = consumer.partitions_for_topic(self.topic)
+            if not parts:
+                raise ConfigError(
+                    f"kafka_role=replica follows the autonomy topic {self.topic!r}, which does "
+                    "not exist; create it with cleanup.policy=compact (the promoter publishes "
+                    "there)"
+                )
+            consumer.assign([TopicPartition(self.topic, p) for p in sorted(parts)])
+            await consumer.seek_to_beginning()
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._progress = "starting"
+        return self
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def not_ready(self) -> str | None:
+        """Why ``/readyz`` must wait: the topic is not read up to its end yet."""
+        if self._caught_up:
+            return None
+        return (
+            f"Kafka replica: catching up with the promoter's levels on autonomy topic "
+            f"{self.topic!r} ({self._progress})"
+        )
+
+    async def run(self) -> None:
+        """Follow until :meth:`close`; broker and store trouble is logged and retried."""
+        while self._consumer is not None:
+            consumer = self._consumer
+            try:
+                fetched = await consumer.getmany(timeout_ms=200, max_records=_BATCH)
+            except KafkaError as e:
+                log.warning("reading the autonomy topic failed (%s); retrying", e)
+                await asyncio.sleep(_RETRY_S)
+                continue
+            if fetched:
+                try:
+                    await self._apply(fetched)
+                except Exception:
+                    log.exception("applying the promoter's levels failed; retrying the batch")
+                    rewind(consumer, fetched)
+                    await asyncio.sleep(_RETRY_S)
+                    continue
+            if not self._caught_up:
+                await self._check_caught_up(consumer)
+
+    async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
+        behind: list[str] = []
+        for tp in sorted(consumer.assignment(), key=lambda tp: tp.partition):
+            high = consumer.highwater(tp)
+            if high is None:
+                behind.append(f"partition {tp.partition}: no fetch answered yet")
+                continue
+            position = await consumer.position(tp)
+            if position < high:
+                behind.append(f"partition {tp.partition}: at {position} of {high}")
+        if behind:
+            self._progress = "; ".join(behind)
+            return
+        self._caught_up = True
+        log.info(
+            "caught up with autonomy topic %r (%d applied, %d skipped)",
+            self.topic,
+            self.applied,
+            self.skipped,
+        )
+
+    async def _apply(self, fetched: Mapping[TopicPartition, Any]) -> None:
+        pipeline = self._pipeline
+        policy = pipeline.policy
+        records: list[tuple[LevelRecord, str]] = []
+        bad: list[DeadLetter] = []
+        for messages in fetched.values():
+            for m in messages:
+                where = f"{m.topic}[{m.partition}]@{m.offset}"
+                if m.value is None:
+                    continue  # a tombstone: the key was deleted; nothing to follow
+                try:
+                    records.append((parse_level_record(m.value, m.key, policy.task_types), where))
+                except ValueError as e:
+                    shown = clip_raw(m.value[: RAW_LIMIT * 4].decode("utf-8", "backslashreplace"))
+                    reason = f"invalid autonomy record: {e}"
+                    bad.append(
+                        DeadLetter(f"kafka:{m.topic}", "autonomy", reason, shown, None, where)
+                    )
+        await pipeline.dead_letter(bad)
+        if not records:
+            return
+        store = pipeline.store
+        states = await pipeline.registry.states()
+        evidence = await store.evidence()
+        steps: list[Step] = []
+        frozen: bool | None = None
+        for rec, where in records:
+            before = states[rec.task_type]
+            if rec.updated_at is None or (
+                before.updated_at is not None and rec.updated_at <= before.updated_at
+            ):
+                self.skipped += 1
+                continue
+            task = policy.task_types[rec.task_type]
+            snap = promotion.snapshot(
+                evidence.get(rec.task_type, {}).get(rec.agent_version or ""),
+                task,
+                rec.agent_version,
+            )
+            proposal = None
+            if rec.proposal is not None:
+                proposal = Proposal(rec.proposal, rec.agent_version, rec.updated_at, snap)
+            after = LadderState(
+                rec.task_type, rec.level, rec.agent_version, proposal, rec.updated_at
+            )
+            why = rec.reason or f"the promoter's level is {rec.level}"
+            reason = f"followed from {where} (promoter time {rec.updated_at.isoformat()}): {why}"
+            steps.append(Step(Move.FOLLOW, before, after, reason, snap))
+            states[rec.task_type] = after
+            if rec.frozen is not None:
+                frozen = rec.frozen
+        if not steps:
+            return
+        await store.apply_steps(steps, actor=FOLLOW_ACTOR, frozen=frozen)
+        self.applied += len(steps)
+        pipeline.metrics.steps(steps)
+        await pipeline.refresh()
