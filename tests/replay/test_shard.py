@@ -18,9 +18,9 @@ from replay.runner import ReplayResult
 from replay.shard import ShardJob, run_sharded
 from shadow.policy import parse_policy
 from tests.replay import data
-from tests.replay.conftest import http_agent, write_sidecar_history
+from tests.replay.conftest import write_sidecar_history
 from tests.replay.test_runner import replay_doc
-from tests.shadow.conftest import AgentServerFactory
+from tests.shadow.conftest import AgentServerFactory, Reply
 
 
 def doc_of(result: ReplayResult, history: Path, selection: Selection | None = None) -> Any:
@@ -90,7 +90,9 @@ async def test_the_selection_applies_per_shard(tmp_path: Path, jsonl_history: Pa
 async def test_a_stopped_sharded_run_resumes_without_asking_twice(
     agent_server: AgentServerFactory, tmp_path: Path
 ) -> None:
-    server = await http_agent(agent_server, data.candidate_answer)
+    # Slow answers (0.2 s; 8 calls in flight over both workers): the stop requested after
+    # 30 cases reaches the workers long before the 100 cases are done.
+    server = await agent_server(lambda body: Reply(*data.candidate_answer(body), delay=0.2))
     history = await write_sidecar_history(tmp_path / "sidecar.duckdb")
     cache = tmp_path / "c.duckdb"
     stop = asyncio.Event()
@@ -109,15 +111,19 @@ async def test_a_stopped_sharded_run_resumes_without_asking_twice(
     view = doc_of(first, history)
     assert view["totals"]["n"] == sum(t["n"] for t in view["task_types"].values())
     asked_first = len(server.requests)
+    server.answer = lambda body: Reply(*data.candidate_answer(body))
     rest, stats = await run_sharded(job(history, server.url, cache, batch=5), 2)
     assert rest.complete is True
     uncut = await single_view(history, server.url, tmp_path / "uncut.duckdb")
     assert doc_of(rest, history) == uncut
-    # Every case was asked once over both sharded runs (tk-005 fails with HTTP 500 and is
-    # asked again each run, like in a single run); the uncut run asked everything once more.
-    both = server.event_ids[: asked_first + stats.calls]
-    answered = [e for e in both if e != "tk-005"]
-    assert len(answered) == len(set(answered)) == 99
+    # Every answer the first run received was kept and not asked for again (calls cut off
+    # in flight by the stop were never answered, so they are asked again, as in a single
+    # run); the failed tk-005 is never cached.
+    kept = first.scored - sum(t.errors for t in first.tasks.values())
+    assert stats.hits == kept
+    assert stats.calls == 100 - kept
+    again = server.event_ids[asked_first : asked_first + stats.calls]
+    assert len(again) == len(set(again)) == stats.calls
     # The shadow markers and the redaction, as in a single run.
     for r in server.requests:
         assert r.headers["X-Shadow-Mode"] == "true"
