@@ -177,6 +177,16 @@ def _task(name: str, t: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def _cases(doc: Mapping[str, Any]) -> str:
+    h = doc["history"]
+    if doc.get("complete", True):
+        return f"{h['selected']} of {h['cases']} cases"
+    return (
+        f"partial: {h.get('scored', 0)} cases scored, {h['selected']} read "
+        f"({h.get('unscored', 0)} not scored) of {h['cases']}"
+    )
+
+
 def render_html(doc: Mapping[str, Any]) -> str:
     tasks: Mapping[str, Any] = doc["task_types"]
     agent = doc["agent"]
@@ -238,7 +248,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
     body = [
         f"<h1>Replay report: {_e(agent.get('agent_version'))}</h1>",
         f'<p class="meta">{state} agent {_e(agent.get("spec"))}; history {_e(h["path"])} '
-        f"({_e(h['format'])}, {h['selected']} of {h['cases']} cases); policy "
+        f"({_e(h['format'])}, {_cases(doc)}); policy "
         f"{_e(doc['policy']['source'])} ({_e(doc['policy']['hash'])})</p>",
         verdict,
         "<h2>Agreement by task type</h2>",

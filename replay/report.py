@@ -61,6 +61,17 @@ def _label(value: Any, text: bool) -> str | None:
     return None
 
 
+def _classes(classes: tuple[tuple[Any, ...], ...], text: bool) -> dict[str, str]:
+    """Label -> the label of its equivalence class (its members' labels joined by " / ")."""
+    out: dict[str, str] = {}
+    for members in classes:
+        labels = [lab for m in members if (lab := _label(m, text)) is not None]
+        name = " / ".join(dict.fromkeys(labels))
+        for lab in labels:
+            out.setdefault(lab, name)
+    return out
+
+
 def percentiles(values: array[float] | list[float]) -> dict[str, Any]:
     """Nearest-rank p50/p90/p95/p99 and max, in ms rounded to 0.001."""
     if not values:
@@ -103,6 +114,12 @@ class TaskStats:
             for path, rule in task.compare.fields.items()
             if rule.match in (MatchKind.EXACT, MatchKind.TEXT)
         ]
+        # Values the policy treats as equivalent (``equivalent: [[billing, payments]]``)
+        # are one label, "billing / payments", so agreeing answers sit on the diagonal.
+        self._canonical: dict[str, dict[str, str]] = {
+            path: _classes(task.compare.fields[path].equivalent, text)
+            for path, _, text in self._categorical
+        }
         self.confusion: dict[str, Counter[tuple[str, str]]] = {
             p: Counter() for p, *_ in self._categorical
         }
@@ -159,6 +176,9 @@ class TaskStats:
             a = _label(_resolve(agent, parts), text)
             if h is None or a is None:
                 continue
+            canonical = self._canonical[path]
+            if canonical:
+                h, a = canonical.get(h, h), canonical.get(a, a)
             labels = self._labels[path]
             labels.add(h)
             labels.add(a)

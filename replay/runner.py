@@ -218,5 +218,16 @@ class ReplayRunner:
 
 
 def summary(result: ReplayResult) -> dict[str, Any]:
-    """The ``history`` counts of a result (plus how many cases were skipped and why)."""
-    return {**result.stats.to_json(), "skipped": dict(sorted(result.skipped.items()))}
+    """The ``history`` counts of a result: the file's, how many cases were read (``read``,
+    also ``selected`` -- every selected case when the run is complete), scored, skipped and
+    why, and ``unscored``: read but not scored because the run was stopped (a partial run
+    reads ahead of what it scores; 0 when complete)."""
+    skipped = sum(result.skipped.values())
+    read = result.stats.selected
+    return {
+        **result.stats.to_json(),
+        "read": read,
+        "scored": result.scored,
+        "unscored": max(read - result.scored - skipped, 0),
+        "skipped": dict(sorted(result.skipped.items())),
+    }

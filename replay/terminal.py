@@ -131,8 +131,14 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
             console.print(f"  {name}: most disagreed fields: {parts}")
     h = doc["history"]
     run = doc["run"]
+    cases = f"{h['selected']} cases selected of {h['cases']}"
+    if not doc.get("complete", True):
+        cases = (
+            f"partial: {h.get('scored', 0)} cases scored, {h['selected']} read "
+            f"({h.get('unscored', 0)} read but not scored) of {h['cases']}"
+        )
     console.print(
-        f"{h['selected']} cases selected of {h['cases']}; "
+        f"{cases}; "
         f"{run.get('agent_calls', 0)} agent calls, {run.get('cache_hits', 0)} cached answers"
     )
     reg = doc.get("regression")

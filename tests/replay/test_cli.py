@@ -336,6 +336,11 @@ async def test_sigint_writes_a_consistent_partial_report(
     assert doc["run"]["agent_calls"] - doc["run"]["failed_calls"] >= 20
     assert "PARTIAL" in stdout
     assert "PARTIAL: interrupted run" in html.read_text()
+    h = doc["history"]
+    assert h["scored"] == 20
+    assert h["unscored"] == h["read"] - 20 > 0
+    assert f"partial: 20 cases scored, {h['read']} read" in " ".join(stdout.split())
+    assert f"partial: 20 cases scored, {h['read']} read" in html.read_text()
 
 
 def test_bad_parquet_history_exits_2_naming_row_and_column(
