@@ -25,7 +25,8 @@ Contract:
   ``topic[partition]@offset``); following continues. Tombstones (a deleted key) are skipped.
 - **Readiness.** :meth:`AutonomyFollower.not_ready` says why ``/readyz`` must wait until the
   follower has read every partition up to the high watermark seen at start-up: until then
-  the replica's levels may be behind the promoter's.
+  the replica's levels may be behind the promoter's. A topic that does not exist yet keeps
+  the replica not ready (it looks again every second) rather than failing start-up.
 
 A store failure while applying is logged, the batch is read again a second later.
 """
@@ -151,6 +152,17 @@ class AutonomyFollower:
     async def start(self) -> Self:
         if self._consumer is not None:
             return self
+        try:
+            self._consumer = await self._connect()
+        except KafkaError as e:
+            raise ConfigError(
+                f"autonomy follower kafka://{self._bootstrap}: cannot reach the broker ({e})"
+            ) from None
+        return self
+
+    async def _connect(self) -> AIOKafkaConsumer:
+        """A started consumer (its start loads every topic's metadata), assigned if the
+        topic exists."""
         consumer = AIOKafkaConsumer(
             **client_options(self._settings, self._bootstrap),
             group_id=None,
@@ -158,28 +170,27 @@ class AutonomyFollower:
             auto_offset_reset="earliest",
         )
         try:
-            try:
-                await consumer.start()
-                await consumer.topics()
-            except KafkaError as e:
-                raise ConfigError(
-                    f"autonomy follower kafka://{self._bootstrap}: cannot reach the broker ({e})"
-                ) from None
-            parts = consumer.partitions_for_topic(self.topic)
-            if not parts:
-                raise ConfigError(
-                    f"kafka_role=replica follows the autonomy topic {self.topic!r}, which does "
-                    "not exist; create it with cleanup.policy=compact (the promoter publishes "
-                    "there)"
-                )
-            consumer.assign([TopicPartition(self.topic, p) for p in sorted(parts)])
-            await consumer.seek_to_beginning()
+            await consumer.start()
+            await self._assign(consumer)
         except BaseException:
             await consumer.stop()
             raise
-        self._consumer = consumer
+        return consumer
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> bool:
+        """Assign every partition of the topic from its beginning; False while it is missing
+        (the replica stays not ready and looks again every second)."""
+        parts = consumer.partitions_for_topic(self.topic)
+        if not parts:
+            self._progress = (
+                "the topic does not exist yet; create it with cleanup.policy=compact (the "
+                "promoter publishes there)"
+            )
+            return False
+        consumer.assign([TopicPartition(self.topic, p) for p in sorted(parts)])
+        await consumer.seek_to_beginning()
         self._progress = "starting"
-        return self
+        return True
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -207,6 +218,23 @@ class AutonomyFollower:
         """Follow until :meth:`close`; broker and store trouble is logged and retried."""
         while self._consumer is not None:
             consumer = self._consumer
+            if not consumer.assignment():
+                # A consumer without subscriptions never refreshes other topics' partitions:
+                # once the topic exists, start over with a fresh consumer.
+                try:
+                    if self.topic in await consumer.topics():
+                        fresh = await self._connect()
+                        if self._consumer is not consumer:  # closed meanwhile
+                            await fresh.stop()
+                            return
+                        self._consumer = fresh
+                        await consumer.stop()
+                    else:
+                        await asyncio.sleep(_RETRY_S)
+                except KafkaError as e:
+                    log.warning("looking for the autonomy topic failed (%s); retrying", e)
+                    await asyncio.sleep(_RETRY_S)
+                continue
             try:
                 fetched = await consumer.getmany(timeout_ms=200, max_records=_BATCH)
             except KafkaError as e:

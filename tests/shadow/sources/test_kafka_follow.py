@@ -234,3 +234,22 @@ async def test_stale_repeated_and_poison_records_do_not_move_a_replica(
         assert says in joined, says
     assert {d["location"].split("@")[0] for d in dead} == {"aut[0]"}
     assert (await b.get("/readyz")).status == 200
+
+
+async def test_a_replica_waits_not_ready_for_a_missing_autonomy_topic(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    await broker.create_topics({"ev": 1, "oc": 1, "cmp": 1})
+    b = await sidecar(
+        policy=POLICY, source=[source(broker, "grp")], kafka_role="replica", **common()
+    )
+    res = await b.get("/readyz")
+    assert res.status == 503
+    assert "autonomy topic 'aut'" in res.body["error"]
+    assert "does not exist yet" in res.body["error"]
+    await broker.create_topics({"aut": 1}, compact=["aut"])
+
+    async def ready() -> bool:
+        return (await b.get("/readyz")).status == 200
+
+    await wait_for(ready, "the replica to find the topic and catch up")
