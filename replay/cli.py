@@ -74,6 +74,12 @@ def register(sub: Any) -> None:
     p.add_argument("--no-cache", action="store_true", help="keep no answers (in memory only)")
     p.add_argument("--refresh-cache", action="store_true", help="call again, replace answers")
     p.add_argument("--batch-size", type=int, default=500, help="cases per batch (500)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes (1); more split the history by event_id (no --limit or --rate)",
+    )
     p.add_argument("--examples", type=int, default=5, help="example cases per task type (5)")
     p.add_argument(
         "--record-evidence",
@@ -105,6 +111,8 @@ def _time(text: str | None, name: str) -> datetime | None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.workers > 1 and (args.limit is not None or args.rate is not None):
+        raise ReplayError("--workers cannot be combined with --limit or --rate")
     if args.fail_if_worse and not (args.baseline or args.baseline_version):
         raise ReplayError("--fail-if-worse needs --baseline REPORT.json or --baseline-version")
     for name, ok in (
@@ -117,6 +125,7 @@ def _check(args: argparse.Namespace) -> None:
         ("sample", 0 < args.sample <= 1),
         ("limit", args.limit is None or args.limit >= 1),
         ("rate", args.rate is None or args.rate > 0),
+        ("workers", args.workers >= 1),
     ):
         if not ok:
             raise ReplayError(f"--{name}: {getattr(args, name.replace('-', '_'))} is out of range")
@@ -149,12 +158,13 @@ def _interrupts(stop: asyncio.Event, console: Console) -> Iterator[None]:
 
 
 async def _replay(args: argparse.Namespace, console: Console) -> int:
-    from replay.cache import CachedAgent
+    from replay.cache import CachedAgent, CallStats
     from replay.document import build_document, load_report
     from replay.gate import compare_reports
     from replay.history import History, ResponseCache
     from replay.model import Selection
     from replay.runner import ReplayRunner, StoreAnswers
+    from replay.shard import ShardJob, run_sharded
     from replay.terminal import Progress, print_report
     from shadow.agent import AgentRunner, load_agent
     from shadow.policy import load_policy
@@ -183,9 +193,11 @@ async def _replay(args: argparse.Namespace, console: Console) -> int:
     started_at = datetime.now(UTC)
     t0 = time.monotonic()
     cache_path = ":memory:" if args.no_cache else args.cache
+    sharded = args.workers > 1
     async with (
         History(args.history, selection, batch=args.batch_size) as history,
-        ResponseCache(cache_path) as cache,
+        # Sharded: the workers' cache is opened by replay.shard, not here.
+        ResponseCache(":memory:" if sharded else cache_path) as cache,
         AgentRunner(
             transport,
             concurrency=args.concurrency,
@@ -195,25 +207,49 @@ async def _replay(args: argparse.Namespace, console: Console) -> int:
     ):
         if args.record_evidence and not args.db and history.format != "duckdb":
             raise ReplayError("--record-evidence needs --db STORE unless the history is one")
-        source = CachedAgent(
-            agent_runner,
-            cache,
-            spec=args.agent,
-            declared_version=args.agent_version,
-            refresh=args.refresh_cache,
-            rate=args.rate,
-            clock=time.monotonic,
-            now=lambda: datetime.now(UTC),
-        )
-        await source.start()
-        with (
-            _interrupts(stop, console),
-            Progress(err, history.total, source.stats, enabled=not args.no_progress) as bar,
-        ):
-            runner = ReplayRunner(
-                history, policy, source, examples=args.examples, stop=stop, progress=bar.advance
+        if sharded:
+            stats = CallStats()
+            job = ShardJob(
+                str(args.history),
+                selection,
+                policy,
+                args.agent,
+                cache=cache_path,
+                timeout=args.timeout,
+                concurrency=args.concurrency,
+                retries=args.retries,
+                declared_version=args.agent_version,
+                refresh=args.refresh_cache,
+                batch=args.batch_size,
+                examples=args.examples,
             )
-            result = await runner.run()
+            with (
+                _interrupts(stop, console),
+                Progress(err, history.total, stats, enabled=not args.no_progress) as bar,
+            ):
+                result, got = await run_sharded(job, args.workers, stop=stop, progress=bar.advance)
+            stats.calls, stats.hits, stats.failed = got.calls, got.hits, got.failed
+        else:
+            source = CachedAgent(
+                agent_runner,
+                cache,
+                spec=args.agent,
+                declared_version=args.agent_version,
+                refresh=args.refresh_cache,
+                rate=args.rate,
+                clock=time.monotonic,
+                now=lambda: datetime.now(UTC),
+            )
+            await source.start()
+            stats = source.stats
+            with (
+                _interrupts(stop, console),
+                Progress(err, history.total, stats, enabled=not args.no_progress) as bar,
+            ):
+                runner = ReplayRunner(
+                    history, policy, source, examples=args.examples, stop=stop, progress=bar.advance
+                )
+                result = await runner.run()
         if args.baseline_version and not stop.is_set():
             base_result = await ReplayRunner(
                 history,
@@ -241,9 +277,9 @@ async def _replay(args: argparse.Namespace, console: Console) -> int:
         run={
             "started_at": started_at.isoformat(),
             "seconds": round(seconds, 3),
-            "agent_calls": source.stats.calls,
-            "failed_calls": source.stats.failed,
-            "cache_hits": source.stats.hits,
+            "agent_calls": stats.calls,
+            "failed_calls": stats.failed,
+            "cache_hits": stats.hits,
             "cache": cache_path,
             "passes": result.passes,
             "cases_per_second": round(result.scored / seconds, 1) if seconds > 0 else None,

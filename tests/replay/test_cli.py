@@ -61,6 +61,8 @@ def one_error(err: str) -> str:
         (["--baseline", "missing.json"], "cannot read baseline missing.json"),
         (["--baseline", "x.json", "--baseline-version", "v1"], "not allowed with argument"),
         (["--record-evidence"], "--record-evidence needs --db STORE"),
+        (["--workers", "0"], "--workers: 0 is out of range"),
+        (["--workers", "2", "--limit", "5"], "--workers cannot be combined with --limit"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(
@@ -164,6 +166,30 @@ def test_fail_if_worse_gates_on_a_significant_regression(
         capsys, jsonl_history, CANDIDATE, policy_file, "--cache", cache, "--baseline", str(base)
     )
     assert code == 0
+
+
+def test_workers_give_the_single_process_report(
+    capsys: pytest.CaptureFixture[str], jsonl_history: Path, policy_file: Path, tmp_path: Path
+) -> None:
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    for out, extra in ((one, ()), (two, ("--workers", "2"))):
+        cache = str(tmp_path / f"{out.stem}.duckdb")
+        code, _, err = replay(
+            capsys,
+            jsonl_history,
+            CANDIDATE,
+            policy_file,
+            "--cache",
+            cache,
+            "--json",
+            str(out),
+            *extra,
+        )
+        assert code == 0, err
+    doc_one, doc_two = json.loads(one.read_text()), json.loads(two.read_text())
+    assert deterministic_view(doc_two) == deterministic_view(doc_one)
+    assert doc_two["run"]["agent_calls"] == 100
+    assert doc_two["run"]["cache_hits"] == 0
 
 
 async def run_cli(*argv: str, cwd: Path) -> asyncio.subprocess.Process:
