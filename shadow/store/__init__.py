@@ -1,0 +1,51 @@
+"""The DuckDB store: every durable fact the sidecar keeps. The only package importing duckdb.
+
+Contract:
+
+- **Durable before acknowledged.** Each ``put_*`` call is one transaction; when it returns,
+  the records survive a ``kill -9`` (DuckDB's WAL is synced on commit).
+- **Idempotent.** Re-delivering an event, outcome or decision is a no-op (``duplicate``).
+  A *conflicting* duplicate (same id, different content) is never an overwrite: it becomes
+  a dead letter with its reason (``conflict``). An outcome with a *later* ``decided_at``
+  is a reversal (a new current revision); an older one is kept as ``superseded`` history.
+- **One comparison per (event_id, agent_version)**, re-done only when the current outcome
+  revision changes (reversal) or an expired join finally completes.
+- **Rows, not RAM.** Pending joins are rows; :meth:`Store.expire` turns the ones older than
+  the TTL into ``expired`` comparisons.
+- **Off the event loop.** Every call runs on one dedicated thread, which also serialises
+  writers (DuckDB allows one writing connection per file).
+
+Schema changes are versioned migrations in :mod:`shadow.schema`.
+
+Why a package: the store is one pipeline stage that owns every DuckDB call (no module
+outside ``shadow.store`` imports duckdb, and every call runs on the store's one thread), but
+as one module it outgrew our size guide, so its SQL is split by the tables it owns:
+:mod:`~shadow.store.base` (connection, thread, transactions, migrations),
+:mod:`~shadow.store.ingest`, :mod:`~shadow.store.joins`, :mod:`~shadow.store.ladder` and
+:mod:`~shadow.store.outbox`, combined into :class:`Store`.
+"""
+
+from __future__ import annotations
+
+from shadow.store.ingest import IngestPart
+from shadow.store.joins import JoinPart
+from shadow.store.ladder import LadderPart
+from shadow.store.outbox import OutboxPart
+from shadow.store.records import DeadLetter, JoinRow, PutResult, PutStatus, ReplayEvidence, Reversal
+
+__all__ = [
+    "DeadLetter",
+    "JoinRow",
+    "PutResult",
+    "PutStatus",
+    "ReplayEvidence",
+    "Reversal",
+    "Store",
+]
+
+
+class Store(IngestPart, JoinPart, LadderPart, OutboxPart):
+    """Async facade over one DuckDB file. Use as ``async with Store(path) as store``.
+
+    Every method runs its DuckDB work on the store's single thread (see the package
+    docstring for the contract)."""

@@ -1,0 +1,238 @@
+"""The connection, its thread, transactions and migrations: what every part of the store
+builds on. ``StoreBase`` is not used alone; :class:`shadow.store.Store` combines it with the
+parts that own each group of tables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import ParamSpec, Self, TypeVar
+
+import duckdb
+
+from shadow.errors import StoreError
+from shadow.model import AuditEntry
+from shadow.schema import MIGRATIONS, SCHEMA_VERSION
+from shadow.store.records import DeadLetter
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StoreBase:
+    """Async facade over one DuckDB file. Use as ``async with Store(path) as store``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> Self:
+        if self._con is not None:
+            return self
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow-store")
+        try:
+            await self._run(self._open)
+        except BaseException:
+            executor, self._executor = self._executor, None
+            if executor is not None:
+                executor.shutdown(wait=False)
+            raise
+        return self
+
+    async def close(self) -> None:
+        """Idempotent: checkpoints, closes the file and stops the store thread."""
+        if self._executor is None:
+            return
+        executor, self._executor = self._executor, None
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close)
+        finally:
+            executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._executor is None:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        try:
+            con = duckdb.connect(self.path)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            self._con = con
+            self._migrate()
+        except BaseException as exc:
+            self._con = None
+            con.close()
+            if isinstance(exc, duckdb.Error):
+                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            raise
+
+    def _close(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            try:
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise StoreError("store is closed")
+        return self._con
+
+    @contextmanager
+    def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+        except BaseException as exc:
+            con.execute("ROLLBACK")
+            if isinstance(exc, duckdb.Error):
+                raise StoreError(f"store write failed: {exc}") from exc
+            raise
+        else:
+            try:
+                con.execute("COMMIT")
+            except duckdb.Error as exc:
+                raise StoreError(f"store write failed: {exc}") from exc
+
+    def _migrate(self) -> None:
+        con = self.con
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMPTZ)"
+        )
+        # Applied versions as a set, not just the highest: a migration merged with a lower
+        # number than one already applied (parallel branches) still runs.
+        applied = {int(r[0]) for r in con.execute("SELECT version FROM schema_version").fetchall()}
+        current = max(applied, default=0)
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {current}, newer than this sidecar's "
+                f"{SCHEMA_VERSION}; upgrade the sidecar"
+            )
+        for version, statements in MIGRATIONS:
+            if version in applied:
+                continue
+            with self._tx() as tx:
+                for sql in statements:
+                    tx.execute(sql)
+                tx.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+
+    async def schema_version(self) -> int:
+        def q() -> int:
+            row = self.con.execute("SELECT max(version) FROM schema_version").fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+        return await self._run(q)
+
+    async def count(self, table: str) -> int:
+        """Row count of one of the store's tables (for status pages and tests)."""
+        if table not in {
+            "events",
+            "outcomes",
+            "decisions",
+            "comparisons",
+            "dead_letters",
+            "audit_log",
+            "autonomy",
+            "published_comparisons",
+        }:
+            raise ValueError(f"unknown table {table!r}")
+
+        def q() -> int:
+            row = self.con.execute(f"SELECT count(*) FROM {table}").fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(q)
+
+    async def pending(self) -> dict[str, int]:
+        """Open joins: decisions awaiting an outcome, outcomes awaiting their event, and
+        sampled events awaiting the agent."""
+
+        def q() -> dict[str, int]:
+            row = self.con.execute(
+                "SELECT "
+                "(SELECT count(*) FROM decisions d WHERE NOT EXISTS (SELECT 1 FROM outcomes o "
+                " WHERE o.event_id = d.event_id) AND NOT EXISTS (SELECT 1 FROM comparisons c "
+                " WHERE c.event_id = d.event_id AND c.agent_version = d.agent_version)), "
+                "(SELECT count(*) FROM outcomes o WHERE o.is_current AND NOT o.expired AND "
+                " NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = o.event_id)), "
+                "(SELECT count(*) FROM events WHERE needs_agent)"
+            ).fetchone()
+            assert row is not None
+            return {
+                "awaiting_outcome": int(row[0]),
+                "awaiting_event": int(row[1]),
+                "awaiting_agent": int(row[2]),
+            }
+
+        return await self._run(q)
+
+    @staticmethod
+    def _insert_dead(tx: duckdb.DuckDBPyConnection, dead: list[DeadLetter], now: datetime) -> None:
+        if not dead:
+            return
+        tx.execute(
+            "INSERT INTO dead_letters (recorded_at, source, kind, reason, event_id, location, raw) "
+            "SELECT ?::TIMESTAMPTZ, unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+            "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+            "unnest(?::VARCHAR[])",
+            [
+                now,
+                [d.source for d in dead],
+                [d.kind for d in dead],
+                [d.reason for d in dead],
+                [d.event_id for d in dead],
+                [d.location for d in dead],
+                [d.raw for d in dead],
+            ],
+        )
+
+    @staticmethod
+    def _insert_audit(tx: duckdb.DuckDBPyConnection, entries: list[AuditEntry]) -> None:
+        for e in entries:
+            tx.execute(
+                "INSERT INTO audit_log (recorded_at, task_type, actor, action, from_level, "
+                "to_level, "
+                "reason, evidence, policy_hash) VALUES (?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, "
+                "?::JSON, ?)",
+                [
+                    e.at,
+                    e.task_type,
+                    e.actor,
+                    e.action,
+                    None if e.from_level is None else str(e.from_level),
+                    None if e.to_level is None else str(e.to_level),
+                    e.reason,
+                    json.dumps(e.evidence),
+                    e.policy_hash,
+                ],
+            )

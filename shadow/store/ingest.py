@@ -1,0 +1,276 @@
+"""Events, outcomes, agent decisions and dead letters: idempotent batched writes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from shadow.model import (
+    Outcome,
+    ShadowDecision,
+    WorkEvent,
+)
+from shadow.store.base import StoreBase
+from shadow.store.records import (
+    DeadLetter,
+    PutResult,
+    PutStatus,
+    _col,
+)
+
+
+class IngestPart(StoreBase):
+    # -- ingest ---------------------------------------------------------------------------
+
+    async def put_events(
+        self,
+        events: Sequence[WorkEvent],
+        *,
+        source: str,
+        now: datetime,
+        needs_agent: Sequence[bool] | None = None,
+    ) -> list[PutResult]:
+        """Store (already redacted) events. ``needs_agent[i]``: sampled for the agent."""
+        flags = list(needs_agent) if needs_agent is not None else [True] * len(events)
+        if len(flags) != len(events):
+            raise ValueError("needs_agent must have one flag per event")
+        return await self._run(self._put_events, list(events), flags, source, now)
+
+    def _put_events(
+        self, events: list[WorkEvent], flags: list[bool], source: str, now: datetime
+    ) -> list[PutResult]:
+        ids = list({e.event_id for e in events})
+        known: dict[str, str] = dict(
+            self.con.execute(
+                "SELECT event_id, content_hash FROM events "
+                "WHERE event_id IN (SELECT unnest(?::VARCHAR[]))",
+                [ids],
+            ).fetchall()
+        )
+        results: list[PutResult] = []
+        rows: list[tuple[Any, ...]] = []
+        dead: list[DeadLetter] = []
+        for event, flag in zip(events, flags, strict=True):
+            digest = event.content_hash
+            old = known.get(event.event_id)
+            if old is None:
+                known[event.event_id] = digest
+                rows.append(
+                    (
+                        event.event_id,
+                        event.task_type,
+                        json.dumps(event.payload),
+                        event.occurred_at,
+                        event.segment,
+                        digest,
+                        flag,
+                    )
+                )
+                results.append(PutResult(event.event_id, PutStatus.STORED))
+            elif old == digest:
+                results.append(PutResult(event.event_id, PutStatus.DUPLICATE))
+            else:
+                reason = (
+                    f"conflicting duplicate: event {event.event_id} is already stored with "
+                    "different content; the first version is kept"
+                )
+                results.append(PutResult(event.event_id, PutStatus.CONFLICT, reason))
+                dead.append(
+                    DeadLetter(source, "event", reason, json.dumps(event.to_json()), event.event_id)
+                )
+        with self._tx() as tx:
+            if rows:
+                tx.execute(
+                    "INSERT INTO events SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                    "unnest(?::VARCHAR[])::JSON, unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                    "unnest(?::VARCHAR[]), ?, ?::TIMESTAMPTZ, unnest(?::BOOLEAN[]), false",
+                    [*(_col(rows, i) for i in range(6)), source, now, _col(rows, 6)],
+                )
+            self._insert_dead(tx, dead, now)
+        return results
+
+    async def put_outcomes(
+        self, outcomes: Sequence[Outcome], *, source: str, now: datetime
+    ) -> list[PutResult]:
+        return await self._run(self._put_outcomes, list(outcomes), source, now)
+
+    def _put_outcomes(self, outcomes: list[Outcome], source: str, now: datetime) -> list[PutResult]:
+        ids = list({o.event_id for o in outcomes})
+        # event_id -> list of [revision, hash, decided_at_ts, is_current]
+        known: dict[str, list[list[Any]]] = {}
+        for eid, rev, digest, ts, cur in self.con.execute(
+            "SELECT event_id, revision, content_hash, decided_at_ts, is_current FROM outcomes "
+            "WHERE event_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY revision",
+            [ids],
+        ).fetchall():
+            known.setdefault(eid, []).append([rev, digest, ts, cur])
+        results: list[PutResult] = []
+        rows: list[tuple[Any, ...]] = []
+        demote: list[tuple[str, int]] = []  # revisions that stop being current
+        dead: list[DeadLetter] = []
+        for o in outcomes:
+            digest = o.content_hash
+            ts = o.decided_at_ts
+            if ts is not None and ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+            revs = known.setdefault(o.event_id, [])
+            current = next((r for r in revs if r[3]), None)
+            if (current is not None and current[1] == digest) or any(
+                r[1] == digest and (ts is None or r[2] == ts) for r in revs
+            ):
+                results.append(PutResult(o.event_id, PutStatus.DUPLICATE))
+                continue
+            if current is None:
+                status = PutStatus.STORED
+            elif ts is not None and (current[2] is None or ts > current[2]):
+                status = PutStatus.REVERSAL
+            elif ts is not None and current[2] is not None and ts < current[2]:
+                status = PutStatus.SUPERSEDED
+            else:
+                reason = (
+                    f"conflicting duplicate: outcome for {o.event_id} already recorded with a "
+                    "different decision and no later decided_at; send a later decided_at to "
+                    "reverse it"
+                )
+                results.append(PutResult(o.event_id, PutStatus.CONFLICT, reason))
+                dead.append(
+                    DeadLetter(source, "outcome", reason, json.dumps(o.to_json()), o.event_id)
+                )
+                continue
+            is_current = status is not PutStatus.SUPERSEDED
+            if status is PutStatus.REVERSAL and current is not None:
+                current[3] = False
+                demote.append((o.event_id, current[0]))
+            revision = len(revs) + 1
+            revs.append([revision, digest, ts, is_current])
+            actions = json.dumps([a.to_json() for a in o.actions])
+            rows.append(
+                (
+                    o.event_id,
+                    revision,
+                    is_current,
+                    json.dumps(o.decision),
+                    actions,
+                    o.decided_by,
+                    o.decided_at,
+                    ts,
+                    digest,
+                )
+            )
+            results.append(PutResult(o.event_id, status))
+        with self._tx() as tx:
+            # A revision inserted in this batch and demoted in the same batch is written
+            # with its final flag, so only rows already on disk need the UPDATE.
+            final = {(r[0], r[1]): r[2] for r in rows}
+            for eid, rev in demote:
+                if (eid, rev) in final:
+                    continue
+                tx.execute(
+                    "UPDATE outcomes SET is_current = false WHERE event_id = ? AND revision = ?",
+                    [eid, rev],
+                )
+            if rows:
+                flags = [next(r[3] for r in known[row[0]] if r[0] == row[1]) for row in rows]
+                tx.execute(
+                    "INSERT INTO outcomes SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), "
+                    "unnest(?::BOOLEAN[]), unnest(?::VARCHAR[])::JSON, unnest(?::VARCHAR[])::JSON, "
+                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::TIMESTAMPTZ[]), "
+                    "unnest(?::VARCHAR[]), ?, ?::TIMESTAMPTZ, false",
+                    [
+                        _col(rows, 0),
+                        _col(rows, 1),
+                        flags,
+                        *(_col(rows, i) for i in range(3, 9)),
+                        source,
+                        now,
+                    ],
+                )
+            self._insert_dead(tx, dead, now)
+        return results
+
+    async def put_decisions(
+        self,
+        decisions: Sequence[tuple[ShadowDecision, str]],
+        *,
+        now: datetime,
+        source: str = "agent",
+    ) -> list[PutResult]:
+        """Store agent decisions as ``(decision, task_type)`` pairs; first answer wins."""
+        return await self._run(self._put_decisions, list(decisions), now, source)
+
+    def _put_decisions(
+        self, decisions: list[tuple[ShadowDecision, str]], now: datetime, source: str
+    ) -> list[PutResult]:
+        keys = sorted({(d.event_id, d.agent_version) for d, _ in decisions})
+        known: dict[str, str] = {
+            f"{eid}\x00{ver}": digest
+            for eid, ver, digest in self.con.execute(
+                "SELECT d.event_id, d.agent_version, d.content_hash FROM decisions d "
+                "JOIN (SELECT unnest(?::VARCHAR[]) AS event_id, unnest(?::VARCHAR[]) AS ver) k "
+                "ON d.event_id = k.event_id AND d.agent_version = k.ver",
+                [[k[0] for k in keys], [k[1] for k in keys]],
+            ).fetchall()
+        }
+        results: list[PutResult] = []
+        rows: list[tuple[Any, ...]] = []
+        dead: list[DeadLetter] = []
+        for d, task_type in decisions:
+            key = f"{d.event_id}\x00{d.agent_version}"
+            digest = d.content_hash
+            old = known.get(key)
+            if old is None:
+                known[key] = digest
+                u = d.usage
+                rows.append(
+                    (
+                        d.event_id,
+                        d.agent_version,
+                        task_type,
+                        json.dumps(d.to_json()),
+                        digest,
+                        d.error,
+                        d.latency_ms,
+                        u.input_tokens,
+                        u.output_tokens,
+                        u.cost_usd,
+                    )
+                )
+                results.append(PutResult(d.event_id, PutStatus.STORED))
+            elif old == digest:
+                results.append(PutResult(d.event_id, PutStatus.DUPLICATE))
+            else:
+                reason = (
+                    f"conflicting duplicate: agent {d.agent_version} already answered "
+                    f"{d.event_id} differently; the first answer is kept"
+                )
+                results.append(PutResult(d.event_id, PutStatus.CONFLICT, reason))
+                dead.append(
+                    DeadLetter(source, "decision", reason, json.dumps(d.to_json()), d.event_id)
+                )
+        with self._tx() as tx:
+            if rows:
+                tx.execute(
+                    "INSERT INTO decisions (event_id, agent_version, task_type, body, "
+                    "content_hash, error, latency_ms, input_tokens, output_tokens, cost_usd, "
+                    "received_at) SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[])::JSON, unnest(?::VARCHAR[]), "
+                    "unnest(?::VARCHAR[]), unnest(?::DOUBLE[]), unnest(?::BIGINT[]), "
+                    "unnest(?::BIGINT[]), unnest(?::DOUBLE[]), ?::TIMESTAMPTZ",
+                    [*(_col(rows, i) for i in range(10)), now],
+                )
+                tx.execute(
+                    "UPDATE events SET needs_agent = false WHERE needs_agent AND event_id IN "
+                    "(SELECT unnest(?::VARCHAR[]))",
+                    [_col(rows, 0)],
+                )
+            self._insert_dead(tx, dead, now)
+        return results
+
+    async def put_dead_letters(self, letters: Sequence[DeadLetter], *, now: datetime) -> None:
+        def write() -> None:
+            with self._tx() as tx:
+                self._insert_dead(tx, list(letters), now)
+
+        await self._run(write)

@@ -1,0 +1,181 @@
+"""Joins: ready pairs, comparisons, TTL expiry and the agent's work queue."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from shadow.model import (
+    AuditEntry,
+    Comparison,
+    Outcome,
+    ShadowDecision,
+    Verdict,
+    WorkEvent,
+    as_actions,
+)
+from shadow.store.base import StoreBase
+from shadow.store.records import (
+    JoinRow,
+    Reversal,
+    _col,
+)
+
+
+class JoinPart(StoreBase):
+    # -- join -----------------------------------------------------------------------------
+
+    async def ready_pairs(
+        self, event_ids: Sequence[str] | None = None, *, limit: int = 10_000
+    ) -> list[JoinRow]:
+        """Decisions with a current outcome and no up-to-date comparison.
+
+        With ``event_ids``, only those events; without, a sweep over everything (used at
+        start-up to finish work a crash interrupted)."""
+        return await self._run(
+            self._ready_pairs, None if event_ids is None else list(event_ids), limit
+        )
+
+    def _ready_pairs(self, event_ids: list[str] | None, limit: int) -> list[JoinRow]:
+        sql = (
+            "SELECT d.task_type, d.body, o.event_id, o.decision, o.actions, o.decided_by, "
+            "o.decided_at, o.content_hash FROM decisions d "
+            "JOIN events e ON e.event_id = d.event_id "
+            "JOIN outcomes o ON o.event_id = d.event_id AND o.is_current "
+            "LEFT JOIN comparisons c ON c.event_id = d.event_id "
+            "AND c.agent_version = d.agent_version "
+            "WHERE (c.event_id IS NULL OR c.outcome_hash IS DISTINCT FROM o.content_hash) "
+        )
+        params: list[Any] = []
+        if event_ids is not None:
+            sql += "AND d.event_id IN (SELECT unnest(?::VARCHAR[])) "
+            params.append(event_ids)
+        sql += "ORDER BY d.seq LIMIT ?"
+        params.append(limit)
+        out: list[JoinRow] = []
+        for task_type, body, eid, decision, actions, by, at, digest in self.con.execute(
+            sql, params
+        ).fetchall():
+            outcome = Outcome(eid, json.loads(decision), as_actions(json.loads(actions)), by, at)
+            out.append(
+                JoinRow(task_type, ShadowDecision.from_stored(json.loads(body)), outcome, digest)
+            )
+        return out
+
+    async def put_comparisons(
+        self, comparisons: Sequence[Comparison], *, now: datetime, actor: str = "joiner"
+    ) -> list[Reversal]:
+        """Upsert comparisons; a changed outcome behind an existing verdict is audited as a
+        reversal. Returns the reversals so callers can correct their metrics."""
+        return await self._run(self._put_comparisons, list(comparisons), now, actor)
+
+    def _put_comparisons(
+        self, comparisons: list[Comparison], now: datetime, actor: str
+    ) -> list[Reversal]:
+        if not comparisons:
+            return []
+        comparisons = list({(c.event_id, c.agent_version): c for c in comparisons}.values())
+        keys = [f"{c.event_id}\x00{c.agent_version}" for c in comparisons]
+        before: dict[str, tuple[Verdict, str | None]] = {
+            f"{eid}\x00{ver}": (Verdict(v), digest)
+            for eid, ver, v, digest in self.con.execute(
+                "SELECT event_id, agent_version, verdict, outcome_hash FROM comparisons "
+                "WHERE event_id || chr(0) || agent_version IN (SELECT unnest(?::VARCHAR[]))",
+                [keys],
+            ).fetchall()
+        }
+        reversals = [
+            Reversal(c.event_id, c.agent_version, before[k][0], c.verdict)
+            for c, k in zip(comparisons, keys, strict=True)
+            if k in before
+            and before[k][0] is not Verdict.EXPIRED
+            and before[k][1] != c.outcome_hash
+        ]
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT OR REPLACE INTO comparisons SELECT unnest(?::VARCHAR[]), "
+                "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                "unnest(?::BOOLEAN[]), unnest(?::VARCHAR[])::JSON, unnest(?::VARCHAR[]), "
+                "?::TIMESTAMPTZ",
+                [
+                    [c.event_id for c in comparisons],
+                    [c.agent_version for c in comparisons],
+                    [c.task_type for c in comparisons],
+                    [c.verdict.value for c in comparisons],
+                    [c.critical_miss for c in comparisons],
+                    [json.dumps([f.to_json() for f in c.fields]) for c in comparisons],
+                    [c.outcome_hash for c in comparisons],
+                    now,
+                ],
+            )
+            by_key = {f"{c.event_id}\x00{c.agent_version}": c for c in comparisons}
+            entries = [
+                AuditEntry(
+                    at=now,
+                    task_type=by_key[f"{r.event_id}\x00{r.agent_version}"].task_type,
+                    actor=actor,
+                    action="outcome_reversal",
+                    from_level=None,
+                    to_level=None,
+                    reason=f"outcome for {r.event_id} changed: {r.before} -> {r.after}",
+                    evidence={
+                        "event_id": r.event_id,
+                        "agent_version": r.agent_version,
+                        "before": r.before.value,
+                        "after": r.after.value,
+                    },
+                )
+                for r in reversals
+            ]
+            self._insert_audit(tx, entries)
+        return reversals
+
+    async def expire(self, *, now: datetime, ttl: timedelta) -> tuple[int, int]:
+        """Close joins older than ``ttl``: decisions without an outcome become ``expired``
+        comparisons, outcomes without an event are flagged. Returns both counts. A late
+        outcome still completes an expired join (it is re-compared)."""
+        return await self._run(self._expire, now - ttl, now)
+
+    def _expire(self, cutoff: datetime, now: datetime) -> tuple[int, int]:
+        with self._tx() as tx:
+            stale = tx.execute(
+                "SELECT d.event_id, d.agent_version, d.task_type FROM decisions d "
+                "JOIN events e ON e.event_id = d.event_id "
+                "LEFT JOIN outcomes o ON o.event_id = d.event_id "
+                "LEFT JOIN comparisons c ON c.event_id = d.event_id "
+                "AND c.agent_version = d.agent_version "
+                "WHERE o.event_id IS NULL AND c.event_id IS NULL AND e.received_at < ?",
+                [cutoff],
+            ).fetchall()
+            if stale:
+                tx.execute(
+                    "INSERT INTO comparisons SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                    "unnest(?::VARCHAR[]), 'expired', false, '[]'::JSON, NULL, ?::TIMESTAMPTZ",
+                    [_col(stale, 0), _col(stale, 1), _col(stale, 2), now],
+                )
+                tx.execute(
+                    "UPDATE events SET expired = true WHERE event_id IN "
+                    "(SELECT unnest(?::VARCHAR[]))",
+                    [_col(stale, 0)],
+                )
+            orphans = tx.execute(
+                "UPDATE outcomes SET expired = true WHERE NOT expired AND received_at < ? "
+                "AND event_id NOT IN (SELECT event_id FROM events)",
+                [cutoff],
+            ).fetchone()
+        return len(stale), int(orphans[0]) if orphans else 0
+
+    async def events_awaiting_agent(self, *, limit: int = 1000) -> list[WorkEvent]:
+        """Sampled events with no decision yet, oldest first (for restart recovery)."""
+
+        def q() -> list[WorkEvent]:
+            rows = self.con.execute(
+                "SELECT event_id, task_type, payload, occurred_at, segment FROM events "
+                "WHERE needs_agent ORDER BY received_at, event_id LIMIT ?",
+                [limit],
+            ).fetchall()
+            return [WorkEvent(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
+
+        return await self._run(q)

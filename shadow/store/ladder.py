@@ -1,0 +1,181 @@
+"""Evidence, ladder state, the append-only audit log and the freeze flag."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from shadow.model import (
+    AuditEntry,
+    Evidence,
+    Level,
+)
+from shadow.promotion import LadderState, Proposal, Step
+from shadow.store.base import StoreBase
+from shadow.store.records import (
+    _stamp,
+)
+
+
+class LadderPart(StoreBase):
+    # -- evidence and autonomy ------------------------------------------------------------
+
+    async def evidence(self) -> dict[str, dict[str, Evidence]]:
+        """``{task_type: {agent_version: Evidence}}`` from the ``agreement`` view."""
+
+        def q() -> dict[str, dict[str, Evidence]]:
+            out: dict[str, dict[str, Evidence]] = {}
+            for tt, ver, n, agree, critical, errors, _expired in self.con.execute(
+                "SELECT * FROM agreement"
+            ).fetchall():
+                out.setdefault(tt, {})[ver] = Evidence(tt, ver, n, agree, critical, errors)
+            return out
+
+        return await self._run(q)
+
+    async def current_versions(self) -> dict[str, str]:
+        """The agent version of the newest decision per task type."""
+
+        def q() -> dict[str, str]:
+            rows = self.con.execute(
+                "SELECT task_type, arg_max(agent_version, seq) FROM decisions GROUP BY task_type"
+            ).fetchall()
+            return dict(rows)
+
+        return await self._run(q)
+
+    async def ladder_states(self) -> dict[str, LadderState]:
+        def q() -> dict[str, LadderState]:
+            out: dict[str, LadderState] = {}
+            for tt, level, ver, proposal, updated in self.con.execute(
+                "SELECT task_type, level, agent_version, proposal, updated_at FROM autonomy"
+            ).fetchall():
+                prop = Proposal.from_json(json.loads(proposal)) if proposal else None
+                out[tt] = LadderState(tt, Level(level), ver, prop, updated)
+            return out
+
+        return await self._run(q)
+
+    async def apply_steps(
+        self, steps: Sequence[Step], *, actor: str, frozen: bool | None = None
+    ) -> None:
+        """Persist the new states of ``steps`` and audit each change, in one transaction.
+        ``frozen`` also sets the global freeze flag in the same transaction."""
+        await self._run(self._apply_steps, list(steps), actor, frozen)
+
+    def _apply_steps(self, steps: list[Step], actor: str, frozen: bool | None) -> None:
+        changed = [s for s in steps if s.changed]
+        with self._tx() as tx:
+            for s in changed:
+                a = s.after
+                tx.execute(
+                    "INSERT OR REPLACE INTO autonomy VALUES (?, ?, ?, ?, ?::TIMESTAMPTZ)",
+                    [
+                        a.task_type,
+                        int(a.level),
+                        a.agent_version,
+                        json.dumps(a.proposal.to_json()) if a.proposal else None,
+                        a.updated_at,
+                    ],
+                )
+            self._insert_audit(
+                tx,
+                [
+                    AuditEntry(
+                        at=_stamp(s),
+                        task_type=s.after.task_type,
+                        actor=actor,
+                        action=s.move.value,
+                        from_level=s.before.level,
+                        to_level=s.after.level,
+                        reason=s.reason,
+                        evidence=s.evidence.to_json(),
+                        policy_hash=s.evidence.policy_hash,
+                    )
+                    for s in changed
+                ],
+            )
+            if frozen is not None:
+                tx.execute(
+                    "INSERT OR REPLACE INTO sidecar_state VALUES ('frozen', ?::JSON)",
+                    [json.dumps(frozen)],
+                )
+
+    async def save_policy(self, text: str, digest: str) -> None:
+        """Keep the policy in force with the evidence, so ``shadow status --db`` can read
+        a database without the policy file."""
+
+        def write() -> None:
+            with self._tx() as tx:
+                tx.execute(
+                    "INSERT OR REPLACE INTO sidecar_state VALUES ('policy', ?::JSON)",
+                    [json.dumps({"text": text, "hash": digest})],
+                )
+
+        await self._run(write)
+
+    async def policy_text(self) -> str | None:
+        def q() -> str | None:
+            row = self.con.execute(
+                "SELECT value FROM sidecar_state WHERE key = 'policy'"
+            ).fetchone()
+            return str(json.loads(row[0])["text"]) if row else None
+
+        return await self._run(q)
+
+    async def is_frozen(self) -> bool:
+        def q() -> bool:
+            row = self.con.execute(
+                "SELECT value FROM sidecar_state WHERE key = 'frozen'"
+            ).fetchone()
+            return bool(json.loads(row[0])) if row else False
+
+        return await self._run(q)
+
+    async def audit_log(
+        self, *, task_type: str | None = None, limit: int = 100
+    ) -> list[tuple[int, AuditEntry]]:
+        """Newest first, as ``(id, entry)``."""
+
+        def q() -> list[tuple[int, AuditEntry]]:
+            sql = (
+                "SELECT id, recorded_at, task_type, actor, action, from_level, to_level, reason, "
+                "evidence, policy_hash FROM audit_log "
+            )
+            params: list[Any] = []
+            if task_type is not None:
+                sql += "WHERE task_type = ? "
+                params.append(task_type)
+            sql += "ORDER BY id DESC LIMIT ?"
+            params.append(limit)
+            out = []
+            for row in self.con.execute(sql, params).fetchall():
+                entry = AuditEntry(
+                    at=row[1],
+                    task_type=row[2],
+                    actor=row[3],
+                    action=row[4],
+                    from_level=Level.parse(row[5]) if row[5] else None,
+                    to_level=Level.parse(row[6]) if row[6] else None,
+                    reason=row[7],
+                    evidence=json.loads(row[8]),
+                    policy_hash=row[9],
+                )
+                out.append((int(row[0]), entry))
+            return out
+
+        return await self._run(q)
+
+    async def dead_letters(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        def q() -> list[dict[str, Any]]:
+            cur = self.con.execute(
+                "SELECT id, recorded_at, source, kind, reason, event_id, location, raw "
+                "FROM dead_letters "
+                "ORDER BY id DESC LIMIT ?",
+                [limit],
+            )
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+        return await self._run(q)

@@ -1,0 +1,93 @@
+"""The store's value types: what a put returns, dead letters, join rows, replay evidence.
+Plain immutable data; no I/O."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shadow.model import (
+    Outcome,
+    ShadowDecision,
+    Verdict,
+)
+from shadow.promotion import Step
+
+
+class PutStatus(enum.StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"  # dead-lettered, nothing overwritten
+    REVERSAL = "reversal"  # outcome with a later decided_at: re-compared
+    SUPERSEDED = "superseded"  # outcome older than the current one: kept as history
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    event_id: str
+    status: PutStatus
+    reason: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.status is not PutStatus.CONFLICT
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be taken, with why. ``raw`` keeps the input for replay."""
+
+    source: str
+    kind: str
+    reason: str
+    raw: str | None = None
+    event_id: str | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRow:
+    """A decision whose outcome is known and whose comparison is missing or stale."""
+
+    task_type: str
+    decision: ShadowDecision
+    outcome: Outcome
+    outcome_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayEvidence:
+    """One task type's result of a ``shadow replay --record-evidence`` run. Stored apart
+    from live evidence (table ``replay_evidence``): it is audited, never gate evidence."""
+
+    task_type: str
+    agent_version: str
+    n: int
+    agree: int
+    critical: int
+    errors: int
+    lower: float
+    upper: float
+    policy_hash: str | None
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reversal:
+    event_id: str
+    agent_version: str
+    before: Verdict
+    after: Verdict
+
+
+def _col(rows: Sequence[tuple[Any, ...]], i: int) -> list[Any]:
+    return [r[i] for r in rows]
+
+
+def _stamp(step: Step) -> datetime:
+    if step.after.updated_at is None:
+        raise ValueError(f"step {step.move} for {step.after.task_type} carries no time")
+    return step.after.updated_at
