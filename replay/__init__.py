@@ -9,6 +9,7 @@ entry point. The stages, one module each:
   response cache (the only module importing duckdb); :mod:`replay.jsonl` reads JSONL;
 - :mod:`replay.cache` answers events from the cache, else from the agent;
 - :mod:`replay.runner` scores every selected case with the live sidecar's rules;
+- :mod:`replay.shard` runs the same loop in several worker processes and merges the result;
 - :mod:`replay.report`, :mod:`replay.gate`, :mod:`replay.document` build the report, the
   gates and the regression test; :mod:`replay.html` and :mod:`replay.terminal` show it;
 - :mod:`replay.cli` is the command.
@@ -23,6 +24,7 @@ from replay.html import render_html
 from replay.model import Case, Selection
 from replay.report import SCHEMA, TaskStats
 from replay.runner import AnswerSource, ReplayResult, ReplayRunner, StoreAnswers
+from replay.shard import ShardJob, run_sharded
 
 __all__ = [
     "SCHEMA",
@@ -38,6 +40,7 @@ __all__ = [
     "ReplayRunner",
     "ResponseCache",
     "Selection",
+    "ShardJob",
     "StoreAnswers",
     "TaskStats",
     "VersionChanged",
@@ -50,5 +53,6 @@ __all__ = [
     "load_report",
     "render_html",
     "request_hash",
+    "run_sharded",
     "two_proportion_z",
 ]

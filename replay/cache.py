@@ -138,6 +138,7 @@ class CallStats:
     calls: int = 0  # agent calls made by this process
     hits: int = 0  # cached answers used
     failed: int = 0  # calls whose answer was an error (not cached)
+    lookups: int = 0  # batches looked up in the cache
 
 
 class CachedAgent:
@@ -168,13 +169,19 @@ class CachedAgent:
         self._used_unconfirmed = False
         self._pending: asyncio.Future[None] | None = None
         self._replace = True
+        self._nothing_cached = False
 
     async def start(self) -> None:
-        """Learn the version the cached answers were given by (the expectation)."""
-        if self.expected is None and not self.refresh:
-            versions = await self.cache.versions(self.key)
-            if versions:
-                self.expected = sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        """Learn the version the cached answers were given by (the expectation), and whether
+        the cache holds any answer under this key at all."""
+        if self.refresh:
+            return
+        versions = await self.cache.versions(self.key)
+        # Nothing cached under this key: this pass's lookups could only miss (the run owns
+        # the cache file, and a pass never asks about one request twice), so it skips them.
+        self._nothing_cached = not versions
+        if self.expected is None and versions:
+            self.expected = sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
 
     @property
     def confirmed(self) -> bool:
@@ -184,6 +191,7 @@ class CachedAgent:
     def reset(self) -> None:
         """Start of a new pass (after :class:`VersionChanged`)."""
         self._used_unconfirmed = False
+        self._nothing_cached = False  # the last pass cached answers: look them up
 
     async def answers(
         self,
@@ -200,7 +208,9 @@ class CachedAgent:
             texts = [canonical_request(e) for e in events]
         hashes = [hash_text(t) for t in texts]
         await self.flush()  # the previous batch's answers are on disk before any new call
-        cached = {} if self.refresh else await self.cache.get(self.key, hashes)
+        skip = self.refresh or self._nothing_cached
+        cached = {} if skip else await self.cache.get(self.key, hashes)
+        self.stats.lookups += 0 if skip else 1
         out: list[ShadowDecision | None] = [None] * len(events)
         todo = self._use_hits(cached, hashes, out)
         before = self.expected

@@ -246,6 +246,7 @@ async def run_sharded(
         stats.calls += o.stats.calls
         stats.hits += o.stats.hits
         stats.failed += o.stats.failed
+        stats.lookups += o.stats.lookups
     return result, stats
 
 

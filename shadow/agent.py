@@ -239,6 +239,8 @@ class CallableAgent:
     the other's data). Async callables are awaited; sync ones run in a worker thread
     (``asyncio.to_thread``). ``timeout`` applies to both; a sync agent that overruns cannot be
     interrupted, so its thread runs on until it returns, but the runner stops waiting.
+    :meth:`AgentRunner.decide_batch` runs the same steps (:meth:`fresh_copies`,
+    :meth:`invoke_async` / :meth:`invoke_sync`, :meth:`answers`) a batch at a time.
     """
 
     def __init__(self, spec: str, *, timeout: float) -> None:

@@ -199,6 +199,18 @@ async def test_selection_by_task_type_time_sample_and_limit(jsonl_history: Path)
     assert deterministic_view(s1) == deterministic_view(s2)
 
 
+async def test_a_cold_pass_skips_the_lookups_a_warm_one_makes(
+    jsonl_history: Path, tmp_path: Path
+) -> None:
+    cache = str(tmp_path / "c.duckdb")
+    cold, first = await replay_doc(jsonl_history, "tests.replay.data:candidate", cache)
+    assert (first.stats.lookups, first.stats.calls) == (0, 100)  # nothing cached: no lookup
+    warm, second = await replay_doc(jsonl_history, "tests.replay.data:candidate", cache)
+    assert second.stats.lookups == 7  # 100 cases in batches of 16
+    assert (second.stats.hits, second.stats.calls) == (99, 1)  # the failed call, again
+    assert deterministic_view(warm) == deterministic_view(cold)
+
+
 async def test_declared_version_keys_the_cache(jsonl_history: Path, tmp_path: Path) -> None:
     cache = str(tmp_path / "c.duckdb")
     await replay_doc(jsonl_history, "tests.replay.data:candidate", cache, declared="v7")
