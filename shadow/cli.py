@@ -161,7 +161,10 @@ def _run(args: argparse.Namespace) -> int:
     sock = _listen(settings.host, settings.port)
     port = sock.getsockname()[1]
     print(f"shadow: serving on http://{settings.host}:{port} (db {settings.db})", flush=True)
-    web.run_app(app, sock=sock, print=None)
+    try:
+        web.run_app(app, sock=sock, print=None)
+    finally:
+        sock.close()  # idempotent; run_app leaves it open when start-up fails
     return 0
 
 
