@@ -2,9 +2,13 @@
 
 Key
     Each successful answer is cached under ``(agent_key, request_hash)``.
-    ``request_hash`` is the content hash of exactly what the agent is sent (``event_id``,
+    ``request_hash`` is the hash of exactly what the agent is sent (``event_id``,
     ``task_type`` and the payload *after* the policy's redaction), so a change to the
-    history or to the redaction rules is a miss, never a stale hit.
+    history or to the redaction rules is a miss, never a stale hit. It hashes
+    :data:`REQUEST_FORMAT` followed by :func:`canonical_request` (injective canonical JSON,
+    :func:`replay.fastjson.dumps_canonical`); the format tag changes whenever the canonical
+    text does, so rows written under another format simply miss (the first format, plain
+    ``shadow.model.content_hash`` of the request, had no tag).
     ``agent_key`` is ``version:<V>`` when the run declares ``--agent-version V``, else
     ``spec:<URL or module:callable>``. The agent's own ``agent_version`` is only known
     after its first answer, so it cannot be part of a key that is looked up before the
@@ -32,17 +36,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
+from replay.fastjson import dumps_canonical
 from shadow.agent import AgentRunner
 from shadow.model import ShadowDecision, WorkEvent
 
 __all__ = [
+    "REQUEST_FORMAT",
     "AnswerStore",
     "CachedAgent",
     "RateLimiter",
@@ -78,27 +83,30 @@ def agent_key(spec: str, declared_version: str | None = None) -> str:
     return f"version:{declared_version}" if declared_version else f"spec:{spec.strip()}"
 
 
-# ``shadow.model.canonical_json`` with the encoder built once instead of per call (a test
-# checks that both give the same hashes).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+# Hashed in front of the canonical request text. Change it whenever that text changes for
+# some request (a new encoder, new options), so cached rows of the old text simply miss.
+# Version 1 (no tag): shadow.model.content_hash, stdlib json. 2: replay.fastjson (orjson).
+REQUEST_FORMAT = b"replay-request/2\n"
 
 
-def canonical_request(event: WorkEvent) -> str:
-    """The canonical JSON of what the agent receives for ``event`` (payload already
-    redacted): ``{event_id, task_type, payload}``, as :func:`shadow.model.canonical_json`."""
-    return _CANONICAL(
+def canonical_request(event: WorkEvent) -> bytes:
+    """The canonical JSON (UTF-8) of what the agent receives for ``event`` (payload already
+    redacted): ``{event_id, task_type, payload}``, by :func:`replay.fastjson.dumps_canonical`
+    (sorted keys, no spaces; different requests never share a text)."""
+    return dumps_canonical(
         {"event_id": event.event_id, "task_type": event.task_type, "payload": event.payload}
     )
 
 
-def hash_text(canonical: str) -> str:
-    """:func:`shadow.model.content_hash` of a value, from its canonical JSON."""
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+def hash_text(canonical: bytes) -> str:
+    """The request hash (hex SHA-256, first 32 chars) of a :func:`canonical_request` text,
+    tagged with :data:`REQUEST_FORMAT`."""
+    return hashlib.sha256(REQUEST_FORMAT + canonical).hexdigest()[:32]
 
 
 def request_hash(event: WorkEvent) -> str:
     """Hash of what the agent receives for ``event`` (its payload already redacted): the
-    :func:`shadow.model.content_hash` of ``{event_id, task_type, payload}``."""
+    cache key's ``request_hash``."""
     return hash_text(canonical_request(event))
 
 
@@ -198,7 +206,7 @@ class CachedAgent:
         events: Sequence[WorkEvent],
         stop: asyncio.Event | None = None,
         *,
-        texts: Sequence[str] | None = None,
+        texts: Sequence[bytes] | None = None,
         handover: bool = False,
     ) -> list[ShadowDecision | None]:
         """``texts``: the events' :func:`canonical_request` when the caller has them;

@@ -39,7 +39,6 @@ DuckDB, is read by :mod:`replay.jsonl`.
 from __future__ import annotations
 
 import asyncio
-import json
 import zlib
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
@@ -53,6 +52,7 @@ from typing import Any, Literal, ParamSpec, Self, TypeVar
 import duckdb
 
 from replay.errors import HistoryError
+from replay.fastjson import dumps, loads
 from replay.jsonl import read_jsonl
 from replay.model import Case, Selection
 from shadow.errors import ValidationError
@@ -456,7 +456,7 @@ class History:
             for key in keys:
                 if key in rec:
                     try:
-                        rec[key] = json.loads(rec[key])
+                        rec[key] = loads(rec[key])
                     except ValueError as exc:
                         raise HistoryError(
                             f"{self.path}: row {where}, column {key}: invalid JSON: {exc}"
@@ -497,7 +497,7 @@ class History:
                 "AND event_id IN (SELECT unnest(?::VARCHAR[]))",
                 [version, list(event_ids)],
             ).fetchall()
-            return {eid: ShadowDecision.from_stored(json.loads(body)) for eid, body in rows}
+            return {eid: ShadowDecision.from_stored(loads(body)) for eid, body in rows}
 
         return await self._worker.run(q)
 
@@ -515,8 +515,8 @@ def _row_error(path: Path, row: object, exc: ValidationError) -> HistoryError:
 
 
 def _json_column(texts: Sequence[str]) -> list[Any]:
-    """Every JSON text of a column in one parse (one call into the C decoder per batch)."""
-    return json.loads("[" + ",".join(texts) + "]") if texts else []
+    """Every JSON text of a column in one parse (one decoder call per batch)."""
+    return loads("[" + ",".join(texts) + "]") if texts else []
 
 
 def _stored_cases(rows: Sequence[tuple[Any, ...]]) -> list[Case]:
@@ -526,7 +526,7 @@ def _stored_cases(rows: Sequence[tuple[Any, ...]]) -> list[Case]:
     out = []
     for row, payload, decision in zip(rows, payloads, decisions, strict=True):
         _, _, eid, tt, _, occurred, segment, _, actions, by, at = row
-        acts = () if actions == "[]" else as_actions(json.loads(actions))
+        acts = () if actions == "[]" else as_actions(loads(actions))
         out.append(
             Case(
                 WorkEvent(eid, tt, payload, occurred, segment), Outcome(eid, decision, acts, by, at)
@@ -566,7 +566,7 @@ def encode_answers(
     return (
         [h for h, _ in answers],
         [d.agent_version for _, d in answers],
-        json.dumps([d.to_json() for _, d in answers]),
+        dumps([d.to_json() for _, d in answers]),
     )
 
 

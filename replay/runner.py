@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from replay.cache import CachedAgent, VersionChanged, canonical_request
+from replay.fastjson import loads
 from replay.history import History, HistoryStats
 from replay.model import Case
 from replay.report import TaskStats
@@ -51,7 +51,7 @@ class AnswerSource(Protocol):
         events: Sequence[WorkEvent],
         stop: asyncio.Event | None = None,
         *,
-        texts: Sequence[str] | None = None,
+        texts: Sequence[bytes] | None = None,
         handover: bool = False,
     ) -> list[ShadowDecision | None]:
         """``texts`` are the events' canonical request JSON
@@ -76,7 +76,7 @@ class StoreAnswers:
         events: Sequence[WorkEvent],
         stop: asyncio.Event | None = None,
         *,
-        texts: Sequence[str] | None = None,
+        texts: Sequence[bytes] | None = None,
         handover: bool = False,
     ) -> list[ShadowDecision | None]:
         found = await self.history.stored_decisions(self.version, [e.event_id for e in events])
@@ -202,7 +202,7 @@ class ReplayRunner:
                 stats = tasks[tt] = TaskStats(tt, task, examples=self.examples)
             c = compare(JoinRow(tt, answer, case.outcome, ""), self._differ(tt))
             # Only a critical miss shows the payload (an example): parse it back then.
-            payload = json.loads(text)["payload"] if c.critical_miss else _NO_PAYLOAD
+            payload = loads(text)["payload"] if c.critical_miss else _NO_PAYLOAD
             stats.add(case, payload, answer, c)
         if self.progress is not None:
             self.progress(len(batch))

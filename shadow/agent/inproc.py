@@ -12,6 +12,8 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+import orjson
+
 from shadow.agent.base import _check_timeout, _clip, _kind
 from shadow.errors import AgentError, ConfigError
 
@@ -63,8 +65,12 @@ class CallableAgent:
         :class:`AgentError` saying why that request is not JSON."""
         if self._closed:
             raise AgentError("agent is closed")
+        dicts = [dict(r) for r in requests]
+        copies: list[Any] | None = _fast_copy(dicts)
+        if copies is not None:
+            return copies
         try:
-            copies: list[Any] = json.loads(_REQUEST_JSON.encode([dict(r) for r in requests]))
+            copies = json.loads(_REQUEST_JSON.encode(dicts))
         except (TypeError, ValueError):
             copies = []
             for r in requests:  # find which ones are not JSON
@@ -132,7 +138,9 @@ class CallableAgent:
                 dicts.append(i)
                 maps.append(r if type(r) is dict else dict(r))
         try:
-            copies = json.loads(json.dumps(maps))
+            copies = _fast_copy(maps)
+            if copies is None:
+                copies = json.loads(json.dumps(maps))
         except (TypeError, ValueError, RecursionError):
             for i in dicts:  # find which ones are not JSON
                 try:
@@ -190,6 +198,31 @@ class CallableAgent:
 
 
 _REQUEST_JSON = json.JSONEncoder(allow_nan=False)
+# Types orjson would write but the stdlib refuses are refused (the copy falls back).
+_FAST_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def _fast_copy(values: list[dict[str, Any]]) -> list[Any] | None:
+    """A JSON round-trip copy of ``values`` by orjson, or ``None`` when it would not be
+    exactly the stdlib's copy: then the caller runs the stdlib round trip, with its errors.
+
+    orjson refuses (-> ``None``) non-string keys, integers beyond 64 bits, lone surrogates,
+    nesting deeper than 255, dict/list/str/int subclasses, dataclasses and datetimes. What
+    it accepts but the stdlib would copy differently or refuse (``NaN``/``Infinity``
+    written as ``null``, tuples, enums, UUIDs) makes the copy differ from the original, so
+    the copy is only used when it equals ``values``: an equal copy is the stdlib's copy
+    (both spell the same JSON values)."""
+    try:
+        copies: list[Any] = orjson.loads(orjson.dumps(values, option=_FAST_OPTIONS))
+    except orjson.JSONEncodeError:
+        return None
+    except orjson.JSONDecodeError:  # pragma: no cover - orjson reads what it writes
+        return None
+    return copies if copies == values else None
 
 
 class _Resumed:

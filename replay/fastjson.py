@@ -1,0 +1,80 @@
+"""replay's JSON codec: ``orjson`` where it gives exactly what the stdlib gives, else stdlib.
+
+Contract: every function here returns what its stdlib counterpart returns, value for value,
+and fails where and how the stdlib fails (same exception, same message), because on any
+doubt it simply runs the stdlib call. orjson is only a faster way to the same values:
+
+:func:`loads`
+    ``json.loads``. orjson rejects what the stdlib also rejects, plus ``NaN``/``Infinity``
+    literals, numbers that overflow a double (``1e400``) and lone surrogate escapes, which
+    the stdlib accepts: its error sends the text to the stdlib. The one value orjson would
+    parse *differently* is an integer beyond 64 bits (it returns a float): a text with 19 or
+    more digits in a row (anywhere, strings included) goes to the stdlib unparsed.
+:func:`dumps_canonical`
+    Deterministic JSON bytes (sorted keys, no spaces, UTF-8) of a JSON value, *injective*:
+    two different values never give the same bytes. orjson writes ``NaN``/``Infinity`` as
+    ``null``, so a text containing ``null`` is parsed back and compared with the value;
+    when they differ (or orjson refuses the value: integers beyond 64 bits, non-string keys,
+    lone surrogates, too deep), the bytes are the stdlib's canonical JSON
+    (:func:`shadow.model.canonical_json` of the value, UTF-8), which spells ``NaN``. Which
+    of the two forms a value gets depends only on the value, so it is deterministic too.
+:func:`dumps`
+    ``json.dumps(value)`` as text a JSON parser reads back to the same value (the spelling
+    may differ: no spaces, raw UTF-8). orjson's output is used only when parsing it back
+    gives a value equal to ``value`` (which rules out ``NaN``/``Infinity`` turned ``null``
+    and tuples or other non-JSON types orjson would write differently); otherwise the
+    stdlib runs, with its errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+from shadow.model import canonical_json
+
+__all__ = ["dumps", "dumps_canonical", "loads"]
+
+_LONG_NUMBER = re.compile(r"\d{19}")  # could be an integer orjson turns into a float
+_SORTED = orjson.OPT_SORT_KEYS
+# Objects orjson would write but the stdlib refuses go to the stdlib (and its error).
+_STRICT = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads(text)``, faster; see the module doc."""
+    if _LONG_NUMBER.search(text if isinstance(text, str) else text.decode()) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # the stdlib decides: it accepts a few things orjson refuses, or says why not
+    return json.loads(text)
+
+
+def dumps_canonical(value: Any) -> bytes:
+    """Canonical, injective JSON bytes of a JSON value; see the module doc."""
+    try:
+        out = orjson.dumps(value, option=_SORTED | _STRICT)
+    except orjson.JSONEncodeError:
+        return canonical_json(value).encode()
+    if b"null" in out and orjson.loads(out) != value:  # NaN or Infinity written as null
+        return canonical_json(value).encode()
+    return out
+
+
+def dumps(value: Any) -> str:
+    """JSON text of ``value`` that parses back to an equal value; see the module doc."""
+    try:
+        out = orjson.dumps(value, option=_STRICT)
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
+    if orjson.loads(out) != value:
+        return json.dumps(value)
+    return out.decode()
