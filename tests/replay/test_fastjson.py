@@ -14,7 +14,8 @@ import pytest
 
 from replay.cache import CachedAgent, canonical_request, hash_text, request_hash
 from replay.fastjson import dumps, dumps_canonical, loads
-from replay.history import ResponseCache, _json_column, decode_answers, encode_answers
+from replay.history import ResponseCache, decode_answers, encode_answers
+from replay.history.reader import _json_column
 from shadow.agent import AgentRunner, load_agent
 from shadow.model import ShadowDecision, WorkEvent, canonical_json, content_hash
 

@@ -1,75 +1,26 @@
-"""Recorded history in (a sidecar's DuckDB file, Parquet, JSONL) and the response cache.
-
-This is the only module of ``replay`` that imports ``duckdb`` (as :mod:`shadow.store` is the
-only one inside ``shadow``): replay reads history files the sidecar never opens and keeps
-its own cache file, so it cannot go through the sidecar's store. Every DuckDB call runs on
-one dedicated thread per object (:class:`History`, :class:`ResponseCache`), never on the
-event loop, so agent calls keep flowing while a batch is read or written.
-
-History formats (detected from the file's first bytes, then its extension)
-    *sidecar DuckDB file* -- the ``events`` and ``outcomes`` tables of ``shadow run``; each
-    event joins its current outcome revision. Opened **read-only**, so the file is never
-    changed; DuckDB refuses a second process while a sidecar has it open (the error says
-    so: copy the file, with its ``.wal``, or stop the sidecar).
-    *Parquet* -- either one record per row with a ``kind`` column (``event``/``outcome``,
-    like the JSONL below), or one case per row (event and outcome columns side by side).
-    Columns: ``event_id``, ``task_type``, ``payload``, ``decision`` (required);
-    ``occurred_at``, ``segment``, ``actions``, ``decided_by``, ``decided_at`` (optional).
-    ``payload``/``decision``/``actions`` are JSON text or nested Parquet types.
-    *JSONL* -- one object per line with ``"kind": "event"`` or ``"kind": "outcome"`` (the
-    data contracts of DESIGN.md), validated line by line.
-Joining
-    An event without an outcome (or an outcome without its event) is not a case; both are
-    counted in :class:`HistoryStats`. Of several outcomes for one event the latest
-    ``decided_at`` wins (ties: the later record), as in the sidecar; of duplicate events
-    the first is kept. Cases come in ``event_id`` order.
-Errors
-    :class:`~replay.errors.HistoryError` names the file and the line (JSONL), the row
-    (Parquet, 1-based) or the table/column that is wrong. JSONL is validated whole before
-    the first case is returned; Parquet and DuckDB rows are checked as they are read.
-
-The cache (:class:`ResponseCache`) keeps each successful agent answer under
-``(agent_key, request_hash)``; see :mod:`replay.cache` for what the key means.
-
-Longer than our ~600-line guide on purpose (like :mod:`shadow.store`): keeping every DuckDB
-call in one module, on its own threads, outweighs splitting it. JSONL, which needs no
-DuckDB, is read by :mod:`replay.jsonl`.
-"""
+"""Reading recorded history: a sidecar DuckDB file (read-only), Parquet, or JSONL (through
+:mod:`replay.jsonl`); selection, sharding and batches of cases."""
 
 from __future__ import annotations
 
 import asyncio
 import zlib
-from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, Self, TypeVar
+from typing import Any, Literal, Self
 
 import duckdb
 
 from replay.errors import HistoryError
-from replay.fastjson import dumps, loads
+from replay.fastjson import loads
+from replay.history.worker import _Worker
 from replay.jsonl import read_jsonl
 from replay.model import Case, Selection
 from shadow.errors import ValidationError
 from shadow.model import Outcome, ShadowDecision, WorkEvent, as_actions
 
-__all__ = [
-    "Format",
-    "History",
-    "HistoryStats",
-    "ResponseCache",
-    "decode_answers",
-    "detect_format",
-    "encode_answers",
-]
-
-P = ParamSpec("P")
-T = TypeVar("T")
 Format = Literal["duckdb", "parquet", "jsonl"]
 
 _MAX_ERRORS = 10  # problems listed in one HistoryError
@@ -120,39 +71,6 @@ class HistoryStats:
             "outcomes_without_event": self.outcomes_without_event,
             "selected": self.selected,
         }
-
-
-class _Worker:
-    """One DuckDB connection on one thread; ``run`` hops there from the event loop."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._executor: ThreadPoolExecutor | None = None
-        self.con: duckdb.DuckDBPyConnection | None = None
-
-    def start(self) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
-
-    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        if self._executor is None:
-            raise HistoryError(f"{self._name} is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-
-    async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._close_con)
-        finally:
-            executor.shutdown(wait=True)
-
-    def _close_con(self) -> None:
-        con, self.con = self.con, None
-        if con is not None:
-            con.close()
 
 
 def _sql_str(text: str) -> str:
@@ -543,160 +461,3 @@ def _shard_of(event_id: str, shards: int) -> int:
 def _chunks(items: list[Case], size: int) -> Iterator[list[Case]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-# -- the response cache -------------------------------------------------------------------------
-
-_CACHE_DDL = """
-CREATE TABLE IF NOT EXISTS replay_answers (
-    agent_key     VARCHAR NOT NULL,   -- see replay.cache: declared version or agent spec
-    request_hash  VARCHAR NOT NULL,   -- content hash of the request sent to the agent
-    agent_version VARCHAR NOT NULL,   -- the version that answered
-    answer        JSON NOT NULL,      -- ShadowDecision.to_json()
-    recorded_at   TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (agent_key, request_hash)
-)
-"""
-
-
-def encode_answers(
-    answers: Sequence[tuple[str, ShadowDecision]],
-) -> tuple[list[str], list[str], str]:
-    """Hashes, versions and one JSON array of the answers (``ShadowDecision.to_json``)."""
-    return (
-        [h for h, _ in answers],
-        [d.agent_version for _, d in answers],
-        dumps([d.to_json() for _, d in answers]),
-    )
-
-
-def decode_answers(rows: Sequence[tuple[str, str]]) -> dict[str, ShadowDecision]:
-    """Inverse of :func:`encode_answers` for rows read back: ``{request_hash: answer}``."""
-    bodies = _json_column([body for _, body in rows])
-    return {h: ShadowDecision.from_stored(b) for (h, _), b in zip(rows, bodies, strict=True)}
-
-
-class ResponseCache:
-    """Successful agent answers on disk (a DuckDB file; ``":memory:"`` for none).
-
-    ``put`` is one transaction: when it returns the answers survive ``kill -9``. Opening a
-    cache held by another replay fails with a clear :class:`HistoryError`."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._worker = _Worker("replay-cache")
-
-    async def __aenter__(self) -> Self:
-        return await self.open()
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def open(self) -> Self:
-        self._worker.start()
-        try:
-            await self._worker.run(self._open)
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    def _open(self) -> None:
-        try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(self.path)
-            con.execute("SET TimeZone = 'UTC'")
-            con.execute(_CACHE_DDL)
-        except (duckdb.Error, OSError) as exc:
-            text = str(exc).splitlines()[0]
-            hint = " (is another replay using it?)" if "lock" in text.lower() else ""
-            raise HistoryError(f"cannot open replay cache {self.path}{hint}: {text}") from None
-        self._worker.con = con
-
-    async def close(self) -> None:
-        """Idempotent."""
-        await self._worker.close()
-
-    @property
-    def _con(self) -> duckdb.DuckDBPyConnection:
-        if self._worker.con is None:
-            raise HistoryError(f"replay cache {self.path} is closed")
-        return self._worker.con
-
-    async def get(self, agent_key: str, hashes: Sequence[str]) -> dict[str, ShadowDecision]:
-        return decode_answers(await self.get_texts(agent_key, hashes))
-
-    async def get_texts(self, agent_key: str, hashes: Sequence[str]) -> list[tuple[str, str]]:
-        """``(request_hash, answer JSON)`` of the cached ones among ``hashes``."""
-
-        def q() -> list[tuple[str, str]]:
-            return self._con.execute(
-                "SELECT request_hash, CAST(answer AS VARCHAR) FROM replay_answers "
-                "WHERE agent_key = ? AND request_hash IN (SELECT unnest(?::VARCHAR[]))",
-                [agent_key, list(hashes)],
-            ).fetchall()
-
-        return await self._worker.run(q)
-
-    async def put(
-        self,
-        agent_key: str,
-        answers: Sequence[tuple[str, ShadowDecision]],
-        *,
-        now: datetime,
-        replace: bool = True,
-    ) -> None:
-        """Store answers (one transaction). ``replace=False``: the caller knows none of them
-        is cached yet (it looked them up), which spares DuckDB the conflict check."""
-        if answers:
-            await self.put_texts(agent_key, *encode_answers(answers), now=now, replace=replace)
-
-    async def put_texts(
-        self,
-        agent_key: str,
-        hashes: Sequence[str],
-        versions: Sequence[str],
-        answers: str,
-        *,
-        now: datetime,
-        replace: bool = True,
-    ) -> None:
-        """Store answers given as :func:`encode_answers` gives them, in one transaction."""
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
-
-        def write() -> None:
-            try:
-                # The answers travel as one JSON array (one encoder call per batch), split
-                # into rows by DuckDB.
-                self._con.execute(
-                    f"{verb} INTO replay_answers SELECT ?, unnest(?::VARCHAR[]), "
-                    "unnest(?::VARCHAR[]), unnest(CAST(? AS JSON[])), ?::TIMESTAMPTZ",
-                    [agent_key, list(hashes), list(versions), answers, now],
-                )
-            except duckdb.Error as exc:
-                raise HistoryError(f"writing replay cache {self.path} failed: {exc}") from None
-
-        if hashes:
-            await self._worker.run(write)
-
-    async def versions(self, agent_key: str) -> Counter[str]:
-        """How many cached answers each observed agent version gave under ``agent_key``."""
-
-        def q() -> Counter[str]:
-            rows = self._con.execute(
-                "SELECT agent_version, count(*) FROM replay_answers WHERE agent_key = ? GROUP BY 1",
-                [agent_key],
-            ).fetchall()
-            return Counter({str(v): int(n) for v, n in rows})
-
-        return await self._worker.run(q)
-
-    async def count(self) -> int:
-        def q() -> int:
-            row = self._con.execute("SELECT count(*) FROM replay_answers").fetchone()
-            return int(row[0]) if row else 0
-
-        return await self._worker.run(q)
