@@ -176,7 +176,6 @@ class CachedAgent:
         self._confirmed = declared_version is not None
         self._used_unconfirmed = False
         self._pending: asyncio.Future[None] | None = None
-        self._replace = True
         self._nothing_cached = False
 
     async def start(self) -> None:
@@ -225,13 +224,14 @@ class CachedAgent:
         first_live = not self._confirmed
         # Rows of these hashes exist when another version answered them (or --refresh-cache
         # skipped the lookup): only then must the write replace rows.
-        self._replace = self.refresh or any(cached.get(hashes[i]) is not None for i in todo)
-        await self._call(events, hashes, todo, out, stop, handover)
+        overwrite = self.refresh or any(cached.get(hashes[i]) is not None for i in todo)
+        await self._call(events, hashes, todo, out, stop, handover, overwrite)
         changed = first_live and self._confirmed and before is not None
         if changed and self.expected != before and self._used_unconfirmed:
             # Cached answers of the old version were used (in this batch or before): score
             # everything again under the new one. Only the first fresh answer can trigger
             # this, so it happens at most once per run.
+            self.reset()
             raise VersionChanged(f"agent now answers as {self.expected}, cache had {before}")
         return out
 
@@ -260,6 +260,7 @@ class CachedAgent:
         out: list[ShadowDecision | None],
         stop: asyncio.Event | None,
         handover: bool,
+        overwrite: bool,
     ) -> None:
         if not todo:
             return
@@ -324,7 +325,7 @@ class CachedAgent:
             # ``flush``) waits for it before asking the agent anything.
             await self.flush()
             self._pending = asyncio.ensure_future(
-                self.cache.put(self.key, fresh, now=self.now(), replace=self._replace)
+                self.cache.put(self.key, fresh, now=self.now(), replace=overwrite)
             )
 
     async def flush(self) -> None:

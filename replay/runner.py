@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from replay.cache import CachedAgent, VersionChanged, canonical_request
+from replay.cache import VersionChanged, canonical_request
 from replay.fastjson import loads
 from replay.history import History, HistoryStats
 from replay.model import Case
@@ -129,9 +129,7 @@ class ReplayRunner:
         while True:
             try:
                 result = await self._pass()
-            except VersionChanged:
-                if isinstance(self.source, CachedAgent):
-                    self.source.reset()
+            except VersionChanged:  # the cache has reset itself for the new pass
                 passes += 1
                 continue
             result.seconds = self.clock() - start

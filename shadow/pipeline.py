@@ -15,8 +15,8 @@ by ``shadow demo``. Its contract:
   comparisons or promotion.
 - Expiry runs every ``expire_interval`` seconds with ``join_ttl``.
 
-Backpressure for pull sources: :attr:`Pipeline.saturated` is true while the agent workers
-are all busy and their hand-off queue is full; Kafka pauses partitions on it.
+Backpressure for pull sources: the backlog is the stored events awaiting the agent
+(:meth:`shadow.store.Store.awaiting_agent`); Kafka pauses its partitions on a threshold of it.
 """
 
 from __future__ import annotations
@@ -210,12 +210,6 @@ class Pipeline:
 
     # -- background work --------------------------------------------------------------------
 
-    @property
-    def saturated(self) -> bool:
-        """True while every agent worker is busy and the hand-off queue is full: pull
-        sources (Kafka) pause until it clears."""
-        return self._work.full()
-
     def _schedule_join(self, event_ids: Sequence[str]) -> None:
         if event_ids:
             self._join_ids.update(event_ids)
@@ -304,9 +298,7 @@ class Pipeline:
         if report.comparisons:
             for observer in self.observers:
                 observer.comparisons_stored(report.comparisons)
-            if self.promote:
-                self.metrics.steps(await self.registry.evaluate())
-            await self.refresh()
+            await self.evaluate()
 
     async def refresh(self) -> None:
         """Set the evidence, ladder and pending-join gauges from the store."""
@@ -353,4 +345,4 @@ class Pipeline:
             await asyncio.sleep(poll)
 
     async def _nothing_awaits_agent(self) -> bool:
-        return (await self.store.pending())["awaiting_agent"] == 0
+        return await self.store.awaiting_agent() == 0

@@ -138,7 +138,6 @@ _V2 = [
     """,
 ]
 
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2)]
 # Version 3: replay evidence (``shadow replay --record-evidence``). Kept in its own table, apart
 # from the comparisons behind the live ``agreement`` view, so it never moves a gate.
 _V3 = [
@@ -163,6 +162,7 @@ _V3 = [
     )
     """,
 ]
-MIGRATIONS.append((3, _V3))
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3)]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -16,14 +16,13 @@ import duckdb
 from replay.errors import HistoryError
 from replay.fastjson import loads
 from replay.history.worker import _Worker
-from replay.jsonl import read_jsonl
+from replay.jsonl import MAX_ERRORS, read_jsonl
 from replay.model import Case, Selection
 from shadow.errors import ValidationError
 from shadow.model import Outcome, ShadowDecision, WorkEvent, as_actions
 
 Format = Literal["duckdb", "parquet", "jsonl"]
 
-_MAX_ERRORS = 10  # problems listed in one HistoryError
 _EVENT_COLS = ("event_id", "task_type", "payload", "occurred_at", "segment")
 _OUTCOME_COLS = ("decision", "actions", "decided_by", "decided_at")
 _REQUIRED = ("event_id", "task_type", "payload", "decision")
@@ -105,6 +104,7 @@ class History:
         self._jsonl: list[Case] | None = None
         self._layout = ""  # parquet: "kind" or "joined"
         self._columns: dict[str, str] = {}
+        self._has_decisions = False  # sidecar file: a decisions table to baseline against
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -238,7 +238,7 @@ class History:
                 else ""
             )
             + " ORDER BY 1 LIMIT ?",
-            [_MAX_ERRORS],
+            [MAX_ERRORS],
         ).fetchall()
         if bad:
             lines = []
@@ -420,7 +420,7 @@ class History:
         return await self._worker.run(q)
 
     def _need_store(self) -> None:
-        if self.format != "duckdb" or not getattr(self, "_has_decisions", False):
+        if self.format != "duckdb" or not self._has_decisions:
             raise HistoryError(
                 f"{self.path}: a baseline agent version needs a sidecar DuckDB history "
                 "with a decisions table"
@@ -429,7 +429,7 @@ class History:
 
 def _row_error(path: Path, row: object, exc: ValidationError) -> HistoryError:
     lines = [f"{path}: row {row}, column {e.path or '(record)'}: {e.message}" for e in exc.errors]
-    return HistoryError("\n".join(lines[:_MAX_ERRORS]))
+    return HistoryError("\n".join(lines[:MAX_ERRORS]))
 
 
 def _json_column(texts: Sequence[str]) -> list[Any]:

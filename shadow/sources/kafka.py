@@ -51,7 +51,13 @@ from shadow.config import Settings
 from shadow.errors import ConfigError
 from shadow.ingest import RAW_LIMIT, BodyError, clip_raw, parse_events, parse_outcomes
 from shadow.model import Outcome, WorkEvent
-from shadow.sources.kafka_client import KafkaSpec, client_options, parse_kafka_spec, rewind
+from shadow.sources.kafka_client import (
+    KafkaSpec,
+    client_options,
+    next_offsets,
+    parse_kafka_spec,
+    rewind,
+)
 from shadow.store import DeadLetter
 
 if TYPE_CHECKING:
@@ -73,7 +79,6 @@ class _Batch:
     events: list[WorkEvent] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     dead: list[tuple[DeadLetter, Any]] = field(default_factory=list)  # (letter, message)
-    commit: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -110,13 +115,11 @@ class KafkaSource:
         settings: Settings,
         *,
         publisher: KafkaPublisher | None = None,
-        batch_size: int | None = None,
     ) -> None:
         self.spec = spec
         self._pipeline = pipeline
         self._settings = settings
         self._publisher = publisher
-        self._batch_size = batch_size or settings.batch_size
         self._consumer: AIOKafkaConsumer | None = None
         self._delivering = asyncio.Lock()
         self._paused = False
@@ -128,8 +131,6 @@ class KafkaSource:
         self._health: asyncio.Task[None] | None = None
         self._connected = False
         self._problem = "not started"
-        self.partitions = 0
-        self.delivered = 0  # messages handed to the pipeline (records and dead letters)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -157,7 +158,7 @@ class KafkaSource:
                     f"Kafka source {self.spec.name}: cannot reach the broker ({e}); "
                     "check the address and the security settings"
                 ) from None
-            self.partitions = await self._check_topology(consumer)
+            await self._check_topology(consumer)
         except BaseException:
             await consumer.stop()
             raise
@@ -167,7 +168,7 @@ class KafkaSource:
         self._health = asyncio.get_running_loop().create_task(self._probe(), name="kafka-health")
         return self
 
-    async def _check_topology(self, consumer: AIOKafkaConsumer) -> int:
+    async def _check_topology(self, consumer: AIOKafkaConsumer) -> None:
         try:
             await consumer.topics()  # fresh metadata for every topic
         except KafkaError as e:
@@ -192,7 +193,6 @@ class KafkaSource:
                 "partition count and be keyed by event_id so an event and its outcome reach "
                 "the same replica"
             )
-        return counts["events"]
 
     async def close(self) -> None:
         self._closing.set()
@@ -254,7 +254,9 @@ class KafkaSource:
         while not self._closing.is_set():
             await self._backpressure(consumer, loop.time())
             try:
-                fetched = await consumer.getmany(timeout_ms=_POLL_MS, max_records=self._batch_size)
+                fetched = await consumer.getmany(
+                    timeout_ms=_POLL_MS, max_records=self._settings.batch_size
+                )
             except KafkaError as e:
                 log.warning("%s: fetch failed (%s); retrying", self.spec.name, e)
                 await asyncio.sleep(0.5)
@@ -280,8 +282,6 @@ class KafkaSource:
         for tp, messages in fetched.items():
             for message in messages:
                 self._parse(tp.topic, message, batch)
-            if messages:
-                batch.commit[tp] = messages[-1].offset + 1
         source = f"kafka:{self.spec.events}"
         if batch.events:
             await self._pipeline.submit_events(batch.events, source=source)
@@ -294,10 +294,9 @@ class KafkaSource:
             if self._publisher is not None:
                 for letter, message in batch.dead:
                     await self._publisher.dead_letter(message, letter.reason)
-        self.delivered += len(batch.events) + len(batch.outcomes) + len(batch.dead)
         self._estimate += len(batch.events)
         try:
-            await consumer.commit(batch.commit)
+            await consumer.commit(next_offsets(fetched))
         except KafkaError as e:
             # Stored already: a re-delivery is deduplicated by the store.
             log.warning("%s: commit failed (%s); the batch may be re-delivered", self.spec.name, e)
@@ -362,8 +361,8 @@ class KafkaSource:
         ``kafka_resume_backlog``. The store is asked only when an upper-bound estimate (last
         count + events delivered since) reaches the threshold, so the backlog never exceeds
         the threshold by more than one batch and the check costs nothing when the agent
-        keeps up. (``Pipeline.saturated`` alone flips each time a worker frees up; the
-        backlog thresholds give the hysteresis.)"""
+        keeps up. (Whether the agent workers are all busy flips each time one frees up;
+        the backlog thresholds give the hysteresis.)"""
         s = self._settings
         if self._pipeline.agent is None:
             return
@@ -372,7 +371,7 @@ class KafkaSource:
         if self._paused and now < self._next_check:
             return
         self._next_check = now + _BACKPRESSURE_CHECK_S
-        backlog = (await self._pipeline.store.pending())["awaiting_agent"]
+        backlog = await self._pipeline.store.awaiting_agent()
         self._estimate = backlog
         if not self._paused and backlog >= s.kafka_pause_backlog:
             self._paused = True
@@ -384,10 +383,6 @@ class KafkaSource:
             consumer.resume(*consumer.assignment())
             self._pipeline.metrics.kafka_paused.set(0)
             log.info("%s: resumed (%d events await the agent)", self.spec.name, backlog)
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
 
     async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         gauge = self._pipeline.metrics.kafka_lag

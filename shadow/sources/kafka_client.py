@@ -92,6 +92,11 @@ def client_options(settings: Settings, bootstrap: str) -> dict[str, Any]:
     return opts
 
 
+def next_offsets(fetched: Mapping[TopicPartition, Any]) -> dict[TopicPartition, int]:
+    """The offsets to commit once ``fetched`` is stored: one past each partition's last message."""
+    return {tp: messages[-1].offset + 1 for tp, messages in fetched.items() if messages}
+
+
 def rewind(consumer: AIOKafkaConsumer, fetched: Mapping[TopicPartition, Any]) -> None:
     """Seek every still-assigned partition of ``fetched`` back to its first fetched offset,
     so an uncommitted batch whose processing failed is read again."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from shadow.config import Settings
 from shadow.errors import ConfigError
+from shadow.metrics import Metrics
 from shadow.sources.follow import AutonomyFollower
 from shadow.sources.kafka import KafkaSource, KafkaSpec
 from shadow.sources.publish import ComparisonFollower, KafkaPublisher
@@ -48,7 +49,7 @@ class KafkaStack:
         *,
         store: Store,
         clock: Callable[[], datetime],
-        metrics: Any,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.specs = list(specs)

@@ -44,9 +44,10 @@ from aiokafka.errors import KafkaError
 from shadow.config import Settings
 from shadow.errors import ConfigError
 from shadow.ingest import RAW_LIMIT, clip_raw
+from shadow.metrics import Metrics
 from shadow.model import Comparison, FieldResult, Verdict
 from shadow.promotion import LadderState
-from shadow.sources.kafka_client import client_options, rewind
+from shadow.sources.kafka_client import client_options, next_offsets, rewind
 from shadow.store import DeadLetter, Store
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class KafkaPublisher:
         bootstrap: str,
         store: Store,
         clock: Callable[[], datetime],
-        metrics: Any,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._bootstrap = bootstrap
@@ -283,7 +284,6 @@ class ComparisonFollower:
         self._group = f"{group}.promoter"
         self._pipeline = pipeline
         self._consumer: AIOKafkaConsumer | None = None
-        self.imported = 0
 
     async def start(self) -> Self:
         if self._consumer is None:
@@ -343,7 +343,6 @@ class ComparisonFollower:
         # (a crash in between re-reads the batch, which was not committed yet).
         await store.mark_published(comparisons, now=now)
         await store.put_comparisons(comparisons, now=now, actor="kafka")
-        self.imported += len(comparisons)
         with contextlib.suppress(KafkaError):
-            await consumer.commit({tp: ms[-1].offset + 1 for tp, ms in fetched.items() if ms})
+            await consumer.commit(next_offsets(fetched))
         await self._pipeline.evaluate()

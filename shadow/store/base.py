@@ -173,6 +173,16 @@ class StoreBase:
 
         return await self._run(q)
 
+    async def awaiting_agent(self) -> int:
+        """Sampled events with no agent decision yet: the backlog pull sources pause on (one
+        count, cheaper than :meth:`pending` on the hot backpressure path)."""
+
+        def q() -> int:
+            row = self.con.execute("SELECT count(*) FROM events WHERE needs_agent").fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(q)
+
     async def pending(self) -> dict[str, int]:
         """Open joins: decisions awaiting an outcome, outcomes awaiting their event, and
         sampled events awaiting the agent."""
