@@ -173,10 +173,20 @@ class _Undecodable(Exception):
         self.message = message
 
 
-def _decode(text: str, *, where: Callable[[json.JSONDecodeError], str]) -> tuple[Any, bool]:
+_SEVERAL_IN_BODY = " (more than one JSON value; for one object per line use application/x-ndjson)"
+_SEVERAL_IN_RECORD = " (more than one JSON value; expected exactly one object)"
+
+
+def _decode(
+    text: str,
+    *,
+    where: Callable[[json.JSONDecodeError], str],
+    several: str = _SEVERAL_IN_BODY,
+) -> tuple[Any, bool]:
     """JSON value of ``text`` and whether it may hold a marked problem (see :func:`_problem`).
 
-    Raises :class:`_Undecodable` with a message; ``where`` renders a syntax error's position.
+    Raises :class:`_Undecodable` with a message; ``where`` renders a syntax error's position
+    and ``several`` is the hint appended when more than one value follows.
     """
     try:
         try:
@@ -186,7 +196,7 @@ def _decode(text: str, *, where: Callable[[json.JSONDecodeError], str]) -> tuple
     except json.JSONDecodeError as e:
         hint = ""
         if e.msg == "Extra data":
-            hint = " (more than one JSON value; for one object per line use application/x-ndjson)"
+            hint = several
         raise _Undecodable(f"invalid JSON at {where(e)}: {e.msg}{hint}") from None
     except RecursionError:
         raise _Undecodable("invalid JSON: nested too deeply") from None
@@ -413,35 +423,53 @@ def _json_kind(value: object) -> str:
 
 
 def parse_mixed_line(line: str, lineno: int) -> WorkEvent | Outcome | RecordError:
-    """One JSONL line of a mixed stream (files, Kafka): ``"kind"`` says event or outcome.
+    """One JSONL line of a mixed stream (files): ``"kind"`` says event or outcome.
 
     Never raises. A trailing ``\\n`` / ``\\r\\n`` is ignored. A record with several field
     errors becomes one :class:`RecordError` with path ``""`` and every ``path: message``
     joined by ``"; "`` (a dead letter has one reason); with one error its path is kept.
     """
-    line = line.removesuffix("\n").removesuffix("\r")
+    return parse_record(line, lineno)
+
+
+def parse_record(
+    text: str, lineno: int = 1, *, kind: str | None = None
+) -> WorkEvent | Outcome | RecordError:
+    """One record as text: a line of a mixed stream (``kind=None``: its ``"kind"`` field
+    says event or outcome) or one message of a single-kind stream (``kind="event"`` or
+    ``"outcome"``, e.g. a Kafka topic; a ``"kind"`` field, if present, must agree).
+
+    Exactly one JSON object; otherwise as :func:`parse_mixed_line` (never raises).
+    """
+    line = text.removesuffix("\n").removesuffix("\r")
     raw = clip_raw(line)
     if not line.strip(" \t"):
-        return RecordError(lineno, "", "empty line", raw)
+        return RecordError(lineno, "", "empty line" if kind is None else "empty record", raw)
     try:
-        value, suspect = _decode(line, where=_column)
+        value, suspect = _decode(line, where=_column, several=_SEVERAL_IN_RECORD)
     except _Undecodable as e:
-        return RecordError(lineno, "", e.message, raw)
+        return RecordError(lineno, "", e.message, raw, kind or "unknown")
     # A str from a caller (not decoded from bytes here) may hold surrogates itself.
     suspect = suspect or not _encodable(line)
     if not isinstance(value, dict):
-        return RecordError(lineno, "", f"{_MIXED}, got {_json_kind(value)}", raw)
-    kind = value.get("kind")
-    known = kind if kind == "event" or kind == "outcome" else "unknown"
+        expected = _MIXED if kind is None else "expected one JSON object"
+        return RecordError(
+            lineno, "", f"{expected}, got {_json_kind(value)}", raw, kind or "unknown"
+        )
+    given = value.get("kind")
+    if kind is None:
+        known = given if given == "event" or given == "outcome" else "unknown"
+    else:
+        known = kind
     event_id = _event_id(value)
     found = _problem(value) if suspect else None
     if found is not None:
         return RecordError(lineno, *found, raw, known, event_id)
-    if known == "unknown":
+    if kind is None and known == "unknown":
         message = (
             'required; expected "event" or "outcome"'
-            if kind is None
-            else f'expected "event" or "outcome", got {_shown(kind)}'
+            if given is None
+            else f'expected "event" or "outcome", got {_shown(given)}'
         )
         return RecordError(lineno, "kind", message, raw, known, event_id)
     try:

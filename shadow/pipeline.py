@@ -9,7 +9,8 @@ by ``shadow demo``. Its contract:
   by a stable hash of their id.
 - The agent never runs on the ingest path: stored events flagged ``needs_agent`` are the
   work queue. A feeder reads them from the store (so a restart resumes, and memory stays
-  bounded), ``agent_concurrency`` workers call the agent, and one writer stores decisions in
+  bounded), ``agent_concurrency`` workers call the agent (an in-process agent gets a store
+  batch at a time through ``AgentRunner.decide_batch``), and one writer stores decisions in
   batches, then completes joins and re-evaluates the ladder after each batch of comparisons.
 - Outcomes trigger joins in a background task too, so a burst of outcomes never waits for
   comparisons or promotion.
@@ -126,10 +127,13 @@ class Pipeline:
         self._tasks.append(spawn(self._join_loop(), name="shadow-join"))
         self._tasks.append(spawn(self._expire_loop(), name="shadow-expire"))
         if self.agent is not None:
-            self._tasks.append(spawn(self._feeder(), name="shadow-feeder"))
             self._tasks.append(spawn(self._writer(), name="shadow-writer"))
-            for i in range(self.settings.agent_concurrency):
-                self._tasks.append(spawn(self._worker(), name=f"shadow-agent-{i}"))
+            if self.agent.batches:
+                self._tasks.append(spawn(self._batch_feeder(), name="shadow-feeder"))
+            else:
+                self._tasks.append(spawn(self._feeder(), name="shadow-feeder"))
+                for i in range(self.settings.agent_concurrency):
+                    self._tasks.append(spawn(self._worker(), name=f"shadow-agent-{i}"))
         return self
 
     async def stop(self) -> None:
@@ -232,6 +236,36 @@ class Pipeline:
             for event in fresh[:room]:
                 self._inflight.add(event.event_id)
                 await self._work.put(event)
+
+    async def _batch_feeder(self) -> None:
+        """In-process agents: a store batch at a time through ``decide_batch`` (the same
+        decisions as one call per event, far less work per call). At most two batches are
+        between the store and the writer."""
+        assert self.agent is not None
+        size = self.settings.batch_size
+        while True:
+            if len(self._inflight) >= 2 * size:
+                await asyncio.sleep(0.005)
+                continue
+            events = await self.store.events_awaiting_agent(limit=size + len(self._inflight))
+            fresh = [e for e in events if e.event_id not in self._inflight][:size]
+            if not fresh:
+                self._agent_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._agent_wake.wait(), timeout=1.0)
+                continue
+            self._inflight.update(e.event_id for e in fresh)
+            try:
+                # The events were just read from the store and are not used again here.
+                decisions = await self.agent.decide_batch(fresh, handover=True)
+            except BaseException:
+                self._inflight.difference_update(e.event_id for e in fresh)
+                raise
+            for event, decision in zip(fresh, decisions, strict=True):
+                if decision is None:  # the runner is closing: left for the next start
+                    self._inflight.discard(event.event_id)
+                else:
+                    self._results.put_nowait((event, decision))
 
     async def _worker(self) -> None:
         assert self.agent is not None

@@ -74,6 +74,11 @@ class AgentRunner:
         return self._breaker
 
     @property
+    def batches(self) -> bool:
+        """True when :meth:`decide_batch` is the cheaper path (an in-process agent)."""
+        return isinstance(self.transport, CallableAgent)
+
+    @property
     def version(self) -> str:
         """The version failed decisions are recorded under right now."""
         return self._last_version or self.default_version

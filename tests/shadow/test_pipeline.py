@@ -116,7 +116,7 @@ async def pipelines(clock: FakeClock, no_shadow_env: None) -> AsyncIterator[Pipe
     every one is stopped (and its runner closed) after the test."""
     made: list[Running] = []
 
-    async def start(store: Store, *, policy: Policy = POLICY) -> Running:
+    async def start(store: Store, *, policy: Policy = POLICY, **overrides: Any) -> Running:
         values: dict[str, Any] = {
             "db": store.path,
             "agent": AGENT,
@@ -124,6 +124,7 @@ async def pipelines(clock: FakeClock, no_shadow_env: None) -> AsyncIterator[Pipe
             "agent_concurrency": 4,
             "expire_interval": 3600.0,
             "config": None,
+            **overrides,
         }
         settings = Settings(**values)
         runner = AgentRunner(
@@ -307,6 +308,27 @@ async def test_restart_resends_unanswered_events_and_compares_each_once(
     assert third.sample("shadow_comparisons_total", **labels, verdict="agree") == 0
     assert third.sample("shadow_evidence_comparisons", **labels) == 6  # from the store
     assert (await store.evidence())["refund"][VERSION].n == 6
+
+
+async def test_an_in_process_agent_is_fed_in_batches_and_called_once_per_event(
+    store: Store, pipelines: PipelineFactory
+) -> None:
+    """Batches smaller than the backlog, events arriving while a batch is with the agent:
+    every event is decided once and compared once."""
+    STATE.arrived = asyncio.Condition()
+    running = await pipelines(store, batch_size=7)
+    assert running.runner.batches
+    ids = [f"b-{i:03d}" for i in range(50)]
+    await running.pipeline.submit_events([ev(i) for i in ids[:20]], source="test")
+    await until_calls(1)
+    for chunk in (ids[20:35], ids[35:]):
+        await running.pipeline.submit_events([ev(i) for i in chunk], source="test")
+    await running.pipeline.submit_outcomes([out(i) for i in ids], source="test")
+    await running.pipeline.drain()
+    assert called_ids() == ids
+    assert await store.count("decisions") == 50
+    assert await store.count("comparisons") == 50
+    assert running.pipeline.comparisons == 50
 
 
 async def test_start_finishes_joins_a_crash_left_behind(
