@@ -6,7 +6,7 @@ Key
     ``task_type`` and the payload *after* the policy's redaction), so a change to the
     history or to the redaction rules is a miss, never a stale hit. It hashes
     :data:`REQUEST_FORMAT` followed by :func:`canonical_request` (injective canonical JSON,
-    :func:`replay.fastjson.dumps_canonical`); the format tag changes whenever the canonical
+    :func:`shadow.fastjson.dumps_canonical`); the format tag changes whenever the canonical
     text does, so rows written under another format simply miss (the first format, plain
     ``shadow.model.content_hash`` of the request, had no tag).
     ``agent_key`` is ``version:<V>`` when the run declares ``--agent-version V``, else
@@ -42,8 +42,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from replay.fastjson import dumps_canonical
 from shadow.agent import AgentRunner
+from shadow.fastjson import dumps_canonical
 from shadow.model import ShadowDecision, WorkEvent
 
 __all__ = [
@@ -85,13 +85,13 @@ def agent_key(spec: str, declared_version: str | None = None) -> str:
 
 # Hashed in front of the canonical request text. Change it whenever that text changes for
 # some request (a new encoder, new options), so cached rows of the old text simply miss.
-# Version 1 (no tag): shadow.model.content_hash, stdlib json. 2: replay.fastjson (orjson).
+# Version 1 (no tag): shadow.model.content_hash, stdlib json. 2: shadow.fastjson (orjson).
 REQUEST_FORMAT = b"replay-request/2\n"
 
 
 def canonical_request(event: WorkEvent) -> bytes:
     """The canonical JSON (UTF-8) of what the agent receives for ``event`` (payload already
-    redacted): ``{event_id, task_type, payload}``, by :func:`replay.fastjson.dumps_canonical`
+    redacted): ``{event_id, task_type, payload}``, by :func:`shadow.fastjson.dumps_canonical`
     (sorted keys, no spaces; different requests never share a text)."""
     return dumps_canonical(
         {"event_id": event.event_id, "task_type": event.task_type, "payload": event.payload}

@@ -26,11 +26,11 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from replay.cache import VersionChanged, canonical_request
-from replay.fastjson import loads
 from replay.history import History, HistoryStats
 from replay.model import Case
 from replay.report import TaskStats
 from shadow.diff import Differ
+from shadow.fastjson import loads
 from shadow.joiner import compare
 from shadow.model import ShadowDecision, WorkEvent
 from shadow.policy import Policy

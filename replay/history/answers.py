@@ -13,9 +13,9 @@ from typing import Self
 import duckdb
 
 from replay.errors import HistoryError
-from replay.fastjson import dumps
 from replay.history.reader import _json_column
 from replay.history.worker import _Worker
+from shadow.fastjson import dumps
 from shadow.model import ShadowDecision
 
 _CACHE_DDL = """

@@ -14,11 +14,11 @@ from typing import Any, Literal, Self
 import duckdb
 
 from replay.errors import HistoryError
-from replay.fastjson import loads
 from replay.history.worker import _Worker
 from replay.jsonl import MAX_ERRORS, read_jsonl
 from replay.model import Case, Selection
 from shadow.errors import ValidationError
+from shadow.fastjson import loads
 from shadow.model import Outcome, ShadowDecision, WorkEvent, as_actions
 
 Format = Literal["duckdb", "parquet", "jsonl"]

@@ -16,6 +16,7 @@ import orjson
 
 from shadow.agent.base import _check_timeout, _clip, _kind
 from shadow.errors import AgentError, ConfigError
+from shadow.fastjson import STRICT
 
 
 class CallableAgent:
@@ -198,12 +199,6 @@ class CallableAgent:
 
 
 _REQUEST_JSON = json.JSONEncoder(allow_nan=False)
-# Types orjson would write but the stdlib refuses are refused (the copy falls back).
-_FAST_OPTIONS = (
-    orjson.OPT_PASSTHROUGH_DATACLASS
-    | orjson.OPT_PASSTHROUGH_DATETIME
-    | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
 
 
 def _fast_copy(values: list[dict[str, Any]]) -> list[Any] | None:
@@ -217,7 +212,7 @@ def _fast_copy(values: list[dict[str, Any]]) -> list[Any] | None:
     the copy is only used when it equals ``values``: an equal copy is the stdlib's copy
     (both spell the same JSON values)."""
     try:
-        copies: list[Any] = orjson.loads(orjson.dumps(values, option=_FAST_OPTIONS))
+        copies: list[Any] = orjson.loads(orjson.dumps(values, option=STRICT))
     except orjson.JSONEncodeError:
         return None
     except orjson.JSONDecodeError:  # pragma: no cover - orjson reads what it writes

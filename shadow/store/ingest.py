@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from shadow.fastjson import dumps
 from shadow.model import (
     Outcome,
     ShadowDecision,
@@ -61,7 +62,7 @@ class IngestPart(StoreBase):
                     (
                         event.event_id,
                         event.task_type,
-                        json.dumps(event.payload),
+                        dumps(event.payload),
                         event.occurred_at,
                         event.segment,
                         digest,
@@ -145,13 +146,13 @@ class IngestPart(StoreBase):
                 demote.append((o.event_id, current[0]))
             revision = len(revs) + 1
             revs.append([revision, digest, ts, is_current])
-            actions = json.dumps([a.to_json() for a in o.actions])
+            actions = dumps([a.to_json() for a in o.actions])
             rows.append(
                 (
                     o.event_id,
                     revision,
                     is_current,
-                    json.dumps(o.decision),
+                    dumps(o.decision),
                     actions,
                     o.decided_by,
                     o.decided_at,
@@ -228,7 +229,7 @@ class IngestPart(StoreBase):
                         d.event_id,
                         d.agent_version,
                         task_type,
-                        json.dumps(d.to_json()),
+                        dumps(d.to_json()),
                         digest,
                         d.error,
                         d.latency_ms,

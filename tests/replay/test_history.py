@@ -241,11 +241,12 @@ async def test_cache_round_trip_survives_reopen(tmp_path: Path) -> None:
 async def test_replay_evidence_is_kept_apart_from_live_evidence(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
+    from shadow.schema import SCHEMA_VERSION
     from shadow.store import ReplayEvidence
 
     db = await write_sidecar_history(tmp_path / "s.duckdb")
     async with Store(db) as store:
-        assert await store.schema_version() == 3
+        assert await store.schema_version() == SCHEMA_VERSION
         entry = ReplayEvidence("refund", "v9", 60, 48, 10, 0, 0.6, 0.9, "abc", {"n": 60})
         await store.put_replay_evidence(
             [entry], run_id="r1", history="h.jsonl", now=datetime(2026, 11, 21, tzinfo=UTC)

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import hashlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shadow.errors import ValidationError
 from shadow.model import (
@@ -10,6 +14,8 @@ from shadow.model import (
     Outcome,
     ShadowDecision,
     WorkEvent,
+    canonical_bytes,
+    canonical_json,
     content_hash,
 )
 
@@ -163,3 +169,60 @@ def test_level_parse_and_order() -> None:
     assert str(Level.L4) == "L4"
     with pytest.raises(ValueError, match="use one of L0, L1, L2, L3, L4"):
         Level.parse("L5")
+
+
+# -- canonical bytes: orjson only where it spells what the stdlib spells ------------------------
+
+_floats = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=-1e-3, max_value=1e-3),  # the small ones where spellings part ways
+    st.sampled_from([1e-5, 2.5e-7, 1e-4, 0.00012, 1e15, 1e16, 1.5e16, 1e22, 5e-324, -0.0]),
+)
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),  # beyond 64 bits too: orjson refuses those
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    _floats,
+    st.text(),  # lone surrogates, control characters, U+2028, ...
+    st.sampled_from(["1e-5", "x0.00001", "e-mail", "null"]),
+)
+_json_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.text(max_size=5), inner, max_size=4),
+        st.dictionaries(st.integers(-3, 3), inner, max_size=2),  # the stdlib writes "1"
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_json_values)
+def test_canonical_bytes_are_the_stdlib_canonical_json(value: object) -> None:
+    try:
+        want = canonical_json(value).encode("utf-8", "surrogatepass")
+    except (TypeError, ValueError) as e:  # mixed key types the stdlib cannot sort
+        with pytest.raises(type(e)):
+            canonical_bytes(value)
+        return
+    try:
+        assert canonical_bytes(value) == want
+    except UnicodeEncodeError:  # a lone surrogate: the stdlib's text cannot be UTF-8 either
+        with pytest.raises(UnicodeEncodeError):
+            canonical_json(value).encode()
+
+
+def test_canonical_bytes_keep_the_content_hashes_already_stored() -> None:
+    """Hashes stored by earlier versions (stdlib only) must still match: spot values."""
+    for value in (
+        {"b": 1, "a": [1.5, 1e-05, 2.5e-07, "é", None, True]},
+        {"amount": 12.34, "email": "x@example.com", "n": 2**70},
+        [float("nan"), float("inf")],
+        {"k": "\u2028\x00\x7f/"},
+    ):
+        assert (
+            content_hash(value) == hashlib.sha256(canonical_json(value).encode()).hexdigest()[:32]
+        )

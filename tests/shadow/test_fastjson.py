@@ -1,4 +1,4 @@
-"""replay.fastjson: orjson only where it gives the stdlib's values; the canonical request
+"""shadow.fastjson: orjson only where it gives the stdlib's values; the canonical request
 text is injective (NaN is not null) and its format tag makes old cache rows miss."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from replay.cache import CachedAgent, canonical_request, hash_text, request_hash
-from replay.fastjson import dumps, dumps_canonical, loads
 from replay.history import ResponseCache, decode_answers, encode_answers
 from replay.history.reader import _json_column
 from shadow.agent import AgentRunner, load_agent
+from shadow.fastjson import dumps, dumps_canonical, loads
 from shadow.model import ShadowDecision, WorkEvent, canonical_json, content_hash
 
 TEXTS = [
@@ -130,7 +130,7 @@ async def test_rows_of_the_old_request_format_miss(tmp_path: Path) -> None:
     """A cache written before the format tag (key: shadow.model.content_hash of the
     request) is not read: its rows miss, the agent is asked, the new rows are kept."""
     events = [WorkEvent(f"e{i}", "refund_request", {"amount": i}) for i in range(3)]
-    spec = "tests.replay.test_fastjson:answer_agent"
+    spec = "tests.shadow.test_fastjson:answer_agent"
     old = ShadowDecision("x", "fmt@1", {"action": "STALE"})
     CALLS.clear()
     async with ResponseCache(tmp_path / "cache.duckdb") as cache:

@@ -1,4 +1,5 @@
-"""replay's JSON codec: ``orjson`` where it gives exactly what the stdlib gives, else stdlib.
+"""JSON through ``orjson`` where it gives exactly what the stdlib gives, else stdlib (the
+store's JSON columns; replay's history, cache rows and request text).
 
 Contract: every function here returns what its stdlib counterpart returns, value for value,
 and fails where and how the stdlib fails (same exception, same message), because on any
@@ -36,7 +37,7 @@ import orjson
 
 from shadow.model import canonical_json
 
-__all__ = ["dumps", "dumps_canonical", "loads"]
+__all__ = ["STRICT", "dumps", "dumps_canonical", "loads"]
 
 # Digits -> "0", "." stays, every other byte -> " ": an integer token of 19 or more digits
 # (which orjson might turn into a float) becomes " " + 19 zeros; fraction digits follow ".".
@@ -45,7 +46,7 @@ _DIGITS = bytes(48 if 48 <= b <= 57 else 46 if b == 46 else 32 for b in range(25
 _LONG_INTEGER = b" " + b"0" * 19
 _SORTED = orjson.OPT_SORT_KEYS
 # Objects orjson would write but the stdlib refuses go to the stdlib (and its error).
-_STRICT = (
+STRICT = (
     orjson.OPT_PASSTHROUGH_DATACLASS
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_SUBCLASS
@@ -66,7 +67,7 @@ def loads(text: str | bytes) -> Any:
 def dumps_canonical(value: Any) -> bytes:
     """Canonical, injective JSON bytes of a JSON value; see the module doc."""
     try:
-        out = orjson.dumps(value, option=_SORTED | _STRICT)
+        out = orjson.dumps(value, option=_SORTED | STRICT)
     except orjson.JSONEncodeError:
         return canonical_json(value).encode()
     if b"null" in out and orjson.loads(out) != value:  # NaN or Infinity written as null
@@ -77,7 +78,7 @@ def dumps_canonical(value: Any) -> bytes:
 def dumps(value: Any) -> str:
     """JSON text of ``value`` that parses back to an equal value; see the module doc."""
     try:
-        out = orjson.dumps(value, option=_STRICT)
+        out = orjson.dumps(value, option=STRICT)
     except orjson.JSONEncodeError:
         return json.dumps(value)
     if orjson.loads(out) != value:
