@@ -1,7 +1,9 @@
 """Reading a JSONL history: one record per line with ``"kind": "event"`` or ``"kind":
 "outcome"`` (DESIGN.md's data contracts), validated whole before the first case is used.
 
-Every problem is reported with ``FILE:LINE: field: message`` (up to 10 at once, in one
+Lines are parsed by :func:`shadow.ingest.parse_mixed_line`, the live file source's parser
+(strict JSON: a repeated key, ``NaN`` or a lone surrogate escape is an error). Every problem
+is reported with ``FILE:LINE: field: message`` (up to 10 at once, in one
 :class:`~replay.errors.HistoryError`). Joining rules are those of :mod:`replay.history`:
 the first of duplicate events is kept; of several outcomes the latest ``decided_at`` wins
 (ties: the later line). The whole file is held in memory (as cases), which suits exports;
@@ -10,14 +12,13 @@ large histories belong in the sidecar's DuckDB file or in Parquet, which are str
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replay.errors import HistoryError
 from replay.model import Case
-from shadow.errors import ValidationError
+from shadow.ingest import RecordError, parse_mixed_line
 from shadow.model import Outcome, WorkEvent
 
 if TYPE_CHECKING:
@@ -45,38 +46,24 @@ def read_jsonl(path: Path, stats: HistoryStats) -> list[Case]:
                 continue
             where = f"{path}:{number}"
             try:
-                obj = json.loads(raw)
-            except ValueError as exc:
-                errors.append(f"{where}: invalid JSON: {exc}")
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                errors.append(f"{where}: not UTF-8 at byte {exc.start}")
                 continue
-            kind = obj.get("kind") if isinstance(obj, dict) else None
-            if not isinstance(obj, dict):
-                errors.append(
-                    f"{where}: expected a JSON object with a kind, got {type(obj).__name__}"
-                )
-            elif kind == "event":
-                try:
-                    event = WorkEvent.from_json(obj)
-                except ValidationError as exc:
-                    errors.extend(f"{where}: {e}" for e in exc.errors)
-                    continue
+            # The live file source's parser: the same strict JSON (no duplicate keys, NaN or
+            # lone surrogates) and the same messages.
+            record = parse_mixed_line(text.removeprefix("\ufeff") if number == 1 else text, number)
+            if isinstance(record, RecordError):
+                errors.append(f"{where}: {record}")
+            elif isinstance(record, WorkEvent):
                 stats.events += 1
-                events.setdefault(event.event_id, event)
-            elif kind == "outcome":
-                try:
-                    outcome = Outcome.from_json(obj)
-                except ValidationError as exc:
-                    errors.extend(f"{where}: {e}" for e in exc.errors)
-                    continue
-                stats.outcomes += 1
-                ts = outcome.decided_at_ts
-                old = outcomes.get(outcome.event_id)
-                if old is None or _later(ts, number, old[0], old[1]):
-                    outcomes[outcome.event_id] = (ts, number, outcome)
-            elif kind is None:
-                errors.append(f'{where}: kind: required; expected "event" or "outcome"')
+                events.setdefault(record.event_id, record)
             else:
-                errors.append(f'{where}: kind: expected "event" or "outcome", got {kind!r}')
+                stats.outcomes += 1
+                ts = record.decided_at_ts
+                old = outcomes.get(record.event_id)
+                if old is None or _later(ts, number, old[0], old[1]):
+                    outcomes[record.event_id] = (ts, number, record)
     if errors:
         raise HistoryError("\n".join(errors[:MAX_ERRORS]))
     cases = [Case(e, outcomes[i][2]) for i, e in sorted(events.items()) if i in outcomes]

@@ -115,6 +115,23 @@ async def test_sidecar_file_is_opened_read_only_and_left_unchanged(tmp_path: Pat
             ['{"kind": "outcome", "event_id": "a", "decision": {}, "decided_at": "yesterday"}'],
             ["h.jsonl:1: decided_at: expected an ISO-8601 timestamp"],
         ),
+        # As strict as the live sources (the same parser): a repeated key, NaN, a lone
+        # surrogate escape and bytes that are not UTF-8 are refused, not read leniently.
+        (
+            [
+                '{"kind": "event", "event_id": "a", "event_id": "b", '
+                '"task_type": "t", "payload": {}}'
+            ],
+            ["h.jsonl:1: event_id: key appears more than once"],
+        ),
+        (
+            ['{"kind": "event", "event_id": "a", "task_type": "t", "payload": {"x": NaN}}'],
+            ["h.jsonl:1: payload.x: NaN is not valid JSON"],
+        ),
+        (
+            ['{"kind": "event", "event_id": "a", "task_type": "t", "payload": {"x": "\\ud800"}}'],
+            ["h.jsonl:1: payload.x: string holds a lone UTF-16 surrogate"],
+        ),
     ],
 )
 async def test_bad_jsonl_lines_name_the_line_and_field(
@@ -127,6 +144,13 @@ async def test_bad_jsonl_lines_name_the_line_and_field(
         await read_all(path)
     for needle in needles:
         assert needle in str(info.value)
+
+
+async def test_a_line_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(json.dumps(data.refund_event(1)).encode() + b"\n\xff\xfe{}\n")
+    with pytest.raises(HistoryError, match=r"h\.jsonl:2: not UTF-8 at byte 0"):
+        await read_all(path)
 
 
 async def test_every_bad_line_is_reported_up_to_ten(tmp_path: Path) -> None:
