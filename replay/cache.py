@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
+from replay.model import most_common_version
 from shadow.agent import AgentRunner
 from shadow.fastjson import dumps_canonical
 from shadow.model import ShadowDecision, WorkEvent
@@ -188,7 +189,7 @@ class CachedAgent:
         # the cache file, and a pass never asks about one request twice), so it skips them.
         self._nothing_cached = not versions
         if self.expected is None and versions:
-            self.expected = sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+            self.expected = most_common_version(versions)
 
     @property
     def confirmed(self) -> bool:

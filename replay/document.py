@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from replay.errors import ReplayError
-from replay.model import Selection
+from replay.model import Selection, most_common_version
 from replay.report import SCHEMA, totals_entry
 from replay.runner import ReplayResult, summary
 from shadow.policy import Policy
@@ -45,7 +45,7 @@ def build_document(
         "complete": result.complete,
         "agent": {
             **agent,
-            "agent_version": max(versions, key=lambda v: (versions[v], v)) if versions else None,
+            "agent_version": most_common_version(versions),
             "versions": dict(sorted(versions.items())),
         },
         "policy": {"source": policy.source, "hash": policy.hash},

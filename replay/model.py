@@ -21,13 +21,14 @@ every format):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from shadow.model import Outcome, WorkEvent
 from shadow.policy import stable_fraction
 
-__all__ = ["Case", "Selection"]
+__all__ = ["Case", "Selection", "most_common_version"]
 
 SAMPLE_SALT = "replay"
 
@@ -99,3 +100,11 @@ class Selection:
             "sample": self.sample,
             "limit": self.limit,
         }
+
+
+def most_common_version(counts: Mapping[str, int]) -> str | None:
+    """The agent version with the most answers; on a tie the first in sort order, so a
+    sharded run (counts merged in any order) names the version a single run names."""
+    if not counts:
+        return None
+    return min(counts, key=lambda v: (-counts[v], v))

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from replay.gate import gate_entry
-from replay.model import Case
+from replay.model import Case, most_common_version
 from shadow.diff import normalize_text
 from shadow.model import Comparison, Evidence, ShadowDecision, Verdict
 from shadow.policy import MatchKind, TaskPolicy
@@ -244,7 +244,7 @@ class TaskStats:
 
     @property
     def agent_version(self) -> str | None:
-        return self.versions.most_common(1)[0][0] if self.versions else None
+        return most_common_version(self.versions)
 
     def entry(self) -> dict[str, Any]:
         version = self.agent_version

@@ -49,7 +49,7 @@ from typing import Any
 from replay.cache import CachedAgent, CallStats
 from replay.errors import HistoryError, ReplayError
 from replay.history import History, ResponseCache, decode_answers, encode_answers
-from replay.model import Selection
+from replay.model import Selection, most_common_version
 from replay.report import TaskStats
 from replay.runner import ReplayResult, ReplayRunner
 from shadow.agent import AgentRunner, load_agent
@@ -236,7 +236,8 @@ async def run_sharded(
                 break
             # Workers disagree on the version: one saw the agent answer as a new one while
             # another only used cached answers of the old one. Run again expecting the new.
-            expected = sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+            expected = most_common_version(seen)
+            assert expected is not None  # seen is not empty
             with scored.get_lock():
                 scored.value = 0
     result = _merge([o.result for o in outcomes], rounds)

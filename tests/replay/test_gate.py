@@ -11,7 +11,7 @@ from scipy import stats as sps
 
 from replay.cache import RateLimiter
 from replay.gate import compare_reports, compare_task, gate_entry, two_proportion_z
-from replay.model import Case
+from replay.model import Case, most_common_version
 from replay.report import TaskStats, percentiles
 from shadow.diff import Differ
 from shadow.joiner import compare
@@ -148,3 +148,20 @@ def test_examples_are_the_first_by_event_id_whatever_the_order() -> None:
         "e-0002",
         "e-0003",
     ]
+
+
+def test_the_most_common_version_breaks_ties_by_name_not_by_arrival() -> None:
+    """Shards merge their counts in any order; the report must name the version a single
+    process names (earlier code kept the first seen in one place, the largest in another)."""
+    assert most_common_version({}) is None
+    assert most_common_version({"b@2": 3, "a@1": 1}) == "b@2"
+    assert most_common_version({"b@2": 2, "a@1": 2}) == "a@1"
+    assert most_common_version({"a@1": 2, "b@2": 2}) == "a@1"
+    task = parse_policy(data.POLICY).task_types["refund"]
+    names = {}
+    for order in (["b@2", "a@1"], ["a@1", "b@2"]):
+        stats = TaskStats("refund", task)
+        for version in order:
+            stats.versions[version] += 2
+        names[tuple(order)] = (stats.agent_version, stats.entry()["agent_version"])
+    assert set(names.values()) == {("a@1", "a@1")}
