@@ -227,7 +227,9 @@ async def _replay(args: argparse.Namespace, console: Console) -> int:
                 _interrupts(stop, console),
                 Progress(err, history.total, stats, enabled=not args.no_progress) as bar,
             ):
-                result, got = await run_sharded(job, args.workers, stop=stop, progress=bar.advance)
+                result, got = await run_sharded(
+                    job, args.workers, stop=stop, progress=bar.advance, live=stats
+                )
             stats.calls, stats.hits, stats.failed = got.calls, got.hits, got.failed
         else:
             source = CachedAgent(

@@ -59,6 +59,7 @@ from shadow.policy import Policy
 __all__ = ["ShardJob", "run_sharded"]
 
 _POLL = 0.1  # seconds between progress polls and stop checks
+_SCORED, _CALLS, _HITS = 0, 1, 2  # the shared counters' slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +159,15 @@ async def _work(job: ShardJob, conn: Connection, stop_flag: Any, scored: Any) ->
                 loop.call_soon_threadsafe(stop.set)
                 return
 
+    told = CallStats()  # what this worker has added to the shared counters
+
     def progress(k: int) -> None:
+        now = source.stats
         with scored.get_lock():
-            scored.value += k
+            scored[_SCORED] += k
+            scored[_CALLS] += now.calls - told.calls
+            scored[_HITS] += now.hits - told.hits
+        told.calls, told.hits = now.calls, now.hits
 
     threading.Thread(target=watch, name="replay-shard-stop", daemon=True).start()
     try:
@@ -204,8 +211,11 @@ async def run_sharded(
     *,
     stop: asyncio.Event | None = None,
     progress: Callable[[int], None] | None = None,
+    live: CallStats | None = None,
 ) -> tuple[ReplayResult, CallStats]:
-    """Run ``job`` on ``workers`` processes and merge; see the module docstring."""
+    """Run ``job`` on ``workers`` processes and merge; see the module docstring. ``live``,
+    when given, is kept up to date with the workers' agent calls and cache hits while they
+    run (for a progress display); the returned stats are the final ones."""
     if workers < 1:
         raise ReplayError(f"workers must be at least 1, got {workers}")
     if job.selection.limit is not None:
@@ -214,7 +224,8 @@ async def run_sharded(
     ctx = multiprocessing.get_context("spawn")
     # Shared flags, polled (a multiprocessing Event can hang its setter when a waiting
     # process dies).
-    stop_flag, scored = ctx.Value("b", 0), ctx.Value("q", 0)
+    # scored cases, agent calls and cache hits, summed over the workers
+    stop_flag, scored = ctx.Value("b", 0), ctx.Array("q", 3)
     expected: str | None = None
     rounds = 0
     async with ResponseCache(job.cache) as cache:
@@ -223,7 +234,7 @@ async def run_sharded(
             jobs = [
                 replace(job, shard=k, shards=workers, expected=expected) for k in range(workers)
             ]
-            relay = _Relay(stop, stop_flag, scored, progress)
+            relay = _Relay(stop, stop_flag, scored, progress, live)
             polling = asyncio.ensure_future(relay.run())
             try:
                 outcomes = await _round(ctx, jobs, cache, stop_flag, scored)
@@ -239,7 +250,7 @@ async def run_sharded(
             expected = most_common_version(seen)
             assert expected is not None  # seen is not empty
             with scored.get_lock():
-                scored.value = 0
+                scored[_SCORED] = 0
     result = _merge([o.result for o in outcomes], rounds)
     result.seconds = time.monotonic() - start
     stats = CallStats()
@@ -330,14 +341,19 @@ class _Relay:
         stop_flag: Any,
         scored: Any,
         progress: Callable[[int], None] | None,
+        live: CallStats | None = None,
     ) -> None:
         self.stop, self.stop_flag, self.scored, self.progress = stop, stop_flag, scored, progress
+        self.live = live
         self.reported = 0
 
     def poll(self) -> None:
         if self.stop is not None and self.stop.is_set():
             self.stop_flag.value = 1
-        now = self.scored.value
+        with self.scored.get_lock():
+            now, calls, hits = self.scored[:]
+        if self.live is not None:
+            self.live.calls, self.live.hits = calls, hits
         if self.progress is not None and now > self.reported:
             self.progress(now - self.reported)
         self.reported = now

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from replay.cache import CallStats
 from replay.document import build_document, deterministic_view
 from replay.errors import ReplayError
 from replay.model import Selection
@@ -65,15 +66,19 @@ async def test_sharded_report_equals_the_single_process_one(
     for history in (sidecar, jsonl_history):
         single = await single_view(history, agent, tmp_path / f"single-{history.name}.duckdb")
         cache = tmp_path / f"sharded-{history.name}.duckdb"
-        result, stats = await run_sharded(job(history, agent, cache), workers)
+        live = CallStats()  # what a progress bar shows while the workers run
+        result, stats = await run_sharded(job(history, agent, cache), workers, live=live)
         assert doc_of(result, history) == single
         assert result.complete is True
         assert result.scored == 100
         assert (stats.calls, stats.hits, stats.failed) == (100, 0, 1)
+        assert (live.calls, live.hits) == (100, 0)
         # Again, from the cache the parent kept: no call at all, the same report.
-        again, stats = await run_sharded(job(history, agent, cache), workers)
+        live = CallStats()
+        again, stats = await run_sharded(job(history, agent, cache), workers, live=live)
         assert doc_of(again, history) == single
         assert (stats.calls, stats.hits) == (1, 99)  # the failed call is asked again
+        assert (live.calls, live.hits) == (1, 99)
 
 
 async def test_the_selection_applies_per_shard(tmp_path: Path, jsonl_history: Path) -> None:
