@@ -28,7 +28,7 @@ from replay.model import Case, most_common_version
 from shadow.diff import normalize_text
 from shadow.model import Comparison, Evidence, ShadowDecision, Verdict
 from shadow.policy import MatchKind, TaskPolicy
-from shadow.promotion import snapshot
+from shadow.promotion import agreement_fields, snapshot
 from shadow.stats import lower_bound, upper_bound
 
 __all__ = ["SCHEMA", "TaskStats", "percentiles", "totals_entry"]
@@ -263,13 +263,9 @@ class TaskStats:
         }
         return {
             "agent_version": version,
-            "n": self.n,
-            "agree": self.agree,
-            "agreement": round(self.agree / self.n, 4) if self.n else None,
-            "lower": round(snap.lower, 4),
-            "upper": round(snap.upper, 4),
-            "critical": self.critical,
-            "errors": self.errors,
+            **agreement_fields(
+                self.n, self.agree, snap.lower, snap.upper, self.critical, self.errors
+            ),
             "disagree": self.disagree,
             "agent_versions": dict(sorted(self.versions.items())),
             "fields": fields,
@@ -306,12 +302,11 @@ class TaskStats:
 def totals_entry(stats: Mapping[str, TaskStats], alpha: float) -> dict[str, Any]:
     n = sum(s.n for s in stats.values())
     agree = sum(s.agree for s in stats.values())
-    return {
-        "n": n,
-        "agree": agree,
-        "agreement": round(agree / n, 4) if n else None,
-        "lower": round(lower_bound(agree, n, alpha), 4),
-        "upper": round(upper_bound(agree, n, alpha), 4),
-        "critical": sum(s.critical for s in stats.values()),
-        "errors": sum(s.errors for s in stats.values()),
-    }
+    return agreement_fields(
+        n,
+        agree,
+        lower_bound(agree, n, alpha),
+        upper_bound(agree, n, alpha),
+        sum(s.critical for s in stats.values()),
+        sum(s.errors for s in stats.values()),
+    )

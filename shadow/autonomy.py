@@ -203,13 +203,9 @@ def agreement_document(
         out[name] = {
             "level": str(state.level),
             "agent_version": version,
-            "n": ev.n,
-            "agree": ev.agree,
-            "agreement": round(ev.agree / ev.n, 4) if ev.n else None,
-            "lower": round(snap.lower, 4),
-            "upper": round(snap.upper, 4),
-            "critical": ev.critical,
-            "errors": ev.errors,
+            **promotion.agreement_fields(
+                ev.n, ev.agree, snap.lower, snap.upper, ev.critical, ev.errors
+            ),
             "next_gate": next_gate,
             "proposal": state.proposal.to_json() if state.proposal else None,
             "ceiling": str(task.autonomy.ceiling),

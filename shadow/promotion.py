@@ -37,6 +37,7 @@ __all__ = [
     "Proposal",
     "Snapshot",
     "Step",
+    "agreement_fields",
     "approve",
     "decide",
     "freeze",
@@ -45,6 +46,23 @@ __all__ = [
     "snapshot",
     "unfreeze",
 ]
+
+
+def agreement_fields(
+    n: int, agree: int, lower: float, upper: float, critical: int, errors: int
+) -> dict[str, Any]:
+    """The evidence fields of ``GET /v1/agreement`` and of replay reports, with one set of
+    names and one rounding (4 places): n, agree, agreement, lower, upper, critical, errors."""
+    return {
+        "n": n,
+        "agree": agree,
+        "agreement": round(agree / n, 4) if n else None,
+        "lower": round(lower, 4),
+        "upper": round(upper, 4),
+        "critical": critical,
+        "errors": errors,
+    }
+
 
 # Above this level a new agent version must earn the level on its own evidence.
 CARRY_OVER_MAX = Level.L2

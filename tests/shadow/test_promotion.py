@@ -280,3 +280,17 @@ def test_ladder_invariants(
     if step.move is Move.PROPOSE:
         assert mode == "propose"
         assert step.after.proposal is not None
+
+
+def test_agreement_fields_have_the_api_names_and_rounding() -> None:
+    fields = promotion.agreement_fields(3, 2, 0.123456, 0.98765, 1, 0)
+    assert fields == {
+        "n": 3,
+        "agree": 2,
+        "agreement": 0.6667,
+        "lower": 0.1235,
+        "upper": 0.9877,
+        "critical": 1,
+        "errors": 0,
+    }
+    assert promotion.agreement_fields(0, 0, 0.0, 1.0, 0, 0)["agreement"] is None
