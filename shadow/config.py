@@ -71,7 +71,7 @@ class Settings(BaseSettings):
 
     join_ttl: float = Field(DEFAULT_JOIN_TTL_S, gt=0, description="seconds a join stays open")
     expire_interval: float = Field(60.0, gt=0)
-    batch_size: int = Field(500, ge=1, le=100_000)
+    batch_size: int = Field(2000, ge=1, le=100_000)
 
     # Kafka (kafka:// sources; see docs/kafka.md). Broker, topics and group are in the URL.
     kafka_client_id: str = Field("shadow-sidecar", min_length=1)
