@@ -442,19 +442,19 @@ def parse_record(
     Exactly one JSON object; otherwise as :func:`parse_mixed_line` (never raises).
     """
     line = text.removesuffix("\n").removesuffix("\r")
-    raw = clip_raw(line)
     if not line.strip(" \t"):
-        return RecordError(lineno, "", "empty line" if kind is None else "empty record", raw)
+        empty = "empty line" if kind is None else "empty record"
+        return RecordError(lineno, "", empty, clip_raw(line))
     try:
         value, suspect = _decode(line, where=_column, several=_SEVERAL_IN_RECORD)
     except _Undecodable as e:
-        return RecordError(lineno, "", e.message, raw, kind or "unknown")
+        return RecordError(lineno, "", e.message, clip_raw(line), kind or "unknown")
     # A str from a caller (not decoded from bytes here) may hold surrogates itself.
     suspect = suspect or not _encodable(line)
     if not isinstance(value, dict):
         expected = _MIXED if kind is None else "expected one JSON object"
         return RecordError(
-            lineno, "", f"{expected}, got {_json_kind(value)}", raw, kind or "unknown"
+            lineno, "", f"{expected}, got {_json_kind(value)}", clip_raw(line), kind or "unknown"
         )
     given = value.get("kind")
     if kind is None:
@@ -464,20 +464,21 @@ def parse_record(
     event_id = _event_id(value)
     found = _problem(value) if suspect else None
     if found is not None:
-        return RecordError(lineno, *found, raw, known, event_id)
+        return RecordError(lineno, *found, clip_raw(line), known, event_id)
     if kind is None and known == "unknown":
         message = (
             'required; expected "event" or "outcome"'
             if given is None
             else f'expected "event" or "outcome", got {_shown(given)}'
         )
-        return RecordError(lineno, "kind", message, raw, known, event_id)
+        return RecordError(lineno, "kind", message, clip_raw(line), known, event_id)
     try:
         return WorkEvent.from_json(value) if known == "event" else Outcome.from_json(value)
     except ValidationError as e:
         if len(e.errors) == 1:
-            return RecordError(lineno, e.errors[0].path, e.errors[0].message, raw, known, event_id)
-        return RecordError(lineno, "", str(e), raw, known, event_id)
+            first = e.errors[0]
+            return RecordError(lineno, first.path, first.message, clip_raw(line), known, event_id)
+        return RecordError(lineno, "", str(e), clip_raw(line), known, event_id)
 
 
 _MIXED = 'expected a JSON object with "kind": "event" or "outcome"'

@@ -102,6 +102,7 @@ def canonical_bytes(value: object) -> bytes:
     return out
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # control characters, not allowed in identifiers
 # A digit then "e-" (a negative exponent) or "0.0000" (a positional float below 1e-4): the
 # spellings where orjson and the stdlib part ways. Matches inside strings only cost time.
 _SMALL_FLOAT = re.compile(rb"[0-9]e-|0\.0000")
@@ -157,7 +158,7 @@ class _Check:
         if len(value) > MAX_ID_LENGTH:
             self.fail(key, f"too long ({len(value)} characters); at most {MAX_ID_LENGTH}")
             return ""
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        if _CONTROL.search(value):
             self.fail(key, "must not contain control characters")
             return ""
         return value
