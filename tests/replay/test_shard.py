@@ -6,6 +6,7 @@ agent must see the shadow markers and redacted payloads as in a single run."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from replay.cache import CallStats
 from replay.document import build_document, deterministic_view
 from replay.errors import ReplayError
+from replay.history.reader import _shard_of
 from replay.model import Selection
 from replay.runner import ReplayResult
 from replay.shard import ShardJob, run_sharded
@@ -149,3 +151,32 @@ async def test_a_bad_history_fails_the_run_with_the_workers_error(tmp_path: Path
     bad.write_text('{"kind": "event", "event_id": "e1"}\n')
     with pytest.raises(ReplayError, match=r"bad\.jsonl"):
         await run_sharded(job(bad, "tests.replay.data:candidate", ":memory:"), 2)
+
+
+async def test_workers_that_disagree_on_the_agent_version_run_again_expecting_the_new_one(
+    agent_server: AgentServerFactory, tmp_path: Path, jsonl_history: Path
+) -> None:
+    """Worker 0's cases are all cached from agent v1, so it never calls the agent and keeps
+    v1; worker 1 calls the agent, now v2. The parent runs a second round expecting v2: the
+    report is v2's throughout, the report a single run gives on the same cache."""
+    version = ["v1"]
+
+    def answer(body: dict[str, Any]) -> Reply:
+        status, reply = data.candidate_answer(body)
+        return Reply(status, {**reply, "agent_version": version[0]} if status == 200 else reply)
+
+    server = await agent_server(answer)
+    shard0 = [r for r in data.records() if _shard_of(str(r["event_id"]), 2) == 0]
+    part = data.write_jsonl(tmp_path / "part.jsonl", shard0)
+    cache = tmp_path / "c.duckdb"
+    await replay_doc(part, server.url, str(cache))  # v1 answers for worker 0's cases
+    shutil.copy(cache, tmp_path / "single.duckdb")
+    version[0] = "v2"
+
+    result, _ = await run_sharded(job(jsonl_history, server.url, cache), 2)
+    assert result.passes >= 2  # the second round
+    assert result.complete is True
+    view = doc_of(result, jsonl_history)
+    assert set(view["agent"]["versions"]) == {"v2"}
+    single = await single_view(jsonl_history, server.url, tmp_path / "single.duckdb")
+    assert view == single
