@@ -163,6 +163,22 @@ _V3 = [
     """,
 ]
 
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3)]
+# Version 4: where each Kafka record came from (topic, partition, offset -> event_id), so a
+# partition is committed only up to its oldest open join (shadow.store.positions) and the
+# next owner of the partition re-reads every record whose join is still open. Rows of
+# closed joins are deleted as the committed offset moves past them.
+_V4 = [
+    """
+    CREATE TABLE source_positions (
+        topic           VARCHAR NOT NULL,
+        kafka_partition INTEGER NOT NULL,
+        kafka_offset    BIGINT NOT NULL,
+        event_id        VARCHAR NOT NULL,
+        PRIMARY KEY (topic, kafka_partition, kafka_offset)
+    )
+    """,
+]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -21,8 +21,9 @@ Why a package: the store is one pipeline stage that owns every DuckDB call (no m
 outside ``shadow.store`` imports duckdb, and every call runs on the store's one thread), but
 as one module it outgrew our size guide, so its SQL is split by the tables it owns:
 :mod:`~shadow.store.base` (connection, thread, transactions, migrations),
-:mod:`~shadow.store.ingest`, :mod:`~shadow.store.joins`, :mod:`~shadow.store.ladder` and
-:mod:`~shadow.store.outbox`, combined into :class:`Store`.
+:mod:`~shadow.store.ingest`, :mod:`~shadow.store.joins`, :mod:`~shadow.store.ladder`,
+:mod:`~shadow.store.outbox` and :mod:`~shadow.store.positions` (where Kafka records came
+from, and how far each partition may be committed), combined into :class:`Store`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from shadow.store.ingest import IngestPart
 from shadow.store.joins import JoinPart
 from shadow.store.ladder import LadderPart
 from shadow.store.outbox import OutboxPart
+from shadow.store.positions import PositionPart
 from shadow.store.records import DeadLetter, JoinRow, PutResult, PutStatus, ReplayEvidence, Reversal
 
 __all__ = [
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 
-class Store(IngestPart, JoinPart, LadderPart, OutboxPart):
+class Store(IngestPart, JoinPart, LadderPart, OutboxPart, PositionPart):
     """Async facade over one DuckDB file. Use as ``async with Store(path) as store``.
 
     Every method runs its DuckDB work on the store's single thread (see the package

@@ -1,0 +1,129 @@
+"""What a Kafka source commits: each partition only up to its oldest open join.
+
+:class:`HeldCommits` keeps, per assigned partition, the first offset delivered since the
+assignment (the *floor*: the group's committed offset when reading started, so nothing
+below it is ever sent), one past the last delivered record (the *end*) and the offset last
+committed. After a batch is stored and its positions recorded
+(:meth:`shadow.store.Store.record_positions`), :meth:`HeldCommits.commit` asks the store
+for each partition's oldest open record (:meth:`shadow.store.Store.commit_offsets`) and
+commits that, or the end when nothing is open; never lower than what it committed before.
+A partition whose commit is held back is looked at again periodically and at revocation,
+so its commit advances as its joins complete or expire, even with no new traffic.
+
+The source calls it under its delivery lock, so a commit never sees a batch whose records
+are stored but whose positions are not yet recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from shadow.store import Store
+
+__all__ = ["HeldCommits"]
+
+log = logging.getLogger("shadow.kafka")
+
+_COMMIT_TIMEOUT_S = 5.0
+
+
+@dataclass(slots=True)
+class _Span:
+    committed: int  # the floor at first: where this assignment started reading
+    end: int
+
+
+class HeldCommits:
+    """Per-partition commit state of one source; see the module docstring."""
+
+    def __init__(
+        self, name: str, store: Store, clock: Callable[[], datetime], ttl: timedelta
+    ) -> None:
+        self._name = name
+        self._store = store
+        self._clock = clock
+        self._ttl = ttl
+        self._spans: dict[TopicPartition, _Span] = {}
+
+    def delivered(self, fetched: Mapping[TopicPartition, Any]) -> None:
+        """Note a stored batch (its positions recorded): each partition's end moves on."""
+        for tp, messages in fetched.items():
+            if not messages:
+                continue
+            span = self._spans.get(tp)
+            if span is None:
+                self._spans[tp] = _Span(messages[0].offset, messages[-1].offset + 1)
+            else:
+                span.end = max(span.end, messages[-1].offset + 1)
+
+    @property
+    def held(self) -> bool:
+        """Whether some partition is committed short of what was delivered."""
+        return any(s.committed < s.end for s in self._spans.values())
+
+    def held_back(self) -> dict[TopicPartition, int]:
+        """Per partition, how many delivered offsets are not committed (for tests, logs)."""
+        return {tp: s.end - s.committed for tp, s in self._spans.items() if s.committed < s.end}
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        """Revoked partitions: their next owner (maybe this source again) starts afresh
+        from the group's committed offset."""
+        for tp in tps:
+            self._spans.pop(tp, None)
+
+    async def commit(
+        self, consumer: AIOKafkaConsumer, only: Iterable[TopicPartition] | None = None
+    ) -> None:
+        """Commit every tracked partition (or ``only`` those) up to its oldest open join.
+        Store errors propagate (nothing is committed); broker errors are logged."""
+        chosen = set(self._spans) if only is None else set(only) & set(self._spans)
+        todo = sorted(
+            (tp for tp in chosen if self._spans[tp].committed < self._spans[tp].end),
+            key=lambda tp: (tp.topic, tp.partition),
+        )
+        if not todo:
+            return
+        spans = [
+            (tp.topic, tp.partition, self._spans[tp].committed, self._spans[tp].end) for tp in todo
+        ]
+        found = await self._store.commit_offsets(spans, cutoff=self._clock() - self._ttl)
+        offsets: dict[TopicPartition, int] = {}
+        for tp in todo:
+            span = self._spans[tp]
+            target = found.get((tp.topic, tp.partition), span.committed)
+            if target > span.committed:  # never backwards
+                offsets[tp] = target
+        if not offsets or not _in_group(consumer):
+            return
+        try:
+            # Bounded: aiokafka retries retriable errors (an unknown topic after a broker
+            # restart, say) forever, and this may run inside a rebalance.
+            await asyncio.wait_for(consumer.commit(offsets), timeout=_COMMIT_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as e:
+            # Stored already: a re-delivery is deduplicated by the store.
+            why = e or type(e).__name__
+            log.warning("%s: commit failed (%s); records may be re-delivered", self._name, why)
+            return
+        for tp, offset in offsets.items():
+            if tp in self._spans:
+                self._spans[tp].committed = max(self._spans[tp].committed, offset)
+
+
+def _in_group(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the consumer is still a member of its group's current generation. After its
+    membership was lost (a session timeout, a broker that forgot the group), aiokafka would
+    send a generation-less commit, which a broker may accept even though the partitions
+    have moved on; like Kafka's ``onPartitionsLost``, such partitions are not committed
+    (their records are re-delivered and deduplicated). aiokafka has no public accessor."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    generation = getattr(coordinator, "generation", -1)
+    member = getattr(coordinator, "member_id", "")
+    return isinstance(generation, int) and generation >= 0 and bool(member)
