@@ -3,10 +3,10 @@
 :class:`HeldCommits` keeps, per assigned partition, the first offset delivered since the
 assignment (the *floor*: the group's committed offset when reading started, so nothing
 below it is ever sent), one past the last delivered record (the *end*) and the offset last
-committed. After a batch is stored and its positions recorded
-(:meth:`shadow.store.Store.record_positions`), :meth:`HeldCommits.commit` asks the store
-for each partition's oldest open record (:meth:`shadow.store.Store.commit_offsets`) and
-commits that, or the end when nothing is open; never lower than what it committed before.
+committed. After a batch is stored, :meth:`HeldCommits.delivered` records where its records
+came from and asks for each partition's oldest open record, in one store transaction
+(:meth:`shadow.store.Store.commit_offsets`), and commits that, or the end when nothing is
+open; never lower than what it committed before.
 A partition whose commit is held back is looked at again periodically and at revocation,
 so its commit advances as its joins complete or expire, even with no new traffic.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from shadow.store import Store
+from shadow.store.positions import SourcePosition
 
 __all__ = ["HeldCommits"]
 
@@ -53,25 +54,10 @@ class HeldCommits:
         self._ttl = ttl
         self._spans: dict[TopicPartition, _Span] = {}
 
-    def delivered(self, fetched: Mapping[TopicPartition, Any]) -> None:
-        """Note a stored batch (its positions recorded): each partition's end moves on."""
-        for tp, messages in fetched.items():
-            if not messages:
-                continue
-            span = self._spans.get(tp)
-            if span is None:
-                self._spans[tp] = _Span(messages[0].offset, messages[-1].offset + 1)
-            else:
-                span.end = max(span.end, messages[-1].offset + 1)
-
     @property
     def held(self) -> bool:
         """Whether some partition is committed short of what was delivered."""
         return any(s.committed < s.end for s in self._spans.values())
-
-    def held_back(self) -> dict[TopicPartition, int]:
-        """Per partition, how many delivered offsets are not committed (for tests, logs)."""
-        return {tp: s.end - s.committed for tp, s in self._spans.items() if s.committed < s.end}
 
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Revoked partitions: their next owner (maybe this source again) starts afresh
@@ -79,28 +65,58 @@ class HeldCommits:
         for tp in tps:
             self._spans.pop(tp, None)
 
+    async def delivered(
+        self,
+        consumer: AIOKafkaConsumer,
+        fetched: Mapping[TopicPartition, Any],
+        positions: Sequence[SourcePosition],
+    ) -> None:
+        """A batch is stored: record its ``positions`` and commit its partitions, in one
+        store transaction. The partitions' ends move only once the positions are durable
+        (if the store fails, nothing changes here and the source reads the batch again)."""
+        spans = {tp: _Span(s.committed, s.end) for tp, s in self._spans.items()}
+        for tp, messages in fetched.items():
+            if messages:
+                span = spans.setdefault(tp, _Span(messages[0].offset, messages[0].offset))
+                span.end = max(span.end, messages[-1].offset + 1)
+        found = await self._compute(spans, [tp for tp, m in fetched.items() if m], positions)
+        self._spans = spans
+        await self._commit(consumer, found)
+
     async def commit(
         self, consumer: AIOKafkaConsumer, only: Iterable[TopicPartition] | None = None
     ) -> None:
         """Commit every tracked partition (or ``only`` those) up to its oldest open join.
         Store errors propagate (nothing is committed); broker errors are logged."""
-        chosen = set(self._spans) if only is None else set(only) & set(self._spans)
+        chosen = self._spans if only is None else only
+        await self._commit(consumer, await self._compute(self._spans, chosen, ()))
+
+    async def _compute(
+        self,
+        spans: Mapping[TopicPartition, _Span],
+        chosen: Iterable[TopicPartition],
+        positions: Sequence[SourcePosition],
+    ) -> dict[TopicPartition, int]:
+        """How far each chosen, held-back partition may now be committed (only advances)."""
         todo = sorted(
-            (tp for tp in chosen if self._spans[tp].committed < self._spans[tp].end),
+            (tp for tp in set(chosen) if tp in spans and spans[tp].committed < spans[tp].end),
             key=lambda tp: (tp.topic, tp.partition),
         )
-        if not todo:
-            return
-        spans = [
-            (tp.topic, tp.partition, self._spans[tp].committed, self._spans[tp].end) for tp in todo
-        ]
-        found = await self._store.commit_offsets(spans, cutoff=self._clock() - self._ttl)
-        offsets: dict[TopicPartition, int] = {}
+        if not todo and not positions:
+            return {}
+        found = await self._store.commit_offsets(
+            [(tp.topic, tp.partition, spans[tp].committed, spans[tp].end) for tp in todo],
+            cutoff=self._clock() - self._ttl,
+            record=positions,
+        )
+        out: dict[TopicPartition, int] = {}
         for tp in todo:
-            span = self._spans[tp]
-            target = found.get((tp.topic, tp.partition), span.committed)
-            if target > span.committed:  # never backwards
-                offsets[tp] = target
+            target = found.get((tp.topic, tp.partition), spans[tp].committed)
+            if target > spans[tp].committed:  # never backwards
+                out[tp] = target
+        return out
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         if not offsets or not _in_group(consumer):
             return
         try:

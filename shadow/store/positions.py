@@ -43,20 +43,31 @@ PartitionSpan = tuple[str, int, int, int]
 
 # At most this many rows per partition are examined per computation; a longer run of closed
 # rows is worked through over the next calls (committing the offset reached so far).
-HEAD_ROWS = 5000
+HEAD_ROWS = 512
 
-# Whether the join of ``p.event_id`` is open; the one parameter is the TTL cutoff.
-_OPEN = """(
-    EXISTS (SELECT 1 FROM events e WHERE e.event_id = p.event_id AND NOT e.expired
-            AND e.received_at >= $cutoff
-            AND (e.needs_agent OR EXISTS (
-                SELECT 1 FROM decisions d WHERE d.event_id = e.event_id AND NOT EXISTS (
-                    SELECT 1 FROM comparisons c WHERE c.event_id = d.event_id
-                    AND c.agent_version = d.agent_version))))
-    OR (NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = p.event_id)
-        AND NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.event_id = p.event_id)
-        AND EXISTS (SELECT 1 FROM outcomes o WHERE o.event_id = p.event_id AND o.is_current
-                    AND NOT o.expired AND o.received_at >= $cutoff))
+# CTEs ending in ``open_ids``: the ids among ``ids`` (a CTE with an ``event_id`` column)
+# whose join is open; ``$cutoff`` is now minus the join TTL. Every table is filtered by
+# ``ids`` first, so the cost follows the number of ids, not the size of the store.
+_OPEN_IDS = """
+ev AS (SELECT event_id, expired, received_at, needs_agent FROM events
+       WHERE event_id IN (SELECT event_id FROM ids)),
+answered AS (SELECT DISTINCT d.event_id FROM decisions d LEFT JOIN comparisons c
+             ON c.event_id = d.event_id AND c.agent_version = d.agent_version
+             WHERE d.event_id IN (SELECT event_id FROM ids) AND c.event_id IS NULL),
+compared AS (SELECT DISTINCT event_id FROM comparisons
+             WHERE event_id IN (SELECT event_id FROM ids)),
+waiting AS (SELECT DISTINCT event_id FROM outcomes
+            WHERE event_id IN (SELECT event_id FROM ids) AND is_current AND NOT expired
+            AND received_at >= $cutoff),
+open_ids AS (
+    SELECT i.event_id FROM (SELECT DISTINCT event_id FROM ids) i
+    LEFT JOIN ev ON ev.event_id = i.event_id
+    LEFT JOIN answered a ON a.event_id = i.event_id
+    LEFT JOIN compared c ON c.event_id = i.event_id
+    LEFT JOIN waiting w ON w.event_id = i.event_id
+    WHERE (ev.event_id IS NOT NULL AND NOT ev.expired AND ev.received_at >= $cutoff
+           AND (ev.needs_agent OR a.event_id IS NOT NULL))
+       OR (ev.event_id IS NULL AND c.event_id IS NULL AND w.event_id IS NOT NULL)
 )"""
 
 
@@ -65,59 +76,64 @@ class PositionPart(StoreBase):
 
     async def record_positions(self, positions: Sequence[SourcePosition]) -> None:
         """Remember where each record came from (a position seen before is kept)."""
-        if not positions:
-            return
-        rows = list(positions)
-
-        def write() -> None:
-            with self._tx() as tx:
-                tx.execute(
-                    "INSERT OR IGNORE INTO source_positions SELECT unnest(?::VARCHAR[]), "
-                    "unnest(?::INTEGER[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[])",
-                    [_col(rows, 0), _col(rows, 1), _col(rows, 2), _col(rows, 3)],
-                )
-
-        await self._run(write)
+        if positions:
+            await self._run(self._commit_offsets, [], None, HEAD_ROWS, list(positions))
 
     async def commit_offsets(
-        self, spans: Sequence[PartitionSpan], *, cutoff: datetime, head: int = HEAD_ROWS
+        self,
+        spans: Sequence[PartitionSpan],
+        *,
+        cutoff: datetime,
+        record: Sequence[SourcePosition] = (),
+        head: int = HEAD_ROWS,
     ) -> dict[tuple[str, int], int]:
         """The offset each partition may be committed to: its oldest open record in
         ``[floor, end)``, else ``end``. Records older than ``cutoff`` (now minus the join
         TTL) are closed. Deletes the rows the result moves past (and those below ``floor``).
         At most ``head`` rows per partition are examined; if they are all closed and more
-        follow, the result is the offset after them (the next call goes on from there)."""
-        if not spans:
+        follow, the result is the offset after them (the next call goes on from there).
+        ``record``: positions to remember first, in the same transaction (as
+        :meth:`record_positions`)."""
+        if not spans and not record:
             return {}
-        return await self._run(self._commit_offsets, list(spans), cutoff, head)
+        return await self._run(self._commit_offsets, list(spans), cutoff, head, list(record))
 
     def _commit_offsets(
-        self, spans: list[PartitionSpan], cutoff: datetime, head: int
+        self,
+        spans: list[PartitionSpan],
+        cutoff: datetime | None,
+        head: int,
+        record: list[SourcePosition],
     ) -> dict[tuple[str, int], int]:
         with self._tx() as tx:
+            if record:
+                tx.execute(
+                    "INSERT OR IGNORE INTO source_positions SELECT unnest(?::VARCHAR[]), "
+                    "unnest(?::INTEGER[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[])",
+                    [_col(record, 0), _col(record, 1), _col(record, 2), _col(record, 3)],
+                )
+            if not spans:
+                return {}
+            # The first ``head`` rows of each partition's span, whether each is open.
+            heads = " UNION ALL ".join(
+                "(SELECT topic, kafka_partition, kafka_offset, event_id FROM source_positions "
+                f"WHERE topic = $t{i} AND kafka_partition = $p{i} AND kafka_offset >= $f{i} "
+                f"AND kafka_offset < $e{i} ORDER BY kafka_offset LIMIT $head)"
+                for i in range(len(spans))
+            )
+            params: dict[str, object] = {"head": head, "cutoff": cutoff}
+            for i, (topic, part, floor, end) in enumerate(spans):
+                params.update({f"t{i}": topic, f"p{i}": part, f"f{i}": floor, f"e{i}": end})
             found = {
                 (topic, part): (first_open, last, n)
                 for topic, part, first_open, last, n in tx.execute(
-                    "WITH spans AS (SELECT unnest($topics::VARCHAR[]) AS topic, "
-                    "unnest($parts::INTEGER[]) AS kafka_partition, "
-                    "unnest($floors::BIGINT[]) AS floor, unnest($ends::BIGINT[]) AS hi), "
-                    "head AS (SELECT p.topic, p.kafka_partition, p.kafka_offset, p.event_id "
-                    "FROM source_positions p JOIN spans s ON s.topic = p.topic "
-                    "AND s.kafka_partition = p.kafka_partition "
-                    "WHERE p.kafka_offset >= s.floor AND p.kafka_offset < s.hi "
-                    "QUALIFY row_number() OVER (PARTITION BY p.topic, p.kafka_partition "
-                    "ORDER BY p.kafka_offset) <= $head), "
-                    f"marked AS (SELECT p.*, {_OPEN} AS is_open FROM head p) "
-                    "SELECT topic, kafka_partition, min(kafka_offset) FILTER (WHERE is_open), "
-                    "max(kafka_offset), count(*) FROM marked GROUP BY topic, kafka_partition",
-                    {
-                        "topics": _col(spans, 0),
-                        "parts": _col(spans, 1),
-                        "floors": _col(spans, 2),
-                        "ends": _col(spans, 3),
-                        "head": head,
-                        "cutoff": cutoff,
-                    },
+                    f"WITH head AS ({heads}), ids AS (SELECT event_id FROM head), {_OPEN_IDS} "
+                    "SELECT h.topic, h.kafka_partition, "
+                    "min(h.kafka_offset) FILTER (WHERE o.event_id IS NOT NULL), "
+                    "max(h.kafka_offset), count(*) FROM head h "
+                    "LEFT JOIN open_ids o ON o.event_id = h.event_id "
+                    "GROUP BY h.topic, h.kafka_partition",
+                    params,
                 ).fetchall()
             }
             out: dict[tuple[str, int], int] = {}
@@ -135,11 +151,7 @@ class PositionPart(StoreBase):
                 "unnest(?::INTEGER[]) AS kafka_partition, unnest(?::BIGINT[]) AS below) d "
                 "WHERE p.topic = d.topic AND p.kafka_partition = d.kafka_partition "
                 "AND p.kafka_offset < d.below",
-                [
-                    [topic for topic, _ in out],
-                    [part for _, part in out],
-                    list(out.values()),
-                ],
+                [[t for t, _ in out], [p for _, p in out], list(out.values())],
             )
         return out
 
@@ -149,7 +161,8 @@ class PositionPart(StoreBase):
 
         def q() -> list[str]:
             rows = self.con.execute(
-                f"SELECT DISTINCT event_id FROM source_positions p WHERE {_OPEN} ORDER BY event_id",
+                f"WITH ids AS (SELECT event_id FROM source_positions), {_OPEN_IDS} "
+                "SELECT event_id FROM open_ids ORDER BY event_id",
                 {"cutoff": cutoff},
             ).fetchall()
             return [str(r[0]) for r in rows]

@@ -105,10 +105,11 @@ async def test_each_partition_commits_up_to_its_oldest_open_join(
     await store.put_outcomes([oc("waiting")], source="k", now=clock())
     await store.put_decisions([(dec("queued"), TASK)], now=clock())
     await store.put_events([ev("orphan")], source="k", now=clock(), needs_agent=[False])
-    await store.record_positions([("oc", 0, 23, "waiting"), ("ev", 0, 14, "orphan")])
     await join_all(store, clock)
     spans = [("ev", 0, 11, 15), ("oc", 0, 21, 24), ("ev", 1, 5, 7)]
-    assert await store.commit_offsets(spans, cutoff=clock() - TTL) == {
+    # the new records' positions are recorded in the same transaction
+    new = [("oc", 0, 23, "waiting"), ("ev", 0, 14, "orphan")]
+    assert await store.commit_offsets(spans, cutoff=clock() - TTL, record=new) == {
         ("ev", 0): 15,
         ("oc", 0): 24,
         ("ev", 1): 5,  # "stale" still waits
