@@ -140,6 +140,7 @@ def _in_group(consumer: AIOKafkaConsumer) -> bool:
     have moved on; like Kafka's ``onPartitionsLost``, such partitions are not committed
     (their records are re-delivered and deduplicated). aiokafka has no public accessor."""
     coordinator = getattr(consumer, "_coordinator", None)
-    generation = getattr(coordinator, "generation", -1)
-    member = getattr(coordinator, "member_id", "")
-    return isinstance(generation, int) and generation >= 0 and bool(member)
+    generation = getattr(coordinator, "generation", None)
+    if not isinstance(generation, int):
+        return True  # cannot tell (another aiokafka): let the broker decide
+    return generation >= 0 and bool(getattr(coordinator, "member_id", ""))
