@@ -10,6 +10,17 @@ Contract (see docs/kafka.md for the topology and the multi-replica design):
   once durable) and only then are its offsets committed. A crash between the two re-delivers
   the batch; the store dedupes by ``event_id`` (one comparison per ``(event_id,
   agent_version)``). Revocation in a rebalance waits for the batch in flight and its commit.
+- **Commits held back to the oldest open join** (:mod:`shadow.sources.kafka_commit`). Where
+  each record came from is recorded in the store (``source_positions``) before its offset
+  is committed, and a partition is committed only up to its oldest record whose join is
+  still open (an event awaiting the agent or its outcome, an outcome awaiting its event;
+  :mod:`shadow.store.positions`), else to its end. So when a rebalance moves a partition,
+  the next owner re-reads every record of every open join and completes it in its own
+  store: a join is never split between two replicas' stores. Held-back commits advance
+  after every batch, every second (joins complete without new records) and at revocation;
+  never backwards. Cost: a restart or rebalance re-reads each partition from its oldest
+  open join (at most ``join_ttl`` old: older joins are closed), deduplicated by the store;
+  the new owner calls the agent again for re-read events it had not stored.
 - **Co-partitioning.** Events and outcomes of one ``event_id`` must reach the same replica:
   both topics must have the same partition count and be keyed by ``event_id``, and the
   group uses the range assignor (partition *n* of both topics go to the same member).
@@ -40,6 +51,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -49,16 +61,17 @@ from aiokafka.errors import KafkaError
 
 from shadow.config import Settings
 from shadow.errors import ConfigError
-from shadow.ingest import RAW_LIMIT, BodyError, clip_raw, parse_events, parse_outcomes
+from shadow.ingest import RAW_LIMIT, RecordError, clip_raw, parse_record
 from shadow.model import Outcome, WorkEvent
 from shadow.sources.kafka_client import (
     KafkaSpec,
     client_options,
-    next_offsets,
     parse_kafka_spec,
     rewind,
 )
+from shadow.sources.kafka_commit import HeldCommits
 from shadow.store import DeadLetter
+from shadow.store.positions import SourcePosition
 
 if TYPE_CHECKING:
     from shadow.pipeline import Pipeline
@@ -72,6 +85,7 @@ _POLL_MS = 200
 _RETRY_S = 1.0
 _BACKPRESSURE_CHECK_S = 0.25
 _LAG_EVERY_S = 1.0
+_HOLD_EVERY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -79,6 +93,7 @@ class _Batch:
     events: list[WorkEvent] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     dead: list[tuple[DeadLetter, Any]] = field(default_factory=list)  # (letter, message)
+    positions: list[SourcePosition] = field(default_factory=list)  # of events and outcomes
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -86,11 +101,20 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._source = source
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        # The batch in flight finishes (stored and committed) before the partitions go.
-        async with self._source._delivering:
-            pass
+        # The batch in flight finishes (stored and committed) before the partitions go, and
+        # each goes committed up to its oldest open join, so the next owner re-reads those.
+        revoked = list(revoked)
+        source = self._source
+        async with source._delivering:
+            consumer = source._consumer
+            if consumer is not None:
+                try:
+                    await source._commits.commit(consumer, revoked)
+                except Exception:
+                    log.exception("%s: committing revoked partitions failed", source.spec.name)
+            source._commits.forget(revoked)
         for tp in revoked:
-            self._source._forget_lag(tp)
+            source._forget_lag(tp)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         parts = sorted((tp.topic, tp.partition) for tp in assigned)
@@ -127,6 +151,10 @@ class KafkaSource:
         self._estimate = 0  # upper bound of stored events awaiting the agent
         self._lagging: set[TopicPartition] = set()  # partitions with a lag gauge
         self._next_lag = 0.0
+        self._next_hold = 0.0
+        self._commits = HeldCommits(
+            spec.name, pipeline.store, pipeline.clock, timedelta(seconds=settings.join_ttl)
+        )
         self._closing = asyncio.Event()
         self._health: asyncio.Task[None] | None = None
         self._connected = False
@@ -204,6 +232,10 @@ class KafkaSource:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             async with self._delivering:
+                try:  # as far as joins completed since the last commit allow
+                    await self._commits.commit(consumer)
+                except Exception as e:
+                    log.warning("%s: final commit failed (%s)", self.spec.name, e)
                 await consumer.stop()
         self._set_connected(False, "source closed")
 
@@ -274,6 +306,14 @@ class KafkaSource:
             if loop.time() >= self._next_lag:
                 self._next_lag = loop.time() + _LAG_EVERY_S
                 await self._update_lag(consumer)
+            if self._commits.held and loop.time() >= self._next_hold:
+                # Joins complete without new records: move held-back commits on.
+                self._next_hold = loop.time() + _HOLD_EVERY_S
+                try:
+                    async with self._delivering:
+                        await self._commits.commit(consumer)
+                except Exception:
+                    log.exception("%s: advancing held-back commits failed", self.spec.name)
 
     async def _deliver(
         self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, Any]
@@ -281,7 +321,15 @@ class KafkaSource:
         batch = _Batch()
         for tp, messages in fetched.items():
             for message in messages:
+                taken = len(batch.events) + len(batch.outcomes)
                 self._parse(tp.topic, message, batch)
+                if len(batch.events) + len(batch.outcomes) > taken:
+                    record = (
+                        batch.events[-1] if tp.topic == self.spec.events else batch.outcomes[-1]
+                    )
+                    batch.positions.append(
+                        (tp.topic, tp.partition, message.offset, record.event_id)
+                    )
         source = f"kafka:{self.spec.events}"
         if batch.events:
             await self._pipeline.submit_events(batch.events, source=source)
@@ -295,11 +343,9 @@ class KafkaSource:
                 for letter, message in batch.dead:
                     await self._publisher.dead_letter(message, letter.reason)
         self._estimate += len(batch.events)
-        try:
-            await consumer.commit(next_offsets(fetched))
-        except KafkaError as e:
-            # Stored already: a re-delivery is deduplicated by the store.
-            log.warning("%s: commit failed (%s); the batch may be re-delivered", self.spec.name, e)
+        # Durable before committed: a crash before this line re-delivers the batch, and its
+        # re-delivered duplicates record the positions then.
+        await self._commits.delivered(consumer, fetched, batch.positions)
 
     def _parse(self, topic: str, message: Any, batch: _Batch) -> None:
         kind = "event" if topic == self.spec.events else "outcome"
@@ -323,23 +369,15 @@ class KafkaSource:
                 "(kafka_max_message_bytes)"
             )
             return
-        parse = parse_events if kind == "event" else parse_outcomes
         try:
-            parsed = parse(value, "application/json", max_records=1)
-        except BodyError as e:
-            if e.status == 413:
-                dead("expected one JSON object per message, got an array")
-            else:
-                dead(f"invalid message: {e.message.replace('body', 'message')}")
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            dead(f"message is not UTF-8 at byte {e.start}")
             return
-        if parsed.errors:
-            first = parsed.errors[0]
-            dead("; ".join(str(err) for err in parsed.errors), first.event_id)
+        record = parse_record(text.removeprefix("\ufeff"), kind=kind)
+        if isinstance(record, RecordError):
+            dead(str(record), record.event_id)
             return
-        if len(parsed.records) != 1:
-            dead("expected one JSON object per message")
-            return
-        record = parsed.records[0][1]
         key = message.key
         if key is not None and key != record.event_id.encode("utf-8"):
             shown_key = key[:100].decode("utf-8", "backslashreplace")

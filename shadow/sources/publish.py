@@ -339,10 +339,10 @@ class ComparisonFollower:
         await self._pipeline.dead_letter(bad)
         store = self._pipeline.store
         now = self._pipeline.clock()
-        # Marked first: the outbox must never see them as this sidecar's own to publish
-        # (a crash in between re-reads the batch, which was not committed yet).
-        await store.mark_published(comparisons, now=now)
-        await store.put_comparisons(comparisons, now=now, actor="kafka")
+        # Marked published in the same transaction: the outbox must never see them as this
+        # sidecar's own to publish. An 'expired' record never replaces a real verdict (the
+        # member that lost a partition may expire a join its new owner completed).
+        await store.put_comparisons(comparisons, now=now, actor="kafka", published=True)
         with contextlib.suppress(KafkaError):
             await consumer.commit(next_offsets(fetched))
         await self._pipeline.evaluate()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from shadow.fastjson import loads
 from shadow.model import (
     AuditEntry,
     Comparison,
@@ -58,25 +59,39 @@ class JoinPart(StoreBase):
         for task_type, body, eid, decision, actions, by, at, digest in self.con.execute(
             sql, params
         ).fetchall():
-            outcome = Outcome(eid, json.loads(decision), as_actions(json.loads(actions)), by, at)
-            out.append(
-                JoinRow(task_type, ShadowDecision.from_stored(json.loads(body)), outcome, digest)
-            )
+            outcome = Outcome(eid, loads(decision), as_actions(loads(actions)), by, at)
+            out.append(JoinRow(task_type, ShadowDecision.from_stored(loads(body)), outcome, digest))
         return out
 
     async def put_comparisons(
-        self, comparisons: Sequence[Comparison], *, now: datetime, actor: str = "joiner"
+        self,
+        comparisons: Sequence[Comparison],
+        *,
+        now: datetime,
+        actor: str = "joiner",
+        published: bool = False,
     ) -> list[Reversal]:
         """Upsert comparisons; a changed outcome behind an existing verdict is audited as a
-        reversal. Returns the reversals so callers can correct their metrics."""
-        return await self._run(self._put_comparisons, list(comparisons), now, actor)
+        reversal. Returns the reversals so callers can correct their metrics.
+
+        An ``expired`` verdict never replaces a real one (agree, disagree, agent_error): with
+        Kafka replicas, the member that lost a partition may expire a join that the new
+        owner completed; a real verdict does replace an ``expired`` one. ``published``
+        (the promoter folding the comparisons topic) also marks the comparisons it keeps as
+        published, in the same transaction, so they are never echoed."""
+        return await self._run(self._put_comparisons, list(comparisons), now, actor, published)
 
     def _put_comparisons(
-        self, comparisons: list[Comparison], now: datetime, actor: str
+        self, comparisons: list[Comparison], now: datetime, actor: str, published: bool = False
     ) -> list[Reversal]:
         if not comparisons:
             return []
-        comparisons = list({(c.event_id, c.agent_version): c for c in comparisons}.values())
+        last: dict[tuple[str, str], Comparison] = {}
+        for c in comparisons:  # the last per key, but never an 'expired' over a real one
+            seen = last.get((c.event_id, c.agent_version))
+            if seen is None or seen.verdict is Verdict.EXPIRED or c.verdict is not Verdict.EXPIRED:
+                last[(c.event_id, c.agent_version)] = c
+        comparisons = list(last.values())
         keys = [f"{c.event_id}\x00{c.agent_version}" for c in comparisons]
         before: dict[str, tuple[Verdict, str | None]] = {
             f"{eid}\x00{ver}": (Verdict(v), digest)
@@ -86,6 +101,16 @@ class JoinPart(StoreBase):
                 [keys],
             ).fetchall()
         }
+        kept = [
+            (c, k)
+            for c, k in zip(comparisons, keys, strict=True)
+            if not (
+                c.verdict is Verdict.EXPIRED and k in before and before[k][0] is not Verdict.EXPIRED
+            )
+        ]
+        if not kept:
+            return []
+        comparisons, keys = [c for c, _ in kept], [k for _, k in kept]
         reversals = [
             Reversal(c.event_id, c.agent_version, before[k][0], c.verdict)
             for c, k in zip(comparisons, keys, strict=True)
@@ -110,6 +135,19 @@ class JoinPart(StoreBase):
                     now,
                 ],
             )
+            if published:
+                tx.execute(
+                    "INSERT OR REPLACE INTO published_comparisons SELECT unnest(?::VARCHAR[]), "
+                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                    "?::TIMESTAMPTZ",
+                    [
+                        [c.event_id for c in comparisons],
+                        [c.agent_version for c in comparisons],
+                        [c.verdict.value for c in comparisons],
+                        [c.outcome_hash for c in comparisons],
+                        now,
+                    ],
+                )
             by_key = {f"{c.event_id}\x00{c.agent_version}": c for c in comparisons}
             entries = [
                 AuditEntry(
@@ -176,6 +214,6 @@ class JoinPart(StoreBase):
                 "WHERE needs_agent ORDER BY received_at, event_id LIMIT ?",
                 [limit],
             ).fetchall()
-            return [WorkEvent(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
+            return [WorkEvent(r[0], r[1], loads(r[2]), r[3], r[4]) for r in rows]
 
         return await self._run(q)

@@ -12,15 +12,17 @@ autonomy topic).
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shadow.model import Level
 from tests.kafka_broker import Broker
-from tests.shadow.conftest import Sidecar, SidecarFactory
+from tests.shadow import crash_agent
+from tests.shadow.conftest import Sidecar, SidecarFactory, metric
 from tests.shadow.sources.kafka_data import (
     AGENT_SPEC,
     POLICY,
@@ -161,13 +163,17 @@ async def test_two_replicas_compare_each_event_once_and_promote_like_one(
 
 
 async def test_a_replica_joining_mid_stream_never_double_counts(
-    broker: Broker, sidecar: SidecarFactory
+    broker: Broker, sidecar: SidecarFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A rebalance in the middle of the stream: replica B joins while A holds open joins from
-    the first half, and the second half arrives after the partitions moved. The promoter's
-    evidence holds each compared event once, with the agent's exact verdicts. Joins split by
-    the move (event on one replica, outcome on the other) do not complete (docs/kafka.md,
-    known limits); the test accounts for every one of them in the pending-join counts."""
+    the first half, and the second half arrives after the partitions moved. A committed each
+    partition only up to its oldest open join, so B re-reads every record of a join still
+    open at the move and completes the join in its own store: the promoter's evidence holds
+    every event exactly once, with the agent's exact verdicts. What B re-read of joins that A
+    had already completed (their other half was committed before the move) waits on B; when
+    it expires, its 'expired' verdict never replaces A's real one."""
+    calls = tmp_path / "agent-calls.log"
+    monkeypatch.setenv("CRASH_AGENT_LOG", str(calls))  # read by the test agent only
     await broker.create_topics({"ev": PARTITIONS, "oc": PARTITIONS, "cmp": 3})
     common: dict[str, Any] = {
         "agent": AGENT_SPEC,
@@ -209,27 +215,96 @@ async def test_a_replica_joining_mid_stream_never_double_counts(
     await a.pipeline.drain()
     await b.pipeline.drain()
 
-    async def outboxes_empty() -> bool:
-        return not (
-            await a.pipeline.store.unpublished_comparisons(limit=1)
-            or await b.pipeline.store.unpublished_comparisons(limit=1)
-        )
+    async def promoter_has_all() -> bool:
+        return await a.pipeline.store.count("comparisons") == N
 
-    await wait_for(outboxes_empty, "both replicas to publish every comparison")
-    published = {m.key.decode() for m in await read_all(broker, "cmp", 1)}
-
-    async def folded() -> bool:
-        return await a.pipeline.store.count("comparisons") == len(published)
-
-    await wait_for(folded, "the promoter to fold every published comparison")
-    compared = sorted(int(k.removeprefix("cr-")) for k in published)
+    await wait_for(promoter_has_all, f"the promoter to hold all {N} comparisons", tries=2400)
+    await wait_for(lambda: outboxes_empty(a, b), "both replicas to publish every comparison")
+    # Read at least as many records as the replicas published (read_all stops at the first
+    # empty poll once it has that many: asking for fewer could miss some).
+    published = await read_all(broker, "cmp", await published_count(a, b))
+    assert {m.key.decode() for m in published} == {crash_agent.event_id(i) for i in range(N)}
+    assert observed(await a.agreement()) == expected(range(N))  # every event, exactly once
     assert await b.pipeline.store.count("decisions") > 0
-    assert observed(await a.agreement()) == expected(compared)
-    # Every event not compared is a split join, visible (not lost) as a decision waiting for
-    # its outcome on one replica and that outcome waiting for its event on the other. (More
-    # may wait: a duplicate record that landed on the other side of the move.)
+
+    # Nothing left waiting on the promoter (it holds every comparison of the group). On B,
+    # only records re-read from joins that A completed before the move: their events (and
+    # duplicates) were compared by A, B holds them without their other half.
+    assert await held(a) == []
+    assert (await a.pipeline.store.pending())["awaiting_outcome"] == 0
+    b_held = await held(b)
     pa, pb = await a.pipeline.store.pending(), await b.pipeline.store.pending()
-    split = N - len(compared)
-    assert split <= pa["awaiting_outcome"] + pb["awaiting_outcome"]
-    assert split <= pa["awaiting_event"] + pb["awaiting_event"]
     assert pa["awaiting_agent"] == pb["awaiting_agent"] == 0
+    assert pb["awaiting_outcome"] + pb["awaiting_event"] == len(b_held)
+    stored_twice = await a.pipeline.store.count("events") + await b.pipeline.store.count("events")
+    outcomes_twice = (
+        await a.pipeline.store.count("outcomes") + await b.pipeline.store.count("outcomes") - N
+    )
+    agent_calls = len(calls.read_text().split())
+    print(
+        f"\nmid-stream: {N} events compared once; events stored by both replicas "
+        f"{stored_twice - N}, outcomes {outcomes_twice}; agent calls {agent_calls} "
+        f"({agent_calls - N} repeated); "
+        f"held on B after the run {len(b_held)} (awaiting outcome {pb['awaiting_outcome']}, "
+        f"awaiting event {pb['awaiting_event']}); published records {len(published)}"
+    )
+
+    # Those joins expire on B (the TTL passes): B publishes 'expired' for them and the
+    # promoter folds every record, yet keeps A's real verdicts.
+    await b.pipeline.joiner.expire(timedelta(0))
+    await a.pipeline.joiner.expire(timedelta(0))
+    await wait_for(lambda: outboxes_empty(a, b), "both replicas to publish their expiries")
+    end = {
+        m.partition: m.offset + 1
+        for m in sorted(
+            await read_all(broker, "cmp", await published_count(a, b)), key=lambda m: m.offset
+        )
+    }
+    await wait_for(lambda: folded_up_to(broker, end), "the promoter to fold every record")
+    assert observed(await a.agreement()) == expected(range(N))
+    assert await a.pipeline.store.count("comparisons") == N
+    assert await held(a) == await held(b) == []
+    for sc in (a, b):
+        assert await sc.pipeline.store.pending() == {
+            "awaiting_outcome": 0,
+            "awaiting_event": 0,
+            "awaiting_agent": 0,
+        }
+
+
+async def outboxes_empty(*replicas: Sidecar) -> bool:
+    for sc in replicas:
+        if await sc.pipeline.store.unpublished_comparisons(limit=1):
+            return False
+    return True
+
+
+async def published_count(*replicas: Sidecar) -> int:
+    """Comparison records the replicas' publishers had acknowledged by the broker."""
+    total = 0.0
+    for sc in replicas:
+        samples = await sc.metrics()
+        total += metric(samples, "shadow_kafka_published_total", stream="comparisons") or 0.0
+    return int(total)
+
+
+async def held(sc: Sidecar) -> list[str]:
+    """Event ids whose open joins hold this replica's commits back."""
+    ttl = timedelta(seconds=sc.pipeline.settings.join_ttl)
+    return await sc.pipeline.store.held_event_ids(cutoff=sc.pipeline.clock() - ttl)
+
+
+async def folded_up_to(broker: Broker, end: dict[int, int]) -> bool:
+    """Whether the promoter's group committed the comparisons topic up to ``end``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker.bootstrap, group_id="grp.promoter", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        for partition, offset in end.items():
+            done = await consumer.committed(TopicPartition("cmp", partition))
+            if done is None or done < offset:
+                return False
+        return True
+    finally:
+        await consumer.stop()

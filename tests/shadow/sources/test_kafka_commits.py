@@ -1,0 +1,136 @@
+"""Held-back commits against a real tansu broker: each partition is committed only up to its
+oldest open join, and its commit moves on as joins complete or expire, also when nothing new
+arrives on it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shadow.model import Comparison, Verdict
+from shadow.sources.publish import comparison_json
+from tests.kafka_broker import Broker
+from tests.shadow import crash_agent
+from tests.shadow.conftest import Sidecar, SidecarFactory
+from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, expected, observed, wait_for
+
+EV, OC = TopicPartition("ev", 0), TopicPartition("oc", 0)
+
+
+async def committed(broker: Broker, group: str) -> dict[str, int | None]:
+    """The group's committed offset of each topic's partition 0 (``None``: none yet)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        return {tp.topic: await consumer.committed(tp) for tp in (EV, OC)}
+    finally:
+        await consumer.stop()
+
+
+async def held(sc: Sidecar) -> list[str]:
+    ttl = timedelta(seconds=sc.pipeline.settings.join_ttl)
+    return await sc.pipeline.store.held_event_ids(cutoff=sc.pipeline.clock() - ttl)
+
+
+async def test_a_partition_is_committed_as_its_joins_close_without_new_records(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    await broker.create_topics({"ev": 1, "oc": 1})
+    sc = await sidecar(
+        policy=POLICY,
+        agent=AGENT_SPEC,
+        source=[f"kafka://{broker.bootstrap}?events=ev&outcomes=oc&group=g"],
+        kafka_health_interval=0.2,
+        batch_size=50,
+    )
+    store = sc.pipeline.store
+    await broker.produce_json("ev", [crash_agent.event(i) for i in range(20)])
+
+    async def answered() -> bool:
+        return await store.count("decisions") == 20
+
+    await wait_for(answered, "the agent to answer all 20 events")
+    # Every event awaits its outcome: nothing of the events partition is committed.
+    assert await committed(broker, "g") == {"ev": None, "oc": None}
+    assert len(await held(sc)) == 20
+
+    # Outcomes arrive on the other topic only; the events partition gets no new record, yet
+    # its commit moves to its end once the joins are complete.
+    await broker.produce_json("oc", [crash_agent.outcome(i) for i in range(20)])
+
+    async def both_committed(want: dict[str, int | None]) -> bool:
+        return await committed(broker, "g") == want
+
+    await wait_for(lambda: both_committed({"ev": 20, "oc": 20}), "commits at 20 and 20")
+    assert await store.count("comparisons") == 20
+    assert await held(sc) == []
+
+    # Five more events without outcomes hold the events partition at offset 20 ...
+    await broker.produce_json("ev", [crash_agent.event(i) for i in range(20, 25)])
+
+    async def answered_all() -> bool:
+        return await store.count("decisions") == 25
+
+    await wait_for(answered_all, "the agent to answer the five new events")
+    assert await committed(broker, "g") == {"ev": 20, "oc": 20}
+    # ... until they expire (the TTL passed): then it moves to the end, again without traffic.
+    assert await sc.pipeline.joiner.expire(timedelta(0)) == (5, 0)
+    await wait_for(lambda: both_committed({"ev": 25, "oc": 20}), "the commit past expired joins")
+    assert await held(sc) == []
+    assert observed(await sc.agreement()) == expected(range(20))
+
+
+async def test_the_promoter_never_lets_an_expired_verdict_replace_a_real_one(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    """After a rebalance the old owner of a partition may expire a join that the new owner
+    completed, and publish that 'expired' verdict before or after the real one. The promoter
+    keeps the real verdict either way (in one fetched batch or across batches), and a real
+    verdict replaces an 'expired' one."""
+    await broker.create_topics({"ev": 1, "oc": 1, "cmp": 1})
+    sc = await sidecar(
+        policy=POLICY,
+        source=[f"kafka://{broker.bootstrap}?events=ev&outcomes=oc&group=g"],
+        kafka_role="promoter",
+        kafka_comparisons_topic="cmp",
+        kafka_health_interval=0.2,
+    )
+    store = sc.pipeline.store
+    task, version = "refund_request", crash_agent.AGENT_VERSION
+
+    def record(eid: str, verdict: Verdict, critical: bool = False) -> dict[str, Any]:
+        digest = None if verdict is Verdict.EXPIRED else f"h-{eid}"
+        return comparison_json(Comparison(eid, task, version, verdict, (), critical, digest))
+
+    async def folded(n: int) -> bool:
+        return await store.count("comparisons") == n
+
+    # x: real first, expired later (another batch); y: expired first, real later.
+    await broker.produce_json("cmp", [record("x", Verdict.AGREE), record("y", Verdict.EXPIRED)])
+    await wait_for(lambda: folded(2), "the first two comparisons folded")
+    # w: real then expired in one batch; z: only expired.
+    await broker.produce_json(
+        "cmp",
+        [
+            record("x", Verdict.EXPIRED),
+            record("y", Verdict.DISAGREE, critical=True),
+            record("w", Verdict.AGREE),
+            record("w", Verdict.EXPIRED),
+            record("z", Verdict.EXPIRED),
+        ],
+    )
+    await wait_for(lambda: folded(4), "all four keys folded")
+
+    async def settled() -> bool:
+        evidence = (await store.evidence()).get(task, {}).get(version)
+        return evidence is not None and evidence.n == 3
+
+    await wait_for(settled, "the promoter's evidence to hold x, y and w")
+    evidence = (await store.evidence())[task][version]
+    assert (evidence.n, evidence.agree, evidence.critical, evidence.errors) == (3, 2, 1, 0)
+    # what was folded is marked published: the promoter echoes nothing back
+    assert await store.unpublished_comparisons(limit=10) == []
