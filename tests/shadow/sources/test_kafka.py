@@ -134,13 +134,20 @@ async def test_poison_goes_to_dead_letters_and_the_topic_while_good_records_flow
     good_events = [json.dumps(crash_agent.event(i)).encode() for i in range(n)]
     ok = crash_agent.event(9999)
     poison: list[tuple[bytes | None, bytes | None, str]] = [
-        (b"p1", b"{not json", "invalid JSON"),
+        (b"p1", b"{not json", "Expecting property name"),
         (b"p2", b"\xff\xfe garbage", "not UTF-8"),
         (b"p3", json.dumps({"event_id": "p3", "payload": {}}).encode(), "task_type"),
         (b"p4", json.dumps({**ok, "event_id": "p4", "pad": "x" * 3000}).encode(), "too large"),
         (b"p5", None, "tombstone"),
         (b"not-p6", json.dumps({**ok, "event_id": "p6"}).encode(), "does not match event_id"),
-        (b"p7", b"[1, 2]", "got an array"),
+        # One valid event wrapped in an array is still not one JSON object per message.
+        (b"p7", json.dumps([{**ok, "event_id": "p7"}]).encode(), "got an array"),
+        (b"p8", b'{"event_id": "p8"} {"event_id": "p8"}', "expected exactly one object"),
+        (
+            b"p9",
+            json.dumps({**ok, "event_id": "p9", "kind": "outcome"}).encode(),
+            'expected "event"',
+        ),
     ]
     # Poison in the middle of the stream: good records before and after it.
     records: list[tuple[bytes | None, bytes | None]] = [
@@ -164,6 +171,9 @@ async def test_poison_goes_to_dead_letters_and_the_topic_while_good_records_flow
         found = [d for d in letters if says in str(d["reason"])]
         assert len(found) == 1, f"want one dead letter for {key!r} saying {says!r}: {letters}"
         assert str(found[0]["location"]).startswith("ev[")
+        # Reasons speak of messages, never of HTTP bodies or content types.
+        assert "ndjson" not in str(found[0]["reason"])
+        assert "body" not in str(found[0]["reason"])
     assert any(loc.startswith("oc[") for loc in by_location)
     assert observed(await sc.agreement()) == expected(range(n))
 
