@@ -294,7 +294,16 @@ class ComparisonFollower:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
             )
-            await consumer.start()
+            try:
+                await consumer.start()
+            except BaseException as e:
+                await consumer.stop()  # its client and tasks, even when start failed
+                if isinstance(e, KafkaError):
+                    raise ConfigError(
+                        f"promoter kafka://{self._bootstrap}: cannot reach the broker ({e}); "
+                        "check the address and the security settings"
+                    ) from None
+                raise
             self._consumer = consumer
         return self
 

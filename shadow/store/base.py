@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
@@ -17,7 +17,7 @@ from typing import ParamSpec, Self, TypeVar
 import duckdb
 
 from shadow.errors import StoreError
-from shadow.model import AuditEntry
+from shadow.model import AuditEntry, Comparison
 from shadow.schema import MIGRATIONS, SCHEMA_VERSION
 from shadow.store.records import DeadLetter
 
@@ -223,6 +223,26 @@ class StoreBase:
                 [d.event_id for d in dead],
                 [d.location for d in dead],
                 [d.raw for d in dead],
+            ],
+        )
+
+    @staticmethod
+    def _insert_published(
+        tx: duckdb.DuckDBPyConnection, comparisons: Sequence[Comparison], now: datetime
+    ) -> None:
+        """Record (upsert) that these comparisons, verdict and outcome revision, were
+        published to the comparisons topic (or folded from it, on the promoter)."""
+        if not comparisons:
+            return
+        tx.execute(
+            "INSERT OR REPLACE INTO published_comparisons SELECT unnest(?::VARCHAR[]), "
+            "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), ?::TIMESTAMPTZ",
+            [
+                [c.event_id for c in comparisons],
+                [c.agent_version for c in comparisons],
+                [c.verdict.value for c in comparisons],
+                [c.outcome_hash for c in comparisons],
+                now,
             ],
         )
 

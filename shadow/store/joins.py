@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from shadow.fastjson import loads
+from shadow.fastjson import dumps, loads
 from shadow.model import (
     AuditEntry,
     Comparison,
@@ -130,24 +129,13 @@ class JoinPart(StoreBase):
                     [c.task_type for c in comparisons],
                     [c.verdict.value for c in comparisons],
                     [c.critical_miss for c in comparisons],
-                    [json.dumps([f.to_json() for f in c.fields]) for c in comparisons],
+                    [dumps([f.to_json() for f in c.fields]) for c in comparisons],
                     [c.outcome_hash for c in comparisons],
                     now,
                 ],
             )
             if published:
-                tx.execute(
-                    "INSERT OR REPLACE INTO published_comparisons SELECT unnest(?::VARCHAR[]), "
-                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
-                    "?::TIMESTAMPTZ",
-                    [
-                        [c.event_id for c in comparisons],
-                        [c.agent_version for c in comparisons],
-                        [c.verdict.value for c in comparisons],
-                        [c.outcome_hash for c in comparisons],
-                        now,
-                    ],
-                )
+                self._insert_published(tx, comparisons, now)
             by_key = {f"{c.event_id}\x00{c.agent_version}": c for c in comparisons}
             entries = [
                 AuditEntry(

@@ -61,18 +61,7 @@ class OutboxPart(StoreBase):
 
         def write() -> None:
             with self._tx() as tx:
-                tx.execute(
-                    "INSERT OR REPLACE INTO published_comparisons SELECT unnest(?::VARCHAR[]), "
-                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
-                    "?::TIMESTAMPTZ",
-                    [
-                        [c.event_id for c in rows],
-                        [c.agent_version for c in rows],
-                        [c.verdict.value for c in rows],
-                        [c.outcome_hash for c in rows],
-                        now,
-                    ],
-                )
+                self._insert_published(tx, rows, now)
 
         await self._run(write)
 

@@ -4,13 +4,19 @@ arrives on it."""
 
 from __future__ import annotations
 
+import gc
+import warnings
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from shadow.config import load_settings
+from shadow.errors import ConfigError
 from shadow.model import Comparison, Verdict
-from shadow.sources.publish import comparison_json
+from shadow.sources.publish import ComparisonFollower, comparison_json
 from tests.kafka_broker import Broker
 from tests.shadow import crash_agent
 from tests.shadow.conftest import Sidecar, SidecarFactory
@@ -134,3 +140,20 @@ async def test_the_promoter_never_lets_an_expired_verdict_replace_a_real_one(
     assert (evidence.n, evidence.agree, evidence.critical, evidence.errors) == (3, 2, 1, 0)
     # what was folded is marked published: the promoter echoes nothing back
     assert await store.unpublished_comparisons(limit=10) == []
+
+
+async def test_a_promoter_that_cannot_reach_the_broker_says_so_and_leaks_no_consumer(
+    tmp_path: Path,
+) -> None:
+    """The promoter's comparisons reader fails start-up with one clear line and stops the
+    consumer it created (aiokafka warns about an unclosed one when it is collected)."""
+    settings = load_settings(
+        db=str(tmp_path / "p.duckdb"), config=None, kafka_comparisons_topic="cmp"
+    )
+    follower = ComparisonFollower(settings, "127.0.0.1:1", "grp", cast(Any, None))
+    with pytest.raises(ConfigError, match=r"promoter kafka://127\.0\.0\.1:1: cannot reach"):
+        await follower.start()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert not [w for w in seen if "Unclosed AIOKafkaConsumer" in str(w.message)]
