@@ -140,8 +140,10 @@ class Broker:
         """Send ``(key, value)`` pairs (default partitioner: murmur2 of the key); returns the
         count once every one is acknowledged."""
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
-        await producer.start()
         try:
+            # Started inside the try: a caller cancelled during start-up (a flood task at the
+            # end of its block) must still stop it, or it leaks (a ResourceWarning at GC).
+            await producer.start()
             hdrs = [(k, v.encode()) for k, v in headers.items()] or None
             futures = [
                 await producer.send(topic, value=value, key=key, headers=hdrs)

@@ -135,11 +135,13 @@ class KafkaPublisher:
         )
         try:
             await producer.start()
-        except KafkaError as e:
+        except BaseException as e:  # cancelled too: never leave a started client behind
             await producer.stop()
-            raise ConfigError(
-                f"Kafka publisher kafka://{self._bootstrap}: cannot reach the broker ({e})"
-            ) from None
+            if isinstance(e, KafkaError):
+                raise ConfigError(
+                    f"Kafka publisher kafka://{self._bootstrap}: cannot reach the broker ({e})"
+                ) from None
+            raise
         self._producer = producer
         if self._settings.kafka_comparisons_topic or self._settings.kafka_autonomy_topic:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="kafka-pub")
