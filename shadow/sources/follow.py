@@ -48,10 +48,9 @@ from aiokafka.errors import KafkaError
 from shadow import promotion
 from shadow.config import Settings
 from shadow.errors import ConfigError
-from shadow.ingest import RAW_LIMIT, clip_raw
 from shadow.model import Level
 from shadow.promotion import LadderState, Move, Proposal, Step
-from shadow.sources.kafka_client import client_options, rewind
+from shadow.sources.kafka_client import client_options, message_dead_letter, rewind
 from shadow.store import DeadLetter
 
 if TYPE_CHECKING:
@@ -286,11 +285,8 @@ class AutonomyFollower:
                 try:
                     records.append((parse_level_record(m.value, m.key, policy.task_types), where))
                 except ValueError as e:
-                    shown = clip_raw(m.value[: RAW_LIMIT * 4].decode("utf-8", "backslashreplace"))
                     reason = f"invalid autonomy record: {e}"
-                    bad.append(
-                        DeadLetter(f"kafka:{m.topic}", "autonomy", reason, shown, None, where)
-                    )
+                    bad.append(message_dead_letter(m, "autonomy", reason))
         await pipeline.dead_letter(bad)
         if not records:
             return

@@ -61,11 +61,12 @@ from aiokafka.errors import KafkaError
 
 from shadow.config import Settings
 from shadow.errors import ConfigError
-from shadow.ingest import RAW_LIMIT, RecordError, clip_raw, parse_record
+from shadow.ingest import RecordError, parse_record
 from shadow.model import Outcome, WorkEvent
 from shadow.sources.kafka_client import (
     KafkaSpec,
     client_options,
+    message_dead_letter,
     parse_kafka_spec,
     rewind,
 )
@@ -349,16 +350,11 @@ class KafkaSource:
 
     def _parse(self, topic: str, message: Any, batch: _Batch) -> None:
         kind = "event" if topic == self.spec.events else "outcome"
-        where = f"{topic}[{message.partition}]@{message.offset}"
         value: bytes | None = message.value
         limit = self._settings.kafka_max_message_bytes
 
         def dead(reason: str, event_id: str | None = None) -> None:
-            shown = None
-            if value is not None:
-                shown = clip_raw(value[: RAW_LIMIT * 4].decode("utf-8", "backslashreplace"))
-            letter = DeadLetter(f"kafka:{topic}", kind, reason, shown, event_id, where)
-            batch.dead.append((letter, message))
+            batch.dead.append((message_dead_letter(message, kind, reason, event_id), message))
 
         if value is None:
             dead("message has no value (a tombstone); expected one JSON record")

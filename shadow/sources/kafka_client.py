@@ -17,8 +17,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shadow.config import Settings
 from shadow.errors import ConfigError
+from shadow.ingest import RAW_LIMIT, clip_raw
+from shadow.store import DeadLetter
 
-__all__ = ["KafkaSpec", "client_options", "parse_kafka_spec", "rewind"]
+__all__ = ["KafkaSpec", "client_options", "message_dead_letter", "parse_kafka_spec", "rewind"]
 
 _SPEC_HELP = "use kafka://HOST:PORT?events=TOPIC&outcomes=TOPIC&group=GROUP"
 
@@ -104,3 +106,17 @@ def rewind(consumer: AIOKafkaConsumer, fetched: Mapping[TopicPartition, Any]) ->
     for tp, messages in fetched.items():
         if messages and tp in owned:
             consumer.seek(tp, messages[0].offset)
+
+
+def message_dead_letter(
+    message: Any, kind: str, reason: str, event_id: str | None = None
+) -> DeadLetter:
+    """The dead letter for one Kafka message: source ``kafka:<topic>``, location
+    ``topic[partition]@offset``, and the value as text (invalid UTF-8 shown as ``\\xNN``,
+    clipped like every raw record); no value (a tombstone) shows nothing."""
+    value: bytes | None = message.value
+    shown = None
+    if value is not None:
+        shown = clip_raw(value[: RAW_LIMIT * 4].decode("utf-8", "backslashreplace"))
+    where = f"{message.topic}[{message.partition}]@{message.offset}"
+    return DeadLetter(f"kafka:{message.topic}", kind, reason, shown, event_id, where)

@@ -43,11 +43,15 @@ from aiokafka.errors import KafkaError
 
 from shadow.config import Settings
 from shadow.errors import ConfigError
-from shadow.ingest import RAW_LIMIT, clip_raw
 from shadow.metrics import Metrics
 from shadow.model import Comparison, FieldResult, Verdict
 from shadow.promotion import LadderState
-from shadow.sources.kafka_client import client_options, next_offsets, rewind
+from shadow.sources.kafka_client import (
+    client_options,
+    message_dead_letter,
+    next_offsets,
+    rewind,
+)
 from shadow.store import DeadLetter, Store
 
 if TYPE_CHECKING:
@@ -341,12 +345,8 @@ class ComparisonFollower:
                 try:
                     comparisons.append(comparison_from_json(json.loads(m.value)))
                 except (KeyError, ValueError, TypeError, AttributeError) as e:
-                    shown = None if m.value is None else clip_raw(repr(m.value[:RAW_LIMIT]))
-                    where = f"{m.topic}[{m.partition}]@{m.offset}"
                     reason = f"invalid comparison record: {type(e).__name__}: {e}"
-                    bad.append(
-                        DeadLetter(f"kafka:{m.topic}", "comparison", reason, shown, None, where)
-                    )
+                    bad.append(message_dead_letter(m, "comparison", reason))
         await self._pipeline.dead_letter(bad)
         store = self._pipeline.store
         now = self._pipeline.clock()

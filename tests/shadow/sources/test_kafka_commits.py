@@ -141,6 +141,19 @@ async def test_the_promoter_never_lets_an_expired_verdict_replace_a_real_one(
     # what was folded is marked published: the promoter echoes nothing back
     assert await store.unpublished_comparisons(limit=10) == []
 
+    # A record that is not a comparison is a dead letter, shown as text like any other
+    # Kafka dead letter, and folding goes on.
+    await broker.produce("cmp", [(b"v", b'{"event_id": "v"}'), (b"bad", b"\xffnot json")])
+    await broker.produce_json("cmp", [record("u", Verdict.AGREE)])
+    await wait_for(lambda: folded(5), "the comparison after the poison folded")
+    letters = {str(d["raw"]): d for d in await store.dead_letters(limit=10)}
+    assert set(letters) == {'{"event_id": "v"}', "\\xffnot json"}
+    for d in letters.values():
+        assert d["source"] == "kafka:cmp"
+        assert d["kind"] == "comparison"
+        assert str(d["location"]).startswith("cmp[0]@")
+        assert str(d["reason"]).startswith("invalid comparison record: ")
+
 
 async def test_a_promoter_that_cannot_reach_the_broker_says_so_and_leaks_no_consumer(
     tmp_path: Path,
