@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from shadow.model import canonical_json
+from shadow.model import ORJSON_STRICT, canonical_json
 
 __all__ = ["STRICT", "dumps", "dumps_canonical", "loads"]
 
@@ -45,12 +45,7 @@ __all__ = ["STRICT", "dumps", "dumps_canonical", "loads"]
 _DIGITS = bytes(48 if 48 <= b <= 57 else 46 if b == 46 else 32 for b in range(256))
 _LONG_INTEGER = b" " + b"0" * 19
 _SORTED = orjson.OPT_SORT_KEYS
-# Objects orjson would write but the stdlib refuses go to the stdlib (and its error).
-STRICT = (
-    orjson.OPT_PASSTHROUGH_DATACLASS
-    | orjson.OPT_PASSTHROUGH_DATETIME
-    | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
+STRICT = ORJSON_STRICT  # orjson's options that send non-JSON objects to the stdlib
 
 
 def loads(text: str | bytes) -> Any:

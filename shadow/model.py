@@ -28,6 +28,7 @@ from shadow.errors import FieldError, ValidationError
 __all__ = [
     "MAX_DEPTH",
     "MAX_ID_LENGTH",
+    "ORJSON_STRICT",
     "TASK_TYPE_PATTERN",
     "Action",
     "AuditEntry",
@@ -106,12 +107,13 @@ _CONTROL = re.compile("[\x00-\x1f\x7f]")  # control characters, not allowed in i
 # A digit then "e-" (a negative exponent) or "0.0000" (a positional float below 1e-4): the
 # spellings where orjson and the stdlib part ways. Matches inside strings only cost time.
 _SMALL_FLOAT = re.compile(rb"[0-9]e-|0\.0000")
-_CANONICAL = (
-    orjson.OPT_SORT_KEYS
-    | orjson.OPT_PASSTHROUGH_DATACLASS
+# Objects orjson would write but the stdlib refuses or writes differently go to the stdlib.
+ORJSON_STRICT = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_SUBCLASS
 )
+_CANONICAL = orjson.OPT_SORT_KEYS | ORJSON_STRICT
 
 
 def content_hash(value: object) -> str:

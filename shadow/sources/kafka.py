@@ -69,6 +69,7 @@ from shadow.sources.kafka_client import (
     message_dead_letter,
     parse_kafka_spec,
     rewind,
+    start_client,
 )
 from shadow.sources.kafka_commit import HeldCommits
 from shadow.store import DeadLetter
@@ -179,14 +180,8 @@ class KafkaSource:
             max_partition_fetch_bytes=max_fetch,
             fetch_max_bytes=max(max_fetch, 52_428_800),
         )
+        await start_client(consumer, f"Kafka source {self.spec.name}")
         try:
-            try:
-                await consumer.start()
-            except KafkaError as e:
-                raise ConfigError(
-                    f"Kafka source {self.spec.name}: cannot reach the broker ({e}); "
-                    "check the address and the security settings"
-                ) from None
             await self._check_topology(consumer)
         except BaseException:
             await consumer.stop()

@@ -13,14 +13,22 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from shadow.config import Settings
 from shadow.errors import ConfigError
 from shadow.ingest import RAW_LIMIT, clip_raw
 from shadow.store import DeadLetter
 
-__all__ = ["KafkaSpec", "client_options", "message_dead_letter", "parse_kafka_spec", "rewind"]
+__all__ = [
+    "KafkaSpec",
+    "client_options",
+    "message_dead_letter",
+    "parse_kafka_spec",
+    "rewind",
+    "start_client",
+]
 
 _SPEC_HELP = "use kafka://HOST:PORT?events=TOPIC&outcomes=TOPIC&group=GROUP"
 
@@ -120,3 +128,18 @@ def message_dead_letter(
         shown = clip_raw(value[: RAW_LIMIT * 4].decode("utf-8", "backslashreplace"))
     where = f"{message.topic}[{message.partition}]@{message.offset}"
     return DeadLetter(f"kafka:{message.topic}", kind, reason, shown, event_id, where)
+
+
+async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer, who: str) -> None:
+    """Start an aiokafka consumer or producer; on any failure (cancellation too) stop it,
+    so no started client is left to the garbage collector. A broker error becomes one
+    :class:`~shadow.errors.ConfigError` line naming ``who``."""
+    try:
+        await client.start()
+    except BaseException as e:
+        await client.stop()
+        if isinstance(e, KafkaError):
+            raise ConfigError(
+                f"{who}: cannot reach the broker ({e}); check the address and the security settings"
+            ) from None
+        raise

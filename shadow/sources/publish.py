@@ -51,6 +51,7 @@ from shadow.sources.kafka_client import (
     message_dead_letter,
     next_offsets,
     rewind,
+    start_client,
 )
 from shadow.store import DeadLetter, Store
 
@@ -137,15 +138,7 @@ class KafkaPublisher:
             acks="all",
             max_request_size=max(1_048_576, self._settings.kafka_max_message_bytes + 65_536),
         )
-        try:
-            await producer.start()
-        except BaseException as e:  # cancelled too: never leave a started client behind
-            await producer.stop()
-            if isinstance(e, KafkaError):
-                raise ConfigError(
-                    f"Kafka publisher kafka://{self._bootstrap}: cannot reach the broker ({e})"
-                ) from None
-            raise
+        await start_client(producer, f"Kafka publisher kafka://{self._bootstrap}")
         self._producer = producer
         if self._settings.kafka_comparisons_topic or self._settings.kafka_autonomy_topic:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="kafka-pub")
@@ -300,16 +293,7 @@ class ComparisonFollower:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
             )
-            try:
-                await consumer.start()
-            except BaseException as e:
-                await consumer.stop()  # its client and tasks, even when start failed
-                if isinstance(e, KafkaError):
-                    raise ConfigError(
-                        f"promoter kafka://{self._bootstrap}: cannot reach the broker ({e}); "
-                        "check the address and the security settings"
-                    ) from None
-                raise
+            await start_client(consumer, f"promoter kafka://{self._bootstrap}")
             self._consumer = consumer
         return self
 
