@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         "never promote; promoter: also fold every replica's comparisons into the ladder",
     )
     kafka_health_interval: float = Field(1.0, gt=0, description="seconds between broker probes")
+    kafka_commit_interval: float = Field(
+        1.0,
+        ge=0,
+        le=60.0,
+        description="seconds between offset commits while records flow (0: after every "
+        "batch); revocation and shutdown always commit",
+    )
     kafka_session_timeout: float = Field(
         10.0, ge=1.0, le=300.0, description="seconds before a silent group member is dropped"
     )

@@ -255,18 +255,44 @@ def _brief(value: object) -> str:
 
 def _json_problem(value: object, path: str, depth: int) -> tuple[str, str] | None:
     """First non-JSON or too-deep spot inside ``value``, as (path, message)."""
+    return None if _plain_json(value, depth) else _json_problem_at(value, path, depth)
+
+
+def _plain_json(value: object, depth: int) -> bool:
+    """Whether ``value`` is plainly JSON: built-in types only, finite floats, string keys,
+    at most :data:`MAX_DEPTH` deep. The common case, checked without building paths; only
+    when this says no does :func:`_json_problem_at` look for the spot (it also accepts
+    subclasses of the built-in types, which this leaves to it)."""
+    if depth > MAX_DEPTH:
+        return False
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return True
+    if t is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    if t is dict:
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str or not _plain_json(v, depth + 1):
+                return False
+        return True
+    if t is list:
+        return all(_plain_json(v, depth + 1) for v in value)  # type: ignore[attr-defined]
+    return False
+
+
+def _json_problem_at(value: object, path: str, depth: int) -> tuple[str, str] | None:
     if depth > MAX_DEPTH:
         return path, f"nested deeper than {MAX_DEPTH} levels"
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 return path, "object keys must be strings"
-            found = _json_problem(v, f"{path}.{k}", depth + 1)
+            found = _json_problem_at(v, f"{path}.{k}", depth + 1)
             if found:
                 return found
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            found = _json_problem(v, f"{path}[{i}]", depth + 1)
+            found = _json_problem_at(v, f"{path}[{i}]", depth + 1)
             if found:
                 return found
     elif isinstance(value, float) and not math.isfinite(value):

@@ -8,9 +8,12 @@ by ``shadow demo``. Its contract:
   non-HTTP sources); payloads are redacted before storage; events are sampled for the agent
   by a stable hash of their id.
 - The agent never runs on the ingest path: stored events flagged ``needs_agent`` are the
-  work queue. A feeder reads them from the store (so a restart resumes, and memory stays
-  bounded), ``agent_concurrency`` workers call the agent (an in-process agent gets a store
-  batch at a time through ``AgentRunner.decide_batch``), and one writer stores decisions in
+  work queue. A feeder takes the events ``submit_events`` just stored from memory (at most
+  two batches are kept; no store read) and otherwise reads them from the store (so a
+  restart or an overflow resumes, and memory stays bounded; the store is also read at
+  least every second while the memory feed runs, so nothing it missed waits).
+  ``agent_concurrency`` workers call the agent (an in-process agent gets a store batch at
+  a time through ``AgentRunner.decide_batch``), and one writer stores decisions in
   batches, then completes joins and re-evaluates the ladder after each batch of comparisons.
 - Outcomes trigger joins in a background task too, so a burst of outcomes never waits for
   comparisons or promotion.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -86,6 +90,7 @@ class Pipeline:
         clock: Callable[[], datetime],
         observers: Sequence[PipelineObserver] = (),
         promote: bool = True,
+        scan_every: float = 1.0,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -104,6 +109,11 @@ class Pipeline:
         )
         self._results: asyncio.Queue[tuple[WorkEvent, ShadowDecision]] = asyncio.Queue()
         self._inflight: set[str] = set()
+        # Sampled events submit_events just stored, for the feeder (see _awaiting).
+        self._fresh: deque[WorkEvent] = deque()
+        self._fresh_max = 2 * max(settings.batch_size, settings.agent_concurrency)
+        self._next_scan = 0.0
+        self._scan_every = scan_every  # seconds between store reads while memory feeds
         self._join_ids: set[str] = set()
         self._agent_wake = asyncio.Event()
         self._join_wake = asyncio.Event()
@@ -177,10 +187,15 @@ class Pipeline:
             put = await self.store.put_events(
                 [e for _, e in keep], source=source, now=self.clock(), needs_agent=needs
             )
-            for (i, _), r in zip(keep, put, strict=True):
+            for (i, stored), r, need in zip(keep, put, needs, strict=True):
                 results[i] = IngestResult(r.event_id, r.status.value, "", r.reason)
                 if r.status is PutStatus.CONFLICT:
                     self.metrics.dead_letter(source, r.reason)
+                elif need and r.status is PutStatus.STORED:
+                    if len(self._fresh) < self._fresh_max:
+                        self._fresh.append(stored)
+                    else:  # beyond the cap: the feeder reads the store next
+                        self._next_scan = 0.0
             if any(r.status is PutStatus.STORED for r in put) and any(needs):
                 self._agent_wake.set()
         if rejected and dead_letter_rejected:
@@ -219,6 +234,32 @@ class Pipeline:
             self._join_ids.update(event_ids)
             self._join_wake.set()
 
+    async def _awaiting(self, limit: int) -> tuple[list[WorkEvent], bool]:
+        """Up to ``limit`` stored events awaiting the agent and not in flight: those
+        ``submit_events`` just stored, from memory; from the store (which has every one of
+        them) at start, after the memory feed overflowed, while a read came back full, and
+        at least every ``scan_every`` seconds. The flag is true when they were read from
+        the store (objects nobody else holds).
+
+        The memory feed is emptied right after each store read (in the loop step the read
+        returns in): everything it held then was stored before the read ran (one store
+        thread), so it is in the result or beyond its limit, still in the store. So an event
+        is never handed out twice, and one the memory feed dropped waits at most
+        ``scan_every``."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_scan:
+            out: list[WorkEvent] = []
+            while self._fresh and len(out) < limit:
+                event = self._fresh.popleft()
+                if event.event_id not in self._inflight:
+                    out.append(event)
+            return out, False
+        events = await self.store.events_awaiting_agent(limit=limit + len(self._inflight))
+        self._fresh.clear()
+        full = len(events) >= limit + len(self._inflight)
+        self._next_scan = 0.0 if full else loop.time() + self._scan_every
+        return [e for e in events if e.event_id not in self._inflight][:limit], True
+
     async def _feeder(self) -> None:
         assert self.agent is not None
         while True:
@@ -226,14 +267,13 @@ class Pipeline:
             if room <= 0:
                 await asyncio.sleep(0.005)
                 continue
-            events = await self.store.events_awaiting_agent(limit=room + len(self._inflight))
-            fresh = [e for e in events if e.event_id not in self._inflight]
+            fresh, _ = await self._awaiting(room)
             if not fresh:
                 self._agent_wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._agent_wake.wait(), timeout=1.0)
                 continue
-            for event in fresh[:room]:
+            for event in fresh:
                 self._inflight.add(event.event_id)
                 await self._work.put(event)
 
@@ -247,8 +287,7 @@ class Pipeline:
             if len(self._inflight) >= 2 * size:
                 await asyncio.sleep(0.005)
                 continue
-            events = await self.store.events_awaiting_agent(limit=size + len(self._inflight))
-            fresh = [e for e in events if e.event_id not in self._inflight][:size]
+            fresh, own = await self._awaiting(size)
             if not fresh:
                 self._agent_wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -256,8 +295,9 @@ class Pipeline:
                 continue
             self._inflight.update(e.event_id for e in fresh)
             try:
-                # The events were just read from the store and are not used again here.
-                decisions = await self.agent.decide_batch(fresh, handover=True)
+                # Events read from the store are not used again here; those from memory
+                # share their payloads with the submitter, so the agent gets copies.
+                decisions = await self.agent.decide_batch(fresh, handover=own)
             except BaseException:
                 self._inflight.difference_update(e.event_id for e in fresh)
                 raise

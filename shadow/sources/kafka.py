@@ -16,9 +16,10 @@ Contract (see docs/kafka.md for the topology and the multi-replica design):
   still open (an event awaiting the agent or its outcome, an outcome awaiting its event;
   :mod:`shadow.store.positions`), else to its end. So when a rebalance moves a partition,
   the next owner re-reads every record of every open join and completes it in its own
-  store: a join is never split between two replicas' stores. Held-back commits advance
-  after every batch, every second (joins complete without new records) and at revocation;
-  never backwards. Cost: a restart or rebalance re-reads each partition from its oldest
+  store: a join is never split between two replicas' stores. Commits run at most every
+  ``kafka_commit_interval`` (1 s; 0 commits after every batch) while records flow or a
+  commit is held back (joins complete without new records), and at revocation and
+  shutdown; never backwards. Cost: a restart or rebalance re-reads each partition from its oldest
   open join (at most ``join_ttl`` old: older joins are closed), deduplicated by the store;
   the new owner calls the agent again for re-read events it had not stored.
 - **Co-partitioning.** Events and outcomes of one ``event_id`` must reach the same replica:
@@ -87,7 +88,6 @@ _POLL_MS = 200
 _RETRY_S = 1.0
 _BACKPRESSURE_CHECK_S = 0.25
 _LAG_EVERY_S = 1.0
-_HOLD_EVERY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -153,7 +153,7 @@ class KafkaSource:
         self._estimate = 0  # upper bound of stored events awaiting the agent
         self._lagging: set[TopicPartition] = set()  # partitions with a lag gauge
         self._next_lag = 0.0
-        self._next_hold = 0.0
+        self._next_commit = 0.0
         self._commits = HeldCommits(
             spec.name, pipeline.store, pipeline.clock, timedelta(seconds=settings.join_ttl)
         )
@@ -302,9 +302,10 @@ class KafkaSource:
             if loop.time() >= self._next_lag:
                 self._next_lag = loop.time() + _LAG_EVERY_S
                 await self._update_lag(consumer)
-            if self._commits.held and loop.time() >= self._next_hold:
-                # Joins complete without new records: move held-back commits on.
-                self._next_hold = loop.time() + _HOLD_EVERY_S
+            if self._commits.held and loop.time() >= self._next_commit:
+                # Batches not committed yet, or joins that completed without new records:
+                # move the held-back commits on.
+                self._next_commit = loop.time() + self._settings.kafka_commit_interval
                 try:
                     async with self._delivering:
                         await self._commits.commit(consumer)
@@ -340,8 +341,14 @@ class KafkaSource:
                     await self._publisher.dead_letter(message, letter.reason)
         self._estimate += len(batch.events)
         # Durable before committed: a crash before this line re-delivers the batch, and its
-        # re-delivered duplicates record the positions then.
-        await self._commits.delivered(consumer, fetched, batch.positions)
+        # re-delivered duplicates record the positions then. Commits (one store query over
+        # every held-back partition, one broker round trip) run at most every
+        # kafka_commit_interval; the batches in between are committed by the next one.
+        now = asyncio.get_running_loop().time()
+        due = now >= self._next_commit
+        if due:
+            self._next_commit = now + self._settings.kafka_commit_interval
+        await self._commits.delivered(consumer, fetched, batch.positions, commit=due)
 
     def _parse(self, topic: str, message: Any, batch: _Batch) -> None:
         kind = "event" if topic == self.spec.events else "outcome"

@@ -4,9 +4,10 @@
 assignment (the *floor*: the group's committed offset when reading started, so nothing
 below it is ever sent), one past the last delivered record (the *end*) and the offset last
 committed. After a batch is stored, :meth:`HeldCommits.delivered` records where its records
-came from and asks for each partition's oldest open record, in one store transaction
-(:meth:`shadow.store.Store.commit_offsets`), and commits that, or the end when nothing is
-open; never lower than what it committed before.
+came from; when a commit is due (the source commits at most every
+``kafka_commit_interval``), it also asks for each partition's oldest open record, in the
+same store transaction (:meth:`shadow.store.Store.commit_offsets`), and commits that, or the
+end when nothing is open; never lower than what it committed before.
 A partition whose commit is held back is looked at again periodically and at revocation,
 so its commit advances as its joins complete or expire, even with no new traffic.
 
@@ -70,16 +71,20 @@ class HeldCommits:
         consumer: AIOKafkaConsumer,
         fetched: Mapping[TopicPartition, Any],
         positions: Sequence[SourcePosition],
+        *,
+        commit: bool = True,
     ) -> None:
-        """A batch is stored: record its ``positions`` and commit its partitions, in one
-        store transaction. The partitions' ends move only once the positions are durable
-        (if the store fails, nothing changes here and the source reads the batch again)."""
+        """A batch is stored: record its ``positions`` and, with ``commit``, commit every
+        held-back partition, in one store transaction. The partitions' ends move only once
+        the positions are durable (if the store fails, nothing changes here and the source
+        reads the batch again). Without ``commit`` the batch's partitions stay held back
+        until the next :meth:`commit` (or a later batch with ``commit``)."""
         spans = {tp: _Span(s.committed, s.end) for tp, s in self._spans.items()}
         for tp, messages in fetched.items():
             if messages:
                 span = spans.setdefault(tp, _Span(messages[0].offset, messages[0].offset))
                 span.end = max(span.end, messages[-1].offset + 1)
-        found = await self._compute(spans, [tp for tp, m in fetched.items() if m], positions)
+        found = await self._compute(spans, spans if commit else (), positions)
         self._spans = spans
         await self._commit(consumer, found)
 

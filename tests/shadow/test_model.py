@@ -226,3 +226,43 @@ def test_canonical_bytes_keep_the_content_hashes_already_stored() -> None:
         assert (
             content_hash(value) == hashlib.sha256(canonical_json(value).encode()).hexdigest()[:32]
         )
+
+
+class _Str(str):
+    pass
+
+
+_deep = st.recursive(
+    st.one_of(_scalars, st.builds(_Str, st.text(max_size=3)), st.just(object()), st.just(b"x")),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.tuples(inner),
+        st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 2)), inner, max_size=3),
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_deep, st.integers(MAX_DEPTH - 4, MAX_DEPTH + 1))
+def test_the_fast_json_check_agrees_with_the_path_finding_one(value: object, depth: int) -> None:
+    """``_plain_json`` (the hot path) never accepts what ``_json_problem_at`` refuses, and it
+    accepts every plain value: so ``_json_problem`` gives the old answers, faster."""
+    from shadow.model import _json_problem, _json_problem_at, _plain_json
+
+    slow = _json_problem_at(value, "payload", depth)
+    assert _json_problem(value, "payload", depth) == slow
+    if _plain_json(value, depth):
+        assert slow is None
+
+
+def test_the_fast_json_check_finds_the_deep_spot_with_its_path() -> None:
+    value: object = 1.5
+    for i in range(MAX_DEPTH):
+        value = {f"k{i}": value}
+    with pytest.raises(ValidationError) as exc:
+        WorkEvent.from_json({**EVENT, "payload": {"a": [0, value]}})
+    assert any("nested deeper" in m for m in paths(exc).values())
+    with pytest.raises(ValidationError) as exc:
+        WorkEvent.from_json({**EVENT, "payload": {"a": [0, {"b": float("inf")}]}})
+    assert paths(exc) == {"payload.a[1].b": "numbers must be finite"}

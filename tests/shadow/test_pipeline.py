@@ -116,7 +116,9 @@ async def pipelines(clock: FakeClock, no_shadow_env: None) -> AsyncIterator[Pipe
     every one is stopped (and its runner closed) after the test."""
     made: list[Running] = []
 
-    async def start(store: Store, *, policy: Policy = POLICY, **overrides: Any) -> Running:
+    async def start(
+        store: Store, *, policy: Policy = POLICY, scan_every: float = 1.0, **overrides: Any
+    ) -> Running:
         values: dict[str, Any] = {
             "db": store.path,
             "agent": AGENT,
@@ -142,6 +144,7 @@ async def pipelines(clock: FakeClock, no_shadow_env: None) -> AsyncIterator[Pipe
             agent=runner,
             metrics=Metrics(registry, policy),
             clock=clock,
+            scan_every=scan_every,
         )
         running = Running(pipeline, runner, registry)
         made.append(running)
@@ -329,6 +332,69 @@ async def test_an_in_process_agent_is_fed_in_batches_and_called_once_per_event(
     assert await store.count("decisions") == 50
     assert await store.count("comparisons") == 50
     assert running.pipeline.comparisons == 50
+
+
+class StoreReads:
+    """Counts the pipeline's reads of the agent's work queue from the store (a spy around
+    the real method; the reads still happen)."""
+
+    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = store.events_awaiting_agent
+
+        async def counted(*, limit: int = 1000) -> list[WorkEvent]:
+            self.count += 1
+            return await real(limit=limit)
+
+        monkeypatch.setattr(store, "events_awaiting_agent", counted)
+
+
+async def test_just_stored_events_reach_the_agent_without_a_store_read(
+    store: Store, pipelines: PipelineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events submit_events stored go to the agent from memory: with the periodic store
+    read pushed out of the test, the store is read once (at start) for ten submissions."""
+    reads = StoreReads(store, monkeypatch)
+    running = await pipelines(store, batch_size=50, scan_every=3600.0)
+    ids = [f"m-{i:03d}" for i in range(50)]
+    for lo in range(0, 50, 5):
+        await running.pipeline.submit_events([ev(i) for i in ids[lo : lo + 5]], source="test")
+        await running.pipeline.submit_outcomes([out(i) for i in ids[lo : lo + 5]], source="test")
+        await running.pipeline.drain()
+    assert called_ids() == ids
+    assert reads.count == 1
+    assert await store.count("comparisons") == 50
+
+
+async def test_events_beyond_the_memory_feed_are_read_from_the_store_once_each(
+    store: Store, pipelines: PipelineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More stored at once than the memory feed holds (two batches), from several
+    submitters while the agent is busy: the overflow is read from the store at once (not
+    after the periodic read, pushed out here), and every event reaches the agent exactly
+    once (a second call would store a conflicting answer: none is)."""
+    reads = StoreReads(store, monkeypatch)
+    STATE.arrived = asyncio.Condition()
+    STATE.gate = asyncio.Event()
+    running = await pipelines(store, batch_size=4, scan_every=3600.0)
+    ids = [f"o-{i:03d}" for i in range(120)]
+    await running.pipeline.submit_events([ev(ids[0])], source="test")
+    await until_calls(1)  # the agent holds a batch; the rest piles up
+
+    async def submitter(part: list[str]) -> None:
+        for lo in range(0, len(part), 7):
+            await running.pipeline.submit_events([ev(i) for i in part[lo : lo + 7]], source="t")
+
+    await asyncio.gather(*(submitter(ids[1 + k :: 4]) for k in range(4)))
+    STATE.gate.set()
+    await running.pipeline.submit_outcomes([out(i) for i in ids], source="test")
+    async with asyncio.timeout(60):
+        await running.pipeline.drain()
+    assert called_ids() == ids
+    assert await store.count("decisions") == 120
+    assert await store.count("comparisons") == 120
+    assert await store.count("dead_letters") == 0
+    assert reads.count > 1  # the overflow was read from the store
 
 
 async def test_start_finishes_joins_a_crash_left_behind(

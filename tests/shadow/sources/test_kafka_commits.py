@@ -13,13 +13,21 @@ from typing import Any, cast
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from shadow.app import build_runner
 from shadow.config import load_settings
 from shadow.errors import ConfigError
+from shadow.metrics import Metrics
 from shadow.model import Comparison, Verdict
+from shadow.pipeline import Pipeline
+from shadow.policy import parse_policy
+from shadow.sources.kafka import parse_kafka_spec
+from shadow.sources.kafka_stack import KafkaStack
 from shadow.sources.publish import ComparisonFollower, comparison_json
+from shadow.store import Store
+from tests.conftest import FakeClock
 from tests.kafka_broker import Broker
 from tests.shadow import crash_agent
-from tests.shadow.conftest import Sidecar, SidecarFactory
+from tests.shadow.conftest import Sidecar, SidecarFactory, clean_settings
 from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, expected, observed, wait_for
 
 EV, OC = TopicPartition("ev", 0), TopicPartition("oc", 0)
@@ -88,6 +96,59 @@ async def test_a_partition_is_committed_as_its_joins_close_without_new_records(
     await wait_for(lambda: both_committed({"ev": 25, "oc": 20}), "the commit past expired joins")
     assert await held(sc) == []
     assert observed(await sc.agreement()) == expected(range(20))
+
+
+async def test_commits_wait_for_the_commit_interval_and_shutdown_commits_everything(
+    broker: Broker, tmp_path: Path, no_shadow_env: None
+) -> None:
+    """With a long ``kafka_commit_interval``, batches after the first are stored and
+    compared but not committed (no commit is due); closing the source commits all of it."""
+    from prometheus_client import CollectorRegistry
+
+    await broker.create_topics({"ev": 1, "oc": 1})
+    n = 200
+    await broker.produce_json("ev", [crash_agent.event(i) for i in range(n)])
+    await broker.produce_json("oc", [crash_agent.outcome(i) for i in range(n)])
+    settings = clean_settings(
+        tmp_path,
+        "interval",
+        agent=AGENT_SPEC,
+        source=[f"kafka://{broker.bootstrap}?events=ev&outcomes=oc&group=g"],
+        batch_size=40,
+        kafka_commit_interval=60.0,
+    )
+    policy = parse_policy(POLICY)
+    clock = FakeClock()
+    runner = build_runner(settings)
+    assert runner is not None
+    try:
+        async with Store(settings.db) as store:
+            metrics = Metrics(CollectorRegistry(), policy)
+            specs = [parse_kafka_spec(s) for s in settings.source]
+            kafka = KafkaStack(settings, specs, store=store, clock=clock, metrics=metrics)
+            pipeline = Pipeline(
+                settings=settings,
+                policy=policy,
+                store=store,
+                agent=runner,
+                metrics=metrics,
+                clock=clock,
+                observers=kafka.observers,
+                promote=kafka.promote,
+            )
+            async with pipeline, kafka.running(pipeline):
+
+                async def compared() -> bool:
+                    return await store.count("comparisons") == n
+
+                await wait_for(compared, f"all {n} comparisons")
+                early = await committed(broker, "g")
+                # The first batch's commit was due at once (its joins were still open); the
+                # four or more batches after it waited for the interval.
+                assert all(v is None or v <= 40 for v in early.values()), early
+            assert await committed(broker, "g") == {"ev": n, "oc": n}
+    finally:
+        await runner.close()
 
 
 async def test_the_promoter_never_lets_an_expired_verdict_replace_a_real_one(
