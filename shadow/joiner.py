@@ -86,13 +86,17 @@ class Joiner:
         """Compare every ready pair among ``event_ids`` (all events when ``None``)."""
         report = JoinReport()
         while True:
-            rows = await self.store.ready_pairs(event_ids, limit=self.batch)
+            # One row more than a batch tells whether another query is needed (a full
+            # batch alone would cost one more query that finds nothing).
+            rows = await self.store.ready_pairs(event_ids, limit=self.batch + 1)
+            more = len(rows) > self.batch
+            rows = rows[: self.batch]
             if not rows:
                 return report
             comparisons = [compare(r, self.differ_for(r.task_type)) for r in rows]
             report.reversals += await self.store.put_comparisons(comparisons, now=self.clock())
             report.comparisons += comparisons
-            if len(rows) < self.batch:
+            if not more:
                 return report
 
     async def expire(self, ttl: timedelta) -> tuple[int, int]:

@@ -176,3 +176,27 @@ async def test_unknown_task_type_is_compared_strictly(store: Store, clock: FakeC
     await store.put_outcomes([Outcome("x1", {"a": 1})], source="t", now=clock())
     report = await Joiner(store, policy, clock).join()
     assert report.comparisons[0].verdict is Verdict.DISAGREE
+
+
+@pytest.mark.parametrize(("ready", "queries"), [(9, 3), (10, 4), (2, 1), (0, 1)])
+async def test_join_works_through_batches_with_no_empty_query(
+    store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, ready: int, queries: int
+) -> None:
+    """More ready pairs than a batch are all compared in one call, in batches, and a last
+    full batch does not cost one more query that finds nothing."""
+    for i in range(ready):
+        for kind in ("event", "decision", "outcome"):
+            await deliver(store, kind, i, clock)
+    asked: list[int] = []
+    real = store.ready_pairs
+
+    async def counted(event_ids: list[str] | None = None, *, limit: int = 10_000) -> list[JoinRow]:
+        rows = await real(event_ids, limit=limit)
+        asked.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(store, "ready_pairs", counted)
+    report = await Joiner(store, POLICY, clock, batch=3).join([f"e{i}" for i in range(ready)])
+    assert sorted(c.event_id for c in report.comparisons) == sorted(f"e{i}" for i in range(ready))
+    assert len(asked) == queries
+    assert await store.count("comparisons") == ready
