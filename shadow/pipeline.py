@@ -111,6 +111,7 @@ class Pipeline:
         self._inflight: set[str] = set()
         # Sampled events submit_events just stored, for the feeder (see _awaiting).
         self._fresh: deque[WorkEvent] = deque()
+        self._fresh_ids: set[str] = set()  # their ids
         self._fresh_max = 2 * max(settings.batch_size, settings.agent_concurrency)
         self._next_scan = 0.0
         self._scan_every = scan_every  # seconds between store reads while memory feeds
@@ -194,6 +195,7 @@ class Pipeline:
                 elif need and r.status is PutStatus.STORED:
                     if len(self._fresh) < self._fresh_max:
                         self._fresh.append(stored)
+                        self._fresh_ids.add(stored.event_id)
                     else:  # beyond the cap: the feeder reads the store next
                         self._next_scan = 0.0
             if any(r.status is PutStatus.STORED for r in put) and any(needs):
@@ -211,7 +213,15 @@ class Pipeline:
     ) -> list[IngestResult]:
         """Store ``outcomes`` (durable on return) and schedule their joins."""
         put = await self.store.put_outcomes(outcomes, source=source, now=self.clock())
-        ready = [r.event_id for r in put if r.status in (PutStatus.STORED, PutStatus.REVERSAL)]
+        # An event still with the agent (or queued for it in memory) has no decision to join
+        # yet: the writer joins it after storing its decision, when this outcome is stored.
+        ready = [
+            r.event_id
+            for r in put
+            if r.status in (PutStatus.STORED, PutStatus.REVERSAL)
+            and r.event_id not in self._inflight
+            and r.event_id not in self._fresh_ids
+        ]
         for r in put:
             if r.status is PutStatus.CONFLICT:
                 self.metrics.dead_letter(source, r.reason)
@@ -251,11 +261,13 @@ class Pipeline:
             out: list[WorkEvent] = []
             while self._fresh and len(out) < limit:
                 event = self._fresh.popleft()
+                self._fresh_ids.discard(event.event_id)
                 if event.event_id not in self._inflight:
                     out.append(event)
             return out, False
         events = await self.store.events_awaiting_agent(limit=limit + len(self._inflight))
         self._fresh.clear()
+        self._fresh_ids.clear()
         full = len(events) >= limit + len(self._inflight)
         self._next_scan = 0.0 if full else loop.time() + self._scan_every
         return [e for e in events if e.event_id not in self._inflight][:limit], True

@@ -397,6 +397,37 @@ async def test_events_beyond_the_memory_feed_are_read_from_the_store_once_each(
     assert reads.count > 1  # the overflow was read from the store
 
 
+async def test_outcomes_of_events_with_the_agent_wait_for_the_writer_join(
+    store: Store, pipelines: PipelineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outcome whose event is still with the agent or queued for it in memory costs no
+    join query that could only find nothing; the join after the decision is stored
+    compares it."""
+    STATE.arrived = asyncio.Condition()
+    STATE.gate = asyncio.Event()
+    running = await pipelines(store, batch_size=5, scan_every=3600.0)
+    asked: list[str] = []
+    real = store.ready_pairs
+
+    async def spied(event_ids: list[str] | None = None, *, limit: int = 10_000) -> list[Any]:
+        asked.extend(event_ids or ["<all>"])
+        return await real(event_ids, limit=limit)
+
+    monkeypatch.setattr(store, "ready_pairs", spied)
+    await running.pipeline.submit_events([ev("w-first")], source="test")
+    await until_calls(1)  # the feeder has read the store once and holds one batch
+    ids = [f"w-{i}" for i in range(8)]  # they wait in memory for that batch to finish
+    await running.pipeline.submit_events([ev(i) for i in ids], source="test")
+    await running.pipeline.submit_outcomes([out(i) for i in [*ids, "w-first"]], source="test")
+    await asyncio.sleep(0.05)  # time for a join the outcomes might have scheduled
+    assert asked == []
+    STATE.gate.set()
+    await running.pipeline.drain()
+    assert sorted(asked) == [*ids, "w-first"]  # once each, after its decision
+    assert await store.count("comparisons") == 9
+    assert running.pipeline.comparisons == 9
+
+
 async def test_start_finishes_joins_a_crash_left_behind(
     store: Store, pipelines: PipelineFactory, clock: FakeClock
 ) -> None:
