@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -30,13 +31,29 @@ from shadow.sources.kafka import parse_kafka_spec
 from shadow.sources.kafka_stack import KafkaStack
 from shadow.store import Store
 
-__all__ = ["build_app", "build_runner", "utc_now"]
+__all__ = ["GC_THRESHOLDS", "build_app", "build_runner", "tune_gc", "utc_now"]
+
+# Young collections every 50,000 net allocations instead of CPython's 700 (see tune_gc).
+GC_THRESHOLDS = (50_000, 20, 20)
 
 log = logging.getLogger("shadow.app")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def tune_gc() -> None:
+    """Garbage collection for a long-running sidecar (``shadow run`` calls this once the
+    app is built). Each record allocates dozens of short-lived containers that reference
+    counting frees, yet CPython's default thresholds start a collection every 700 net
+    allocations; with a large heap that cost the Kafka bench about 0.9 s of CPU per 40,000
+    records (1,600 collections). So: everything alive after start-up (modules, settings,
+    the app) moves to the permanent generation (``gc.freeze``), which collections skip, and
+    the young generation is collected every ``GC_THRESHOLDS[0]`` allocations. Cyclic
+    garbage still goes, just in larger, rarer sweeps."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def build_runner(settings: Settings) -> AgentRunner | None:

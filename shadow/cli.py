@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from shadow.app import build_app
+    from shadow.app import build_app, tune_gc
     from shadow.config import load_settings
 
     settings = load_settings(
@@ -158,6 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         agent_timeout=args.agent_timeout,
     )
     app = build_app(settings)
+    tune_gc()
     sock = _listen(settings.host, settings.port)
     port = sock.getsockname()[1]
     print(f"shadow: serving on http://{settings.host}:{port} (db {settings.db})", flush=True)

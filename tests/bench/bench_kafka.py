@@ -24,6 +24,9 @@ consumer group:
   is the most the sidecar could reach with this store, so ``floor / raw`` is the ratio's
   ceiling on this machine.
 
+The process's garbage collector is tuned as ``shadow run`` tunes it
+(:func:`shadow.app.tune_gc`), for every reader alike.
+
 Both Kafka clocks start when the first records arrive (the consumer-group join, the same broker
 latency for both, is left out). Both rates are records/s over the same 2N records; the
 ratio is sidecar / raw (the issue's goal: at least 0.5). The broker, the readers and the
@@ -58,7 +61,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from prometheus_client import CollectorRegistry
 
 from shadow.api import PIPELINE, REGISTRY
-from shadow.app import build_app
+from shadow.app import build_app, tune_gc
 from shadow.config import load_settings
 from shadow.joiner import Joiner, compare
 from shadow.model import Comparison, Outcome, ShadowDecision, WorkEvent
@@ -357,6 +360,7 @@ def main() -> None:
         f"{rounds} interleaved rounds"
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
+    tune_gc()  # as `shadow run` does
     try:
         backlog_m = 0 if args.quick else args.backlog
         asyncio.run(bench(n, rounds, tmp, backlog_m, args.backlog_seconds))

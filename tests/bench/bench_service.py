@@ -15,7 +15,9 @@ Two measurements, each side by side with the same baseline in the same run:
    :meth:`shadow.pipeline.Pipeline.drain` returns and every comparison exists in the store.
    The baseline is the bare 202 handler receiving the same records (events + outcomes).
 
-Client and servers share one event loop (as ``shadow demo`` does), so the client's own cost
+The process's garbage collector is tuned as ``shadow run`` tunes it
+(:func:`shadow.app.tune_gc`), for the baseline and the sidecar alike. Client and servers
+share one event loop (as ``shadow demo`` does), so the client's own cost
 is in both numbers; the bodies are encoded up front so it is small next to the server's. On
 2 noisy cores the rounds are interleaved (bare, sidecar, bare, sidecar...) and the table
 shows the median with the range. Nothing is asserted; it prints one table.
@@ -40,7 +42,7 @@ import aiohttp
 from aiohttp import web
 
 from shadow.api import PIPELINE
-from shadow.app import build_app
+from shadow.app import build_app, tune_gc
 from shadow.config import load_settings
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, parse_policy
@@ -352,6 +354,7 @@ def main() -> None:
         f"bench_service: {n:,} events (+{n:,} outcomes), batches of {BATCH}, "
         f"{args.clients} clients, {rounds} interleaved rounds"
     )
+    tune_gc()  # as `shadow run` does
     rows = asyncio.run(bench(n, rounds, args.clients))
     print()
     print_table(rows)

@@ -757,3 +757,40 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert re.search(r"usage: shadow", out), out
+
+
+@pytest.fixture
+def gc_state() -> Iterator[None]:
+    """Whatever a test does to the garbage collector is undone."""
+    import gc
+
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+def test_run_tunes_the_garbage_collector_before_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gc_state: None
+) -> None:
+    """``shadow run`` freezes what start-up made and raises the young-generation threshold
+    (shadow.app.tune_gc) before it serves; the server loop is replaced here by one that
+    records the collector's state and returns."""
+    import gc
+
+    from aiohttp import web
+
+    from shadow.app import GC_THRESHOLDS
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    seen: list[tuple[tuple[int, int, int], int]] = []
+    monkeypatch.setattr(
+        web, "run_app", lambda *a, **kw: seen.append((gc.get_threshold(), gc.get_freeze_count()))
+    )
+    gc.set_threshold(700, 10, 10)
+    code = main(["run", "--config", str(policy), "--db", str(tmp_path / "s.duckdb"), "--port", "0"])
+    assert code == 0
+    [(thresholds, frozen)] = seen
+    assert thresholds == GC_THRESHOLDS
+    assert frozen > 0
