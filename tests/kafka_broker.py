@@ -6,6 +6,11 @@ metadata requests, and kills it on :meth:`Broker.stop`. :meth:`Broker.kill` and
 :meth:`Broker.start` again on the same port simulate a broker restart (the memory broker
 forgets topics, records and committed offsets when it restarts).
 
+TLS and SASL: this tansu build cannot serve them (see :mod:`tests.kafka_proxy`), so a
+:class:`tests.kafka_proxy.BrokerProxy` does, in front of it: tansu listens on a private port
+and advertises the proxy's (``advertised_port``), so every client connection (bootstrap and
+the broker the metadata names) goes through the proxy.
+
 What this tansu build does and does not do (measured, see docs/kafka.md): consumer groups,
 rebalances, offset commits, headers and keys work; ``CreateTopics`` with configs is accepted;
 ``InitProducerId`` fails (no idempotent/transactional producer); ``ListOffsets(latest)``
@@ -50,29 +55,42 @@ def free_port() -> int:
 
 class Broker:
     """One tansu process on 127.0.0.1. ``await start()`` (again after :meth:`kill` to
-    restart on the same port); :meth:`stop` is idempotent."""
+    restart on the same port); :meth:`stop` is idempotent.
 
-    def __init__(self, binary: str, log_path: Path, port: int | None = None) -> None:
+    ``advertised_port``: the port clients are told to use (a ``BrokerProxy`` in front;
+    default: the broker's own); ``client_options``: extra aiokafka options (TLS) for this
+    helper's own admin clients and producers."""
+
+    def __init__(
+        self,
+        binary: str,
+        log_path: Path,
+        port: int | None = None,
+        *,
+        advertised_port: int | None = None,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.binary = binary
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
+        self.client_options = dict(client_options or {})
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        url = f"tcp://127.0.0.1:{self.port}"
         with open(self.log_path, "ab") as log:
             return subprocess.Popen(
                 [
                     self.binary,
                     "broker",
                     "--listener-url",
-                    url,
+                    f"tcp://127.0.0.1:{self.port}",
                     "--advertised-listener-url",
-                    url,
+                    f"tcp://127.0.0.1:{self.advertised_port}",
                     "--storage-engine",
                     "memory://tansu/",
                 ],
@@ -91,7 +109,7 @@ class Broker:
                 code = self.process.returncode
                 raise RuntimeError(f"tansu exited with {code}; see {self.log_path}")
             try:
-                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.client_options)
                 await admin.start()
                 try:
                     await admin.list_topics()
@@ -117,7 +135,7 @@ class Broker:
         self, partitions: Mapping[str, int], *, compact: Iterable[str] = ()
     ) -> None:
         compacted = set(compact)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.client_options)
         await admin.start()
         try:
             await admin.create_topics(
@@ -139,7 +157,9 @@ class Broker:
     ) -> int:
         """Send ``(key, value)`` pairs (default partitioner: murmur2 of the key); returns the
         count once every one is acknowledged."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, **self.client_options
+        )
         try:
             # Started inside the try: a caller cancelled during start-up (a flood task at the
             # end of its block) must still stop it, or it leaks (a ResourceWarning at GC).

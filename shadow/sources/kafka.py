@@ -169,8 +169,9 @@ class KafkaSource:
             return self
         s = self._settings
         max_fetch = max(1_048_576, s.kafka_max_message_bytes + 65_536)
+        options = client_options(s, self.spec.bootstrap)
         consumer = AIOKafkaConsumer(
-            **client_options(s, self.spec.bootstrap),
+            **options,
             group_id=self.spec.group,
             enable_auto_commit=False,
             auto_offset_reset=s.kafka_start,
@@ -180,7 +181,7 @@ class KafkaSource:
             max_partition_fetch_bytes=max_fetch,
             fetch_max_bytes=max(max_fetch, 52_428_800),
         )
-        await start_client(consumer, f"Kafka source {self.spec.name}")
+        await start_client(consumer, f"Kafka source {self.spec.name}", options)
         try:
             await self._check_topology(consumer)
         except BaseException:

@@ -7,6 +7,9 @@ what is wrong; the only I/O here is loading the TLS files named in the settings.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,7 +17,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    IllegalSaslStateError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 
 from shadow.config import Settings
 from shadow.errors import ConfigError
@@ -130,16 +139,103 @@ def message_dead_letter(
     return DeadLetter(f"kafka:{message.topic}", kind, reason, shown, event_id, where)
 
 
-async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer, who: str) -> None:
+async def start_client(
+    client: AIOKafkaConsumer | AIOKafkaProducer,
+    who: str,
+    options: Mapping[str, Any] | None = None,
+) -> None:
     """Start an aiokafka consumer or producer; on any failure (cancellation too) stop it,
     so no started client is left to the garbage collector. A broker error becomes one
-    :class:`~shadow.errors.ConfigError` line naming ``who``."""
+    :class:`~shadow.errors.ConfigError` line naming ``who``; with the client's ``options``
+    (:func:`client_options`) it also says what TLS or SASL refused, which aiokafka only
+    logs (see :func:`tls_problem` and :func:`sasl_problem`)."""
     try:
         await client.start()
     except BaseException as e:
         await client.stop()
         if isinstance(e, KafkaError):
+            why = await _refusal(options) if options is not None else ""
             raise ConfigError(
-                f"{who}: cannot reach the broker ({e}); check the address and the security settings"
+                f"{who}: cannot reach the broker ({e}){why}; check the address and the "
+                "security settings"
             ) from None
         raise
+
+
+async def _refusal(options: Mapping[str, Any]) -> str:
+    tls = await tls_problem(options)
+    if tls:
+        return f"; TLS: {tls}"
+    sasl = await sasl_problem(options)
+    return f"; SASL: {sasl}" if sasl else ""
+
+
+async def sasl_problem(options: Mapping[str, Any], *, within: float = 5.0) -> str | None:
+    """What the first bootstrap broker answers when a connection authenticates with
+    ``options``' SASL settings, or ``None`` (no SASL, accepted, or not reachable)."""
+    mechanism = options.get("sasl_mechanism")
+    servers = options.get("bootstrap_servers") or []
+    if not mechanism or not servers:
+        return None
+    host, _, port = str(servers[0]).strip().rpartition(":")
+    try:
+        async with asyncio.timeout(within):
+            conn = await create_conn(
+                host.strip("[]"),
+                int(port),
+                client_id=options.get("client_id", "shadow-sidecar"),
+                ssl_context=options.get("ssl_context"),
+                security_protocol=options.get("security_protocol", "SASL_PLAINTEXT"),
+                sasl_mechanism=mechanism,
+                sasl_plain_username=options.get("sasl_plain_username"),
+                sasl_plain_password=options.get("sasl_plain_password"),
+            )
+    except (SaslAuthenticationFailed, UnsupportedSaslMechanismError, IllegalSaslStateError) as e:
+        return str(e) or type(e).__name__
+    except (KafkaError, OSError, TimeoutError, ValueError):
+        return None
+    conn.close()
+    return None
+
+
+_SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
+
+
+async def tls_problem(options: Mapping[str, Any], *, within: float = 2.0) -> str | None:
+    """What TLS refuses when connecting to the first bootstrap broker with ``options``'
+    ``ssl_context``, or ``None`` (no TLS, no problem found, or not reachable at all: then
+    the Kafka error says enough). A broker checks client certificates after the handshake
+    (TLS 1.3): it then sends an alert or just closes the connection, so one read is tried
+    (a broker that accepted the connection waits for a request instead)."""
+    context = options.get("ssl_context")
+    servers = options.get("bootstrap_servers") or []
+    if not isinstance(context, ssl.SSLContext) or not servers:
+        return None
+    host, _, port = str(servers[0]).strip().rpartition(":")
+    host = host.strip("[]")
+    try:
+        async with asyncio.timeout(within):
+            reader, writer = await asyncio.open_connection(
+                host, int(port), ssl=context, server_hostname=host
+            )
+    except ssl.SSLError as e:
+        return _SSL_SOURCE.sub("", str(e))
+    except (OSError, TimeoutError, ValueError):
+        return None
+    try:
+        async with asyncio.timeout(min(within, 0.5)):
+            if not await reader.read(1):
+                return (
+                    "the broker closed the connection right after the handshake; it may "
+                    "require a client certificate it trusts (kafka_ssl_certfile, "
+                    "kafka_ssl_keyfile)"
+                )
+    except ssl.SSLError as e:
+        return _SSL_SOURCE.sub("", str(e))
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    return None

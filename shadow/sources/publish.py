@@ -133,12 +133,13 @@ class KafkaPublisher:
         if self._producer is not None:
             return self
         # acks=all; not idempotent: tansu has no InitProducerId, and consumers upsert anyway.
+        options = client_options(self._settings, self._bootstrap)
         producer = AIOKafkaProducer(
-            **client_options(self._settings, self._bootstrap),
+            **options,
             acks="all",
             max_request_size=max(1_048_576, self._settings.kafka_max_message_bytes + 65_536),
         )
-        await start_client(producer, f"Kafka publisher kafka://{self._bootstrap}")
+        await start_client(producer, f"Kafka publisher kafka://{self._bootstrap}", options)
         self._producer = producer
         if self._settings.kafka_comparisons_topic or self._settings.kafka_autonomy_topic:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="kafka-pub")
@@ -286,14 +287,15 @@ class ComparisonFollower:
 
     async def start(self) -> Self:
         if self._consumer is None:
+            options = client_options(self._settings, self._bootstrap)
             consumer = AIOKafkaConsumer(
                 self._topic,
-                **client_options(self._settings, self._bootstrap),
+                **options,
                 group_id=self._group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
             )
-            await start_client(consumer, f"promoter kafka://{self._bootstrap}")
+            await start_client(consumer, f"promoter kafka://{self._bootstrap}", options)
             self._consumer = consumer
         return self
 
