@@ -342,11 +342,14 @@ class KafkaSource:
                     await self._publisher.dead_letter(message, letter.reason)
         self._estimate += len(batch.events)
         # Durable before committed: a crash before this line re-delivers the batch, and its
-        # re-delivered duplicates record the positions then. Commits (one store query over
-        # every held-back partition, one broker round trip) run at most every
-        # kafka_commit_interval; the batches in between are committed by the next one.
+        # re-delivered duplicates record the positions then. Commits (the positions kept
+        # since the last one and one query over every held-back partition, in one store
+        # transaction, then one broker round trip) run at most every kafka_commit_interval
+        # (or after ten batches' positions); the batches in between are committed by the
+        # next one.
         now = asyncio.get_running_loop().time()
-        due = now >= self._next_commit
+        # Also due once many positions wait in memory (a long interval, a fast stream).
+        due = now >= self._next_commit or self._commits.pending >= 10 * self._settings.batch_size
         if due:
             self._next_commit = now + self._settings.kafka_commit_interval
         await self._commits.delivered(consumer, fetched, batch.positions, commit=due)

@@ -4,10 +4,12 @@
 assignment (the *floor*: the group's committed offset when reading started, so nothing
 below it is ever sent), one past the last delivered record (the *end*) and the offset last
 committed. After a batch is stored, :meth:`HeldCommits.delivered` records where its records
-came from; when a commit is due (the source commits at most every
-``kafka_commit_interval``), it also asks for each partition's oldest open record, in the
-same store transaction (:meth:`shadow.store.Store.commit_offsets`), and commits that, or the
-end when nothing is open; never lower than what it committed before.
+came from (in memory until the next commit: a crash before it re-delivers those records
+anyway); when a commit is due (the source commits at most every ``kafka_commit_interval``),
+it writes the positions gathered since the last one and asks for each partition's oldest
+open record, in one store transaction (:meth:`shadow.store.Store.commit_offsets`), and
+commits that, or the end when nothing is open; never lower than what it committed before.
+So a commit never passes a record whose position is not durable.
 A partition whose commit is held back is looked at again periodically and at revocation,
 so its commit advances as its joins complete or expire, even with no new traffic.
 
@@ -54,6 +56,14 @@ class HeldCommits:
         self._clock = clock
         self._ttl = ttl
         self._spans: dict[TopicPartition, _Span] = {}
+        # Positions delivered since the last commit computation, by (topic, partition,
+        # offset): a batch delivered again after a failure adds nothing.
+        self._pending: dict[tuple[str, int, int], SourcePosition] = {}
+
+    @property
+    def pending(self) -> int:
+        """Positions kept in memory until the next commit computation."""
+        return len(self._pending)
 
     @property
     def held(self) -> bool:
@@ -63,8 +73,11 @@ class HeldCommits:
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Revoked partitions: their next owner (maybe this source again) starts afresh
         from the group's committed offset."""
+        gone = {(tp.topic, tp.partition) for tp in tps}
         for tp in tps:
             self._spans.pop(tp, None)
+        if gone:
+            self._pending = {k: p for k, p in self._pending.items() if k[:2] not in gone}
 
     async def delivered(
         self,
@@ -74,19 +87,19 @@ class HeldCommits:
         *,
         commit: bool = True,
     ) -> None:
-        """A batch is stored: record its ``positions`` and, with ``commit``, commit every
-        held-back partition, in one store transaction. The partitions' ends move only once
-        the positions are durable (if the store fails, nothing changes here and the source
-        reads the batch again). Without ``commit`` the batch's partitions stay held back
-        until the next :meth:`commit` (or a later batch with ``commit``)."""
-        spans = {tp: _Span(s.committed, s.end) for tp, s in self._spans.items()}
+        """A batch is stored: keep its ``positions`` and, with ``commit``, record every
+        kept position and commit every held-back partition, in one store transaction. If
+        the store fails nothing is committed and the source reads the batch again. Without
+        ``commit`` the batch's partitions stay held back until the next :meth:`commit` (or
+        a later batch with ``commit``)."""
         for tp, messages in fetched.items():
             if messages:
-                span = spans.setdefault(tp, _Span(messages[0].offset, messages[0].offset))
+                span = self._spans.setdefault(tp, _Span(messages[0].offset, messages[0].offset))
                 span.end = max(span.end, messages[-1].offset + 1)
-        found = await self._compute(spans, spans if commit else (), positions)
-        self._spans = spans
-        await self._commit(consumer, found)
+        for position in positions:
+            self._pending[position[:3]] = position
+        if commit:
+            await self._commit(consumer, await self._compute(self._spans, self._spans))
 
     async def commit(
         self, consumer: AIOKafkaConsumer, only: Iterable[TopicPartition] | None = None
@@ -94,26 +107,31 @@ class HeldCommits:
         """Commit every tracked partition (or ``only`` those) up to its oldest open join.
         Store errors propagate (nothing is committed); broker errors are logged."""
         chosen = self._spans if only is None else only
-        await self._commit(consumer, await self._compute(self._spans, chosen, ()))
+        await self._commit(consumer, await self._compute(self._spans, chosen))
 
     async def _compute(
-        self,
-        spans: Mapping[TopicPartition, _Span],
-        chosen: Iterable[TopicPartition],
-        positions: Sequence[SourcePosition],
+        self, spans: Mapping[TopicPartition, _Span], chosen: Iterable[TopicPartition]
     ) -> dict[TopicPartition, int]:
-        """How far each chosen, held-back partition may now be committed (only advances)."""
+        """How far each chosen, held-back partition may now be committed (only advances),
+        after recording the kept positions (all of them: a commit never passes a record
+        whose position is not durable)."""
         todo = sorted(
             (tp for tp in set(chosen) if tp in spans and spans[tp].committed < spans[tp].end),
             key=lambda tp: (tp.topic, tp.partition),
         )
-        if not todo and not positions:
+        pending = self._pending
+        if not todo and not pending:
             return {}
         found = await self._store.commit_offsets(
             [(tp.topic, tp.partition, spans[tp].committed, spans[tp].end) for tp in todo],
             cutoff=self._clock() - self._ttl,
-            record=positions,
+            record=list(pending.values()),
         )
+        if self._pending is pending:
+            self._pending = {}
+        else:  # forget() ran meanwhile: drop only what was just recorded
+            for key in pending:
+                self._pending.pop(key, None)
         out: dict[TopicPartition, int] = {}
         for tp in todo:
             target = found.get((tp.topic, tp.partition), spans[tp].committed)
