@@ -179,6 +179,13 @@ _V4 = [
     """,
 ]
 
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
+# Version 5: positions are keyed by their source, not the bare topic name (the ``topic``
+# column now holds ``BOOTSTRAP/GROUP/TOPIC``): two sources whose clusters have topics of the
+# same name no longer share rows. Rows keyed the old way are dropped: every one of them is
+# at or after its partition's committed offset (rows below it are deleted), so the source
+# reads those records again when it starts and records their positions anew.
+_V5 = ["DELETE FROM source_positions"]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5)]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

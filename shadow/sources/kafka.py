@@ -155,7 +155,11 @@ class KafkaSource:
         self._next_lag = 0.0
         self._next_commit = 0.0
         self._commits = HeldCommits(
-            spec.name, pipeline.store, pipeline.clock, timedelta(seconds=settings.join_ttl)
+            spec.name,
+            pipeline.store,
+            pipeline.clock,
+            timedelta(seconds=settings.join_ttl),
+            scope=f"{spec.bootstrap}/{spec.group}",
         )
         self._closing = asyncio.Event()
         self._health: asyncio.Task[None] | None = None

@@ -46,12 +46,21 @@ class _Span:
 
 
 class HeldCommits:
-    """Per-partition commit state of one source; see the module docstring."""
+    """Per-partition commit state of one source; see the module docstring. ``scope``
+    names the source in the store's ``source_positions`` (its rows' ``topic`` is
+    ``SCOPE/TOPIC``), so sources on different clusters or groups never share rows."""
 
     def __init__(
-        self, name: str, store: Store, clock: Callable[[], datetime], ttl: timedelta
+        self,
+        name: str,
+        store: Store,
+        clock: Callable[[], datetime],
+        ttl: timedelta,
+        *,
+        scope: str,
     ) -> None:
         self._name = name
+        self._scope = scope
         self._store = store
         self._clock = clock
         self._ttl = ttl
@@ -73,7 +82,7 @@ class HeldCommits:
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Revoked partitions: their next owner (maybe this source again) starts afresh
         from the group's committed offset."""
-        gone = {(tp.topic, tp.partition) for tp in tps}
+        gone = {(self._key(tp.topic), tp.partition) for tp in tps}
         for tp in tps:
             self._spans.pop(tp, None)
         if gone:
@@ -96,8 +105,9 @@ class HeldCommits:
             if messages:
                 span = self._spans.setdefault(tp, _Span(messages[0].offset, messages[0].offset))
                 span.end = max(span.end, messages[-1].offset + 1)
-        for position in positions:
-            self._pending[position[:3]] = position
+        for topic, partition, offset, event_id in positions:
+            key = (self._key(topic), partition, offset)
+            self._pending[key] = (*key, event_id)
         if commit:
             await self._commit(consumer, await self._compute(self._spans, self._spans))
 
@@ -123,7 +133,10 @@ class HeldCommits:
         if not todo and not pending:
             return {}
         found = await self._store.commit_offsets(
-            [(tp.topic, tp.partition, spans[tp].committed, spans[tp].end) for tp in todo],
+            [
+                (self._key(tp.topic), tp.partition, spans[tp].committed, spans[tp].end)
+                for tp in todo
+            ],
             cutoff=self._clock() - self._ttl,
             record=list(pending.values()),
         )
@@ -134,10 +147,13 @@ class HeldCommits:
                 self._pending.pop(key, None)
         out: dict[TopicPartition, int] = {}
         for tp in todo:
-            target = found.get((tp.topic, tp.partition), spans[tp].committed)
+            target = found.get((self._key(tp.topic), tp.partition), spans[tp].committed)
             if target > spans[tp].committed:  # never backwards
                 out[tp] = target
         return out
+
+    def _key(self, topic: str) -> str:
+        return f"{self._scope}/{topic}"
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         if not offsets or not _in_group(consumer):

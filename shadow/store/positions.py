@@ -1,9 +1,12 @@
 """Where Kafka records came from, and how far each partition may be committed.
 
 Table ``source_positions`` (schema v4) maps ``(topic, partition, offset)`` to the record's
-``event_id``. The Kafka source writes a row for every record it hands to the pipeline (also
-for duplicates, so a crash between storing a batch and recording its positions is repaired
-by the re-delivery), after the records are durable and before it commits their offsets.
+``event_id``; since schema v5 the ``topic`` column names the source too
+(``BOOTSTRAP/GROUP/TOPIC``, :class:`shadow.sources.kafka_commit.HeldCommits`), so sources
+on different clusters never share rows. The Kafka source writes a row for every record it
+hands to the pipeline (also for duplicates, so a crash between storing a batch and
+recording its positions is repaired by the re-delivery), after the records are durable and
+before it commits their offsets.
 
 A partition is then committed only up to its **oldest open join**: the lowest offset whose
 record belongs to a join this store still waits to complete, so whichever group member

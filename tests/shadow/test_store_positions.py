@@ -5,6 +5,7 @@ oldest open join), against a real DuckDB file. Raw SQL through ``Store.con`` onl
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from shadow.model import Comparison, Verdict
 from shadow.schema import SCHEMA_VERSION
@@ -191,3 +192,29 @@ async def test_a_long_run_of_closed_rows_is_worked_through_a_bounded_head_at_a_t
     assert await store.commit_offsets([("ev", 0, 4, 7)], cutoff=cutoff, head=2) == {("ev", 0): 5}
     assert await store.commit_offsets([("ev", 0, 5, 7)], cutoff=cutoff, head=2) == {("ev", 0): 5}
     assert [o for _, _, o, _ in rows(store)] == [5, 6]
+
+
+async def test_schema_v5_drops_positions_keyed_by_the_bare_topic(tmp_path: Path) -> None:
+    """A store at schema v4 (positions keyed by topic name alone) opened by this version:
+    the old rows go (the source re-reads those records from their committed offsets and
+    records them keyed by source); the events themselves stay."""
+    import duckdb
+
+    from shadow.schema import MIGRATIONS
+
+    path = tmp_path / "v4.duckdb"
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
+        for version, statements in MIGRATIONS:
+            if version > 4:
+                break
+            for statement in statements:
+                con.execute(statement)
+            con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+        con.execute("INSERT INTO source_positions VALUES ('ev', 0, 7, 'e7')")
+    finally:
+        con.close()
+    async with Store(path) as store:
+        assert await store.schema_version() == SCHEMA_VERSION >= 5
+        assert rows(store) == []

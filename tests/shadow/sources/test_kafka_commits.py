@@ -28,6 +28,7 @@ from tests.conftest import FakeClock
 from tests.kafka_broker import Broker
 from tests.shadow import crash_agent
 from tests.shadow.conftest import Sidecar, SidecarFactory, clean_settings
+from tests.shadow.sources.conftest import BrokerFactory
 from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, expected, observed, wait_for
 
 EV, OC = TopicPartition("ev", 0), TopicPartition("oc", 0)
@@ -96,6 +97,41 @@ async def test_a_partition_is_committed_as_its_joins_close_without_new_records(
     await wait_for(lambda: both_committed({"ev": 25, "oc": 20}), "the commit past expired joins")
     assert await held(sc) == []
     assert observed(await sc.agreement()) == expected(range(20))
+
+
+async def test_sources_on_two_clusters_with_the_same_topic_names_keep_their_own_commits(
+    broker_factory: BrokerFactory, sidecar: SidecarFactory
+) -> None:
+    """Two ``kafka://`` sources, same topic and group names, different clusters: each
+    partition's commit follows only its own cluster's joins. Cluster A's joins all
+    complete, so A commits to its end; cluster B's events never get an outcome, so B stays
+    held at its first one (positions are keyed by source, schema v5)."""
+    a, b = await broker_factory(), await broker_factory()
+    for broker in (a, b):
+        await broker.create_topics({"ev": 1, "oc": 1})
+    sc = await sidecar(
+        policy=POLICY,
+        agent=AGENT_SPEC,
+        source=[f"kafka://{x.bootstrap}?events=ev&outcomes=oc&group=g" for x in (a, b)],
+        kafka_health_interval=0.2,
+        kafka_commit_interval=0.2,
+        batch_size=50,
+    )
+    await b.produce_json("ev", [crash_agent.event(i) for i in range(1000, 1010)])
+    await a.produce_json("ev", [crash_agent.event(i) for i in range(40)])
+    await a.produce_json("oc", [crash_agent.outcome(i) for i in range(40)])
+    store = sc.pipeline.store
+
+    async def settled() -> bool:
+        return (
+            await store.count("comparisons") == 40
+            and await store.count("decisions") == 50
+            and await committed(a, "g") == {"ev": 40, "oc": 40}
+        )
+
+    await wait_for(settled, "cluster A's commits at its end")
+    assert await committed(b, "g") == {"ev": None, "oc": None}
+    assert len(await held(sc)) == 10  # B's ten events, awaiting their outcomes
 
 
 async def test_commits_wait_for_the_commit_interval_and_shutdown_commits_everything(
