@@ -151,16 +151,27 @@ def pipeline_health() -> Dashboard:
         )
         .with_panel(
             timeseries.Panel()
-            .title("Kafka consumer lag")
-            .description("Messages behind the end of each topic partition.")
+            .title("Kafka lag and uncommitted")
+            .description(
+                "Unread: messages behind the end of each topic partition. Uncommitted: read "
+                "and stored but not committed yet (held back by open joins, or waiting for "
+                "the next commit), what a restart or rebalance reads again."
+            )
             .unit("short")
             .span(8)
             .height(8)
             .with_target(
                 query(
                     "sum by (topic, partition) (shadow_kafka_consumer_lag_messages)",
-                    "{{topic}}/{{partition}}",
+                    "{{topic}}/{{partition}} unread",
                     "A",
+                )
+            )
+            .with_target(
+                query(
+                    "sum by (topic, partition) (shadow_kafka_uncommitted_messages)",
+                    "{{topic}}/{{partition}} uncommitted",
+                    "B",
                 )
             )
         )

@@ -199,7 +199,14 @@ class Metrics:
         )
         self.kafka_lag = Gauge(
             "shadow_kafka_consumer_lag_messages",
-            "Messages behind the partition's high watermark (after the last commit)",
+            "Messages not read yet: the partition's high watermark minus the consumer's position",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.kafka_uncommitted = Gauge(
+            "shadow_kafka_uncommitted_messages",
+            "Messages read and stored but not committed yet (held back by open joins, or "
+            "waiting for the next commit): what a restart or rebalance reads again",
             ["topic", "partition"],
             registry=r,
         )

@@ -37,9 +37,10 @@ Contract (see docs/kafka.md for the topology and the multi-replica design):
   ``kafka_resume_backlog``. RAM holds at most one fetch per partition, the store at most
   the threshold plus one batch; the rest of a backlog stays in Kafka.
 - **Operations.** ``shadow_kafka_consumer_lag_messages{topic,partition}`` (high watermark
-  minus committed position), ``shadow_kafka_connected`` (metadata probe every
-  ``kafka_health_interval``); :meth:`KafkaSource.not_ready` feeds ``/readyz``. The client
-  reconnects by itself after a broker restart.
+  minus the consumer's position: not read yet), ``shadow_kafka_uncommitted_messages`` (read
+  and stored, not committed yet: what a restart re-reads), ``shadow_kafka_connected``
+  (metadata probe every ``kafka_health_interval``); :meth:`KafkaSource.not_ready` feeds
+  ``/readyz``. The client reconnects by itself after a broker restart.
 
 Errors: configuration problems raise :class:`~shadow.errors.ConfigError`; broker errors
 (``aiokafka.errors.KafkaError``) are logged and retried, never raised out of :meth:`run`.
@@ -430,7 +431,10 @@ class KafkaSource:
 
     async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         gauge = self._pipeline.metrics.kafka_lag
+        held = self._pipeline.metrics.kafka_uncommitted
         for tp in consumer.assignment():
+            held.labels(tp.topic, str(tp.partition)).set(self._commits.uncommitted(tp))
+            self._lagging.add(tp)
             high = consumer.highwater(tp)
             if high is None:
                 continue
@@ -439,12 +443,13 @@ class KafkaSource:
             except (KafkaError, TimeoutError):
                 continue
             gauge.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
-            self._lagging.add(tp)
         # A rebalance during the awaits above may have taken partitions away.
         for tp in self._lagging - consumer.assignment():
             self._forget_lag(tp)
 
     def _forget_lag(self, tp: TopicPartition) -> None:
         self._lagging.discard(tp)
-        with contextlib.suppress(KeyError):
-            self._pipeline.metrics.kafka_lag.remove(tp.topic, str(tp.partition))
+        metrics = self._pipeline.metrics
+        for gauge in (metrics.kafka_lag, metrics.kafka_uncommitted):
+            with contextlib.suppress(KeyError):
+                gauge.remove(tp.topic, str(tp.partition))

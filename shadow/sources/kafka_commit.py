@@ -74,6 +74,11 @@ class HeldCommits:
         """Positions kept in memory until the next commit computation."""
         return len(self._pending)
 
+    def uncommitted(self, tp: TopicPartition) -> int:
+        """Records of ``tp`` delivered since its committed offset (0 when not tracked)."""
+        span = self._spans.get(tp)
+        return 0 if span is None else max(0, span.end - span.committed)
+
     @property
     def held(self) -> bool:
         """Whether some partition is committed short of what was delivered."""

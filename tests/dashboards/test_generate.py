@@ -93,7 +93,7 @@ def test_dashboards_have_their_panels_and_variables() -> None:
         "Cost per day",
         "Pending joins",
         "Dead letters by reason",
-        "Kafka consumer lag",
+        "Kafka lag and uncommitted",
     }
     names = [v["name"] for v in agreement["templating"]["list"]]
     assert names == ["datasource", "task_type", "agent_version"]

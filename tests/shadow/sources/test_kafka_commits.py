@@ -27,7 +27,7 @@ from shadow.store import Store
 from tests.conftest import FakeClock
 from tests.kafka_broker import Broker
 from tests.shadow import crash_agent
-from tests.shadow.conftest import Sidecar, SidecarFactory, clean_settings
+from tests.shadow.conftest import Sidecar, SidecarFactory, clean_settings, metric
 from tests.shadow.sources.conftest import BrokerFactory
 from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, expected, observed, wait_for
 
@@ -73,6 +73,14 @@ async def test_a_partition_is_committed_as_its_joins_close_without_new_records(
     assert await committed(broker, "g") == {"ev": None, "oc": None}
     assert len(await held(sc)) == 20
 
+    async def uncommitted(want: int) -> bool:
+        m = await sc.metrics()
+        held_back = metric(m, "shadow_kafka_uncommitted_messages", topic="ev", partition="0")
+        unread = metric(m, "shadow_kafka_consumer_lag_messages", topic="ev", partition="0")
+        return held_back == want and unread == 0
+
+    await wait_for(lambda: uncommitted(20), "20 read but uncommitted events in the gauge")
+
     # Outcomes arrive on the other topic only; the events partition gets no new record, yet
     # its commit moves to its end once the joins are complete.
     await broker.produce_json("oc", [crash_agent.outcome(i) for i in range(20)])
@@ -83,6 +91,7 @@ async def test_a_partition_is_committed_as_its_joins_close_without_new_records(
     await wait_for(lambda: both_committed({"ev": 20, "oc": 20}), "commits at 20 and 20")
     assert await store.count("comparisons") == 20
     assert await held(sc) == []
+    await wait_for(lambda: uncommitted(0), "the uncommitted gauge back at 0")
 
     # Five more events without outcomes hold the events partition at offset 20 ...
     await broker.produce_json("ev", [crash_agent.event(i) for i in range(20, 25)])
