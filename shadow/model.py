@@ -6,7 +6,8 @@ and what was expected. Values never hold anything that is not JSON-serialisable,
 store can persist them and the API can print them unchanged.
 
 Limits (``MAX_DEPTH``, ``MAX_ID_LENGTH``) protect the pipeline from hostile input; the
-service passes its configured limits down, these are the defaults.
+service passes its configured limits down, these are the defaults. The field checks live
+in :mod:`shadow.checks`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +23,18 @@ from typing import Any, Self
 
 import orjson
 
-from shadow.errors import FieldError, ValidationError
+from shadow.checks import (
+    MAX_DEPTH,
+    MAX_ID_LENGTH,
+    TASK_TYPE_PATTERN,
+    TASK_TYPE_RE,
+    Check,
+    JSONObject,
+    brief,
+    json_problem,
+    kind_of,
+)
+from shadow.errors import FieldError
 
 __all__ = [
     "MAX_DEPTH",
@@ -35,6 +46,7 @@ __all__ = [
     "Comparison",
     "Evidence",
     "FieldResult",
+    "JSONObject",
     "Level",
     "Outcome",
     "ShadowDecision",
@@ -45,13 +57,6 @@ __all__ = [
     "canonical_json",
     "content_hash",
 ]
-
-MAX_DEPTH = 32
-MAX_ID_LENGTH = 256
-TASK_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
-_TASK_TYPE_RE = re.compile(TASK_TYPE_PATTERN)
-
-JSONObject = dict[str, Any]
 
 
 class Level(enum.IntEnum):
@@ -103,7 +108,6 @@ def canonical_bytes(value: object) -> bytes:
     return out
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")  # control characters, not allowed in identifiers
 # A digit then "e-" (a negative exponent) or "0.0000" (a positional float below 1e-4): the
 # spellings where orjson and the stdlib part ways. Matches inside strings only cost time.
 _SMALL_FLOAT = re.compile(rb"[0-9]e-|0\.0000")
@@ -122,186 +126,6 @@ def content_hash(value: object) -> str:
     return hashlib.sha256(canonical_bytes(value)).hexdigest()[:32]
 
 
-# -- validation helpers ---------------------------------------------------------------------
-
-
-class _Check:
-    """Collects field errors so one bad record reports every problem at once."""
-
-    def __init__(self, obj: object, what: str) -> None:
-        self.errors: list[FieldError] = []
-        self.obj: Mapping[str, Any] = {}
-        if isinstance(obj, Mapping):
-            self.obj = obj
-        else:
-            self.errors.append(FieldError("", f"expected a JSON object ({what}), got {_kind(obj)}"))
-
-    def fail(self, path: str, message: str) -> None:
-        self.errors.append(FieldError(path, message))
-
-    def done(self) -> None:
-        if self.errors:
-            raise ValidationError(self.errors)
-
-    def unknown_keys(self, allowed: set[str]) -> None:
-        for key in self.obj:
-            if key not in allowed:
-                self.fail(str(key), f"unknown field; allowed: {', '.join(sorted(allowed))}")
-
-    def ident(self, key: str, *, required: bool = True) -> str:
-        value = self.obj.get(key)
-        if value is None:
-            if required:
-                self.fail(key, "required; expected a non-empty string")
-            return ""
-        if not isinstance(value, str) or not value:
-            self.fail(key, f"expected a non-empty string, got {_kind(value)}")
-            return ""
-        if len(value) > MAX_ID_LENGTH:
-            self.fail(key, f"too long ({len(value)} characters); at most {MAX_ID_LENGTH}")
-            return ""
-        if _CONTROL.search(value):
-            self.fail(key, "must not contain control characters")
-            return ""
-        return value
-
-    def optional_str(self, key: str) -> str | None:
-        value = self.obj.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            self.fail(key, f"expected a string, got {_kind(value)}")
-            return None
-        if len(value) > MAX_ID_LENGTH:
-            self.fail(key, f"too long ({len(value)} characters); at most {MAX_ID_LENGTH}")
-            return None
-        return value
-
-    def json_object(self, key: str, *, required: bool = True) -> JSONObject:
-        value = self.obj.get(key)
-        if value is None:
-            if required:
-                self.fail(key, "required; expected a JSON object")
-            return {}
-        if not isinstance(value, dict):
-            self.fail(key, f"expected a JSON object, got {_kind(value)}")
-            return {}
-        problem = _json_problem(value, key, 1)
-        if problem is not None:
-            self.fail(*problem)
-            return {}
-        return value
-
-    def timestamp(self, key: str) -> str | None:
-        value = self.obj.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            self.fail(key, f"expected an ISO-8601 timestamp string, got {_kind(value)}")
-            return None
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            self.fail(
-                key, f"expected an ISO-8601 timestamp like 2026-11-20T10:00:00Z, got {value!r}"
-            )
-            return None
-        if parsed.tzinfo is None:
-            self.fail(key, f"timestamp {value!r} has no timezone; add Z or +00:00")
-            return None
-        return value
-
-    def number(
-        self, key: str, *, low: float | None = None, high: float | None = None
-    ) -> float | None:
-        value = self.obj.get(key)
-        if value is None:
-            return None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            self.fail(key, f"expected a finite number, got {_kind(value)}")
-            return None
-        if (low is not None and value < low) or (high is not None and value > high):
-            self.fail(key, f"expected a number in [{low}, {high}], got {value}")
-            return None
-        return float(value)
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
-def _brief(value: object) -> str:
-    """A short description of a value for messages: strings quoted and clipped."""
-    if isinstance(value, str):
-        return repr(value[:40] + ("..." if len(value) > 40 else ""))
-    return _kind(value)
-
-
-def _json_problem(value: object, path: str, depth: int) -> tuple[str, str] | None:
-    """First non-JSON or too-deep spot inside ``value``, as (path, message)."""
-    return None if _plain_json(value, depth) else _json_problem_at(value, path, depth)
-
-
-def _plain_json(value: object, depth: int) -> bool:
-    """Whether ``value`` is plainly JSON: built-in types only, finite floats, string keys,
-    at most :data:`MAX_DEPTH` deep. The common case, checked without building paths; only
-    when this says no does :func:`_json_problem_at` look for the spot (it also accepts
-    subclasses of the built-in types, which this leaves to it)."""
-    if depth > MAX_DEPTH:
-        return False
-    t = type(value)
-    if t is str or t is int or t is bool or value is None:
-        return True
-    if t is float:
-        return math.isfinite(value)  # type: ignore[arg-type]
-    if t is dict:
-        for k, v in value.items():  # type: ignore[attr-defined]
-            if type(k) is not str or not _plain_json(v, depth + 1):
-                return False
-        return True
-    if t is list:
-        return all(_plain_json(v, depth + 1) for v in value)  # type: ignore[attr-defined]
-    return False
-
-
-def _json_problem_at(value: object, path: str, depth: int) -> tuple[str, str] | None:
-    if depth > MAX_DEPTH:
-        return path, f"nested deeper than {MAX_DEPTH} levels"
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                return path, "object keys must be strings"
-            found = _json_problem_at(v, f"{path}.{k}", depth + 1)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found = _json_problem_at(v, f"{path}[{i}]", depth + 1)
-            if found:
-                return found
-    elif isinstance(value, float) and not math.isfinite(value):
-        return path, "numbers must be finite"
-    elif value is not None and not isinstance(value, str | int | float | bool):
-        return path, f"not a JSON value ({type(value).__name__})"
-    return None
-
-
 # -- records --------------------------------------------------------------------------------
 
 
@@ -318,14 +142,14 @@ class WorkEvent:
 
     @classmethod
     def from_json(cls, obj: object) -> Self:
-        c = _Check(obj, "a work event")
+        c = Check(obj, "a work event")
         c.done()  # not an object: that is the one problem worth reporting
         c.unknown_keys({"event_id", "task_type", "payload", "occurred_at", "segment", "kind"})
         if "kind" in c.obj and c.obj["kind"] != "event":
-            c.fail("kind", f'expected "event", got {_brief(c.obj["kind"])}')
+            c.fail("kind", f'expected "event", got {brief(c.obj["kind"])}')
         event_id = c.ident("event_id")
         task_type = c.ident("task_type")
-        if task_type and not _TASK_TYPE_RE.match(task_type):
+        if task_type and not TASK_TYPE_RE.match(task_type):
             c.fail("task_type", "expected a letter then letters, digits, _ . - (at most 64)")
         payload = c.json_object("payload")
         occurred_at = c.timestamp("occurred_at")
@@ -358,32 +182,32 @@ class Action:
         return {"tool": self.tool, "args": self.args}
 
 
-def _parse_actions(c: _Check, key: str) -> tuple[Action, ...]:
+def _parse_actions(c: Check, key: str) -> tuple[Action, ...]:
     raw = c.obj.get(key)
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        c.fail(key, f"expected an array of {{tool, args}} objects, got {_kind(raw)}")
+        c.fail(key, f"expected an array of {{tool, args}} objects, got {kind_of(raw)}")
         return ()
     actions: list[Action] = []
     for i, item in enumerate(raw):
         path = f"{key}[{i}]"
         if not isinstance(item, dict):
-            c.fail(path, f"expected an object with tool and args, got {_kind(item)}")
+            c.fail(path, f"expected an object with tool and args, got {kind_of(item)}")
             continue
         tool = item.get("tool")
         args = item.get("args", {})
         if not isinstance(tool, str) or not tool:
-            c.fail(f"{path}.tool", f"required; expected a non-empty string, got {_kind(tool)}")
+            c.fail(f"{path}.tool", f"required; expected a non-empty string, got {kind_of(tool)}")
             continue
         if not isinstance(args, dict):
-            c.fail(f"{path}.args", f"expected a JSON object, got {_kind(args)}")
+            c.fail(f"{path}.args", f"expected a JSON object, got {kind_of(args)}")
             continue
         extra = set(item) - {"tool", "args"}
         if extra:
             c.fail(f"{path}.{sorted(extra)[0]}", "unknown field; allowed: args, tool")
             continue
-        problem = _json_problem(args, f"{path}.args", 3)
+        problem = json_problem(args, f"{path}.args", 3)
         if problem:
             c.fail(*problem)
             continue
@@ -403,11 +227,11 @@ class Outcome:
 
     @classmethod
     def from_json(cls, obj: object) -> Self:
-        c = _Check(obj, "a human outcome")
+        c = Check(obj, "a human outcome")
         c.done()
         c.unknown_keys({"event_id", "decision", "actions", "decided_by", "decided_at", "kind"})
         if "kind" in c.obj and c.obj["kind"] != "outcome":
-            c.fail("kind", f'expected "outcome", got {_brief(c.obj["kind"])}')
+            c.fail("kind", f'expected "outcome", got {brief(c.obj["kind"])}')
         event_id = c.ident("event_id")
         decision = c.json_object("decision")
         actions = _parse_actions(c, "actions")
@@ -472,7 +296,7 @@ class ShadowDecision:
         cls, event_id: str, obj: object, *, default_version: str, latency_ms: float | None = None
     ) -> Self:
         """Parse an agent's 200 response body (the agent contract in DESIGN.md)."""
-        c = _Check(obj, "an agent response")
+        c = Check(obj, "an agent response")
         decision = c.json_object("decision")
         actions = _parse_actions(c, "actions")
         confidence = c.number("confidence", low=0.0, high=1.0)
@@ -480,7 +304,7 @@ class ShadowDecision:
         usage = Usage()
         raw_usage = c.obj.get("usage")
         if raw_usage is not None:
-            u = _Check(raw_usage, "usage")
+            u = Check(raw_usage, "usage")
             tokens_in = u.number("input_tokens", low=0)
             tokens_out = u.number("output_tokens", low=0)
             cost = u.number("cost_usd", low=0)

@@ -1,6 +1,6 @@
 """Architecture rules of ``shadow`` that a refactor could silently break (STYLE.md): only
 the store package imports duckdb, and the pure core (diff, promotion, statistics, model,
-policy) imports no I/O library, so it stays a set of plain functions over values."""
+checks, policy) imports no I/O library, so it stays a set of plain functions over values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 SHADOW = Path(__file__).resolve().parents[2] / "shadow"
 IO_LIBRARIES = {"aiohttp", "aiokafka", "duckdb", "prometheus_client", "asyncio", "socket"}
-PURE = ["diff.py", "promotion.py", "stats.py", "model.py", "policy.py", "joiner.py"]
+PURE = ["diff.py", "promotion.py", "stats.py", "model.py", "checks.py", "policy.py", "joiner.py"]
 
 
 def imported(path: Path) -> set[str]:

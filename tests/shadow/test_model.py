@@ -246,13 +246,13 @@ _deep = st.recursive(
 @settings(max_examples=1500, deadline=None)
 @given(_deep, st.integers(MAX_DEPTH - 4, MAX_DEPTH + 1))
 def test_the_fast_json_check_agrees_with_the_path_finding_one(value: object, depth: int) -> None:
-    """``_plain_json`` (the hot path) never accepts what ``_json_problem_at`` refuses, and it
-    accepts every plain value: so ``_json_problem`` gives the old answers, faster."""
-    from shadow.model import _json_problem, _json_problem_at, _plain_json
+    """``plain_json`` (the hot path) never accepts what ``json_problem_at`` refuses, so
+    ``json_problem`` gives the answers of the path-finding check alone, faster."""
+    from shadow.checks import json_problem, json_problem_at, plain_json
 
-    slow = _json_problem_at(value, "payload", depth)
-    assert _json_problem(value, "payload", depth) == slow
-    if _plain_json(value, depth):
+    slow = json_problem_at(value, "payload", depth)
+    assert json_problem(value, "payload", depth) == slow
+    if plain_json(value, depth):
         assert slow is None
 
 
