@@ -87,6 +87,7 @@ class HeldCommits:
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Revoked partitions: their next owner (maybe this source again) starts afresh
         from the group's committed offset."""
+        tps = list(tps)
         gone = {(self._key(tp.topic), tp.partition) for tp in tps}
         for tp in tps:
             self._spans.pop(tp, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import warnings
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -143,29 +144,36 @@ async def test_sources_on_two_clusters_with_the_same_topic_names_keep_their_own_
     assert len(await held(sc)) == 10  # B's ten events, awaiting their outcomes
 
 
-async def test_commits_wait_for_the_commit_interval_and_shutdown_commits_everything(
-    broker: Broker, tmp_path: Path, no_shadow_env: None
-) -> None:
-    """With a long ``kafka_commit_interval``, batches after the first are stored and
-    compared but not committed (no commit is due); closing the source commits all of it."""
+async def run_with_a_long_interval(
+    broker: Broker,
+    tmp_path: Path,
+    *,
+    n: int,
+    batch_size: int,
+    until: Callable[[Store], Awaitable[bool]],
+    what: str,
+    agent: str | None = AGENT_SPEC,
+) -> tuple[dict[str, int | None], dict[str, int | None]]:
+    """``n`` events then their outcomes through one source with ``kafka_commit_interval``
+    = 60 s (the app's own composition: store, pipeline, Kafka stack): the group's committed
+    offsets once ``until(store)`` holds (polled for at most 30 s, half the interval), and
+    after the source closed."""
     from prometheus_client import CollectorRegistry
 
     await broker.create_topics({"ev": 1, "oc": 1})
-    n = 200
     await broker.produce_json("ev", [crash_agent.event(i) for i in range(n)])
     await broker.produce_json("oc", [crash_agent.outcome(i) for i in range(n)])
     settings = clean_settings(
         tmp_path,
         "interval",
-        agent=AGENT_SPEC,
+        agent=agent,
         source=[f"kafka://{broker.bootstrap}?events=ev&outcomes=oc&group=g"],
-        batch_size=40,
+        batch_size=batch_size,
         kafka_commit_interval=60.0,
     )
     policy = parse_policy(POLICY)
     clock = FakeClock()
     runner = build_runner(settings)
-    assert runner is not None
     try:
         async with Store(settings.db) as store:
             metrics = Metrics(CollectorRegistry(), policy)
@@ -182,18 +190,55 @@ async def test_commits_wait_for_the_commit_interval_and_shutdown_commits_everyth
                 promote=kafka.promote,
             )
             async with pipeline, kafka.running(pipeline):
-
-                async def compared() -> bool:
-                    return await store.count("comparisons") == n
-
-                await wait_for(compared, f"all {n} comparisons")
+                await wait_for(lambda: until(store), what, tries=600)
                 early = await committed(broker, "g")
-                # The first batch's commit was due at once (its joins were still open); the
-                # four or more batches after it waited for the interval.
-                assert all(v is None or v <= 40 for v in early.values()), early
-            assert await committed(broker, "g") == {"ev": n, "oc": n}
+            return early, await committed(broker, "g")
     finally:
-        await runner.close()
+        if runner is not None:
+            await runner.close()
+
+
+async def test_commits_wait_for_the_commit_interval_and_shutdown_commits_everything(
+    broker: Broker, tmp_path: Path, no_shadow_env: None
+) -> None:
+    """With a long ``kafka_commit_interval``, batches after the first are stored and
+    compared but not committed (no commit is due; 400 records stay under the ten batches'
+    worth of positions that force one); closing the source commits all of it."""
+
+    async def compared(store: Store) -> bool:
+        return await store.count("comparisons") == 200
+
+    early, final = await run_with_a_long_interval(
+        broker, tmp_path, n=200, batch_size=50, until=compared, what="all 200 comparisons"
+    )
+    # The first batch's commit was due at once (its joins were still open).
+    assert all(v is None or v <= 50 for v in early.values()), early
+    assert final == {"ev": 200, "oc": 200}
+
+
+async def test_ten_batches_of_positions_make_a_commit_due_before_the_interval(
+    broker: Broker, tmp_path: Path, no_shadow_env: None
+) -> None:
+    """Positions wait in memory until the next commit; ten batches' worth (here 100) makes
+    one due even within a long interval, so memory stays bounded and commits move on.
+    Without an agent every stored event closes at once (nothing to wait for), so the
+    events partition commits as far as was delivered at each forced commit."""
+
+    async def events_committed(store: Store) -> bool:
+        # By the third forced commit (~310 of the 400 records), at least 110 were events.
+        return ((await committed(broker, "g"))["ev"] or 0) >= 100
+
+    early, final = await run_with_a_long_interval(
+        broker,
+        tmp_path,
+        n=200,
+        batch_size=10,
+        until=events_committed,
+        what="forced commits of the events partition before the 60 s interval",
+        agent=None,
+    )
+    assert (early["ev"] or 0) >= 100  # the first batch alone would commit at most 10
+    assert (final["ev"] or 0) >= (early["ev"] or 0)  # closing commits what it has, never less
 
 
 async def test_the_promoter_never_lets_an_expired_verdict_replace_a_real_one(
