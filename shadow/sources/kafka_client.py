@@ -1,8 +1,11 @@
 """Kafka connection pieces shared by the source, the publisher and the promoter: the
-``kafka://`` spec, the client options (security, client id), and :func:`rewind`.
+``kafka://`` spec, the client options (security, client id), starting a client
+(:func:`start_client`), and :func:`rewind`.
 
 ``parse_kafka_spec`` and ``client_options`` raise :class:`~shadow.errors.ConfigError` naming
-what is wrong; the only I/O here is loading the TLS files named in the settings.
+what is wrong (their only I/O is loading the TLS files named in the settings). When a client
+cannot start, :func:`tls_problem` and :func:`sasl_problem` open one connection of their own
+to the first bootstrap broker to say what TLS or SASL refused.
 """
 
 from __future__ import annotations
