@@ -97,11 +97,12 @@ async def test_exact_counts_with_shuffled_and_duplicated_records(
     async def lag_drained() -> bool:
         m = await sc.metrics()
         lags = [
-            metric(m, "shadow_kafka_consumer_lag_messages", topic=t, partition=str(p))
+            metric(m, name, topic=t, partition=str(p))
+            for name in ("shadow_kafka_consumer_lag_messages", "shadow_kafka_uncommitted_messages")
             for t in ("ev", "oc")
             for p in range(3)
         ]
-        return all(v == 0 for v in lags)
+        return all(v == 0 for v in lags)  # all read, and all committed
 
     await wait_for(lag_drained, "zero lag on all six partitions")
     m = await sc.metrics()

@@ -68,11 +68,12 @@ async def test_a_batch_that_failed_to_store_is_read_again_exactly_once(
     async def lag_zero() -> bool:
         m = await sc.metrics()
         lags = [
-            metric(m, "shadow_kafka_consumer_lag_messages", topic=t, partition=str(p))
+            metric(m, name, topic=t, partition=str(p))
+            for name in ("shadow_kafka_consumer_lag_messages", "shadow_kafka_uncommitted_messages")
             for t in ("ev", "oc")
             for p in range(2)
         ]
-        return all(v == 0 for v in lags)
+        return all(v == 0 for v in lags)  # all read, and all committed
 
     await wait_for(lag_zero, "the source to commit everything")
     assert await store.count("events") == N
