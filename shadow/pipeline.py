@@ -386,14 +386,18 @@ class Pipeline:
                 observer.comparisons_stored(report.comparisons)
             await self.evaluate()
 
-    async def refresh(self) -> None:
-        """Set the evidence, ladder and pending-join gauges from the store."""
+    async def refresh(self, *, pending: bool = True) -> None:
+        """Set the evidence, ladder and (with ``pending``) pending-join gauges from the
+        store. The pending-join counts scan whole tables, so the refresh after each batch
+        of comparisons leaves them to the scrape (``/metrics`` refreshes everything) and
+        the expiry loop."""
         self.metrics.evidence(await self.store.evidence())
         states = await self.registry.states()
         self.metrics.ladder(states, await self.store.is_frozen())
         for observer in self.observers:
             observer.ladder(states)
-        self.metrics.pending_joins(await self.store.pending())
+        if pending:
+            self.metrics.pending_joins(await self.store.pending())
 
     async def _expire_loop(self) -> None:
         ttl = timedelta(seconds=self.settings.join_ttl)
@@ -409,7 +413,7 @@ class Pipeline:
         """Re-decide the ladder now (operators' writes call this after changing state)."""
         if self.promote:
             self.metrics.steps(await self.registry.evaluate())
-        await self.refresh()
+        await self.refresh(pending=False)
 
     async def drain(self, *, poll: float = 0.02) -> None:
         """Wait until every stored event has its decision and every ready join is done."""

@@ -428,6 +428,33 @@ async def test_outcomes_of_events_with_the_agent_wait_for_the_writer_join(
     assert running.pipeline.comparisons == 9
 
 
+async def test_pending_joins_are_counted_on_refresh_not_after_every_batch(
+    store: Store, pipelines: PipelineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pending-join counts scan whole tables: batches of comparisons re-evaluate the
+    ladder without them; a refresh (what /metrics does on every scrape) counts them."""
+    running = await pipelines(store, batch_size=5)
+    counted: list[int] = []
+    real = store.pending
+
+    async def spied() -> dict[str, int]:
+        counted.append(1)
+        return await real()
+
+    monkeypatch.setattr(store, "pending", spied)
+    ids = [f"p-{i}" for i in range(20)]
+    for lo in range(0, 20, 5):
+        await running.pipeline.submit_events([ev(i) for i in ids[lo : lo + 5]], source="t")
+        await running.pipeline.drain()
+    await running.pipeline.submit_outcomes([out(i) for i in ids[:15]], source="t")
+    await running.pipeline.drain()
+    assert running.pipeline.comparisons == 15
+    assert counted == []
+    await running.pipeline.refresh()
+    assert counted == [1]
+    assert running.sample("shadow_pending_joins", waiting_for="awaiting_outcome") == 5
+
+
 async def test_start_finishes_joins_a_crash_left_behind(
     store: Store, pipelines: PipelineFactory, clock: FakeClock
 ) -> None:
