@@ -92,12 +92,15 @@ class JoinPart(StoreBase):
                 last[(c.event_id, c.agent_version)] = c
         comparisons = list(last.values())
         keys = [f"{c.event_id}\x00{c.agent_version}" for c in comparisons]
+        # A join on both key columns: cheaper than comparing a concatenation of them, which
+        # builds a string for every stored row.
         before: dict[str, tuple[Verdict, str | None]] = {
             f"{eid}\x00{ver}": (Verdict(v), digest)
             for eid, ver, v, digest in self.con.execute(
-                "SELECT event_id, agent_version, verdict, outcome_hash FROM comparisons "
-                "WHERE event_id || chr(0) || agent_version IN (SELECT unnest(?::VARCHAR[]))",
-                [keys],
+                "SELECT c.event_id, c.agent_version, c.verdict, c.outcome_hash FROM comparisons c "
+                "JOIN (SELECT unnest(?::VARCHAR[]) AS event_id, unnest(?::VARCHAR[]) AS ver) k "
+                "ON c.event_id = k.event_id AND c.agent_version = k.ver",
+                [[c.event_id for c in comparisons], [c.agent_version for c in comparisons]],
             ).fetchall()
         }
         kept = [
