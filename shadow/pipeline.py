@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -110,8 +109,7 @@ class Pipeline:
         self._results: asyncio.Queue[tuple[WorkEvent, ShadowDecision]] = asyncio.Queue()
         self._inflight: set[str] = set()
         # Sampled events submit_events just stored, for the feeder (see _awaiting).
-        self._fresh: deque[WorkEvent] = deque()
-        self._fresh_ids: set[str] = set()  # their ids
+        self._fresh: dict[str, WorkEvent] = {}  # by event_id, oldest first
         self._fresh_max = 2 * max(settings.batch_size, settings.agent_concurrency)
         self._next_scan = 0.0
         self._scan_every = scan_every  # seconds between store reads while memory feeds
@@ -194,8 +192,7 @@ class Pipeline:
                     self.metrics.dead_letter(source, r.reason)
                 elif need and r.status is PutStatus.STORED:
                     if len(self._fresh) < self._fresh_max:
-                        self._fresh.append(stored)
-                        self._fresh_ids.add(stored.event_id)
+                        self._fresh[stored.event_id] = stored
                     else:  # beyond the cap: the feeder reads the store next
                         self._next_scan = 0.0
             if any(r.status is PutStatus.STORED for r in put) and any(needs):
@@ -220,7 +217,7 @@ class Pipeline:
             for r in put
             if r.status in (PutStatus.STORED, PutStatus.REVERSAL)
             and r.event_id not in self._inflight
-            and r.event_id not in self._fresh_ids
+            and r.event_id not in self._fresh
         ]
         for r in put:
             if r.status is PutStatus.CONFLICT:
@@ -260,14 +257,12 @@ class Pipeline:
         if loop.time() < self._next_scan:
             out: list[WorkEvent] = []
             while self._fresh and len(out) < limit:
-                event = self._fresh.popleft()
-                self._fresh_ids.discard(event.event_id)
+                event = self._fresh.pop(next(iter(self._fresh)))
                 if event.event_id not in self._inflight:
                     out.append(event)
             return out, False
         events = await self.store.events_awaiting_agent(limit=limit + len(self._inflight))
         self._fresh.clear()
-        self._fresh_ids.clear()
         full = len(events) >= limit + len(self._inflight)
         self._next_scan = 0.0 if full else loop.time() + self._scan_every
         return [e for e in events if e.event_id not in self._inflight][:limit], True

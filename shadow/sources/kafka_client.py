@@ -177,15 +177,13 @@ async def sasl_problem(options: Mapping[str, Any], *, within: float = 5.0) -> st
     """What the first bootstrap broker answers when a connection authenticates with
     ``options``' SASL settings, or ``None`` (no SASL, accepted, or not reachable)."""
     mechanism = options.get("sasl_mechanism")
-    servers = options.get("bootstrap_servers") or []
-    if not mechanism or not servers:
+    broker = _first_broker(options)
+    if not mechanism or broker is None:
         return None
-    host, _, port = str(servers[0]).strip().rpartition(":")
     try:
         async with asyncio.timeout(within):
             conn = await create_conn(
-                host.strip("[]"),
-                int(port),
+                *broker,
                 client_id=options.get("client_id", "shadow-sidecar"),
                 ssl_context=options.get("ssl_context"),
                 security_protocol=options.get("security_protocol", "SASL_PLAINTEXT"),
@@ -195,10 +193,20 @@ async def sasl_problem(options: Mapping[str, Any], *, within: float = 5.0) -> st
             )
     except (SaslAuthenticationFailed, UnsupportedSaslMechanismError, IllegalSaslStateError) as e:
         return str(e) or type(e).__name__
-    except (KafkaError, OSError, TimeoutError, ValueError):
+    except (KafkaError, OSError, TimeoutError):
         return None
     conn.close()
     return None
+
+
+def _first_broker(options: Mapping[str, Any]) -> tuple[str, int] | None:
+    """``(host, port)`` of the first of ``options``' bootstrap servers (already checked by
+    :func:`parse_kafka_spec`), or ``None``."""
+    servers = options.get("bootstrap_servers") or []
+    if not servers:
+        return None
+    host, _, port = str(servers[0]).strip().rpartition(":")
+    return (host.strip("[]"), int(port)) if port.isdigit() else None
 
 
 _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
@@ -211,19 +219,18 @@ async def tls_problem(options: Mapping[str, Any], *, within: float = 2.0) -> str
     (TLS 1.3): it then sends an alert or just closes the connection, so one read is tried
     (a broker that accepted the connection waits for a request instead)."""
     context = options.get("ssl_context")
-    servers = options.get("bootstrap_servers") or []
-    if not isinstance(context, ssl.SSLContext) or not servers:
+    broker = _first_broker(options)
+    if not isinstance(context, ssl.SSLContext) or broker is None:
         return None
-    host, _, port = str(servers[0]).strip().rpartition(":")
-    host = host.strip("[]")
+    host, port = broker
     try:
         async with asyncio.timeout(within):
             reader, writer = await asyncio.open_connection(
-                host, int(port), ssl=context, server_hostname=host
+                host, port, ssl=context, server_hostname=host
             )
     except ssl.SSLError as e:
         return _SSL_SOURCE.sub("", str(e))
-    except (OSError, TimeoutError, ValueError):
+    except (OSError, TimeoutError):
         return None
     try:
         async with asyncio.timeout(min(within, 0.5)):

@@ -67,7 +67,7 @@ class HeldCommits:
         self._spans: dict[TopicPartition, _Span] = {}
         # Positions delivered since the last commit computation, by (topic, partition,
         # offset): a batch delivered again after a failure adds nothing.
-        self._pending: dict[tuple[str, int, int], SourcePosition] = {}
+        self._pending: dict[tuple[str, int, int], str] = {}  # -> event_id
 
     @property
     def pending(self) -> int:
@@ -112,10 +112,9 @@ class HeldCommits:
                 span = self._spans.setdefault(tp, _Span(messages[0].offset, messages[0].offset))
                 span.end = max(span.end, messages[-1].offset + 1)
         for topic, partition, offset, event_id in positions:
-            key = (self._key(topic), partition, offset)
-            self._pending[key] = (*key, event_id)
+            self._pending[(self._key(topic), partition, offset)] = event_id
         if commit:
-            await self._commit(consumer, await self._compute(self._spans, self._spans))
+            await self.commit(consumer)
 
     async def commit(
         self, consumer: AIOKafkaConsumer, only: Iterable[TopicPartition] | None = None
@@ -123,20 +122,18 @@ class HeldCommits:
         """Commit every tracked partition (or ``only`` those) up to its oldest open join.
         Store errors propagate (nothing is committed); broker errors are logged."""
         chosen = self._spans if only is None else only
-        await self._commit(consumer, await self._compute(self._spans, chosen))
+        await self._commit(consumer, await self._compute(chosen))
 
-    async def _compute(
-        self, spans: Mapping[TopicPartition, _Span], chosen: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, int]:
+    async def _compute(self, chosen: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """How far each chosen, held-back partition may now be committed (only advances),
         after recording the kept positions (all of them: a commit never passes a record
         whose position is not durable)."""
+        spans = self._spans
         todo = sorted(
             (tp for tp in set(chosen) if tp in spans and spans[tp].committed < spans[tp].end),
             key=lambda tp: (tp.topic, tp.partition),
         )
-        pending = self._pending
-        if not todo and not pending:
+        if not todo and not self._pending:
             return {}
         found = await self._store.commit_offsets(
             [
@@ -144,13 +141,11 @@ class HeldCommits:
                 for tp in todo
             ],
             cutoff=self._clock() - self._ttl,
-            record=list(pending.values()),
+            record=[(*key, event_id) for key, event_id in self._pending.items()],
         )
-        if self._pending is pending:
-            self._pending = {}
-        else:  # forget() ran meanwhile: drop only what was just recorded
-            for key in pending:
-                self._pending.pop(key, None)
+        # Recorded. The source calls this under its delivery lock, so no position was
+        # kept meanwhile.
+        self._pending = {}
         out: dict[TopicPartition, int] = {}
         for tp in todo:
             target = found.get((self._key(tp.topic), tp.partition), spans[tp].committed)

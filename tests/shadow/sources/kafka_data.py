@@ -7,9 +7,13 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.shadow import crash_agent
+
+if TYPE_CHECKING:
+    from tests.kafka_broker import Broker
+    from tests.shadow.conftest import Sidecar
 
 AGENT_SPEC = "tests.shadow.crash_agent:agent"
 
@@ -90,3 +94,24 @@ async def wait_for(
             return
         await asyncio.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def compare_and_publish(sc: Sidecar, broker: Broker, n: int, how: str) -> None:
+    """Produce ``n`` cases on ev/oc, wait until the sidecar compared all of them with the
+    expected counts and published each comparison (``how``: the connection, for messages)."""
+    from tests.shadow.conftest import metric
+
+    await broker.produce_json("ev", [crash_agent.event(i) for i in range(n)])
+    await broker.produce_json("oc", [crash_agent.outcome(i) for i in range(n)])
+
+    async def compared() -> bool:
+        return await sc.pipeline.store.count("comparisons") == n
+
+    await wait_for(compared, f"{n} comparisons {how}")
+    assert observed(await sc.agreement()) == expected(range(n))
+
+    async def published() -> bool:
+        value = metric(await sc.metrics(), "shadow_kafka_published_total", stream="comparisons")
+        return value == n
+
+    await wait_for(published, f"{n} comparisons published {how}")

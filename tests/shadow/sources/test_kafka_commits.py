@@ -12,17 +12,16 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
 
-from shadow.app import build_runner
+from shadow.api import PIPELINE
+from shadow.app import build_app
 from shadow.config import load_settings
 from shadow.errors import ConfigError
-from shadow.metrics import Metrics
 from shadow.model import Comparison, Verdict
-from shadow.pipeline import Pipeline
 from shadow.policy import parse_policy
-from shadow.sources.kafka import parse_kafka_spec
-from shadow.sources.kafka_stack import KafkaStack
 from shadow.sources.publish import ComparisonFollower, comparison_json
 from shadow.store import Store
 from tests.conftest import FakeClock
@@ -155,10 +154,9 @@ async def run_with_a_long_interval(
     agent: str | None = AGENT_SPEC,
 ) -> tuple[dict[str, int | None], dict[str, int | None]]:
     """``n`` events then their outcomes through one source with ``kafka_commit_interval``
-    = 60 s (the app's own composition: store, pipeline, Kafka stack): the group's committed
+    = 60 s (the real app, :func:`shadow.app.build_app`): the group's committed
     offsets once ``until(store)`` holds (polled for at most 30 s, half the interval), and
     after the source closed."""
-    from prometheus_client import CollectorRegistry
 
     await broker.create_topics({"ev": 1, "oc": 1})
     await broker.produce_json("ev", [crash_agent.event(i) for i in range(n)])
@@ -171,31 +169,18 @@ async def run_with_a_long_interval(
         batch_size=batch_size,
         kafka_commit_interval=60.0,
     )
-    policy = parse_policy(POLICY)
-    clock = FakeClock()
-    runner = build_runner(settings)
+    app = build_app(
+        settings, policy=parse_policy(POLICY), registry=CollectorRegistry(), clock=FakeClock()
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()  # the store, the pipeline and the Kafka source, as `shadow run`
     try:
-        async with Store(settings.db) as store:
-            metrics = Metrics(CollectorRegistry(), policy)
-            specs = [parse_kafka_spec(s) for s in settings.source]
-            kafka = KafkaStack(settings, specs, store=store, clock=clock, metrics=metrics)
-            pipeline = Pipeline(
-                settings=settings,
-                policy=policy,
-                store=store,
-                agent=runner,
-                metrics=metrics,
-                clock=clock,
-                observers=kafka.observers,
-                promote=kafka.promote,
-            )
-            async with pipeline, kafka.running(pipeline):
-                await wait_for(lambda: until(store), what, tries=600)
-                early = await committed(broker, "g")
-            return early, await committed(broker, "g")
+        store = app[PIPELINE].store
+        await wait_for(lambda: until(store), what, tries=600)
+        early = await committed(broker, "g")
     finally:
-        if runner is not None:
-            await runner.close()
+        await runner.cleanup()  # closes the source: its final commit
+    return early, await committed(broker, "g")
 
 
 async def test_commits_wait_for_the_commit_interval_and_shutdown_commits_everything(

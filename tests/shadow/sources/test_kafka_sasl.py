@@ -21,10 +21,9 @@ import trustme
 from shadow.errors import ConfigError
 from tests.kafka_broker import Broker, free_port
 from tests.kafka_proxy import BrokerProxy
-from tests.shadow import crash_agent
-from tests.shadow.conftest import SidecarFactory, metric
+from tests.shadow.conftest import SidecarFactory
 from tests.shadow.sources.conftest import require_broker
-from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, expected, observed, wait_for
+from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, compare_and_publish
 
 N = 90
 USER, PASSWORD = "shadow", "s3cret,with=odd chars"
@@ -109,20 +108,7 @@ async def test_the_sidecar_authenticates_consumes_and_publishes(
 ) -> None:
     sasl = await sasl_broker(tls=tls)
     sc = await sidecar(policy=POLICY, **sasl.settings(mechanism, kafka_comparisons_topic="cmp"))
-    await sasl.broker.produce_json("ev", [crash_agent.event(i) for i in range(N)])
-    await sasl.broker.produce_json("oc", [crash_agent.outcome(i) for i in range(N)])
-
-    async def compared() -> bool:
-        return await sc.pipeline.store.count("comparisons") == N
-
-    await wait_for(compared, f"{N} comparisons through SASL {mechanism}")
-    assert observed(await sc.agreement()) == expected(range(N))
-
-    async def published() -> bool:
-        value = metric(await sc.metrics(), "shadow_kafka_published_total", stream="comparisons")
-        return value == N
-
-    await wait_for(published, f"{N} comparisons published through SASL {mechanism}")
+    await compare_and_publish(sc, sasl.broker, N, f"through SASL {mechanism}")
     # The sidecar's own connections (not only this test's PLAIN ones) logged in.
     assert (mechanism, USER) in sasl.proxy.authenticated
     assert sasl.proxy.refused == []

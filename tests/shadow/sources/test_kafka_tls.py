@@ -26,10 +26,9 @@ import trustme
 from shadow.errors import ConfigError
 from tests.kafka_broker import Broker, free_port
 from tests.kafka_proxy import BrokerProxy
-from tests.shadow import crash_agent
-from tests.shadow.conftest import SidecarFactory, metric
+from tests.shadow.conftest import SidecarFactory
 from tests.shadow.sources.conftest import require_broker
-from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, expected, observed, wait_for
+from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, compare_and_publish
 
 N = 120
 
@@ -106,20 +105,7 @@ async def test_the_sidecar_consumes_and_publishes_over_mutual_tls(
     tls: Tls, sidecar: SidecarFactory
 ) -> None:
     sc = await sidecar(policy=POLICY, **tls.settings(kafka_comparisons_topic="cmp"))
-    await tls.broker.produce_json("ev", [crash_agent.event(i) for i in range(N)])
-    await tls.broker.produce_json("oc", [crash_agent.outcome(i) for i in range(N)])
-
-    async def compared() -> bool:
-        return await sc.pipeline.store.count("comparisons") == N
-
-    await wait_for(compared, f"{N} comparisons over TLS")
-    assert observed(await sc.agreement()) == expected(range(N))
-
-    async def published() -> bool:
-        value = metric(await sc.metrics(), "shadow_kafka_published_total", stream="comparisons")
-        return value == N
-
-    await wait_for(published, f"{N} comparisons published over TLS")
+    await compare_and_publish(sc, tls.broker, N, "over TLS")
     assert (await sc.get("/readyz")).status == 200
 
 
