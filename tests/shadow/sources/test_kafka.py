@@ -370,3 +370,16 @@ async def test_promoter_dead_letters_an_unreadable_comparison(
     assert {d["location"] for d in letters} == {"cmp[0]@0", "cmp[0]@1"}
     assert any("KeyError" in d["reason"] for d in letters)
     assert await store.count("comparisons") == 0
+
+
+@pytest.mark.parametrize("bad", [-0.5, 61.0, "soon"])
+def test_a_commit_interval_out_of_range_is_refused(bad: object) -> None:
+    from pydantic import ValidationError
+
+    from shadow.config import Settings
+
+    values: dict[str, Any] = {"kafka_commit_interval": bad}
+    with pytest.raises(ValidationError, match="kafka_commit_interval"):
+        Settings(**values)
+    values["kafka_commit_interval"] = 0
+    assert Settings(**values).kafka_commit_interval == 0
