@@ -23,6 +23,14 @@ consumer group:
   make before it can commit an offset or count a comparison. Its rate over the 2N records
   is the most the sidecar could reach with this store, so ``floor / raw`` is the ratio's
   ceiling on this machine.
+- **CPU floor**: no Kafka, no store: the per-record work the sidecar does in Python, with
+  its own functions, over the same N events and N outcomes as produced bytes: each record
+  parsed and validated (:func:`shadow.ingest.parse_record`, as the Kafka source does), the
+  in-process agent called for every event (the pipeline's runner,
+  :meth:`~shadow.agent.runner.AgentRunner.decide_batch`, one batch size at a time), and each
+  decision diffed against its outcome (:func:`shadow.joiner.compare`). Its rate is the most
+  the sidecar could reach with an infinitely fast store, so ``CPU floor / raw`` is a second
+  ceiling, independent of the store.
 
 The process's garbage collector is tuned as ``shadow run`` tunes it
 (:func:`shadow.app.tune_gc`), for every reader alike.
@@ -46,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import statistics
 import sys
@@ -54,7 +63,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 # Run as a script from the repository root: make ``tests`` importable for the broker helper.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -65,8 +74,9 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from prometheus_client import CollectorRegistry
 
 from shadow.api import PIPELINE, REGISTRY
-from shadow.app import build_app, tune_gc
+from shadow.app import build_app, build_runner, tune_gc
 from shadow.config import load_settings
+from shadow.ingest import parse_record
 from shadow.joiner import Joiner, compare
 from shadow.model import Comparison, Outcome, ShadowDecision, WorkEvent
 from shadow.policy import parse_policy
@@ -220,6 +230,30 @@ async def floor_round(n: int, db: Path, batch: int, *, first: int = 0) -> float:
         return time.perf_counter() - started
 
 
+async def cpu_floor_round(n: int, batch: int) -> float:
+    """Seconds for the sidecar's per-record Python work on ``n`` cases (see the doc)."""
+    settings = load_settings(agent=AGENT_SPEC, config=None)
+    runner = build_runner(settings)
+    if runner is None:
+        raise RuntimeError("CPU floor: no agent runner")
+    now = datetime.now(UTC)
+    joiner = Joiner(cast(Store, None), parse_policy(POLICY), lambda: now)  # differs only
+    events = [json.dumps(event(i)).encode() for i in range(n)]  # as produce_json writes them
+    outcomes = [json.dumps(outcome(i)).encode() for i in range(n)]
+    async with runner:
+        started = time.perf_counter()
+        for lo in range(0, n, batch):
+            parsed = [parse_record(v.decode(), kind="event") for v in events[lo : lo + batch]]
+            found = [parse_record(v.decode(), kind="outcome") for v in outcomes[lo : lo + batch]]
+            work = [e for e in parsed if isinstance(e, WorkEvent)]
+            decided = await runner.decide_batch(work)
+            for e, d, o in zip(work, decided, found, strict=True):
+                if d is None or not isinstance(o, Outcome):
+                    raise RuntimeError(f"CPU floor: case {e.event_id} did not parse or decide")
+                compare(JoinRow(e.task_type, d, o, o.content_hash), joiner.differ_for(e.task_type))
+        return time.perf_counter() - started
+
+
 async def until(check: Callable[[], bool]) -> None:
     while True:
         if check():
@@ -328,15 +362,18 @@ async def bench(
         raw: list[float] = []
         side: list[float] = []
         floor: list[float] = []
+        cpu: list[float] = []
         batch = load_settings(config=None).batch_size
         for r in range(rounds):
             raw.append(2 * n / await raw_round(broker, f"raw-{r}", 2 * n))
             side.append(2 * n / await sidecar_round(broker, f"side-{r}", n, tmp / f"{r}.duckdb"))
             floor.append(2 * n / await floor_round(n, tmp / f"floor-{r}.duckdb", batch))
+            cpu.append(2 * n / await cpu_floor_round(n, batch))
             print(
                 f"  round {r + 1}/{rounds}: raw {raw[-1]:,.0f} rec/s, sidecar {side[-1]:,.0f} "
                 f"rec/s ({side[-1] / 2:,.0f} comparisons/s), ratio {side[-1] / raw[-1]:.3f}; "
-                f"store floor {floor[-1]:,.0f} rec/s, ceiling {floor[-1] / raw[-1]:.3f}",
+                f"store floor {floor[-1]:,.0f} rec/s, ceiling {floor[-1] / raw[-1]:.3f}; "
+                f"CPU floor {cpu[-1]:,.0f} rec/s, ceiling {cpu[-1] / raw[-1]:.3f}",
                 flush=True,
             )
         if preload:
@@ -346,7 +383,7 @@ async def bench(
     finally:
         await broker.stop()
     raw_med, side_med = statistics.median(raw), statistics.median(side)
-    floor_med = statistics.median(floor)
+    floor_med, cpu_med = statistics.median(floor), statistics.median(cpu)
     rows = [
         ("raw aiokafka consume + commit", f"{raw_med:,.0f}", spread(raw), ""),
         (
@@ -356,6 +393,7 @@ async def bench(
             f"{side_med / 2:,.0f}",
         ),
         ("store floor: the sidecar's writes alone", f"{floor_med:,.0f}", spread(floor), ""),
+        ("CPU floor: parse, agent, diff, no store", f"{cpu_med:,.0f}", spread(cpu), ""),
     ]
     head = ("reader", "records/s median", "range", "comparisons/s")
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(4)]
@@ -366,6 +404,10 @@ async def bench(
     print(
         f"ceiling store floor / raw: {floor_med / raw_med:.3f} (the most this store allows); "
         f"sidecar / store floor: {side_med / floor_med:.3f}"
+    )
+    print(
+        f"ceiling CPU floor / raw: {cpu_med / raw_med:.3f} (the most this per-record work "
+        "allows, with an infinitely fast store)"
     )
 
 
