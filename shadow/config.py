@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -71,6 +71,12 @@ class Settings(BaseSettings):
 
     join_ttl: float = Field(DEFAULT_JOIN_TTL_S, gt=0, description="seconds a join stays open")
     expire_interval: float = Field(60.0, gt=0)
+    retention: float = Field(
+        0.0,
+        ge=0,
+        description="seconds closed cases (event, outcomes, decisions) and dead letters are "
+        "kept; longer than join_ttl; 0 keeps everything (comparisons are always kept)",
+    )
     batch_size: int = Field(2000, ge=1, le=100_000)
 
     # Kafka (kafka:// sources; see docs/kafka.md). Broker, topics and group are in the URL.
@@ -109,6 +115,17 @@ class Settings(BaseSettings):
     kafka_session_timeout: float = Field(
         10.0, ge=1.0, le=300.0, description="seconds before a silent group member is dropped"
     )
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_outlives_joins(cls, value: float, info: ValidationInfo) -> float:
+        ttl = info.data.get("join_ttl")
+        if value and ttl is not None and value <= ttl:
+            raise ValueError(
+                f"retention ({value:g} s) must be longer than join_ttl ({ttl:g} s), or 0 to "
+                "keep everything: a case is purged only after its joins had their full TTL"
+            )
+        return value
 
     @field_validator("source", mode="before")
     @classmethod

@@ -191,6 +191,13 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.purged = Counter(
+            "shadow_purged_rows",
+            "Rows deleted by retention (closed cases and dead letters older than the "
+            "retention setting), by table",
+            ["table"],
+            registry=r,
+        )
         self.ingest_rejected = Counter(
             "shadow_ingest_rejected",
             "Records (or whole bodies) refused at ingest, by kind, source and reason",
@@ -263,6 +270,8 @@ class Metrics:
         for source in ("http", "file", "kafka"):
             for reason in sorted({label for _, label in _REASONS} | {"invalid"}):
                 self.dead_letters.labels(source, reason)
+        for table in ("events", "outcomes", "decisions", "dead_letters"):
+            self.purged.labels(table)
 
     def _publish_gates(self) -> None:
         for name, task in self.policy.task_types.items():
@@ -305,6 +314,10 @@ class Metrics:
 
     def dead_letter(self, source: str, reason: str) -> None:
         self.dead_letters.labels(self.source_label(source), reason_class(reason)).inc()
+
+    def purged_rows(self, by_table: Mapping[str, int]) -> None:
+        for table, count in by_table.items():
+            self.purged.labels(table).inc(count)
 
     def rejected(self, kind: str, source: str, reason: str, count: int = 1) -> None:
         """``reason`` is a fixed class: malformed, too_large, unsupported_media_type, invalid,

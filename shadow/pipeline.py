@@ -400,9 +400,29 @@ class Pipeline:
             await asyncio.sleep(self.settings.expire_interval)
             try:
                 await self.joiner.expire(ttl)
+                await self.purge()
                 await self.refresh()
             except Exception:
-                log.exception("expiring joins failed; will retry")
+                log.exception("expiring joins or applying retention failed; will retry")
+
+    async def purge(self) -> None:
+        """Retention: delete closed cases and dead letters older than ``retention`` (0:
+        nothing); runs after each expiry (see :mod:`shadow.store.retention`)."""
+        if not self.settings.retention:
+            return
+        cutoff = self.clock() - timedelta(seconds=self.settings.retention)
+        purged = await self.store.purge(cutoff=cutoff, limit=max(self.settings.batch_size, 1000))
+        self.metrics.purged_rows(purged.by_table())
+        if purged.total:
+            log.info(
+                "retention: deleted %d events, %d outcomes, %d decisions and %d dead letters "
+                "older than %s",
+                purged.events,
+                purged.outcomes,
+                purged.decisions,
+                purged.dead_letters,
+                cutoff.isoformat(),
+            )
 
     async def evaluate(self) -> None:
         """Re-decide the ladder now (operators' writes call this after changing state)."""

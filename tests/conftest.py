@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,3 +66,15 @@ async def store_factory(tmp_path: Path) -> AsyncIterator[StoreFactory]:
 @pytest.fixture
 async def store(store_factory: StoreFactory) -> Store:
     return await store_factory()
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], what: str, *, tries: int = 1200, every: float = 0.05
+) -> None:
+    """Poll ``check`` until true; fail naming ``what`` (no wall-clock assertion: the bound
+    only keeps a hung test from hanging)."""
+    for _ in range(tries):
+        if await check():
+            return
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")

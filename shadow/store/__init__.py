@@ -22,8 +22,9 @@ outside ``shadow.store`` imports duckdb, and every call runs on the store's one 
 as one module it outgrew our size guide, so its SQL is split by the tables it owns:
 :mod:`~shadow.store.base` (connection, thread, transactions, migrations),
 :mod:`~shadow.store.ingest`, :mod:`~shadow.store.joins`, :mod:`~shadow.store.ladder`,
-:mod:`~shadow.store.outbox` and :mod:`~shadow.store.positions` (where Kafka records came
-from, and how far each partition may be committed), combined into :class:`Store`.
+:mod:`~shadow.store.outbox`, :mod:`~shadow.store.positions` (where Kafka records came
+from, and how far each partition may be committed) and :mod:`~shadow.store.retention`
+(what leaves the store, and when), combined into :class:`Store`.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from shadow.store.ladder import LadderPart
 from shadow.store.outbox import OutboxPart
 from shadow.store.positions import PositionPart
 from shadow.store.records import DeadLetter, JoinRow, PutResult, PutStatus, ReplayEvidence, Reversal
+from shadow.store.retention import Purged, RetentionPart
 
 __all__ = [
     "DeadLetter",
     "JoinRow",
+    "Purged",
     "PutResult",
     "PutStatus",
     "ReplayEvidence",
@@ -46,7 +49,7 @@ __all__ = [
 ]
 
 
-class Store(IngestPart, JoinPart, LadderPart, OutboxPart, PositionPart):
+class Store(IngestPart, JoinPart, LadderPart, OutboxPart, PositionPart, RetentionPart):
     """Async facade over one DuckDB file. Use as ``async with Store(path) as store``.
 
     Every method runs its DuckDB work on the store's single thread (see the package

@@ -23,7 +23,7 @@ from shadow.pipeline import Pipeline
 from shadow.policy import Policy, parse_policy
 from shadow.stats import upper_bound
 from shadow.store import Store
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, wait_for
 
 AGENT = "tests.shadow.test_pipeline:some_agent"
 VERSION = "py-agent@1"
@@ -543,3 +543,56 @@ async def test_outcome_reversal_recompares_and_is_counted(
     assert run.sample("shadow_outcomes_total", source="test", result="superseded") == 1
     assert run.sample("shadow_outcomes_total", source="test", result="duplicate") == 1
     assert len(STATE.calls) == 1  # the agent is never asked again
+
+
+# -- retention -------------------------------------------------------------------------------------
+
+
+async def test_the_expiry_loop_applies_retention_and_counts_what_it_deleted(
+    store: Store, pipelines: PipelineFactory, clock: FakeClock
+) -> None:
+    """With ``retention``, each expiry run also deletes the closed cases older than it (the
+    rules: tests/shadow/test_store_retention.py); comparisons and evidence stay."""
+    day = 86_400.0
+    running = await pipelines(store, join_ttl=day, retention=2 * day, expire_interval=0.02)
+    p = running.pipeline
+    await p.submit_events([ev(f"r-{i}") for i in range(6)], source="t")
+    await p.drain()
+    await p.submit_outcomes([out(f"r-{i}") for i in range(4)], source="t")  # two never come
+    await p.drain()
+    evidence = await store.evidence()
+    assert await store.count("comparisons") == 4
+
+    clock.advance(days=1, hours=1)  # the TTL expires the two unanswered joins
+
+    async def expired() -> bool:
+        return await store.count("comparisons") == 6
+
+    await wait_for(expired, "the two unanswered joins to expire")
+    assert running.sample("shadow_purged_rows_total", table="events") == 0
+
+    clock.advance(days=2)  # now every case is closed and older than the retention
+
+    async def purged() -> bool:
+        return running.sample("shadow_purged_rows_total", table="events") == 6
+
+    await wait_for(purged, "retention to delete the six cases")
+    assert running.sample("shadow_purged_rows_total", table="outcomes") == 4
+    assert running.sample("shadow_purged_rows_total", table="decisions") == 6
+    assert running.sample("shadow_purged_rows_total", table="dead_letters") == 0
+    assert await store.count("events") == 0
+    assert await store.count("comparisons") == 6
+    assert (await store.evidence())["refund"][VERSION] == evidence["refund"][VERSION]
+
+
+async def test_without_retention_nothing_is_deleted(
+    store: Store, pipelines: PipelineFactory, clock: FakeClock
+) -> None:
+    running = await pipelines(store, join_ttl=60.0, expire_interval=3600.0)
+    await running.pipeline.submit_events([ev("k-1")], source="t")
+    await running.pipeline.submit_outcomes([out("k-1")], source="t")
+    await running.pipeline.drain()
+    clock.advance(days=400)
+    await running.pipeline.purge()
+    assert await store.count("events") == 1
+    assert running.sample("shadow_purged_rows_total", table="events") == 0

@@ -3,12 +3,12 @@ deterministic agent :mod:`tests.shadow.crash_agent`, and the counts they must pr
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from tests.conftest import wait_for
 from tests.shadow import crash_agent
 
 if TYPE_CHECKING:
@@ -82,18 +82,6 @@ def shuffled_with_duplicates(
     rng.shuffle(events)
     rng.shuffle(outcomes)
     return events, outcomes
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[bool]], what: str, *, tries: int = 1200, every: float = 0.05
-) -> None:
-    """Poll ``check`` until true; fail naming ``what`` (no wall-clock assertion: the bound
-    only keeps a hung test from hanging)."""
-    for _ in range(tries):
-        if await check():
-            return
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def compare_and_publish(sc: Sidecar, broker: Broker, n: int, how: str) -> None:

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer
 
 from shadow.errors import ConfigError
 from shadow.sources.kafka import parse_kafka_spec
+from tests.conftest import wait_for
 from tests.kafka_broker import Broker
 from tests.shadow import crash_agent
 from tests.shadow.conftest import Sidecar, SidecarFactory, metric
@@ -21,7 +22,6 @@ from tests.shadow.sources.kafka_data import (
     expected,
     observed,
     shuffled_with_duplicates,
-    wait_for,
 )
 
 

@@ -24,12 +24,12 @@ from shadow.model import Comparison, Verdict
 from shadow.policy import parse_policy
 from shadow.sources.publish import ComparisonFollower, comparison_json
 from shadow.store import Store
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, wait_for
 from tests.kafka_broker import Broker
 from tests.shadow import crash_agent
 from tests.shadow.conftest import Sidecar, SidecarFactory, clean_settings, metric
 from tests.shadow.sources.conftest import BrokerFactory
-from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, expected, observed, wait_for
+from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, expected, observed
 
 EV, OC = TopicPartition("ev", 0), TopicPartition("oc", 0)
 

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from shadow.store import Store
+from tests.conftest import wait_for
 from tests.kafka_broker import Broker, free_port
 from tests.shadow.sources.kafka_data import (
     AGENT_SPEC,
@@ -30,7 +31,6 @@ from tests.shadow.sources.kafka_data import (
     expected,
     observed,
     shuffled_with_duplicates,
-    wait_for,
 )
 
 ROOT = Path(__file__).resolve().parents[3]

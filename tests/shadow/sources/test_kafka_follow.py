@@ -15,14 +15,10 @@ import json
 from typing import Any
 
 from shadow.sources.follow import FOLLOW_ACTOR
+from tests.conftest import wait_for
 from tests.kafka_broker import Broker
 from tests.shadow.conftest import Sidecar, SidecarFactory
-from tests.shadow.sources.kafka_data import (
-    AGENT_SPEC,
-    POLICY,
-    shuffled_with_duplicates,
-    wait_for,
-)
+from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, shuffled_with_duplicates
 from tests.shadow.sources.test_kafka_replicas import assigned, read_all, settle, source
 
 N = 300

@@ -20,6 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shadow.model import Level
+from tests.conftest import wait_for
 from tests.kafka_broker import Broker
 from tests.shadow import crash_agent
 from tests.shadow.conftest import Sidecar, SidecarFactory, metric
@@ -29,7 +30,6 @@ from tests.shadow.sources.kafka_data import (
     expected,
     observed,
     shuffled_with_duplicates,
-    wait_for,
 )
 
 N = 1200

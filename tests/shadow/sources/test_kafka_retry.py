@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.kafka_broker import Broker
 from tests.shadow import crash_agent
 from tests.shadow.conftest import SidecarFactory, metric
-from tests.shadow.sources.kafka_data import POLICY, shuffled_with_duplicates, wait_for
+from tests.shadow.sources.kafka_data import POLICY, shuffled_with_duplicates
 from tests.shadow.sources.test_kafka_replicas import source
 
 N = 120
