@@ -127,6 +127,65 @@ async def _at_least(sc: Sidecar, n: int) -> bool:
 # -- poison -------------------------------------------------------------------------------------
 
 
+async def test_retention_deletes_compared_cases_and_a_replayed_stream_is_not_counted_twice(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    """A tap with retention: compared cases leave the store once older than it, the
+    evidence stays, every offset is committed, and the same records produced again (as an
+    offset reset would deliver them) are stored anew but not compared or counted again."""
+    n = 60
+    await broker.create_topics({"ev": 3, "oc": 3})
+    events, outcomes = shuffled_with_duplicates(range(n), seed=9)
+    sc = await start(sidecar, broker, join_ttl=4.0, retention=5.0, expire_interval=0.25)
+    await broker.produce_json("ev", events)
+    await broker.produce_json("oc", outcomes)
+    await wait_for(lambda: _at_least(sc, n), f"{n} comparisons")
+    evidence = observed(await sc.agreement())
+    assert evidence == expected(range(n))
+    store = sc.pipeline.store
+
+    async def purged() -> bool:
+        m = await sc.metrics()
+        return metric(m, "shadow_purged_rows_total", table="events") == n
+
+    await wait_for(purged, f"retention to delete the {n} cases")
+    assert await store.count("events") == await store.count("outcomes") == 0
+    assert await store.count("decisions") == 0
+    assert await store.count("comparisons") == n
+    assert observed(await sc.agreement()) == evidence
+    made = await _comparisons_made(sc)
+
+    # the same stream again: new offsets, known (but deleted) cases
+    await broker.produce_json("ev", events)
+    await broker.produce_json("oc", outcomes)
+
+    async def stored_again() -> bool:
+        return await store.count("decisions") == n and await store.count("outcomes") == n
+
+    await wait_for(stored_again, "the replayed cases to be stored and answered again")
+    await sc.pipeline.drain()
+    assert await store.count("comparisons") == n
+    assert observed(await sc.agreement()) == evidence
+    assert await _comparisons_made(sc) == made  # nothing compared again
+
+    async def committed() -> bool:
+        m = await sc.metrics()
+        return all(
+            metric(m, "shadow_kafka_uncommitted_messages", topic=t, partition=str(p)) == 0
+            for t in ("ev", "oc")
+            for p in range(3)
+        )
+
+    await wait_for(committed, "every offset committed")
+
+
+async def _comparisons_made(sc: Sidecar) -> float:
+    """``shadow_comparisons_total`` over every label set."""
+    return sum(
+        v for (name, _), v in (await sc.metrics()).items() if name == "shadow_comparisons_total"
+    )
+
+
 async def test_poison_goes_to_dead_letters_and_the_topic_while_good_records_flow(
     broker: Broker, sidecar: SidecarFactory
 ) -> None:
