@@ -9,6 +9,9 @@ Run as ``python tests/bench/bench_store.py`` (add ``--quick`` for a smaller run)
   (``shadow.joiner.compare`` with the default strict rules when ``shadow/diff.py`` imports,
   otherwise a stand-in that builds the Comparison directly), plus the live path: joining
   100 given event ids in a store that already holds the whole set;
+- retention: ``purge`` of every case of a store holding 50,000 compared cases (in its
+  transactions of 2,000 cases), the file's size before, after and once as many new cases
+  were written again (DuckDB reuses the freed space);
 - ``evidence()`` latency over 1,000,000 comparisons (inserted with ``put_comparisons`` in
   batches of 100,000, whose rate is reported too).
 
@@ -25,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +209,36 @@ async def bench_join(tmp: Path, quick: bool) -> list[Row]:
     return rows
 
 
+async def compared_cases(store: Store, first: int, total: int) -> None:
+    """``total`` cases from ``first``: event, decision, outcome and comparison each."""
+    compare, _ = load_compare()
+    for kind in ("events", "decisions", "outcomes"):
+        await timed_puts(store, kind, total, 5000, start=first)
+    while ready := await store.ready_pairs(limit=5000):
+        await store.put_comparisons([compare(r) for r in ready], now=NOW)
+
+
+async def bench_retention(tmp: Path, quick: bool) -> list[Row]:
+    total = 5_000 if quick else 50_000
+    path = tmp / "retention.duckdb"
+
+    def mb() -> str:
+        return f"{path.stat().st_size / 2**20:.0f} MB"
+
+    async with Store(path) as store:
+        await compared_cases(store, 0, total)
+    full = mb()
+    async with Store(path) as store:
+        t0 = time.perf_counter()
+        purged = await store.purge(cutoff=NOW + timedelta(seconds=1), limit=2000)
+        seconds = time.perf_counter() - t0
+    emptied = mb()
+    async with Store(path) as store:
+        await compared_cases(store, total, total)
+    note = f"file {full} -> {emptied} purged -> {mb()} with {total:,} new cases"
+    return [Row("purge (retention), cases", "2000", purged.events, seconds, note)]
+
+
 async def bench_evidence(tmp: Path, quick: bool) -> list[Row]:
     total = 100_000 if quick else 1_000_000
     batch = 100_000
@@ -278,6 +311,7 @@ async def main(quick: bool) -> None:
         tmp = Path(d)
         rows += await bench_event_batches(tmp, quick)
         rows += await bench_join(tmp, quick)
+        rows += await bench_retention(tmp, quick)
         rows += await bench_evidence(tmp, quick)
     print_table(rows)
     print(f"\ntotal wall time {time.perf_counter() - started:.1f} s")
