@@ -11,7 +11,7 @@ dashboards``); ``--check`` exits 1 when a committed file differs, and
   proposals waiting for approval. Variables ``$task_type`` and ``$agent_version``.
 - ``dashboards/grafana/shadow-pipeline-health.json``: ingest rate by source, agent latency
   p50/p95/p99, agent errors, cost per decision and per day, pending joins, dead letters by
-  reason, Kafka consumer lag.
+  reason, Kafka consumer lag and uncommitted messages, rows deleted by retention.
 - Copies of both and of ``dashboards/prometheus/shadow-rules.yaml`` inside the Helm chart
   (``helm/shadow-sidecar/files/``), because ``.Files.Get`` cannot reach outside a chart.
 

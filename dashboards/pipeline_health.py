@@ -175,4 +175,24 @@ def pipeline_health() -> Dashboard:
                 )
             )
         )
+        .with_panel(
+            timeseries.Panel()
+            .title("Rows deleted by retention")
+            .description(
+                "Closed cases (events, outcomes, decisions) and dead letters older than "
+                "SHADOW_RETENTION, deleted by the expiry runs; comparisons are kept. Flat at "
+                "zero while retention is off (docs/operating.md#retention)."
+            )
+            .draw_style(common.GraphDrawStyle.BARS)
+            .unit("short")
+            .span(8)
+            .height(8)
+            .with_target(
+                query(
+                    "sum by (table) (increase(shadow_purged_rows_total[$__rate_interval]))",
+                    "{{table}}",
+                    "A",
+                )
+            )
+        )
     )

@@ -94,6 +94,7 @@ def test_dashboards_have_their_panels_and_variables() -> None:
         "Pending joins",
         "Dead letters by reason",
         "Kafka lag and uncommitted",
+        "Rows deleted by retention",
     }
     names = [v["name"] for v in agreement["templating"]["list"]]
     assert names == ["datasource", "task_type", "agent_version"]
