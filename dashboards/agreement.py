@@ -15,6 +15,7 @@ from dashboards.panels import (
     LEVELS,
     TASK,
     TASK_VERSION,
+    bars,
     change_annotation,
     dashed,
     link,
@@ -127,21 +128,12 @@ def agreement() -> Dashboard:
         )
         .with_row(Row("Misses and proposals"))
         .with_panel(
-            timeseries.Panel()
-            .title("Critical misses")
-            .description("Comparisons with a critical field mismatch, per interval.")
-            .draw_style(common.GraphDrawStyle.BARS)
-            .unit("short")
-            .span(8)
-            .height(8)
-            .with_target(
-                query(
-                    "sum by (task_type, agent_version) (increase(shadow_critical_misses_total"
-                    f"{{{TASK_VERSION}}}[$__rate_interval]))",
-                    "{{task_type}} {{agent_version}}",
-                    "A",
-                )
-            )
+            bars(
+                "Critical misses",
+                "sum by (task_type, agent_version) (increase(shadow_critical_misses_total"
+                f"{{{TASK_VERSION}}}[$__rate_interval]))",
+                "{{task_type}} {{agent_version}}",
+            ).description("Comparisons with a critical field mismatch, per interval.")
         )
         .with_panel(
             bargauge.Panel()

@@ -15,6 +15,7 @@ from grafana_foundation_sdk.builders.dashboard import (
     QueryVariable,
 )
 from grafana_foundation_sdk.builders.prometheus import Dataquery
+from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "LEVEL_COLORS",
     "TASK",
     "TASK_VERSION",
+    "bars",
     "change_annotation",
     "dashed",
     "link",
@@ -68,6 +70,20 @@ def variables(*, with_version: bool) -> list[DatasourceVariable | QueryVariable]
             .sort(model.VariableSort.ALPHABETICAL_ASC)
         )
     return out
+
+
+def bars(title: str, expr: str, legend: str) -> timeseries.Panel:
+    """A third-width time series panel of counts per interval, drawn as bars, of one query
+    (an ``increase(...[$__rate_interval])``)."""
+    return (
+        timeseries.Panel()
+        .title(title)
+        .draw_style(common.GraphDrawStyle.BARS)
+        .unit("short")
+        .span(8)
+        .height(8)
+        .with_target(query(expr, legend, "A"))
+    )
 
 
 def dashed(regexp: str) -> timeseries.Panel:

@@ -9,7 +9,7 @@ from grafana_foundation_sdk.builders.dashboard import Dashboard, Row
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 
-from dashboards.panels import TASK, link, query, variables
+from dashboards.panels import TASK, bars, link, query, variables
 
 __all__ = ["pipeline_health"]
 
@@ -134,19 +134,10 @@ def pipeline_health() -> Dashboard:
             .with_target(query("shadow_pending_joins", "{{waiting_for}}", "A"))
         )
         .with_panel(
-            timeseries.Panel()
-            .title("Dead letters by reason")
-            .draw_style(common.GraphDrawStyle.BARS)
-            .unit("short")
-            .span(8)
-            .height(8)
-            .with_target(
-                query(
-                    "sum by (source, reason) "
-                    "(increase(shadow_dead_letters_total[$__rate_interval]))",
-                    "{{source}} {{reason}}",
-                    "A",
-                )
+            bars(
+                "Dead letters by reason",
+                "sum by (source, reason) (increase(shadow_dead_letters_total[$__rate_interval]))",
+                "{{source}} {{reason}}",
             )
         )
         .with_panel(
@@ -176,23 +167,14 @@ def pipeline_health() -> Dashboard:
             )
         )
         .with_panel(
-            timeseries.Panel()
-            .title("Rows deleted by retention")
-            .description(
+            bars(
+                "Rows deleted by retention",
+                "sum by (table) (increase(shadow_purged_rows_total[$__rate_interval]))",
+                "{{table}}",
+            ).description(
                 "Closed cases (events, outcomes, decisions) and dead letters older than "
                 "SHADOW_RETENTION, deleted by the expiry runs; comparisons are kept. Flat at "
                 "zero while retention is off (docs/operating.md#retention)."
-            )
-            .draw_style(common.GraphDrawStyle.BARS)
-            .unit("short")
-            .span(8)
-            .height(8)
-            .with_target(
-                query(
-                    "sum by (table) (increase(shadow_purged_rows_total[$__rate_interval]))",
-                    "{{table}}",
-                    "A",
-                )
             )
         )
     )

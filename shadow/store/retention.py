@@ -31,7 +31,7 @@ the retention window only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, astuple, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -79,24 +79,14 @@ class Purged:
     dead_letters: int = 0
 
     def __add__(self, other: Purged) -> Purged:
-        return Purged(
-            self.events + other.events,
-            self.outcomes + other.outcomes,
-            self.decisions + other.decisions,
-            self.dead_letters + other.dead_letters,
-        )
+        return Purged(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     @property
     def total(self) -> int:
-        return self.events + self.outcomes + self.decisions + self.dead_letters
+        return sum(astuple(self))
 
     def by_table(self) -> dict[str, int]:
-        return {
-            "events": self.events,
-            "outcomes": self.outcomes,
-            "decisions": self.decisions,
-            "dead_letters": self.dead_letters,
-        }
+        return asdict(self)
 
 
 class RetentionPart(StoreBase):

@@ -11,7 +11,7 @@ from shadow.model import Comparison, Verdict
 from shadow.schema import SCHEMA_VERSION
 from shadow.store import Store
 from tests.conftest import FakeClock
-from tests.shadow.test_store import AGENT, TASK, compared, dec, ev, oc, sql
+from tests.shadow.test_store import AGENT, TASK, dec, ev, join_all, oc, sql
 
 TTL = timedelta(hours=24)
 
@@ -25,10 +25,6 @@ def rows(store: Store) -> list[tuple[str, int, int, str]]:
             "ORDER BY topic, kafka_partition, kafka_offset",
         )
     ]
-
-
-async def join_all(store: Store, clock: FakeClock) -> None:
-    await store.put_comparisons([compared(r) for r in await store.ready_pairs()], now=clock())
 
 
 async def test_schema_v4_adds_the_positions_table(store: Store) -> None:
@@ -52,7 +48,7 @@ async def test_each_partition_commits_up_to_its_oldest_open_join(
     # outcomes topic, partition 0: one completes "done", one waits for its event, one
     # belongs to an event that still waits for the agent
     await store.put_outcomes([oc("done"), oc("orphan"), oc("queued")], source="k", now=now)
-    await join_all(store, clock)
+    await join_all(store, clock())
     # events topic, partition 1: a decision that will expire, and an unsampled event whose
     # outcome exists
     await store.put_events(
@@ -106,7 +102,7 @@ async def test_each_partition_commits_up_to_its_oldest_open_join(
     await store.put_outcomes([oc("waiting")], source="k", now=clock())
     await store.put_decisions([(dec("queued"), TASK)], now=clock())
     await store.put_events([ev("orphan")], source="k", now=clock(), needs_agent=[False])
-    await join_all(store, clock)
+    await join_all(store, clock())
     spans = [("ev", 0, 11, 15), ("oc", 0, 21, 24), ("ev", 1, 5, 7)]
     # the new records' positions are recorded in the same transaction
     new = [("oc", 0, 23, "waiting"), ("ev", 0, 14, "orphan")]

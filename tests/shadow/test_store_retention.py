@@ -13,7 +13,7 @@ from shadow.errors import ConfigError
 from shadow.model import Verdict
 from shadow.store import DeadLetter, Purged, PutStatus, Store
 from tests.conftest import FakeClock
-from tests.shadow.test_store import TASK, at, compared, dec, ev, oc, sql
+from tests.shadow.test_store import TASK, at, compared, dec, ev, join_all, oc, sql
 
 TTL = timedelta(days=1)
 DAY = timedelta(days=1)
@@ -21,10 +21,6 @@ DAY = timedelta(days=1)
 
 def ids(store: Store, table: str) -> set[str]:
     return {str(r[0]) for r in sql(store, f"SELECT DISTINCT event_id FROM {table}")}
-
-
-async def join_all(store: Store, clock: FakeClock) -> None:
-    await store.put_comparisons([compared(r) for r in await store.ready_pairs()], now=clock())
 
 
 async def test_closed_cases_older_than_the_cutoff_go_open_ones_and_evidence_stay(
@@ -48,7 +44,7 @@ async def test_closed_cases_older_than_the_cutoff_go_open_ones_and_evidence_stay
         source="k",
         now=t0,
     )
-    await join_all(store, clock)
+    await join_all(store, clock())
     await store.put_decisions([(dec("ready"), TASK)], now=t0)
     await store.put_outcomes([oc("ready"), oc("fresh-orphan")], source="k", now=t0)
     reversal = await store.put_outcomes(
@@ -95,13 +91,13 @@ async def test_a_case_with_recent_activity_stays(store: Store, clock: FakeClock)
     await store.put_events([ev("old"), ev("slow"), ev("backlog")], source="k", now=t0)
     await store.put_decisions([(dec("old"), TASK), (dec("slow"), TASK)], now=t0)
     await store.put_outcomes([oc("old"), oc("backlog")], source="k", now=t0)
-    await join_all(store, clock)
+    await join_all(store, clock())
     # two days later: the human decision for "slow" arrives, the agent (after an outage)
     # answers "backlog"; both are compared then
     clock.advance(days=2)
     await store.put_outcomes([oc("slow")], source="k", now=clock())
     await store.put_decisions([(dec("backlog"), TASK)], now=clock())
-    await join_all(store, clock)
+    await join_all(store, clock())
 
     purged = await store.purge(cutoff=clock() - DAY)
 
@@ -135,7 +131,7 @@ async def test_purges_in_transactions_of_limit_cases_until_none_is_left(
     await store.put_events([ev(n) for n in names], source="k", now=clock())
     await store.put_decisions([(dec(n), TASK) for n in names], now=clock())
     await store.put_outcomes([oc(n) for n in names], source="k", now=clock())
-    await join_all(store, clock)
+    await join_all(store, clock())
     await store.put_outcomes([oc(f"orphan{i}") for i in range(12)], source="k", now=clock())
     clock.advance(days=2)
     await store.expire(now=clock(), ttl=TTL)
@@ -156,7 +152,7 @@ async def test_a_purged_case_delivered_again_is_stored_anew_not_counted_twice(
     await store.put_events([ev("e1")], source="k", now=clock())
     await store.put_decisions([(dec("e1"), TASK)], now=clock())
     await store.put_outcomes([oc("e1")], source="k", now=clock())
-    await join_all(store, clock)
+    await join_all(store, clock())
     clock.advance(days=3)
     assert (await store.purge(cutoff=clock() - DAY)).events == 1
 
@@ -189,7 +185,7 @@ async def test_purged_cases_hold_no_kafka_commit(store: Store, clock: FakeClock)
     await store.put_events([ev("a"), ev("b")], source="k", now=clock())
     await store.put_decisions([(dec("a"), TASK), (dec("b"), TASK)], now=clock())
     await store.put_outcomes([oc("a"), oc("b")], source="k", now=clock())
-    await join_all(store, clock)
+    await join_all(store, clock())
     await store.record_positions([("ev", 0, 0, "a"), ("ev", 0, 1, "b")])
     clock.advance(days=3)
     await store.purge(cutoff=clock() - DAY)
