@@ -3,27 +3,30 @@
 Handlers only translate HTTP to the pipeline and registry wired by :func:`shadow.app.
 build_app`; they never build clients. Errors are JSON: ``{"error": "...", "errors": [...]}``.
 
-Writes (``PUT``/``POST`` on autonomy, freeze, unfreeze) need ``Authorization: Bearer
-<SHADOW_ADMIN_TOKEN>``, compared in constant time; with no token configured they are refused
-with a message that says how to configure one.
+Writes (``PUT``/``POST`` on autonomy, approve, reject, reconsider, freeze, unfreeze) need
+``Authorization: Bearer <SHADOW_ADMIN_TOKEN>``, compared in constant time; with no token
+configured they are refused with a message that says how to configure one.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shadow.autonomy import MoveResult
 from shadow.config import Settings
 from shadow.errors import AutonomyError
 from shadow.ingest import BodyError, Parsed, RecordError, parse_events, parse_outcomes
 from shadow.model import Level, Outcome, WorkEvent
 from shadow.openapi import openapi_spec
 from shadow.pipeline import IngestResult, Pipeline
+from shadow.promotion import ProposalRef
 
 __all__ = ["PIPELINE", "READINESS", "REGISTRY", "SETTINGS", "routes"]
 
@@ -34,6 +37,8 @@ REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 READINESS = web.AppKey("readiness", list[Callable[[], str | None]])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> web.Response:
@@ -189,7 +194,7 @@ async def get_autonomy(request: web.Request) -> web.Response:
 
 
 def _level_view(entry: dict[str, Any]) -> dict[str, Any]:
-    keys = ("level", "agent_version", "ceiling", "mode", "proposal", "next_gate")
+    keys = ("level", "agent_version", "ceiling", "mode", "proposal", "last_decision", "next_gate")
     return {k: entry[k] for k in keys}
 
 
@@ -237,32 +242,84 @@ async def get_route(request: web.Request) -> web.Response:
     )
 
 
-async def _write_body(request: web.Request) -> dict[str, Any]:
+# Free text that operators send is clipped to these lengths (docs/api.md) and its control
+# characters become spaces, so the audit log and the sidecar's log lines stay one line each.
+MAX_ACTOR_CHARS = 200
+MAX_REASON_CHARS = 1000
+
+# The keys each write accepts; anything else is refused (a misspelt ``proposal_id`` must not
+# turn an approval of one proposal into an approval of whatever is pending).
+_WRITE_KEYS = {
+    "set": {"level", "actor", "reason"},
+    "approve": {"proposal_id", "from", "to", "actor", "reason"},
+    "reject": {"proposal_id", "from", "to", "actor", "reason"},
+    "reconsider": {"actor", "reason"},
+    "freeze": {"actor", "reason"},
+}
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+
+
+async def _write_body(request: web.Request, write: str) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"body is not valid JSON: {exc}"}),
-            content_type="application/json",
-        ) from None
+        raise _bad_request(f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "body must be a JSON object"}),
-            content_type="application/json",
+        raise _bad_request("body must be a JSON object")
+    allowed = _WRITE_KEYS[write]
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise _bad_request(
+            f"unknown key {unknown[0]!r}; this write accepts {', '.join(sorted(allowed))}"
         )
-    for key in ("actor", "reason", "level"):
-        if key in body and not isinstance(body[key], str):
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": f"{key} must be a string"}),
-                content_type="application/json",
-            )
+    for key, value in body.items():
+        if value is not None and not isinstance(value, str):
+            raise _bad_request(f"{key} must be a string")
     return body
 
 
+def _clip(text: str, limit: int) -> str:
+    return _CONTROL.sub(" ", text)[:limit]
+
+
 def _actor(request: web.Request, body: dict[str, Any]) -> str:
-    return str(body.get("actor") or request.headers.get("X-Shadow-Actor") or "admin")[:200]
+    given = body.get("actor") or request.headers.get("X-Shadow-Actor") or "admin"
+    return _clip(str(given), MAX_ACTOR_CHARS).strip() or "admin"
+
+
+def _reason(body: dict[str, Any], default: str) -> str:
+    return _clip(str(body.get("reason") or ""), MAX_REASON_CHARS).strip() or default
+
+
+def _level(body: dict[str, Any], key: str) -> Level | None:
+    if body.get(key) is None:
+        return None
+    try:
+        return Level.parse(body[key])
+    except ValueError as exc:
+        raise _bad_request(f"{key}: {exc}") from None
+
+
+async def _proposal_ref(request: web.Request, name: str, body: dict[str, Any]) -> ProposalRef:
+    to_level, from_level = _level(body, "to"), _level(body, "from")
+    proposal_id = body.get("proposal_id") or None
+    if proposal_id is None and to_level is None:
+        state = await request.app[PIPELINE].registry.state(name)
+        pending = (
+            f"; pending: {state.proposal.id} ({state.proposal.from_level} -> "
+            f"{state.proposal.to_level})"
+            if state.proposal
+            else "; nothing is pending"
+        )
+        raise _bad_request(
+            "name the proposal you answer: 'proposal_id', or 'to' (and optionally 'from')" + pending
+        )
+    return ProposalRef(proposal_id, to_level, from_level)
 
 
 def admin(handler: Handler) -> Handler:
@@ -286,7 +343,7 @@ def admin(handler: Handler) -> Handler:
                 409,
                 "this sidecar is a Kafka replica (kafka_role=replica): autonomy levels are owned "
                 "by the promoter (kafka_role=promoter) and followed here from the autonomy "
-                "topic; send set, approve, freeze and unfreeze to the promoter's API",
+                "topic; send set, approve, reject, freeze and unfreeze to the promoter's API",
             )
         try:
             return await handler(request)
@@ -296,65 +353,75 @@ def admin(handler: Handler) -> Handler:
     return guarded
 
 
+async def _moved(request: web.Request, result: MoveResult, **extra: Any) -> web.Response:
+    """Gauges and observers (the Kafka autonomy topic) see the move at once."""
+    await request.app[PIPELINE].refresh(pending=False)
+    return web.json_response({**result.to_json(), **extra})
+
+
 @admin
 async def put_autonomy(request: web.Request) -> web.StreamResponse:
     name = _task_type(request)
-    body = await _write_body(request)
-    try:
-        level = Level.parse(body.get("level"))
-    except ValueError as exc:
-        return error(400, f"level: {exc}")
-    pipeline = request.app[PIPELINE]
-    step = await pipeline.registry.set_level(
-        name, level, actor=_actor(request, body), reason=str(body.get("reason") or "manual set")
+    body = await _write_body(request, "set")
+    level = _level(body, "level")
+    if level is None:
+        return error(400, "level: required, one of L0..L4")
+    result = await request.app[PIPELINE].registry.set_level(
+        name, level, actor=_actor(request, body), reason=_reason(body, "manual set")
     )
-    await pipeline.evaluate()  # the ladder reacts at once (a proposal for the next level...)
-    return web.json_response(
-        {
-            "task_type": name,
-            "move": step.move.value,
-            "from": str(step.before.level),
-            "to": str(step.after.level),
-        }
-    )
+    return await _moved(request, result, requested=str(level))
 
 
 @admin
 async def post_approve(request: web.Request) -> web.StreamResponse:
     name = _task_type(request)
-    body = await _write_body(request)
-    pipeline = request.app[PIPELINE]
-    step = await pipeline.registry.approve(name, actor=_actor(request, body))
-    await pipeline.evaluate()  # the ladder reacts at once (a proposal for the next level...)
-    return web.json_response(
-        {
-            "task_type": name,
-            "move": step.move.value,
-            "from": str(step.before.level),
-            "to": str(step.after.level),
-        }
+    body = await _write_body(request, "approve")
+    ref = await _proposal_ref(request, name, body)
+    result = await request.app[PIPELINE].registry.approve(
+        name, ref, actor=_actor(request, body), reason=_reason(body, "")
     )
+    return await _moved(request, result)
+
+
+@admin
+async def post_reject(request: web.Request) -> web.StreamResponse:
+    name = _task_type(request)
+    body = await _write_body(request, "reject")
+    ref = await _proposal_ref(request, name, body)
+    reason = _reason(body, "")
+    if not reason:
+        return error(400, "reason: required; say why the promotion is rejected")
+    result = await request.app[PIPELINE].registry.reject(
+        name, ref, actor=_actor(request, body), reason=reason
+    )
+    return await _moved(request, result)
+
+
+@admin
+async def post_reconsider(request: web.Request) -> web.StreamResponse:
+    name = _task_type(request)
+    body = await _write_body(request, "reconsider")
+    result = await request.app[PIPELINE].registry.reconsider(
+        name, actor=_actor(request, body), reason=_reason(body, "operator asked to reconsider")
+    )
+    return await _moved(request, result)
 
 
 @admin
 async def post_freeze(request: web.Request) -> web.StreamResponse:
-    body = await _write_body(request)
+    body = await _write_body(request, "freeze")
     pipeline = request.app[PIPELINE]
-    await pipeline.registry.freeze(
-        actor=_actor(request, body), reason=str(body.get("reason") or "frozen")
-    )
-    await pipeline.refresh()
+    await pipeline.registry.freeze(actor=_actor(request, body), reason=_reason(body, "frozen"))
+    await pipeline.refresh(pending=False)
     return web.json_response({"frozen": True})
 
 
 @admin
 async def post_unfreeze(request: web.Request) -> web.StreamResponse:
-    body = await _write_body(request)
+    body = await _write_body(request, "freeze")
     pipeline = request.app[PIPELINE]
-    await pipeline.registry.unfreeze(
-        actor=_actor(request, body), reason=str(body.get("reason") or "unfrozen")
-    )
-    await pipeline.evaluate()
+    await pipeline.registry.unfreeze(actor=_actor(request, body), reason=_reason(body, "unfrozen"))
+    await pipeline.refresh(pending=False)
     return web.json_response({"frozen": False})
 
 
@@ -368,6 +435,8 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/autonomy/{task_type}", get_autonomy_one),
         web.put("/v1/autonomy/{task_type}", put_autonomy),
         web.post("/v1/autonomy/{task_type}/approve", post_approve),
+        web.post("/v1/autonomy/{task_type}/reject", post_reject),
+        web.post("/v1/autonomy/{task_type}/reconsider", post_reconsider),
         web.get("/v1/autonomy/{task_type}/history", get_history),
         web.post("/v1/freeze", post_freeze),
         web.post("/v1/unfreeze", post_unfreeze),

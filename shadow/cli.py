@@ -76,23 +76,42 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--url", help=f"ask a running sidecar (default {DEFAULT_URL})")
     status.add_argument("--json", action="store_true", help="print the /v1/agreement document")
 
-    auto = sub.add_parser("autonomy", help="list, set, approve, history, freeze, unfreeze")
+    auto = sub.add_parser(
+        "autonomy", help="list, set, approve, reject, reconsider, history, freeze, unfreeze"
+    )
     auto.add_argument("--url", default=DEFAULT_URL, help="the sidecar's API")
     auto_sub = auto.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    auto_sub.add_parser("list", help="level per task type")
-    s = auto_sub.add_parser("set", help="set a level (token from SHADOW_ADMIN_TOKEN)")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        a: argparse.ArgumentParser = auto_sub.add_parser(name, help=help)
+        # Also accepted after the action (`shadow autonomy list --url URL`); SUPPRESS keeps
+        # the value given before the action when it is absent here.
+        a.add_argument("--url", default=argparse.SUPPRESS, help="the sidecar's API")
+        return a
+
+    action("list", "level per task type")
+    s = action("set", "set a level (token from SHADOW_ADMIN_TOKEN)")
     s.add_argument("task_type")
     s.add_argument("level", help="L0..L4")
     s.add_argument("--reason", default="")
     s.add_argument("--actor", default=None)
-    a = auto_sub.add_parser("approve", help="approve a pending promotion")
-    a.add_argument("task_type")
-    a.add_argument("--actor", default=None)
-    h = auto_sub.add_parser("history", help="audit log of a task type")
+    for name, verb in (("approve", "approve"), ("reject", "reject")):
+        a = action(name, f"{verb} the pending promotion you name")
+        a.add_argument("task_type")
+        a.add_argument("--to", help="the level the proposal promotes to (L1..L4)")
+        a.add_argument("--from", dest="from_level", help="the level it promotes from")
+        a.add_argument("--proposal", help="the proposal's id (shown by list and by this command)")
+        a.add_argument("--reason", default="", help="why (required to reject)")
+        a.add_argument("--actor", default=None)
+    r = action("reconsider", "lift a rejection's hold so the gate may propose again")
+    r.add_argument("task_type")
+    r.add_argument("--reason", default="")
+    r.add_argument("--actor", default=None)
+    h = action("history", "audit log of a task type")
     h.add_argument("task_type")
     h.add_argument("--limit", type=int, default=20)
     for name in ("freeze", "unfreeze"):
-        f = auto_sub.add_parser(name, help=f"{name} every task type")
+        f = action(name, f"{name} every task type")
         f.add_argument("--reason", default="")
         f.add_argument("--actor", default=None)
     _add_plugins(sub)
@@ -298,6 +317,57 @@ async def _http(
         raise UsageError(f"cannot reach the sidecar at {base}: {exc}") from None
 
 
+def _proposal_text(p: dict[str, Any]) -> str:
+    ev = p.get("evidence") or {}
+    return (
+        f"{p['id']} ({p['from_level']} → {p['to_level']}, agent {_fmt(p.get('agent_version'))}, "
+        f"n={_fmt(ev.get('n'))}, lower={_fmt(ev.get('lower'))})"
+    )
+
+
+def _moved_text(name: str, out: dict[str, Any]) -> str:
+    """What an operator's move did, in the level that is in effect now."""
+    if not out["applied"]:
+        return f"{name}: nothing changed ({out['reason']}); level {out['to']}"
+    line = f"{name}: {out['move']} {out['from']} → {out['to']}"
+    over = out.get("overridden")
+    if over:
+        line += (
+            f" (set to {out.get('requested')}, then the ladder moved it: "
+            f"{over['move']} to {over['to']}: {over['reason']})"
+        )
+    if any(step["move"] == "propose" for step in out.get("then") or []):
+        line += "; the ladder proposes the next level now (`shadow autonomy list` shows it)"
+    return line
+
+
+async def _answer_proposal(
+    args: argparse.Namespace, base: str, token: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Approve or reject: the body names the proposal the operator means (--proposal, or
+    --to/--from). Without either, show what is pending and refuse: a retried command must
+    never answer a proposal the operator has not seen."""
+    if not args.proposal and not args.to:
+        one = await _http("GET", base, f"/v1/autonomy/{args.task_type}")
+        pending = one.get("proposal")
+        if not pending:
+            raise UsageError(f"{args.task_type} has no pending proposal")
+        raise UsageError(
+            f"name the proposal to {args.action}: pending is {_proposal_text(pending)}; "
+            f"run again with --proposal {pending['id']} (or --to {pending['to_level']})"
+        )
+    if args.proposal:
+        body["proposal_id"] = args.proposal
+    if args.to:
+        body["to"] = args.to
+    if args.from_level:
+        body["from"] = args.from_level
+    if args.reason:
+        body["reason"] = args.reason
+    path = f"/v1/autonomy/{args.task_type}/{args.action}"
+    return await _http("POST", base, path, body=body, token=token)
+
+
 async def _autonomy(args: argparse.Namespace, console: Console) -> int:
     token = os.environ.get("SHADOW_ADMIN_TOKEN")
     base = args.url
@@ -307,7 +377,8 @@ async def _autonomy(args: argparse.Namespace, console: Console) -> int:
         for col in ("task type", "level", "ceiling", "mode", "agent", "proposal"):
             table.add_column(col)
         for name, t in doc["task_types"].items():
-            proposal = t["proposal"]["to_level"] if t.get("proposal") else "-"
+            p = t.get("proposal")
+            proposal = f"{p['from_level']} → {p['to_level']} {p['id']}" if p else "-"
             table.add_row(
                 name, t["level"], t["ceiling"], t["mode"], _fmt(t["agent_version"]), proposal
             )
@@ -339,12 +410,15 @@ async def _autonomy(args: argparse.Namespace, console: Console) -> int:
     if args.action == "set":
         body |= {"level": args.level, "reason": args.reason}
         out = await _http("PUT", base, f"/v1/autonomy/{args.task_type}", body=body, token=token)
-        console.print(f"{args.task_type}: {out['from']} → {out['to']}")
-    elif args.action == "approve":
-        out = await _http(
-            "POST", base, f"/v1/autonomy/{args.task_type}/approve", body=body, token=token
-        )
-        console.print(f"{args.task_type}: approved {out['from']} → {out['to']}")
+        console.print(_moved_text(args.task_type, out))
+    elif args.action in ("approve", "reject"):
+        out = await _answer_proposal(args, base, token, body)
+        console.print(_moved_text(args.task_type, out))
+    elif args.action == "reconsider":
+        body["reason"] = args.reason
+        path = f"/v1/autonomy/{args.task_type}/reconsider"
+        out = await _http("POST", base, path, body=body, token=token)
+        console.print(_moved_text(args.task_type, out))
     else:
         body["reason"] = args.reason
         out = await _http("POST", base, f"/v1/{args.action}", body=body, token=token)

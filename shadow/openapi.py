@@ -83,6 +83,9 @@ _ID = {
     "description": "no control characters",
 }
 _DEPTH_NOTE = f"any JSON object nested at most {MAX_DEPTH} levels deep"
+_LEVEL = {"type": "string", "enum": ["L0", "L1", "L2", "L3", "L4"]}
+_ACTOR = {"type": "string", "description": "clipped to 200 characters"}
+_REASON = {"type": "string", "description": "clipped to 1000 characters"}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -167,15 +170,25 @@ _SCHEMAS: dict[str, Any] = {
     },
     "WriteBody": {
         "type": "object",
-        "properties": {"actor": {"type": "string"}, "reason": {"type": "string"}},
+        "additionalProperties": False,
+        "properties": {"actor": _ACTOR, "reason": _REASON},
     },
     "SetLevel": {
         "type": "object",
         "required": ["level"],
+        "additionalProperties": False,
+        "properties": {"level": _LEVEL, "actor": _ACTOR, "reason": _REASON},
+    },
+    "Answer": {
+        "type": "object",
+        "description": "names the proposal answered: proposal_id, or to (and optionally from)",
+        "additionalProperties": False,
         "properties": {
-            "level": {"type": "string", "enum": ["L0", "L1", "L2", "L3", "L4"]},
-            "actor": {"type": "string"},
-            "reason": {"type": "string"},
+            "proposal_id": {"type": "string"},
+            "from": _LEVEL,
+            "to": _LEVEL,
+            "actor": _ACTOR,
+            "reason": _REASON,
         },
     },
 }
@@ -212,7 +225,23 @@ def openapi_spec() -> dict[str, Any]:
             },
             "/v1/autonomy/{task_type}/approve": {
                 "parameters": [_TASK],
-                "post": _write("Approve the pending promotion", _ref("WriteBody")),
+                "post": _write(
+                    "Approve the pending promotion the body names (a retry is a no-op)",
+                    _ref("Answer"),
+                    required=True,
+                ),
+            },
+            "/v1/autonomy/{task_type}/reject": {
+                "parameters": [_TASK],
+                "post": _write(
+                    "Reject the pending promotion the body names (reason required)",
+                    _ref("Answer"),
+                    required=True,
+                ),
+            },
+            "/v1/autonomy/{task_type}/reconsider": {
+                "parameters": [_TASK],
+                "post": _write("Lift a rejection's hold on new proposals", _ref("WriteBody")),
             },
             "/v1/autonomy/{task_type}/history": {
                 "parameters": [_TASK],

@@ -100,7 +100,7 @@ class Pipeline:
         self.observers = tuple(observers)
         self.promote = promote  # False on Kafka replicas: one promoter owns the ladder
         self.joiner = Joiner(store, policy, clock, batch=max(settings.batch_size, 1000))
-        self.registry = AutonomyRegistry(store, policy, clock)
+        self.registry = AutonomyRegistry(store, policy, clock, metrics=metrics)
         # Room for a whole store batch: the feeder reads the backlog a batch at a time (one
         # query per batch, not per handful), while memory stays bounded by batch_size.
         self._work: asyncio.Queue[WorkEvent] = asyncio.Queue(
@@ -427,7 +427,7 @@ class Pipeline:
     async def evaluate(self) -> None:
         """Re-decide the ladder now (operators' writes call this after changing state)."""
         if self.promote:
-            self.metrics.steps(await self.registry.evaluate())
+            await self.registry.evaluate()
         await self.refresh(pending=False)
 
     async def drain(self, *, poll: float = 0.02) -> None:

@@ -13,14 +13,18 @@
 - **drop_proposal** when a pending proposal is no longer supported by the evidence;
 - **rebind** to a new agent version (levels up to L2 carry over), otherwise **stay**.
 
-``approve``, ``manual_set``, ``freeze`` and ``unfreeze`` are the operator's moves. Every
-result carries a reason and an evidence :class:`Snapshot` for the audit log. Nothing here
-reads a clock: ``now`` is an argument.
+A proposal that an operator rejected is not made again for the same step and agent version
+until the evidence has grown by the gate's ``min_samples``, or an operator asks
+(``reconsider``). The operators' moves themselves are in :mod:`shadow.moves`.
+
+Every result carries a reason and an evidence :class:`Snapshot` for the audit log. Nothing
+here reads a clock: ``now`` is an argument.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -32,19 +36,20 @@ from shadow.policy import AutonomyMode, Gate, TaskPolicy
 from shadow.stats import lower_bound, upper_bound
 
 __all__ = [
+    "Answer",
+    "Decided",
     "LadderState",
     "Move",
     "Proposal",
+    "ProposalRef",
     "Snapshot",
     "Step",
     "agreement_fields",
-    "approve",
     "decide",
-    "freeze",
     "gate_status",
-    "manual_set",
+    "snap_for",
     "snapshot",
-    "unfreeze",
+    "stale_proposal",
 ]
 
 
@@ -76,6 +81,8 @@ class Move(enum.StrEnum):
     DROP_PROPOSAL = "drop_proposal"
     REBIND = "rebind"
     APPROVE = "approve"
+    REJECT = "reject"
+    RECONSIDER = "reconsider"  # an operator lifts a rejection's hold on new proposals
     MANUAL_SET = "manual_set"
     FREEZE = "freeze"
     UNFREEZE = "unfreeze"
@@ -143,29 +150,146 @@ def snapshot(evidence: Evidence | None, policy: TaskPolicy, version: str | None)
 
 @dataclass(frozen=True, slots=True)
 class Proposal:
-    """A promotion waiting for an operator (``mode: propose``)."""
+    """A promotion waiting for an operator (``mode: propose``). ``id`` names it for the
+    operator's answer: it is derived from what was proposed, when, on which evidence, so a
+    later proposal for the same levels (after a rejection, a freeze) has another id."""
 
     to_level: Level
     agent_version: str | None
     proposed_at: datetime
     evidence: Snapshot
+    from_level: Level
+    id: str
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Proposal:
-        return cls(
-            to_level=Level.parse(obj["to_level"]),
-            agent_version=obj.get("agent_version"),
-            proposed_at=datetime.fromisoformat(obj["proposed_at"]),
-            evidence=Snapshot.from_json(obj["evidence"]),
+    def make(
+        cls,
+        task_type: str,
+        from_level: Level,
+        to_level: Level,
+        agent_version: str | None,
+        proposed_at: datetime,
+        evidence: Snapshot,
+    ) -> Proposal:
+        key = "\x1f".join(
+            [
+                task_type,
+                str(from_level),
+                str(to_level),
+                agent_version or "",
+                proposed_at.isoformat(),
+                str(evidence.n),
+                str(evidence.agree),
+            ]
         )
+        pid = "p-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+        return cls(to_level, agent_version, proposed_at, evidence, from_level, pid)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], task_type: str = "") -> Proposal:
+        to_level = Level.parse(obj["to_level"])
+        # Proposals stored before ids existed: one level up, id derived the same way.
+        from_level = Level.parse(obj["from_level"]) if obj.get("from_level") else None
+        made = cls.make(
+            task_type,
+            from_level if from_level is not None else Level(max(to_level - 1, 0)),
+            to_level,
+            obj.get("agent_version"),
+            datetime.fromisoformat(obj["proposed_at"]),
+            Snapshot.from_json(obj["evidence"]),
+        )
+        return replace(made, id=str(obj["id"])) if obj.get("id") else made
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
+            "from_level": str(self.from_level),
             "to_level": str(self.to_level),
             "agent_version": self.agent_version,
             "proposed_at": self.proposed_at.isoformat(),
             "evidence": self.evidence.to_json(),
         }
+
+
+class Answer(enum.StrEnum):
+    """An operator's answer to a proposal."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """The operator's last answer to a proposal: what it was, the verdict, who, and the
+    evidence count then (a rejection holds new proposals for the same step and agent
+    version until ``n`` has grown by the gate's ``min_samples``)."""
+
+    proposal_id: str
+    from_level: Level
+    to_level: Level
+    agent_version: str | None
+    verdict: Answer
+    actor: str
+    n: int
+    at: datetime
+    reason: str = ""
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Decided:
+        return cls(
+            proposal_id=str(obj["proposal_id"]),
+            from_level=Level.parse(obj["from_level"]),
+            to_level=Level.parse(obj["to_level"]),
+            agent_version=obj.get("agent_version"),
+            verdict=Answer(obj["verdict"]),
+            actor=str(obj["actor"]),
+            n=int(obj["n"]),
+            at=datetime.fromisoformat(obj["at"]),
+            reason=str(obj.get("reason") or ""),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "proposal_id": self.proposal_id,
+            "from_level": str(self.from_level),
+            "to_level": str(self.to_level),
+            "agent_version": self.agent_version,
+            "verdict": self.verdict.value,
+            "actor": self.actor,
+            "n": self.n,
+            "at": self.at.isoformat(),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalRef:
+    """What an operator's approval or rejection names: a proposal id, or its levels
+    (``to_level``, and optionally ``from_level``)."""
+
+    proposal_id: str | None = None
+    to_level: Level | None = None
+    from_level: Level | None = None
+
+    def __post_init__(self) -> None:
+        if self.proposal_id is None and self.to_level is None:
+            raise AutonomyError("name the proposal: its id, or the level it promotes to")
+
+    def matches(self, proposal_id: str, from_level: Level, to_level: Level) -> bool:
+        if self.proposal_id is not None and self.proposal_id != proposal_id:
+            return False
+        if self.to_level is not None and self.to_level != to_level:
+            return False
+        return self.from_level is None or self.from_level == from_level
+
+    def __str__(self) -> str:
+        parts = []
+        if self.proposal_id is not None:
+            parts.append(self.proposal_id)
+        if self.to_level is not None:
+            start = f"{self.from_level} -> " if self.from_level is not None else "-> "
+            parts.append(f"{start}{self.to_level}")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +301,7 @@ class LadderState:
     agent_version: str | None = None
     proposal: Proposal | None = None
     updated_at: datetime | None = None
+    decided: Decided | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +353,7 @@ def decide(
     before the first decision); only its evidence counts for gates.
     """
     version = current_version if current_version is not None else state.agent_version
-    snap = _snap(state, evidence, current_version, policy)
+    snap = snap_for(state, evidence, current_version, policy)
     auto = policy.autonomy
 
     def step(move: Move, reason: str, **changes: Any) -> Step:
@@ -253,7 +378,7 @@ def decide(
         return step(Move.DEMOTE, reason, level=to_level, agent_version=version, proposal=None)
 
     if state.proposal is not None:
-        drop = _stale_proposal(state, state.proposal, snap, version, policy)
+        drop = stale_proposal(state, state.proposal, snap, version, policy)
         if drop:
             return step(Move.DROP_PROPOSAL, drop, proposal=None, agent_version=version)
         return step(Move.STAY, f"proposal for {state.proposal.to_level} awaits approval")
@@ -278,8 +403,34 @@ def decide(
     )
     if auto.mode is AutonomyMode.AUTO:
         return step(Move.PROMOTE, met, level=target, agent_version=version)
-    proposal = Proposal(target, version, now, snap)
+    held = _rejection_hold(state, target, version, snap, gate)
+    if held:
+        if version is not None and version != state.agent_version:
+            return step(Move.REBIND, held, agent_version=version)
+        return step(Move.STAY, held)
+    proposal = Proposal.make(state.task_type, state.level, target, version, now, snap)
     return step(Move.PROPOSE, met, proposal=proposal, agent_version=version)
+
+
+def _rejection_hold(
+    state: LadderState, target: Level, version: str | None, snap: Snapshot, gate: Gate
+) -> str | None:
+    """Why the proposal for ``target`` is held back by an operator's rejection, if it is."""
+    d = state.decided
+    if (
+        d is None
+        or d.verdict is not Answer.REJECTED
+        or d.to_level != target
+        or d.agent_version != version
+    ):
+        return None
+    again = d.n + gate.min_samples
+    if snap.n >= again:
+        return None
+    return (
+        f"gate {target} met, but {d.actor} rejected {d.proposal_id} at n {d.n}; proposed "
+        f"again once n >= {again} (now {snap.n}) or when an operator asks (reconsider)"
+    )
 
 
 def _demotion(
@@ -317,7 +468,7 @@ def _demotion(
     return None
 
 
-def _stale_proposal(
+def stale_proposal(
     state: LadderState, proposal: Proposal, snap: Snapshot, version: str | None, policy: TaskPolicy
 ) -> str | None:
     if proposal.to_level != state.level + 1:
@@ -335,7 +486,7 @@ def _stale_proposal(
     return None
 
 
-def _snap(
+def snap_for(
     state: LadderState,
     evidence: Mapping[str, Evidence],
     current_version: str | None,
@@ -343,90 +494,3 @@ def _snap(
 ) -> Snapshot:
     version = current_version if current_version is not None else state.agent_version
     return snapshot(evidence.get(version) if version else None, policy, version)
-
-
-# -- operator moves --------------------------------------------------------------------------
-
-
-def approve(
-    state: LadderState,
-    evidence: Mapping[str, Evidence],
-    current_version: str | None,
-    policy: TaskPolicy,
-    *,
-    frozen: bool,
-    now: datetime,
-) -> Step:
-    """Apply the pending proposal if the evidence still supports it."""
-    if frozen:
-        raise AutonomyError("the sidecar is frozen; unfreeze before approving promotions")
-    proposal = state.proposal
-    if proposal is None:
-        raise AutonomyError(f"{state.task_type} has no pending proposal to approve")
-    version = current_version if current_version is not None else state.agent_version
-    snap = _snap(state, evidence, current_version, policy)
-    stale = _stale_proposal(state, proposal, snap, version, policy)
-    if stale:
-        raise AutonomyError(f"cannot approve {proposal.to_level} for {state.task_type}: {stale}")
-    after = replace(
-        state, level=proposal.to_level, agent_version=version, proposal=None, updated_at=now
-    )
-    return Step(Move.APPROVE, state, after, f"approved promotion to {proposal.to_level}", snap)
-
-
-def manual_set(
-    state: LadderState,
-    level: Level,
-    evidence: Mapping[str, Evidence],
-    current_version: str | None,
-    policy: TaskPolicy,
-    *,
-    frozen: bool,
-    now: datetime,
-    reason: str,
-) -> Step:
-    """An operator sets the level directly. Never above the ceiling; not while frozen
-    (except to L0). Drops any pending proposal."""
-    ceiling = policy.autonomy.ceiling
-    if level > ceiling:
-        raise AutonomyError(
-            f"{level} is above the ceiling {ceiling} for {state.task_type}; "
-            "raise autonomy.ceiling in the policy first"
-        )
-    if frozen and level > Level.L0:
-        raise AutonomyError("the sidecar is frozen; unfreeze before raising a level")
-    version = current_version if current_version is not None else state.agent_version
-    snap = _snap(state, evidence, current_version, policy)
-    after = replace(state, level=level, agent_version=version, proposal=None, updated_at=now)
-    why = reason or "manual set"
-    return Step(Move.MANUAL_SET, state, after, why, snap)
-
-
-def freeze(
-    state: LadderState,
-    evidence: Mapping[str, Evidence],
-    current_version: str | None,
-    policy: TaskPolicy,
-    *,
-    now: datetime,
-    reason: str,
-) -> Step:
-    """Send one task type to L0 (the service freezes all of them together)."""
-    snap = _snap(state, evidence, current_version, policy)
-    after = replace(state, level=Level.L0, proposal=None, updated_at=now)
-    return Step(Move.FREEZE, state, after, reason or "frozen", snap)
-
-
-def unfreeze(
-    state: LadderState,
-    evidence: Mapping[str, Evidence],
-    current_version: str | None,
-    policy: TaskPolicy,
-    *,
-    now: datetime,
-    reason: str,
-) -> Step:
-    """Lift the freeze: the level stays L0 and is re-earned through the gates."""
-    snap = _snap(state, evidence, current_version, policy)
-    after = replace(state, updated_at=now)
-    return Step(Move.UNFREEZE, state, after, reason or "unfrozen", snap)

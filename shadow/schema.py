@@ -186,6 +186,18 @@ _V4 = [
 # reads those records again when it starts and records their positions anew.
 _V5 = ["DELETE FROM source_positions"]
 
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5)]
+# Version 6: the operator's last answer to a proposal (approved or rejected, by whom, at
+# which evidence count), so a retried approval is a no-op and a rejected proposal is held
+# back until the evidence grows (shadow.moves).
+_V6 = ["ALTER TABLE autonomy ADD COLUMN decided JSON"]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, _V1),
+    (2, _V2),
+    (3, _V3),
+    (4, _V4),
+    (5, _V5),
+    (6, _V6),
+]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -310,7 +310,9 @@ class AutonomyFollower:
             )
             proposal = None
             if rec.proposal is not None:
-                proposal = Proposal(rec.proposal, rec.agent_version, rec.updated_at, snap)
+                proposal = Proposal.make(
+                    rec.task_type, rec.level, rec.proposal, rec.agent_version, rec.updated_at, snap
+                )
             after = LadderState(
                 rec.task_type, rec.level, rec.agent_version, proposal, rec.updated_at
             )

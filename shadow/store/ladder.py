@@ -11,7 +11,7 @@ from shadow.model import (
     Evidence,
     Level,
 )
-from shadow.promotion import LadderState, Proposal, Step
+from shadow.promotion import Decided, LadderState, Proposal, Step
 from shadow.store.base import StoreBase
 from shadow.store.records import (
     _stamp,
@@ -48,11 +48,13 @@ class LadderPart(StoreBase):
     async def ladder_states(self) -> dict[str, LadderState]:
         def q() -> dict[str, LadderState]:
             out: dict[str, LadderState] = {}
-            for tt, level, ver, proposal, updated in self.con.execute(
-                "SELECT task_type, level, agent_version, proposal, updated_at FROM autonomy"
+            for tt, level, ver, proposal, updated, decided in self.con.execute(
+                "SELECT task_type, level, agent_version, proposal, updated_at, decided "
+                "FROM autonomy"
             ).fetchall():
-                prop = Proposal.from_json(json.loads(proposal)) if proposal else None
-                out[tt] = LadderState(tt, Level(level), ver, prop, updated)
+                prop = Proposal.from_json(json.loads(proposal), tt) if proposal else None
+                dec = Decided.from_json(json.loads(decided)) if decided else None
+                out[tt] = LadderState(tt, Level(level), ver, prop, updated, dec)
             return out
 
         return await self._run(q)
@@ -70,13 +72,16 @@ class LadderPart(StoreBase):
             for s in changed:
                 a = s.after
                 tx.execute(
-                    "INSERT OR REPLACE INTO autonomy VALUES (?, ?, ?, ?, ?::TIMESTAMPTZ)",
+                    "INSERT OR REPLACE INTO autonomy "
+                    "(task_type, level, agent_version, proposal, updated_at, decided) "
+                    "VALUES (?, ?, ?, ?, ?::TIMESTAMPTZ, ?)",
                     [
                         a.task_type,
                         int(a.level),
                         a.agent_version,
                         json.dumps(a.proposal.to_json()) if a.proposal else None,
                         a.updated_at,
+                        json.dumps(a.decided.to_json()) if a.decided else None,
                     ],
                 )
             self._insert_audit(

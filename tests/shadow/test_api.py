@@ -586,7 +586,14 @@ async def test_autonomy_api(sidecar: SidecarFactory, agent_server: AgentServerFa
         headers={**sc.admin, "X-Shadow-Actor": "ops/jane"},
     )
     assert res.status == 200, res.body
-    assert res.body == {"task_type": "refund", "move": "manual_set", "from": "L0", "to": "L1"}
+    assert {k: res.body[k] for k in ("task_type", "move", "applied", "from", "to")} == {
+        "task_type": "refund",
+        "move": "manual_set",
+        "applied": True,
+        "from": "L0",
+        "to": "L1",
+    }
+    assert (res.body["requested"], res.body["overridden"]) == ("L1", None)
     res = await set_level(sc, "refund", "L2", actor="ops/bob", reason="second step")
     assert res.status == 200
     hist = await sc.get("/v1/autonomy/refund/history")
@@ -603,9 +610,11 @@ async def test_autonomy_api(sidecar: SidecarFactory, agent_server: AgentServerFa
     assert_error(await sc.get("/v1/autonomy/refund/history?limit=x"), 400, "limit")
     assert_error(await sc.get("/v1/autonomy/refund/history?limit=0"), 400, "limit")
 
-    # Approve with nothing pending.
-    res = await sc.post("/v1/autonomy/appeal/approve", headers=sc.admin)
+    # Approve with nothing pending, and an approval that names nothing.
+    res = await sc.post("/v1/autonomy/appeal/approve", json_body={"to": "L1"}, headers=sc.admin)
     assert_error(res, 409, "no pending proposal")
+    res = await sc.post("/v1/autonomy/appeal/approve", headers=sc.admin)
+    assert_error(res, 400, "name the proposal")
 
     # Enough agreeing evidence makes the propose-mode task type propose L1.
     events = [event(f"ap-{i}", "appeal", expect={"action": "approve"}) for i in range(8)]
@@ -623,10 +632,16 @@ async def test_autonomy_api(sidecar: SidecarFactory, agent_server: AgentServerFa
     assert (await route(sc, "appeal", "ap-1"))["handler"] == "human"
 
     res = await sc.post(
-        "/v1/autonomy/appeal/approve", json_body={"actor": "ops/lead"}, headers=sc.admin
+        "/v1/autonomy/appeal/approve", json_body={"actor": "ops/lead", "to": "L1"}, headers=sc.admin
     )
     assert res.status == 200, res.body
-    assert res.body == {"task_type": "appeal", "move": "approve", "from": "L0", "to": "L1"}
+    assert {k: res.body[k] for k in ("task_type", "move", "applied", "from", "to")} == {
+        "task_type": "appeal",
+        "move": "approve",
+        "applied": True,
+        "from": "L0",
+        "to": "L1",
+    }
     assert (await sc.get("/v1/autonomy/appeal")).body["level"] == "L1"
     actions = [
         (e["action"], e["actor"])
@@ -634,8 +649,9 @@ async def test_autonomy_api(sidecar: SidecarFactory, agent_server: AgentServerFa
     ]
     assert actions[0] == ("approve", "ops/lead")
     assert ("propose", "promoter") in actions
-    res = await sc.post("/v1/autonomy/appeal/approve", headers=sc.admin)
-    assert_error(res, 409, "no pending proposal")
+    res = await sc.post("/v1/autonomy/appeal/approve", json_body={"to": "L1"}, headers=sc.admin)
+    assert res.status == 200, res.body
+    assert (res.body["applied"], res.body["to"]) == (False, "L1")
     m = await sc.metrics()
     assert metric(m, "shadow_autonomy_level", task_type="appeal") == 1
     assert metric(m, "shadow_autonomy_proposal_level", task_type="appeal") == 0
@@ -654,7 +670,7 @@ async def test_autonomy_api(sidecar: SidecarFactory, agent_server: AgentServerFa
         r = await route(sc, tt, "any-1")
         assert (r["handler"], r["level"], r["audit"]) == ("human", "L0", False)
     assert_error(await set_level(sc, "refund", "L2"), 409, "frozen")
-    res = await sc.post("/v1/autonomy/appeal/approve", headers=sc.admin)
+    res = await sc.post("/v1/autonomy/appeal/approve", json_body={"to": "L2"}, headers=sc.admin)
     assert_error(res, 409, "frozen")
     freeze_entry = (await sc.get("/v1/autonomy/refund/history")).body["entries"][0]
     assert (freeze_entry["action"], freeze_entry["reason"]) == ("freeze", "incident 42")

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import pytest
+from prometheus_client import CollectorRegistry
 
 from shadow.autonomy import AutonomyRegistry
 from shadow.errors import AutonomyError
 from shadow.joiner import Joiner
+from shadow.metrics import Metrics
 from shadow.model import Level, Outcome, ShadowDecision, WorkEvent
 from shadow.policy import Policy, parse_policy
-from shadow.promotion import Move
+from shadow.promotion import Move, ProposalRef
 from shadow.store import Store
 from tests.conftest import FakeClock, StoreFactory
 
@@ -108,12 +113,114 @@ async def test_propose_then_approve(store: Store, clock: FakeClock) -> None:
     assert state.level is Level.L0
     assert state.proposal is not None
     assert state.proposal.to_level is Level.L1
-    step = await registry.approve("refund", actor="ops/jane")
-    assert step.after.level is Level.L1
-    last = (await store.audit_log(task_type="refund", limit=1))[0][1]
-    assert (last.action, last.actor) == ("approve", "ops/jane")
-    with pytest.raises(AutonomyError, match="no pending proposal"):
-        await registry.approve("refund", actor="ops/jane")
+    result = await registry.approve(
+        "refund", ProposalRef(state.proposal.id), actor="ops/jane", reason="looks right"
+    )
+    assert result.applied
+    assert result.step.after.level is Level.L1
+    assert result.level is Level.L1
+    # The ladder reacted in the same call: 300 agreeing comparisons also meet L2's gate.
+    assert [s.move for s in result.then] == [Move.PROPOSE]
+    entries = [e for _, e in await store.audit_log(task_type="refund", limit=2)]
+    assert [(e.action, e.actor) for e in entries] == [
+        ("propose", "promoter"),
+        ("approve", "ops/jane"),
+    ]
+    assert "looks right" in entries[1].reason
+    # A retry of the same approval changes nothing, though an L2 proposal is pending now.
+    again = await registry.approve("refund", ProposalRef(state.proposal.id), actor="ops/jane")
+    assert not again.applied
+    assert again.level is Level.L1
+    assert (await registry.state("refund")).level is Level.L1
+    assert len(await store.audit_log(task_type="refund")) == 3
+    with pytest.raises(AutonomyError, match="not the pending proposal"):
+        await registry.approve("refund", ProposalRef("p-000000000000"), actor="ops/jane")
+
+
+async def test_concurrent_approvals_of_one_proposal_apply_it_once(
+    store: Store, clock: FakeClock
+) -> None:
+    """Twenty approvals of the same proposal racing each other (and evaluations): the
+    level goes up one step and the audit log has one approval."""
+    p = policy("propose")
+    registry = AutonomyRegistry(store, p, clock)
+    await feed(store, clock, p, 0, 300)
+    await registry.evaluate()
+    proposal = (await registry.state("refund")).proposal
+    assert proposal is not None
+
+    async def approve() -> bool:
+        return (await registry.approve("refund", ProposalRef(proposal.id), actor="ops")).applied
+
+    async def evaluate() -> bool:
+        await registry.evaluate()
+        return False
+
+    results = await asyncio.gather(*[approve() for _ in range(20)], *[evaluate() for _ in range(5)])
+    assert sum(results) == 1
+    assert (await registry.state("refund")).level is Level.L1
+    actions = [e.action for _, e in await store.audit_log(task_type="refund")]
+    assert actions.count("approve") == 1
+
+
+async def test_every_move_is_counted_and_logged(
+    store: Store, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = policy("propose")
+    registry = CollectorRegistry()
+    ladder = AutonomyRegistry(store, p, clock, metrics=Metrics(registry, p))
+
+    def count(move: str) -> float:
+        value = registry.get_sample_value(
+            "shadow_autonomy_changes_total", {"task_type": "refund", "move": move}
+        )
+        assert value is not None
+        return value
+
+    caplog.set_level(logging.INFO, logger="shadow.autonomy")
+    await feed(store, clock, p, 0, 300)
+    await ladder.evaluate()
+    first = (await ladder.state("refund")).proposal
+    assert first is not None
+    clock.advance(seconds=1)
+    await ladder.reject("refund", ProposalRef(first.id), actor="ops/bob", reason="wait\nfor Q4")
+    clock.advance(seconds=1)
+    await ladder.reconsider("refund", actor="ops/bob", reason="Q4 came")
+    second = (await ladder.state("refund")).proposal
+    assert second is not None
+    assert second.id != first.id
+    clock.advance(seconds=1)
+    await ladder.approve("refund", ProposalRef(second.id), actor="ops/jane")
+    clock.advance(seconds=1)
+    await ladder.set_level("refund", Level.L3, actor="ops/jane", reason="pilot")
+    clock.advance(seconds=1)
+    await ladder.freeze(actor="ops/oncall", reason="incident 42")
+    clock.advance(seconds=1)
+    await ladder.unfreeze(actor="ops/oncall", reason="resolved")
+    clock.advance(seconds=1)
+    await feed(store, clock, p, 300, 300, wrong_every=1)  # every answer wrong now
+    await ladder.set_level("refund", Level.L2, actor="ops/jane", reason="try L2")
+    for move, times in [
+        ("propose", 4),  # the first, after reconsider, L1 -> L2, and again after unfreeze
+        ("reject", 1),
+        ("reconsider", 1),
+        ("approve", 1),
+        ("manual_set", 2),
+        ("demote", 1),
+        ("freeze", 1),
+        ("unfreeze", 1),
+    ]:
+        assert count(move) == times, move
+    lines = [r.getMessage() for r in caplog.records if r.name == "shadow.autonomy"]
+    for move in ("propose", "reject", "reconsider", "approve", "manual_set", "freeze"):
+        assert any(f"move={move} " in line for line in lines), move
+    reject_line = next(line for line in lines if "move=reject " in line)
+    assert "actor=ops/bob" in reject_line
+    assert f"proposal={first.id}" in reject_line
+    assert 'reason="rejected' in reject_line
+    assert all("\n" not in line for line in lines)
+    demote = next(r for r in caplog.records if "move=demote " in r.getMessage())
+    assert demote.levelno == logging.WARNING
 
 
 async def test_manual_set_freeze_unfreeze(store: Store, clock: FakeClock) -> None:
@@ -130,9 +237,10 @@ async def test_manual_set_freeze_unfreeze(store: Store, clock: FakeClock) -> Non
     await feed(store, clock, p, 0, 300)
     await registry.evaluate()
     assert (await registry.state("refund")).level is Level.L0
-    await registry.unfreeze(actor="ops/bob", reason="resolved")
+    steps = await registry.unfreeze(actor="ops/bob", reason="resolved")
     assert not await registry.is_frozen()
-    await registry.evaluate()
+    # The ladder evaluates right after the unfreeze: the evidence earns L1 again at once.
+    assert [s.move for s in steps if s.after.task_type == "refund"] == [Move.UNFREEZE, Move.PROMOTE]
     assert (await registry.state("refund")).level is Level.L1
     actions = [e.action for _, e in await store.audit_log(task_type="refund")]
     assert actions[::-1] == ["manual_set", "freeze", "unfreeze", "promote"]

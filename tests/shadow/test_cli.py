@@ -326,6 +326,8 @@ def test_autonomy_list_to_a_closed_port(capsys: pytest.CaptureFixture[str]) -> N
     [
         ("set", "refund_request", "L1"),
         ("approve", "refund_request"),
+        ("reject", "refund_request", "--to", "L1", "--reason", "no"),
+        ("reconsider", "refund_request"),
         ("freeze",),
         ("unfreeze",),
     ],
@@ -620,13 +622,30 @@ def test_autonomy_commands_against_a_running_sidecar(
     assert refund["proposal"]["to_level"] == "L1", refund
     assert refund["level"] == "L0"
 
-    approve = cli(capsys, "autonomy", "--url", url, "approve", "refund_request", "--actor", "carol")
+    # An approval names what it approves: without --to or --proposal the command shows what
+    # is pending and changes nothing.
+    pid = refund["proposal"]["id"]
+    unnamed = cli(capsys, "autonomy", "--url", url, "approve", "refund_request")
+    assert_usage_error(unnamed, "name the proposal to approve", pid, "L0 → L1", "--to L1")
+    assert levels(capsys, url)[1]["refund_request"] == "L0"
+    listed = cli(capsys, "autonomy", "list", "--url", url)  # --url after the action too
+    assert listed.code == 0, listed.err
+    assert pid in listed.out
+
+    # The README's command, run twice (a retry): promoted once.
+    approve_l1 = ("autonomy", "approve", "refund_request", "--to", "L1", "--url", url)
+    approve = cli(capsys, *approve_l1, "--actor", "carol")
     assert approve.code == 0, approve.err
-    assert "L0 → L1" in approve.out
+    assert "approve L0 → L1" in approve.out
+    assert levels(capsys, url)[1]["refund_request"] == "L1"
+    again = cli(capsys, *approve_l1, "--actor", "carol")
+    assert again.code == 0, again.err
+    assert "nothing changed" in again.out
+    assert "already approved" in again.out
     assert levels(capsys, url)[1]["refund_request"] == "L1"
 
-    # nothing left to approve: the API's 409 becomes one error line
-    res = cli(capsys, "autonomy", "--url", url, "approve", "refund_request")
+    # a proposal that is not pending: the API's 409 becomes one error line
+    res = cli(capsys, "autonomy", "--url", url, "approve", "refund_request", "--proposal", "p-0")
     assert_usage_error(res, "HTTP 409")
 
     setting = cli(

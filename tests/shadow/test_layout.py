@@ -9,7 +9,16 @@ from pathlib import Path
 
 SHADOW = Path(__file__).resolve().parents[2] / "shadow"
 IO_LIBRARIES = {"aiohttp", "aiokafka", "duckdb", "prometheus_client", "asyncio", "socket"}
-PURE = ["diff.py", "promotion.py", "stats.py", "model.py", "checks.py", "policy.py", "joiner.py"]
+PURE = [
+    "diff.py",
+    "promotion.py",
+    "moves.py",
+    "stats.py",
+    "model.py",
+    "checks.py",
+    "policy.py",
+    "joiner.py",
+]
 
 
 def imported(path: Path) -> set[str]:

@@ -24,7 +24,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from shadow import promotion
+from shadow import moves, promotion
 from shadow.errors import StoreError
 from shadow.model import (
     Action,
@@ -40,7 +40,7 @@ from shadow.model import (
     WorkEvent,
 )
 from shadow.policy import TaskPolicy, parse_policy
-from shadow.promotion import LadderState, Move, Proposal, Step
+from shadow.promotion import LadderState, Move, Proposal, ProposalRef, Step
 from shadow.schema import MIGRATIONS, SCHEMA_VERSION
 from shadow.store import DeadLetter, JoinRow, PutResult, PutStatus, Reversal, Store
 from tests.conftest import FakeClock, StoreFactory
@@ -948,9 +948,18 @@ async def test_apply_steps_persists_states_and_audits_changes(
     assert states[TASK].updated_at == t1
 
     t2 = clock.advance(minutes=1)
-    approved = promotion.approve(states[TASK], strong, AGENT, refund, frozen=False, now=t2)
+    approved = moves.approve(
+        states[TASK],
+        ProposalRef(proposal.id),
+        strong,
+        AGENT,
+        refund,
+        frozen=False,
+        now=t2,
+        actor="ops/jane",
+    )
     t3 = clock.advance(minutes=1)
-    manual = promotion.manual_set(
+    manual = moves.manual_set(
         LadderState("invoice_match", Level.L0),
         Level.L2,
         weak,
@@ -962,9 +971,12 @@ async def test_apply_steps_persists_states_and_audits_changes(
     )
     await store.apply_steps([approved, manual], actor="ops/jane")
     assert await store.ladder_states() == {
-        TASK: LadderState(TASK, Level.L1, AGENT, None, t2),
+        TASK: LadderState(TASK, Level.L1, AGENT, None, t2, approved.after.decided),
         "invoice_match": LadderState("invoice_match", Level.L2, AGENT, None, t3),
     }
+    decided = (await store.ladder_states())[TASK].decided
+    assert decided is not None
+    assert (decided.proposal_id, decided.actor, decided.n) == (proposal.id, "ops/jane", 200)
 
     log = await store.audit_log()
     assert [entry.action for _id, entry in log] == ["manual_set", "approve", "propose"]
@@ -1020,7 +1032,7 @@ async def test_frozen_flag_round_trips_with_the_freeze_steps(
     l2 = LadderState(TASK, Level.L2, AGENT, None, T0)
     await store.apply_steps(
         [
-            promotion.manual_set(
+            moves.manual_set(
                 LadderState(TASK, Level.L0),
                 Level.L2,
                 {},
@@ -1033,7 +1045,7 @@ async def test_frozen_flag_round_trips_with_the_freeze_steps(
         ],
         actor="ops",
     )
-    frozen_step = promotion.freeze(
+    frozen_step = moves.freeze(
         l2, {}, AGENT, refund, now=clock.advance(minutes=1), reason="incident 42"
     )
     await store.apply_steps([frozen_step], actor="ops/oncall", frozen=True)
@@ -1046,7 +1058,7 @@ async def test_frozen_flag_round_trips_with_the_freeze_steps(
     # setting the flag again is idempotent and audits nothing by itself
     await store.apply_steps([], actor="ops", frozen=True)
     assert await store.is_frozen() is True
-    unfreeze = promotion.unfreeze(
+    unfreeze = moves.unfreeze(
         (await store.ladder_states())[TASK],
         {},
         AGENT,
@@ -1075,7 +1087,7 @@ async def test_frozen_flag_and_states_survive_reopen(tmp_path: Path, clock: Fake
 
 
 async def test_a_step_without_a_time_is_refused_atomically(store: Store, clock: FakeClock) -> None:
-    good = promotion.manual_set(
+    good = moves.manual_set(
         LadderState(TASK, Level.L0),
         Level.L1,
         {},
@@ -1289,3 +1301,48 @@ async def test_put_dead_letters_keeps_every_field(store: Store, clock: FakeClock
     ] == letters
     assert [g["recorded_at"] for g in got] == [clock(), clock()]
     assert [d["kind"] for d in await store.dead_letters(limit=1)] == ["event"]
+
+
+async def test_schema_v6_keeps_states_and_proposals_stored_before_ids(tmp_path: Path) -> None:
+    """A v5 store with a pending proposal (stored without id or from level) opened by this
+    version: the state and proposal read back, the proposal gets the id its content
+    derives, and nothing was decided on it yet."""
+    path = tmp_path / "v5.duckdb"
+    proposal = {
+        "to_level": "L1",
+        "agent_version": AGENT,
+        "proposed_at": T0.isoformat(),
+        "evidence": {
+            "agent_version": AGENT,
+            "n": 200,
+            "agree": 199,
+            "critical": 0,
+            "errors": 0,
+            "lower": 0.95,
+            "upper": 1.0,
+            "alpha": 0.05,
+            "policy_hash": "h",
+        },
+    }
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
+        for version, statements in MIGRATIONS:
+            if version > 5:
+                break
+            for statement in statements:
+                con.execute(statement)
+            con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+        con.execute(
+            "INSERT INTO autonomy VALUES (?, 0, ?, ?, ?)",
+            [TASK, AGENT, json.dumps(proposal), T0],
+        )
+    finally:
+        con.close()
+    async with Store(path) as store:
+        assert await store.schema_version() == SCHEMA_VERSION >= 6
+        state = (await store.ladder_states())[TASK]
+        assert (state.level, state.agent_version, state.decided) == (Level.L0, AGENT, None)
+        assert state.proposal is not None
+        assert (state.proposal.from_level, state.proposal.to_level) == (Level.L0, Level.L1)
+        assert state.proposal.id == Proposal.from_json(proposal, TASK).id
