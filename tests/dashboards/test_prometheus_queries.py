@@ -56,6 +56,7 @@ from tests.kafka_broker import Broker, broker_binary
 pytestmark = pytest.mark.slow
 
 JOB = 'up{job="shadow-sidecar"}'
+ADMIN_TOKEN = "dashboards-admin"
 SIDECAR_DOWN = "rules / shadow-sidecar.alerts / ShadowSidecarDown"
 
 
@@ -192,6 +193,7 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
             agent_concurrency=8,
             agent_retries=0,
             expire_interval=3600.0,
+            admin_token=ADMIN_TOKEN,
         )
         app = build_app(settings, policy=feed_policy(), registry=CollectorRegistry())
         sidecar = await Served(app).start()
@@ -220,6 +222,22 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
             if r["health"] != "ok"
         ]
         assert not broken, broken
+
+        # The operator's approval is on the Promotions annotation (move="approve").
+        promotions = next(q for q in all_queries() if q.where.endswith("annotation Promotions"))
+        variables = {"task_type": ["refund_request", "invoice_match", "claim_appeal"]}
+
+        async def approval_annotated() -> bool:
+            result = await prom.query(substitute(promotions.expr, variables))
+            return any(
+                (r["metric"].get("task_type"), r["metric"].get("move"))
+                == ("invoice_match", "approve")
+                for r in result
+            )
+
+        await poll(
+            approval_annotated, what="the approval on the Promotions annotation", within=30.0
+        )
 
         await sidecar.stop()
 
@@ -271,6 +289,14 @@ async def drive(prom: Prometheus, app: web.Application, base: str) -> None:
                 return bool(await prom.query(expr))
 
             await poll(at_l3, what="Prometheus to scrape refunds at L3", within=30.0)
+            # An operator approves the invoices' proposal (mode: propose): the Promotions
+            # annotation must show it, which needs the API's moves to be counted.
+            async with session.post(
+                f"{base}/v1/autonomy/invoice_match/approve",
+                json={"to": "L1", "actor": "ops/jane"},
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            ) as resp:
+                assert resp.status == 200, await resp.text()
             # Conflicting duplicates: same event ids, different payloads -> dead letters.
             stored = [c.event for c in generate(240, seed=7)[:20]]
             conflicting = [{**e, "payload": {**e["payload"], "tampered": True}} for e in stored]
