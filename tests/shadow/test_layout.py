@@ -10,6 +10,7 @@ from pathlib import Path
 SHADOW = Path(__file__).resolve().parents[2] / "shadow"
 IO_LIBRARIES = {"aiohttp", "aiokafka", "duckdb", "prometheus_client", "asyncio", "socket"}
 PURE = [
+    "drift.py",
     "diff.py",
     "promotion.py",
     "moves.py",
