@@ -248,7 +248,8 @@ def test_unknown_source_spec(
     needles: tuple[str, ...],
 ) -> None:
     db = str(tmp_path / "s.duckdb")  # the Kafka case opens the store before the broker
-    res = cli(capsys, "run", "--config", str(policy), "--db", db, "--source", spec)
+    # port 0: the Kafka case gets as far as listening, and the default port may be taken
+    res = cli(capsys, "run", "--config", str(policy), "--db", db, "--port", "0", "--source", spec)
     assert_usage_error(res, *needles)
 
 
@@ -386,6 +387,16 @@ def test_run_on_a_port_in_use(policy: Path, tmp_path: Path) -> None:
             "run", "--config", str(policy), "--db", str(tmp_path / "x.duckdb"), "--port", str(port)
         )
     assert_usage_error(res, "cannot listen", str(port))
+
+
+def test_run_on_the_default_port_in_use(policy: Path, tmp_path: Path) -> None:
+    """The session keeps 127.0.0.1:8750 busy (tests/conftest.py), as a developer's own sidecar
+    would; a run without --port says so in one line, and every other test copes with it."""
+    from shadow.config import DEFAULT_PORT
+
+    res = cli_proc("run", "--config", str(policy), "--db", str(tmp_path / "x.duckdb"))
+    assert_usage_error(res, "cannot listen", f"127.0.0.1:{DEFAULT_PORT}")
+    assert not (tmp_path / "x.duckdb").exists()
 
 
 def test_demo_serve_on_a_port_in_use(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
