@@ -311,6 +311,25 @@ def test_status_db_on_a_database_no_sidecar_ran_on(
     assert_usage_error(cli(capsys, "status", "--db", str(empty)), "has no policy recorded")
 
 
+def test_status_db_on_a_file_a_running_sidecar_holds(
+    capsys: pytest.CaptureFixture[str], servers: list[Server], policy: Path, tmp_path: Path
+) -> None:
+    """DuckDB lets one process open the file: status --db says who holds it and what to use
+    instead, in one line, not DuckDB's lock error."""
+    port = free_port()
+    db = tmp_path / "held.duckdb"
+    argv = ["--config", str(policy), "--db", str(db), "--port", str(port)]
+    server = start_server(tmp_path, argv, clean_env(), port=port)
+    servers.append(server)
+    line = assert_usage_error(
+        cli(capsys, "status", "--db", str(db)),
+        f"{db} is in use by a running sidecar (PID {server.proc.pid}); use --url",
+    )
+    assert "lock" not in line.lower(), line
+    assert stop_server(server) == 0, server.log_text()
+    assert cli(capsys, "status", "--db", str(db)).code == 0
+
+
 def test_status_url_to_a_closed_port(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     assert_usage_error(cli(capsys, "status", "--url", url), "cannot reach the sidecar", url)
@@ -659,7 +678,7 @@ def test_autonomy_commands_against_a_running_sidecar(
     )
 
     # status --db cannot read a file the running sidecar holds: one line, exit 2
-    assert_usage_error(cli(capsys, "status", "--db", str(db)), "cannot open store")
+    assert_usage_error(cli(capsys, "status", "--db", str(db)), "in use by a running sidecar")
 
     freeze = cli(
         capsys, "autonomy", "--url", url, "freeze", "--actor", "alice", "--reason", "incident"

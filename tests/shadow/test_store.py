@@ -25,7 +25,7 @@ import duckdb
 import pytest
 
 from shadow import promotion
-from shadow.errors import StoreError
+from shadow.errors import StoreError, StoreInUseError
 from shadow.model import (
     Action,
     AuditEntry,
@@ -247,6 +247,43 @@ async def test_a_refused_open_releases_the_file(tmp_path: Path) -> None:
     _out, err = await probe.communicate()
     await store.close()  # leave nothing behind whatever the outcome
     assert probe.returncode == 0, err.decode()[-500:]
+
+
+async def test_a_file_another_process_holds_is_store_in_use(tmp_path: Path) -> None:
+    """DuckDB lets one process open a file; a second one gets StoreInUseError naming the
+    holder's PID (not DuckDB's raw lock error), and the file opens once the holder is gone."""
+    path = tmp_path / "held.duckdb"
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import asyncio, sys\n"
+        "from shadow.store import Store\n"
+        "async def hold():\n"
+        "    async with Store(sys.argv[1]):\n"
+        "        print('open', flush=True)\n"
+        "        sys.stdin.read()\n"
+        "asyncio.run(hold())",
+        str(path),
+        cwd=REPO,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert await asyncio.wait_for(holder.stdout.readline(), 60) == b"open\n"
+        with pytest.raises(StoreInUseError) as err:
+            await Store(path).open()
+        assert err.value.pid == holder.pid
+        assert str(err.value) == (
+            f"cannot open store {path}: in use by process {holder.pid} "
+            "(DuckDB lets only one process open a file)"
+        )
+    finally:
+        holder.stdin.close()
+        assert await asyncio.wait_for(holder.wait(), 60) == 0
+    async with Store(path) as store:
+        assert await store.count("events") == 0
 
 
 async def test_a_directory_is_a_store_error(tmp_path: Path) -> None:
