@@ -30,6 +30,18 @@ def require_tool(name: str, *, hint: str = "make test installs it (.ci/system-to
     pytest.skip(message)
 
 
+# Fixtures that start a real Kafka broker process (tests/shadow/sources/conftest.py): every
+# test using one is an integration test, marked ``slow`` here so that none is forgotten.
+BROKER_FIXTURES = frozenset({"broker_factory"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``make test-fast`` runs ``-m "not slow"``: mark the tests that start a broker."""
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 class _HangUp(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         """Accept and close at once: a test that talks to the default port by mistake fails

@@ -487,6 +487,7 @@ def test_demo_then_status_then_demo_again_is_idempotent(
     assert doc2["task_types"] == doc["task_types"]
 
 
+@pytest.mark.slow  # a demo run in a subprocess
 def test_demo_through_the_real_entry_point(tmp_path: Path) -> None:
     db = tmp_path / "demo.duckdb"
     res = cli_proc("demo", "--events", "60", "--seed", "1", "--no-progress", "--db", str(db))
@@ -725,6 +726,7 @@ def test_autonomy_commands_against_a_running_sidecar(
 # -- settings precedence ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # two sidecar subprocesses
 def test_env_is_used_when_the_flag_is_absent_and_the_flag_beats_it(
     servers: list[Server], policy: Path, tmp_path: Path
 ) -> None:

@@ -323,6 +323,7 @@ async def test_two_stores_on_one_file_in_one_process_share_the_database(
     assert await b.count("events") == 1
 
 
+@pytest.mark.slow  # a timing-dependent race, given many chances
 async def test_two_stores_racing_on_one_file_fail_only_with_store_error(
     store_factory: StoreFactory,
 ) -> None:
@@ -1198,6 +1199,7 @@ async def _assert_acked_present(db: Path, acks: _Acks) -> None:
             assert missing == [], f"acked {kind}s lost after kill -9: {missing[:10]}"
 
 
+@pytest.mark.slow  # kill -9 of a writer process
 async def test_kill_9_loses_no_acknowledged_record_and_resend_is_idempotent(
     tmp_path: Path,
 ) -> None:
