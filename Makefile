@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools demo lint format typecheck test pytest bench bench-stats clean dashboards
+.PHONY: install tools demo lint format typecheck test test-fast pytest bench bench-stats clean dashboards
 
 install: $(STAMP)
 
@@ -37,6 +37,12 @@ pytest: install tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The quick loop while editing: the suite without the tests marked slow (real Kafka brokers,
+# Prometheus, Chromium, Helm, worker processes, kill -9, long randomised streams, the
+# README walkthrough); no lint, no typecheck. `make test` still runs everything.
+test-fast: install
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 # Regenerate the Grafana JSON (dashboards/grafana/) and the Helm chart's copies of the
 # dashboards and rules (helm/shadow-sidecar/files/); tests fail when they are out of date.

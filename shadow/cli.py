@@ -225,12 +225,21 @@ async def _status(args: argparse.Namespace, console: Console) -> int:
 
 async def _status_from_db(path: str) -> dict[str, Any]:
     from shadow.autonomy import AutonomyRegistry
+    from shadow.errors import StoreInUseError
     from shadow.policy import parse_policy
     from shadow.store import Store
 
     if not await asyncio.to_thread(os.path.exists, path):
         raise UsageError(f"no sidecar database at {path}")
-    async with Store(path) as store:
+    try:
+        store = await Store(path).open()
+    except StoreInUseError as exc:
+        holder = f" (PID {exc.pid})" if exc.pid is not None else ""
+        raise UsageError(
+            f"{path} is in use by a running sidecar{holder}; use --url to ask it "
+            f"(default {DEFAULT_URL})"
+        ) from None
+    async with store:
         text = await store.policy_text()
         if text is None:
             raise UsageError(f"{path} has no policy recorded; has a sidecar run on it?")

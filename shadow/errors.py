@@ -8,6 +8,7 @@
     ├── ConflictError      same id, different content; never an overwrite
     ├── AutonomyError      an autonomy change that the ladder does not allow
     ├── StoreError         the store cannot be opened or migrated
+    │   └── StoreInUseError    another process holds the DuckDB file (a running sidecar)
     ├── AgentError         an agent call failed (``retriable`` for transport errors)
     └── ConfigError        settings or a source spec are wrong (the CLI exits 2)
 
@@ -28,6 +29,7 @@ __all__ = [
     "PolicyError",
     "ShadowError",
     "StoreError",
+    "StoreInUseError",
     "ValidationError",
 ]
 
@@ -75,6 +77,15 @@ class AutonomyError(ShadowError):
 
 class StoreError(ShadowError):
     """The store could not be opened, migrated or written."""
+
+
+class StoreInUseError(StoreError):
+    """Another process holds the store's file (DuckDB lets one process open a file for
+    writing, and then no other may open it at all). ``pid``: that process, when known."""
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        self.pid = pid
+        super().__init__(message)
 
 
 class AgentError(ShadowError):

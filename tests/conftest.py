@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socketserver
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from shadow.config import DEFAULT_PORT
 from shadow.store import Store
 
 
@@ -24,6 +28,50 @@ def require_tool(name: str, *, hint: str = "make test installs it (.ci/system-to
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+# Fixtures that start a real Kafka broker process (tests/shadow/sources/conftest.py): every
+# test using one is an integration test, marked ``slow`` here so that none is forgotten.
+BROKER_FIXTURES = frozenset({"broker_factory"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``make test-fast`` runs ``-m "not slow"``: mark the tests that start a broker."""
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+class _HangUp(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        """Accept and close at once: a test that talks to the default port by mistake fails
+        quickly instead of hanging or reading a stranger's answers."""
+
+
+class _Listener(socketserver.TCPServer):
+    allow_reuse_address = True  # a closed socket in TIME_WAIT must not leave the port free
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_port_in_use() -> Iterator[None]:
+    """Keep 127.0.0.1:DEFAULT_PORT (8750) busy for the whole session, as a developer's own
+    sidecar (or the README walkthrough) would: no test may depend on the default port being
+    free, and the suite proves it on every run. Already taken by someone else is just as good."""
+    try:
+        server = _Listener(("127.0.0.1", DEFAULT_PORT), _HangUp)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        yield
+        return
+    thread = threading.Thread(target=server.serve_forever, name="default-port", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 class FakeClock:

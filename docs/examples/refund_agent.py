@@ -1,9 +1,12 @@
-"""A tiny HTTP agent for the README walkthrough (the agent contract of DESIGN.md).
+"""A tiny HTTP agent for the README walkthrough (the agent contract: README.md, "The agent
+contract").
 
-Run: python docs/examples/refund_agent.py  (listens on 127.0.0.1:9000)
+Run: python docs/examples/refund_agent.py [PORT]  (listens on 127.0.0.1:9000 by default)
 It approves refunds under 100 within 30 days and denies the rest; a real agent would call
 an LLM here. It never executes anything: the sidecar calls it in shadow mode.
 """
+
+import sys
 
 from aiohttp import web
 
@@ -25,4 +28,4 @@ app = web.Application()
 app.add_routes([web.post("/decide", decide)])
 
 if __name__ == "__main__":
-    web.run_app(app, host="127.0.0.1", port=9000)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]) if len(sys.argv) > 1 else 9000)

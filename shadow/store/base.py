@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -16,13 +17,33 @@ from typing import ParamSpec, Self, TypeVar
 
 import duckdb
 
-from shadow.errors import StoreError
+from shadow.errors import StoreError, StoreInUseError
 from shadow.model import AuditEntry, Comparison
 from shadow.schema import MIGRATIONS, SCHEMA_VERSION
 from shadow.store.records import DeadLetter
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# DuckDB names the holder of a file lock: '... Conflicting lock is held in /usr/bin/python3
+# (PID 4242) by user ...'.
+_LOCK_HOLDER = re.compile(r"\(PID (\d+)\)")
+
+
+def _open_error(path: str, exc: duckdb.Error) -> StoreError:
+    """DuckDB's error on opening ``path``, as a :class:`StoreError`; a file locked by another
+    process is a :class:`StoreInUseError` naming that process."""
+    text = str(exc)
+    if isinstance(exc, duckdb.IOException) and "lock" in text.lower():
+        found = _LOCK_HOLDER.search(text)
+        pid = int(found.group(1)) if found else None
+        holder = f"process {pid}" if pid is not None else "another process"
+        return StoreInUseError(
+            f"cannot open store {path}: in use by {holder} "
+            "(DuckDB lets only one process open a file)",
+            pid=pid,
+        )
+    return StoreError(f"cannot open store {path}: {exc}")
 
 
 class StoreBase:
@@ -81,7 +102,7 @@ class StoreBase:
         try:
             con = duckdb.connect(self.path)
         except duckdb.Error as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            raise _open_error(self.path, exc) from exc
         try:
             con.execute("SET TimeZone = 'UTC'")
             self._con = con

@@ -27,6 +27,8 @@ import yaml
 
 from tests.conftest import require_tool
 
+pytestmark = pytest.mark.slow  # renders the chart with Helm across many value sets
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "shadow-sidecar"
 PARENT = Path(__file__).resolve().parent / "parent-chart"

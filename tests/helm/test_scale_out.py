@@ -41,6 +41,8 @@ from tests.helm.test_chart import (
     validate,
 )
 
+pytestmark = pytest.mark.slow  # renders the chart with Helm
+
 KAFKA: dict[str, Any] = {
     "enabled": True,
     "bootstrap": "kafka.data.svc:9092",

@@ -168,6 +168,7 @@ def test_fail_if_worse_gates_on_a_significant_regression(
     assert code == 0
 
 
+@pytest.mark.slow  # worker processes
 def test_workers_give_the_single_process_report(
     capsys: pytest.CaptureFixture[str], jsonl_history: Path, policy_file: Path, tmp_path: Path
 ) -> None:
@@ -276,6 +277,7 @@ async def blocked_server(factory: AgentServerFactory, limit: dict[str, int]) -> 
     return server
 
 
+@pytest.mark.slow  # kill -9 of a replay process
 async def test_kill_9_mid_run_resumes_without_calling_twice_and_reports_the_same(
     agent_server: AgentServerFactory, jsonl_history: Path, policy_file: Path, tmp_path: Path
 ) -> None:

@@ -86,6 +86,7 @@ def render(html: Path) -> tuple[str, list[str], list[str], int]:
     return text, problems, [u for u in requests if not u.startswith("file:")], svgs
 
 
+@pytest.mark.slow  # Chromium
 def test_report_renders_in_chromium_without_errors_or_network(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -110,6 +111,7 @@ def test_report_renders_in_chromium_without_errors_or_network(
     assert svgs == 1 + 2 * 2
 
 
+@pytest.mark.slow  # Chromium
 def test_html_escapes_history_text(tmp_path: Path) -> None:
     doc: dict[str, Any] = {
         "complete": True,

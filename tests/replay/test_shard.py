@@ -25,6 +25,8 @@ from tests.replay.conftest import write_sidecar_history
 from tests.replay.test_runner import replay_doc
 from tests.shadow.conftest import AgentServerFactory, Reply
 
+pytestmark = pytest.mark.slow  # worker processes per test
+
 
 def doc_of(result: ReplayResult, history: Path, selection: Selection | None = None) -> Any:
     doc = build_document(

@@ -90,6 +90,7 @@ def flipped(action: str) -> str:
     return {"approve": "deny", "deny": "escalate", "escalate": "approve"}[action]
 
 
+@pytest.mark.slow  # a long randomised stream
 async def test_exact_counts_with_shuffled_duplicated_batches(
     sidecar: SidecarFactory, agent_server: AgentServerFactory
 ) -> None:

@@ -248,7 +248,8 @@ def test_unknown_source_spec(
     needles: tuple[str, ...],
 ) -> None:
     db = str(tmp_path / "s.duckdb")  # the Kafka case opens the store before the broker
-    res = cli(capsys, "run", "--config", str(policy), "--db", db, "--source", spec)
+    # port 0: the Kafka case gets as far as listening, and the default port may be taken
+    res = cli(capsys, "run", "--config", str(policy), "--db", db, "--port", "0", "--source", spec)
     assert_usage_error(res, *needles)
 
 
@@ -308,6 +309,25 @@ def test_status_db_on_a_database_no_sidecar_ran_on(
     empty = tmp_path / "empty.duckdb"
     duckdb.connect(str(empty)).close()
     assert_usage_error(cli(capsys, "status", "--db", str(empty)), "has no policy recorded")
+
+
+def test_status_db_on_a_file_a_running_sidecar_holds(
+    capsys: pytest.CaptureFixture[str], servers: list[Server], policy: Path, tmp_path: Path
+) -> None:
+    """DuckDB lets one process open the file: status --db says who holds it and what to use
+    instead, in one line, not DuckDB's lock error."""
+    port = free_port()
+    db = tmp_path / "held.duckdb"
+    argv = ["--config", str(policy), "--db", str(db), "--port", str(port)]
+    server = start_server(tmp_path, argv, clean_env(), port=port)
+    servers.append(server)
+    line = assert_usage_error(
+        cli(capsys, "status", "--db", str(db)),
+        f"{db} is in use by a running sidecar (PID {server.proc.pid}); use --url",
+    )
+    assert "lock" not in line.lower(), line
+    assert stop_server(server) == 0, server.log_text()
+    assert cli(capsys, "status", "--db", str(db)).code == 0
 
 
 def test_status_url_to_a_closed_port(capsys: pytest.CaptureFixture[str]) -> None:
@@ -390,6 +410,16 @@ def test_run_on_a_port_in_use(policy: Path, tmp_path: Path) -> None:
     assert_usage_error(res, "cannot listen", str(port))
 
 
+def test_run_on_the_default_port_in_use(policy: Path, tmp_path: Path) -> None:
+    """The session keeps 127.0.0.1:8750 busy (tests/conftest.py), as a developer's own sidecar
+    would; a run without --port says so in one line, and every other test copes with it."""
+    from shadow.config import DEFAULT_PORT
+
+    res = cli_proc("run", "--config", str(policy), "--db", str(tmp_path / "x.duckdb"))
+    assert_usage_error(res, "cannot listen", f"127.0.0.1:{DEFAULT_PORT}")
+    assert not (tmp_path / "x.duckdb").exists()
+
+
 def test_demo_serve_on_a_port_in_use(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))
@@ -459,6 +489,7 @@ def test_demo_then_status_then_demo_again_is_idempotent(
     assert doc2["task_types"] == doc["task_types"]
 
 
+@pytest.mark.slow  # a demo run in a subprocess
 def test_demo_through_the_real_entry_point(tmp_path: Path) -> None:
     db = tmp_path / "demo.duckdb"
     res = cli_proc("demo", "--events", "60", "--seed", "1", "--no-progress", "--db", str(db))
@@ -667,7 +698,7 @@ def test_autonomy_commands_against_a_running_sidecar(
     )
 
     # status --db cannot read a file the running sidecar holds: one line, exit 2
-    assert_usage_error(cli(capsys, "status", "--db", str(db)), "cannot open store")
+    assert_usage_error(cli(capsys, "status", "--db", str(db)), "in use by a running sidecar")
 
     freeze = cli(
         capsys, "autonomy", "--url", url, "freeze", "--actor", "alice", "--reason", "incident"
@@ -714,6 +745,7 @@ def test_autonomy_commands_against_a_running_sidecar(
 # -- settings precedence ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # two sidecar subprocesses
 def test_env_is_used_when_the_flag_is_absent_and_the_flag_beats_it(
     servers: list[Server], policy: Path, tmp_path: Path
 ) -> None:

@@ -592,6 +592,7 @@ def assign(obj: dict[str, Any], path: str, value: Any) -> None:
     obj[last] = value
 
 
+@pytest.mark.slow  # 200 generated cases
 @PROPERTY
 @given(compare_rules, decisions, actions)
 def test_property_a_decision_agrees_with_itself(
@@ -601,6 +602,7 @@ def test_property_a_decision_agrees_with_itself(
     assert diff(rules, decision, copy.deepcopy(decision), acts, copy.deepcopy(acts)).agree
 
 
+@pytest.mark.slow  # 200 generated cases
 @PROPERTY
 @given(compare_rules, decisions, actions, st.data())
 def test_property_set_fields_and_actions_ignore_order_and_duplicates(
@@ -617,6 +619,7 @@ def test_property_set_fields_and_actions_ignore_order_and_duplicates(
     assert diff(rules, shuffled, decision, reordered, acts).agree
 
 
+@pytest.mark.slow  # 200 generated cases
 @PROPERTY
 @given(compare_rules, pairs())
 def test_property_verdict_is_symmetric(rules: CompareRules, pair: tuple[Any, ...]) -> None:
@@ -636,6 +639,7 @@ def loosened(rules: CompareRules, change: Any) -> CompareRules:
     return CompareRules(fields, rules.unlisted, acts)
 
 
+@pytest.mark.slow  # 200 generated cases
 @PROPERTY
 @given(compare_rules, pairs())
 def test_property_ignoring_a_field_never_breaks_agreement(
@@ -670,6 +674,7 @@ def test_property_ignoring_a_field_never_breaks_agreement(
     assert everything_ignored.agree or not before.agree
 
 
+@pytest.mark.slow  # 200 generated cases
 @PROPERTY
 @given(
     compare_rules,

@@ -79,6 +79,7 @@ async def test_any_arrival_order_yields_one_comparison(
     assert evidence["refund"]["v1"].agree == 1
 
 
+@pytest.mark.slow  # a long randomised stream
 async def test_shuffled_duplicated_stream_counts_exactly(store: Store, clock: FakeClock) -> None:
     rng = random.Random(7)
     records = [(kind, i) for i in range(300) for kind in ("event", "decision", "outcome")]

@@ -199,6 +199,7 @@ _json_values = st.recursive(
 )
 
 
+@pytest.mark.slow  # 1500 generated values
 @settings(max_examples=1500, deadline=None)
 @given(_json_values)
 def test_canonical_bytes_are_the_stdlib_canonical_json(value: object) -> None:
@@ -243,6 +244,7 @@ _deep = st.recursive(
 )
 
 
+@pytest.mark.slow  # 1500 generated values
 @settings(max_examples=1500, deadline=None)
 @given(_deep, st.integers(MAX_DEPTH - 4, MAX_DEPTH + 1))
 def test_the_fast_json_check_agrees_with_the_path_finding_one(value: object, depth: int) -> None:

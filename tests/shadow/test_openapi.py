@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import hypothesis
+import pytest
 import requests
 import schemathesis
 from aiohttp import web
@@ -174,6 +175,7 @@ async def start_sidecar(sidecar: SidecarFactory, agent_server: AgentServerFactor
     return await sidecar(agent=agent.url)
 
 
+@pytest.mark.slow  # schemathesis fuzzing
 async def test_fuzz_the_live_server_against_its_openapi_document(
     sidecar: SidecarFactory, agent_server: AgentServerFactory
 ) -> None:
@@ -211,6 +213,7 @@ def schema_valid_records_are_accepted(base_url: str) -> int:
     return calls
 
 
+@pytest.mark.slow  # schemathesis-generated bodies against the live server
 async def test_schema_valid_ingest_bodies_are_accepted(
     sidecar: SidecarFactory, agent_server: AgentServerFactory
 ) -> None:

@@ -25,7 +25,7 @@ import duckdb
 import pytest
 
 from shadow import moves, promotion
-from shadow.errors import StoreError
+from shadow.errors import StoreError, StoreInUseError
 from shadow.model import (
     Action,
     AuditEntry,
@@ -249,6 +249,43 @@ async def test_a_refused_open_releases_the_file(tmp_path: Path) -> None:
     assert probe.returncode == 0, err.decode()[-500:]
 
 
+async def test_a_file_another_process_holds_is_store_in_use(tmp_path: Path) -> None:
+    """DuckDB lets one process open a file; a second one gets StoreInUseError naming the
+    holder's PID (not DuckDB's raw lock error), and the file opens once the holder is gone."""
+    path = tmp_path / "held.duckdb"
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import asyncio, sys\n"
+        "from shadow.store import Store\n"
+        "async def hold():\n"
+        "    async with Store(sys.argv[1]):\n"
+        "        print('open', flush=True)\n"
+        "        sys.stdin.read()\n"
+        "asyncio.run(hold())",
+        str(path),
+        cwd=REPO,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert await asyncio.wait_for(holder.stdout.readline(), 60) == b"open\n"
+        with pytest.raises(StoreInUseError) as err:
+            await Store(path).open()
+        assert err.value.pid == holder.pid
+        assert str(err.value) == (
+            f"cannot open store {path}: in use by process {holder.pid} "
+            "(DuckDB lets only one process open a file)"
+        )
+    finally:
+        holder.stdin.close()
+        assert await asyncio.wait_for(holder.wait(), 60) == 0
+    async with Store(path) as store:
+        assert await store.count("events") == 0
+
+
 async def test_a_directory_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot open store"):
         await Store(tmp_path).open()
@@ -286,6 +323,7 @@ async def test_two_stores_on_one_file_in_one_process_share_the_database(
     assert await b.count("events") == 1
 
 
+@pytest.mark.slow  # a timing-dependent race, given many chances
 async def test_two_stores_racing_on_one_file_fail_only_with_store_error(
     store_factory: StoreFactory,
 ) -> None:
@@ -1173,6 +1211,7 @@ async def _assert_acked_present(db: Path, acks: _Acks) -> None:
             assert missing == [], f"acked {kind}s lost after kill -9: {missing[:10]}"
 
 
+@pytest.mark.slow  # kill -9 of a writer process
 async def test_kill_9_loses_no_acknowledged_record_and_resend_is_idempotent(
     tmp_path: Path,
 ) -> None:

@@ -421,6 +421,7 @@ def big_file_lines(n: int) -> Iterator[bytes]:
             yield encode(event(i))
 
 
+@pytest.mark.slow  # a 200k-line file
 async def test_a_200k_line_file_streams_one_batch_at_a_time(
     tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
 ) -> None:

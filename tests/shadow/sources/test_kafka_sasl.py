@@ -25,6 +25,8 @@ from tests.shadow.conftest import SidecarFactory
 from tests.shadow.sources.conftest import require_broker
 from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, compare_and_publish
 
+pytestmark = pytest.mark.slow  # a real broker behind a SASL proxy per test
+
 N = 90
 USER, PASSWORD = "shadow", "s3cret,with=odd chars"
 

@@ -30,6 +30,8 @@ from tests.shadow.conftest import SidecarFactory
 from tests.shadow.sources.conftest import require_broker
 from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, compare_and_publish
 
+pytestmark = pytest.mark.slow  # a real broker behind a TLS proxy per test
+
 N = 120
 
 
