@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from shadow.autonomy import MoveResult
 from shadow.config import Settings
-from shadow.errors import AutonomyError
+from shadow.errors import AutonomyError, Reason
 from shadow.ingest import BodyError, Parsed, RecordError, parse_events, parse_outcomes
 from shadow.model import Level, Outcome, WorkEvent
 from shadow.openapi import openapi_spec
@@ -85,31 +86,33 @@ def _summarise(
 R = TypeVar("R", WorkEvent, Outcome)
 
 
-_BODY_REASONS = {413: "too_large", 415: "unsupported_media_type"}
-_RESULT_REASONS = {"rejected": "unknown_task_type", "conflict": "conflict"}
-
-
 async def _ingest(
     request: web.Request,
     kind: str,
     parse: Callable[..., Parsed[R]],
     submit: Callable[[list[R]], Awaitable[list[IngestResult]]],
 ) -> web.Response:
+    """Read, parse and submit one ingest body. Every refusal is counted in
+    ``shadow_ingest_rejected_total`` once per record (a whole body counts one); unknown
+    task types and conflicts are counted by the pipeline."""
     metrics = request.app[PIPELINE].metrics
     body = await _read(request)
     if isinstance(body, web.Response):
-        metrics.rejected(kind, "http", "too_large")
+        metrics.rejected(kind, "http", Reason.TOO_LARGE)
         return body
     settings = request.app[SETTINGS]
     try:
         parsed = parse(body, request.headers.get("Content-Type"), max_records=settings.max_records)
     except BodyError as exc:
-        metrics.rejected(kind, "http", _BODY_REASONS.get(exc.status, "malformed"))
+        metrics.rejected(kind, "http", exc.code)
         return error(exc.status, exc.message)
     results = await submit([r for _, r in parsed.records]) if parsed.records else []
-    metrics.rejected(kind, "http", "invalid", len(parsed.errors))
-    for status, reason in _RESULT_REASONS.items():
-        metrics.rejected(kind, "http", reason, sum(1 for r in results if r.status == status))
+    # A record with several bad fields has one error per field: count it once, by its first.
+    first: dict[int, Reason] = {}
+    for e in parsed.errors:
+        first.setdefault(e.line, e.code)
+    for code, count in Counter(first.values()).items():
+        metrics.rejected(kind, "http", code, count)
     return _summarise(parsed.errors, [line for line, _ in parsed.records], results)
 
 

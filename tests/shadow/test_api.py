@@ -452,6 +452,29 @@ async def test_bad_http_input_is_counted_in_a_metric(
         before = after
 
 
+def rejected(samples: Mapping[MetricKey, float], kind: str, reason: str) -> float:
+    return (
+        metric(samples, "shadow_ingest_rejected_total", kind=kind, source="http", reason=reason)
+        or 0
+    )
+
+
+async def test_one_record_with_several_bad_fields_is_one_rejection(
+    sidecar: SidecarFactory,
+) -> None:
+    sc = await sidecar()
+    three_bad_fields = {"event_id": 5, "payload": "not an object"}  # event_id, task_type, payload
+    lines = [json.dumps(three_bad_fields), json.dumps(event("ok-1")), "{not json"]
+    res = await sc.post(
+        EVENTS, data="\n".join(lines), headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert res.status == 202, res.body
+    assert len(res.body["errors"]) == 4  # every field is still named in the answer
+    m = await sc.metrics()
+    assert rejected(m, "event", "invalid") == 1
+    assert rejected(m, "event", "malformed") == 1
+
+
 # -- 3. a slow or broken agent never slows ingest ----------------------------------------------
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shadow.errors import ShadowError
+from shadow.errors import Reason, ShadowError
 from shadow.ingest import (
     RAW_LIMIT,
     BodyError,
@@ -221,9 +221,10 @@ def test_huge_number_is_400_not_a_crash() -> None:
 
 
 def test_body_error_is_a_shadow_error() -> None:
-    err = BodyError(413, "too big")
+    err = BodyError(413, "too big", Reason.TOO_LARGE)
     assert isinstance(err, ShadowError)
     assert (err.status, err.message, str(err)) == (413, "too big", "413: too big")
+    assert err.code is Reason.TOO_LARGE
 
 
 # -- records --------------------------------------------------------------------------------
@@ -494,16 +495,17 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("line", "path", "message", "kind", "event_id"),
+    ("line", "path", "message", "kind", "event_id", "code"),
     [
-        ("", "", "empty line", "unknown", None),
-        ("  \t", "", "empty line", "unknown", None),
+        ("", "", "empty line", "unknown", None, Reason.MALFORMED),
+        ("  \t", "", "empty line", "unknown", None, Reason.MALFORMED),
         (
             "{bad",
             "",
             "invalid JSON at column 2: Expecting property name enclosed in double quotes",
             "unknown",
             None,
+            Reason.MALFORMED,
         ),
         (
             "[1]",
@@ -511,14 +513,23 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
             'expected a JSON object with "kind": "event" or "outcome", got an array',
             "unknown",
             None,
+            Reason.INVALID,
         ),
-        (dumps(EVENT), "kind", 'required; expected "event" or "outcome"', "unknown", "r-1"),
+        (
+            dumps(EVENT),
+            "kind",
+            'required; expected "event" or "outcome"',
+            "unknown",
+            "r-1",
+            Reason.BAD_KIND,
+        ),
         (
             dumps({**EVENT, "kind": "evnt"}),
             "kind",
             'expected "event" or "outcome", got \'evnt\'',
             "unknown",
             "r-1",
+            Reason.BAD_KIND,
         ),
         (
             dumps({**EVENT, "kind": None}),
@@ -526,6 +537,7 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
             'required; expected "event" or "outcome"',
             "unknown",
             "r-1",
+            Reason.BAD_KIND,
         ),
         (
             dumps({"kind": "outcome", "event_id": "r-1"}),
@@ -533,6 +545,7 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
             "required; expected a JSON object",
             "outcome",
             "r-1",
+            Reason.INVALID,
         ),
         (
             '{"kind": "event", "kind": "outcome", "event_id": "r-1"}',
@@ -540,6 +553,7 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
             "key appears more than once in one JSON object; the value is ambiguous",
             "outcome",
             "r-1",
+            Reason.MALFORMED,
         ),
         (
             '{"kind": "event", "event_id": "r-1", "task_type": "t", "payload": {"a": NaN}}',
@@ -547,14 +561,15 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
             "NaN is not valid JSON; use null or a finite number",
             "event",
             "r-1",
+            Reason.MALFORMED,
         ),
     ],
 )
 def test_mixed_line_errors(
-    line: str, path: str, message: str, kind: str, event_id: str | None
+    line: str, path: str, message: str, kind: str, event_id: str | None, code: Reason
 ) -> None:
     result = parse_mixed_line(line, 7)
-    assert result == RecordError(7, path, message, line, kind, event_id)
+    assert result == RecordError(7, path, message, line, kind, event_id, code)
 
 
 def test_mixed_line_with_several_field_errors_joins_them() -> None:
@@ -566,6 +581,59 @@ def test_mixed_line_with_several_field_errors_joins_them() -> None:
         "task_type: required; expected a non-empty string; "
         "payload: required; expected a JSON object"
     )
+
+
+# -- reason codes ---------------------------------------------------------------------------
+
+
+def test_record_errors_carry_a_code_not_read_from_their_message() -> None:
+    """The code is set where the problem is found: a field that is "too long" is an invalid
+    record, not a body too large; a message mentioning "kind" is not a bad kind."""
+    long_id = {**EVENT, "event_id": "x" * 300}
+    parsed = events(
+        nd(
+            long_id,
+            "{oops",
+            {**EVENT, "kind": "outcome"},
+            '{"event_id": "r-4", "task_type": "t", "payload": {"a": NaN}}',
+            {"event_id": 5, "payload": []},
+        )
+    )
+    codes = [(e.line, e.path, e.code) for e in parsed.errors]
+    assert codes == [
+        (1, "event_id", Reason.INVALID),
+        (2, "", Reason.MALFORMED),
+        (3, "kind", Reason.BAD_KIND),
+        (4, "payload.a", Reason.MALFORMED),
+        (5, "event_id", Reason.INVALID),
+        (5, "task_type", Reason.INVALID),
+        (5, "payload", Reason.INVALID),
+    ]
+    assert "too long" in parsed.errors[0].message
+    mixed = parse_mixed_line('[{"kind": "event"}]', 1)
+    assert isinstance(mixed, RecordError)
+    assert '"kind"' in mixed.message
+    assert mixed.code is Reason.INVALID
+    several = parse_mixed_line('{"kind": "event", "event_id": "r-1", "kind": "x"}', 1)
+    assert isinstance(several, RecordError)
+    assert several.code is Reason.MALFORMED
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b'{"a": "\xff"}', JSON, 400, Reason.ENCODING),
+        (b"", JSON, 400, Reason.MALFORMED),
+        (b"[1", JSON, 400, Reason.MALFORMED),
+        (b"{}\n{}\n{}", NDJSON, 413, Reason.TOO_LARGE),
+        (b"{}", "text/plain", 415, Reason.UNSUPPORTED_MEDIA_TYPE),
+    ],
+)
+def test_body_errors_carry_a_code(
+    body: bytes, content_type: str, status: int, code: Reason
+) -> None:
+    err = body_error(body, content_type, limit=2)
+    assert (err.status, err.code) == (status, code)
 
 
 # -- properties -----------------------------------------------------------------------------
