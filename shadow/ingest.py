@@ -5,10 +5,15 @@ Two kinds of failure, each with a :class:`~shadow.errors.Reason` ``code`` (what 
 dead letters count, never derived from the message):
 
 - :class:`BodyError` — the whole body is unusable; ``status`` is the HTTP status to answer
-  (400 malformed / not UTF-8 / empty, 413 too many records, 415 wrong content type).
+  (400 malformed / not UTF-8 / empty / a compressed stream that does not end properly, 413
+  too many records or too large once decompressed, 415 wrong content type or encoding).
 - :class:`RecordError` — one record is bad; the others in the body still parse. Each names
   its ``line`` (1-based; the 1-based array index for a JSON array; 1 for a single object),
   the field ``path`` (``""`` for the whole record) and a message.
+
+Content encodings (:func:`decode_body`): ``identity``, ``gzip`` (``x-gzip``) and ``deflate``
+(zlib-wrapped or raw). A compressed body is taken only when its stream ends properly: a
+truncated or corrupt one is refused whole, never read up to where it breaks.
 
 Accepted content types: ``application/json`` (one object, or an array of objects) and
 ``application/x-ndjson`` / ``application/jsonl`` / ``application/json-lines`` (one object per
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -38,13 +44,17 @@ from shadow.errors import FieldError, Reason, ShadowError, ValidationError
 from shadow.model import MAX_ID_LENGTH, Outcome, WorkEvent
 
 __all__ = [
+    "CODINGS",
     "JSON_TYPES",
     "NDJSON_TYPES",
     "RAW_LIMIT",
     "BodyError",
     "Parsed",
     "RecordError",
+    "check_content_type",
     "clip_raw",
+    "content_coding",
+    "decode_body",
     "parse_events",
     "parse_mixed_line",
     "parse_outcomes",
@@ -388,6 +398,12 @@ def _take(
         out.records.append((line, record))
 
 
+def check_content_type(content_type: str | None) -> None:
+    """Raise the 415 :class:`BodyError` that parsing a body of ``content_type`` would, before
+    any of the body is read."""
+    _is_ndjson(content_type)
+
+
 def _is_ndjson(content_type: str | None) -> bool:
     if content_type is None or not content_type.strip():
         raise BodyError(415, f"missing Content-Type; {_ACCEPTED}", Reason.UNSUPPORTED_MEDIA_TYPE)
@@ -437,6 +453,89 @@ def _json_kind(value: object) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+# -- content encodings ----------------------------------------------------------------------
+
+CODINGS = ("identity", "gzip", "x-gzip", "deflate")
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer, nothing else
+_ZLIB_WBITS = zlib.MAX_WBITS
+_RAW_WBITS = -zlib.MAX_WBITS
+
+
+def content_coding(content_encoding: str | None) -> str:
+    """The one content coding a ``Content-Encoding`` header names, lower-cased (``identity``
+    when there is none). Raises a 415 :class:`BodyError` for anything else, so a body can be
+    refused before it is read."""
+    coding = (content_encoding or "").strip().lower() or "identity"
+    if coding in CODINGS:
+        return coding
+    if "," in coding:
+        message = (
+            f"Content-Encoding {coding[:100]!r} stacks several codings; send at most one of "
+            "gzip or deflate"
+        )
+    else:
+        message = (
+            f"unsupported Content-Encoding {coding[:100]!r}; send the body as is (identity), "
+            "gzip or deflate"
+        )
+    raise BodyError(415, message, Reason.UNSUPPORTED_MEDIA_TYPE)
+
+
+def decode_body(body: bytes, content_encoding: str | None, *, max_bytes: int) -> bytes:
+    """``body`` as sent, decompressed by its ``Content-Encoding``, at most ``max_bytes``.
+
+    The whole body or nothing: a compressed stream that is corrupt, does not end (truncated,
+    no gzip trailer) or is followed by other bytes is a 400, so a body cut in transit is
+    never taken up to where it breaks. Several gzip members one after another are one body
+    (RFC 1952). More than ``max_bytes`` once decompressed is a 413, found without
+    decompressing more than ``max_bytes + 1`` bytes.
+    """
+    coding = content_coding(content_encoding)
+    if coding == "identity":
+        return body
+    if not body:
+        raise BodyError(400, f"empty body with Content-Encoding {coding}", Reason.MALFORMED)
+    if coding == "deflate":
+        # RFC 9110 deflate is zlib-wrapped; some clients send raw deflate. The low four bits
+        # of a zlib header's first byte are 8 (the deflate method).
+        wbits = _ZLIB_WBITS if body[0] & 0x0F == 8 else _RAW_WBITS
+    else:
+        wbits = _GZIP_WBITS
+    out = bytearray()
+    rest = body
+    while rest:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out += inflater.decompress(rest, max_bytes + 1 - len(out))
+        except zlib.error as e:
+            where = "body is not" if rest is body else "bytes after the first member are not"
+            raise BodyError(
+                400, f"{where} valid {coding} data ({e}); nothing was stored", Reason.MALFORMED
+            ) from None
+        if len(out) > max_bytes:
+            raise BodyError(
+                413,
+                f"body larger than {max_bytes} bytes once decompressed; split it or raise "
+                "max_body_bytes",
+                Reason.TOO_LARGE,
+            )
+        if not inflater.eof:
+            raise BodyError(
+                400,
+                f"{coding} body is truncated: its compressed stream does not end; nothing was "
+                "stored",
+                Reason.MALFORMED,
+            )
+        rest = inflater.unused_data
+        if rest and wbits != _GZIP_WBITS:
+            raise BodyError(
+                400,
+                f"{len(rest)} bytes after the end of the deflate stream; nothing was stored",
+                Reason.MALFORMED,
+            )
+    return bytes(out)
 
 
 # -- mixed streams --------------------------------------------------------------------------

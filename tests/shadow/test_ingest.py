@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from collections.abc import Callable, Mapping
 
 import pytest
@@ -14,6 +16,7 @@ from shadow.ingest import (
     Parsed,
     RecordError,
     clip_raw,
+    decode_body,
     parse_events,
     parse_mixed_line,
     parse_outcomes,
@@ -634,6 +637,78 @@ def test_body_errors_carry_a_code(
 ) -> None:
     err = body_error(body, content_type, limit=2)
     assert (err.status, err.code) == (status, code)
+
+
+# -- content encodings ----------------------------------------------------------------------
+
+HUNDRED = b"".join(dumps({**EVENT, "event_id": f"r-{i}"}).encode() + b"\n" for i in range(100))
+
+
+def cut_after_record_50(wbits: int) -> bytes:
+    """A compressed stream of 100 records cut after record 50: everything up to there
+    decompresses (a sync flush), but the stream has no end (no gzip trailer)."""
+    lines = HUNDRED.splitlines(keepends=True)
+    deflater = zlib.compressobj(wbits=wbits)
+    head = deflater.compress(b"".join(lines[:50])) + deflater.flush(zlib.Z_SYNC_FLUSH)
+    assert zlib.decompressobj(wbits).decompress(head) == b"".join(lines[:50])
+    return head
+
+
+def test_gzip_and_deflate_bodies_are_decoded() -> None:
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = raw_deflate.compress(HUNDRED) + raw_deflate.flush()
+    limit = len(HUNDRED)
+    assert decode_body(gzip.compress(HUNDRED), "gzip", max_bytes=limit) == HUNDRED
+    assert decode_body(gzip.compress(HUNDRED), " X-GZIP ", max_bytes=limit) == HUNDRED
+    assert decode_body(zlib.compress(HUNDRED), "deflate", max_bytes=limit) == HUNDRED
+    assert decode_body(raw, "deflate", max_bytes=limit) == HUNDRED
+    assert decode_body(HUNDRED, None, max_bytes=1) == HUNDRED  # identity: not its job
+    assert decode_body(HUNDRED, "identity", max_bytes=1) == HUNDRED
+    half = len(HUNDRED) // 2
+    members = gzip.compress(HUNDRED[:half]) + gzip.compress(HUNDRED[half:])
+    assert decode_body(members, "gzip", max_bytes=limit) == HUNDRED  # RFC 1952 members
+
+
+@pytest.mark.parametrize(
+    ("body", "coding", "says"),
+    [
+        (cut_after_record_50(16 + zlib.MAX_WBITS), "gzip", "truncated"),
+        (gzip.compress(HUNDRED)[:-8], "gzip", "truncated"),  # the trailer cut off
+        (cut_after_record_50(zlib.MAX_WBITS), "deflate", "truncated"),
+        (HUNDRED, "gzip", "not valid gzip"),  # says gzip, is plain text
+        (HUNDRED, "deflate", "not valid deflate"),
+        (gzip.compress(HUNDRED) + b"junk", "gzip", "after the first member"),
+        (zlib.compress(HUNDRED) + b"junk", "deflate", "after the end"),
+        (b"", "gzip", "empty body"),
+    ],
+)
+def test_a_compressed_body_that_does_not_end_properly_is_refused_whole(
+    body: bytes, coding: str, says: str
+) -> None:
+    with pytest.raises(BodyError) as exc:
+        decode_body(body, coding, max_bytes=10 * len(HUNDRED))
+    assert (exc.value.status, exc.value.code) == (400, Reason.MALFORMED)
+    assert says in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("coding", "says"),
+    [("br", "unsupported Content-Encoding 'br'"), ("gzip, deflate", "stacks several")],
+)
+def test_unsupported_encodings_are_415(coding: str, says: str) -> None:
+    with pytest.raises(BodyError) as exc:
+        decode_body(gzip.compress(HUNDRED), coding, max_bytes=10 * len(HUNDRED))
+    assert (exc.value.status, exc.value.code) == (415, Reason.UNSUPPORTED_MEDIA_TYPE)
+    assert says in exc.value.message
+
+
+def test_the_decompressed_size_is_bounded() -> None:
+    bomb = gzip.compress(b"0" * 10_000_000)
+    with pytest.raises(BodyError) as exc:
+        decode_body(bomb, "gzip", max_bytes=4096)
+    assert (exc.value.status, exc.value.code) == (413, Reason.TOO_LARGE)
+    assert "larger than 4096 bytes once decompressed" in exc.value.message
+    assert decode_body(gzip.compress(b"0" * 4096), "gzip", max_bytes=4096) == b"0" * 4096
 
 
 # -- properties -----------------------------------------------------------------------------
