@@ -10,9 +10,11 @@ configured they are refused with a message that says how to configure one.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,12 +23,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from shadow.autonomy import MoveResult
 from shadow.config import Settings
-from shadow.errors import AutonomyError
-from shadow.ingest import BodyError, Parsed, RecordError, parse_events, parse_outcomes
+from shadow.errors import AutonomyError, Reason
+from shadow.ingest import (
+    BodyError,
+    Parsed,
+    RecordError,
+    check_content_type,
+    content_coding,
+    decode_body,
+    parse_events,
+    parse_outcomes,
+)
 from shadow.model import Level, Outcome, WorkEvent
 from shadow.openapi import openapi_spec
 from shadow.pipeline import IngestResult, Pipeline
 from shadow.promotion import ProposalRef
+from shadow.server import ExpectHandler, declared_too_large, error, send_continue
 
 __all__ = ["PIPELINE", "READINESS", "REGISTRY", "SETTINGS", "routes"]
 
@@ -41,22 +53,60 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
-def error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if errors is not None:
-        body["errors"] = errors
-    return web.json_response(body, status=status)
-
-
 # -- ingest -----------------------------------------------------------------------------------
 
 
-async def _read(request: web.Request) -> bytes | web.Response:
+def _refusal(request: web.Request, kind: str) -> web.Response | None:
+    """The refusal the headers alone decide, counted (before the body is read or ``100
+    Continue`` sent): a declared body over ``max_body_bytes`` (413), a content type or
+    content encoding ingest does not read (415). ``None`` when the body is worth reading."""
+    refusal = declared_too_large(request, request.app[SETTINGS].max_body_bytes)
+    code = Reason.TOO_LARGE
+    if refusal is None:
+        try:
+            check_content_type(request.headers.get("Content-Type"))
+            content_coding(request.headers.get("Content-Encoding"))
+        except BodyError as exc:
+            refusal, code = error(exc.status, exc.message), exc.code
+            refusal.force_close()
+    if refusal is not None:
+        request.app[PIPELINE].metrics.rejected(kind, "http", code)
+    return refusal
+
+
+def _expect(kind: str) -> ExpectHandler:
+    """The ingest routes' ``expect_handler``: the header checks of :func:`_refusal`, then
+    ``100 Continue``."""
+
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        refusal = _refusal(request, kind)
+        return refusal if refusal is not None else await send_continue(request)
+
+    return expect
+
+
+async def _read(request: web.Request, kind: str) -> bytes | web.Response:
+    """The body as sent, within ``body_timeout`` and ``max_body_bytes``; a refusal (counted;
+    the connection closes after it) otherwise. A client that disconnects raises
+    ``ConnectionError`` (the server logs one line)."""
+    settings = request.app[SETTINGS]
     try:
-        return await request.read()
+        async with asyncio.timeout(settings.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        code = Reason.TIMEOUT
+        refusal = error(
+            408,
+            f"the body did not arrive within {settings.body_timeout:g} s (body_timeout); "
+            "nothing was stored",
+        )
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].max_body_bytes
-        return error(413, f"body larger than {limit} bytes; split it or raise max_body_bytes")
+        code = Reason.TOO_LARGE
+        limit = settings.max_body_bytes
+        refusal = error(413, f"body larger than {limit} bytes; split it or raise max_body_bytes")
+    request.app[PIPELINE].metrics.rejected(kind, "http", code)
+    refusal.force_close()
+    return refusal
 
 
 def _summarise(
@@ -85,31 +135,38 @@ def _summarise(
 R = TypeVar("R", WorkEvent, Outcome)
 
 
-_BODY_REASONS = {413: "too_large", 415: "unsupported_media_type"}
-_RESULT_REASONS = {"rejected": "unknown_task_type", "conflict": "conflict"}
-
-
 async def _ingest(
     request: web.Request,
     kind: str,
     parse: Callable[..., Parsed[R]],
     submit: Callable[[list[R]], Awaitable[list[IngestResult]]],
 ) -> web.Response:
-    metrics = request.app[PIPELINE].metrics
-    body = await _read(request)
+    """Read, decode, parse and submit one ingest body. Every refusal is counted in
+    ``shadow_ingest_rejected_total`` once per record (a whole body counts one); unknown
+    task types and conflicts are counted by the pipeline."""
+    refusal = _refusal(request, kind)
+    if refusal is not None:
+        return refusal
+    body = await _read(request, kind)
     if isinstance(body, web.Response):
-        metrics.rejected(kind, "http", "too_large")
         return body
+    metrics = request.app[PIPELINE].metrics
     settings = request.app[SETTINGS]
     try:
-        parsed = parse(body, request.headers.get("Content-Type"), max_records=settings.max_records)
+        text = decode_body(
+            body, request.headers.get("Content-Encoding"), max_bytes=settings.max_body_bytes
+        )
+        parsed = parse(text, request.headers.get("Content-Type"), max_records=settings.max_records)
     except BodyError as exc:
-        metrics.rejected(kind, "http", _BODY_REASONS.get(exc.status, "malformed"))
+        metrics.rejected(kind, "http", exc.code)
         return error(exc.status, exc.message)
     results = await submit([r for _, r in parsed.records]) if parsed.records else []
-    metrics.rejected(kind, "http", "invalid", len(parsed.errors))
-    for status, reason in _RESULT_REASONS.items():
-        metrics.rejected(kind, "http", reason, sum(1 for r in results if r.status == status))
+    # A record with several bad fields has one error per field: count it once, by its first.
+    first: dict[int, Reason] = {}
+    for e in parsed.errors:
+        first.setdefault(e.line, e.code)
+    for code, count in Counter(first.values()).items():
+        metrics.rejected(kind, "http", code, count)
     return _summarise(parsed.errors, [line for line, _ in parsed.records], results)
 
 
@@ -428,8 +485,8 @@ async def post_unfreeze(request: web.Request) -> web.StreamResponse:
 def routes() -> list[web.RouteDef]:
     """Every route; ``shadow.openapi`` documents exactly these (a test checks)."""
     return [
-        web.post("/v1/events", post_events),
-        web.post("/v1/outcomes", post_outcomes),
+        web.post("/v1/events", post_events, expect_handler=_expect("event")),
+        web.post("/v1/outcomes", post_outcomes, expect_handler=_expect("outcome")),
         web.get("/v1/agreement", get_agreement),
         web.get("/v1/autonomy", get_autonomy),
         web.get("/v1/autonomy/{task_type}", get_autonomy_one),

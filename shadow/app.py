@@ -1,7 +1,10 @@
 """The composition root: ``build_app(settings)`` wires every resource of ``shadow run``.
 
 Resources are opened in order through aiohttp ``cleanup_ctx`` and closed in reverse:
-store → agent runner → pipeline → sources. Handlers reach them through typed
+store → agent runner → pipeline → sources. The HTTP behaviour every runner of the app gets
+(JSON errors, ``Expect: 100-continue``, header timeout, bodies left compressed for ingest)
+is wired here from :mod:`shadow.server`; serve it with :class:`shadow.server.Listener` to
+also answer what aiohttp's parser refuses in JSON. Handlers reach them through typed
 ``web.AppKey``s (:mod:`shadow.api`). Seams (metrics registry, clock, policy) are arguments so
 tests pass real lightweight implementations.
 """
@@ -26,6 +29,7 @@ from shadow.errors import ConfigError
 from shadow.metrics import Metrics
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
+from shadow.server import expect_continue, handler_options, json_errors, with_expect_handler
 from shadow.sources.files import FileSource, parse_source_spec
 from shadow.sources.kafka import parse_kafka_spec
 from shadow.sources.kafka_stack import KafkaStack
@@ -92,11 +96,15 @@ def build_app(
         if not Path(spec).is_file():
             raise ConfigError(f"source file {spec} does not exist")
     metrics_registry = registry if registry is not None else CollectorRegistry()
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[json_errors],
+        handler_args=handler_options(settings),
+    )
     app[SETTINGS] = settings
     app[REGISTRY] = metrics_registry
     app[READINESS] = []
-    app.add_routes(routes())
+    app.add_routes(with_expect_handler(routes(), expect_continue(settings.max_body_bytes)))
     resolved: Policy = policy
     # Resolved now, so a bad --agent is refused before anything listens or touches the DB.
     runner = build_runner(settings)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from shadow.errors import FieldError, ValidationError
+from shadow.errors import FieldError, Reason, ValidationError
 
 __all__ = [
     "MAX_DEPTH",
@@ -56,8 +56,8 @@ class Check:
             got = kind_of(obj)
             self.errors.append(FieldError("", f"expected a JSON object ({what}), got {got}"))
 
-    def fail(self, path: str, message: str) -> None:
-        self.errors.append(FieldError(path, message))
+    def fail(self, path: str, message: str, code: Reason = Reason.INVALID) -> None:
+        self.errors.append(FieldError(path, message, code))
 
     def done(self) -> None:
         if self.errors:

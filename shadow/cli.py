@@ -23,7 +23,7 @@ from rich.table import Table
 
 from shadow.errors import ShadowError
 
-__all__ = ["main"]
+__all__ = ["listen", "main"]
 
 EXIT_USAGE = 2
 DEFAULT_URL = "http://127.0.0.1:8750"
@@ -60,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--admin-token", help="bearer token for API writes (env SHADOW_ADMIN_TOKEN)")
     run.add_argument("--agent-concurrency", type=int, help="concurrent agent calls")
     run.add_argument("--agent-timeout", type=float, help="seconds per agent call")
+    run.add_argument(
+        "--header-timeout",
+        type=float,
+        help="seconds for a request line and headers (env SHADOW_HEADER_TIMEOUT, default 75)",
+    )
+    run.add_argument(
+        "--body-timeout",
+        type=float,
+        help="seconds for a whole ingest body (env SHADOW_BODY_TIMEOUT, default 60)",
+    )
 
     demo = sub.add_parser("demo", help="synthetic back office, built-in agent, real pipeline")
     demo.add_argument("--events", type=int, help="number of work events (default from the demo)")
@@ -159,10 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from shadow.app import build_app, tune_gc
     from shadow.config import load_settings
+    from shadow.server import run_server
 
     settings = load_settings(
         config=args.config,
@@ -175,20 +184,22 @@ def _run(args: argparse.Namespace) -> int:
         admin_token=args.admin_token,
         agent_concurrency=args.agent_concurrency,
         agent_timeout=args.agent_timeout,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
     app = build_app(settings)
     tune_gc()
-    sock = _listen(settings.host, settings.port)
+    sock = listen(settings.host, settings.port)
     port = sock.getsockname()[1]
     print(f"shadow: serving on http://{settings.host}:{port} (db {settings.db})", flush=True)
     try:
-        web.run_app(app, sock=sock, print=None)
+        run_server(app, sock, settings)
     finally:
-        sock.close()  # idempotent; run_app leaves it open when start-up fails
+        sock.close()  # idempotent; open still when start-up fails
     return 0
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     """A listening socket, bound before anything claims to serve (a busy port is a usage
     error, not a traceback)."""
     try:

@@ -26,7 +26,9 @@ from pydantic_settings import (
 from shadow.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_BODY_TIMEOUT_S",
     "DEFAULT_DB",
+    "DEFAULT_HEADER_TIMEOUT_S",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "Settings",
@@ -38,6 +40,11 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8750
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_RECORDS = 10_000
+DEFAULT_HEADER_TIMEOUT_S = 75.0
+"""Seconds for a complete request head; longer than the 60 s for which proxies such as nginx
+keep idle upstream connections, since the same timer closes idle keep-alive connections."""
+DEFAULT_BODY_TIMEOUT_S = 60.0
+"""Seconds for a whole ingest body: 10 MiB (the default ``max_body_bytes``) at 175 KB/s."""
 DEFAULT_JOIN_TTL_S = 7 * 24 * 3600.0
 DEFAULT_KAFKA_MAX_MESSAGE_BYTES = 1_048_576
 
@@ -58,8 +65,22 @@ class Settings(BaseSettings):
     source: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_token: SecretStr | None = Field(None, description="bearer token for API writes")
 
-    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES, ge=1024, description="largest body, as sent and decompressed"
+    )
     max_records: int = Field(DEFAULT_MAX_RECORDS, ge=1)
+    header_timeout: float = Field(
+        DEFAULT_HEADER_TIMEOUT_S,
+        gt=0,
+        description="seconds a connection may take to send a complete request line and "
+        "headers, from connecting or from its previous answer; a slower one is disconnected, "
+        "and an idle keep-alive connection closes after the same time",
+    )
+    body_timeout: float = Field(
+        DEFAULT_BODY_TIMEOUT_S,
+        gt=0,
+        description="seconds an ingest body may take to arrive in full (408 beyond)",
+    )
 
     agent_timeout: float = Field(10.0, gt=0)
     agent_concurrency: int = Field(8, ge=1, le=1024)

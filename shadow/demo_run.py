@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shadow.api import PIPELINE
 from shadow.app import build_app
-from shadow.cli import UsageError, agreement_table
+from shadow.cli import UsageError, agreement_table, listen
 from shadow.config import load_settings
 from shadow.demo import DEFAULT_EVENTS, DEMO_POLICY, DemoCase, generate, timeline
 from shadow.policy import parse_policy
+from shadow.server import Listener
 
 __all__ = ["run_demo"]
 
@@ -50,15 +50,10 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
     )
     policy = parse_policy(DEMO_POLICY, source="shadow.demo policy")
     app = build_app(settings, policy=policy)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    listener = Listener(app, listen(settings.host, port), settings, access_log=None)
+    await listener.start()
     try:
-        site = web.TCPSite(runner, settings.host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise UsageError(f"cannot listen on {settings.host}:{port}: {exc.strerror}") from None
-        url = _bound_url(runner, settings.host)
+        url = f"http://{settings.host}:{listener.port}"
         pipeline = app[PIPELINE]
         cases = generate(n_events, seed=args.seed)
         console.print(
@@ -100,17 +95,8 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             console.print(f"Serving the API and /metrics on {url} (Ctrl-C to stop).")
             await asyncio.Event().wait()
     finally:
-        await runner.cleanup()
+        await listener.close()
     return 0
-
-
-def _bound_url(runner: web.AppRunner, host: str) -> str:
-    for site in runner.sites:
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        for sock in sockets:
-            return f"http://{host}:{sock.getsockname()[1]}"
-    raise UsageError("the demo server did not start")
 
 
 async def _post(session: aiohttp.ClientSession, url: str, records: list[dict[str, Any]]) -> None:

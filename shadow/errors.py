@@ -14,10 +14,15 @@
 
 Third-party errors (DuckDB, YAML) are translated at the boundary of the module that meets
 them, so callers only ever catch ``ShadowError`` subclasses.
+
+Refused input carries a :class:`Reason`, a code from a small fixed vocabulary, from where the
+problem is found (a :class:`FieldError`, an ingest ``RecordError`` or ``BodyError``, a dead
+letter) to the metrics that count it: messages are for people, codes are for labels.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 __all__ = [
@@ -27,6 +32,7 @@ __all__ = [
     "ConflictError",
     "FieldError",
     "PolicyError",
+    "Reason",
     "ShadowError",
     "StoreError",
     "StoreInUseError",
@@ -38,12 +44,39 @@ class ShadowError(Exception):
     """Root of every error the sidecar raises on purpose."""
 
 
+class Reason(enum.StrEnum):
+    """Why a record or a body was refused: the ``reason`` label of
+    ``shadow_ingest_rejected_total`` and ``shadow_dead_letters_total`` (docs/metrics.md).
+
+    ``malformed``: not (strict) JSON, not the shape of a body, or a compressed body that does
+    not decompress to its end. ``encoding``: bytes that are not UTF-8. ``too_large``: over a
+    size or count limit. ``unsupported_media_type``: a content type, charset or content
+    encoding the sidecar does not read. ``timeout``: the body did not arrive in time.
+    ``invalid``: JSON that breaks the record's contract (a field missing, of the wrong type,
+    too long...). ``bad_kind``: a ``kind`` that is missing or wrong for where the record came.
+    ``unknown_task_type``: a task type the policy does not configure. ``conflict``: an id
+    already stored with different content.
+    """
+
+    MALFORMED = "malformed"
+    ENCODING = "encoding"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    TIMEOUT = "timeout"
+    INVALID = "invalid"
+    BAD_KIND = "bad_kind"
+    UNKNOWN_TASK_TYPE = "unknown_task_type"
+    CONFLICT = "conflict"
+
+
 @dataclass(frozen=True, slots=True)
 class FieldError:
-    """One problem at one field path (``payload.customer.email``, ``decision``)."""
+    """One problem at one field path (``payload.customer.email``, ``decision``); ``code``
+    says which kind of problem it is, for counting."""
 
     path: str
     message: str
+    code: Reason = Reason.INVALID
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message

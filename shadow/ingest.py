@@ -1,13 +1,19 @@
 """Parse ingest bodies into records: pure functions, no I/O (the HTTP layer and the sources
 call them).
 
-Two kinds of failure:
+Two kinds of failure, each with a :class:`~shadow.errors.Reason` ``code`` (what metrics and
+dead letters count, never derived from the message):
 
 - :class:`BodyError` — the whole body is unusable; ``status`` is the HTTP status to answer
-  (400 malformed / not UTF-8 / empty, 413 too many records, 415 wrong content type).
+  (400 malformed / not UTF-8 / empty / a compressed stream that does not end properly, 413
+  too many records or too large once decompressed, 415 wrong content type or encoding).
 - :class:`RecordError` — one record is bad; the others in the body still parse. Each names
   its ``line`` (1-based; the 1-based array index for a JSON array; 1 for a single object),
   the field ``path`` (``""`` for the whole record) and a message.
+
+Content encodings (:func:`decode_body`): ``identity``, ``gzip`` (``x-gzip``) and ``deflate``
+(zlib-wrapped or raw). A compressed body is taken only when its stream ends properly: a
+truncated or corrupt one is refused whole, never read up to where it breaks.
 
 Accepted content types: ``application/json`` (one object, or an array of objects) and
 ``application/x-ndjson`` / ``application/jsonl`` / ``application/json-lines`` (one object per
@@ -28,22 +34,27 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from shadow.errors import FieldError, ShadowError, ValidationError
+from shadow.errors import FieldError, Reason, ShadowError, ValidationError
 from shadow.model import MAX_ID_LENGTH, Outcome, WorkEvent
 
 __all__ = [
+    "CODINGS",
     "JSON_TYPES",
     "NDJSON_TYPES",
     "RAW_LIMIT",
     "BodyError",
     "Parsed",
     "RecordError",
+    "check_content_type",
     "clip_raw",
+    "content_coding",
+    "decode_body",
     "parse_events",
     "parse_mixed_line",
     "parse_outcomes",
@@ -72,8 +83,9 @@ class RecordError:
 
     ``raw`` is the offending text, clipped to :data:`RAW_LIMIT` characters, for dead letters.
     ``kind`` (``"event"``, ``"outcome"`` or ``"unknown"``) and ``event_id`` (when the record
-    has a string one) are what a dead letter needs; they are not part of :meth:`to_json`.
-    A record with several field errors yields one ``RecordError`` per field, sharing ``line``.
+    has a string one) are what a dead letter needs; ``code`` is why, for counting. None of
+    the three is part of :meth:`to_json`. A record with several field errors yields one
+    ``RecordError`` per field, sharing ``line`` (count records by ``line``, not errors).
     """
 
     line: int
@@ -82,6 +94,7 @@ class RecordError:
     raw: str | None = None
     kind: str = "unknown"
     event_id: str | None = None
+    code: Reason = Reason.INVALID
 
     def to_json(self) -> dict[str, Any]:
         return {"line": self.line, "path": self.path, "message": self.message}
@@ -91,11 +104,13 @@ class RecordError:
 
 
 class BodyError(ShadowError):
-    """The whole body is unusable; ``status`` is the HTTP status to answer with."""
+    """The whole body is unusable; ``status`` is the HTTP status to answer with, ``code``
+    why (for counting)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: Reason) -> None:
         self.status = status
         self.message = message
+        self.code = code
         super().__init__(f"{status}: {message}")
 
 
@@ -300,20 +315,24 @@ def _parse(
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BodyError(400, f"body is not UTF-8 at byte {e.start}") from None
+        raise BodyError(400, f"body is not UTF-8 at byte {e.start}", Reason.ENCODING) from None
     text = text.removeprefix(_BOM)
     if not text.strip(" \t\r\n"):
-        raise BodyError(400, "empty body; send a JSON object, an array or NDJSON lines")
+        raise BodyError(
+            400, "empty body; send a JSON object, an array or NDJSON lines", Reason.MALFORMED
+        )
     out: Parsed[R] = Parsed([], [])
     if ndjson:
         lines = list(_lines(text))
         if len(lines) > max_records:
-            raise BodyError(413, _too_many(len(lines), max_records))
+            raise BodyError(413, _too_many(len(lines), max_records), Reason.TOO_LARGE)
         for lineno, line in lines:
             try:
                 value, suspect = _decode(line, where=_column)
             except _Undecodable as e:
-                out.errors.append(RecordError(lineno, "", e.message, clip_raw(line), kind))
+                out.errors.append(
+                    RecordError(lineno, "", e.message, clip_raw(line), kind, code=Reason.MALFORMED)
+                )
                 continue
             _take(out, lineno, value, suspect, partial(clip_raw, line), build, kind)
         return out
@@ -321,19 +340,21 @@ def _parse(
     try:
         value, suspect = _decode(text, where=_line_column)
     except _Undecodable as e:
-        raise BodyError(400, e.message) from None
+        raise BodyError(400, e.message, Reason.MALFORMED) from None
     if isinstance(value, dict):
         _take(out, 1, value, suspect, partial(clip_raw, text), build, kind)
     elif isinstance(value, list):
         if not value:
-            raise BodyError(400, "empty array; send at least one record")
+            raise BodyError(400, "empty array; send at least one record", Reason.MALFORMED)
         if len(value) > max_records:
-            raise BodyError(413, _too_many(len(value), max_records))
+            raise BodyError(413, _too_many(len(value), max_records), Reason.TOO_LARGE)
         for i, item in enumerate(value, start=1):
             _take(out, i, item, suspect, partial(_raw_json, item), build, kind)
     else:
         raise BodyError(
-            400, f"expected a JSON object or an array of objects, got {_json_kind(value)}"
+            400,
+            f"expected a JSON object or an array of objects, got {_json_kind(value)}",
+            Reason.MALFORMED,
         )
     return out
 
@@ -350,7 +371,9 @@ def _take(
     """Validate one decoded record into ``out``. ``raw`` is called only for a bad record."""
     found = _problem(value) if suspect else None
     if found is not None:
-        out.errors.append(RecordError(line, *found, raw(), kind, _event_id(value)))
+        out.errors.append(
+            RecordError(line, *found, raw(), kind, _event_id(value), Reason.MALFORMED)
+        )
         return
     if not isinstance(value, dict):  # the model would add every required field as missing
         message = f"expected a JSON object, got {_json_kind(value)}"
@@ -359,7 +382,8 @@ def _take(
     errors: list[FieldError] = []
     if "kind" in value and value["kind"] != kind:
         # Checked here, not left to the model: its message would repr() an arbitrary value.
-        errors.append(FieldError("kind", f'expected "{kind}", got {_shown(value["kind"])}'))
+        shown = _shown(value["kind"])
+        errors.append(FieldError("kind", f'expected "{kind}", got {shown}', Reason.BAD_KIND))
         value = {k: v for k, v in value.items() if k != "kind"}
     try:
         record = build(value)
@@ -368,15 +392,21 @@ def _take(
     if errors:
         text, event_id = raw(), _event_id(value)
         out.errors.extend(
-            RecordError(line, f.path, f.message, text, kind, event_id) for f in errors
+            RecordError(line, f.path, f.message, text, kind, event_id, f.code) for f in errors
         )
     else:
         out.records.append((line, record))
 
 
+def check_content_type(content_type: str | None) -> None:
+    """Raise the 415 :class:`BodyError` that parsing a body of ``content_type`` would, before
+    any of the body is read."""
+    _is_ndjson(content_type)
+
+
 def _is_ndjson(content_type: str | None) -> bool:
     if content_type is None or not content_type.strip():
-        raise BodyError(415, f"missing Content-Type; {_ACCEPTED}")
+        raise BodyError(415, f"missing Content-Type; {_ACCEPTED}", Reason.UNSUPPORTED_MEDIA_TYPE)
     media, _, params = content_type.partition(";")
     media = media.strip().lower()
     for param in params.split(";"):
@@ -384,12 +414,18 @@ def _is_ndjson(content_type: str | None) -> bool:
         if name.strip().lower() == "charset":
             charset = value.strip().strip('"').lower()
             if charset not in ("utf-8", "utf8"):
-                raise BodyError(415, f"unsupported charset {charset!r}; send UTF-8")
+                raise BodyError(
+                    415,
+                    f"unsupported charset {charset!r}; send UTF-8",
+                    Reason.UNSUPPORTED_MEDIA_TYPE,
+                )
     if media in JSON_TYPES:
         return False
     if media in NDJSON_TYPES:
         return True
-    raise BodyError(415, f"unsupported Content-Type {media[:100]!r}; {_ACCEPTED}")
+    raise BodyError(
+        415, f"unsupported Content-Type {media[:100]!r}; {_ACCEPTED}", Reason.UNSUPPORTED_MEDIA_TYPE
+    )
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -419,6 +455,89 @@ def _json_kind(value: object) -> str:
     return "an object"
 
 
+# -- content encodings ----------------------------------------------------------------------
+
+CODINGS = ("identity", "gzip", "x-gzip", "deflate")
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer, nothing else
+_ZLIB_WBITS = zlib.MAX_WBITS
+_RAW_WBITS = -zlib.MAX_WBITS
+
+
+def content_coding(content_encoding: str | None) -> str:
+    """The one content coding a ``Content-Encoding`` header names, lower-cased (``identity``
+    when there is none). Raises a 415 :class:`BodyError` for anything else, so a body can be
+    refused before it is read."""
+    coding = (content_encoding or "").strip().lower() or "identity"
+    if coding in CODINGS:
+        return coding
+    if "," in coding:
+        message = (
+            f"Content-Encoding {coding[:100]!r} stacks several codings; send at most one of "
+            "gzip or deflate"
+        )
+    else:
+        message = (
+            f"unsupported Content-Encoding {coding[:100]!r}; send the body as is (identity), "
+            "gzip or deflate"
+        )
+    raise BodyError(415, message, Reason.UNSUPPORTED_MEDIA_TYPE)
+
+
+def decode_body(body: bytes, content_encoding: str | None, *, max_bytes: int) -> bytes:
+    """``body`` as sent, decompressed by its ``Content-Encoding``, at most ``max_bytes``.
+
+    The whole body or nothing: a compressed stream that is corrupt, does not end (truncated,
+    no gzip trailer) or is followed by other bytes is a 400, so a body cut in transit is
+    never taken up to where it breaks. Several gzip members one after another are one body
+    (RFC 1952). More than ``max_bytes`` once decompressed is a 413, found without
+    decompressing more than ``max_bytes + 1`` bytes.
+    """
+    coding = content_coding(content_encoding)
+    if coding == "identity":
+        return body
+    if not body:
+        raise BodyError(400, f"empty body with Content-Encoding {coding}", Reason.MALFORMED)
+    if coding == "deflate":
+        # RFC 9110 deflate is zlib-wrapped; some clients send raw deflate. The low four bits
+        # of a zlib header's first byte are 8 (the deflate method).
+        wbits = _ZLIB_WBITS if body[0] & 0x0F == 8 else _RAW_WBITS
+    else:
+        wbits = _GZIP_WBITS
+    out = bytearray()
+    rest = body
+    while rest:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out += inflater.decompress(rest, max_bytes + 1 - len(out))
+        except zlib.error as e:
+            where = "body is not" if rest is body else "bytes after the first member are not"
+            raise BodyError(
+                400, f"{where} valid {coding} data ({e}); nothing was stored", Reason.MALFORMED
+            ) from None
+        if len(out) > max_bytes:
+            raise BodyError(
+                413,
+                f"body larger than {max_bytes} bytes once decompressed; split it or raise "
+                "max_body_bytes",
+                Reason.TOO_LARGE,
+            )
+        if not inflater.eof:
+            raise BodyError(
+                400,
+                f"{coding} body is truncated: its compressed stream does not end; nothing was "
+                "stored",
+                Reason.MALFORMED,
+            )
+        rest = inflater.unused_data
+        if rest and wbits != _GZIP_WBITS:
+            raise BodyError(
+                400,
+                f"{len(rest)} bytes after the end of the deflate stream; nothing was stored",
+                Reason.MALFORMED,
+            )
+    return bytes(out)
+
+
 # -- mixed streams --------------------------------------------------------------------------
 
 
@@ -444,11 +563,13 @@ def parse_record(
     line = text.removesuffix("\n").removesuffix("\r")
     if not line.strip(" \t"):
         empty = "empty line" if kind is None else "empty record"
-        return RecordError(lineno, "", empty, clip_raw(line))
+        return RecordError(lineno, "", empty, clip_raw(line), code=Reason.MALFORMED)
     try:
         value, suspect = _decode(line, where=_column, several=_SEVERAL_IN_RECORD)
     except _Undecodable as e:
-        return RecordError(lineno, "", e.message, clip_raw(line), kind or "unknown")
+        return RecordError(
+            lineno, "", e.message, clip_raw(line), kind or "unknown", code=Reason.MALFORMED
+        )
     # A str from a caller (not decoded from bytes here) may hold surrogates itself.
     suspect = suspect or not _encodable(line)
     if not isinstance(value, dict):
@@ -464,21 +585,26 @@ def parse_record(
     event_id = _event_id(value)
     found = _problem(value) if suspect else None
     if found is not None:
-        return RecordError(lineno, *found, clip_raw(line), known, event_id)
+        return RecordError(lineno, *found, clip_raw(line), known, event_id, Reason.MALFORMED)
     if kind is None and known == "unknown":
         message = (
             'required; expected "event" or "outcome"'
             if given is None
             else f'expected "event" or "outcome", got {_shown(given)}'
         )
-        return RecordError(lineno, "kind", message, clip_raw(line), known, event_id)
+        return RecordError(
+            lineno, "kind", message, clip_raw(line), known, event_id, Reason.BAD_KIND
+        )
     try:
         return WorkEvent.from_json(value) if known == "event" else Outcome.from_json(value)
     except ValidationError as e:
         if len(e.errors) == 1:
             first = e.errors[0]
-            return RecordError(lineno, first.path, first.message, clip_raw(line), known, event_id)
-        return RecordError(lineno, "", str(e), clip_raw(line), known, event_id)
+            return RecordError(
+                lineno, first.path, first.message, clip_raw(line), known, event_id, first.code
+            )
+        # One dead letter, one reason: the first problem's code stands for the record.
+        return RecordError(lineno, "", str(e), clip_raw(line), known, event_id, e.errors[0].code)
 
 
 _MIXED = 'expected a JSON object with "kind": "event" or "outcome"'

@@ -1,9 +1,10 @@
 """Every Prometheus metric the sidecar exports, defined once on an injected registry.
 
 Names follow ``shadow_<what>_<unit>``. Label values are bounded: task types outside the
-policy are reported as ``other``, field paths outside the task's rules as ``other``, and
-dead-letter reasons are a small fixed vocabulary (see :func:`reason_class`), so a hostile
-stream cannot explode the series count.
+policy are reported as ``other``, field paths outside the task's rules as ``other``, record
+kinds outside :data:`KINDS` as ``unknown``, and the reasons of dead letters and rejections
+are the fixed vocabulary :class:`shadow.errors.Reason` (a code carried with the error, never
+read from its message), so a hostile stream cannot explode the series count.
 
 Gauges describing evidence and autonomy are *set* from the store after each evaluation (the
 store is the source of truth: reversals and restarts stay exact); counters count what this
@@ -16,35 +17,28 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from shadow.errors import Reason
 from shadow.model import Comparison, Evidence, ShadowDecision
 from shadow.policy import Policy
 from shadow.promotion import LadderState, Move, Step
 from shadow.stats import lower_bound, upper_bound
 
-__all__ = ["OTHER", "Metrics", "reason_class"]
+__all__ = ["DEAD_LETTER_REASONS", "KINDS", "OTHER", "Metrics"]
 
 OTHER = "other"
-_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-_REASONS = (
-    ("conflicting duplicate", "conflict"),
-    ("invalid json", "malformed"),
-    ("not utf-8", "encoding"),
-    ("too long", "too_large"),
-    ("too large", "too_large"),
-    ("exceeds", "too_large"),
-    ("unknown task type", "unknown_task_type"),
-    ("kind", "bad_kind"),
+KINDS = ("event", "outcome", "comparison", "autonomy")
+"""Record kinds a rejection is counted under; anything else is ``unknown``."""
+DEAD_LETTER_REASONS = (
+    Reason.CONFLICT,
+    Reason.MALFORMED,
+    Reason.ENCODING,
+    Reason.TOO_LARGE,
+    Reason.UNKNOWN_TASK_TYPE,
+    Reason.BAD_KIND,
+    Reason.INVALID,
 )
-
-
-def reason_class(reason: str) -> str:
-    """Map a free-text dead-letter reason onto a bounded label value."""
-    low = reason.lower()
-    for needle, label in _REASONS:
-        if needle in low:
-            return label
-    return "invalid"
+"""The reasons a record can be dead-lettered for (each exported at 0 from start-up)."""
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
@@ -268,8 +262,8 @@ class Metrics:
             for move in Move:
                 self.changes.labels(name, move.value)
         for source in ("http", "file", "kafka"):
-            for reason in sorted({label for _, label in _REASONS} | {"invalid"}):
-                self.dead_letters.labels(source, reason)
+            for reason in DEAD_LETTER_REASONS:
+                self.dead_letters.labels(source, reason.value)
         for table in ("events", "outcomes", "decisions", "dead_letters"):
             self.purged.labels(table)
 
@@ -312,18 +306,19 @@ class Metrics:
     def reversal(self, task_type: str) -> None:
         self.reversals.labels(self.task_label(task_type)).inc()
 
-    def dead_letter(self, source: str, reason: str) -> None:
-        self.dead_letters.labels(self.source_label(source), reason_class(reason)).inc()
+    def dead_letter(self, source: str, code: Reason) -> None:
+        self.dead_letters.labels(self.source_label(source), code.value).inc()
 
     def purged_rows(self, by_table: Mapping[str, int]) -> None:
         for table, count in by_table.items():
             self.purged.labels(table).inc(count)
 
-    def rejected(self, kind: str, source: str, reason: str, count: int = 1) -> None:
-        """``reason`` is a fixed class: malformed, too_large, unsupported_media_type, invalid,
-        unknown_task_type or conflict (never free text, so label values stay bounded)."""
+    def rejected(self, kind: str, source: str, code: Reason, count: int = 1) -> None:
+        """Count ``count`` records (or whole bodies) of ``kind`` refused at ingest. Records,
+        not their errors: one record with three bad fields is one."""
         if count > 0:
-            self.ingest_rejected.labels(kind, self.source_label(source), reason).inc(count)
+            kind = kind if kind in KINDS else "unknown"
+            self.ingest_rejected.labels(kind, self.source_label(source), code.value).inc(count)
 
     def steps(self, steps: Iterable[Step]) -> None:
         for s in steps:

@@ -34,7 +34,7 @@ from shadow.checks import (
     json_problem,
     kind_of,
 )
-from shadow.errors import FieldError
+from shadow.errors import FieldError, Reason
 
 __all__ = [
     "MAX_DEPTH",
@@ -146,7 +146,7 @@ class WorkEvent:
         c.done()  # not an object: that is the one problem worth reporting
         c.unknown_keys({"event_id", "task_type", "payload", "occurred_at", "segment", "kind"})
         if "kind" in c.obj and c.obj["kind"] != "event":
-            c.fail("kind", f'expected "event", got {brief(c.obj["kind"])}')
+            c.fail("kind", f'expected "event", got {brief(c.obj["kind"])}', Reason.BAD_KIND)
         event_id = c.ident("event_id")
         task_type = c.ident("task_type")
         if task_type and not TASK_TYPE_RE.match(task_type):
@@ -231,7 +231,7 @@ class Outcome:
         c.done()
         c.unknown_keys({"event_id", "decision", "actions", "decided_by", "decided_at", "kind"})
         if "kind" in c.obj and c.obj["kind"] != "outcome":
-            c.fail("kind", f'expected "outcome", got {brief(c.obj["kind"])}')
+            c.fail("kind", f'expected "outcome", got {brief(c.obj["kind"])}', Reason.BAD_KIND)
         event_id = c.ident("event_id")
         decision = c.json_object("decision")
         actions = _parse_actions(c, "actions")

@@ -45,6 +45,8 @@ def _ingest(kind: str, schema: str) -> dict[str, Any]:
     body_schema = {"oneOf": [_ref(schema), array]}
     return {
         "summary": f"Ingest {kind}: one JSON object, a JSON array, or NDJSON lines",
+        "description": "The body may be sent with Content-Encoding gzip or deflate; a "
+        "compressed stream that does not end properly is refused whole (400).",
         "requestBody": {
             "required": True,
             "content": {
@@ -54,10 +56,15 @@ def _ingest(kind: str, schema: str) -> dict[str, Any]:
         },
         "responses": {
             "202": _resp("stored durably (per-record errors listed)", _ref("IngestResult")),
-            "400": _resp("malformed body or no valid record", _ERR),
+            "400": _resp(
+                "malformed body (a compressed stream that does not end included) or no valid "
+                "record",
+                _ERR,
+            ),
+            "408": _resp("the body did not arrive within body_timeout", _ERR),
             "409": _resp("every record conflicts with a stored one", _ERR),
-            "413": _resp("body or batch too large", _ERR),
-            "415": _resp("unsupported content type", _ERR),
+            "413": _resp("body (as sent or decompressed) or batch too large", _ERR),
+            "415": _resp("unsupported content type, charset or content encoding", _ERR),
             "422": _resp("unknown task type", _ERR),
         },
     }

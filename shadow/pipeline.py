@@ -37,6 +37,7 @@ from typing import Protocol, Self
 from shadow.agent import AgentRunner
 from shadow.autonomy import AutonomyRegistry
 from shadow.config import Settings
+from shadow.errors import Reason
 from shadow.joiner import Joiner, JoinReport
 from shadow.metrics import Metrics
 from shadow.model import Comparison, Outcome, ShadowDecision, WorkEvent
@@ -178,7 +179,17 @@ class Pipeline:
                 known = ", ".join(sorted(self.policy.task_types)) or "none"
                 reason = f"unknown task type {event.task_type!r}; configured: {known}"
                 results[i] = IngestResult(event.event_id, "rejected", "task_type", reason)
-                rejected.append(DeadLetter(source, "event", reason, None, event.event_id, None))
+                rejected.append(
+                    DeadLetter(
+                        source,
+                        "event",
+                        reason,
+                        None,
+                        event.event_id,
+                        None,
+                        code=Reason.UNKNOWN_TASK_TYPE,
+                    )
+                )
                 continue
             keep.append((i, replace(event, payload=task.redact_payload(event.payload))))
             needs.append(self.agent is not None and task.sampled(event.event_id))
@@ -189,7 +200,8 @@ class Pipeline:
             for (i, stored), r, need in zip(keep, put, needs, strict=True):
                 results[i] = IngestResult(r.event_id, r.status.value, "", r.reason)
                 if r.status is PutStatus.CONFLICT:
-                    self.metrics.dead_letter(source, r.reason)
+                    self.metrics.dead_letter(source, Reason.CONFLICT)
+                    self.metrics.rejected("event", source, Reason.CONFLICT)
                 elif need and r.status is PutStatus.STORED:
                     if len(self._fresh) < self._fresh_max:
                         self._fresh[stored.event_id] = stored
@@ -200,7 +212,8 @@ class Pipeline:
         if rejected and dead_letter_rejected:
             await self.store.put_dead_letters(rejected, now=self.clock())
             for letter in rejected:
-                self.metrics.dead_letter(source, letter.reason)
+                self.metrics.dead_letter(source, letter.code)
+        self.metrics.rejected("event", source, Reason.UNKNOWN_TASK_TYPE, len(rejected))
         final = [r for r in results if r is not None]
         self.metrics.event_results([e.task_type for e in events], source, [r.status for r in final])
         return final
@@ -221,18 +234,21 @@ class Pipeline:
         ]
         for r in put:
             if r.status is PutStatus.CONFLICT:
-                self.metrics.dead_letter(source, r.reason)
+                self.metrics.dead_letter(source, Reason.CONFLICT)
+                self.metrics.rejected("outcome", source, Reason.CONFLICT)
         self.metrics.outcome_results(source, [r.status.value for r in put])
         self._schedule_join(ready)
         return [IngestResult(r.event_id, r.status.value, "", r.reason) for r in put]
 
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
-        """Record input that could not be parsed (sources call this)."""
+        """Record input that could not be parsed (sources call this): each letter is one
+        refused record, counted under its ``code`` as a dead letter and as a rejection."""
         if not letters:
             return
         await self.store.put_dead_letters(letters, now=self.clock())
         for letter in letters:
-            self.metrics.dead_letter(letter.source, letter.reason)
+            self.metrics.dead_letter(letter.source, letter.code)
+            self.metrics.rejected(letter.kind, letter.source, letter.code)
 
     # -- background work --------------------------------------------------------------------
 

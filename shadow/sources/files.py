@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Self
 
-from shadow.errors import ConfigError
+from shadow.errors import ConfigError, Reason
 from shadow.ingest import RAW_LIMIT, RecordError, clip_raw, parse_mixed_line
 from shadow.model import Outcome, WorkEvent
 from shadow.store import DeadLetter
@@ -160,12 +160,19 @@ class _Reader:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             shown = clip_raw(raw[: RAW_LIMIT * 4].decode("utf-8", "backslashreplace"))
-            batch.dead.append(self._letter(f"line is not UTF-8 at byte {e.start}", shown))
+            reason = f"line is not UTF-8 at byte {e.start}"
+            batch.dead.append(self._letter(reason, shown, code=Reason.ENCODING))
             return
         record = parse_mixed_line(text, self._lineno)
         if isinstance(record, RecordError):
             batch.dead.append(
-                self._letter(str(record), record.raw, kind=record.kind, event_id=record.event_id)
+                self._letter(
+                    str(record),
+                    record.raw,
+                    kind=record.kind,
+                    event_id=record.event_id,
+                    code=record.code,
+                )
             )
         elif isinstance(record, WorkEvent):
             batch.events.append(record)
@@ -184,7 +191,7 @@ class _Reader:
         total -= 1 if chunk.endswith(b"\n") else 0
         shown = clip_raw(head[:RAW_LIMIT].decode("utf-8", "backslashreplace"))
         reason = f"line is {total} bytes long; the limit is {self._limit} (max_line_bytes)"
-        return self._letter(reason, shown)
+        return self._letter(reason, shown, code=Reason.TOO_LARGE)
 
     def _readline(self, file: BinaryIO, limit: int) -> bytes:
         try:
@@ -196,7 +203,13 @@ class _Reader:
             ) from None
 
     def _letter(
-        self, reason: str, raw: str | None, *, kind: str = "unknown", event_id: str | None = None
+        self,
+        reason: str,
+        raw: str | None,
+        *,
+        kind: str = "unknown",
+        event_id: str | None = None,
+        code: Reason,
     ) -> DeadLetter:
         return DeadLetter(
             source=self._source,
@@ -205,6 +218,7 @@ class _Reader:
             raw=raw,
             event_id=event_id,
             location=f"line {self._lineno}",
+            code=code,
         )
 
 

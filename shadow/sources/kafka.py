@@ -62,7 +62,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
 from shadow.config import Settings
-from shadow.errors import ConfigError
+from shadow.errors import ConfigError, Reason
 from shadow.ingest import RecordError, parse_record
 from shadow.model import Outcome, WorkEvent
 from shadow.sources.kafka_client import (
@@ -364,26 +364,28 @@ class KafkaSource:
         value: bytes | None = message.value
         limit = self._settings.kafka_max_message_bytes
 
-        def dead(reason: str, event_id: str | None = None) -> None:
-            batch.dead.append((message_dead_letter(message, kind, reason, event_id), message))
+        def dead(reason: str, code: Reason, event_id: str | None = None) -> None:
+            letter = message_dead_letter(message, kind, reason, event_id, code=code)
+            batch.dead.append((letter, message))
 
         if value is None:
-            dead("message has no value (a tombstone); expected one JSON record")
+            dead("message has no value (a tombstone); expected one JSON record", Reason.MALFORMED)
             return
         if len(value) > limit:
             dead(
                 f"message too large: {len(value)} bytes; the limit is {limit} "
-                "(kafka_max_message_bytes)"
+                "(kafka_max_message_bytes)",
+                Reason.TOO_LARGE,
             )
             return
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError as e:
-            dead(f"message is not UTF-8 at byte {e.start}")
+            dead(f"message is not UTF-8 at byte {e.start}", Reason.ENCODING)
             return
         record = parse_record(text.removeprefix("\ufeff"), kind=kind)
         if isinstance(record, RecordError):
-            dead(str(record), record.event_id)
+            dead(str(record), record.code, record.event_id)
             return
         key = message.key
         if key is not None and key != record.event_id.encode("utf-8"):
@@ -391,6 +393,7 @@ class KafkaSource:
             dead(
                 f"message key {shown_key!r} does not match event_id {record.event_id!r}; key "
                 "events and outcomes by event_id (co-partitioning)",
+                Reason.INVALID,
                 record.event_id,
             )
             return

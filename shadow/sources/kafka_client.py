@@ -29,7 +29,7 @@ from aiokafka.errors import (
 )
 
 from shadow.config import Settings
-from shadow.errors import ConfigError
+from shadow.errors import ConfigError, Reason
 from shadow.ingest import RAW_LIMIT, clip_raw
 from shadow.store import DeadLetter
 
@@ -129,17 +129,23 @@ def rewind(consumer: AIOKafkaConsumer, fetched: Mapping[TopicPartition, Any]) ->
 
 
 def message_dead_letter(
-    message: Any, kind: str, reason: str, event_id: str | None = None
+    message: Any,
+    kind: str,
+    reason: str,
+    event_id: str | None = None,
+    *,
+    code: Reason = Reason.INVALID,
 ) -> DeadLetter:
     """The dead letter for one Kafka message: source ``kafka:<topic>``, location
     ``topic[partition]@offset``, and the value as text (invalid UTF-8 shown as ``\\xNN``,
-    clipped like every raw record); no value (a tombstone) shows nothing."""
+    clipped like every raw record); no value (a tombstone) shows nothing. ``code`` is why,
+    for counting."""
     value: bytes | None = message.value
     shown = None
     if value is not None:
         shown = clip_raw(value[: RAW_LIMIT * 4].decode("utf-8", "backslashreplace"))
     where = f"{message.topic}[{message.partition}]@{message.offset}"
-    return DeadLetter(f"kafka:{message.topic}", kind, reason, shown, event_id, where)
+    return DeadLetter(f"kafka:{message.topic}", kind, reason, shown, event_id, where, code)
 
 
 async def start_client(

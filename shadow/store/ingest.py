@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from shadow.errors import Reason
 from shadow.fastjson import dumps
 from shadow.model import (
     Outcome,
@@ -79,7 +80,14 @@ class IngestPart(StoreBase):
                 )
                 results.append(PutResult(event.event_id, PutStatus.CONFLICT, reason))
                 dead.append(
-                    DeadLetter(source, "event", reason, json.dumps(event.to_json()), event.event_id)
+                    DeadLetter(
+                        source,
+                        "event",
+                        reason,
+                        json.dumps(event.to_json()),
+                        event.event_id,
+                        code=Reason.CONFLICT,
+                    )
                 )
         with self._tx() as tx:
             if rows:
@@ -137,7 +145,14 @@ class IngestPart(StoreBase):
                 )
                 results.append(PutResult(o.event_id, PutStatus.CONFLICT, reason))
                 dead.append(
-                    DeadLetter(source, "outcome", reason, json.dumps(o.to_json()), o.event_id)
+                    DeadLetter(
+                        source,
+                        "outcome",
+                        reason,
+                        json.dumps(o.to_json()),
+                        o.event_id,
+                        code=Reason.CONFLICT,
+                    )
                 )
                 continue
             is_current = status is not PutStatus.SUPERSEDED
@@ -248,7 +263,14 @@ class IngestPart(StoreBase):
                 )
                 results.append(PutResult(d.event_id, PutStatus.CONFLICT, reason))
                 dead.append(
-                    DeadLetter(source, "decision", reason, json.dumps(d.to_json()), d.event_id)
+                    DeadLetter(
+                        source,
+                        "decision",
+                        reason,
+                        json.dumps(d.to_json()),
+                        d.event_id,
+                        code=Reason.CONFLICT,
+                    )
                 )
         with self._tx() as tx:
             if rows:

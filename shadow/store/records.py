@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from shadow.errors import Reason
 from shadow.model import (
     Outcome,
     ShadowDecision,
@@ -38,7 +39,11 @@ class PutResult:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A record that could not be taken, with why. ``raw`` keeps the input for replay."""
+    """A record that could not be taken, with why. ``raw`` keeps the input for replay.
+
+    ``reason`` is the message a person reads; ``code`` the bounded class metrics count it
+    under. The code is not stored, so it takes no part in equality.
+    """
 
     source: str
     kind: str
@@ -46,6 +51,7 @@ class DeadLetter:
     raw: str | None = None
     event_id: str | None = None
     location: str | None = None
+    code: Reason = field(default=Reason.INVALID, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,16 +6,18 @@ loopback ports, started by factories that tear everything down after the test.
   can block an answer on an ``asyncio.Event`` it holds). Every request is recorded with its
   headers before the answer is computed.
 - ``sidecar(policy=..., agent=..., **settings)`` builds the real app with
-  :func:`shadow.app.build_app` (tmp DuckDB file, own Prometheus registry) and serves it with
-  ``web.AppRunner`` + ``web.TCPSite`` on 127.0.0.1 port 0.
+  :func:`shadow.app.build_app` (tmp DuckDB file, own Prometheus registry) and serves it as
+  ``shadow run`` does (:class:`shadow.server.Listener`) on 127.0.0.1 port 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from shadow.app import build_app
 from shadow.config import Settings
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, parse_policy
+from shadow.server import Listener
 
 ADMIN_TOKEN = "s3cret-admin-token"
 AGENT_VERSION = "agent@1"
@@ -276,22 +279,100 @@ def no_shadow_env(monkeypatch: pytest.MonkeyPatch) -> None:
 async def sidecar(tmp_path: Path, no_shadow_env: None) -> AsyncIterator[SidecarFactory]:
     """``await sidecar(policy=TEXT, agent=URL, **settings)`` serves the real app on
     127.0.0.1:0 with a tmp DuckDB file; everything is torn down after the test."""
-    started: list[tuple[web.AppRunner, aiohttp.ClientSession]] = []
+    started: list[tuple[Listener, aiohttp.ClientSession]] = []
 
     async def start(*, policy: str = POLICY, **overrides: Any) -> Sidecar:
         settings = clean_settings(tmp_path, f"sidecar{len(started)}", **overrides)
         parsed = parse_policy(policy)
         app = build_app(settings, policy=parsed, registry=CollectorRegistry())
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
+        sock = socket.create_server(("127.0.0.1", 0))
+        listener = Listener(app, sock, settings, access_log=None, shutdown_timeout=1.0)
+        await listener.start()
         session = aiohttp.ClientSession()
-        started.append((runner, session))
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        started.append((listener, session))
+        url = f"http://127.0.0.1:{listener.port}"
         return Sidecar(url, app, settings, session, parsed)
 
     yield start
-    for runner, session in reversed(started):
+    for listener, session in reversed(started):
         await session.close()
-        await runner.cleanup()
+        await listener.close()
+
+
+# -- raw HTTP -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    status: int
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+    def json(self) -> Any:
+        assert self.headers.get("content-type", "").startswith("application/json"), self
+        return json.loads(self.body)
+
+
+@dataclass(eq=False)
+class RawHttp:
+    """One TCP connection speaking HTTP/1.1 by hand, for what a client library will not
+    send: malformed request lines, headers or bodies trickled a byte at a time, an
+    ``Expect: 100-continue`` whose answer is read before the body is sent. Every read is
+    bounded by ``within`` seconds (a guard against hangs, not a timing)."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self, within: float = 30.0) -> RawResponse:
+        """The next response (an interim ``100 Continue`` included), body read by its
+        Content-Length."""
+        async with asyncio.timeout(within):
+            status_line = await self.reader.readline()
+            assert status_line.startswith(b"HTTP/1."), status_line
+            headers: dict[str, str] = {}
+            while (line := await self.reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length", "0"))
+            body = await self.reader.readexactly(length) if length else b""
+        return RawResponse(int(status_line.split()[1]), headers, body)
+
+    async def closed_by_server(self, within: float = 30.0) -> bool:
+        """Read until the server closes the connection; whatever it sent is discarded."""
+        async with asyncio.timeout(within):
+            try:
+                while await self.reader.read(65536):
+                    pass
+            except ConnectionError:
+                pass
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+RawHttpFactory = Callable[[str], Awaitable[RawHttp]]
+
+
+@pytest.fixture
+async def raw_http() -> AsyncIterator[RawHttpFactory]:
+    """``await raw_http(url)`` opens a :class:`RawHttp` to the host and port of ``url``;
+    every connection is closed after the test."""
+    opened: list[RawHttp] = []
+
+    async def connect(url: str) -> RawHttp:
+        host, port = url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        conn = RawHttp(reader, writer)
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
+        await conn.close()

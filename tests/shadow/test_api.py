@@ -4,8 +4,10 @@ real fake agent over loopback. Exact counts, bad input, agent failures, the auto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,7 @@ from tests.shadow.conftest import (
     AgentServerFactory,
     HttpResult,
     MetricKey,
+    RawHttpFactory,
     Reply,
     Sidecar,
     SidecarFactory,
@@ -451,6 +454,157 @@ async def test_bad_http_input_is_counted_in_a_metric(
         after = rejected_total(await sc.metrics(), kind)
         assert after > before, post
         before = after
+
+
+def rejected(samples: Mapping[MetricKey, float], kind: str, reason: str) -> float:
+    return (
+        metric(samples, "shadow_ingest_rejected_total", kind=kind, source="http", reason=reason)
+        or 0
+    )
+
+
+async def test_one_record_with_several_bad_fields_is_one_rejection(
+    sidecar: SidecarFactory,
+) -> None:
+    sc = await sidecar()
+    three_bad_fields = {"event_id": 5, "payload": "not an object"}  # event_id, task_type, payload
+    lines = [json.dumps(three_bad_fields), json.dumps(event("ok-1")), "{not json"]
+    res = await sc.post(
+        EVENTS, data="\n".join(lines), headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert res.status == 202, res.body
+    assert len(res.body["errors"]) == 4  # every field is still named in the answer
+    m = await sc.metrics()
+    assert rejected(m, "event", "invalid") == 1
+    assert rejected(m, "event", "malformed") == 1
+
+
+NDJSON_CT = "application/x-ndjson"
+
+
+def hundred_events() -> bytes:
+    return b"".join(json.dumps(event(f"z-{i:03d}")).encode() + b"\n" for i in range(100))
+
+
+def compressed(data: bytes, coding: str, *, cut_after: int | None = None) -> bytes:
+    """``data`` gzip- or deflate-compressed; with ``cut_after``, the stream stops after that
+    many lines (flushed, so they decompress) and never ends: no final block, no trailer."""
+    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
+    deflater = zlib.compressobj(wbits=wbits)
+    if cut_after is None:
+        return deflater.compress(data) + deflater.flush()
+    head = b"".join(data.splitlines(keepends=True)[:cut_after])
+    return deflater.compress(head) + deflater.flush(zlib.Z_SYNC_FLUSH)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_truncated_compressed_body_is_refused_whole(
+    sidecar: SidecarFactory, coding: str
+) -> None:
+    sc = await sidecar()
+    headers = {"Content-Type": NDJSON_CT, "Content-Encoding": coding}
+    cut = compressed(hundred_events(), coding, cut_after=50)
+    assert_error(await sc.post(EVENTS, data=cut, headers=headers), 400, "truncated")
+    assert await sc.pipeline.store.count("events") == 0
+    assert rejected(await sc.metrics(), "event", "malformed") == 1
+
+    whole = compressed(hundred_events(), coding)
+    res = await sc.post(EVENTS, data=whole, headers=headers)
+    assert res.status == 202, res.body
+    assert res.body["accepted"] == 100
+    assert await sc.pipeline.store.count("events") == 100
+
+
+async def test_a_body_that_does_not_match_its_encoding_is_a_counted_json_error(
+    sidecar: SidecarFactory,
+) -> None:
+    sc = await sidecar()
+    plain = json.dumps(event("p-1")).encode()
+    json_ct = {"Content-Type": "application/json"}
+    res = await sc.post(EVENTS, data=plain, headers={**json_ct, "Content-Encoding": "gzip"})
+    assert_error(res, 400, "not valid gzip data")
+    res = await sc.post(OUTCOMES, data=b"\x1f\x8b", headers={**json_ct, "Content-Encoding": "gzip"})
+    assert_error(res, 400, "truncated")
+    res = await sc.post(EVENTS, data=plain, headers={**json_ct, "Content-Encoding": "br"})
+    assert_error(res, 415, "unsupported Content-Encoding 'br'", "gzip or deflate")
+    m = await sc.metrics()
+    assert rejected(m, "event", "malformed") == 1
+    assert rejected(m, "outcome", "malformed") == 1
+    assert rejected(m, "event", "unsupported_media_type") == 1
+    assert await sc.pipeline.store.count("events") == 0
+    await still_serving(sc, EVENTS, 1)
+
+
+def request_head(path: str, length: int, *extra: str) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: sidecar",
+        f"Content-Type: {NDJSON_CT}",
+        f"Content-Length: {length}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_a_body_trickled_in_is_cut_off_with_408(
+    sidecar: SidecarFactory, raw_http: RawHttpFactory
+) -> None:
+    sc = await sidecar(body_timeout=1.0)
+    body = hundred_events()
+    conn = await raw_http(sc.url)
+    await conn.send(request_head(EVENTS, len(body)))
+
+    async def trickle() -> None:
+        for i in range(len(body)):  # 1 byte/s: never done within body_timeout
+            await conn.send(body[i : i + 1])
+            await asyncio.sleep(1.0)
+
+    sender = asyncio.create_task(trickle())
+    try:
+        res = await conn.response()
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await sender
+    assert res.status == 408
+    assert "body_timeout" in res.json()["error"]
+    assert res.headers.get("connection", "").lower() == "close"
+    assert await sc.pipeline.store.count("events") == 0
+    assert rejected(await sc.metrics(), "event", "timeout") == 1
+    await still_serving(sc, EVENTS, 1)
+
+
+@pytest.mark.parametrize("path", [EVENTS, OUTCOMES])
+async def test_a_declared_body_over_the_limit_is_refused_before_100_continue(
+    sidecar: SidecarFactory, raw_http: RawHttpFactory, path: str
+) -> None:
+    sc = await sidecar(max_body_bytes=4096)
+    conn = await raw_http(sc.url)
+    await conn.send(request_head(path, 5000, "Expect: 100-continue"))
+    res = await conn.response()
+    assert res.status == 413  # not 100: the client is told before it sends the body
+    assert "larger than 4096 bytes" in res.json()["error"]
+    assert res.headers.get("connection", "").lower() == "close"
+    kind = "event" if path == EVENTS else "outcome"
+    assert rejected(await sc.metrics(), kind, "too_large") == 1
+
+    # A content type ingest does not read is refused before the body too.
+    conn = await raw_http(sc.url)
+    head = request_head(path, 10, "Expect: 100-continue").replace(NDJSON_CT.encode(), b"text/csv")
+    await conn.send(head)
+    res = await conn.response()
+    assert res.status == 415
+    assert "text/csv" in res.json()["error"]
+
+    # Within the limit: 100 Continue, then the body, then the answer.
+    body = json.dumps(GOOD[path](1)).encode()
+    conn = await raw_http(sc.url)
+    await conn.send(request_head(path, len(body), "Expect: 100-continue"))
+    assert (await conn.response()).status == 100
+    await conn.send(body)
+    res = await conn.response()
+    assert res.status == 202, res.body
+    assert res.json()["accepted"] == 1
 
 
 # -- 3. a slow or broken agent never slows ingest ----------------------------------------------

@@ -829,15 +829,14 @@ def test_run_tunes_the_garbage_collector_before_serving(
     records the collector's state and returns."""
     import gc
 
-    from aiohttp import web
-
+    from shadow import server
     from shadow.app import GC_THRESHOLDS
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     seen: list[tuple[tuple[int, int, int], int]] = []
     monkeypatch.setattr(
-        web, "run_app", lambda *a, **kw: seen.append((gc.get_threshold(), gc.get_freeze_count()))
+        server, "run_server", lambda *a: seen.append((gc.get_threshold(), gc.get_freeze_count()))
     )
     gc.set_threshold(700, 10, 10)
     code = main(["run", "--config", str(policy), "--db", str(tmp_path / "s.duckdb"), "--port", "0"])

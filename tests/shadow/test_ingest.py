@@ -1,19 +1,22 @@
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from collections.abc import Callable, Mapping
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shadow.errors import ShadowError
+from shadow.errors import Reason, ShadowError
 from shadow.ingest import (
     RAW_LIMIT,
     BodyError,
     Parsed,
     RecordError,
     clip_raw,
+    decode_body,
     parse_events,
     parse_mixed_line,
     parse_outcomes,
@@ -221,9 +224,10 @@ def test_huge_number_is_400_not_a_crash() -> None:
 
 
 def test_body_error_is_a_shadow_error() -> None:
-    err = BodyError(413, "too big")
+    err = BodyError(413, "too big", Reason.TOO_LARGE)
     assert isinstance(err, ShadowError)
     assert (err.status, err.message, str(err)) == (413, "too big", "413: too big")
+    assert err.code is Reason.TOO_LARGE
 
 
 # -- records --------------------------------------------------------------------------------
@@ -494,16 +498,17 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("line", "path", "message", "kind", "event_id"),
+    ("line", "path", "message", "kind", "event_id", "code"),
     [
-        ("", "", "empty line", "unknown", None),
-        ("  \t", "", "empty line", "unknown", None),
+        ("", "", "empty line", "unknown", None, Reason.MALFORMED),
+        ("  \t", "", "empty line", "unknown", None, Reason.MALFORMED),
         (
             "{bad",
             "",
             "invalid JSON at column 2: Expecting property name enclosed in double quotes",
             "unknown",
             None,
+            Reason.MALFORMED,
         ),
         (
             "[1]",
@@ -511,14 +516,23 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
             'expected a JSON object with "kind": "event" or "outcome", got an array',
             "unknown",
             None,
+            Reason.INVALID,
         ),
-        (dumps(EVENT), "kind", 'required; expected "event" or "outcome"', "unknown", "r-1"),
+        (
+            dumps(EVENT),
+            "kind",
+            'required; expected "event" or "outcome"',
+            "unknown",
+            "r-1",
+            Reason.BAD_KIND,
+        ),
         (
             dumps({**EVENT, "kind": "evnt"}),
             "kind",
             'expected "event" or "outcome", got \'evnt\'',
             "unknown",
             "r-1",
+            Reason.BAD_KIND,
         ),
         (
             dumps({**EVENT, "kind": None}),
@@ -526,6 +540,7 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
             'required; expected "event" or "outcome"',
             "unknown",
             "r-1",
+            Reason.BAD_KIND,
         ),
         (
             dumps({"kind": "outcome", "event_id": "r-1"}),
@@ -533,6 +548,7 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
             "required; expected a JSON object",
             "outcome",
             "r-1",
+            Reason.INVALID,
         ),
         (
             '{"kind": "event", "kind": "outcome", "event_id": "r-1"}',
@@ -540,6 +556,7 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
             "key appears more than once in one JSON object; the value is ambiguous",
             "outcome",
             "r-1",
+            Reason.MALFORMED,
         ),
         (
             '{"kind": "event", "event_id": "r-1", "task_type": "t", "payload": {"a": NaN}}',
@@ -547,14 +564,15 @@ def test_mixed_line_gives_events_and_outcomes() -> None:
             "NaN is not valid JSON; use null or a finite number",
             "event",
             "r-1",
+            Reason.MALFORMED,
         ),
     ],
 )
 def test_mixed_line_errors(
-    line: str, path: str, message: str, kind: str, event_id: str | None
+    line: str, path: str, message: str, kind: str, event_id: str | None, code: Reason
 ) -> None:
     result = parse_mixed_line(line, 7)
-    assert result == RecordError(7, path, message, line, kind, event_id)
+    assert result == RecordError(7, path, message, line, kind, event_id, code)
 
 
 def test_mixed_line_with_several_field_errors_joins_them() -> None:
@@ -566,6 +584,131 @@ def test_mixed_line_with_several_field_errors_joins_them() -> None:
         "task_type: required; expected a non-empty string; "
         "payload: required; expected a JSON object"
     )
+
+
+# -- reason codes ---------------------------------------------------------------------------
+
+
+def test_record_errors_carry_a_code_not_read_from_their_message() -> None:
+    """The code is set where the problem is found: a field that is "too long" is an invalid
+    record, not a body too large; a message mentioning "kind" is not a bad kind."""
+    long_id = {**EVENT, "event_id": "x" * 300}
+    parsed = events(
+        nd(
+            long_id,
+            "{oops",
+            {**EVENT, "kind": "outcome"},
+            '{"event_id": "r-4", "task_type": "t", "payload": {"a": NaN}}',
+            {"event_id": 5, "payload": []},
+        )
+    )
+    codes = [(e.line, e.path, e.code) for e in parsed.errors]
+    assert codes == [
+        (1, "event_id", Reason.INVALID),
+        (2, "", Reason.MALFORMED),
+        (3, "kind", Reason.BAD_KIND),
+        (4, "payload.a", Reason.MALFORMED),
+        (5, "event_id", Reason.INVALID),
+        (5, "task_type", Reason.INVALID),
+        (5, "payload", Reason.INVALID),
+    ]
+    assert "too long" in parsed.errors[0].message
+    mixed = parse_mixed_line('[{"kind": "event"}]', 1)
+    assert isinstance(mixed, RecordError)
+    assert '"kind"' in mixed.message
+    assert mixed.code is Reason.INVALID
+    several = parse_mixed_line('{"kind": "event", "event_id": "r-1", "kind": "x"}', 1)
+    assert isinstance(several, RecordError)
+    assert several.code is Reason.MALFORMED
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b'{"a": "\xff"}', JSON, 400, Reason.ENCODING),
+        (b"", JSON, 400, Reason.MALFORMED),
+        (b"[1", JSON, 400, Reason.MALFORMED),
+        (b"{}\n{}\n{}", NDJSON, 413, Reason.TOO_LARGE),
+        (b"{}", "text/plain", 415, Reason.UNSUPPORTED_MEDIA_TYPE),
+    ],
+)
+def test_body_errors_carry_a_code(
+    body: bytes, content_type: str, status: int, code: Reason
+) -> None:
+    err = body_error(body, content_type, limit=2)
+    assert (err.status, err.code) == (status, code)
+
+
+# -- content encodings ----------------------------------------------------------------------
+
+HUNDRED = b"".join(dumps({**EVENT, "event_id": f"r-{i}"}).encode() + b"\n" for i in range(100))
+
+
+def cut_after_record_50(wbits: int) -> bytes:
+    """A compressed stream of 100 records cut after record 50: everything up to there
+    decompresses (a sync flush), but the stream has no end (no gzip trailer)."""
+    lines = HUNDRED.splitlines(keepends=True)
+    deflater = zlib.compressobj(wbits=wbits)
+    head = deflater.compress(b"".join(lines[:50])) + deflater.flush(zlib.Z_SYNC_FLUSH)
+    assert zlib.decompressobj(wbits).decompress(head) == b"".join(lines[:50])
+    return head
+
+
+def test_gzip_and_deflate_bodies_are_decoded() -> None:
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = raw_deflate.compress(HUNDRED) + raw_deflate.flush()
+    limit = len(HUNDRED)
+    assert decode_body(gzip.compress(HUNDRED), "gzip", max_bytes=limit) == HUNDRED
+    assert decode_body(gzip.compress(HUNDRED), " X-GZIP ", max_bytes=limit) == HUNDRED
+    assert decode_body(zlib.compress(HUNDRED), "deflate", max_bytes=limit) == HUNDRED
+    assert decode_body(raw, "deflate", max_bytes=limit) == HUNDRED
+    assert decode_body(HUNDRED, None, max_bytes=1) == HUNDRED  # identity: not its job
+    assert decode_body(HUNDRED, "identity", max_bytes=1) == HUNDRED
+    half = len(HUNDRED) // 2
+    members = gzip.compress(HUNDRED[:half]) + gzip.compress(HUNDRED[half:])
+    assert decode_body(members, "gzip", max_bytes=limit) == HUNDRED  # RFC 1952 members
+
+
+@pytest.mark.parametrize(
+    ("body", "coding", "says"),
+    [
+        (cut_after_record_50(16 + zlib.MAX_WBITS), "gzip", "truncated"),
+        (gzip.compress(HUNDRED)[:-8], "gzip", "truncated"),  # the trailer cut off
+        (cut_after_record_50(zlib.MAX_WBITS), "deflate", "truncated"),
+        (HUNDRED, "gzip", "not valid gzip"),  # says gzip, is plain text
+        (HUNDRED, "deflate", "not valid deflate"),
+        (gzip.compress(HUNDRED) + b"junk", "gzip", "after the first member"),
+        (zlib.compress(HUNDRED) + b"junk", "deflate", "after the end"),
+        (b"", "gzip", "empty body"),
+    ],
+)
+def test_a_compressed_body_that_does_not_end_properly_is_refused_whole(
+    body: bytes, coding: str, says: str
+) -> None:
+    with pytest.raises(BodyError) as exc:
+        decode_body(body, coding, max_bytes=10 * len(HUNDRED))
+    assert (exc.value.status, exc.value.code) == (400, Reason.MALFORMED)
+    assert says in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("coding", "says"),
+    [("br", "unsupported Content-Encoding 'br'"), ("gzip, deflate", "stacks several")],
+)
+def test_unsupported_encodings_are_415(coding: str, says: str) -> None:
+    with pytest.raises(BodyError) as exc:
+        decode_body(gzip.compress(HUNDRED), coding, max_bytes=10 * len(HUNDRED))
+    assert (exc.value.status, exc.value.code) == (415, Reason.UNSUPPORTED_MEDIA_TYPE)
+    assert says in exc.value.message
+
+
+def test_the_decompressed_size_is_bounded() -> None:
+    bomb = gzip.compress(b"0" * 10_000_000)
+    with pytest.raises(BodyError) as exc:
+        decode_body(bomb, "gzip", max_bytes=4096)
+    assert (exc.value.status, exc.value.code) == (413, Reason.TOO_LARGE)
+    assert "larger than 4096 bytes once decompressed" in exc.value.message
+    assert decode_body(gzip.compress(b"0" * 4096), "gzip", max_bytes=4096) == b"0" * 4096
 
 
 # -- properties -----------------------------------------------------------------------------

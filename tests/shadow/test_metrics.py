@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from shadow.demo import DEMO_POLICY
-from shadow.metrics import OTHER, Metrics, reason_class
+from shadow.errors import Reason
+from shadow.metrics import DEAD_LETTER_REASONS, OTHER, Metrics
 from shadow.policy import parse_policy
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -52,18 +53,24 @@ def test_label_values_stay_bounded() -> None:
     assert m.source_label("http") == "http"
 
 
-def test_dead_letter_reasons_map_to_a_fixed_set() -> None:
-    assert reason_class("conflicting duplicate: event r-1 already stored") == "conflict"
-    assert reason_class("invalid JSON at line 3") == "malformed"
-    assert reason_class("unknown task type 'x'; configured: a") == "unknown_task_type"
-    assert reason_class("something nobody anticipated") == "invalid"
+def test_dead_letters_are_counted_under_their_code_and_exported_at_zero() -> None:
+    m = metrics()
+    value = m.registry.get_sample_value
+    for source in ("http", "file", "kafka"):
+        for reason in DEAD_LETTER_REASONS:
+            labels = {"source": source, "reason": reason.value}
+            assert value("shadow_dead_letters_total", labels) == 0
+    m.dead_letter("file:/data/in.jsonl", Reason.INVALID)
+    assert value("shadow_dead_letters_total", {"source": "file", "reason": "invalid"}) == 1
+    assert value("shadow_dead_letters_total", {"source": "file", "reason": "too_large"}) == 0
 
 
 def test_rejections_count_per_kind_source_and_reason() -> None:
     m = metrics()
-    m.rejected("event", "http", "malformed")
-    m.rejected("event", "kafka://b:9092", "invalid", 3)
-    m.rejected("outcome", "http", "conflict", 0)  # nothing to count: no series
+    m.rejected("event", "http", Reason.MALFORMED)
+    m.rejected("event", "kafka://b:9092", Reason.INVALID, 3)
+    m.rejected("outcome", "http", Reason.CONFLICT, 0)  # nothing to count: no series
+    m.rejected("attacker-chosen", "http", Reason.BAD_KIND)
     value = m.registry.get_sample_value
     assert (
         value(
@@ -85,4 +92,11 @@ def test_rejections_count_per_kind_source_and_reason() -> None:
             {"kind": "outcome", "source": "http", "reason": "conflict"},
         )
         is None
+    )
+    assert (
+        value(
+            "shadow_ingest_rejected_total",
+            {"kind": "unknown", "source": "http", "reason": "bad_kind"},
+        )
+        == 1
     )

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from shadow.errors import ConfigError
+from shadow.errors import ConfigError, Reason
 from shadow.ingest import RAW_LIMIT, clip_raw
 from shadow.model import Outcome, WorkEvent
 from shadow.sources import FileReport, FileSource, Sink, parse_source_spec
 from shadow.store import DeadLetter
+from tests.conftest import wait_for
+from tests.shadow.conftest import SidecarFactory, metric
 
 
 def event(n: int, **extra: object) -> dict[str, object]:
@@ -315,6 +317,68 @@ async def test_overlong_lines_are_dead_letters_without_holding_them(
         DeadLetter(f"file:{path}", "unknown", reason, shown, None, "line 2"),
         DeadLetter(f"file:{path}", "unknown", reason, shown, None, "line 4"),
     ]
+
+
+async def test_dead_letters_carry_the_code_of_their_problem(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    """The code is set where the problem is found, never read from the reason's text: an
+    ``event_id`` that is "too long" is an invalid record, not a line too large; a reason
+    that mentions "kind" is not a bad kind."""
+    lines: list[Line] = [
+        event(1, event_id="x" * 300),
+        "{oops",
+        {**event(3), "kind": "ticket"},
+        b'{"kind": "event", "event_id": "e-\xff"}',
+        "[1, 2]",
+        {**event(6), "event_id": 6, "payload": "not an object"},
+        b'{"kind": "event", "pad": "' + b"x" * 5000 + b'"}',
+    ]
+    path = write(tmp_path / "codes.jsonl", lines)
+    await make_source(path, max_line_bytes=4096).run()
+    assert [(d.location, d.code) for d in sink.dead] == [
+        ("line 1", Reason.INVALID),
+        ("line 2", Reason.MALFORMED),
+        ("line 3", Reason.BAD_KIND),
+        ("line 4", Reason.ENCODING),
+        ("line 5", Reason.INVALID),
+        ("line 6", Reason.INVALID),
+        ("line 7", Reason.TOO_LARGE),
+    ]
+    assert "too long" in sink.dead[0].reason
+    assert "kind" in sink.dead[4].reason
+
+
+async def test_bad_records_are_counted_once_each_under_their_code(
+    tmp_path: Path, sidecar: SidecarFactory
+) -> None:
+    """Through the real app: a file source's refused records are counted in
+    shadow_ingest_rejected_total and shadow_dead_letters_total, one per record."""
+    lines: list[Line] = [
+        {**event(1), "task_type": "refund"},
+        {**event(2), "task_type": "refund", "event_id": 2, "payload": "x"},  # two bad fields
+        {**event(3), "task_type": "refund", "event_id": "x" * 300},  # a field too long
+        {**event(4), "task_type": "no_such_task"},
+    ]
+    path = write(tmp_path / "in.jsonl", lines)
+    sc = await sidecar(source=[f"file:{path}"])
+
+    async def done() -> bool:
+        return await sc.pipeline.store.count("dead_letters") == 3
+
+    await wait_for(done, "three dead letters")
+    m = await sc.metrics()
+
+    def count(name: str, **labels: str) -> float:
+        return metric(m, name, **labels) or 0
+
+    assert count("shadow_dead_letters_total", source="file", reason="invalid") == 2
+    assert count("shadow_dead_letters_total", source="file", reason="too_large") == 0
+    assert count("shadow_dead_letters_total", source="file", reason="unknown_task_type") == 1
+    rejected = "shadow_ingest_rejected_total"
+    assert count(rejected, kind="event", source="file", reason="invalid") == 2
+    assert count(rejected, kind="event", source="file", reason="unknown_task_type") == 1
+    assert await sc.pipeline.store.count("events") == 1
 
 
 async def test_line_of_exactly_max_line_bytes_is_fine(

@@ -247,6 +247,37 @@ async def test_poison_goes_to_dead_letters_and_the_topic_while_good_records_flow
     assert metric(m, "shadow_kafka_published_total", stream="dead_letters") == len(poison) + 1
 
 
+async def test_refused_records_are_counted_once_each_under_their_code(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    await broker.create_topics({"ev": 1, "oc": 1})
+    ok = crash_agent.event(1)
+    two_bad_fields = {"event_id": "k2", "task_type": 7, "payload": "x"}
+    await broker.produce(
+        "ev",
+        [
+            (b"k1", json.dumps({**ok, "event_id": "k1"}).encode()),
+            (b"k2", json.dumps(two_bad_fields).encode()),
+            (b"k3", json.dumps({**ok, "event_id": "k3", "segment": "s" * 300}).encode()),
+            (b"k4", b"\xff not UTF-8"),
+        ],
+    )
+    sc = await start(sidecar, broker)
+    store = sc.pipeline.store
+    await wait_for(lambda: _count_is(store.count("dead_letters"), 3), "three dead letters")
+    m = await sc.metrics()
+
+    def count(name: str, **labels: str) -> float:
+        return metric(m, name, **labels) or 0
+
+    rejected = "shadow_ingest_rejected_total"
+    assert count(rejected, kind="event", source="kafka", reason="invalid") == 2
+    assert count(rejected, kind="event", source="kafka", reason="encoding") == 1
+    # "segment: too long" is an invalid record, not a message too large.
+    assert count("shadow_dead_letters_total", source="kafka", reason="invalid") == 2
+    assert count("shadow_dead_letters_total", source="kafka", reason="too_large") == 0
+
+
 async def _count_is(value: Any, want: int) -> bool:
     return int(await value) == want
 
