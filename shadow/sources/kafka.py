@@ -30,8 +30,9 @@ Contract (see docs/kafka.md for the topology and the multi-replica design):
   letter.
 - **Poison** (not UTF-8, not JSON, schema violations, no value, larger than
   ``kafka_max_message_bytes``) becomes a dead letter (``location`` = ``topic[partition]@
-  offset``) and, with ``kafka_dead_letter_topic``, a copy of the message on that topic with
-  the reason in headers; consumption continues.
+  offset``) and, with ``kafka_dead_letter_topic``, a copy of it on that topic (the value
+  redacted as the stored dead letter is, :meth:`shadow.pipeline.Pipeline.redact_letter`)
+  with the reason in headers; consumption continues.
 - **Backpressure.** While at least ``kafka_pause_backlog`` stored events await the agent
   (the agent runner is saturated), every assigned partition is paused; they resume at
   ``kafka_resume_backlog``. RAM holds at most one fetch per partition, the store at most
@@ -341,10 +342,11 @@ class KafkaSource:
                 batch.outcomes, source=f"kafka:{self.spec.outcomes}"
             )
         if batch.dead:
-            await self._pipeline.dead_letter([letter for letter, _ in batch.dead])
+            kept = await self._pipeline.dead_letter([letter for letter, _ in batch.dead])
             if self._publisher is not None:
-                for letter, message in batch.dead:
-                    await self._publisher.dead_letter(message, letter.reason)
+                await self._publisher.dead_letters(
+                    [(m, k) for (_, m), k in zip(batch.dead, kept, strict=True)]
+                )
         self._estimate += len(batch.events)
         # Durable before committed: a crash before this line re-delivers the batch, and its
         # re-delivered duplicates record the positions then. Commits (the positions kept
@@ -364,8 +366,9 @@ class KafkaSource:
         value: bytes | None = message.value
         limit = self._settings.kafka_max_message_bytes
 
-        def dead(reason: str, event_id: str | None = None) -> None:
-            batch.dead.append((message_dead_letter(message, kind, reason, event_id), message))
+        def dead(reason: str, event_id: str | None = None, text: str | None = None) -> None:
+            letter = message_dead_letter(message, kind, reason, event_id, text=text)
+            batch.dead.append((letter, message))
 
         if value is None:
             dead("message has no value (a tombstone); expected one JSON record")
@@ -381,9 +384,10 @@ class KafkaSource:
         except UnicodeDecodeError as e:
             dead(f"message is not UTF-8 at byte {e.start}")
             return
-        record = parse_record(text.removeprefix("\ufeff"), kind=kind)
+        text = text.removeprefix("\ufeff")
+        record = parse_record(text, kind=kind)
         if isinstance(record, RecordError):
-            dead(str(record), record.event_id)
+            dead(str(record), record.event_id, text)
             return
         key = message.key
         if key is not None and key != record.event_id.encode("utf-8"):
@@ -392,6 +396,7 @@ class KafkaSource:
                 f"message key {shown_key!r} does not match event_id {record.event_id!r}; key "
                 "events and outcomes by event_id (co-partitioning)",
                 record.event_id,
+                text,
             )
             return
         if isinstance(record, WorkEvent):

@@ -37,6 +37,7 @@ __all__ = [
     "KafkaSpec",
     "client_options",
     "message_dead_letter",
+    "message_origin",
     "parse_kafka_spec",
     "rewind",
     "start_client",
@@ -129,17 +130,24 @@ def rewind(consumer: AIOKafkaConsumer, fetched: Mapping[TopicPartition, Any]) ->
 
 
 def message_dead_letter(
-    message: Any, kind: str, reason: str, event_id: str | None = None
+    message: Any, kind: str, reason: str, event_id: str | None = None, *, text: str | None = None
 ) -> DeadLetter:
     """The dead letter for one Kafka message: source ``kafka:<topic>``, location
-    ``topic[partition]@offset``, and the value as text (invalid UTF-8 shown as ``\\xNN``,
-    clipped like every raw record); no value (a tombstone) shows nothing."""
+    :func:`message_origin`, and as ``raw`` either ``text`` (the value already decoded, whole)
+    or the value's first bytes as text (invalid UTF-8 shown as ``\\xNN``, clipped like every
+    raw record); no value (a tombstone) shows nothing. The pipeline redacts ``raw`` before
+    it keeps it."""
+    shown = text
     value: bytes | None = message.value
-    shown = None
-    if value is not None:
+    if shown is None and value is not None:
         shown = clip_raw(value[: RAW_LIMIT * 4].decode("utf-8", "backslashreplace"))
-    where = f"{message.topic}[{message.partition}]@{message.offset}"
+    where = message_origin(message)
     return DeadLetter(f"kafka:{message.topic}", kind, reason, shown, event_id, where)
+
+
+def message_origin(message: Any) -> str:
+    """Where a Kafka message was read: ``topic[partition]@offset``."""
+    return f"{message.topic}[{message.partition}]@{message.offset}"
 
 
 async def start_client(
