@@ -28,6 +28,7 @@ from shadow.errors import ConfigError
 __all__ = [
     "DEFAULT_BODY_TIMEOUT_S",
     "DEFAULT_DB",
+    "DEFAULT_DEAD_LETTER_RAW_PREFIX",
     "DEFAULT_HEADER_TIMEOUT_S",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
@@ -47,6 +48,7 @@ DEFAULT_BODY_TIMEOUT_S = 60.0
 """Seconds for a whole ingest body: 10 MiB (the default ``max_body_bytes``) at 175 KB/s."""
 DEFAULT_JOIN_TTL_S = 7 * 24 * 3600.0
 DEFAULT_KAFKA_MAX_MESSAGE_BYTES = 1_048_576
+DEFAULT_DEAD_LETTER_RAW_PREFIX = 256
 
 
 class Settings(BaseSettings):
@@ -99,6 +101,14 @@ class Settings(BaseSettings):
         "kept; longer than join_ttl; 0 keeps everything (comparisons are always kept)",
     )
     batch_size: int = Field(2000, ge=1, le=100_000)
+    dead_letter_raw_prefix: int | None = Field(
+        None,
+        ge=0,
+        description="characters kept of a dead-lettered record that cannot be parsed (not "
+        "UTF-8, not one JSON object, overlong), in the store and on the dead-letter topic; 0 "
+        "keeps none; unset: 0 when the policy redacts any field, else "
+        f"{DEFAULT_DEAD_LETTER_RAW_PREFIX}",
+    )
 
     # Kafka (kafka:// sources; see docs/kafka.md). Broker, topics and group are in the URL.
     kafka_client_id: str = Field("shadow-sidecar", min_length=1)

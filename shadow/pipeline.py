@@ -7,6 +7,10 @@ by ``shadow demo``. Its contract:
   caller may then acknowledge them). Unknown task types are rejected (or dead-lettered for
   non-HTTP sources); payloads are redacted before storage; events are sampled for the agent
   by a stable hash of their id.
+- Every dead letter is redacted before it is stored (:meth:`Pipeline.redact_letter`): a
+  record that parses keeps its text without the policy's redacted fields, one that does not
+  keeps at most ``dead_letter_raw_prefix`` characters (none, by default, when the policy
+  redacts anything). Sources hand over the text as they read it.
 - The agent never runs on the ingest path: stored events flagged ``needs_agent`` are the
   work queue. A feeder takes the events ``submit_events`` just stored from memory (at most
   two batches are kept; no store read) and otherwise reads them from the store (so a
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -36,8 +41,9 @@ from typing import Protocol, Self
 
 from shadow.agent import AgentRunner
 from shadow.autonomy import AutonomyRegistry
-from shadow.config import Settings
+from shadow.config import DEFAULT_DEAD_LETTER_RAW_PREFIX, Settings
 from shadow.errors import Reason
+from shadow.ingest import clip_raw
 from shadow.joiner import Joiner, JoinReport
 from shadow.metrics import Metrics
 from shadow.model import Comparison, Outcome, ShadowDecision, WorkEvent
@@ -100,6 +106,10 @@ class Pipeline:
         self.clock = clock
         self.observers = tuple(observers)
         self.promote = promote  # False on Kafka replicas: one promoter owns the ladder
+        prefix = settings.dead_letter_raw_prefix
+        if prefix is None:
+            prefix = 0 if policy.redacts else DEFAULT_DEAD_LETTER_RAW_PREFIX
+        self.raw_prefix = prefix  # characters kept of a dead letter that does not parse
         self.joiner = Joiner(store, policy, clock, batch=max(settings.batch_size, 1000))
         self.registry = AutonomyRegistry(store, policy, clock, metrics=metrics)
         # Room for a whole store batch: the feeder reads the backlog a batch at a time (one
@@ -166,9 +176,21 @@ class Pipeline:
     # -- ingest -----------------------------------------------------------------------------
 
     async def submit_events(
-        self, events: Sequence[WorkEvent], *, source: str, dead_letter_rejected: bool = True
+        self,
+        events: Sequence[WorkEvent],
+        *,
+        source: str,
+        dead_letter_rejected: bool = True,
+        origins: Sequence[str | None] | None = None,
     ) -> list[IngestResult]:
-        """Validate task types, redact, sample and store ``events`` (durable on return)."""
+        """Validate task types, redact, sample and store ``events`` (durable on return).
+
+        ``origins[i]`` says where ``events[i]`` was read (e.g. ``topic[partition]@offset``):
+        the ``location`` of its dead letter, if it gets one. An event of an unknown task type
+        is dead-lettered (unless ``dead_letter_rejected`` is false) with the event, redacted
+        by every task type's paths, as ``raw``."""
+        if origins is not None and len(origins) != len(events):
+            raise ValueError("origins must have one entry per event")
         results: list[IngestResult | None] = [None] * len(events)
         keep: list[tuple[int, WorkEvent]] = []
         needs: list[bool] = []
@@ -179,23 +201,29 @@ class Pipeline:
                 known = ", ".join(sorted(self.policy.task_types)) or "none"
                 reason = f"unknown task type {event.task_type!r}; configured: {known}"
                 results[i] = IngestResult(event.event_id, "rejected", "task_type", reason)
-                rejected.append(
-                    DeadLetter(
+                if dead_letter_rejected:
+                    where = origins[i] if origins is not None else None
+                    raw = json.dumps(event.to_json(), ensure_ascii=False)
+                    letter = DeadLetter(
                         source,
                         "event",
                         reason,
-                        None,
+                        raw,
                         event.event_id,
-                        None,
+                        where,
                         code=Reason.UNKNOWN_TASK_TYPE,
                     )
-                )
+                    rejected.append(self._stored_form(self.redact_letter(letter)))
                 continue
             keep.append((i, replace(event, payload=task.redact_payload(event.payload))))
             needs.append(self.agent is not None and task.sampled(event.event_id))
         if keep:
             put = await self.store.put_events(
-                [e for _, e in keep], source=source, now=self.clock(), needs_agent=needs
+                [e for _, e in keep],
+                source=source,
+                now=self.clock(),
+                needs_agent=needs,
+                locations=None if origins is None else [origins[i] for i, _ in keep],
             )
             for (i, stored), r, need in zip(keep, put, needs, strict=True):
                 results[i] = IngestResult(r.event_id, r.status.value, "", r.reason)
@@ -209,20 +237,30 @@ class Pipeline:
                         self._next_scan = 0.0
             if any(r.status is PutStatus.STORED for r in put) and any(needs):
                 self._agent_wake.set()
-        if rejected and dead_letter_rejected:
+        if rejected:
             await self.store.put_dead_letters(rejected, now=self.clock())
             for letter in rejected:
                 self.metrics.dead_letter(source, letter.code)
-        self.metrics.rejected("event", source, Reason.UNKNOWN_TASK_TYPE, len(rejected))
+        unknown = sum(1 for r in results if r is not None and r.status == "rejected")
+        self.metrics.rejected("event", source, Reason.UNKNOWN_TASK_TYPE, unknown)
         final = [r for r in results if r is not None]
         self.metrics.event_results([e.task_type for e in events], source, [r.status for r in final])
         return final
 
     async def submit_outcomes(
-        self, outcomes: Sequence[Outcome], *, source: str
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        source: str,
+        origins: Sequence[str | None] | None = None,
     ) -> list[IngestResult]:
-        """Store ``outcomes`` (durable on return) and schedule their joins."""
-        put = await self.store.put_outcomes(outcomes, source=source, now=self.clock())
+        """Store ``outcomes`` (durable on return) and schedule their joins. ``origins`` as
+        for :meth:`submit_events`."""
+        if origins is not None and len(origins) != len(outcomes):
+            raise ValueError("origins must have one entry per outcome")
+        put = await self.store.put_outcomes(
+            outcomes, source=source, now=self.clock(), locations=origins
+        )
         # An event still with the agent (or queued for it in memory) has no decision to join
         # yet: the writer joins it after storing its decision, when this outcome is stored.
         ready = [
@@ -240,15 +278,35 @@ class Pipeline:
         self._schedule_join(ready)
         return [IngestResult(r.event_id, r.status.value, "", r.reason) for r in put]
 
-    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
-        """Record input that could not be parsed (sources call this): each letter is one
-        refused record, counted under its ``code`` as a dead letter and as a rejection."""
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+        """Record input that could not be parsed (sources call this, with ``raw`` the text
+        as read, not clipped): each letter is one refused record, counted under its ``code``
+        as a dead letter and as a rejection. Each letter is stored as :meth:`redact_letter`
+        makes it, its ``raw`` then clipped to :data:`shadow.ingest.RAW_LIMIT` characters; the
+        redacted, unclipped letters come back, in order, for copies elsewhere (the Kafka
+        dead-letter topic)."""
         if not letters:
-            return
-        await self.store.put_dead_letters(letters, now=self.clock())
+            return []
+        kept = [self.redact_letter(letter) for letter in letters]
+        await self.store.put_dead_letters([self._stored_form(k) for k in kept], now=self.clock())
         for letter in letters:
             self.metrics.dead_letter(letter.source, letter.code)
             self.metrics.rejected(letter.kind, letter.source, letter.code)
+        return kept
+
+    def redact_letter(self, letter: DeadLetter) -> DeadLetter:
+        """``letter`` as it may be kept: ``raw`` through :meth:`Policy.redact_raw` (redacted
+        when it parses as a record, else at most :attr:`raw_prefix` characters) and the
+        reason cut where it would name a spot inside a redacted field
+        (:meth:`Policy.redact_reason`)."""
+        raw = letter.raw
+        if raw is not None:
+            raw = self.policy.redact_raw(raw, unparsed=self.raw_prefix)
+        return replace(letter, raw=raw, reason=self.policy.redact_reason(letter.reason))
+
+    @staticmethod
+    def _stored_form(letter: DeadLetter) -> DeadLetter:
+        return letter if letter.raw is None else replace(letter, raw=clip_raw(letter.raw))
 
     # -- background work --------------------------------------------------------------------
 

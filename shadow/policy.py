@@ -16,8 +16,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import itertools
+import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from shadow.errors import FieldError, PolicyError
 from shadow.model import JSONObject, Level, content_hash
 
 __all__ = [
+    "REDACTED",
     "ActionsRule",
     "AutonomyMode",
     "AutonomyPolicy",
@@ -64,6 +67,10 @@ class AutonomyMode(enum.StrEnum):
 
 
 Scalar = str | int | float | bool | None
+
+REDACTED = "[redacted]"
+"""What a dead letter shows in place of a payload that is not an object (see
+:meth:`Policy.redact_record`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,17 +143,16 @@ class TaskPolicy:
         return rate >= 1.0 or stable_fraction(event_id, "audit") < rate
 
     def redact_payload(self, payload: JSONObject) -> JSONObject:
-        """A copy of ``payload`` without the ``redact`` paths (``payload.a.b`` removes b)."""
+        """A copy of ``payload`` without the ``redact`` paths (``payload.a.b`` removes b).
+
+        A path applies to every element of each list it crosses, at any depth of nesting:
+        ``payload.customer.email`` removes ``email`` from ``customer`` when that is an
+        object, and from every object in it when it is a list (of objects, or of lists of
+        them). ``payload`` itself is never changed."""
         if not self.redact:
             return payload
         out: JSONObject = _deep_copy(payload)
-        for path in self.redact:
-            parts = path.split(".")[1:]  # paths start with "payload."
-            node: Any = out
-            for part in parts[:-1]:
-                node = node.get(part) if isinstance(node, dict) else None
-            if isinstance(node, dict):
-                node.pop(parts[-1], None)
+        _remove_paths(out, self.redact)
         return out
 
 
@@ -156,6 +162,40 @@ def _deep_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_deep_copy(v) for v in value]
     return value
+
+
+def _redact_record(record: Mapping[str, Any], paths: Sequence[str]) -> dict[str, Any]:
+    out = dict(record)
+    if not paths or "payload" not in out:
+        return out
+    payload = out["payload"]
+    if isinstance(payload, dict | list):
+        payload = _deep_copy(payload)
+        _remove_paths(payload, paths)
+        out["payload"] = payload
+    else:
+        out["payload"] = REDACTED
+    return out
+
+
+def _remove_paths(payload: Any, paths: Sequence[str]) -> None:
+    """Remove each ``payload.``-rooted path from ``payload`` in place, through lists.
+
+    Iterative, so lists nested however deep in a record that was never validated (a dead
+    letter) cannot exhaust the stack."""
+    for path in paths:
+        parts = path.split(".")[1:]  # paths start with "payload."
+        last = len(parts) - 1
+        stack: list[tuple[Any, int]] = [(payload, 0)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, list):
+                stack.extend((item, depth) for item in node)
+            elif isinstance(node, dict):
+                if depth == last:
+                    node.pop(parts[depth], None)
+                elif parts[depth] in node:
+                    stack.append((node[parts[depth]], depth + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +216,100 @@ class Policy:
         if self.default is not None:
             return self.default
         return None
+
+    # -- dead letters ------------------------------------------------------------------------
+    #
+    # A record that could not be taken is kept (dead letters, the dead-letter topic) only in a
+    # form that holds none of the fields the policy redacts. Such a record was never
+    # validated, so the rules below assume nothing about its shape.
+
+    def redact_paths(self, task_type: object) -> tuple[str, ...]:
+        """The redact paths for a record naming ``task_type``: that task type's own when it
+        is configured; otherwise (unknown, missing, not a string) the union of every task
+        type's paths and the default policy's, since the record could be any of them."""
+        if isinstance(task_type, str):
+            found = self.task_types.get(task_type)
+            if found is not None:
+                return found.redact
+        paths = {p for t in self.task_types.values() for p in t.redact}
+        if self.default is not None:
+            paths.update(self.default.redact)
+        return tuple(sorted(paths))
+
+    @property
+    def redacts(self) -> bool:
+        """Whether any task type (or the default policy) redacts a field."""
+        return bool(self.redact_paths(None))
+
+    def redact_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of a record (valid or not) whose ``payload`` lost the paths
+        :meth:`redact_paths` gives for its ``task_type``, through lists as
+        :meth:`TaskPolicy.redact_payload` does. A payload that is neither an object nor a
+        list cannot be searched for a path, so when any path applies it is replaced by
+        :data:`REDACTED`. Every other field is kept: outcomes, comparisons and the like carry
+        no ``payload`` and come back unchanged."""
+        return _redact_record(record, self.redact_paths(record.get("task_type")))
+
+    def redact_raw(self, text: str, *, unparsed: int) -> str | None:
+        """What of a dead-lettered record's text may be kept.
+
+        Text that decodes as one JSON object is a record: with nothing to redact in it (no
+        path applies, or no ``payload``) the text comes back as it was; otherwise it is
+        :meth:`redact_record` written as compact JSON. A record with a repeated key is
+        ambiguous (JSON parsers keep different copies; which ``task_type`` is it?): when the
+        policy redacts anything it gets every task type's paths and comes back rewritten,
+        holding one copy of each key. Anything else (not JSON, several values, not an
+        object, truncated, bytes shown as ``\\xNN``) cannot be searched for a redacted
+        field: only its first ``unparsed`` characters are kept, marked when cut, and
+        ``None`` comes back when ``unparsed`` is 0."""
+        repeated = False
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            nonlocal repeated
+            obj = dict(items)
+            repeated = repeated or len(obj) != len(items)
+            return obj
+
+        try:
+            value = json.loads(text, object_pairs_hook=pairs)
+        except (ValueError, RecursionError):  # JSONDecodeError and too many digits
+            value = None
+        if isinstance(value, dict):
+            paths = self.redact_paths(None if repeated else value.get("task_type"))
+            if not paths or (not repeated and "payload" not in value):
+                return text
+            try:
+                redacted = _redact_record(value, paths)
+                out = json.dumps(redacted, ensure_ascii=False, separators=(",", ":"))
+                try:
+                    out.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate escape, decoded
+                    out = json.dumps(redacted, separators=(",", ":"))
+                return out
+            except (ValueError, RecursionError):  # nested too deep to copy or write
+                pass
+        if unparsed <= 0:
+            return None
+        if len(text) <= unparsed:
+            return text
+        return f"{text[:unparsed]}…[{len(text) - unparsed} more characters]"
+
+    def redact_reason(self, reason: str) -> str:
+        """``reason`` cut where it names a spot inside a redacted field (keys of a redacted
+        value would otherwise appear in it, as in ``payload.customer.email.<key>: nested
+        too deeply``); unchanged otherwise. Every task type's paths apply: the reason does
+        not say which task type it is about."""
+        paths = self.redact_paths(None)
+        if not paths:
+            return reason
+        index = r"(?:\[\d+\])*"
+        inside = "|".join(
+            f"{index}\\.".join(re.escape(part) for part in path.split(".")) for path in paths
+        )
+        found = re.search(f"(?:{inside}){index}(?=[.\\[])", reason)
+        if found is None:
+            return reason
+        return f"{reason[: found.end()]}…: (withheld: inside a redacted field)"
 
 
 # -- loading ---------------------------------------------------------------------------------

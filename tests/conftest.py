@@ -126,3 +126,29 @@ async def wait_for(
             return
         await asyncio.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def cells_holding(db: str | Path, needle: str) -> tuple[int, list[str]]:
+    """Scan every cell of every table of a store's DuckDB file (closed by its owner first)
+    for ``needle``: the number of rows scanned, and each hit as ``table.column: value``."""
+    import duckdb
+
+    rows = 0
+    hits: list[str] = []
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = [
+            str(r[0])
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_type = 'BASE TABLE' ORDER BY table_name"
+            ).fetchall()
+        ]
+        for table in tables:
+            cursor = con.execute(f'SELECT * FROM "{table}"')
+            columns = [d[0] for d in cursor.description or ()]
+            for row in cursor.fetchall():
+                rows += 1
+                for column, cell in zip(columns, row, strict=True):
+                    if needle in str(cell):
+                        hits.append(f"{table}.{column}: {cell}")
+    return rows, hits

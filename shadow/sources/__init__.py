@@ -38,14 +38,18 @@ class Sink(Protocol):
     Each call returns once the records are durably taken (stored or dead-lettered), which is
     what lets a source acknowledge them (commit a Kafka offset, move on in a file). The
     per-record results of ``submit_*`` are the sink's business; sources do not inspect them.
+    ``origins[i]`` says where record ``i`` was read (``"line N"``), for the dead letter the
+    sink may make of it. A dead letter's ``raw`` is the input as read: the sink decides what
+    of it may be kept (the pipeline redacts it by the policy, see
+    :meth:`shadow.pipeline.Pipeline.dead_letter`).
     """
 
     async def submit_events(
-        self, events: Sequence[WorkEvent], *, source: str
+        self, events: Sequence[WorkEvent], *, source: str, origins: Sequence[str | None]
     ) -> Sequence[object]: ...
 
     async def submit_outcomes(
-        self, outcomes: Sequence[Outcome], *, source: str
+        self, outcomes: Sequence[Outcome], *, source: str, origins: Sequence[str | None]
     ) -> Sequence[object]: ...
 
-    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None: ...
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> object: ...

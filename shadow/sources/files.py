@@ -10,8 +10,12 @@ outcomes in any order, so this is safe.
 Never crashes on input. A line it cannot take becomes a dead letter with ``location="line N"``
 and the reason: invalid JSON, a schema violation, an unknown ``kind``, bytes that are not
 UTF-8, or a line longer than ``max_line_bytes`` (skipped without holding it in memory; the
-dead letter keeps its first bytes). Blank lines are skipped; a UTF-8 byte-order mark at the
-start of the file is stripped. Duplicate records are passed on: dedupe is the store's job.
+dead letter's ``raw`` is its first bytes). The ``raw`` of any other bad line is the whole
+line: the sink redacts it before keeping anything (:meth:`shadow.pipeline.Pipeline.
+dead_letter`). Blank lines are skipped; a UTF-8 byte-order mark at the start of the file is
+stripped. Duplicate records are passed on: dedupe is the store's job. Each record goes to
+the sink with its ``origins`` entry ``"line N"``, the location of the dead letter the sink
+makes of it, if any (an unknown task type, a conflicting duplicate).
 
 Reading and parsing run in a worker thread, never on the event loop.
 """
@@ -95,6 +99,8 @@ class FileReport:
 class _Batch:
     events: list[WorkEvent] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    event_lines: list[str | None] = field(default_factory=list)  # "line N", one per event
+    outcome_lines: list[str | None] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     lines: int = 0
     blank: int = 0
@@ -168,7 +174,7 @@ class _Reader:
             batch.dead.append(
                 self._letter(
                     str(record),
-                    record.raw,
+                    text,
                     kind=record.kind,
                     event_id=record.event_id,
                     code=record.code,
@@ -176,8 +182,10 @@ class _Reader:
             )
         elif isinstance(record, WorkEvent):
             batch.events.append(record)
+            batch.event_lines.append(f"line {self._lineno}")
         else:
             batch.outcomes.append(record)
+            batch.outcome_lines.append(f"line {self._lineno}")
 
     def _skip_overlong(self, file: BinaryIO, head: bytes) -> DeadLetter:
         """Read past the rest of an overlong line, keeping only its length and first bytes."""
@@ -299,9 +307,13 @@ class FileSource:
 
     async def _deliver(self, batch: _Batch) -> None:
         if batch.events:
-            await self._sink.submit_events(batch.events, source=self._name)
+            await self._sink.submit_events(
+                batch.events, source=self._name, origins=batch.event_lines
+            )
         if batch.outcomes:
-            await self._sink.submit_outcomes(batch.outcomes, source=self._name)
+            await self._sink.submit_outcomes(
+                batch.outcomes, source=self._name, origins=batch.outcome_lines
+            )
         if batch.dead:
             await self._sink.dead_letter(batch.dead)
 

@@ -30,8 +30,10 @@ Contract (see docs/kafka.md for the topology and the multi-replica design):
   letter.
 - **Poison** (not UTF-8, not JSON, schema violations, no value, larger than
   ``kafka_max_message_bytes``) becomes a dead letter (``location`` = ``topic[partition]@
-  offset``) and, with ``kafka_dead_letter_topic``, a copy of the message on that topic with
-  the reason in headers; consumption continues.
+  offset``); consumption continues. So does a record the pipeline refuses (an unknown task
+  type, a conflicting duplicate). With ``kafka_dead_letter_topic`` every one of them, of
+  either kind, is also copied to that topic: the value redacted as the stored dead letter
+  is (:meth:`shadow.pipeline.Pipeline.redact_letter`), the reason and the origin in headers.
 - **Backpressure.** While at least ``kafka_pause_backlog`` stored events await the agent
   (the agent runner is saturated), every assigned partition is paused; they resume at
   ``kafka_resume_backlog``. RAM holds at most one fetch per partition, the store at most
@@ -69,6 +71,7 @@ from shadow.sources.kafka_client import (
     KafkaSpec,
     client_options,
     message_dead_letter,
+    message_origin,
     parse_kafka_spec,
     rewind,
     start_client,
@@ -78,7 +81,7 @@ from shadow.store import DeadLetter
 from shadow.store.positions import SourcePosition
 
 if TYPE_CHECKING:
-    from shadow.pipeline import Pipeline
+    from shadow.pipeline import IngestResult, Pipeline
     from shadow.sources.publish import KafkaPublisher
 
 __all__ = ["KafkaSource", "KafkaSpec", "client_options", "parse_kafka_spec", "rewind"]
@@ -95,6 +98,8 @@ _LAG_EVERY_S = 1.0
 class _Batch:
     events: list[WorkEvent] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    event_messages: list[Any] = field(default_factory=list)  # one per event
+    outcome_messages: list[Any] = field(default_factory=list)  # one per outcome
     dead: list[tuple[DeadLetter, Any]] = field(default_factory=list)  # (letter, message)
     positions: list[SourcePosition] = field(default_factory=list)  # of events and outcomes
 
@@ -333,18 +338,27 @@ class KafkaSource:
                     batch.positions.append(
                         (tp.topic, tp.partition, message.offset, record.event_id)
                     )
-        source = f"kafka:{self.spec.events}"
+        # Dead letters of this batch for the dead-letter topic: (message, letter as kept).
+        copies: list[tuple[Any, DeadLetter]] = []
         if batch.events:
-            await self._pipeline.submit_events(batch.events, source=source)
-        if batch.outcomes:
-            await self._pipeline.submit_outcomes(
-                batch.outcomes, source=f"kafka:{self.spec.outcomes}"
+            results = await self._pipeline.submit_events(
+                batch.events,
+                source=f"kafka:{self.spec.events}",
+                origins=[message_origin(m) for m in batch.event_messages],
             )
+            copies += self._refused("event", results, batch.event_messages)
+        if batch.outcomes:
+            results = await self._pipeline.submit_outcomes(
+                batch.outcomes,
+                source=f"kafka:{self.spec.outcomes}",
+                origins=[message_origin(m) for m in batch.outcome_messages],
+            )
+            copies += self._refused("outcome", results, batch.outcome_messages)
         if batch.dead:
-            await self._pipeline.dead_letter([letter for letter, _ in batch.dead])
-            if self._publisher is not None:
-                for letter, message in batch.dead:
-                    await self._publisher.dead_letter(message, letter.reason)
+            kept = await self._pipeline.dead_letter([letter for letter, _ in batch.dead])
+            copies += [(m, k) for (_, m), k in zip(batch.dead, kept, strict=True)]
+        if copies and self._publisher is not None:
+            await self._publisher.dead_letters(copies)
         self._estimate += len(batch.events)
         # Durable before committed: a crash before this line re-delivers the batch, and its
         # re-delivered duplicates record the positions then. Commits (the positions kept
@@ -359,13 +373,31 @@ class KafkaSource:
             self._next_commit = now + self._settings.kafka_commit_interval
         await self._commits.delivered(consumer, fetched, batch.positions, commit=due)
 
+    def _refused(
+        self, kind: str, results: Iterable[IngestResult], messages: Iterable[Any]
+    ) -> list[tuple[Any, DeadLetter]]:
+        """The records the pipeline dead-lettered (unknown task type, conflicting duplicate),
+        as the dead-letter topic gets them; nothing without that topic."""
+        if self._publisher is None or not self._settings.kafka_dead_letter_topic:
+            return []
+        out: list[tuple[Any, DeadLetter]] = []
+        for result, message in zip(results, messages, strict=True):
+            if result.accepted:
+                continue
+            text = message.value.decode("utf-8").removeprefix("\ufeff")  # it parsed
+            letter = message_dead_letter(message, kind, result.reason, result.event_id, text=text)
+            out.append((message, self._pipeline.redact_letter(letter)))
+        return out
+
     def _parse(self, topic: str, message: Any, batch: _Batch) -> None:
         kind = "event" if topic == self.spec.events else "outcome"
         value: bytes | None = message.value
         limit = self._settings.kafka_max_message_bytes
 
-        def dead(reason: str, code: Reason, event_id: str | None = None) -> None:
-            letter = message_dead_letter(message, kind, reason, event_id, code=code)
+        def dead(
+            reason: str, code: Reason, event_id: str | None = None, text: str | None = None
+        ) -> None:
+            letter = message_dead_letter(message, kind, reason, event_id, code=code, text=text)
             batch.dead.append((letter, message))
 
         if value is None:
@@ -383,9 +415,10 @@ class KafkaSource:
         except UnicodeDecodeError as e:
             dead(f"message is not UTF-8 at byte {e.start}", Reason.ENCODING)
             return
-        record = parse_record(text.removeprefix("\ufeff"), kind=kind)
+        text = text.removeprefix("\ufeff")
+        record = parse_record(text, kind=kind)
         if isinstance(record, RecordError):
-            dead(str(record), record.code, record.event_id)
+            dead(str(record), record.code, record.event_id, text)
             return
         key = message.key
         if key is not None and key != record.event_id.encode("utf-8"):
@@ -395,12 +428,15 @@ class KafkaSource:
                 "events and outcomes by event_id (co-partitioning)",
                 Reason.INVALID,
                 record.event_id,
+                text,
             )
             return
         if isinstance(record, WorkEvent):
             batch.events.append(record)
+            batch.event_messages.append(message)
         else:
             batch.outcomes.append(record)
+            batch.outcome_messages.append(message)
 
     # -- backpressure and lag ---------------------------------------------------------------
 

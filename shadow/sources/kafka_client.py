@@ -37,6 +37,7 @@ __all__ = [
     "KafkaSpec",
     "client_options",
     "message_dead_letter",
+    "message_origin",
     "parse_kafka_spec",
     "rewind",
     "start_client",
@@ -135,17 +136,24 @@ def message_dead_letter(
     event_id: str | None = None,
     *,
     code: Reason = Reason.INVALID,
+    text: str | None = None,
 ) -> DeadLetter:
     """The dead letter for one Kafka message: source ``kafka:<topic>``, location
-    ``topic[partition]@offset``, and the value as text (invalid UTF-8 shown as ``\\xNN``,
-    clipped like every raw record); no value (a tombstone) shows nothing. ``code`` is why,
-    for counting."""
+    :func:`message_origin`, and as ``raw`` either ``text`` (the value already decoded, whole)
+    or the value's first bytes as text (invalid UTF-8 shown as ``\\xNN``, clipped like every
+    raw record); no value (a tombstone) shows nothing. The pipeline redacts ``raw`` before
+    it keeps it. ``code`` is why, for counting."""
+    shown = text
     value: bytes | None = message.value
-    shown = None
-    if value is not None:
+    if shown is None and value is not None:
         shown = clip_raw(value[: RAW_LIMIT * 4].decode("utf-8", "backslashreplace"))
-    where = f"{message.topic}[{message.partition}]@{message.offset}"
+    where = message_origin(message)
     return DeadLetter(f"kafka:{message.topic}", kind, reason, shown, event_id, where, code)
+
+
+def message_origin(message: Any) -> str:
+    """Where a Kafka message was read: ``topic[partition]@offset``."""
+    return f"{message.topic}[{message.partition}]@{message.offset}"
 
 
 async def start_client(

@@ -14,8 +14,13 @@
   ``kafka_role=replica``. Every start re-publishes the current state of every task type,
   so a publish lost in a crash is repaired by the next start. Replicas follow it
   (:mod:`shadow.sources.follow`).
-- **Dead letters** (``kafka_dead_letter_topic``): the poison message as it came, same key,
-  with headers ``shadow-reason``, ``shadow-topic``, ``shadow-partition``, ``shadow-offset``.
+- **Dead letters** (``kafka_dead_letter_topic``): one record per dead letter of a Kafka
+  record, whichever stage refused it (the source: poison; the pipeline: an unknown task
+  type, a conflicting duplicate), same key as the message. The value is the message as
+  the dead letter keeps it (:meth:`shadow.pipeline.Pipeline.redact_letter`): the record
+  without the policy's redacted fields, or at most ``dead_letter_raw_prefix`` characters
+  of what does not parse, or no value at all. Headers: ``shadow-reason``, ``shadow-kind``,
+  and the origin ``shadow-topic``, ``shadow-partition``, ``shadow-offset``.
 
 :class:`ComparisonFollower` runs on the one replica with ``kafka_role=promoter``: it reads
 the comparisons topic (consumer group ``<group>.promoter``), upserts every replica's
@@ -176,23 +181,42 @@ class KafkaPublisher:
 
     # -- publishing -------------------------------------------------------------------------
 
-    async def dead_letter(self, message: Any, reason: str) -> None:
-        """Copy a poison message to the dead-letter topic (no-op without one)."""
+    async def dead_letters(self, copies: Sequence[tuple[Any, DeadLetter]]) -> None:
+        """Copy dead letters to the dead-letter topic (no-op without one): for each Kafka
+        message, its dead letter as kept (redacted ``raw``, reason). Returns once the broker
+        acknowledged every copy; raises ``KafkaError`` otherwise (the source retries)."""
         topic = self._settings.kafka_dead_letter_topic
-        if topic is None or self._producer is None:
+        if topic is None or self._producer is None or not copies:
             return
-        headers = [
-            ("shadow-reason", reason.encode("utf-8")),
-            ("shadow-topic", str(message.topic).encode("utf-8")),
-            ("shadow-partition", str(message.partition).encode("ascii")),
-            ("shadow-offset", str(message.offset).encode("ascii")),
-        ]
-        value = message.value
-        if value is not None and len(value) > self._settings.kafka_max_message_bytes:
-            value = value[: self._settings.kafka_max_message_bytes]
-            headers.append(("shadow-truncated", b"true"))
-        await self._producer.send_and_wait(topic, value=value, key=message.key, headers=headers)
-        self._metrics.kafka_published.labels("dead_letters").inc()
+        limit = self._settings.kafka_max_message_bytes
+        sent: list[asyncio.Future[Any]] = []
+        failed: BaseException | None = None
+        try:
+            for message, letter in copies:
+                headers = [
+                    ("shadow-reason", letter.reason.encode("utf-8")),
+                    ("shadow-kind", letter.kind.encode("utf-8")),
+                    ("shadow-topic", str(message.topic).encode("utf-8")),
+                    ("shadow-partition", str(message.partition).encode("ascii")),
+                    ("shadow-offset", str(message.offset).encode("ascii")),
+                ]
+                value = None if letter.raw is None else letter.raw.encode("utf-8")
+                if value is not None and len(value) > limit:
+                    value = value[:limit]
+                    headers.append(("shadow-truncated", b"true"))
+                sent.append(
+                    await self._producer.send(topic, value=value, key=message.key, headers=headers)
+                )
+        except KafkaError as e:
+            failed = e
+        # Every queued send is awaited, so none is left with an unretrieved error.
+        for outcome in await asyncio.gather(*sent, return_exceptions=True):
+            if failed is None and isinstance(outcome, BaseException):
+                failed = outcome
+        if failed is not None:
+            self._metrics.kafka_publish_errors.labels("dead_letters").inc()
+            raise failed
+        self._metrics.kafka_published.labels("dead_letters").inc(len(copies))
 
     async def _loop(self) -> None:
         while True:

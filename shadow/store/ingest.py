@@ -33,15 +33,24 @@ class IngestPart(StoreBase):
         source: str,
         now: datetime,
         needs_agent: Sequence[bool] | None = None,
+        locations: Sequence[str | None] | None = None,
     ) -> list[PutResult]:
-        """Store (already redacted) events. ``needs_agent[i]``: sampled for the agent."""
+        """Store (already redacted) events. ``needs_agent[i]``: sampled for the agent.
+        ``locations[i]``: where ``events[i]`` was read, the ``location`` of its dead letter
+        should it conflict with the stored one."""
         flags = list(needs_agent) if needs_agent is not None else [True] * len(events)
         if len(flags) != len(events):
             raise ValueError("needs_agent must have one flag per event")
-        return await self._run(self._put_events, list(events), flags, source, now)
+        where = _locations(locations, len(events))
+        return await self._run(self._put_events, list(events), flags, where, source, now)
 
     def _put_events(
-        self, events: list[WorkEvent], flags: list[bool], source: str, now: datetime
+        self,
+        events: list[WorkEvent],
+        flags: list[bool],
+        where: list[str | None],
+        source: str,
+        now: datetime,
     ) -> list[PutResult]:
         ids = list({e.event_id for e in events})
         known: dict[str, str] = dict(
@@ -54,7 +63,7 @@ class IngestPart(StoreBase):
         results: list[PutResult] = []
         rows: list[tuple[Any, ...]] = []
         dead: list[DeadLetter] = []
-        for event, flag in zip(events, flags, strict=True):
+        for event, flag, location in zip(events, flags, where, strict=True):
             digest = event.content_hash
             old = known.get(event.event_id)
             if old is None:
@@ -79,13 +88,15 @@ class IngestPart(StoreBase):
                     "different content; the first version is kept"
                 )
                 results.append(PutResult(event.event_id, PutStatus.CONFLICT, reason))
+                raw = json.dumps(event.to_json())
                 dead.append(
                     DeadLetter(
                         source,
                         "event",
                         reason,
-                        json.dumps(event.to_json()),
+                        raw,
                         event.event_id,
+                        location,
                         code=Reason.CONFLICT,
                     )
                 )
@@ -101,11 +112,20 @@ class IngestPart(StoreBase):
         return results
 
     async def put_outcomes(
-        self, outcomes: Sequence[Outcome], *, source: str, now: datetime
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        source: str,
+        now: datetime,
+        locations: Sequence[str | None] | None = None,
     ) -> list[PutResult]:
-        return await self._run(self._put_outcomes, list(outcomes), source, now)
+        """Store outcomes; ``locations`` as for :meth:`put_events`."""
+        where = _locations(locations, len(outcomes))
+        return await self._run(self._put_outcomes, list(outcomes), where, source, now)
 
-    def _put_outcomes(self, outcomes: list[Outcome], source: str, now: datetime) -> list[PutResult]:
+    def _put_outcomes(
+        self, outcomes: list[Outcome], where: list[str | None], source: str, now: datetime
+    ) -> list[PutResult]:
         ids = list({o.event_id for o in outcomes})
         # event_id -> list of [revision, hash, decided_at_ts, is_current]
         known: dict[str, list[list[Any]]] = {}
@@ -119,7 +139,7 @@ class IngestPart(StoreBase):
         rows: list[tuple[Any, ...]] = []
         demote: list[tuple[str, int]] = []  # revisions that stop being current
         dead: list[DeadLetter] = []
-        for o in outcomes:
+        for o, location in zip(outcomes, where, strict=True):
             digest = o.content_hash
             ts = o.decided_at_ts
             if ts is not None and ts.tzinfo is None:
@@ -144,13 +164,15 @@ class IngestPart(StoreBase):
                     "reverse it"
                 )
                 results.append(PutResult(o.event_id, PutStatus.CONFLICT, reason))
+                raw = json.dumps(o.to_json())
                 dead.append(
                     DeadLetter(
                         source,
                         "outcome",
                         reason,
-                        json.dumps(o.to_json()),
+                        raw,
                         o.event_id,
+                        location,
                         code=Reason.CONFLICT,
                     )
                 )
@@ -297,3 +319,11 @@ class IngestPart(StoreBase):
                 self._insert_dead(tx, list(letters), now)
 
         await self._run(write)
+
+
+def _locations(locations: Sequence[str | None] | None, n: int) -> list[str | None]:
+    if locations is None:
+        return [None] * n
+    if len(locations) != n:
+        raise ValueError("locations must have one entry per record")
+    return list(locations)

@@ -6,15 +6,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from shadow.api import PIPELINE
+from shadow.app import build_app
 from shadow.model import Level
+from shadow.policy import parse_policy
+from shadow.store import Store
+from tests.conftest import cells_holding, wait_for
 from tests.shadow.conftest import (
     ADMIN_TOKEN,
     AGENT_VERSION,
@@ -27,6 +37,7 @@ from tests.shadow.conftest import (
     Sidecar,
     SidecarFactory,
     agree_reply,
+    clean_settings,
     metric,
 )
 
@@ -913,3 +924,67 @@ async def test_health_ready_and_openapi(
     metrics = await sc.get("/metrics")
     assert metrics.status == 200
     assert "shadow_autonomy_level" in metrics.body
+
+
+# -- 6. redaction ---------------------------------------------------------------------------------
+
+
+async def test_http_ingest_never_stores_or_logs_a_redacted_value(
+    tmp_path: Path,
+    agent_server: AgentServerFactory,
+    caplog: pytest.LogCaptureFixture,
+    no_shadow_env: None,
+) -> None:
+    """Bad records answer with field paths and messages; what is stored (events, a
+    conflicting duplicate's dead letter) and what is logged holds no redacted value, also
+    when it sits in lists."""
+    caplog.set_level(logging.DEBUG)
+    secret = "zq7-jane.doe@example.com"
+    agent = await agent_server(ok_agent)
+    customers = [{"email": secret, "tier": "gold"}, [[{"email": secret}]]]
+    settings = clean_settings(tmp_path, "redact", agent=agent.url)
+    policy = parse_policy(POLICY)
+    good = next(f"s-{i}" for i in range(100) if policy.task_types["refund"].sampled(f"s-{i}"))
+    app = build_app(settings, policy=policy, registry=CollectorRegistry())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        records = [
+            event(good, customer=customers, amount=1),
+            event(good, customer=customers, amount=2),  # conflicting duplicate
+            event("s-2", "unheard_of", customer=customers),  # unknown task type
+            {**event("s-3", customer=customers), "occurred_at": "soon"},
+            {**event("s-4", customer={"email": {secret: 1}}), "surprise": True},
+        ]
+        body = "".join(json.dumps(r) + "\n" for r in records)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                url + EVENTS, data=body, headers={"Content-Type": "application/x-ndjson"}
+            ) as resp:
+                answer = await resp.json()
+            assert resp.status == 202, answer
+            async with session.post(url + OUTCOMES, json=outcome(good)) as resp:
+                assert resp.status == 202
+        assert answer["accepted"] == 1
+        assert len(answer["errors"]) >= 4
+        assert secret not in json.dumps(answer)  # paths and messages, never values
+        store = app[PIPELINE].store
+        await wait_for(lambda: _has_comparison(store), "the good event compared")
+        (letter,) = await store.dead_letters()  # the conflict; bad records are answered
+        assert letter["raw"] is not None
+        assert "conflicting duplicate" in letter["reason"]
+        sent = [r.body["payload"] for r in agent.requests]
+        assert sent == [{"customer": [{"tier": "gold"}, [[{}]]], "amount": 1}]
+    finally:
+        await runner.cleanup()
+    rows, hits = cells_holding(settings.db, secret)
+    assert rows > 0
+    assert hits == []
+    assert secret not in caplog.text
+
+
+async def _has_comparison(store: Store) -> bool:
+    return await store.count("comparisons") == 1

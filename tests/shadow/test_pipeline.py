@@ -22,8 +22,8 @@ from shadow.model import Level, Outcome, ShadowDecision, WorkEvent
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, parse_policy
 from shadow.stats import upper_bound
-from shadow.store import Store
-from tests.conftest import FakeClock, wait_for
+from shadow.store import DeadLetter, Store
+from tests.conftest import FakeClock, StoreFactory, cells_holding, wait_for
 
 AGENT = "tests.shadow.test_pipeline:some_agent"
 VERSION = "py-agent@1"
@@ -262,6 +262,96 @@ async def test_redaction_happens_before_the_agent_and_before_storage(
     assert stored == payloads
     assert "jane@example.com" not in everything
     assert "4111" not in everything
+
+
+async def test_redaction_reaches_into_lists_before_the_agent_and_the_store(
+    store: Store, pipelines: PipelineFactory
+) -> None:
+    run = await pipelines(store)
+    p = run.pipeline
+    secret = "jane@example.com"
+    customers = [{"email": secret, "tier": "gold"}, [{"email": secret}, {"tier": "silver"}]]
+    await p.submit_events([ev("l-1", customer=customers, card=[secret], amount=3)], source="test")
+    conflict = await p.submit_events(
+        [ev("l-1", customer=customers, amount=4)], source="test", origins=["topic[0]@7"]
+    )
+    assert [r.status for r in conflict] == ["conflict"]
+    await p.drain()
+    redacted = {"customer": [{"tier": "gold"}, [{}, {"tier": "silver"}]], "amount": 3}
+    assert [c["payload"] for c in STATE.calls] == [redacted]
+    (letter,) = await store.dead_letters()
+    assert letter["location"] == "topic[0]@7"
+    assert secret not in str(letter["raw"])
+    assert json.loads(letter["raw"])["payload"]["customer"] == redacted["customer"]
+
+    await p.stop()
+    await store.close()
+    rows, hits = cells_holding(store.path, secret)
+    assert rows > 0
+    assert hits == []
+
+
+async def test_dead_letters_are_redacted_before_they_are_stored(
+    store: Store, pipelines: PipelineFactory
+) -> None:
+    """Sources hand over what they read; the pipeline keeps only what holds no redacted
+    field: a record that parses, redacted by its task type's paths (every task type's for an
+    unknown one), and nothing of what does not parse (this policy redacts)."""
+    run = await pipelines(store)
+    p = run.pipeline
+    assert p.raw_prefix == 0
+    secret = "4111-secret"
+    long_pad = "x" * 5000  # longer than the stored raw limit: redacted before it is clipped
+    record = {"task_type": "refund", "payload": {"card": secret, "pad": long_pad}}
+    letters = [
+        DeadLetter("file:a", "event", "event_id: required", json.dumps(record), None, "line 1"),
+        DeadLetter("file:a", "unknown", "invalid JSON at column 3", f"{{x {secret}", None, "l2"),
+        DeadLetter("file:a", "unknown", "line is not UTF-8 at byte 0", None, None, "line 3"),
+    ]
+    kept = await p.dead_letter(letters)
+    assert [k.location for k in kept] == ["line 1", "l2", "line 3"]
+    assert kept[0].raw is not None
+    assert json.loads(kept[0].raw) == {"task_type": "refund", "payload": {"pad": long_pad}}
+    assert kept[1].raw is None
+    assert kept[2].raw is None
+    # An unknown task type: the event, with every task type's paths removed.
+    rejected = await p.submit_events(
+        [ev("u-1", "nope", card=secret, customer=[{"email": secret}], n=1)],
+        source="kafka:ev",
+        origins=["ev[1]@4"],
+    )
+    assert [r.status for r in rejected] == ["rejected"]
+    stored = {d["location"]: d for d in await store.dead_letters()}
+    assert set(stored) == {"line 1", "l2", "line 3", "ev[1]@4"}
+    assert stored["l2"]["raw"] is None
+    assert json.loads(stored["ev[1]@4"]["raw"])["payload"] == {"customer": [{}], "n": 1}
+    assert stored["ev[1]@4"]["event_id"] == "u-1"
+    assert len(str(stored["line 1"]["raw"])) < len(long_pad) + 100  # clipped once redacted
+    assert all(secret not in str(d) for d in stored.values())
+    await p.stop()
+    await store.close()
+    assert cells_holding(store.path, secret)[1] == []
+
+
+async def test_what_does_not_parse_keeps_a_prefix_by_the_setting(
+    store_factory: StoreFactory, pipelines: PipelineFactory
+) -> None:
+    plain = parse_policy("task_types: {plain: {}}")
+    letter = DeadLetter("file:a", "unknown", "invalid JSON", "y" * 1000, None, "line 1")
+    cases = [
+        (plain, {}, 256),  # nothing is redacted: a small prefix by default
+        (POLICY, {}, 0),  # something is: nothing by default
+        (POLICY, {"dead_letter_raw_prefix": 5}, 5),
+        (plain, {"dead_letter_raw_prefix": 0}, 0),
+    ]
+    for i, (policy, settings, chars) in enumerate(cases):
+        run = await pipelines(await store_factory(f"prefix-{i}.duckdb"), policy=policy, **settings)
+        assert run.pipeline.raw_prefix == chars
+        (kept,) = await run.pipeline.dead_letter([letter])
+        if chars == 0:
+            assert kept.raw is None
+        else:
+            assert kept.raw == f"{'y' * chars}…[{1000 - chars} more characters]"
 
 
 # -- restart recovery ------------------------------------------------------------------------------

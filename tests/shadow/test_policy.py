@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shadow.errors import PolicyError
 from shadow.model import Level
-from shadow.policy import AutonomyMode, MatchKind, load_policy, parse_policy
+from shadow.policy import REDACTED, AutonomyMode, MatchKind, load_policy, parse_policy
 
 DESIGN_EXAMPLE = """
 defaults:
@@ -91,6 +93,152 @@ def test_redact_payload_removes_nested_paths_without_touching_input() -> None:
     assert task.redact_payload(payload) == {"customer": {"tier": "gold"}, "amount": 1}
     assert payload["customer"] == {"email": "a@b.c", "tier": "gold"}
     assert task.redact_payload({"customer": "not an object"}) == {"customer": "not an object"}
+
+
+def test_redact_payload_reaches_into_lists_at_any_depth() -> None:
+    task = parse_policy(
+        """
+task_types:
+  refund:
+    redact: [payload.customer.email, payload.orders.card.number]
+"""
+    ).task_types["refund"]
+    payload: dict[str, Any] = {
+        "customer": [
+            {"email": "a@b.c", "tier": "gold"},
+            [{"email": "d@e.f"}, [{"email": "g@h.i", "name": "x"}]],  # lists of lists
+            "a@b.c as a plain string is not at the path",
+            None,
+        ],
+        "orders": [{"card": [{"number": "4111", "brand": "visa"}]}, {"card": {"number": "5500"}}],
+        "amount": 1,
+    }
+    assert task.redact_payload(payload) == {
+        "customer": [
+            {"tier": "gold"},
+            [{}, [{"name": "x"}]],
+            "a@b.c as a plain string is not at the path",
+            None,
+        ],
+        "orders": [{"card": [{"brand": "visa"}]}, {"card": {}}],
+        "amount": 1,
+    }
+    assert payload["customer"][0] == {"email": "a@b.c", "tier": "gold"}  # input untouched
+    # The last step may be a list too: every object in it loses the key.
+    assert task.redact_payload({"customer": {"email": ["a@b.c"], "id": 1}}) == {
+        "customer": {"id": 1}
+    }
+
+
+DEAD_LETTER_POLICY = """
+defaults:
+  unknown_task_types: reject
+task_types:
+  refund:
+    redact: [payload.customer.email]
+  card:
+    redact: [payload.card]
+  plain: {}
+"""
+
+
+def test_a_dead_letter_record_gets_its_task_types_paths_or_every_path() -> None:
+    policy = parse_policy(DEAD_LETTER_POLICY)
+    assert policy.redacts
+    assert not parse_policy("task_types: {plain: {}}").redacts
+    secret = {"customer": [{"email": "S"}], "card": "C", "n": 1}
+    # A known task type: its own paths only.
+    assert policy.redact_record({"task_type": "refund", "payload": secret})["payload"] == {
+        "customer": [{}],
+        "card": "C",
+        "n": 1,
+    }
+    assert policy.redact_record({"task_type": "plain", "payload": secret})["payload"] == secret
+    # Unknown, missing or not a string: it could be any task type, so every path applies.
+    everything = {"customer": [{}], "n": 1}
+    for record in (
+        {"task_type": "nope", "payload": secret},
+        {"payload": secret},
+        {"task_type": ["refund"], "payload": secret},
+        {"kind": "outcome", "event_id": "x", "decision": {}, "payload": secret},
+    ):
+        assert policy.redact_record(record)["payload"] == everything
+    # A payload a path cannot be found in is replaced whole; one with no path applying is kept.
+    assert policy.redact_record({"task_type": "refund", "payload": "S"})["payload"] == REDACTED
+    assert policy.redact_record({"task_type": "plain", "payload": "S"})["payload"] == "S"
+    # Records without a payload (outcomes, comparisons) come back as they were.
+    outcome = {"event_id": "x", "decision": {"customer": {"email": "d"}}}
+    assert policy.redact_record(outcome) == outcome
+    assert secret == {"customer": [{"email": "S"}], "card": "C", "n": 1}  # input untouched
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        # Parsed records come back redacted (compact JSON), or as they were when nothing
+        # in them is redacted.
+        (
+            '{"task_type": "refund", "payload": {"customer": [{"email": "S"}, [{"email": "S"}]]}}',
+            '{"task_type":"refund","payload":{"customer":[{},[{}]]}}',
+        ),
+        ('{"task_type": "plain",  "payload": {"card": "S"}}', None),
+        ('{"event_id": "x", "decision": {"card": "S"}}', None),
+        # A repeated key is ambiguous: every path, and only one copy of each key.
+        (
+            '{"task_type": "refund", "payload": {"card": "S"}, "task_type": "plain"}',
+            '{"task_type":"plain","payload":{}}',
+        ),
+        (
+            '{"task_type": "refund", "payload": {"customer": {"email": "S"}}, "payload": {}}',
+            '{"task_type":"refund","payload":{}}',
+        ),
+        # What does not parse as one object is not kept (the prefix is 0 here).
+        ("not json S", ""),
+        ('{"task_type": "refund", "payload": {"customer": {"email": "S"}', ""),
+        ('[{"task_type": "refund", "payload": {"card": "S"}}]', ""),
+        ('"{\\"payload\\": {\\"card\\": \\"S\\"}}"', ""),
+        ('{"a": 1} {"payload": {"card": "S"}}', ""),
+        ('{"payload": {"card": "\\xffS"}}', ""),  # non-UTF-8 bytes shown as \\xff
+        ('{"payload": ' + "[" * 5000 + "]" * 5000 + "}", ""),
+        ('{"task_type": "refund", "payload": {"n": 1' + "0" * 5000 + "}}", ""),
+    ],
+)
+def test_redact_raw_keeps_only_redacted_records(text: str, kept: str | None) -> None:
+    policy = parse_policy(DEAD_LETTER_POLICY)
+    got = policy.redact_raw(text, unparsed=0)
+    if kept is None:
+        assert got == text
+    elif kept == "":
+        assert got is None
+    else:
+        assert got == kept
+        assert json.loads(got)  # still a record
+
+
+def test_redact_raw_keeps_a_prefix_of_what_does_not_parse_when_asked() -> None:
+    policy = parse_policy(DEAD_LETTER_POLICY)
+    assert policy.redact_raw("not json at all", unparsed=3) == "not…[12 more characters]"
+    assert policy.redact_raw("short", unparsed=10) == "short"
+    assert policy.redact_raw("short", unparsed=0) is None
+    # A policy that redacts nothing keeps every record as it came, even an ambiguous one.
+    repeated = '{"task_type": "plain", "payload": {"card": "S"}, "task_type": "refund"}'
+    assert parse_policy("task_types: {plain: {}}").redact_raw(repeated, unparsed=0) == repeated
+
+
+def test_redact_reason_withholds_what_lies_inside_a_redacted_field() -> None:
+    policy = parse_policy(DEAD_LETTER_POLICY)
+    inside = "payload.customer[2].email.S-key[0][0]: nested deeper than 32 levels; occurred_at: bad"
+    assert policy.redact_reason(inside) == (
+        "payload.customer[2].email…: (withheld: inside a redacted field)"
+    )
+    assert "S-key" not in policy.redact_reason("payload.card.S-key: numbers must be finite")
+    for fine in (
+        "payload.customer.email: key appears more than once in one JSON object",
+        "payload.customer.emails.x: nested deeper than 32 levels",
+        "event_id: required; expected a non-empty string",
+    ):
+        assert policy.redact_reason(fine) == fine
+    assert parse_policy("task_types: {plain: {}}").redact_reason(inside) == inside
 
 
 def test_load_policy_reads_a_file(tmp_path: Path) -> None:

@@ -5,15 +5,21 @@ import gc
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from shadow.config import Settings
 from shadow.errors import ConfigError, Reason
 from shadow.ingest import RAW_LIMIT, clip_raw
+from shadow.metrics import Metrics
 from shadow.model import Outcome, WorkEvent
+from shadow.pipeline import Pipeline
+from shadow.policy import parse_policy
 from shadow.sources import FileReport, FileSource, Sink, parse_source_spec
 from shadow.store import DeadLetter
-from tests.conftest import wait_for
+from tests.conftest import FakeClock, StoreFactory, cells_holding, wait_for
 from tests.shadow.conftest import SidecarFactory, metric
 
 
@@ -61,13 +67,19 @@ class RecordingSink:
     def max_call(self) -> int:
         return max((n for _, n in self.calls), default=0)
 
-    async def submit_events(self, events: Sequence[WorkEvent], *, source: str) -> list[object]:
+    async def submit_events(
+        self, events: Sequence[WorkEvent], *, source: str, origins: Sequence[str | None]
+    ) -> list[object]:
+        assert len(origins) == len(events)
         self.sources.add(source)
         self.calls.append(("events", len(events)))
         self.events.extend(events)
         return [None] * len(events)
 
-    async def submit_outcomes(self, outcomes: Sequence[Outcome], *, source: str) -> list[object]:
+    async def submit_outcomes(
+        self, outcomes: Sequence[Outcome], *, source: str, origins: Sequence[str | None]
+    ) -> list[object]:
+        assert len(origins) == len(outcomes)
         self.sources.add(source)
         self.calls.append(("outcomes", len(outcomes)))
         self.outcomes.extend(outcomes)
@@ -87,12 +99,14 @@ class GatedSink(RecordingSink):
         self.entered = asyncio.Event()
         self.waiting = 0
 
-    async def submit_events(self, events: Sequence[WorkEvent], *, source: str) -> list[object]:
+    async def submit_events(
+        self, events: Sequence[WorkEvent], *, source: str, origins: Sequence[str | None]
+    ) -> list[object]:
         self.waiting += 1
         self.entered.set()
         await self.gate.wait()
         self.waiting -= 1
-        return await super().submit_events(events, source=source)
+        return await super().submit_events(events, source=source, origins=origins)
 
 
 SourceFactory = Callable[..., FileSource]
@@ -404,6 +418,105 @@ async def test_overlong_dead_letter_keeps_at_most_raw_limit(
     assert (
         letter.reason == f"line is 100000 bytes long; the limit is {RAW_LIMIT * 3} (max_line_bytes)"
     )
+
+
+async def test_a_bad_line_is_handed_on_whole_for_the_sink_to_redact(
+    tmp_path: Path, sink: RecordingSink, make_source: SourceFactory
+) -> None:
+    """Clipping first would cut a long record short of parsing, and then it could not be
+    redacted: the sink gets the whole line and clips after redacting."""
+    bad = json.dumps(event(1, pad="p" * (RAW_LIMIT * 2), extra_field=True))
+    path = write(tmp_path / "bad.jsonl", [bad])
+    await make_source(path).run()
+    (letter,) = sink.dead
+    assert letter.raw == bad
+
+
+SECRET = "zq7-jane.doe@example.com"
+SECRET_POLICY = """
+task_types:
+  refund_request:
+    redact: [payload.customer.email, payload.card]
+  plain: {}
+"""
+
+
+def secret_lines() -> list[Line]:
+    """Every way a file line can carry the secret at a redacted path (or where no path can
+    be told), each but the first ``good`` one bound for a dead letter."""
+    customers = [{"email": SECRET, "tier": "gold"}, [[{"email": SECRET}]]]
+    deep: object = 1
+    for _ in range(40):
+        deep = [deep]
+    return [
+        event(1, payload={"customer": customers, "card": SECRET, "amount": 1}),  # good
+        outcome(1),  # good
+        # fails validation for another reason while carrying the secret
+        event(2, payload={"customer": customers}, occurred_at="yesterday"),
+        {"kind": "event", "task_type": "refund_request", "payload": {"card": SECRET}},
+        event(3, payload={"customer": customers}, surprise=True),
+        # an unknown task type (dead-lettered by the pipeline), and no task type at all
+        event(4, task_type="unheard_of", payload={"customer": customers, "card": SECRET}),
+        {"kind": "event", "event_id": "e-5", "payload": {"card": SECRET}},
+        # an unknown kind; an outcome carrying a payload
+        {**event(6, payload={"card": SECRET}), "kind": "evnt"},
+        {**outcome(7), "payload": {"customer": {"email": SECRET}}},
+        # a repeated task_type: which one applies is ambiguous
+        (
+            '{"kind": "event", "event_id": "e-8", "task_type": "refund_request", '
+            f'"payload": {{"card": "{SECRET}"}}, "task_type": "plain"}}'
+        ),
+        # NaN and a lone surrogate next to the secret; the secret as a key, nested too deep
+        f'{{"kind": "event", "event_id": "e-9", "task_type": "refund_request", '
+        f'"payload": {{"card": "{SECRET}", "n": NaN}}}}',
+        f'{{"kind": "event", "event_id": "e-10", "task_type": "refund_request", '
+        f'"payload": {{"customer": {{"email": "{SECRET}", "x": "\\ud800"}}}}}}',
+        event(11, payload={"customer": {"email": {SECRET: deep}}}),
+        # not JSON, JSON that is not one object, not UTF-8, overlong
+        f"customer email {SECRET} was here",
+        json.dumps([event(12, payload={"card": SECRET})]),
+        json.dumps(event(13, payload={"card": SECRET})) + " trailing",
+        b'{"kind": "event", "payload": {"card": "' + SECRET.encode() + b'", "x": "\xff"}}',
+        json.dumps(event(14, payload={"card": SECRET, "pad": "p" * 5000})),
+        # a conflicting duplicate of the good event
+        event(1, payload={"customer": customers, "card": SECRET, "amount": 2}),
+    ]
+
+
+async def test_a_redacted_field_is_never_stored_from_a_file(
+    tmp_path: Path, store_factory: StoreFactory, clock: FakeClock, no_shadow_env: None
+) -> None:
+    policy = parse_policy(SECRET_POLICY)
+    store = await store_factory()
+    lines = secret_lines()
+    path = write(tmp_path / "secrets.jsonl", lines)
+    values: dict[str, Any] = {"db": str(store.path), "config": None, "expire_interval": 3600.0}
+    settings = Settings(**values)
+    async with Pipeline(
+        settings=settings,
+        policy=policy,
+        store=store,
+        agent=None,
+        metrics=Metrics(CollectorRegistry(), policy),
+        clock=clock,
+    ) as pipeline:
+        report = await FileSource(path, pipeline, max_line_bytes=4096).run()
+    assert (report.events, report.outcomes, report.dead_letters) == (3, 1, len(lines) - 4)
+    letters = await store.dead_letters(limit=100)
+    # every line but the good ones: the pipeline's (unknown task type, conflict) included
+    assert sorted(str(d["location"]) for d in letters) == sorted(
+        f"line {n}" for n in range(3, len(lines) + 1)
+    )
+    reasons = " | ".join(str(d["reason"]) for d in letters)
+    for says in ("unknown task type", "conflicting duplicate", "max_line_bytes", "not UTF-8"):
+        assert says in reasons
+    assert "withheld: inside a redacted field" in reasons
+    kept = [d for d in letters if d["raw"] is not None]
+    assert len(kept) >= 10  # what parsed is kept, redacted
+    await store.close()
+    rows, hits = cells_holding(store.path, SECRET)
+    assert rows > len(lines)
+    assert hits == []
 
 
 # -- resources and errors -------------------------------------------------------------------
