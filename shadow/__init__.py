@@ -7,7 +7,6 @@ diff an agent's decision against the human's (:mod:`shadow.diff`), bound agreeme
 with audit (:mod:`shadow.autonomy`).
 """
 
-from shadow.autonomy import AutonomyRegistry
 from shadow.diff import Differ, DiffResult, diff
 from shadow.errors import (
     AutonomyError,
@@ -19,6 +18,7 @@ from shadow.errors import (
     ValidationError,
 )
 from shadow.joiner import Joiner, compare
+from shadow.ladder import Ladder
 from shadow.model import (
     Action,
     AuditEntry,
@@ -41,7 +41,6 @@ __all__ = [
     "Action",
     "AuditEntry",
     "AutonomyError",
-    "AutonomyRegistry",
     "Comparison",
     "ConflictError",
     "DeadLetter",
@@ -51,6 +50,7 @@ __all__ = [
     "FieldError",
     "FieldResult",
     "Joiner",
+    "Ladder",
     "LadderState",
     "Level",
     "Move",

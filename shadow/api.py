@@ -1,6 +1,6 @@
 """HTTP API handlers (aiohttp). Routes and shapes are a contract: DESIGN.md, docs/api.md.
 
-Handlers only translate HTTP to the pipeline and registry wired by :func:`shadow.app.
+Handlers only translate HTTP to the pipeline and the ladder wired by :func:`shadow.app.
 build_app`; they never build clients. Errors are JSON: ``{"error": "...", "errors": [...]}``.
 
 Writes (``PUT``/``POST`` on autonomy, approve, reject, reconsider, freeze, unfreeze) need
@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from shadow.autonomy import MoveResult
 from shadow.config import Settings
 from shadow.errors import AutonomyError, Reason
 from shadow.ingest import (
@@ -34,16 +33,18 @@ from shadow.ingest import (
     parse_events,
     parse_outcomes,
 )
+from shadow.ladder import Ladder, MoveResult
 from shadow.model import Level, Outcome, WorkEvent
 from shadow.openapi import openapi_spec
 from shadow.pipeline import IngestResult, Pipeline
 from shadow.promotion import ProposalRef
 from shadow.server import ExpectHandler, declared_too_large, error, send_continue
 
-__all__ = ["PIPELINE", "READINESS", "REGISTRY", "SETTINGS", "routes"]
+__all__ = ["LADDER", "PIPELINE", "READINESS", "REGISTRY", "SETTINGS", "routes"]
 
 SETTINGS = web.AppKey("settings", Settings)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+LADDER = web.AppKey("ladder", Ladder)
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 # Source health checks (Kafka): each returns why the sidecar is not ready, or None.
 READINESS = web.AppKey("readiness", list[Callable[[], str | None]])
@@ -193,7 +194,7 @@ async def post_outcomes(request: web.Request) -> web.Response:
 
 
 async def get_agreement(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[PIPELINE].registry.agreement())
+    return web.json_response(request.app[LADDER].agreement())
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -241,7 +242,7 @@ def _task_type(request: web.Request) -> str:
 
 
 async def get_autonomy(request: web.Request) -> web.Response:
-    doc = await request.app[PIPELINE].registry.agreement()
+    doc = request.app[LADDER].agreement()
     return web.json_response(
         {
             "frozen": doc["frozen"],
@@ -257,7 +258,7 @@ def _level_view(entry: dict[str, Any]) -> dict[str, Any]:
 
 async def get_autonomy_one(request: web.Request) -> web.Response:
     name = _task_type(request)
-    doc = await request.app[PIPELINE].registry.agreement()
+    doc = request.app[LADDER].agreement()
     return web.json_response(
         {"task_type": name, "frozen": doc["frozen"], **doc["task_types"][name]}
     )
@@ -282,21 +283,7 @@ async def get_route(request: web.Request) -> web.Response:
     event_id = request.query.get("event_id", "")
     if not event_id:
         return error(400, "event_id query parameter is required")
-    pipeline = request.app[PIPELINE]
-    state = await pipeline.registry.state(name)
-    level = Level.L0 if await pipeline.store.is_frozen() else state.level
-    task = pipeline.policy.task_types[name]
-    audit = level >= Level.L3 and task.audited(event_id)
-    handler = "agent" if level >= Level.L2 and not audit else "human"
-    return web.json_response(
-        {
-            "handler": handler,
-            "level": str(level),
-            "audit": audit,
-            "approval_required": level == Level.L2,
-            "suggestion": level == Level.L1,
-        }
-    )
+    return web.json_response(request.app[LADDER].route(name, event_id))
 
 
 # Free text that operators send is clipped to these lengths (docs/api.md) and its control
@@ -366,7 +353,7 @@ async def _proposal_ref(request: web.Request, name: str, body: dict[str, Any]) -
     to_level, from_level = _level(body, "to"), _level(body, "from")
     proposal_id = body.get("proposal_id") or None
     if proposal_id is None and to_level is None:
-        state = await request.app[PIPELINE].registry.state(name)
+        state = request.app[LADDER].state(name)
         pending = (
             f"; pending: {state.proposal.id} ({state.proposal.from_level} -> "
             f"{state.proposal.to_level})"
@@ -423,7 +410,7 @@ async def put_autonomy(request: web.Request) -> web.StreamResponse:
     level = _level(body, "level")
     if level is None:
         return error(400, "level: required, one of L0..L4")
-    result = await request.app[PIPELINE].registry.set_level(
+    result = await request.app[LADDER].set_level(
         name, level, actor=_actor(request, body), reason=_reason(body, "manual set")
     )
     return await _moved(request, result, requested=str(level))
@@ -434,7 +421,7 @@ async def post_approve(request: web.Request) -> web.StreamResponse:
     name = _task_type(request)
     body = await _write_body(request, "approve")
     ref = await _proposal_ref(request, name, body)
-    result = await request.app[PIPELINE].registry.approve(
+    result = await request.app[LADDER].approve(
         name, ref, actor=_actor(request, body), reason=_reason(body, "")
     )
     return await _moved(request, result)
@@ -448,9 +435,7 @@ async def post_reject(request: web.Request) -> web.StreamResponse:
     reason = _reason(body, "")
     if not reason:
         return error(400, "reason: required; say why the promotion is rejected")
-    result = await request.app[PIPELINE].registry.reject(
-        name, ref, actor=_actor(request, body), reason=reason
-    )
+    result = await request.app[LADDER].reject(name, ref, actor=_actor(request, body), reason=reason)
     return await _moved(request, result)
 
 
@@ -458,7 +443,7 @@ async def post_reject(request: web.Request) -> web.StreamResponse:
 async def post_reconsider(request: web.Request) -> web.StreamResponse:
     name = _task_type(request)
     body = await _write_body(request, "reconsider")
-    result = await request.app[PIPELINE].registry.reconsider(
+    result = await request.app[LADDER].reconsider(
         name, actor=_actor(request, body), reason=_reason(body, "operator asked to reconsider")
     )
     return await _moved(request, result)
@@ -468,7 +453,7 @@ async def post_reconsider(request: web.Request) -> web.StreamResponse:
 async def post_freeze(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request, "freeze")
     pipeline = request.app[PIPELINE]
-    await pipeline.registry.freeze(actor=_actor(request, body), reason=_reason(body, "frozen"))
+    await request.app[LADDER].freeze(actor=_actor(request, body), reason=_reason(body, "frozen"))
     await pipeline.refresh(pending=False)
     return web.json_response({"frozen": True})
 
@@ -477,7 +462,9 @@ async def post_freeze(request: web.Request) -> web.StreamResponse:
 async def post_unfreeze(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request, "freeze")
     pipeline = request.app[PIPELINE]
-    await pipeline.registry.unfreeze(actor=_actor(request, body), reason=_reason(body, "unfrozen"))
+    await request.app[LADDER].unfreeze(
+        actor=_actor(request, body), reason=_reason(body, "unfrozen")
+    )
     await pipeline.refresh(pending=False)
     return web.json_response({"frozen": False})
 

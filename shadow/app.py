@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shadow.agent import AgentRunner, CircuitBreaker, load_agent
-from shadow.api import PIPELINE, READINESS, REGISTRY, SETTINGS, routes
+from shadow.api import LADDER, PIPELINE, READINESS, REGISTRY, SETTINGS, routes
 from shadow.config import Settings
 from shadow.errors import ConfigError
 from shadow.metrics import Metrics
@@ -127,6 +127,7 @@ def build_app(
                 )
                 async with pipeline, kafka.running(pipeline):
                     app[PIPELINE] = pipeline
+                    app[LADDER] = pipeline.ladder
                     tasks = [
                         asyncio.get_running_loop().create_task(_run_file(path, pipeline))
                         for _, path in specs

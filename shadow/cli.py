@@ -235,8 +235,8 @@ async def _status(args: argparse.Namespace, console: Console) -> int:
 
 
 async def _status_from_db(path: str) -> dict[str, Any]:
-    from shadow.autonomy import AutonomyRegistry
     from shadow.errors import StoreInUseError
+    from shadow.ladder import Ladder
     from shadow.policy import parse_policy
     from shadow.store import Store
 
@@ -257,7 +257,9 @@ async def _status_from_db(path: str) -> dict[str, Any]:
         policy = parse_policy(text, source=f"{path} (stored policy)")
         from shadow.app import utc_now
 
-        return await AutonomyRegistry(store, policy, utc_now).agreement()
+        ladder = Ladder(store, policy, utc_now)
+        await ladder.load()
+        return ladder.agreement()
 
 
 def _fmt(value: object, digits: int = 4) -> str:

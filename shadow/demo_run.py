@@ -85,7 +85,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             await drained
             progress.update(bar, completed=pipeline.comparisons - start)
         await pipeline.evaluate()
-        doc = await pipeline.registry.agreement()
+        doc = pipeline.ladder.agreement()
         console.print(agreement_table(doc, title="shadow demo: agreement and autonomy"))
         console.print(
             f"Evidence, audit log and dead letters are in {db}; "

@@ -40,11 +40,11 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from shadow.agent import AgentRunner
-from shadow.autonomy import AutonomyRegistry
 from shadow.config import DEFAULT_DEAD_LETTER_RAW_PREFIX, Settings
 from shadow.errors import Reason
 from shadow.ingest import clip_raw
 from shadow.joiner import Joiner, JoinReport
+from shadow.ladder import Ladder
 from shadow.metrics import Metrics
 from shadow.model import Comparison, Outcome, ShadowDecision, WorkEvent
 from shadow.policy import Policy
@@ -111,7 +111,7 @@ class Pipeline:
             prefix = 0 if policy.redacts else DEFAULT_DEAD_LETTER_RAW_PREFIX
         self.raw_prefix = prefix  # characters kept of a dead letter that does not parse
         self.joiner = Joiner(store, policy, clock, batch=max(settings.batch_size, 1000))
-        self.registry = AutonomyRegistry(store, policy, clock, metrics=metrics)
+        self.ladder = Ladder(store, policy, clock, metrics=metrics)
         # Room for a whole store batch: the feeder reads the backlog a batch at a time (one
         # query per batch, not per handful), while memory stays bounded by batch_size.
         self._work: asyncio.Queue[WorkEvent] = asyncio.Queue(
@@ -139,6 +139,7 @@ class Pipeline:
             return self
         self.started = True
         await self.store.save_policy(self.policy.text, self.policy.hash)
+        await self.ladder.load()
         await self._after_join(await self.joiner.join())  # finish what a crash interrupted
         # Comparisons stored just before a crash may owe the ladder a (demotion) decision even
         # when the sweep above made none; deciding now is idempotent.
@@ -456,13 +457,14 @@ class Pipeline:
             await self.evaluate()
 
     async def refresh(self, *, pending: bool = True) -> None:
-        """Set the evidence, ladder and (with ``pending``) pending-join gauges from the
-        store. The pending-join counts scan whole tables, so the refresh after each batch
-        of comparisons leaves them to the scrape (``/metrics`` refreshes everything) and
-        the expiry loop."""
-        self.metrics.evidence(await self.store.evidence())
-        states = await self.registry.states()
-        self.metrics.ladder(states, await self.store.is_frozen())
+        """Set the evidence and ladder gauges from the Ladder's memory and tell the observers
+        the states; with ``pending``, the pending-join gauges from the store. The
+        pending-join counts scan whole tables, so the refresh after each batch of
+        comparisons leaves them to the scrape (``/metrics`` refreshes everything) and the
+        expiry loop."""
+        self.metrics.evidence(self.ladder.evidence)
+        states = self.ladder.states()
+        self.metrics.ladder(states, self.ladder.frozen)
         for observer in self.observers:
             observer.ladder(states)
         if pending:
@@ -499,9 +501,12 @@ class Pipeline:
             )
 
     async def evaluate(self) -> None:
-        """Re-decide the ladder now (operators' writes call this after changing state)."""
+        """Re-decide the ladder now on the store's evidence (a replica re-reads the levels it
+        follows instead), then refresh the gauges and observers."""
         if self.promote:
-            await self.registry.evaluate()
+            await self.ladder.evaluate()
+        else:
+            await self.ladder.reload()
         await self.refresh(pending=False)
 
     async def drain(self, *, poll: float = 0.02) -> None:

@@ -290,9 +290,8 @@ class AutonomyFollower:
         await pipeline.dead_letter(bad)
         if not records:
             return
-        store = pipeline.store
-        states = await pipeline.registry.states()
-        evidence = await store.evidence()
+        states = pipeline.ladder.states()
+        evidence = await pipeline.store.evidence()
         steps: list[Step] = []
         frozen: bool | None = None
         for rec, where in records:
@@ -324,7 +323,6 @@ class AutonomyFollower:
                 frozen = rec.frozen
         if not steps:
             return
-        await store.apply_steps(steps, actor=FOLLOW_ACTOR, frozen=frozen)
+        await pipeline.ladder.follow(steps, actor=FOLLOW_ACTOR, frozen=frozen)
         self.applied += len(steps)
-        pipeline.metrics.steps(steps)
         await pipeline.refresh()

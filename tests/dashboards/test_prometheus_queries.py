@@ -107,9 +107,9 @@ async def settle(pipeline: Pipeline) -> None:
     evaluation; the background evaluations during the feed depend on timing)."""
     await pipeline.drain()
     for _ in range(5):
-        before = (await pipeline.registry.agreement())["task_types"]
+        before = (pipeline.ladder.agreement())["task_types"]
         await pipeline.evaluate()
-        after = (await pipeline.registry.agreement())["task_types"]
+        after = (pipeline.ladder.agreement())["task_types"]
         if {k: v["level"] for k, v in before.items()} == {k: v["level"] for k, v in after.items()}:
             return
 
@@ -280,7 +280,7 @@ async def drive(prom: Prometheus, app: web.Application, base: str) -> None:
         async with aiohttp.ClientSession() as session:
             await feed(session, base, timeline(generate(240, seed=7)))
             await settle(pipeline)
-            doc = await pipeline.registry.agreement()
+            doc = pipeline.ladder.agreement()
             assert doc["task_types"]["refund_request"]["level"] == "L3", doc
             assert doc["task_types"]["invoice_match"]["proposal"] is not None, doc
 
@@ -307,7 +307,7 @@ async def drive(prom: Prometheus, app: web.Application, base: str) -> None:
             await settle(pipeline)
     finally:
         AGENT.degraded = False
-    refund = (await pipeline.registry.agreement())["task_types"]["refund_request"]
+    refund = (pipeline.ladder.agreement())["task_types"]["refund_request"]
     # Demoted from L3 by critical misses beyond max_critical; the upper bound still clears
     # the L2 gate, the lower bound is under it (the near-gate alert's case).
     assert (refund["level"], refund["critical"] > 5) == ("L2", True), refund

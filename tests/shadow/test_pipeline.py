@@ -14,9 +14,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from shadow.agent import AgentRunner, CircuitBreaker, load_agent
-from shadow.autonomy import AutonomyRegistry
 from shadow.config import Settings
 from shadow.joiner import Joiner
+from shadow.ladder import Ladder
 from shadow.metrics import Metrics
 from shadow.model import Level, Outcome, ShadowDecision, WorkEvent
 from shadow.pipeline import Pipeline
@@ -573,7 +573,7 @@ async def test_start_applies_a_demotion_the_crash_interrupted(
 ) -> None:
     """Comparisons were written, then the process died before the promoter looked at them.
     Demotion is always automatic: the restarted sidecar must not keep publishing L1."""
-    registry = AutonomyRegistry(store, POLICY, clock)
+    registry = Ladder(store, POLICY, clock)
     await registry.set_level("refund", Level.L1, actor="ops/jane", reason="pilot")
     ids = [f"r-{i}" for i in range(20)]
     await store.put_events([ev(i) for i in ids], source="test", now=clock())
@@ -587,7 +587,9 @@ async def test_start_applies_a_demotion_the_crash_interrupted(
 
     run = await pipelines(store)
     await run.pipeline.drain()
-    assert (await registry.state("refund")).level == Level.L0
+    assert run.pipeline.ladder.state("refund").level == Level.L0
+    await registry.load()  # another Ladder on the same store reads the demotion back
+    assert registry.state("refund").level == Level.L0
     assert run.sample("shadow_autonomy_level", task_type="refund") == 0
 
 

@@ -6,9 +6,9 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry
 
-from shadow.autonomy import AutonomyRegistry
 from shadow.errors import AutonomyError
 from shadow.joiner import Joiner
+from shadow.ladder import Ladder
 from shadow.metrics import Metrics
 from shadow.model import Level, Outcome, ShadowDecision, WorkEvent
 from shadow.policy import Policy, parse_policy
@@ -69,14 +69,14 @@ async def feed(
 
 async def test_auto_promotion_is_applied_and_audited(store: Store, clock: FakeClock) -> None:
     p = policy("auto")
-    registry = AutonomyRegistry(store, p, clock)
-    states = await registry.states()
+    registry = Ladder(store, p, clock)
+    states = registry.states()
     assert {k: s.level for k, s in states.items()} == {"refund": Level.L0, "invoice": Level.L0}
     await feed(store, clock, p, 0, 300)
     levels = []
     for _ in range(4):
         await registry.evaluate()
-        levels.append((await registry.state("refund")).level)
+        levels.append((registry.state("refund")).level)
     assert levels == [Level.L1, Level.L2, Level.L3, Level.L3]
     audit = [e for _, e in await store.audit_log(task_type="refund")]
     promotions = [e for e in reversed(audit) if e.action == "promote"]
@@ -92,11 +92,11 @@ async def test_auto_promotion_is_applied_and_audited(store: Store, clock: FakeCl
 
 async def test_critical_miss_demotes_from_l3(store: Store, clock: FakeClock) -> None:
     p = policy("auto")
-    registry = AutonomyRegistry(store, p, clock)
+    registry = Ladder(store, p, clock)
     await feed(store, clock, p, 0, 300)
     for _ in range(3):
         await registry.evaluate()
-    assert (await registry.state("refund")).level is Level.L3
+    assert (registry.state("refund")).level is Level.L3
     await feed(store, clock, p, 300, 1, wrong_every=1)
     steps = await registry.evaluate()
     refund = next(s for s in steps if s.after.task_type == "refund")
@@ -106,10 +106,10 @@ async def test_critical_miss_demotes_from_l3(store: Store, clock: FakeClock) -> 
 
 async def test_propose_then_approve(store: Store, clock: FakeClock) -> None:
     p = policy("propose")
-    registry = AutonomyRegistry(store, p, clock)
+    registry = Ladder(store, p, clock)
     await feed(store, clock, p, 0, 300)
     await registry.evaluate()
-    state = await registry.state("refund")
+    state = registry.state("refund")
     assert state.level is Level.L0
     assert state.proposal is not None
     assert state.proposal.to_level is Level.L1
@@ -131,7 +131,7 @@ async def test_propose_then_approve(store: Store, clock: FakeClock) -> None:
     again = await registry.approve("refund", ProposalRef(state.proposal.id), actor="ops/jane")
     assert not again.applied
     assert again.level is Level.L1
-    assert (await registry.state("refund")).level is Level.L1
+    assert (registry.state("refund")).level is Level.L1
     assert len(await store.audit_log(task_type="refund")) == 3
     with pytest.raises(AutonomyError, match="not the pending proposal"):
         await registry.approve("refund", ProposalRef("p-000000000000"), actor="ops/jane")
@@ -143,10 +143,10 @@ async def test_concurrent_approvals_of_one_proposal_apply_it_once(
     """Twenty approvals of the same proposal racing each other (and evaluations): the
     level goes up one step and the audit log has one approval."""
     p = policy("propose")
-    registry = AutonomyRegistry(store, p, clock)
+    registry = Ladder(store, p, clock)
     await feed(store, clock, p, 0, 300)
     await registry.evaluate()
-    proposal = (await registry.state("refund")).proposal
+    proposal = (registry.state("refund")).proposal
     assert proposal is not None
 
     async def approve() -> bool:
@@ -158,7 +158,7 @@ async def test_concurrent_approvals_of_one_proposal_apply_it_once(
 
     results = await asyncio.gather(*[approve() for _ in range(20)], *[evaluate() for _ in range(5)])
     assert sum(results) == 1
-    assert (await registry.state("refund")).level is Level.L1
+    assert (registry.state("refund")).level is Level.L1
     actions = [e.action for _, e in await store.audit_log(task_type="refund")]
     assert actions.count("approve") == 1
 
@@ -168,7 +168,7 @@ async def test_every_move_is_counted_and_logged(
 ) -> None:
     p = policy("propose")
     registry = CollectorRegistry()
-    ladder = AutonomyRegistry(store, p, clock, metrics=Metrics(registry, p))
+    ladder = Ladder(store, p, clock, metrics=Metrics(registry, p))
 
     def count(move: str) -> float:
         value = registry.get_sample_value(
@@ -180,13 +180,13 @@ async def test_every_move_is_counted_and_logged(
     caplog.set_level(logging.INFO, logger="shadow.autonomy")
     await feed(store, clock, p, 0, 300)
     await ladder.evaluate()
-    first = (await ladder.state("refund")).proposal
+    first = (ladder.state("refund")).proposal
     assert first is not None
     clock.advance(seconds=1)
     await ladder.reject("refund", ProposalRef(first.id), actor="ops/bob", reason="wait\nfor Q4")
     clock.advance(seconds=1)
     await ladder.reconsider("refund", actor="ops/bob", reason="Q4 came")
-    second = (await ladder.state("refund")).proposal
+    second = (ladder.state("refund")).proposal
     assert second is not None
     assert second.id != first.id
     clock.advance(seconds=1)
@@ -225,23 +225,23 @@ async def test_every_move_is_counted_and_logged(
 
 async def test_manual_set_freeze_unfreeze(store: Store, clock: FakeClock) -> None:
     p = policy("auto")
-    registry = AutonomyRegistry(store, p, clock)
+    registry = Ladder(store, p, clock)
     with pytest.raises(AutonomyError, match="ceiling"):
         await registry.set_level("refund", Level.L4, actor="ops", reason="")
     with pytest.raises(AutonomyError, match="unknown task type"):
         await registry.set_level("nope", Level.L1, actor="ops", reason="")
     await registry.set_level("refund", Level.L2, actor="ops/bob", reason="pilot week")
     await registry.freeze(actor="ops/bob", reason="incident 42")
-    assert await registry.is_frozen()
-    assert {s.level for s in (await registry.states()).values()} == {Level.L0}
+    assert registry.frozen
+    assert {s.level for s in (registry.states()).values()} == {Level.L0}
     await feed(store, clock, p, 0, 300)
     await registry.evaluate()
-    assert (await registry.state("refund")).level is Level.L0
+    assert (registry.state("refund")).level is Level.L0
     steps = await registry.unfreeze(actor="ops/bob", reason="resolved")
-    assert not await registry.is_frozen()
+    assert registry.agreement()["frozen"] is False
     # The ladder evaluates right after the unfreeze: the evidence earns L1 again at once.
     assert [s.move for s in steps if s.after.task_type == "refund"] == [Move.UNFREEZE, Move.PROMOTE]
-    assert (await registry.state("refund")).level is Level.L1
+    assert (registry.state("refund")).level is Level.L1
     actions = [e.action for _, e in await store.audit_log(task_type="refund")]
     assert actions[::-1] == ["manual_set", "freeze", "unfreeze", "promote"]
 
@@ -250,9 +250,12 @@ async def test_state_survives_reopen(store_factory: StoreFactory, clock: FakeClo
     p = policy("propose")
     first = await store_factory("a.duckdb")
     await feed(first, clock, p, 0, 300)
-    await AutonomyRegistry(first, p, clock).evaluate()
+    await Ladder(first, p, clock).evaluate()
     await first.close()
     again = await store_factory("a.duckdb")
-    state = await AutonomyRegistry(again, p, clock).state("refund")
+    ladder = Ladder(again, p, clock)
+    assert ladder.state("refund").proposal is None  # nothing read yet
+    await ladder.load()
+    state = ladder.state("refund")
     assert state.proposal is not None
     assert state.proposal.evidence.n == 300

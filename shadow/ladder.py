@@ -1,0 +1,394 @@
+"""The Ladder: the one owner of autonomy in a sidecar process.
+
+It holds every configured task type's :class:`~shadow.promotion.LadderState`, the evidence
+per agent version, the current agent versions and the freeze flag **in memory**, and it is
+the only thing that changes them: the promoter's evaluation after new comparisons, the
+operators' moves (approve, reject, reconsider, set, freeze, unfreeze) and, on a Kafka
+replica, the levels it follows. Reads (routing, the agreement document, the gauges) answer
+from memory and never touch the store. The store stays the durable truth: the Ladder reads
+it at start (:meth:`Ladder.load`), reads the evidence before each decision, and reads the
+states back after each write it makes, so memory is never ahead of what is durable.
+
+Every read-decide-write runs under one lock, so two concurrent approvals of the same
+proposal apply it once and an evaluation never writes a state decided from a read taken
+before an operator's move. Each change is counted (``shadow_autonomy_changes_total``) and
+logged as one ``key=value`` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shadow import moves, promotion
+from shadow.autonomy import agreement_document
+from shadow.errors import AutonomyError
+from shadow.metrics import Metrics
+from shadow.model import Evidence, Level
+from shadow.policy import Policy, TaskPolicy
+from shadow.promotion import LadderState, Move, ProposalRef, Step
+from shadow.store import Store
+
+__all__ = ["SYSTEM_ACTOR", "Ladder", "MoveResult"]
+
+SYSTEM_ACTOR = "promoter"
+
+log = logging.getLogger("shadow.autonomy")
+
+_Inputs = tuple[dict[str, LadderState], dict[str, dict[str, Evidence]], dict[str, str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class MoveResult:
+    """An operator's move and what the ladder did right after it, in the same request.
+
+    ``step`` is the move itself (``Move.STAY`` when it changed nothing: a retried approval);
+    ``then`` the ladder's own steps after it (a proposal for the next level, a demotion that
+    overrides a manual set); ``level`` the level in effect once both are applied."""
+
+    step: Step
+    then: tuple[Step, ...]
+    level: Level
+
+    @property
+    def applied(self) -> bool:
+        return self.step.changed
+
+    @property
+    def overridden_by(self) -> Step | None:
+        """The ladder step that moved the level away from the one the operator's move set."""
+        if self.level == self.step.after.level:
+            return None
+        return next((s for s in self.then if s.after.level != self.step.after.level), None)
+
+    def to_json(self) -> dict[str, Any]:
+        over = self.overridden_by
+        return {
+            "task_type": self.step.before.task_type,
+            "move": self.step.move.value,
+            "applied": self.applied,
+            "from": str(self.step.before.level),
+            "to": str(self.level),
+            "reason": self.step.reason,
+            "then": [
+                {
+                    "move": s.move.value,
+                    "from": str(s.before.level),
+                    "to": str(s.after.level),
+                    "reason": s.reason,
+                }
+                for s in self.then
+            ],
+            "overridden": None
+            if over is None
+            else {"move": over.move.value, "to": str(over.after.level), "reason": over.reason},
+        }
+
+
+class Ladder:
+    """Autonomy per task type, in memory, owned by one promoter per deployment (see the
+    module docstring). ``clock`` returns aware times."""
+
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        clock: Callable[[], datetime],
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.metrics = metrics
+        self._lock = asyncio.Lock()
+        self._states: dict[str, LadderState] = {
+            name: LadderState(name, task.autonomy.start) for name, task in policy.task_types.items()
+        }
+        self._evidence: dict[str, dict[str, Evidence]] = {}
+        self._versions: dict[str, str] = {}
+        self._frozen = False
+
+    def _task(self, task_type: str) -> TaskPolicy:
+        task = self.policy.task_types.get(task_type)
+        if task is None:
+            raise AutonomyError(f"unknown task type {task_type!r}; it is not in the policy")
+        return task
+
+    # -- memory <- store ------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read states, evidence, versions and the freeze flag from the store (at start;
+        a replica after following)."""
+        async with self._lock:
+            await self._read_states()
+            await self._read_evidence()
+
+    async def _read_states(self) -> None:
+        stored = await self.store.ladder_states()
+        self._states = {
+            name: stored.get(name) or LadderState(name, task.autonomy.start)
+            for name, task in self.policy.task_types.items()
+        }
+        self._frozen = await self.store.is_frozen()
+
+    async def _read_evidence(self) -> None:
+        self._evidence = await self.store.evidence()
+        self._versions = await self.store.current_versions()
+
+    def _inputs(self) -> _Inputs:
+        return dict(self._states), self._evidence, self._versions, self._frozen
+
+    # -- reads (memory only) --------------------------------------------------------------
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    @property
+    def evidence(self) -> Mapping[str, Mapping[str, Evidence]]:
+        """``{task_type: {agent_version: Evidence}}`` as of the last read."""
+        return self._evidence
+
+    def states(self) -> dict[str, LadderState]:
+        """Every configured task type's state (the policy's ``start`` when never changed)."""
+        return dict(self._states)
+
+    def state(self, task_type: str) -> LadderState:
+        self._task(task_type)
+        return self._states[task_type]
+
+    def level(self, task_type: str) -> Level:
+        """The level in force for routing: L0 for every task type while frozen."""
+        return Level.L0 if self._frozen else self.state(task_type).level
+
+    def route(self, task_type: str, event_id: str) -> dict[str, Any]:
+        """Who handles ``event_id`` (``GET /v1/route``): L0-L1 a human (with the agent's
+        suggestion at L1); L2 the agent once approved; L3+ the agent, except the items the
+        audit sample (a stable hash of the event id) sends to a human."""
+        task = self._task(task_type)
+        level = self.level(task_type)
+        audit = level >= Level.L3 and task.audited(event_id)
+        return {
+            "handler": "agent" if level >= Level.L2 and not audit else "human",
+            "level": str(level),
+            "audit": audit,
+            "approval_required": level == Level.L2,
+            "suggestion": level == Level.L1,
+        }
+
+    def agreement(self) -> dict[str, Any]:
+        """The agreement document for every configured task type (see DESIGN.md)."""
+        return agreement_document(
+            self.policy, self._states, self._evidence, self._versions, self._frozen
+        )
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def _apply(
+        self, steps: Sequence[Step], actor: str, *, frozen: bool | None = None
+    ) -> None:
+        changed = [s for s in steps if s.changed]
+        if not changed and frozen is None:
+            return
+        await self.store.apply_steps(changed, actor=actor, frozen=frozen)
+        await self._read_states()
+        if self.metrics is not None:
+            self.metrics.steps(changed)
+        for s in changed:
+            _log_step(s, actor)
+
+    async def evaluate(self) -> list[Step]:
+        """Re-decide every configured task type on fresh evidence; apply, audit and count
+        what changed."""
+        async with self._lock:
+            await self._read_evidence()
+            return await self._evaluate()
+
+    async def reload(self) -> None:
+        """Re-read everything without deciding (a Kafka replica, whose promoter decides)."""
+        await self.load()
+
+    async def _evaluate(self) -> list[Step]:
+        states, evidence, versions, frozen = self._inputs()
+        now = self.clock()
+        steps = [
+            promotion.decide(
+                state,
+                evidence.get(name, {}),
+                versions.get(name),
+                self._task(name),
+                frozen=frozen,
+                now=now,
+            )
+            for name, state in states.items()
+        ]
+        await self._apply(steps, SYSTEM_ACTOR)
+        return steps
+
+    async def _operator_move(
+        self, task_type: str, actor: str, move: Callable[[LadderState, _Inputs], Step]
+    ) -> MoveResult:
+        self._task(task_type)
+        async with self._lock:
+            await self._read_evidence()
+            inputs = self._inputs()
+            step = move(inputs[0][task_type], inputs)
+            if not step.changed:
+                return MoveResult(step, (), step.after.level)
+            await self._apply([step], actor)
+            after = await self._evaluate()
+            then = tuple(s for s in after if s.changed and s.after.task_type == task_type)
+            final = next((s.after for s in after if s.after.task_type == task_type), step.after)
+            return MoveResult(step, then, final.level)
+
+    async def approve(
+        self, task_type: str, ref: ProposalRef, *, actor: str, reason: str = ""
+    ) -> MoveResult:
+        """Approve the pending proposal ``ref`` names (409 when it is not the pending one;
+        a no-op when it is the one approved last)."""
+        task = self._task(task_type)
+
+        def move(state: LadderState, inputs: _Inputs) -> Step:
+            _, evidence, versions, frozen = inputs
+            return moves.approve(
+                state,
+                ref,
+                evidence.get(task_type, {}),
+                versions.get(task_type),
+                task,
+                frozen=frozen,
+                now=self.clock(),
+                actor=actor,
+                reason=reason,
+            )
+
+        return await self._operator_move(task_type, actor, move)
+
+    async def reject(
+        self, task_type: str, ref: ProposalRef, *, actor: str, reason: str
+    ) -> MoveResult:
+        """Reject the pending proposal ``ref`` names; it is held back until the evidence
+        grows by the gate's ``min_samples`` or :meth:`reconsider` is called."""
+        task = self._task(task_type)
+
+        def move(state: LadderState, inputs: _Inputs) -> Step:
+            _, evidence, versions, _ = inputs
+            return moves.reject(
+                state,
+                ref,
+                evidence.get(task_type, {}),
+                versions.get(task_type),
+                task,
+                now=self.clock(),
+                actor=actor,
+                reason=reason,
+            )
+
+        return await self._operator_move(task_type, actor, move)
+
+    async def reconsider(self, task_type: str, *, actor: str, reason: str) -> MoveResult:
+        """Lift a rejection's hold; the evaluation right after proposes again if it can."""
+        task = self._task(task_type)
+
+        def move(state: LadderState, inputs: _Inputs) -> Step:
+            _, evidence, versions, _ = inputs
+            return moves.reconsider(
+                state,
+                evidence.get(task_type, {}),
+                versions.get(task_type),
+                task,
+                now=self.clock(),
+                reason=reason,
+            )
+
+        return await self._operator_move(task_type, actor, move)
+
+    async def set_level(
+        self, task_type: str, level: Level, *, actor: str, reason: str
+    ) -> MoveResult:
+        """Set the level. The ladder evaluates right after, so the result's ``level`` may
+        differ from ``level`` (a demotion the evidence forces): ``overridden_by`` says why."""
+        task = self._task(task_type)
+
+        def move(state: LadderState, inputs: _Inputs) -> Step:
+            _, evidence, versions, frozen = inputs
+            return moves.manual_set(
+                state,
+                level,
+                evidence.get(task_type, {}),
+                versions.get(task_type),
+                task,
+                frozen=frozen,
+                now=self.clock(),
+                reason=reason,
+            )
+
+        return await self._operator_move(task_type, actor, move)
+
+    async def freeze(self, *, actor: str, reason: str) -> list[Step]:
+        """Send every task type to L0 and block promotions until :meth:`unfreeze`."""
+        return await self._freeze(True, actor, reason)
+
+    async def unfreeze(self, *, actor: str, reason: str) -> list[Step]:
+        """Lift the freeze; levels are re-earned through the gates from L0 (the evaluation
+        right after may propose or promote; its steps are returned after the unfreeze's)."""
+        return await self._freeze(False, actor, reason)
+
+    async def _freeze(self, frozen: bool, actor: str, reason: str) -> list[Step]:
+        move = moves.freeze if frozen else moves.unfreeze
+        async with self._lock:
+            await self._read_evidence()
+            states, evidence, versions, _ = self._inputs()
+            now = self.clock()
+            steps = [
+                move(
+                    state,
+                    evidence.get(name, {}),
+                    versions.get(name),
+                    self._task(name),
+                    now=now,
+                    reason=reason,
+                )
+                for name, state in states.items()
+            ]
+            await self._apply(steps, actor, frozen=frozen)
+            if frozen:
+                return steps
+            return steps + [s for s in await self._evaluate() if s.changed]
+
+    async def follow(
+        self, steps: Sequence[Step], *, actor: str, frozen: bool | None = None
+    ) -> None:
+        """A Kafka replica applies the promoter's levels (``Move.FOLLOW`` steps)."""
+        async with self._lock:
+            await self._apply(steps, actor, frozen=frozen)
+            await self._read_evidence()
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.replace("\\", "\\\\").replace('"', '\\"').split())
+
+
+def _log_step(s: Step, actor: str) -> None:
+    """One line per change, as ``key=value`` pairs an operator can grep or parse."""
+    proposal = s.after.proposal or s.before.proposal
+    fields = [
+        f"move={s.move.value}",
+        f"task_type={s.after.task_type}",
+        f"from={s.before.level}",
+        f"to={s.after.level}",
+        f"actor={actor}",
+        f"agent_version={s.after.agent_version or '-'}",
+    ]
+    if s.move in (Move.PROPOSE, Move.APPROVE, Move.REJECT, Move.DROP_PROPOSAL) and proposal:
+        fields.append(f"proposal={proposal.id}")
+        fields.append(f"proposed={proposal.from_level}->{proposal.to_level}")
+    fields += [f"n={s.evidence.n}", f"lower={s.evidence.lower:.4f}"]
+    fields.append(f'reason="{_clean(s.reason)}"')
+    level = logging.WARNING if s.move is Move.DEMOTE else logging.INFO
+    log.log(level, "autonomy %s", " ".join(fields))
