@@ -55,6 +55,7 @@ bench-stats: install
 bench: bench-stats
 	$(BIN)/python tests/bench/bench_store.py
 	$(BIN)/python tests/bench/bench_service.py
+	$(BIN)/python tests/bench/bench_route.py
 	$(BIN)/python tests/bench/bench_kafka.py
 	$(BIN)/python tests/bench/bench_replay.py
 

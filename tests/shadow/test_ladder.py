@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -259,3 +261,40 @@ async def test_state_survives_reopen(store_factory: StoreFactory, clock: FakeClo
     state = ladder.state("refund")
     assert state.proposal is not None
     assert state.proposal.evidence.n == 300
+
+
+class CountingStore(Store):
+    """A real store that counts every operation it runs (each goes through ``_run``)."""
+
+    calls = 0
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return await super()._run(fn, *args, **kwargs)
+
+
+async def test_routing_and_reads_never_touch_the_store(tmp_path: Path, clock: FakeClock) -> None:
+    p = policy("auto")
+    async with CountingStore(tmp_path / "spy.duckdb") as store:
+        ladder = Ladder(store, p, clock)
+        await ladder.load()
+        await ladder.set_level("refund", Level.L3, actor="ops", reason="pilot")
+        before = store.calls
+        task = p.task_types["refund"]
+        answers = [ladder.route("refund", f"e-{i}") for i in range(2000)]
+        ladder.agreement()
+        ladder.states()
+        assert store.calls == before
+        audited = [a for i, a in enumerate(answers) if task.audited(f"e-{i}")]
+        assert audited
+        assert all(a["handler"] == "human" and a["audit"] for a in audited)
+        assert {a["level"] for a in answers} == {"L3"}
+        # Memory follows every write at once: a freeze routes everything to a human.
+        await ladder.freeze(actor="ops", reason="incident")
+        assert ladder.route("refund", "e-1") == {
+            "handler": "human",
+            "level": "L0",
+            "audit": False,
+            "approval_required": False,
+            "suggestion": False,
+        }
