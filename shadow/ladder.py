@@ -18,7 +18,9 @@ logged as one ``key=value`` line.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,9 +30,9 @@ from shadow import moves, promotion
 from shadow.autonomy import agreement_document
 from shadow.errors import AutonomyError
 from shadow.metrics import Metrics
-from shadow.model import Evidence, Level
+from shadow.model import Comparison, Evidence, Level, Verdict
 from shadow.policy import Policy, TaskPolicy
-from shadow.promotion import LadderState, Move, ProposalRef, Step
+from shadow.promotion import LadderState, Move, ProposalRef, Recent, Step
 from shadow.store import Store
 
 __all__ = ["SYSTEM_ACTOR", "Ladder", "MoveResult"]
@@ -89,6 +91,46 @@ class MoveResult:
         }
 
 
+class _Recent:
+    """The blind evidence of one task type's current level, folded as it arrives: the drift
+    statistic since the level began, and the version's latest comparisons' critical flags
+    (as many as the largest ``Gate.window`` of the task type; the window carries over a
+    level change, so misses made just before a promotion still count at the new level)."""
+
+    def __init__(
+        self,
+        state: LadderState,
+        policy: TaskPolicy,
+        base: int = 0,
+        window: Sequence[bool] = (),
+    ) -> None:
+        self.level = state.level
+        self.version = state.agent_version
+        self.base = base  # the version's evidence count when this level's stream began
+        gate = policy.autonomy.gate_for(state.level)
+        self.size = gate.window if gate else 0
+        self.drift = policy.autonomy.drift(state.level) if state.level > Level.L0 else None
+        self.window: deque[bool] = deque(window, maxlen=window_size(policy))
+        self.statistic = 0.0
+        self.n = 0
+
+    def fold(self, agreed: bool, critical: bool) -> None:
+        if self.drift is not None:
+            self.statistic = self.drift.update(self.statistic, agreed)
+        self.window.append(critical)
+        self.n += 1
+
+    def view(self) -> Recent:
+        start = max(len(self.window) - self.size, 0)
+        critical = sum(itertools.islice(self.window, start, None)) if self.size else 0
+        return Recent(self.statistic, self.n, critical)
+
+
+def window_size(policy: TaskPolicy) -> int:
+    """How many recent critical flags a task type keeps: its largest gate window."""
+    return max((g.window for g in policy.autonomy.gates.values()), default=1) or 1
+
+
 class Ladder:
     """Autonomy per task type, in memory, owned by one promoter per deployment (see the
     module docstring). ``clock`` returns aware times."""
@@ -112,6 +154,9 @@ class Ladder:
         self._evidence: dict[str, dict[str, Evidence]] = {}
         self._versions: dict[str, str] = {}
         self._frozen = False
+        self._recent = {
+            name: _Recent(state, policy.task_types[name]) for name, state in self._states.items()
+        }
 
     def _task(self, task_type: str) -> TaskPolicy:
         task = self.policy.task_types.get(task_type)
@@ -127,6 +172,7 @@ class Ladder:
         async with self._lock:
             await self._read_states()
             await self._read_evidence()
+            await self._read_recent()
 
     async def _read_states(self) -> None:
         stored = await self.store.ladder_states()
@@ -139,6 +185,67 @@ class Ladder:
     async def _read_evidence(self) -> None:
         self._evidence = await self.store.evidence()
         self._versions = await self.store.current_versions()
+
+    def _counted(self, name: str, version: str | None) -> int:
+        ev = self._evidence.get(name, {}).get(version or "")
+        return ev.n if ev is not None else 0
+
+    async def _read_recent(self, only: str | None = None) -> None:
+        """Fold each task type's blind evidence from the store: the drift statistic over
+        the comparisons since its last ladder change, the critical window over the
+        version's latest ones. At start, and whenever what :meth:`observe` folded does not
+        add up to the stored evidence (comparisons another writer stored, or re-compared
+        after a reversal)."""
+        for name, state in self._states.items():
+            if only is not None and name != only:
+                continue
+            task = self.policy.task_types[name]
+            counted = self._counted(name, state.agent_version)
+            if state.agent_version is None:
+                self._recent[name] = _Recent(state, task, counted)
+                continue
+            stream: list[tuple[bool, bool]] = []
+            if state.level > Level.L0:
+                stream = await self.store.level_stream(name, state.agent_version, state.updated_at)
+            size = window_size(task)
+            history = await self.store.level_stream(name, state.agent_version, None, last=size)
+            before = history[: max(len(history) - len(stream), 0)]
+            recent = _Recent(state, task, counted - len(stream), [c for _, c in before])
+            for agreed, critical in stream:
+                recent.fold(agreed, critical)
+            self._recent[name] = recent
+
+    async def _check_recent(self) -> None:
+        for name, recent in list(self._recent.items()):
+            if recent.version is not None and recent.base + recent.n != self._counted(
+                name, recent.version
+            ):
+                await self._read_recent(only=name)
+
+    def _follow_levels(self) -> None:
+        """A level or agent version that changed starts its blind evidence afresh."""
+        for name, state in self._states.items():
+            recent = self._recent.get(name)
+            if recent is None or (recent.level, recent.version) != (
+                state.level,
+                state.agent_version,
+            ):
+                counted = self._counted(name, state.agent_version)
+                same = recent is not None and recent.version in (None, state.agent_version)
+                window = recent.window if recent is not None and same else ()
+                self._recent[name] = _Recent(state, self.policy.task_types[name], counted, window)
+
+    def observe(self, comparisons: Sequence[Comparison]) -> None:
+        """Fold new comparisons into the drift rules of their task type's current level
+        (only the version the level applies to; expired ones are not evidence). Call before
+        :meth:`evaluate` (the pipeline does, after each batch of joins)."""
+        for c in comparisons:
+            recent = self._recent.get(c.task_type)
+            if recent is None or c.verdict is Verdict.EXPIRED:
+                continue
+            if recent.version is not None and c.agent_version != recent.version:
+                continue
+            recent.fold(c.verdict is Verdict.AGREE, c.critical_miss)
 
     def _inputs(self) -> _Inputs:
         return dict(self._states), self._evidence, self._versions, self._frozen
@@ -197,6 +304,7 @@ class Ladder:
             return
         await self.store.apply_steps(changed, actor=actor, frozen=frozen)
         await self._read_states()
+        self._follow_levels()
         if self.metrics is not None:
             self.metrics.steps(changed)
         for s in changed:
@@ -207,6 +315,7 @@ class Ladder:
         what changed."""
         async with self._lock:
             await self._read_evidence()
+            await self._check_recent()
             return await self._evaluate()
 
     async def reload(self) -> None:
@@ -224,6 +333,7 @@ class Ladder:
                 self._task(name),
                 frozen=frozen,
                 now=now,
+                recent=self._recent[name].view(),
             )
             for name, state in states.items()
         ]

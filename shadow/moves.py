@@ -94,6 +94,7 @@ def approve(
         now,
         reason,
     )
+    hold = state.hold if state.hold is not None and proposal.to_level < state.hold.level else None
     after = replace(
         state,
         level=proposal.to_level,
@@ -101,6 +102,7 @@ def approve(
         proposal=None,
         updated_at=now,
         decided=decided,
+        hold=hold,
     )
     why = f"approved {proposal.id}: promotion to {proposal.to_level}"
     return Step(Move.APPROVE, state, after, f"{why}; {reason}" if reason else why, snap)
@@ -183,7 +185,10 @@ def manual_set(
         raise AutonomyError("the sidecar is frozen; unfreeze before raising a level")
     version = current_version if current_version is not None else state.agent_version
     snap = snap_for(state, evidence, current_version, policy)
-    after = replace(state, level=level, agent_version=version, proposal=None, updated_at=now)
+    # The operator takes over: a drift demotion's hold no longer applies.
+    after = replace(
+        state, level=level, agent_version=version, proposal=None, updated_at=now, hold=None
+    )
     why = reason or "manual set"
     return Step(Move.MANUAL_SET, state, after, why, snap)
 

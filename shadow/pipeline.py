@@ -454,6 +454,7 @@ class Pipeline:
         if report.comparisons:
             for observer in self.observers:
                 observer.comparisons_stored(report.comparisons)
+            self.ladder.observe(report.comparisons)
             await self.evaluate()
 
     async def refresh(self, *, pending: bool = True) -> None:

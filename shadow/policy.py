@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from shadow.drift import DEFAULT_MARGIN, DEFAULT_THRESHOLD, Drift
 from shadow.errors import FieldError, PolicyError
 from shadow.model import JSONObject, Level, content_hash
 
@@ -109,6 +110,13 @@ class Gate:
     agreement: float
     min_samples: int
     max_critical: int | None = None  # None: critical misses do not block this gate
+    # Demotion counts critical misses among this many recent blind comparisons at the level
+    # (None: the gate's min_samples); max_critical keeps its lifetime meaning at promotion.
+    critical_window: int | None = None
+
+    @property
+    def window(self) -> int:
+        return self.critical_window if self.critical_window is not None else self.min_samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +127,16 @@ class AutonomyPolicy:
     alpha: float = 0.05
     gates: Mapping[Level, Gate] = field(default_factory=dict)
     audit_rate: float = 0.05
+    # Drift demotion (shadow.drift): the drop below the gate it is tuned to, and its threshold.
+    drift_margin: float = DEFAULT_MARGIN
+    drift_threshold: float = DEFAULT_THRESHOLD
+
+    def drift(self, level: Level) -> Drift | None:
+        """The change detector for ``level``'s gate (``None`` without a gate)."""
+        gate = self.gates.get(level)
+        if gate is None or not 0.0 < gate.agreement < 1.0:
+            return None
+        return Drift.for_gate(gate.agreement, self.drift_margin, self.drift_threshold)
 
     def gate_for(self, level: Level) -> Gate | None:
         return self.gates.get(level)
@@ -589,7 +607,9 @@ class _Parser:
         return tuple(classes)
 
     def autonomy(self, raw: object, path: str) -> AutonomyPolicy:
-        m = self.mapping(raw, path, {"start", "ceiling", "mode", "alpha", "gates", "audit_rate"})
+        m = self.mapping(
+            raw, path, {"start", "ceiling", "mode", "alpha", "gates", "audit_rate", "drift"}
+        )
         start = self.level(m.get("start"), f"{path}.start", Level.L0)
         mode_raw = m.get("mode", "propose")
         try:
@@ -614,7 +634,21 @@ class _Parser:
                     f"no gate for {level}, which is under the ceiling {ceiling}; "
                     f"add gates.{level} or lower the ceiling",
                 )
-        return AutonomyPolicy(start, ceiling, mode, alpha, gates, audit_rate)
+        drift = self.mapping(m.get("drift", {}), f"{path}.drift", {"margin", "threshold"})
+        margin = self.number(
+            drift,
+            "margin",
+            f"{path}.drift",
+            DEFAULT_MARGIN,
+            0.0,
+            1.0,
+            open_low=True,
+            open_high=True,
+        )
+        threshold = self.number(
+            drift, "threshold", f"{path}.drift", DEFAULT_THRESHOLD, 0.0, 100.0, open_low=True
+        )
+        return AutonomyPolicy(start, ceiling, mode, alpha, gates, audit_rate, margin, threshold)
 
     def gates(self, raw: object, path: str) -> dict[Level, Gate]:
         if raw is None:
@@ -633,13 +667,16 @@ class _Parser:
             if level is Level.L0:
                 self.fail(gpath, "L0 is where every task type starts; gates begin at L1")
                 continue
-            g = self.mapping(body, gpath, {"agreement", "min_samples", "max_critical"})
+            g = self.mapping(
+                body, gpath, {"agreement", "min_samples", "max_critical", "critical_window"}
+            )
             if "agreement" not in g:
                 self.fail(f"{gpath}.agreement", "required; e.g. agreement: 0.95")
             agreement = self.number(g, "agreement", gpath, 1.0, 0.0, 1.0, open_low=True)
             min_samples = self.count(g, "min_samples", gpath, 0)
             max_critical = self.count(g, "max_critical", gpath, None)
-            gates[level] = Gate(level, agreement, min_samples or 0, max_critical)
+            window = self.count(g, "critical_window", gpath, None)
+            gates[level] = Gate(level, agreement, min_samples or 0, max_critical, window)
         ordered = sorted(gates.values(), key=lambda x: x.level)
         for lower, upper in itertools.pairwise(ordered):
             if upper.agreement < lower.agreement:

@@ -38,14 +38,17 @@ from shadow.stats import lower_bound, upper_bound
 __all__ = [
     "Answer",
     "Decided",
+    "Hold",
     "LadderState",
     "Move",
     "Proposal",
     "ProposalRef",
+    "Recent",
     "Snapshot",
     "Step",
     "agreement_fields",
     "decide",
+    "gate_snapshot",
     "gate_status",
     "snap_for",
     "snapshot",
@@ -293,6 +296,42 @@ class ProposalRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Recent:
+    """The blind evidence of the current level, as the drift rules see it: the detector's
+    statistic (:class:`shadow.drift.Drift`), how many comparisons fed it, and the critical
+    misses among the last ``Gate.window`` of them."""
+
+    statistic: float = 0.0
+    n: int = 0
+    critical: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A drift demotion from ``level``: promotion back to ``level`` (or above) counts only
+    the evidence gathered since (``n``, ``agree``, ``critical`` were the totals then)."""
+
+    level: Level
+    n: int
+    agree: int
+    critical: int
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Hold:
+        return cls(
+            Level.parse(obj["level"]), int(obj["n"]), int(obj["agree"]), int(obj["critical"])
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "level": str(self.level),
+            "n": self.n,
+            "agree": self.agree,
+            "critical": self.critical,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class LadderState:
     """Where one task type stands. ``agent_version`` is the version the level applies to."""
 
@@ -302,6 +341,7 @@ class LadderState:
     proposal: Proposal | None = None
     updated_at: datetime | None = None
     decided: Decided | None = None
+    hold: Hold | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,11 +386,16 @@ def decide(
     *,
     frozen: bool,
     now: datetime,
+    recent: Recent | None = None,
 ) -> Step:
     """What should happen to ``state`` given the evidence per agent version.
 
     ``current_version`` is the agent version now answering for this task type (``None``
-    before the first decision); only its evidence counts for gates.
+    before the first decision); only its evidence counts for gates. ``recent`` is the blind
+    evidence of the current level (drift statistic, recent critical misses): with it, the
+    drift detector can demote one level, and critical misses are counted over the gate's
+    window instead of the whole history. After a drift demotion the lost level is re-earned
+    only on evidence gathered since (:class:`Hold`).
     """
     version = current_version if current_version is not None else state.agent_version
     snap = snap_for(state, evidence, current_version, policy)
@@ -372,10 +417,20 @@ def decide(
             )
         return step(Move.STAY, "frozen")
 
-    demotion = _demotion(state, snap, version, policy)
+    demotion = _demotion(state, snap, version, policy, recent)
     if demotion is not None:
-        to_level, reason = demotion
-        return step(Move.DEMOTE, reason, level=to_level, agent_version=version, proposal=None)
+        to_level, reason, drifted = demotion
+        hold = state.hold if version == state.agent_version else None
+        if drifted:
+            hold = Hold(state.level, snap.n, snap.agree, snap.critical)
+        return step(
+            Move.DEMOTE,
+            reason,
+            level=to_level,
+            agent_version=version,
+            proposal=None,
+            hold=hold,
+        )
 
     if state.proposal is not None:
         drop = stale_proposal(state, state.proposal, snap, version, policy)
@@ -385,6 +440,9 @@ def decide(
 
     target = Level(state.level + 1) if state.level < Level.L4 else None
     gate = auto.gate_for(target) if target is not None else None
+    full = snap
+    if target is not None:
+        snap = gate_snapshot(state, snap, target, version, policy)
     if target is None or target > auto.ceiling:
         why = f"at ceiling {auto.ceiling}"
     elif gate is None:
@@ -392,6 +450,8 @@ def decide(
     else:
         status = gate_status(gate, snap)
         why = "" if status.met else f"gate {target} not met: {status.missing}"
+        if snap is not full and not status.met:
+            why += f" (on the evidence since the drift demotion from {target})"
     if why or target is None or gate is None:
         if version is not None and version != state.agent_version:
             rebind = f"agent version {state.agent_version} -> {version}; {state.level} carries over"
@@ -401,8 +461,9 @@ def decide(
         f"gate {target} met: lower bound {snap.lower:.4f} >= {gate.agreement}, "
         f"n {snap.n} >= {gate.min_samples}, critical {snap.critical}"
     )
+    cleared = state.hold if state.hold is not None and target < state.hold.level else None
     if auto.mode is AutonomyMode.AUTO:
-        return step(Move.PROMOTE, met, level=target, agent_version=version)
+        return step(Move.PROMOTE, met, level=target, agent_version=version, hold=cleared)
     held = _rejection_hold(state, target, version, snap, gate)
     if held:
         if version is not None and version != state.agent_version:
@@ -434,29 +495,48 @@ def _rejection_hold(
 
 
 def _demotion(
-    state: LadderState, snap: Snapshot, version: str | None, policy: TaskPolicy
-) -> tuple[Level, str] | None:
+    state: LadderState,
+    snap: Snapshot,
+    version: str | None,
+    policy: TaskPolicy,
+    recent: Recent | None,
+) -> tuple[Level, str, bool] | None:
+    """(level, reason, whether it is a drift demotion) or ``None``."""
     auto = policy.autonomy
     level = state.level
     if level > auto.ceiling:
-        return auto.ceiling, f"{level} is above the policy ceiling {auto.ceiling}"
+        return auto.ceiling, f"{level} is above the policy ceiling {auto.ceiling}", False
     if (
         level > CARRY_OVER_MAX
         and state.agent_version is not None
         and version is not None
         and version != state.agent_version
     ):
-        return CARRY_OVER_MAX, (
+        return (
+            CARRY_OVER_MAX,
             f"agent version changed {state.agent_version} -> {version}; levels above "
-            f"{CARRY_OVER_MAX} must be re-earned on the new version's own evidence"
+            f"{CARRY_OVER_MAX} must be re-earned on the new version's own evidence",
+            False,
         )
     gate = auto.gate_for(level)
     if gate is None:
         return None
-    if level >= Level.L3 and gate.max_critical is not None and snap.critical > gate.max_critical:
-        return Level.L2, (
-            f"{snap.critical} critical misses exceed {level}'s limit of {gate.max_critical}"
-        )
+    if level >= Level.L3 and gate.max_critical is not None:
+        if recent is None and snap.critical > gate.max_critical:
+            return (
+                Level.L2,
+                (f"{snap.critical} critical misses exceed {level}'s limit of {gate.max_critical}"),
+                False,
+            )
+        if recent is not None and recent.critical > gate.max_critical:
+            return (
+                Level.L2,
+                (
+                    f"{recent.critical} critical misses in the last {gate.window} blind "
+                    f"comparisons exceed {level}'s limit of {gate.max_critical}"
+                ),
+                False,
+            )
     if snap.upper < gate.agreement:
         to = Level.L0
         for lower in range(level - 1, 0, -1):
@@ -464,8 +544,41 @@ def _demotion(
             if g is not None and snap.upper >= g.agreement:
                 to = Level(lower)
                 break
-        return to, f"upper bound {snap.upper:.4f} < {level} gate {gate.agreement}"
+        return to, f"upper bound {snap.upper:.4f} < {level} gate {gate.agreement}", False
+    drift = auto.drift(level)
+    if recent is not None and drift is not None and drift.alarmed(recent.statistic):
+        return (
+            Level(level - 1),
+            (
+                f"drift: the recent blind agreement fell below the {level} gate {gate.agreement} "
+                f"(detector {recent.statistic:.2f} >= {drift.threshold:g} after {recent.n} "
+                f"comparisons at {level})"
+            ),
+            True,
+        )
     return None
+
+
+def gate_snapshot(
+    state: LadderState, snap: Snapshot, target: Level, version: str | None, policy: TaskPolicy
+) -> Snapshot:
+    """The evidence a promotion to ``target`` is judged on: ``snap``, or after a drift
+    demotion from ``target`` or below it, only what was gathered since (same version)."""
+    hold = state.hold
+    if hold is None or target < hold.level or version != state.agent_version:
+        return snap
+    n = max(snap.n - hold.n, 0)
+    agree = min(max(snap.agree - hold.agree, 0), n)
+    alpha = policy.autonomy.alpha
+    return replace(
+        snap,
+        n=n,
+        agree=agree,
+        critical=max(snap.critical - hold.critical, 0),
+        errors=snap.errors,
+        lower=lower_bound(agree, n, alpha),
+        upper=upper_bound(agree, n, alpha),
+    )
 
 
 def stale_proposal(
@@ -480,7 +593,7 @@ def stale_proposal(
     gate = policy.autonomy.gate_for(proposal.to_level)
     if gate is None:
         return f"no gate for {proposal.to_level} any more"
-    status = gate_status(gate, snap)
+    status = gate_status(gate, gate_snapshot(state, snap, proposal.to_level, version, policy))
     if not status.met:
         return f"evidence no longer supports {proposal.to_level}: {status.missing}"
     return None

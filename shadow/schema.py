@@ -188,8 +188,12 @@ _V5 = ["DELETE FROM source_positions"]
 
 # Version 6: the operator's last answer to a proposal (approved or rejected, by whom, at
 # which evidence count), so a retried approval is a no-op and a rejected proposal is held
-# back until the evidence grows (shadow.moves).
-_V6 = ["ALTER TABLE autonomy ADD COLUMN decided JSON"]
+# back until the evidence grows (shadow.moves); and a drift demotion's hold (the evidence
+# totals then), so the lost level is re-earned on evidence gathered since (shadow.promotion).
+_V6 = [
+    "ALTER TABLE autonomy ADD COLUMN decided JSON",
+    "ALTER TABLE autonomy ADD COLUMN hold JSON",
+]
 
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),

@@ -366,4 +366,5 @@ class ComparisonFollower:
         await store.put_comparisons(comparisons, now=now, actor="kafka", published=True)
         with contextlib.suppress(KafkaError):
             await consumer.commit(next_offsets(fetched))
+        self._pipeline.ladder.observe(comparisons)
         await self._pipeline.evaluate()

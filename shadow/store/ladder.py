@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from shadow.model import (
@@ -11,7 +12,7 @@ from shadow.model import (
     Evidence,
     Level,
 )
-from shadow.promotion import Decided, LadderState, Proposal, Step
+from shadow.promotion import Decided, Hold, LadderState, Proposal, Step
 from shadow.store.base import StoreBase
 from shadow.store.records import (
     _stamp,
@@ -45,16 +46,46 @@ class LadderPart(StoreBase):
 
         return await self._run(q)
 
+    async def level_stream(
+        self, task_type: str, agent_version: str, since: datetime | None, *, last: int = 0
+    ) -> list[tuple[bool, bool]]:
+        """``(agreed, critical)`` of every counted comparison (agree, disagree, agent_error)
+        of ``agent_version`` for ``task_type`` made at or after ``since``, oldest first (with
+        ``last``, only the newest ``last`` of them): the evidence the drift rules fold at
+        start (:class:`shadow.ladder.Ladder`)."""
+
+        def q() -> list[tuple[bool, bool]]:
+            sql = (
+                "SELECT verdict = 'agree', critical FROM comparisons "
+                "WHERE task_type = ? AND agent_version = ? "
+                "AND verdict IN ('agree', 'disagree', 'agent_error') "
+            )
+            params: list[Any] = [task_type, agent_version]
+            if since is not None:
+                sql += "AND compared_at >= ?::TIMESTAMPTZ "
+                params.append(since)
+            if last:
+                sql += "ORDER BY compared_at DESC, event_id DESC LIMIT ?"
+                params.append(last)
+                rows = self.con.execute(sql, params).fetchall()[::-1]
+            else:
+                sql += "ORDER BY compared_at, event_id"
+                rows = self.con.execute(sql, params).fetchall()
+            return [(bool(a), bool(c)) for a, c in rows]
+
+        return await self._run(q)
+
     async def ladder_states(self) -> dict[str, LadderState]:
         def q() -> dict[str, LadderState]:
             out: dict[str, LadderState] = {}
-            for tt, level, ver, proposal, updated, decided in self.con.execute(
-                "SELECT task_type, level, agent_version, proposal, updated_at, decided "
+            for tt, level, ver, proposal, updated, decided, hold in self.con.execute(
+                "SELECT task_type, level, agent_version, proposal, updated_at, decided, hold "
                 "FROM autonomy"
             ).fetchall():
                 prop = Proposal.from_json(json.loads(proposal), tt) if proposal else None
                 dec = Decided.from_json(json.loads(decided)) if decided else None
-                out[tt] = LadderState(tt, Level(level), ver, prop, updated, dec)
+                held = Hold.from_json(json.loads(hold)) if hold else None
+                out[tt] = LadderState(tt, Level(level), ver, prop, updated, dec, held)
             return out
 
         return await self._run(q)
@@ -73,8 +104,8 @@ class LadderPart(StoreBase):
                 a = s.after
                 tx.execute(
                     "INSERT OR REPLACE INTO autonomy "
-                    "(task_type, level, agent_version, proposal, updated_at, decided) "
-                    "VALUES (?, ?, ?, ?, ?::TIMESTAMPTZ, ?)",
+                    "(task_type, level, agent_version, proposal, updated_at, decided, hold) "
+                    "VALUES (?, ?, ?, ?, ?::TIMESTAMPTZ, ?, ?)",
                     [
                         a.task_type,
                         int(a.level),
@@ -82,6 +113,7 @@ class LadderPart(StoreBase):
                         json.dumps(a.proposal.to_json()) if a.proposal else None,
                         a.updated_at,
                         json.dumps(a.decided.to_json()) if a.decided else None,
+                        json.dumps(a.hold.to_json()) if a.hold else None,
                     ],
                 )
             self._insert_audit(

@@ -223,7 +223,18 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
         ]
         assert not broken, broken
 
-        # The operator's approval is on the Promotions annotation (move="approve").
+        # An operator approves the invoices' proposal (mode: propose; after the queries
+        # above, which include the proposals panel): the Promotions annotation must show
+        # it, which needs the API's moves to be counted.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{sidecar.url}/v1/autonomy/invoice_match/approve",
+                json={"to": "L1", "actor": "ops/jane"},
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
         promotions = next(q for q in all_queries() if q.where.endswith("annotation Promotions"))
         variables = {"task_type": ["refund_request", "invoice_match", "claim_appeal"]}
 
@@ -289,14 +300,6 @@ async def drive(prom: Prometheus, app: web.Application, base: str) -> None:
                 return bool(await prom.query(expr))
 
             await poll(at_l3, what="Prometheus to scrape refunds at L3", within=30.0)
-            # An operator approves the invoices' proposal (mode: propose): the Promotions
-            # annotation must show it, which needs the API's moves to be counted.
-            async with session.post(
-                f"{base}/v1/autonomy/invoice_match/approve",
-                json={"to": "L1", "actor": "ops/jane"},
-                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            ) as resp:
-                assert resp.status == 200, await resp.text()
             # Conflicting duplicates: same event ids, different payloads -> dead letters.
             stored = [c.event for c in generate(240, seed=7)[:20]]
             conflicting = [{**e, "payload": {**e["payload"], "tampered": True}} for e in stored]

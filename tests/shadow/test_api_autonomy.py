@@ -37,7 +37,7 @@ task_types:
       gates:
         L1: {agreement: 0.3, min_samples: 5}
         L2: {agreement: 0.35, min_samples: 5}
-        L3: {agreement: 0.4, min_samples: 5, max_critical: 0}
+        L3: {agreement: 0.4, min_samples: 5, max_critical: 0, critical_window: 50}
 """
 
 
