@@ -277,3 +277,70 @@ async def test_free_text_is_clipped_and_kept_on_one_line(
     assert res.status == 200
     entry = (await sc.get("/v1/autonomy/appeal/history")).body["entries"][0]
     assert entry["actor"] == "x" * MAX_ACTOR_CHARS
+
+
+DRIFT_POLICY = """
+task_types:
+  refund:
+    compare: {fields: {action: {match: exact}}, unlisted: ignore}
+    autonomy:
+      ceiling: L3
+      mode: auto
+      gates:
+        L1: {agreement: 0.90, min_samples: 50}
+        L2: {agreement: 0.95, min_samples: 100}
+        L3: {agreement: 0.98, min_samples: 300}
+"""
+
+
+async def test_a_degraded_agent_at_l3_is_demoted_within_tens_of_cases_whatever_its_history(
+    sidecar: SidecarFactory, agent_server: AgentServerFactory
+) -> None:
+    """Through HTTP ingest: the agent earns L3, then agrees on 3,000 more cases; then one
+    answer in five is wrong (agreement 0.80). The drift detector demotes it within a few
+    dozen cases (make bench-stats: median 30, p90 48), where the cumulative upper bound
+    would need thousands (about 6,700 after 100,000 at 0.99)."""
+    agent = await agent_server(answer)
+    sc = await sidecar(policy=DRIFT_POLICY, agent=agent.url)
+
+    async def post(start: int, count: int, wrong_every: int = 0) -> None:
+        ids = [f"r-{i}" for i in range(start, start + count)]
+        events = [
+            {"event_id": e, "task_type": "refund", "payload": {"expect": {"action": "approve"}}}
+            for e in ids
+        ]
+        outcomes = [
+            {
+                "event_id": e,
+                "decision": {
+                    "action": "deny" if wrong_every and k % wrong_every == 0 else "approve"
+                },
+            }
+            for k, e in enumerate(ids, 1)
+        ]
+        assert (await sc.post_ndjson("/v1/events", events)).status == 202
+        assert (await sc.post_ndjson("/v1/outcomes", outcomes)).status == 202
+        await sc.pipeline.drain()
+        await sc.pipeline.evaluate()
+
+    for start in range(0, 600, 200):
+        await post(start, 200)
+    assert (await one(sc, "refund"))["level"] == "L3"
+    await post(600, 3000)
+    assert (await one(sc, "refund"))["level"] == "L3"
+    degraded = 0
+    while (await one(sc, "refund"))["level"] == "L3":
+        assert degraded < 100, "not demoted within 100 degraded cases"
+        await post(3600 + degraded, 5, wrong_every=5)
+        degraded += 5
+    state = await one(sc, "refund")
+    assert state["level"] == "L2"
+    assert state["upper"] > 0.98  # the cumulative bound alone would not have demoted
+    entry = (await sc.get("/v1/autonomy/refund/history")).body["entries"][0]
+    assert (entry["action"], entry["from_level"], entry["to_level"]) == ("demote", "L3", "L2")
+    assert entry["reason"].startswith("drift")
+    print(f"demoted after {degraded} degraded cases")
+    assert 20 <= degraded <= 60
+    # The lost level is not given back on the old evidence: more good cases are needed.
+    await post(5000, 100)
+    assert (await one(sc, "refund"))["level"] == "L2"

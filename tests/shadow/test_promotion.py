@@ -46,8 +46,9 @@ def decide(
     *,
     version: str = "v1",
     frozen: bool = False,
+    recent: promotion.Recent | None = None,
 ) -> promotion.Step:
-    return promotion.decide(s, e, version, policy, frozen=frozen, now=NOW)
+    return promotion.decide(s, e, version, policy, frozen=frozen, now=NOW, recent=recent)
 
 
 def test_no_evidence_stays() -> None:
@@ -247,3 +248,49 @@ def test_agreement_fields_have_the_api_names_and_rounding() -> None:
         "errors": 0,
     }
     assert promotion.agreement_fields(0, 0, 0.0, 1.0, 0, 0)["agreement"] is None
+
+
+# -- drift demotion (shadow.drift through decide's ``recent``) -------------------------------
+
+
+def test_drift_alarm_demotes_one_level_and_holds_the_lost_level() -> None:
+    policy = task()
+    history = ev(100_000, 99_000)  # cumulative bounds far above every gate
+    quiet = promotion.Recent(statistic=4.9, n=500, critical=0)
+    assert decide(state(Level.L3), history, policy, recent=quiet).move is Move.STAY
+    alarm = promotion.Recent(statistic=5.0, n=530, critical=0)
+    step = decide(state(Level.L3), history, policy, recent=alarm)
+    assert step.move is Move.DEMOTE
+    assert step.after.level is Level.L2
+    assert "drift" in step.reason
+    assert step.after.hold == promotion.Hold(Level.L3, 100_000, 99_000, 0)
+    # The cumulative evidence still clears L3, but L3 is re-earned only on what comes after.
+    held = decide(step.after, ev(100_100, 99_100), policy)
+    assert held.move is Move.STAY
+    assert "since the drift demotion" in held.reason
+    again = decide(step.after, ev(101_000, 100_000), policy)  # 1,000 more, all agreeing
+    assert again.move is Move.PROMOTE
+    assert again.after.level is Level.L3
+    assert again.after.hold is None
+
+
+def test_windowed_critical_misses_replace_the_lifetime_count_at_demotion() -> None:
+    policy = task(max_critical=0)
+    lifetime = ev(5000, 4990, critical=3)  # three old critical misses
+    assert decide(state(Level.L3), lifetime, policy).move is Move.DEMOTE  # no window known
+    clean = promotion.Recent(statistic=0.0, n=1000, critical=0)
+    assert decide(state(Level.L3), lifetime, policy, recent=clean).move is Move.STAY
+    recent_miss = promotion.Recent(statistic=0.0, n=1000, critical=1)
+    step = decide(state(Level.L3), lifetime, policy, recent=recent_miss)
+    assert step.move is Move.DEMOTE
+    assert step.after.level is Level.L2
+    assert "in the last 1000 blind comparisons" in step.reason
+
+
+def test_a_new_version_drops_the_hold() -> None:
+    policy = task()
+    held = LadderState("refund", Level.L2, "v1", hold=promotion.Hold(Level.L3, 100, 100, 0))
+    evidence = {"v2": Evidence("refund", "v2", 5000, 5000, 0, 0)}
+    step = promotion.decide(held, evidence, "v2", policy, frozen=False, now=NOW)
+    assert step.move is Move.PROMOTE  # v2's own evidence clears L3
+    assert step.after.hold is None
