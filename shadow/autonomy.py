@@ -60,14 +60,17 @@ def agreement_document(
             task.autonomy.gate_for(target) if target and target <= task.autonomy.ceiling else None
         )
         next_gate = None
-        if gate is not None:
+        if gate is not None and target is not None:
+            # After a drift demotion the lost level is judged on the evidence since.
+            judged = promotion.gate_snapshot(state, snap, target, version, task)
             next_gate = {
                 "level": str(gate.level),
                 "agreement": gate.agreement,
                 "min_samples": gate.min_samples,
                 "max_critical": gate.max_critical,
-                "met": promotion.gate_status(gate, snap).met,
-                "agreements_needed": agreements_needed(ev.agree, ev.n, gate, snap.alpha),
+                "met": promotion.gate_status(gate, judged).met,
+                "agreements_needed": agreements_needed(judged.agree, judged.n, gate, snap.alpha),
+                "since_drift_demotion": judged is not snap,
             }
         out[name] = {
             "level": str(state.level),
@@ -78,6 +81,7 @@ def agreement_document(
             "next_gate": next_gate,
             "proposal": state.proposal.to_json() if state.proposal else None,
             "last_decision": state.decided.to_json() if state.decided else None,
+            "hold": state.hold.to_json() if state.hold else None,
             "ceiling": str(task.autonomy.ceiling),
             "mode": task.autonomy.mode.value,
         }

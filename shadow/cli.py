@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8750)
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--late-share",
+        type=float,
+        default=None,
+        help="share of the run in which the refund handbook changes (default 0.3; 0: none)",
+    )
 
     status = sub.add_parser("status", help="agreement and autonomy per task type")
     where = status.add_mutually_exclusive_group()

@@ -25,7 +25,14 @@ from shadow.api import PIPELINE
 from shadow.app import build_app
 from shadow.cli import UsageError, agreement_table, listen
 from shadow.config import load_settings
-from shadow.demo import DEFAULT_EVENTS, DEMO_POLICY, DemoCase, generate, timeline
+from shadow.demo import (
+    DEFAULT_EVENTS,
+    DEFAULT_LATE_SHARE,
+    DEMO_POLICY,
+    DemoCase,
+    generate,
+    timeline,
+)
 from shadow.policy import parse_policy
 from shadow.server import Listener
 
@@ -55,12 +62,21 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
     try:
         url = f"http://{settings.host}:{listener.port}"
         pipeline = app[PIPELINE]
-        cases = generate(n_events, seed=args.seed)
+        late = DEFAULT_LATE_SHARE if args.late_share is None else args.late_share
+        if not 0.0 <= late < 1.0:
+            raise UsageError("--late-share must be at least 0 and below 1")
+        cases = generate(n_events, seed=args.seed, late_share=late)
         console.print(
             f"shadow demo: {len(cases)} work events across "
             f"{len({c.event['task_type'] for c in cases})} task types, seed {args.seed}, "
             f"db {db}"
         )
+        if late:
+            console.print(
+                f"Late phase: the last {late:.0%} of the work follows a revised refund handbook "
+                "the agent was never taught (late deliveries refunded in full, 45 days to "
+                "change one's mind)."
+            )
         progress = Progress(
             TextColumn("[bold]comparisons"),
             BarColumn(),
@@ -87,6 +103,14 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         await pipeline.evaluate()
         doc = pipeline.ladder.agreement()
         console.print(agreement_table(doc, title="shadow demo: agreement and autonomy"))
+        for name in doc["task_types"]:
+            entries = await pipeline.store.audit_log(task_type=name, limit=10_000)
+            for _, entry in reversed(entries):
+                if entry.action == "demote":
+                    console.print(
+                        f"audit: {name} demoted {entry.from_level} → {entry.to_level} at "
+                        f"n={entry.evidence.get('n')}: {entry.reason}"
+                    )
         console.print(
             f"Evidence, audit log and dead letters are in {db}; "
             f"`shadow status --db {db}` shows this table again."

@@ -65,6 +65,7 @@ from shadow.demo.refunds import _build_refund, _refund_agent
 __all__ = [
     "AGENT_VERSIONS",
     "DEFAULT_EVENTS",
+    "DEFAULT_LATE_SHARE",
     "DEMO_POLICY",
     "TASK_TYPES",
     "DemoCase",
@@ -79,6 +80,8 @@ __all__ = [
 #: margin and for the invoice bound to settle near its gate; small enough for the whole
 #: pipeline to finish in seconds.
 DEFAULT_EVENTS: Final = 4000
+# The share of a demo run that is its late phase (see ``generate``).
+DEFAULT_LATE_SHARE: Final = 0.3
 
 TASK_TYPES: Final = ("refund_request", "invoice_match", "claim_appeal")
 
@@ -168,24 +171,36 @@ _MIX: Final = (("refund_request", 0.50), ("invoice_match", 0.33), ("claim_appeal
 _ID_PREFIX: Final = {"refund_request": "rf", "invoice_match": "inv", "claim_appeal": "clm"}
 
 
-def generate(n_events: int, seed: int = 7) -> list[DemoCase]:
+def generate(n_events: int, seed: int = 7, *, late_share: float = 0.0) -> list[DemoCase]:
     """``n_events`` cases in ``occurred_at`` order, task types interleaved at different
-    volumes, arrivals denser in office hours, outcomes minutes to days after their event."""
+    volumes, arrivals denser in office hours, outcomes minutes to days after their event.
+
+    ``late_share``: the last share of the cases is the **late phase**, in which the refund
+    reviewers follow a revised handbook the reference agent was never taught (late
+    deliveries refunded in full, 45 days to change one's mind): the refund agent, promoted on
+    the earlier evidence, starts disagreeing on about one case in five. The earlier cases
+    are the same as without it."""
     if n_events < 0:
         raise ValueError(f"n_events must be >= 0, got {n_events}")
+    if not 0.0 <= late_share < 1.0:
+        raise ValueError(f"late_share must be in [0, 1), got {late_share}")
+    late_from = n_events - round(n_events * late_share)
     rng = random.Random(seed)
     names = [name for name, _ in _MIX]
     weights = [w for _, w in _MIX]
     counters = dict.fromkeys(names, 0)
     t = _START
     cases: list[DemoCase] = []
-    for _ in range(n_events):
+    for index in range(n_events):
         office = t.weekday() < 5 and 8 <= t.hour < 18
         t += timedelta(seconds=round(rng.expovariate(1.0 / (150.0 if office else 900.0))) + 1)
         task_type = rng.choices(names, weights)[0]
         counters[task_type] += 1
         event_id = f"{_ID_PREFIX[task_type]}-s{seed}-{counters[task_type]:06d}"
-        cases.append(_BUILDERS[task_type](rng, event_id, t))
+        if task_type == "refund_request" and index >= late_from:
+            cases.append(_build_refund(rng, event_id, t, handbook=2))
+        else:
+            cases.append(_BUILDERS[task_type](rng, event_id, t))
     return cases
 
 

@@ -81,7 +81,12 @@ _REFUND_NOTES: Final = (
 )
 
 
-def _build_refund(rng: random.Random, event_id: str, occurred: datetime) -> DemoCase:
+def _build_refund(
+    rng: random.Random, event_id: str, occurred: datetime, *, handbook: int = 1
+) -> DemoCase:
+    """One case. ``handbook=2`` is the revised refund handbook of the demo's late phase
+    (late deliveries refunded in full, a 45-day window for changes of mind), which the
+    reviewers follow and the reference agent was never taught."""
     segment = rng.choices(("eu", "us", "uk"), (0.45, 0.40, 0.15))[0]
     cat_names = [c[0] for c in _CATEGORIES]
     category = rng.choices(cat_names, [c[1] for c in _CATEGORIES])[0]
@@ -112,7 +117,10 @@ def _build_refund(rng: random.Random, event_id: str, occurred: datetime) -> Demo
     }
     reviewer = rng.choice(_REFUND_REVIEWERS)
     window = 33 if reviewer == "ops/maria" else 30  # maria is lenient with the return window
-    decision = _refund_rules(payload, window=window, platinum_goodwill=True)
+    revised = handbook >= 2
+    if revised:
+        window += 15
+    decision = _refund_rules(payload, window=window, platinum_goodwill=True, late_full=revised)
     # Borderline: high-value refunds just over the limit for silver customers go both ways.
     if (
         decision["reason"] == _HIGH_VALUE
@@ -120,7 +128,9 @@ def _build_refund(rng: random.Random, event_id: str, occurred: datetime) -> Demo
         and tier == "silver"
         and rng.random() < 0.5
     ):
-        decision = _refund_rules(payload, window=window, platinum_goodwill=True, limit=math.inf)
+        decision = _refund_rules(
+            payload, window=window, platinum_goodwill=True, limit=math.inf, late_full=revised
+        )
     actions = _refund_actions(payload, decision)
     roll = rng.random()
     if roll < 0.003 and decision["action"] in ("approve", "deny"):  # a slip: wrong button
@@ -171,9 +181,15 @@ _REFUND_REASONS: Final = {
 
 
 def _refund_rules(
-    p: Mapping[str, Any], *, window: int, platinum_goodwill: bool, limit: float = 1000.0
+    p: Mapping[str, Any],
+    *,
+    window: int,
+    platinum_goodwill: bool,
+    limit: float = 1000.0,
+    late_full: bool = False,
 ) -> JSON:
-    """The refund handbook (with the reader's own window and habits)."""
+    """The refund handbook (with the reader's own window and habits); ``late_full``: the
+    revised handbook refunds late deliveries in full."""
     amount = float(p["amount"])
     days = int(p["days_since_purchase"])
     code = str(p["reason_code"])
@@ -212,6 +228,8 @@ def _refund_rules(
         if days <= 60:
             return out("partial", amount * 0.5, "Partial refund outside return window", "payments")
         return out("deny", 0.0, "Outside claim window", "customer_care")
+    if code == "late_delivery" and late_full:
+        return out("approve", amount, "Late delivery: full refund", "payments")
     if code == "late_delivery":
         return out(
             "partial", max(5.0, amount * 0.15) if amount > 5.0 else amount, reason, "payments"

@@ -844,3 +844,27 @@ def test_run_tunes_the_garbage_collector_before_serving(
     [(thresholds, frozen)] = seen
     assert thresholds == GC_THRESHOLDS
     assert frozen > 0
+
+
+def test_the_default_demo_shows_a_drift_demotion_in_its_table_and_audit(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The late phase (a refund handbook the agent was never taught) costs refund_request
+    the level it earned: the final table has it below L2 and the audit lines say drift."""
+    db = tmp_path / "demo.duckdb"
+    res = cli(capsys, "demo", "--no-progress", "--db", str(db))
+    assert res.code == 0, res.err
+    assert "Late phase" in res.out
+    levels = demo_table(res.out)
+    assert levels["refund_request"][0] in ("L0", "L1"), res.out
+    audit = [line for line in res.out.splitlines() if line.startswith("audit: refund_request")]
+    assert audit, res.out
+    assert "demoted L2 → L1" in audit[0]
+    assert "drift" in audit[0]
+    # Without the late phase the same seed keeps refund_request at L2 (README's first table).
+    calm = cli(capsys, "demo", "--no-progress", "--late-share", "0", "--db", str(tmp_path / "c"))
+    assert calm.code == 0, calm.err
+    assert demo_table(calm.out)["refund_request"][0] == "L2"
+    assert "audit: refund_request" not in calm.out
+    bad = cli(capsys, "demo", "--late-share", "1.5")
+    assert_usage_error(bad, "--late-share")

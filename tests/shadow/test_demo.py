@@ -361,3 +361,22 @@ def test_refund_misses_are_human_habits_and_slips() -> None:
     assert 0 < refund.n - refund.agree <= 0.025 * refund.n
     assert refund.critical > 0
     assert run.states[REFUND].level == Level.L2
+
+
+def test_the_late_phase_changes_only_late_refund_decisions() -> None:
+    """``late_share`` keeps every case before the late phase, and in it the reviewers'
+    revised handbook turns about one refund in five against the agent."""
+    plain = demo.generate(2000, seed=7)
+    late = demo.generate(2000, seed=7, late_share=0.3)
+    start = 2000 - 600
+    assert late[:start] == plain[:start]
+    assert late[start:] != plain[start:]
+    refunds = [c for c in late[start:] if c.task_type == REFUND]
+
+    def action(c: demo.DemoCase) -> object:
+        return demo.reference_agent(request_for(c))["decision"]["action"]
+
+    disagree = sum(action(c) != c.outcome["decision"]["action"] for c in refunds)
+    assert 0.12 <= disagree / len(refunds) <= 0.35
+    with pytest.raises(ValueError, match="late_share"):
+        demo.generate(10, late_share=1.0)
