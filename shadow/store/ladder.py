@@ -18,6 +18,9 @@ from shadow.store.records import (
     _stamp,
 )
 
+# Decisions a version may be silent for and still be the current one (current_versions).
+ACTIVE_WINDOW = 1000
+
 
 class LadderPart(StoreBase):
     # -- evidence and autonomy ------------------------------------------------------------
@@ -36,11 +39,25 @@ class LadderPart(StoreBase):
         return await self._run(q)
 
     async def current_versions(self) -> dict[str, str]:
-        """The agent version of the newest decision per task type."""
+        """The current agent version per task type: of the versions that made at least one
+        of the task type's last :data:`ACTIVE_WINDOW` decisions, the one introduced last
+        (whose first decision is newest). A canary answering beside the old version is
+        current from its first decision on and stays so while both answer (no flipping
+        with each interleaved decision); once it stops answering for that many decisions
+        (a rollback), the old version is current again."""
 
         def q() -> dict[str, str]:
             rows = self.con.execute(
-                "SELECT task_type, arg_max(agent_version, seq) FROM decisions GROUP BY task_type"
+                "WITH v AS (SELECT task_type, agent_version, min(seq) AS first_seq, "
+                "max(seq) AS last_seq FROM decisions GROUP BY task_type, agent_version), "
+                "recent AS (SELECT task_type, "
+                "(SELECT min(seq) FROM (SELECT seq FROM decisions d "
+                "WHERE d.task_type = t.task_type ORDER BY seq DESC LIMIT ?)) AS since "
+                "FROM (SELECT DISTINCT task_type FROM decisions) t) "
+                "SELECT v.task_type, arg_max(v.agent_version, v.first_seq) FROM v "
+                "JOIN recent USING (task_type) WHERE v.last_seq >= recent.since "
+                "GROUP BY v.task_type",
+                [ACTIVE_WINDOW],
             ).fetchall()
             return dict(rows)
 

@@ -1385,3 +1385,26 @@ async def test_schema_v6_keeps_states_and_proposals_stored_before_ids(tmp_path: 
         assert state.proposal is not None
         assert (state.proposal.from_level, state.proposal.to_level) == (Level.L0, Level.L1)
         assert state.proposal.id == Proposal.from_json(proposal, TASK).id
+
+
+async def test_a_canary_beside_the_old_version_does_not_flip_the_current_one(
+    store: Store, clock: FakeClock
+) -> None:
+    """Interleaved decisions of the old version and a canary: the canary is current from its
+    first decision and stays so while both answer; once it has been silent for
+    ACTIVE_WINDOW decisions (rolled back), the old version is current again."""
+    from shadow.store.ladder import ACTIVE_WINDOW
+
+    await store.put_decisions([(dec(f"a{i}", version="v1"), TASK) for i in range(20)], now=clock())
+    seen = []
+    for i in range(40):
+        version = "v2" if i % 2 else "v1"
+        await store.put_decisions([(dec(f"b{i}", version=version), TASK)], now=clock())
+        seen.append((await store.current_versions())[TASK])
+    assert seen[0] == "v1"  # before the canary's first decision
+    assert set(seen[1:]) == {"v2"}  # no flipping back with each interleaved v1 decision
+    rollback = [(dec(f"c{i}", version="v1"), TASK) for i in range(ACTIVE_WINDOW - 1)]
+    await store.put_decisions(rollback, now=clock())
+    assert (await store.current_versions())[TASK] == "v2"  # v2 still among the last window
+    await store.put_decisions([(dec("c-last", version="v1"), TASK)], now=clock())
+    assert (await store.current_versions())[TASK] == "v1"
