@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 from shadow.model import Level
 from tests.conftest import wait_for
 from tests.kafka_broker import Broker
-from tests.shadow.conftest import Sidecar, SidecarFactory, metric
+from tests.shadow.conftest import Sidecar, SidecarFactory, clean_settings, metric
 from tests.shadow.sources.kafka_data import AGENT_SPEC, POLICY, shuffled_with_duplicates
+from tests.shadow.sources.test_kafka_membership import serving
 from tests.shadow.sources.test_kafka_replicas import read_all, settle, source
 
 TASKS = ("refund_request", "ticket_routing")
@@ -169,3 +171,52 @@ async def test_changes_made_while_the_broker_is_away_are_published_in_order_once
     assert got == during
     assert_in_order(got)
     assert await sc.pipeline.store.unpublished_changes() == []
+
+
+async def test_a_restart_publishes_what_was_queued_then_repeats_each_latest_change(
+    broker: Broker, tmp_path: Path, no_shadow_env: None
+) -> None:
+    """Changes still queued when the process stops (the broker was away) are published by
+    the next start, in order, before each task type's latest change is sent again with the
+    same audit id (readers skip it; a recreated topic learns every level)."""
+    await broker.create_topics({"ev": 1, "oc": 1, "aut": 1}, compact=["aut"])
+    settings = clean_settings(
+        tmp_path,
+        "restart",
+        source=[source(broker, "g")],
+        kafka_autonomy_topic="aut",
+        kafka_health_interval=0.2,
+    )
+    async with serving(settings) as sc:
+        res = await sc.put(
+            "/v1/autonomy/refund_request", json_body={"level": "L1"}, headers=sc.admin
+        )
+        assert res.status == 200, res.body
+        first = await audited(sc)
+
+        async def published() -> bool:
+            return changes(await records(broker, 3)) == first
+
+        await wait_for(published, "the first change on the topic")
+        broker.kill()
+        for task, level in (("refund_request", "L2"), ("ticket_routing", "L1")):
+            res = await sc.put(f"/v1/autonomy/{task}", json_body={"level": level}, headers=sc.admin)
+            assert res.status == 200, res.body
+        queued = await audited(sc, after=first[-1][0])
+        assert [a for a, _ in await sc.pipeline.store.unpublished_changes()] == [
+            c[0] for c in queued
+        ]
+
+    await broker.start()  # memory storage: an empty broker, the topic created again
+    await broker.create_topics({"ev": 1, "oc": 1, "aut": 1}, compact=["aut"])
+    async with serving(settings) as sc:
+        latest = {c[1]: c for c in first + queued}  # per task type, the last one
+        again = sorted(latest.values())
+        want = queued + again
+
+        async def all_sent() -> bool:
+            return len(changes(await records(broker, len(want)))) >= len(want)
+
+        await wait_for(all_sent, "the queued changes, then each latest change again")
+        assert changes(await records(broker, len(want))) == want
+        assert await sc.pipeline.store.unpublished_changes() == []
