@@ -146,6 +146,14 @@ class Settings(BaseSettings):
     kafka_session_timeout: float = Field(
         10.0, ge=1.0, le=300.0, description="seconds before a silent group member is dropped"
     )
+    kafka_group_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="static group membership: a restart with the same id takes back its "
+        "partitions at once (even after a crash), but a member that stops for good keeps "
+        "them until kafka_session_timeout; unset: leave the group on shutdown",
+    )
 
     @field_validator("retention")
     @classmethod

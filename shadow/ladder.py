@@ -297,12 +297,17 @@ class Ladder:
     # -- writes ---------------------------------------------------------------------------
 
     async def _apply(
-        self, steps: Sequence[Step], actor: str, *, frozen: bool | None = None
+        self,
+        steps: Sequence[Step],
+        actor: str,
+        *,
+        frozen: bool | None = None,
+        followed: Mapping[str, int] | None = None,
     ) -> None:
         changed = [s for s in steps if s.changed]
         if not changed and frozen is None:
             return
-        await self.store.apply_steps(changed, actor=actor, frozen=frozen)
+        await self.store.apply_steps(changed, actor=actor, frozen=frozen, followed=followed)
         await self._read_states()
         self._follow_levels()
         if self.metrics is not None:
@@ -472,11 +477,17 @@ class Ladder:
             return steps + [s for s in await self._evaluate() if s.changed]
 
     async def follow(
-        self, steps: Sequence[Step], *, actor: str, frozen: bool | None = None
+        self,
+        steps: Sequence[Step],
+        *,
+        actor: str,
+        frozen: bool | None = None,
+        followed: Mapping[str, int] | None = None,
     ) -> None:
-        """A Kafka replica applies the promoter's levels (``Move.FOLLOW`` steps)."""
+        """A Kafka replica applies the promoter's levels (``Move.FOLLOW`` steps); ``followed``
+        is the promoter's audit id now applied per task type, recorded with them."""
         async with self._lock:
-            await self._apply(steps, actor, frozen=frozen)
+            await self._apply(steps, actor, frozen=frozen, followed=followed)
             await self._read_evidence()
 
 

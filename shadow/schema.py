@@ -195,6 +195,29 @@ _V6 = [
     "ALTER TABLE autonomy ADD COLUMN hold JSON",
 ]
 
+# Version 7: the autonomy topic's outbox and a replica's place in it. Every ladder change this
+# sidecar decides gets a row here, written in the transaction that applies and audits it,
+# keyed by that audit row's id; the publisher sends the rows in id order and marks each one
+# once the broker acknowledged it, so no change is skipped or lost while the broker is away.
+# A replica remembers, per task type, the promoter's audit id it last applied, so it applies
+# each published change once and in order.
+_V7 = [
+    """
+    CREATE TABLE autonomy_outbox (
+        audit_id     BIGINT PRIMARY KEY,      -- the audit_log row that recorded the change
+        task_type    VARCHAR NOT NULL,
+        record       JSON NOT NULL,           -- the autonomy topic's value for the change
+        published_at TIMESTAMPTZ              -- null until the broker acknowledged it
+    )
+    """,
+    """
+    CREATE TABLE autonomy_followed (
+        task_type   VARCHAR PRIMARY KEY,
+        audit_id    BIGINT NOT NULL           -- the promoter's audit id last applied here
+    )
+    """,
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -202,6 +225,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (4, _V4),
     (5, _V5),
     (6, _V6),
+    (7, _V7),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -1,24 +1,31 @@
 """The replica's follower of the compacted autonomy topic (``kafka_role=replica``).
 
 The promoter publishes every ladder change to ``kafka_autonomy_topic`` (key = task type,
-value :func:`shadow.sources.publish.ladder_json`). :class:`AutonomyFollower` reads that
-topic on a replica and applies each record to the replica's own ladder state, so the
-replica's ``/v1/route``, ``/v1/autonomy`` and ``/v1/agreement`` answer the promoter's level.
+value :func:`shadow.store.outbox.change_record`, with the promoter's ``audit_id``).
+:class:`AutonomyFollower` reads that topic on a replica and applies each record to the
+replica's own ladder state, so the replica's ``/v1/route``, ``/v1/autonomy`` and
+``/v1/agreement`` answer the promoter's level.
 
 Contract:
 
 - **No group, whole topic.** The consumer has no group id: it assigns every partition of the
   topic itself and seeks to the beginning at each start, so a fresh replica sees the latest
   record of every task type (the topic is compacted) and no offsets are ever committed.
-- **Newest wins, idempotent.** A record is applied only when its ``updated_at`` (the
-  promoter's time of the change) is later than the replica's stored ``updated_at`` for that
-  task type; a re-delivery, the promoter's re-publish at start, or an older record that
-  arrives late changes nothing (counted in :attr:`AutonomyFollower.skipped`). A record
-  without ``updated_at`` is the policy's start state, which nothing needs to follow.
+- **Every step, in order, once.** A record with an ``audit_id`` is applied when that id is
+  above the promoter's audit id this replica last applied for the task type (kept in the
+  store with the step, ``autonomy_followed``), so each of the promoter's changes becomes
+  one step here, in the promoter's order; a re-delivery, the promoter's re-send at its
+  start, or an older record that arrives late changes nothing (counted in
+  :attr:`AutonomyFollower.skipped`). A record without ``audit_id`` (a snapshot of a task
+  type with no change in the promoter's outbox, or a promoter from before audit ids) is
+  applied only when its ``updated_at`` (the promoter's time of the change) is later than
+  the replica's stored ``updated_at``; without ``updated_at`` it is the policy's start
+  state, which nothing needs to follow.
 - **Applied like a ladder move.** One transaction per fetched batch: the new states, the
   global freeze flag (the record's ``frozen``, when present) and one audit entry per applied
   record (action ``follow``, actor ``promoter (autonomy topic)``, the promoter's own
-  reason when the record carries it, and where the record came from). The evidence snapshot
+  reason when the record carries it, its audit id, and where the record came from). The
+  evidence snapshot
   in that entry is the replica's local, partial evidence; the replica never decides.
 - **Poison** (not JSON, a missing or wrong field, a task type not in this replica's policy,
   a key that is not the task type) becomes a dead letter (kind ``autonomy``, location
@@ -76,6 +83,7 @@ class LevelRecord:
     updated_at: datetime | None
     frozen: bool | None
     reason: str | None
+    audit_id: int | None = None  # the promoter's audit-log id of the change
 
 
 def parse_level_record(
@@ -112,6 +120,11 @@ def parse_level_record(
         proposal = None if proposal_text is None else Level.parse(proposal_text)
     except ValueError as e:
         raise ValueError(f"proposal: {e}") from None
+    audit_id = obj.get("audit_id")
+    if audit_id is not None and (
+        not isinstance(audit_id, int) or isinstance(audit_id, bool) or audit_id < 1
+    ):
+        raise ValueError(f"audit_id: expected a positive integer or null, got {audit_id!r}")
     stamp = optional("updated_at", str)
     try:
         updated_at = None if stamp is None else datetime.fromisoformat(stamp)
@@ -127,6 +140,7 @@ def parse_level_record(
         updated_at=updated_at,
         frozen=optional("frozen", bool),
         reason=optional("reason", str),
+        audit_id=audit_id,
     )
 
 
@@ -290,17 +304,19 @@ class AutonomyFollower:
         await pipeline.dead_letter(bad)
         if not records:
             return
+        store = pipeline.store
         states = pipeline.ladder.states()
-        evidence = await pipeline.store.evidence()
+        evidence = await store.evidence()
+        seen = await store.followed_audit_ids()
+        followed: dict[str, int] = {}
         steps: list[Step] = []
         frozen: bool | None = None
         for rec, where in records:
             before = states[rec.task_type]
-            if rec.updated_at is None or (
-                before.updated_at is not None and rec.updated_at <= before.updated_at
-            ):
+            if not self._new(rec, before, seen):
                 self.skipped += 1
                 continue
+            assert rec.updated_at is not None  # _new refuses records without a time
             task = policy.task_types[rec.task_type]
             snap = promotion.snapshot(
                 evidence.get(rec.task_type, {}).get(rec.agent_version or ""),
@@ -316,13 +332,28 @@ class AutonomyFollower:
                 rec.task_type, rec.level, rec.agent_version, proposal, rec.updated_at
             )
             why = rec.reason or f"the promoter's level is {rec.level}"
-            reason = f"followed from {where} (promoter time {rec.updated_at.isoformat()}): {why}"
+            change = "" if rec.audit_id is None else f"promoter audit {rec.audit_id}, "
+            reason = (
+                f"followed from {where} ({change}promoter time {rec.updated_at.isoformat()}): {why}"
+            )
             steps.append(Step(Move.FOLLOW, before, after, reason, snap))
             states[rec.task_type] = after
+            if rec.audit_id is not None:
+                seen[rec.task_type] = followed[rec.task_type] = rec.audit_id
             if rec.frozen is not None:
                 frozen = rec.frozen
         if not steps:
             return
-        await pipeline.ladder.follow(steps, actor=FOLLOW_ACTOR, frozen=frozen)
+        await pipeline.ladder.follow(steps, actor=FOLLOW_ACTOR, frozen=frozen, followed=followed)
         self.applied += len(steps)
         await pipeline.refresh()
+
+    @staticmethod
+    def _new(rec: LevelRecord, before: LadderState, seen: Mapping[str, int]) -> bool:
+        """Whether ``rec`` is a change this replica has not applied yet: by the promoter's
+        audit id when the record has one, else by the promoter's time of the change."""
+        if rec.updated_at is None:
+            return False
+        if rec.audit_id is not None:
+            return rec.audit_id > seen.get(rec.task_type, 0)
+        return before.updated_at is None or rec.updated_at > before.updated_at

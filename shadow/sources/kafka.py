@@ -38,11 +38,21 @@ Contract (see docs/kafka.md for the topology and the multi-replica design):
   (the agent runner is saturated), every assigned partition is paused; they resume at
   ``kafka_resume_backlog``. RAM holds at most one fetch per partition, the store at most
   the threshold plus one batch; the rest of a backlog stays in Kafka.
+- **Group membership.** Dynamic by default: on shutdown the member leaves the group
+  (:func:`~shadow.sources.kafka_client.leave_group`), so the partitions move at once and a
+  restart gets them without waiting for the old session to expire. With
+  ``kafka_group_instance_id`` the member is static: a restart (even after a crash) with
+  the same id takes its partitions back without a rebalance, but a member that stops for
+  good holds them until ``kafka_session_timeout`` (docs/kafka.md, "Group membership").
 - **Operations.** ``shadow_kafka_consumer_lag_messages{topic,partition}`` (high watermark
   minus the consumer's position: not read yet), ``shadow_kafka_uncommitted_messages`` (read
   and stored, not committed yet: what a restart re-reads), ``shadow_kafka_connected``
-  (metadata probe every ``kafka_health_interval``); :meth:`KafkaSource.not_ready` feeds
-  ``/readyz``. The client reconnects by itself after a broker restart.
+  (metadata probe every ``kafka_health_interval``). Until the group's first assignment, both
+  gauges have a series for every partition of both topics: uncommitted 0, lag the group's
+  backlog (the partition's end offset minus the group's committed offset); afterwards only
+  for the partitions this member owns. :meth:`KafkaSource.not_ready` feeds ``/readyz``: not
+  ready while the broker does not answer, and until the group's first assignment. The
+  client reconnects by itself after a broker restart.
 
 Errors: configuration problems raise :class:`~shadow.errors.ConfigError`; broker errors
 (``aiokafka.errors.KafkaError``) are logged and retried, never raised out of :meth:`run`.
@@ -70,6 +80,7 @@ from shadow.model import Outcome, WorkEvent
 from shadow.sources.kafka_client import (
     KafkaSpec,
     client_options,
+    leave_group,
     message_dead_letter,
     message_origin,
     parse_kafka_spec,
@@ -127,6 +138,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         parts = sorted((tp.topic, tp.partition) for tp in assigned)
         log.info("%s: assigned %s", self._source.spec.name, parts)
+        self._source._assigned = True  # even with none: more members than partitions
         if self._source._paused and assigned:
             self._source._consumer_or_fail().pause(*assigned)
 
@@ -137,7 +149,8 @@ class KafkaSource:
     ``await start()`` connects, checks co-partitioning and subscribes (raising
     :class:`ConfigError` on a bad topology); ``await run()`` consumes until :meth:`close`.
     An async context manager; :meth:`close` is idempotent. ``publisher`` (optional) gets the
-    copies for the dead-letter topic.
+    copies for the dead-letter topic. ``group_instance_id`` (optional) makes the member
+    static (see the module docstring).
     """
 
     def __init__(
@@ -147,8 +160,10 @@ class KafkaSource:
         settings: Settings,
         *,
         publisher: KafkaPublisher | None = None,
+        group_instance_id: str | None = None,
     ) -> None:
         self.spec = spec
+        self.group_instance_id = group_instance_id
         self._pipeline = pipeline
         self._settings = settings
         self._publisher = publisher
@@ -171,6 +186,8 @@ class KafkaSource:
         self._health: asyncio.Task[None] | None = None
         self._connected = False
         self._problem = "not started"
+        self._assigned = False  # the group's first assignment arrived
+        self._partitions: list[TopicPartition] = []  # of both topics, from the metadata
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -183,6 +200,7 @@ class KafkaSource:
         consumer = AIOKafkaConsumer(
             **options,
             group_id=self.spec.group,
+            group_instance_id=self.group_instance_id,
             enable_auto_commit=False,
             auto_offset_reset=s.kafka_start,
             partition_assignment_strategy=(RangePartitionAssignor,),
@@ -194,6 +212,7 @@ class KafkaSource:
         await start_client(consumer, f"Kafka source {self.spec.name}", options)
         try:
             await self._check_topology(consumer)
+            await self._group_backlog(consumer)
         except BaseException:
             await consumer.stop()
             raise
@@ -212,6 +231,7 @@ class KafkaSource:
                 "check the address and security settings"
             ) from None
         counts: dict[str, int] = {}
+        partitions: list[TopicPartition] = []
         for role, topic in (("events", self.spec.events), ("outcomes", self.spec.outcomes)):
             parts = consumer.partitions_for_topic(topic)
             if not parts:
@@ -220,6 +240,7 @@ class KafkaSource:
                     "create it with the same partition count as the other topic"
                 )
             counts[role] = len(parts)
+            partitions += [TopicPartition(topic, p) for p in sorted(parts)]
         if counts["events"] != counts["outcomes"]:
             raise ConfigError(
                 f"Kafka source {self.spec.name}: topics are not co-partitioned: events topic "
@@ -228,6 +249,7 @@ class KafkaSource:
                 "partition count and be keyed by event_id so an event and its outcome reach "
                 "the same replica"
             )
+        self._partitions = partitions
 
     async def close(self) -> None:
         self._closing.set()
@@ -243,6 +265,7 @@ class KafkaSource:
                     await self._commits.commit(consumer)
                 except Exception as e:
                     log.warning("%s: final commit failed (%s)", self.spec.name, e)
+                await leave_group(consumer)  # partitions move now, not after the session
                 await consumer.stop()
         self._set_connected(False, "source closed")
 
@@ -257,8 +280,22 @@ class KafkaSource:
     # -- health -----------------------------------------------------------------------------
 
     def not_ready(self) -> str | None:
-        """Why ``/readyz`` must fail (``None`` while the broker answers)."""
-        return None if self._connected else f"Kafka {self.spec.name}: {self._problem}"
+        """Why ``/readyz`` must fail: the broker does not answer, or the group has not
+        assigned this member its partitions yet (``None`` once both are fine)."""
+        if not self._connected:
+            return f"Kafka {self.spec.name}: {self._problem}"
+        if not self._assigned:
+            why = (
+                "a static member takes its place back as it rejoins"
+                if self.group_instance_id
+                else "a previous member that did not leave the group, after a crash, holds "
+                "its partitions until its session expires (kafka_session_timeout)"
+            )
+            return (
+                f"Kafka {self.spec.name}: waiting for partition assignment of group "
+                f"{self.spec.group!r} ({why})"
+            )
+        return None
 
     def _set_connected(self, ok: bool, problem: str) -> None:
         if ok != self._connected:
@@ -468,7 +505,37 @@ class KafkaSource:
             self._pipeline.metrics.kafka_paused.set(0)
             log.info("%s: resumed (%d events await the agent)", self.spec.name, backlog)
 
+    async def _group_backlog(self, consumer: AIOKafkaConsumer) -> None:
+        """Before the group's first assignment: a lag series for every partition of both
+        topics, the group's backlog (end offset minus the group's committed offset, or the
+        start offset ``kafka_start`` picks when nothing is committed), and uncommitted 0
+        (this member has read nothing). Broker errors leave the last values."""
+        metrics = self._pipeline.metrics
+        parts = self._partitions
+        try:
+            async with asyncio.timeout(max(self._settings.kafka_health_interval, 5.0)):
+                ends = await consumer.end_offsets(parts)
+                if self._settings.kafka_start == "earliest":
+                    starts = await consumer.beginning_offsets(parts)
+                else:
+                    starts = ends
+                committed = {tp: await consumer.committed(tp) for tp in parts}
+        except (KafkaError, TimeoutError) as e:
+            log.debug("%s: reading the group's backlog failed (%s)", self.spec.name, e)
+            ends, starts, committed = {}, {}, {}
+        for tp in parts:
+            labels = (tp.topic, str(tp.partition))
+            metrics.kafka_uncommitted.labels(*labels).set(0)
+            gauge = metrics.kafka_lag.labels(*labels)
+            if tp in ends:
+                at = committed.get(tp)
+                gauge.set(max(0, ends[tp] - (starts.get(tp, 0) if at is None else at)))
+            self._lagging.add(tp)
+
     async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        if not self._assigned:
+            await self._group_backlog(consumer)
+            return
         gauge = self._pipeline.metrics.kafka_lag
         held = self._pipeline.metrics.kafka_uncommitted
         for tp in consumer.assignment():

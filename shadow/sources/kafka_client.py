@@ -1,6 +1,7 @@
 """Kafka connection pieces shared by the source, the publisher and the promoter: the
 ``kafka://`` spec, the client options (security, client id), starting a client
-(:func:`start_client`), and :func:`rewind`.
+(:func:`start_client`), leaving a consumer group on shutdown (:func:`leave_group`), and
+:func:`rewind`.
 
 ``parse_kafka_spec`` and ``client_options`` raise :class:`~shadow.errors.ConfigError` naming
 what is wrong (their only I/O is loading the TLS files named in the settings). When a client
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import ssl
 from collections.abc import Mapping
@@ -27,6 +29,7 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
 )
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from shadow.config import Settings
 from shadow.errors import ConfigError, Reason
@@ -36,12 +39,15 @@ from shadow.store import DeadLetter
 __all__ = [
     "KafkaSpec",
     "client_options",
+    "leave_group",
     "message_dead_letter",
     "message_origin",
     "parse_kafka_spec",
     "rewind",
     "start_client",
 ]
+
+log = logging.getLogger("shadow.kafka")
 
 _SPEC_HELP = "use kafka://HOST:PORT?events=TOPIC&outcomes=TOPIC&group=GROUP"
 
@@ -154,6 +160,38 @@ def message_dead_letter(
 def message_origin(message: Any) -> str:
     """Where a Kafka message was read: ``topic[partition]@offset``."""
     return f"{message.topic}[{message.partition}]@{message.offset}"
+
+
+async def leave_group(consumer: AIOKafkaConsumer) -> bool:
+    """Leave ``consumer``'s group now, so the group reassigns its partitions at once instead
+    of after ``kafka_session_timeout``; call it just before ``consumer.stop()``. Returns
+    whether this call sent the LeaveGroup.
+
+    aiokafka's ``stop()`` leaves the group only when the member's generation is above 0,
+    but brokers that number the first generation 0 (tansu does) then never hear from a
+    member that joined once and stopped: its restart waits for the old session to expire
+    before it gets any partition. So for a dynamic member at generation 0 this sends the
+    LeaveGroup itself (through the consumer's own coordinator connection: aiokafka has no
+    public call for it), and leaves every other case to ``stop()``. Static members
+    (``group_instance_id``) never leave: keeping their place across a restart is their
+    point. A broker error is logged, not raised (the session then expires as before)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or getattr(coordinator, "_group_instance_id", None) is not None:
+        return False
+    if getattr(coordinator, "generation", None) != 0 or not getattr(coordinator, "member_id", ""):
+        return False  # not a member, or stop() leaves by itself
+    request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+    try:
+        response = await coordinator._send_req(request)
+    except KafkaError as e:
+        log.warning("leaving consumer group %s failed (%s)", coordinator.group_id, e)
+        return False
+    code = getattr(response, "error_code", 0)
+    if code:
+        log.warning("leaving consumer group %s: the broker answered %s", coordinator.group_id, code)
+        return False
+    log.info("left consumer group %s", coordinator.group_id)
+    return True
 
 
 async def start_client(

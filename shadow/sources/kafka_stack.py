@@ -7,8 +7,9 @@ every source (connect + co-partitioning check: a :class:`~shadow.errors.ConfigEr
 aborts start-up) and, with ``kafka_role=promoter``, the comparisons follower; it stops them
 in reverse. With ``kafka_role=replica`` and ``kafka_autonomy_topic`` it also starts the
 :class:`~shadow.sources.follow.AutonomyFollower`, which applies the promoter's levels to
-this replica's ladder. :meth:`not_ready` feeds ``/readyz`` (a replica is not ready until
-its follower has read the autonomy topic to the end once).
+this replica's ladder. :meth:`not_ready` feeds ``/readyz``: every source until its group
+assigned it partitions and while its broker does not answer, and a replica until its
+follower has read the autonomy topic to the end once.
 
 The publisher uses the first source's brokers. Roles: ``standalone`` (default) and
 ``promoter`` decide the ladder; ``replica`` never does (see docs/kafka.md).
@@ -83,11 +84,22 @@ class KafkaStack:
         return self.settings.kafka_role != "replica"
 
     def not_ready(self) -> str | None:
-        for source in self.sources:
-            problem = source.not_ready()
-            if problem:
-                return problem
-        return self.levels.not_ready() if self.levels is not None else None
+        """Every reason ``/readyz`` must wait (sources, then the replica's follower), joined
+        by ``"; "``, or ``None``."""
+        checks = [source.not_ready for source in self.sources]
+        if self.levels is not None:
+            checks.append(self.levels.not_ready)
+        problems = [problem for check in checks if (problem := check())]
+        return "; ".join(problems) or None
+
+    def _instance_id(self, index: int) -> str | None:
+        """The static member id of the ``index``-th source (``kafka_group_instance_id``; a
+        second source in the same process gets ``-1`` appended, and so on, so two sources
+        sharing a group never fence each other)."""
+        base = self.settings.kafka_group_instance_id
+        if base is None:
+            return None
+        return base if index == 0 else f"{base}-{index}"
 
     @contextlib.asynccontextmanager
     async def running(self, pipeline: Pipeline) -> AsyncIterator[KafkaStack]:
@@ -98,8 +110,14 @@ class KafkaStack:
         async with contextlib.AsyncExitStack() as stack:
             if self.publisher is not None:
                 await stack.enter_async_context(self.publisher)
-            for spec in self.specs:
-                source = KafkaSource(spec, pipeline, self.settings, publisher=self.publisher)
+            for i, spec in enumerate(self.specs):
+                source = KafkaSource(
+                    spec,
+                    pipeline,
+                    self.settings,
+                    publisher=self.publisher,
+                    group_instance_id=self._instance_id(i),
+                )
                 await stack.enter_async_context(source)
                 self.sources.append(source)
             if self.settings.kafka_role == "promoter":

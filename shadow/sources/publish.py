@@ -7,12 +7,21 @@
   sends what is not yet marked, waits for the broker's acknowledgement, then marks it. A
   crash in between re-publishes; consumers upsert by ``(event_id, agent_version)``. Key:
   ``event_id``. Value: :func:`comparison_json`.
-- **Autonomy** (``kafka_autonomy_topic``, create it with ``cleanup.policy=compact``): one
-  record per task type whose ladder state changed, key = task type, value
-  :func:`ladder_json` plus ``frozen`` (the global freeze flag) and ``reason`` (the audited
-  reason of the change, ``"<action> by <actor>: <reason>"``, or null); never from
-  ``kafka_role=replica``. Every start re-publishes the current state of every task type,
-  so a publish lost in a crash is repaired by the next start. Replicas follow it
+- **Autonomy** (``kafka_autonomy_topic``, create it with ``cleanup.policy=compact``): a
+  change feed of the ladder, key = task type. Every change this sidecar decides (automatic
+  or an operator's) is one record, :func:`~shadow.store.outbox.change_record`: the state
+  after it (:func:`~shadow.store.outbox.ladder_json`), ``frozen`` (the global freeze flag
+  after it), ``reason`` (``"<action> by <actor>: <reason>"``), and the change itself:
+  ``audit_id`` (the id of the audit-log row that recorded it), ``action``, ``actor``,
+  ``from_level``, ``to_level``. An outbox: the store queues each change with its audit row
+  (``autonomy_outbox``, schema v6); the publisher sends the queue in audit id order, one
+  record at a time, and marks each once the broker acknowledged it, so changes made while
+  the broker is away, or before a crash, are published later, in order; a crash between
+  the acknowledgement and the mark publishes that change again (same ``audit_id``).
+  After the queue is drained at each start, each configured task type's latest change is
+  sent again (same ``audit_id``; readers skip ids they have seen), or, for a task type with
+  none in the outbox, a snapshot of its state with ``audit_id`` null, so a recreated topic
+  or a new reader learns every level. Never from ``kafka_role=replica``. Replicas follow it
   (:mod:`shadow.sources.follow`).
 - **Dead letters** (``kafka_dead_letter_topic``): one record per dead letter of a Kafka
   record, whichever stage refused it (the source: poison; the pipeline: an unknown task
@@ -59,6 +68,7 @@ from shadow.sources.kafka_client import (
     start_client,
 )
 from shadow.store import DeadLetter, Store
+from shadow.store.outbox import ladder_json
 
 if TYPE_CHECKING:
     from shadow.pipeline import Pipeline
@@ -97,16 +107,6 @@ def comparison_from_json(obj: Mapping[str, Any]) -> Comparison:
     )
 
 
-def ladder_json(state: LadderState) -> dict[str, Any]:
-    return {
-        "task_type": state.task_type,
-        "level": str(state.level),
-        "agent_version": state.agent_version,
-        "proposal": None if state.proposal is None else str(state.proposal.to_level),
-        "updated_at": state.updated_at.isoformat() if state.updated_at else None,
-    }
-
-
 def _encode(value: Mapping[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
@@ -131,8 +131,8 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._states: dict[str, dict[str, Any]] = {}
-        self._published_states: dict[str, dict[str, Any]] = {}
+        self._states: dict[str, LadderState] = {}  # every configured task type's, latest
+        self._republished = False  # each task type's latest change sent again since start
 
     async def start(self) -> Self:
         if self._producer is not None:
@@ -175,8 +175,9 @@ class KafkaPublisher:
         self._wake.set()
 
     def ladder(self, states: Mapping[str, LadderState]) -> None:
-        for name, state in states.items():
-            self._states[name] = ladder_json(state)
+        # The changes themselves come from the store's outbox; the states are only for the
+        # snapshot of task types that never changed.
+        self._states.update(states)
         self._wake.set()
 
     # -- publishing -------------------------------------------------------------------------
@@ -231,7 +232,7 @@ class KafkaPublisher:
                 await asyncio.sleep(_RETRY_S)
                 self._wake.set()
             except Exception:  # the store: the outbox is still there next time
-                log.exception("reading the comparisons outbox failed; retrying")
+                log.exception("reading a Kafka outbox failed; retrying")
                 await asyncio.sleep(_RETRY_S)
                 self._wake.set()
 
@@ -261,27 +262,66 @@ class KafkaPublisher:
         topic = self._settings.kafka_autonomy_topic
         # A replica's ladder is not the ladder: only standalone sidecars and the promoter
         # publish levels.
-        if topic is None or self._producer is None or self._settings.kafka_role == "replica":
+        producer = self._producer
+        if topic is None or producer is None or self._settings.kafka_role == "replica":
             return
-        todo = [
-            (name, value)
-            for name, value in list(self._states.items())
-            if self._published_states.get(name) != value
-        ]
-        if not todo:
-            return
+        while True:
+            todo = await self._store.unpublished_changes(limit=_OUTBOX_BATCH)
+            if not todo:
+                break
+            # One at a time: a record must be acknowledged before the next is sent, so a
+            # failed send can never let a later change overtake it on the topic.
+            for audit_id, record in todo:
+                await self._send_ladder(producer, topic, record)
+                await self._store.mark_changes_published([audit_id], now=self._clock())
+        if not self._republished and self._states:
+            await self._republish(producer, topic)
+            self._republished = True
+
+    async def _republish(self, producer: AIOKafkaProducer, topic: str) -> None:
+        """Each configured task type's latest published change again, or a snapshot of its
+        state when the outbox has no change of it at all (a task type at its start level,
+        or a store from before the outbox): a recreated topic, or a reader that missed the
+        history, learns every level. Readers skip the audit ids they have seen."""
+        latest = await self._store.latest_changes()
         frozen = await self._store.is_frozen()
-        for name, value in todo:
-            record = {**value, "frozen": frozen, "reason": await self._reason(name, value)}
-            try:
-                await self._producer.send_and_wait(
-                    topic, value=_encode(record), key=name.encode("utf-8")
-                )
-            except KafkaError:
-                self._metrics.kafka_publish_errors.labels("autonomy").inc()
-                raise
-            self._published_states[name] = value
-            self._metrics.kafka_published.labels("autonomy").inc()
+        snapshots = []
+        for name, state in sorted(self._states.items()):
+            if name in latest:
+                continue
+            value = ladder_json(state)
+            snapshots.append(
+                {
+                    **value,
+                    "frozen": frozen,
+                    "reason": await self._reason(name, value),
+                    "audit_id": None,
+                    "action": None,
+                    "actor": None,
+                    "from_level": None,
+                    "to_level": None,
+                }
+            )
+        # Only published changes are sent again: one still queued is sent by the next drain,
+        # after the older ones, so no reader sees a change before the ones that preceded it.
+        again = sorted(
+            (c for name, c in latest.items() if c is not None and name in self._states),
+            key=lambda change: change[0],
+        )
+        for record in snapshots + [record for _, record in again]:
+            await self._send_ladder(producer, topic, record)
+
+    async def _send_ladder(
+        self, producer: AIOKafkaProducer, topic: str, record: Mapping[str, Any]
+    ) -> None:
+        try:
+            await producer.send_and_wait(
+                topic, value=_encode(record), key=str(record["task_type"]).encode("utf-8")
+            )
+        except KafkaError:
+            self._metrics.kafka_publish_errors.labels("autonomy").inc()
+            raise
+        self._metrics.kafka_published.labels("autonomy").inc()
 
     async def _reason(self, name: str, value: Mapping[str, Any]) -> str | None:
         """The audited reason of the change that produced ``value`` (same time), if any."""

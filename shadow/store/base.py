@@ -185,6 +185,7 @@ class StoreBase:
             "audit_log",
             "autonomy",
             "published_comparisons",
+            "autonomy_outbox",
         }:
             raise ValueError(f"unknown table {table!r}")
 
@@ -268,13 +269,15 @@ class StoreBase:
         )
 
     @staticmethod
-    def _insert_audit(tx: duckdb.DuckDBPyConnection, entries: list[AuditEntry]) -> None:
+    def _insert_audit(tx: duckdb.DuckDBPyConnection, entries: list[AuditEntry]) -> list[int]:
+        """Append ``entries`` to the audit log; their ids, in order."""
+        ids: list[int] = []
         for e in entries:
-            tx.execute(
+            row = tx.execute(
                 "INSERT INTO audit_log (recorded_at, task_type, actor, action, from_level, "
                 "to_level, "
                 "reason, evidence, policy_hash) VALUES (?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, "
-                "?::JSON, ?)",
+                "?::JSON, ?) RETURNING id",
                 [
                     e.at,
                     e.task_type,
@@ -286,4 +289,7 @@ class StoreBase:
                     json.dumps(e.evidence),
                     e.policy_hash,
                 ],
-            )
+            ).fetchone()
+            assert row is not None
+            ids.append(int(row[0]))
+        return ids

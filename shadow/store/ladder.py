@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+
+import duckdb
 
 from shadow.model import (
     AuditEntry,
     Evidence,
     Level,
 )
-from shadow.promotion import Decided, Hold, LadderState, Proposal, Step
+from shadow.promotion import Decided, Hold, LadderState, Move, Proposal, Step
 from shadow.store.base import StoreBase
+from shadow.store.outbox import change_record, insert_changes, record_followed
 from shadow.store.records import (
     _stamp,
 )
@@ -108,13 +111,28 @@ class LadderPart(StoreBase):
         return await self._run(q)
 
     async def apply_steps(
-        self, steps: Sequence[Step], *, actor: str, frozen: bool | None = None
+        self,
+        steps: Sequence[Step],
+        *,
+        actor: str,
+        frozen: bool | None = None,
+        followed: Mapping[str, int] | None = None,
     ) -> None:
         """Persist the new states of ``steps`` and audit each change, in one transaction.
-        ``frozen`` also sets the global freeze flag in the same transaction."""
-        await self._run(self._apply_steps, list(steps), actor, frozen)
+        ``frozen`` also sets the global freeze flag in the same transaction.
 
-    def _apply_steps(self, steps: list[Step], actor: str, frozen: bool | None) -> None:
+        Each change this sidecar decided (every move but ``follow``) is also queued, in the
+        same transaction, in the autonomy outbox under its audit id
+        (:func:`~shadow.store.outbox.change_record`, with the freeze flag in force after
+        the transaction), so the autonomy topic gets every change, in order, even when the
+        broker is away or the process dies before publishing. ``followed`` (a replica):
+        the promoter's audit id now applied per task type, recorded in the same
+        transaction."""
+        await self._run(self._apply_steps, list(steps), actor, frozen, dict(followed or {}))
+
+    def _apply_steps(
+        self, steps: list[Step], actor: str, frozen: bool | None, followed: dict[str, int]
+    ) -> None:
         changed = [s for s in steps if s.changed]
         with self._tx() as tx:
             for s in changed:
@@ -133,7 +151,7 @@ class LadderPart(StoreBase):
                         json.dumps(a.hold.to_json()) if a.hold else None,
                     ],
                 )
-            self._insert_audit(
+            ids = self._insert_audit(
                 tx,
                 [
                     AuditEntry(
@@ -150,11 +168,28 @@ class LadderPart(StoreBase):
                     for s in changed
                 ],
             )
+            own = [(i, s) for i, s in zip(ids, changed, strict=True) if s.move is not Move.FOLLOW]
+            if own:
+                in_force = self._frozen(tx) if frozen is None else frozen
+                insert_changes(
+                    tx,
+                    [
+                        (i, change_record(s, audit_id=i, actor=actor, frozen=in_force))
+                        for i, s in own
+                    ],
+                )
+            if followed:
+                record_followed(tx, followed)
             if frozen is not None:
                 tx.execute(
                     "INSERT OR REPLACE INTO sidecar_state VALUES ('frozen', ?::JSON)",
                     [json.dumps(frozen)],
                 )
+
+    @staticmethod
+    def _frozen(con: duckdb.DuckDBPyConnection) -> bool:
+        row = con.execute("SELECT value FROM sidecar_state WHERE key = 'frozen'").fetchone()
+        return bool(json.loads(row[0])) if row else False
 
     async def save_policy(self, text: str, digest: str) -> None:
         """Keep the policy in force with the evidence, so ``shadow status --db`` can read
@@ -179,13 +214,7 @@ class LadderPart(StoreBase):
         return await self._run(q)
 
     async def is_frozen(self) -> bool:
-        def q() -> bool:
-            row = self.con.execute(
-                "SELECT value FROM sidecar_state WHERE key = 'frozen'"
-            ).fetchone()
-            return bool(json.loads(row[0])) if row else False
-
-        return await self._run(q)
+        return await self._run(lambda: self._frozen(self.con))
 
     async def audit_log(
         self, *, task_type: str | None = None, limit: int = 100

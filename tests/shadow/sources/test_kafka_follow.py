@@ -229,7 +229,11 @@ async def test_stale_repeated_and_poison_records_do_not_move_a_replica(
     ):
         assert says in joined, says
     assert {d["location"].split("@")[0] for d in dead} == {"aut[0]"}
-    assert (await b.get("/readyz")).status == 200
+
+    async def b_ready() -> bool:  # poison does not keep it unready (its group join may)
+        return (await b.get("/readyz")).status == 200
+
+    await wait_for(b_ready, "the replica to be ready despite the poison")
 
 
 async def test_a_replica_waits_not_ready_for_a_missing_autonomy_topic(
@@ -249,3 +253,70 @@ async def test_a_replica_waits_not_ready_for_a_missing_autonomy_topic(
         return (await b.get("/readyz")).status == 200
 
     await wait_for(ready, "the replica to find the topic and catch up")
+
+
+async def test_a_replica_applies_each_of_the_promoters_changes_once_and_in_order(
+    broker: Broker, sidecar: SidecarFactory
+) -> None:
+    """Changes in quick succession on the promoter each become one followed step on the
+    replica, in the promoter's order, identified by the promoter's audit id; a record whose
+    audit id the replica has applied is skipped even when its time is later (a replayed or
+    forged record cannot move the ladder back)."""
+    await broker.create_topics({"ev": 1, "oc": 1, "cmp": 1, "aut": 1}, compact=["aut"])
+    a = await sidecar(
+        policy=POLICY, source=[source(broker, "grp")], kafka_role="promoter", **common()
+    )
+    b = await sidecar(
+        policy=POLICY, source=[source(broker, "grp")], kafka_role="replica", **common()
+    )
+    for task, level in (
+        ("refund_request", "L1"),
+        ("refund_request", "L2"),
+        ("ticket_routing", "L2"),
+        ("refund_request", "L3"),
+        ("ticket_routing", "L1"),
+    ):
+        res = await a.put(f"/v1/autonomy/{task}", json_body={"level": level}, headers=a.admin)
+        assert res.status == 200, res.body
+    promoter = [
+        (i, e.task_type, str(e.from_level), str(e.to_level))
+        for i, e in sorted(await a.pipeline.store.audit_log(limit=1000))
+        if e.to_level is not None
+    ]
+    assert len(promoter) >= 5
+
+    async def replica_steps() -> list[tuple[int, str, str, str]]:
+        out = []
+        for _, e in sorted(await b.pipeline.store.audit_log(limit=1000)):
+            if e.action == "follow":
+                audit_id = int(e.reason.split("promoter audit ")[1].split(",")[0])
+                out.append((audit_id, e.task_type, str(e.from_level), str(e.to_level)))
+        return out
+
+    async def followed_all() -> bool:
+        return len(await replica_steps()) >= len(promoter)
+
+    await wait_for(followed_all, "the replica to follow every change")
+    assert await replica_steps() == promoter  # each change once, in order, same levels
+    last = {task: i for i, task, _, _ in promoter}
+    assert await b.pipeline.store.followed_audit_ids() == last
+    assert await levels(b) == await levels(a)
+
+    # The latest refund_request record again, with a much later time and another level.
+    current = [m for m in await read_all(broker, "aut", 1) if m.key == b"refund_request"][-1]
+    replayed = json.loads(current.value) | {
+        "level": "L0",
+        "updated_at": "2999-01-01T00:00:00+00:00",
+    }
+    await broker.produce("aut", [(b"refund_request", json.dumps(replayed).encode())])
+    res = await a.put("/v1/autonomy/ticket_routing", json_body={"level": "L0"}, headers=a.admin)
+    assert res.status == 200, res.body
+
+    async def b_saw_marker() -> bool:
+        return (await levels(b))[1]["ticket_routing"] == "L0"
+
+    await wait_for(b_saw_marker, "the replica to follow the change after the replayed record")
+    assert await levels(b) == await levels(a)
+    assert [s for s in await replica_steps() if s[1] == "refund_request"] == [
+        s for s in promoter if s[1] == "refund_request"
+    ]

@@ -41,7 +41,12 @@ def source(broker: Broker, group: str) -> str:
 
 
 async def assigned(sc: Sidecar) -> set[tuple[str, str]]:
-    """(topic, partition) pairs this sidecar reports lag for: its current assignment."""
+    """(topic, partition) pairs this sidecar reports lag for: its current assignment, once
+    its group assigned it partitions (before that it reports the group's backlog of every
+    partition)."""
+    ready = await sc.get("/readyz")
+    if ready.status != 200 and "waiting for partition assignment" in str(ready.body):
+        return set()
     return {
         (dict(labels)["topic"], dict(labels)["partition"])
         for (name, labels), _ in (await sc.metrics()).items()
