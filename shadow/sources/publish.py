@@ -14,7 +14,7 @@
   after it), ``reason`` (``"<action> by <actor>: <reason>"``), and the change itself:
   ``audit_id`` (the id of the audit-log row that recorded it), ``action``, ``actor``,
   ``from_level``, ``to_level``. An outbox: the store queues each change with its audit row
-  (``autonomy_outbox``, schema v6); the publisher sends the queue in audit id order, one
+  (``autonomy_outbox``, schema v7); the publisher sends the queue in audit id order, one
   record at a time, and marks each once the broker acknowledged it, so changes made while
   the broker is away, or before a crash, are published later, in order; a crash between
   the acknowledgement and the mark publishes that change again (same ``audit_id``).
