@@ -83,17 +83,7 @@ def approve(
     stale = stale_proposal(state, proposal, snap, version, policy)
     if stale:
         raise AutonomyError(f"cannot approve {proposal.to_level} for {state.task_type}: {stale}")
-    decided = Decided(
-        proposal.id,
-        proposal.from_level,
-        proposal.to_level,
-        version,
-        Answer.APPROVED,
-        actor,
-        snap.n,
-        now,
-        reason,
-    )
+    decided = Decided.of(proposal, version, Answer.APPROVED, actor, snap.n, now, reason)
     hold = state.hold if state.hold is not None and proposal.to_level < state.hold.level else None
     after = replace(
         state,
@@ -128,16 +118,8 @@ def reject(
         d = state.decided
         assert d is not None
         return Step(Move.STAY, state, state, f"{d.proposal_id} was already rejected", snap)
-    decided = Decided(
-        proposal.id,
-        proposal.from_level,
-        proposal.to_level,
-        proposal.agent_version,
-        Answer.REJECTED,
-        actor,
-        snap.n,
-        now,
-        reason,
+    decided = Decided.of(
+        proposal, proposal.agent_version, Answer.REJECTED, actor, snap.n, now, reason
     )
     after = replace(state, proposal=None, updated_at=now, decided=decided)
     return Step(Move.REJECT, state, after, f"rejected {proposal.id}: {reason}", snap)

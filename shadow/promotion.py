@@ -238,6 +238,30 @@ class Decided:
     reason: str = ""
 
     @classmethod
+    def of(
+        cls,
+        proposal: Proposal,
+        agent_version: str | None,
+        verdict: Answer,
+        actor: str,
+        n: int,
+        at: datetime,
+        reason: str = "",
+    ) -> Decided:
+        """The answer ``verdict`` to ``proposal``."""
+        return cls(
+            proposal.id,
+            proposal.from_level,
+            proposal.to_level,
+            agent_version,
+            verdict,
+            actor,
+            n,
+            at,
+            reason,
+        )
+
+    @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Decided:
         return cls(
             proposal_id=str(obj["proposal_id"]),

@@ -1363,21 +1363,11 @@ async def test_schema_v6_keeps_states_and_proposals_stored_before_ids(tmp_path: 
             "policy_hash": "h",
         },
     }
-    con = duckdb.connect(str(path))
-    try:
-        con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
-        for version, statements in MIGRATIONS:
-            if version > 5:
-                break
-            for statement in statements:
-                con.execute(statement)
-            con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
-        con.execute(
-            "INSERT INTO autonomy VALUES (?, 0, ?, ?, ?)",
-            [TASK, AGENT, json.dumps(proposal), T0],
-        )
-    finally:
-        con.close()
+    store_file_at(
+        path,
+        5,
+        ("INSERT INTO autonomy VALUES (?, 0, ?, ?, ?)", [TASK, AGENT, json.dumps(proposal), T0]),
+    )
     async with Store(path) as store:
         assert await store.schema_version() == SCHEMA_VERSION >= 6
         state = (await store.ladder_states())[TASK]
@@ -1408,3 +1398,21 @@ async def test_a_canary_beside_the_old_version_does_not_flip_the_current_one(
     assert (await store.current_versions())[TASK] == "v2"  # v2 still among the last window
     await store.put_decisions([(dec("c-last", version="v1"), TASK)], now=clock())
     assert (await store.current_versions())[TASK] == "v1"
+
+
+def store_file_at(path: Path, version: int, *rows: tuple[str, list[Any]]) -> None:
+    """A DuckDB file at schema ``version`` (the migrations up to it, as a sidecar of that
+    version left it), with ``rows`` (SQL, parameters) inserted, for upgrade tests."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
+        for v, statements in MIGRATIONS:
+            if v > version:
+                break
+            for statement in statements:
+                con.execute(statement)
+            con.execute("INSERT INTO schema_version VALUES (?, now())", [v])
+        for statement, params in rows:
+            con.execute(statement, params)
+    finally:
+        con.close()

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-
 from shadow import moves, promotion
 from shadow.model import Evidence, Level
 from shadow.promotion import LadderState, Move, Step
-from shadow.schema import MIGRATIONS, SCHEMA_VERSION
+from shadow.schema import SCHEMA_VERSION
 from shadow.store import Store
 from tests.conftest import FakeClock
-from tests.shadow.test_store import AGENT, TASK, _task, sql
+from tests.shadow.test_store import AGENT, TASK, _task, sql, store_file_at
 
 INVOICE = "invoice_match"
 
@@ -110,18 +108,9 @@ async def test_schema_v7_adds_the_outbox_to_a_v5_store(tmp_path: Path) -> None:
     """A store at schema v5 keeps its ladder and audit log; its outbox starts empty (the
     publisher then sends a snapshot of each task type's state)."""
     path = tmp_path / "v5.duckdb"
-    con = duckdb.connect(str(path))
-    try:
-        con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
-        for version, statements in MIGRATIONS:
-            if version > 5:
-                break
-            for statement in statements:
-                con.execute(statement)
-            con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
-        con.execute("INSERT INTO autonomy VALUES ('refund_request', 2, 'a@1', NULL, now())")
-    finally:
-        con.close()
+    store_file_at(
+        path, 5, ("INSERT INTO autonomy VALUES ('refund_request', 2, 'a@1', NULL, now())", [])
+    )
     async with Store(path) as store:
         assert await store.schema_version() == SCHEMA_VERSION >= 7
         assert (await store.ladder_states())[TASK].level is Level.L2

@@ -194,23 +194,10 @@ async def test_schema_v5_drops_positions_keyed_by_the_bare_topic(tmp_path: Path)
     """A store at schema v4 (positions keyed by topic name alone) opened by this version:
     the old rows go (the source re-reads those records from their committed offsets and
     records them keyed by source); the events themselves stay."""
-    import duckdb
-
-    from shadow.schema import MIGRATIONS
+    from tests.shadow.test_store import store_file_at
 
     path = tmp_path / "v4.duckdb"
-    con = duckdb.connect(str(path))
-    try:
-        con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
-        for version, statements in MIGRATIONS:
-            if version > 4:
-                break
-            for statement in statements:
-                con.execute(statement)
-            con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
-        con.execute("INSERT INTO source_positions VALUES ('ev', 0, 7, 'e7')")
-    finally:
-        con.close()
+    store_file_at(path, 4, ("INSERT INTO source_positions VALUES ('ev', 0, 7, 'e7')", []))
     async with Store(path) as store:
         assert await store.schema_version() == SCHEMA_VERSION >= 5
         assert rows(store) == []
