@@ -25,8 +25,8 @@ Contract:
   global freeze flag (the record's ``frozen``, when present) and one audit entry per applied
   record (action ``follow``, actor ``promoter (autonomy topic)``, the promoter's own
   reason when the record carries it, its audit id, and where the record came from). The
-  evidence snapshot
-  in that entry is the replica's local, partial evidence; the replica never decides.
+  evidence snapshot in that entry is the replica's local, partial evidence; the replica
+  never decides.
 - **Poison** (not JSON, a missing or wrong field, a task type not in this replica's policy,
   a key that is not the task type) becomes a dead letter (kind ``autonomy``, location
   ``topic[partition]@offset``); following continues. Tombstones (a deleted key) are skipped.

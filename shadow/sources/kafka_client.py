@@ -49,6 +49,8 @@ __all__ = [
 
 log = logging.getLogger("shadow.kafka")
 
+_LEAVE_WITHIN_S = 5.0
+
 _SPEC_HELP = "use kafka://HOST:PORT?events=TOPIC&outcomes=TOPIC&group=GROUP"
 
 
@@ -174,7 +176,8 @@ async def leave_group(consumer: AIOKafkaConsumer) -> bool:
     LeaveGroup itself (through the consumer's own coordinator connection: aiokafka has no
     public call for it), and leaves every other case to ``stop()``. Static members
     (``group_instance_id``) never leave: keeping their place across a restart is their
-    point. A broker error is logged, not raised (the session then expires as before)."""
+    point. A broker error or no answer within 5 s is logged, not raised (the session then
+    expires as before)."""
     coordinator = getattr(consumer, "_coordinator", None)
     if coordinator is None or getattr(coordinator, "_group_instance_id", None) is not None:
         return False
@@ -182,9 +185,14 @@ async def leave_group(consumer: AIOKafkaConsumer) -> bool:
         return False  # not a member, or stop() leaves by itself
     request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
     try:
-        response = await coordinator._send_req(request)
-    except KafkaError as e:
-        log.warning("leaving consumer group %s failed (%s)", coordinator.group_id, e)
+        # Bounded: a shutdown must not wait the client's whole request timeout on a broker
+        # that went away; the session then expires as it would have.
+        async with asyncio.timeout(_LEAVE_WITHIN_S):
+            response = await coordinator._send_req(request)
+    except (KafkaError, TimeoutError) as e:
+        log.warning(
+            "leaving consumer group %s failed (%s)", coordinator.group_id, e or type(e).__name__
+        )
         return False
     code = getattr(response, "error_code", 0)
     if code:

@@ -200,6 +200,7 @@ async def test_stale_repeated_and_poison_records_do_not_move_a_replica(
         (b"refund_request", json.dumps(old | {"level": "L9"}).encode()),
         (b"ticket_routing", json.dumps(old).encode()),  # key is not the task type
         (b"refund_request", b"[1, 2]"),
+        (b"refund_request", json.dumps(old | {"audit_id": "seven"}).encode()),
     ]
     await broker.produce(
         "aut",
@@ -226,6 +227,7 @@ async def test_stale_repeated_and_poison_records_do_not_move_a_replica(
         "level:",
         "key 'ticket_routing' does not match task_type 'refund_request'",
         "expected a JSON object, got list",
+        "audit_id: expected a positive integer or null, got 'seven'",
     ):
         assert says in joined, says
     assert {d["location"].split("@")[0] for d in dead} == {"aut[0]"}
