@@ -57,7 +57,12 @@ from shadow.config import Settings
 from shadow.errors import ConfigError
 from shadow.model import Level
 from shadow.promotion import LadderState, Move, Proposal, Step
-from shadow.sources.kafka_client import client_options, message_dead_letter, rewind
+from shadow.sources.kafka_client import (
+    client_options,
+    message_dead_letter,
+    rewind,
+    stop_client,
+)
 from shadow.store import DeadLetter
 
 if TYPE_CHECKING:
@@ -208,7 +213,7 @@ class AutonomyFollower:
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await stop_client(consumer, "autonomy follower")
 
     async def __aenter__(self) -> Self:
         return await self.start()

@@ -86,6 +86,7 @@ from shadow.sources.kafka_client import (
     parse_kafka_spec,
     rewind,
     start_client,
+    stop_client,
 )
 from shadow.sources.kafka_commit import HeldCommits
 from shadow.store import DeadLetter
@@ -266,7 +267,7 @@ class KafkaSource:
                 except Exception as e:
                     log.warning("%s: final commit failed (%s)", self.spec.name, e)
                 await leave_group(consumer)  # partitions move now, not after the session
-                await consumer.stop()
+                await stop_client(consumer, self.spec.name)
         self._set_connected(False, "source closed")
 
     async def __aenter__(self) -> Self:

@@ -45,6 +45,7 @@ __all__ = [
     "parse_kafka_spec",
     "rewind",
     "start_client",
+    "stop_client",
 ]
 
 log = logging.getLogger("shadow.kafka")
@@ -200,6 +201,20 @@ async def leave_group(consumer: AIOKafkaConsumer) -> bool:
         return False
     log.info("left consumer group %s", coordinator.group_id)
     return True
+
+
+async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer, who: str) -> None:
+    """``client.stop()``, for a shutdown that must finish. With the broker gone, aiokafka's
+    fetcher re-raises the cancellation of its own fetch task out of ``stop()``; that is not
+    a cancellation of the caller, so it is logged and the shutdown goes on (a real
+    cancellation of the caller still propagates)."""
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("%s: the Kafka client stopped with its own fetch cancelled", who)
 
 
 async def start_client(

@@ -66,6 +66,7 @@ from shadow.sources.kafka_client import (
     next_offsets,
     rewind,
     start_client,
+    stop_client,
 )
 from shadow.store import DeadLetter, Store
 from shadow.store.outbox import ladder_json
@@ -159,7 +160,7 @@ class KafkaPublisher:
                 await task
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            await stop_client(producer, "publisher")
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -366,7 +367,7 @@ class ComparisonFollower:
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await stop_client(consumer, "comparison follower")
 
     async def run(self) -> None:
         """Fold comparisons into the store until closed; commit after each stored batch."""

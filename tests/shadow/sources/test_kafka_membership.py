@@ -139,3 +139,21 @@ async def test_a_static_member_keeps_its_place_across_a_restart(
         await wait_for(lambda: ready(sc), "ready again after the restart")
         # The same member took its place back: no second member, no expired session.
         assert await members(broker) == [first]
+
+
+async def test_a_sidecar_whose_broker_died_shuts_down_cleanly(
+    broker: Broker, tmp_path: Path, caplog: Any
+) -> None:
+    """With the broker gone, aiokafka's consumer re-raises the cancellation of its own
+    fetch task out of ``stop()``; the shutdown must finish anyway (and close the store),
+    not end with a CancelledError."""
+    await broker.create_topics({"ev": 2, "oc": 2})
+    settings = settings_for(broker, tmp_path)
+    async with serving(settings) as sc:
+        await wait_for(lambda: ready(sc), "the sidecar ready")
+        broker.kill()
+    # Leaving the block ran the whole shutdown; the store is closed and can be opened again.
+    from shadow.store import Store
+
+    async with Store(settings.db) as store:
+        assert await store.schema_version() > 0
