@@ -194,7 +194,7 @@ async def post_outcomes(request: web.Request) -> web.Response:
 
 
 async def get_agreement(request: web.Request) -> web.Response:
-    return web.json_response(request.app[LADDER].agreement())
+    return web.json_response(await request.app[LADDER].current_agreement())
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -242,7 +242,7 @@ def _task_type(request: web.Request) -> str:
 
 
 async def get_autonomy(request: web.Request) -> web.Response:
-    doc = request.app[LADDER].agreement()
+    doc = await request.app[LADDER].current_agreement()
     return web.json_response(
         {
             "frozen": doc["frozen"],
@@ -258,7 +258,7 @@ def _level_view(entry: dict[str, Any]) -> dict[str, Any]:
 
 async def get_autonomy_one(request: web.Request) -> web.Response:
     name = _task_type(request)
-    doc = request.app[LADDER].agreement()
+    doc = await request.app[LADDER].current_agreement()
     return web.json_response(
         {"task_type": name, "frozen": doc["frozen"], **doc["task_types"][name]}
     )

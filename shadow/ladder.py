@@ -289,10 +289,19 @@ class Ladder:
         }
 
     def agreement(self) -> dict[str, Any]:
-        """The agreement document for every configured task type (see DESIGN.md)."""
+        """The agreement document for every configured task type (see DESIGN.md), from
+        memory: the evidence as of the last decision."""
         return agreement_document(
             self.policy, self._states, self._evidence, self._versions, self._frozen
         )
+
+    async def current_agreement(self) -> dict[str, Any]:
+        """The agreement document on the store's evidence now (``GET /v1/agreement``: a
+        comparison stored a moment ago is in it even before the next decision), with the
+        states from memory. Memory is not changed."""
+        evidence = await self.store.evidence()
+        versions = await self.store.current_versions()
+        return agreement_document(self.policy, self._states, evidence, versions, self._frozen)
 
     # -- writes ---------------------------------------------------------------------------
 
