@@ -4,8 +4,9 @@ It holds every configured task type's :class:`~shadow.promotion.LadderState`, th
 per agent version, the current agent versions and the freeze flag **in memory**, and it is
 the only thing that changes them: the promoter's evaluation after new comparisons, the
 operators' moves (approve, reject, reconsider, set, freeze, unfreeze) and, on a Kafka
-replica, the levels it follows. Reads (routing, the agreement document, the gauges) answer
-from memory and never touch the store. The store stays the durable truth: the Ladder reads
+replica, the levels it follows. Routing and the gauges answer from memory and never touch
+the store (``GET /v1/agreement`` adds the store's evidence of the moment to the states in
+memory: :meth:`Ladder.current_agreement`). The store stays the durable truth: the Ladder reads
 it at start (:meth:`Ladder.load`), reads the evidence before each decision, and reads the
 states back after each write it makes, so memory is never ahead of what is durable.
 
