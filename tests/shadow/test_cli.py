@@ -139,6 +139,7 @@ def test_no_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     assert_usage_error(cli(capsys), "required", "command")
 
 
+@pytest.mark.slow  # a subprocess; the in-process test above covers the logic
 def test_no_subcommand_through_the_real_entry_point() -> None:
     res = cli_proc()
     assert_usage_error(res, "required")
@@ -168,6 +169,7 @@ def test_bad_flag_type(
     assert_usage_error(cli(capsys, *argv), *needles)
 
 
+@pytest.mark.slow  # a subprocess; the in-process test above covers the logic
 def test_bad_flag_type_through_the_real_entry_point() -> None:
     assert_usage_error(cli_proc("run", "--port", "abc"), "--port", "'abc'")
 
@@ -368,6 +370,7 @@ def test_shadow_port_not_a_number(
     assert_usage_error(cli(capsys, "run", "--config", str(policy)), "SHADOW_PORT", "integer")
 
 
+@pytest.mark.slow  # a subprocess; the in-process test above covers the logic
 def test_shadow_port_not_a_number_through_the_real_entry_point(policy: Path) -> None:
     res = cli_proc("run", "--config", str(policy), env=clean_env(SHADOW_PORT="notanumber"))
     assert_usage_error(res, "SHADOW_PORT")
