@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shadow.checks import MAX_ID_LENGTH
 from shadow.config import Settings
 from shadow.errors import AutonomyError, Reason
 from shadow.ingest import (
@@ -34,7 +35,7 @@ from shadow.ingest import (
     parse_outcomes,
 )
 from shadow.ladder import Ladder, MoveResult
-from shadow.model import Level, Outcome, WorkEvent
+from shadow.model import Handling, Level, Outcome, WorkEvent
 from shadow.openapi import openapi_spec
 from shadow.pipeline import IngestResult, Pipeline
 from shadow.promotion import ProposalRef
@@ -279,11 +280,23 @@ async def get_history(request: web.Request) -> web.Response:
 
 
 async def get_route(request: web.Request) -> web.Response:
+    """Who handles the item, from the Ladder's memory; the answer is also the sidecar's
+    record of how the item was handled (shadow.handling: kept in memory, written off the
+    answer path), which decides whether its outcome is evidence."""
     name = _task_type(request)
     event_id = request.query.get("event_id", "")
     if not event_id:
         return error(400, "event_id query parameter is required")
-    return web.json_response(request.app[LADDER].route(name, event_id))
+    if len(event_id) > MAX_ID_LENGTH or _CONTROL.search(event_id):
+        return error(
+            400,
+            f"event_id must be at most {MAX_ID_LENGTH} characters, without control characters",
+        )
+    answer = request.app[LADDER].route(name, event_id)
+    request.app[PIPELINE].handling.record(
+        name, event_id, Handling(answer["handled_by"]), Level.parse(answer["level"])
+    )
+    return web.json_response(answer)
 
 
 # Free text that operators send is clipped to these lengths (docs/api.md) and its control

@@ -4,11 +4,11 @@ the next gate and what it still needs, per configured task type. Pure: it format
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shadow import promotion
-from shadow.model import Evidence, Level
+from shadow.model import Evidence, Handling, Level
 from shadow.policy import Gate, Policy
 from shadow.promotion import LadderState
 from shadow.stats import lower_bound
@@ -46,9 +46,19 @@ def agreement_document(
     evidence: Mapping[str, Mapping[str, Evidence]],
     versions: Mapping[str, str],
     frozen: bool,
+    acceptance: Sequence[tuple[str, str, str, int, int]] = (),
 ) -> dict[str, Any]:
     """The ``GET /v1/agreement`` document (also ``shadow status --json``): the evidence of
-    the current agent version of each configured task type."""
+    the current agent version of each configured task type, and beside it (never in it)
+    its ``acceptance``: the agreement of the items the agent handled or a human decided
+    with its proposal shown, from ``(task_type, version, handled_by, n, agree)`` rows."""
+    accepted: dict[tuple[str, str], dict[str, Any]] = {}
+    for task_type, of_version, handled_by, n, agree in acceptance:
+        accepted.setdefault((task_type, of_version), {})[handled_by] = {
+            "n": n,
+            "agree": agree,
+            "agreement": agree / n if n else None,
+        }
     out: dict[str, Any] = {}
     for name, task in policy.task_types.items():
         state = states.get(name) or LadderState(name, task.autonomy.start)
@@ -78,6 +88,12 @@ def agreement_document(
             **promotion.agreement_fields(
                 ev.n, ev.agree, snap.lower, snap.upper, ev.critical, ev.errors
             ),
+            "acceptance": {
+                h.value: accepted.get((name, version or ""), {}).get(
+                    h.value, {"n": 0, "agree": 0, "agreement": None}
+                )
+                for h in (Handling.AGENT, Handling.ASSISTED)
+            },
             "next_gate": next_gate,
             "proposal": state.proposal.to_json() if state.proposal else None,
             "last_decision": state.decided.to_json() if state.decided else None,

@@ -11,7 +11,7 @@ audited by the store).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -39,6 +39,7 @@ def compare(row: JoinRow, differ: Differ) -> Comparison:
             fields=(FieldResult("decision", "agent", False, False, reason),),
             critical_miss=False,
             outcome_hash=row.outcome_hash,
+            handled_by=row.handled_by,
         )
     result = differ(d.decision, row.outcome.decision, d.actions, row.outcome.actions)
     return Comparison(
@@ -49,6 +50,7 @@ def compare(row: JoinRow, differ: Differ) -> Comparison:
         fields=result.fields,
         critical_miss=result.critical_miss,
         outcome_hash=row.outcome_hash,
+        handled_by=row.handled_by,
     )
 
 
@@ -56,6 +58,8 @@ def compare(row: JoinRow, differ: Differ) -> Comparison:
 class JoinReport:
     comparisons: list[Comparison] = field(default_factory=list)
     reversals: list[Reversal] = field(default_factory=list)
+    # Task types of outcomes whose stated handled_by the sidecar's routing record overruled.
+    conflicts: list[str] = field(default_factory=list)
 
 
 class Joiner:
@@ -66,9 +70,18 @@ class Joiner:
     """
 
     def __init__(
-        self, store: Store, policy: Policy, clock: Callable[[], datetime], *, batch: int = 5000
+        self,
+        store: Store,
+        policy: Policy,
+        clock: Callable[[], datetime],
+        *,
+        batch: int = 5000,
+        before: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
+        # Run before each join: the routing records still in memory reach the store first
+        # (shadow.handling), so each comparison is labelled with how its item was handled.
+        self.before = before
         self.policy = policy
         self.clock = clock
         self.batch = batch
@@ -85,6 +98,8 @@ class Joiner:
     async def join(self, event_ids: Sequence[str] | None = None) -> JoinReport:
         """Compare every ready pair among ``event_ids`` (all events when ``None``)."""
         report = JoinReport()
+        if self.before is not None:
+            await self.before()
         while True:
             # One row more than a batch tells whether another query is needed (a full
             # batch alone would cost one more query that finds nothing).
@@ -94,6 +109,7 @@ class Joiner:
             if not rows:
                 return report
             comparisons = [compare(r, self.differ_for(r.task_type)) for r in rows]
+            report.conflicts += [r.task_type for r in rows if r.handling_conflict]
             report.reversals += await self.store.put_comparisons(comparisons, now=self.clock())
             report.comparisons += comparisons
             if not more:

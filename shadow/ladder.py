@@ -31,7 +31,7 @@ from shadow import moves, promotion
 from shadow.autonomy import agreement_document
 from shadow.errors import AutonomyError
 from shadow.metrics import Metrics
-from shadow.model import Comparison, Evidence, Level, Verdict
+from shadow.model import Comparison, Evidence, Handling, Level, Verdict
 from shadow.policy import Policy, TaskPolicy
 from shadow.promotion import LadderState, Move, ProposalRef, Recent, Step
 from shadow.store import Store
@@ -238,11 +238,11 @@ class Ladder:
 
     def observe(self, comparisons: Sequence[Comparison]) -> None:
         """Fold new comparisons into the drift rules of their task type's current level
-        (only the version the level applies to; expired ones are not evidence). Call before
+        (only the version the level applies to; only blind ones are evidence). Call before
         :meth:`evaluate` (the pipeline does, after each batch of joins)."""
         for c in comparisons:
             recent = self._recent.get(c.task_type)
-            if recent is None or c.verdict is Verdict.EXPIRED:
+            if recent is None or not c.evidence:
                 continue
             if recent.version is not None and c.agent_version != recent.version:
                 continue
@@ -275,18 +275,28 @@ class Ladder:
         return Level.L0 if self._frozen else self.state(task_type).level
 
     def route(self, task_type: str, event_id: str) -> dict[str, Any]:
-        """Who handles ``event_id`` (``GET /v1/route``): L0-L1 a human (with the agent's
-        suggestion at L1); L2 the agent once approved; L3+ the agent, except the items the
-        audit sample (a stable hash of the event id) sends to a human."""
+        """Who handles ``event_id`` (``GET /v1/route``), and so whether its outcome will be
+        evidence (``handled_by``). L0: a human, blind. L1: a human shown the agent's
+        suggestion (assisted). L2: the agent proposes and a human approves (assisted).
+        L3-L4: the agent acts. From L1 up, the items the audit sample picks (a stable hash
+        of the event id, ``audit_rate`` per level) go to a human without the agent's
+        answer: blind, the evidence that keeps flowing after a promotion."""
         task = self._task(task_type)
         level = self.level(task_type)
-        audit = level >= Level.L3 and task.audited(event_id)
+        audit = level >= Level.L1 and task.audited(event_id, level)
+        if level == Level.L0 or audit:
+            handled_by = Handling.BLIND
+        elif level <= Level.L2:
+            handled_by = Handling.ASSISTED
+        else:
+            handled_by = Handling.AGENT
         return {
             "handler": "agent" if level >= Level.L2 and not audit else "human",
             "level": str(level),
             "audit": audit,
-            "approval_required": level == Level.L2,
-            "suggestion": level == Level.L1,
+            "approval_required": level == Level.L2 and not audit,
+            "suggestion": level == Level.L1 and not audit,
+            "handled_by": handled_by.value,
         }
 
     def agreement(self) -> dict[str, Any]:
@@ -299,10 +309,13 @@ class Ladder:
     async def current_agreement(self) -> dict[str, Any]:
         """The agreement document on the store's evidence now (``GET /v1/agreement``: a
         comparison stored a moment ago is in it even before the next decision), with the
-        states from memory. Memory is not changed."""
+        acceptance beside it and the states from memory. Memory is not changed."""
         evidence = await self.store.evidence()
         versions = await self.store.current_versions()
-        return agreement_document(self.policy, self._states, evidence, versions, self._frozen)
+        acceptance = await self.store.acceptance()
+        return agreement_document(
+            self.policy, self._states, evidence, versions, self._frozen, acceptance
+        )
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from shadow.errors import Reason
-from shadow.model import Comparison, Evidence, ShadowDecision
+from shadow.model import Comparison, Evidence, Handling, ShadowDecision
 from shadow.policy import Policy
 from shadow.promotion import LadderState, Move, Step
 from shadow.stats import lower_bound, upper_bound
@@ -123,6 +123,31 @@ class Metrics:
         self.level = Gauge(
             "shadow_autonomy_level", "Current autonomy level (0-4)", ["task_type"], registry=r
         )
+        self.acceptance_n = Gauge(
+            "shadow_acceptance_comparisons",
+            "Comparisons of items the agent handled or a human decided with its proposal shown "
+            "(not evidence)",
+            ["task_type", "agent_version", "handled_by"],
+            registry=r,
+        )
+        self.acceptance_agree = Gauge(
+            "shadow_acceptance_agreements",
+            "Agreeing comparisons among the acceptance comparisons",
+            ["task_type", "agent_version", "handled_by"],
+            registry=r,
+        )
+        self.routes = Counter(
+            "shadow_routes",
+            "Routing answers given (GET /v1/route), by how the item is handled",
+            ["task_type", "handled_by"],
+            registry=r,
+        )
+        self.handling_conflicts = Counter(
+            "shadow_handling_conflicts",
+            "Outcomes whose handled_by contradicts the sidecar's routing record (the record wins)",
+            ["task_type"],
+            registry=r,
+        )
         self.proposal = Gauge(
             "shadow_autonomy_proposal_level",
             "Level proposed and awaiting approval (0: none)",
@@ -221,7 +246,7 @@ class Metrics:
         )
         self.kafka_published = Counter(
             "shadow_kafka_published",
-            "Records published to Kafka, by stream (comparisons, autonomy, dead_letters)",
+            "Records published to Kafka, by stream (comparisons, handling, autonomy, dead_letters)",
             ["stream"],
             registry=r,
         )
@@ -261,6 +286,9 @@ class Metrics:
         for name in self.policy.task_types:
             for move in Move:
                 self.changes.labels(name, move.value)
+            for handling in Handling:
+                self.routes.labels(name, handling.value)
+            self.handling_conflicts.labels(name)
         for source in ("http", "file", "kafka"):
             for reason in DEAD_LETTER_REASONS:
                 self.dead_letters.labels(source, reason.value)
@@ -340,6 +368,14 @@ class Metrics:
                 self.agreement.labels(*labels).set(ev.agree / ev.n if ev.n else 0.0)
                 self.lower.labels(*labels).set(lower_bound(ev.agree, ev.n, alpha))
                 self.upper.labels(*labels).set(upper_bound(ev.agree, ev.n, alpha))
+
+    def acceptance(self, rows: Iterable[tuple[str, str, str, int, int]]) -> None:
+        """Set the acceptance gauges from ``(task_type, version, handled_by, n, agree)``."""
+        for task_type, version, handled_by, n, agree in rows:
+            if task_type not in self.policy.task_types:
+                continue
+            self.acceptance_n.labels(task_type, version, handled_by).set(n)
+            self.acceptance_agree.labels(task_type, version, handled_by).set(agree)
 
     def ladder(self, states: Mapping[str, LadderState], frozen: bool) -> None:
         self.frozen.set(1 if frozen else 0)

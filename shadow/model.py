@@ -79,6 +79,29 @@ class Level(enum.IntEnum):
         return self.name
 
 
+class Handling(enum.StrEnum):
+    """How an item was handled, which decides whether its outcome is evidence.
+
+    ``blind``: a human decided without seeing the agent's answer (every item at L0, the
+    audit sample at L1 and above, and every item the host never routed): the only outcomes
+    that are evidence for the gates. ``assisted``: a human decided with the agent's proposal
+    shown (L1 suggestions, L2 approvals): anchored, so only "acceptance". ``agent``: the
+    agent acted (L3, L4); the outcome echoes the agent's own decision."""
+
+    BLIND = "blind"
+    ASSISTED = "assisted"
+    AGENT = "agent"
+
+    @property
+    def rank(self) -> int:
+        """How far the outcome depends on the agent: an item routed twice keeps the
+        highest (the human may have seen the agent's answer once)."""
+        return _HANDLING_RANK[self]
+
+
+_HANDLING_RANK = {Handling.BLIND: 0, Handling.ASSISTED: 1, Handling.AGENT: 2}
+
+
 class Verdict(enum.StrEnum):
     AGREE = "agree"
     DISAGREE = "disagree"
@@ -182,6 +205,17 @@ class Action:
         return {"tool": self.tool, "args": self.args}
 
 
+def _handling(c: Check, key: str) -> Handling | None:
+    raw = c.obj.get(key)
+    if raw is None:
+        return None
+    for handling in Handling:
+        if raw == handling.value:
+            return handling
+    c.fail(key, f'expected "agent", "assisted" or "blind", got {brief(raw)}')
+    return None
+
+
 def _parse_actions(c: Check, key: str) -> tuple[Action, ...]:
     raw = c.obj.get(key)
     if raw is None:
@@ -224,12 +258,15 @@ class Outcome:
     actions: tuple[Action, ...] = ()
     decided_by: str | None = None
     decided_at: str | None = None
+    handled_by: Handling | None = None  # as the host states it (the sidecar's record wins)
 
     @classmethod
     def from_json(cls, obj: object) -> Self:
         c = Check(obj, "a human outcome")
         c.done()
-        c.unknown_keys({"event_id", "decision", "actions", "decided_by", "decided_at", "kind"})
+        c.unknown_keys(
+            {"event_id", "decision", "actions", "decided_by", "decided_at", "handled_by", "kind"}
+        )
         if "kind" in c.obj and c.obj["kind"] != "outcome":
             c.fail("kind", f'expected "outcome", got {brief(c.obj["kind"])}', Reason.BAD_KIND)
         event_id = c.ident("event_id")
@@ -237,8 +274,9 @@ class Outcome:
         actions = _parse_actions(c, "actions")
         decided_by = c.optional_str("decided_by")
         decided_at = c.timestamp("decided_at")
+        handled_by = _handling(c, "handled_by")
         c.done()
-        return cls(event_id, decision, actions, decided_by, decided_at)
+        return cls(event_id, decision, actions, decided_by, decided_at, handled_by)
 
     def to_json(self) -> JSONObject:
         out: JSONObject = {"event_id": self.event_id, "decision": self.decision}
@@ -248,6 +286,8 @@ class Outcome:
             out["decided_by"] = self.decided_by
         if self.decided_at is not None:
             out["decided_at"] = self.decided_at
+        if self.handled_by is not None:
+            out["handled_by"] = self.handled_by.value
         return out
 
     @property
@@ -399,6 +439,13 @@ class Comparison:
     fields: tuple[FieldResult, ...] = ()
     critical_miss: bool = False
     outcome_hash: str | None = None
+    handled_by: Handling = Handling.BLIND  # only blind comparisons are evidence
+
+    @property
+    def evidence(self) -> bool:
+        """Whether this comparison counts for the gates and drift (blind, and a verdict that
+        is evidence: not expired)."""
+        return self.handled_by is Handling.BLIND and self.verdict is not Verdict.EXPIRED
 
     @property
     def mismatches(self) -> tuple[FieldResult, ...]:

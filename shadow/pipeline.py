@@ -42,6 +42,7 @@ from typing import Protocol, Self
 from shadow.agent import AgentRunner
 from shadow.config import DEFAULT_DEAD_LETTER_RAW_PREFIX, Settings
 from shadow.errors import Reason
+from shadow.handling import HandlingLog
 from shadow.ingest import clip_raw
 from shadow.joiner import Joiner, JoinReport
 from shadow.ladder import Ladder
@@ -110,7 +111,20 @@ class Pipeline:
         if prefix is None:
             prefix = 0 if policy.redacts else DEFAULT_DEAD_LETTER_RAW_PREFIX
         self.raw_prefix = prefix  # characters kept of a dead letter that does not parse
-        self.joiner = Joiner(store, policy, clock, batch=max(settings.batch_size, 1000))
+        # How items were handled, from the routing answers (GET /v1/route): whether their
+        # outcomes are evidence. Written before each join.
+        self.handling = HandlingLog(store, clock, metrics)
+        for observer in self.observers:
+            wake = getattr(observer, "handling_recorded", None)
+            if wake is not None:
+                self.handling.on_stored.append(wake)
+        self.joiner = Joiner(
+            store,
+            policy,
+            clock,
+            batch=max(settings.batch_size, 1000),
+            before=self.handling.flush,
+        )
         self.ladder = Ladder(store, policy, clock, metrics=metrics)
         # Room for a whole store batch: the feeder reads the backlog a batch at a time (one
         # query per batch, not per handful), while memory stays bounded by batch_size.
@@ -165,6 +179,10 @@ class Pipeline:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        try:
+            await self.handling.close()
+        except Exception:
+            log.exception("storing the last routing records failed")
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -450,6 +468,8 @@ class Pipeline:
         by_key = {(c.event_id, c.agent_version): c.task_type for c in report.comparisons}
         for r in report.reversals:
             self.metrics.reversal(by_key.get((r.event_id, r.agent_version), "other"))
+        for task_type in report.conflicts:
+            self.metrics.handling_conflicts.labels(self.metrics.task_label(task_type)).inc()
         self.comparisons += len(report.comparisons)
         if report.comparisons:
             for observer in self.observers:
@@ -470,6 +490,7 @@ class Pipeline:
             observer.ladder(states)
         if pending:
             self.metrics.pending_joins(await self.store.pending())
+            self.metrics.acceptance(await self.store.acceptance())
 
     async def _expire_loop(self) -> None:
         ttl = timedelta(seconds=self.settings.join_ttl)

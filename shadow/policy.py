@@ -126,10 +126,18 @@ class AutonomyPolicy:
     mode: AutonomyMode = AutonomyMode.PROPOSE
     alpha: float = 0.05
     gates: Mapping[Level, Gate] = field(default_factory=dict)
-    audit_rate: float = 0.05
+    audit_rate: float = 0.05  # from L1 up; ``audit_rates`` overrides it per level
     # Drift demotion (shadow.drift): the drop below the gate it is tuned to, and its threshold.
     drift_margin: float = DEFAULT_MARGIN
     drift_threshold: float = DEFAULT_THRESHOLD
+    audit_rates: Mapping[Level, float] = field(default_factory=dict)
+
+    def audit_rate_at(self, level: Level) -> float:
+        """The share of items at ``level`` sent to a human who does not see the agent's
+        answer (the blind audit sample): 0 at L0, where every item is blind anyway."""
+        if level == Level.L0:
+            return 0.0
+        return self.audit_rates.get(level, self.audit_rate)
 
     def drift(self, level: Level) -> Drift | None:
         """The change detector for ``level``'s gate (``None`` without a gate)."""
@@ -155,10 +163,12 @@ class TaskPolicy:
         """Whether ``event_id`` is mirrored to the agent (``sample_rate``, stable hash)."""
         return self.sample_rate >= 1.0 or stable_fraction(event_id, "sample") < self.sample_rate
 
-    def audited(self, event_id: str) -> bool:
-        """Whether an item at L3+ goes to a human for a sampled audit (``audit_rate``)."""
-        rate = self.autonomy.audit_rate
-        return rate >= 1.0 or stable_fraction(event_id, "audit") < rate
+    def audited(self, event_id: str, level: Level = Level.L3) -> bool:
+        """Whether an item at ``level`` (L1 and up) goes to a human who decides without the
+        agent's answer: the blind audit sample (``audit_rate``, per level), a stable hash
+        of the event id, so every replica and every restart samples the same items."""
+        rate = self.autonomy.audit_rate_at(level)
+        return rate >= 1.0 or (rate > 0.0 and stable_fraction(event_id, "audit") < rate)
 
     def redact_payload(self, payload: JSONObject) -> JSONObject:
         """A copy of ``payload`` without the ``redact`` paths (``payload.a.b`` removes b).
@@ -618,7 +628,7 @@ class _Parser:
             self.fail(f"{path}.mode", f"unknown mode {mode_raw!r}; use auto or propose")
             mode = AutonomyMode.PROPOSE
         alpha = self.number(m, "alpha", path, 0.05, 0.0, 1.0, open_low=True, open_high=True)
-        audit_rate = self.number(m, "audit_rate", path, 0.05, 0.0, 1.0)
+        audit_rate, audit_rates = self.audit_rates(m, path)
         gates = self.gates(m.get("gates"), f"{path}.gates")
         highest = max(gates, default=Level.L0)
         ceiling = self.level(m.get("ceiling"), f"{path}.ceiling", max(highest, start))
@@ -648,7 +658,24 @@ class _Parser:
         threshold = self.number(
             drift, "threshold", f"{path}.drift", DEFAULT_THRESHOLD, 0.0, 100.0, open_low=True
         )
-        return AutonomyPolicy(start, ceiling, mode, alpha, gates, audit_rate, margin, threshold)
+        return AutonomyPolicy(
+            start, ceiling, mode, alpha, gates, audit_rate, margin, threshold, audit_rates
+        )
+
+    def audit_rates(self, m: Mapping[str, Any], path: str) -> tuple[float, dict[Level, float]]:
+        """``audit_rate``: one share for L1-L4, or a mapping of level (and ``default``) to
+        share, e.g. ``{default: 0.05, L1: 0.2}``."""
+        raw = m.get("audit_rate", 0.05)
+        if not isinstance(raw, dict):
+            return self.number(m, "audit_rate", path, 0.05, 0.0, 1.0), {}
+        where = f"{path}.audit_rate"
+        levels = {"L1", "L2", "L3", "L4"}
+        body = self.mapping(raw, where, levels | {"default"})
+        default = self.number(body, "default", where, 0.05, 0.0, 1.0)
+        return default, {
+            Level.parse(name): self.number(body, name, where, default, 0.0, 1.0)
+            for name in sorted(levels & set(body))
+        }
 
     def gates(self, raw: object, path: str) -> dict[Level, Gate]:
         if raw is None:

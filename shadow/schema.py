@@ -218,6 +218,50 @@ _V7 = [
     """,
 ]
 
+# Version 8: independent evidence. How each item was handled (``handling``: the sidecar's own
+# record of the routing answer it gave, the least independent answer when routed twice, with
+# an outbox mark for the handling topic), what the outcome stated (``outcomes.handled_by``)
+# and what each comparison was judged as (``comparisons.handled_by``). Only blind comparisons
+# are evidence: the ``agreement`` view counts those, ``acceptance`` the others. Comparisons
+# stored before version 8 were all made at L0 or without routing records: blind.
+_V8 = [
+    """
+    CREATE TABLE handling (
+        event_id     VARCHAR PRIMARY KEY,
+        task_type    VARCHAR NOT NULL,
+        handled_by   VARCHAR NOT NULL,        -- agent | assisted | blind
+        level        VARCHAR NOT NULL,        -- the level the routing answer was given at
+        routed_at    TIMESTAMPTZ NOT NULL,
+        published_at TIMESTAMPTZ              -- on the handling topic (null: not yet / none)
+    )
+    """,
+    "ALTER TABLE outcomes ADD COLUMN handled_by VARCHAR",
+    "ALTER TABLE comparisons ADD COLUMN handled_by VARCHAR NOT NULL DEFAULT 'blind'",
+    "DROP VIEW agreement",
+    """
+    CREATE VIEW agreement AS
+    SELECT task_type, agent_version,
+           count(*) FILTER (WHERE verdict IN ('agree', 'disagree', 'agent_error')) AS n,
+           count(*) FILTER (WHERE verdict = 'agree') AS agree,
+           count(*) FILTER (WHERE critical) AS critical,
+           count(*) FILTER (WHERE verdict = 'agent_error') AS errors,
+           count(*) FILTER (WHERE verdict = 'expired') AS expired
+    FROM comparisons
+    WHERE handled_by = 'blind'
+    GROUP BY task_type, agent_version
+    """,
+    """
+    CREATE VIEW acceptance AS
+    SELECT task_type, agent_version, handled_by,
+           count(*) FILTER (WHERE verdict IN ('agree', 'disagree', 'agent_error')) AS n,
+           count(*) FILTER (WHERE verdict = 'agree') AS agree,
+           count(*) FILTER (WHERE critical) AS critical
+    FROM comparisons
+    WHERE handled_by <> 'blind'
+    GROUP BY task_type, agent_version, handled_by
+    """,
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -226,6 +270,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (5, _V5),
     (6, _V6),
     (7, _V7),
+    (8, _V8),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -58,7 +58,7 @@ from aiokafka.errors import KafkaError
 from shadow.config import Settings
 from shadow.errors import ConfigError
 from shadow.metrics import Metrics
-from shadow.model import Comparison, FieldResult, Verdict
+from shadow.model import Comparison, FieldResult, Handling, Level, Verdict
 from shadow.promotion import LadderState
 from shadow.sources.kafka_client import (
     client_options,
@@ -68,13 +68,20 @@ from shadow.sources.kafka_client import (
     start_client,
     stop_client,
 )
-from shadow.store import DeadLetter, Store
+from shadow.store import DeadLetter, Routed, Store
 from shadow.store.outbox import ladder_json
 
 if TYPE_CHECKING:
     from shadow.pipeline import Pipeline
 
-__all__ = ["ComparisonFollower", "KafkaPublisher", "comparison_from_json", "comparison_json"]
+__all__ = [
+    "ComparisonFollower",
+    "KafkaPublisher",
+    "comparison_from_json",
+    "comparison_json",
+    "handling_from_json",
+    "handling_json",
+]
 
 log = logging.getLogger("shadow.kafka.publish")
 
@@ -92,7 +99,40 @@ def comparison_json(c: Comparison) -> dict[str, Any]:
         "critical_miss": c.critical_miss,
         "outcome_hash": c.outcome_hash,
         "fields": [f.to_json() for f in c.fields],
+        "handled_by": c.handled_by.value,
     }
+
+
+def handling_json(r: Routed) -> dict[str, Any]:
+    """A routing answer as the comparisons topic carries it (``kind: handling``)."""
+    return {
+        "kind": "handling",
+        "event_id": r.event_id,
+        "task_type": r.task_type,
+        "handled_by": r.handled_by.value,
+        "level": str(r.level),
+        "routed_at": r.at.isoformat(),
+    }
+
+
+def handling_from_json(obj: Mapping[str, Any]) -> Routed:
+    """Inverse of :func:`handling_json`; raises ``KeyError``/``ValueError`` on bad input."""
+    at = datetime.fromisoformat(str(obj["routed_at"]))
+    if at.tzinfo is None:
+        raise ValueError("routed_at has no time zone")
+    return Routed(
+        event_id=_text(obj["event_id"]),
+        task_type=_text(obj["task_type"]),
+        handled_by=Handling(obj["handled_by"]),
+        level=Level.parse(obj["level"]),
+        at=at,
+    )
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
 
 
 def comparison_from_json(obj: Mapping[str, Any]) -> Comparison:
@@ -105,6 +145,8 @@ def comparison_from_json(obj: Mapping[str, Any]) -> Comparison:
         fields=tuple(FieldResult.from_json(f) for f in obj["fields"]),
         critical_miss=bool(obj["critical_miss"]),
         outcome_hash=obj.get("outcome_hash"),
+        # Records from sidecars before independent evidence carry none: they were blind.
+        handled_by=Handling(obj.get("handled_by", "blind")),
     )
 
 
@@ -226,6 +268,7 @@ class KafkaPublisher:
                 await asyncio.wait_for(self._wake.wait(), timeout=_POLL_S)
             self._wake.clear()
             try:
+                await self._publish_handling()
                 await self._publish_comparisons()
                 await self._publish_ladder()
             except KafkaError as e:
@@ -236,6 +279,34 @@ class KafkaPublisher:
                 log.exception("reading a Kafka outbox failed; retrying")
                 await asyncio.sleep(_RETRY_S)
                 self._wake.set()
+
+    async def _publish_handling(self) -> None:
+        """Routing answers go out before comparisons: the promoter then mostly learns how
+        an item was handled before it counts the item (when not, it relabels it)."""
+        topic = self._settings.kafka_comparisons_topic
+        if topic is None or self._producer is None or self._settings.kafka_role == "promoter":
+            return
+        while True:
+            todo = await self._store.unpublished_handling(limit=_OUTBOX_BATCH)
+            if not todo:
+                return
+            try:
+                sent = [
+                    await self._producer.send(
+                        topic, value=_encode(handling_json(r)), key=r.event_id.encode("utf-8")
+                    )
+                    for r in todo
+                ]
+                await asyncio.gather(*sent)
+            except KafkaError:
+                self._metrics.kafka_publish_errors.labels("handling").inc()
+                raise
+            await self._store.mark_handling_published(todo, now=self._clock())
+            self._metrics.kafka_published.labels("handling").inc(len(todo))
+
+    def handling_recorded(self) -> None:
+        """A routing answer was stored (:class:`shadow.handling.HandlingLog`): publish it."""
+        self._wake.set()
 
     async def _publish_comparisons(self) -> None:
         topic = self._settings.kafka_comparisons_topic
@@ -390,17 +461,25 @@ class ComparisonFollower:
 
     async def _fold(self, consumer: AIOKafkaConsumer, fetched: Mapping[Any, Any]) -> None:
         comparisons: list[Comparison] = []
+        routed: list[Routed] = []
         bad: list[DeadLetter] = []
         for messages in fetched.values():
             for m in messages:
                 try:
-                    comparisons.append(comparison_from_json(json.loads(m.value)))
+                    value = json.loads(m.value)
+                    if isinstance(value, dict) and value.get("kind") == "handling":
+                        routed.append(handling_from_json(value))
+                    else:
+                        comparisons.append(comparison_from_json(value))
                 except (KeyError, ValueError, TypeError, AttributeError) as e:
                     reason = f"invalid comparison record: {type(e).__name__}: {e}"
                     bad.append(message_dead_letter(m, "comparison", reason))
         await self._pipeline.dead_letter(bad)
         store = self._pipeline.store
         now = self._pipeline.clock()
+        # How items were handled first: the comparisons of this batch then keep the label
+        # of the sidecar that answered the route, whichever replica compared them.
+        await store.put_handling(routed, published=True)
         # Marked published in the same transaction: the outbox must never see them as this
         # sidecar's own to publish. An 'expired' record never replaces a real verdict (the
         # member that lost a partition may expire a join its new owner completed).

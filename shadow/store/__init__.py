@@ -21,6 +21,7 @@ Why a package: the store is one pipeline stage that owns every DuckDB call (no m
 outside ``shadow.store`` imports duckdb, and every call runs on the store's one thread), but
 as one module it outgrew our size guide, so its SQL is split by the tables it owns:
 :mod:`~shadow.store.base` (connection, thread, transactions, migrations),
+:mod:`~shadow.store.handling` (how each item was routed: the evidence's independence),
 :mod:`~shadow.store.ingest`, :mod:`~shadow.store.joins`, :mod:`~shadow.store.ladder`,
 :mod:`~shadow.store.outbox`, :mod:`~shadow.store.positions` (where Kafka records came
 from, and how far each partition may be committed) and :mod:`~shadow.store.retention`
@@ -29,6 +30,7 @@ from, and how far each partition may be committed) and :mod:`~shadow.store.reten
 
 from __future__ import annotations
 
+from shadow.store.handling import HandlingPart, Routed
 from shadow.store.ingest import IngestPart
 from shadow.store.joins import JoinPart
 from shadow.store.ladder import LadderPart
@@ -45,11 +47,14 @@ __all__ = [
     "PutStatus",
     "ReplayEvidence",
     "Reversal",
+    "Routed",
     "Store",
 ]
 
 
-class Store(IngestPart, JoinPart, LadderPart, OutboxPart, PositionPart, RetentionPart):
+class Store(
+    HandlingPart, IngestPart, JoinPart, LadderPart, OutboxPart, PositionPart, RetentionPart
+):
     """Async facade over one DuckDB file. Use as ``async with Store(path) as store``.
 
     Every method runs its DuckDB work on the store's single thread (see the package

@@ -195,6 +195,7 @@ class IngestPart(StoreBase):
                     o.decided_at,
                     ts,
                     digest,
+                    None if o.handled_by is None else o.handled_by.value,
                 )
             )
             results.append(PutResult(o.event_id, status))
@@ -215,7 +216,7 @@ class IngestPart(StoreBase):
                     "INSERT INTO outcomes SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), "
                     "unnest(?::BOOLEAN[]), unnest(?::VARCHAR[])::JSON, unnest(?::VARCHAR[])::JSON, "
                     "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::TIMESTAMPTZ[]), "
-                    "unnest(?::VARCHAR[]), ?, ?::TIMESTAMPTZ, false",
+                    "unnest(?::VARCHAR[]), ?, ?::TIMESTAMPTZ, false, unnest(?::VARCHAR[])",
                     [
                         _col(rows, 0),
                         _col(rows, 1),
@@ -223,6 +224,7 @@ class IngestPart(StoreBase):
                         *(_col(rows, i) for i in range(3, 9)),
                         source,
                         now,
+                        _col(rows, 9),
                     ],
                 )
             self._insert_dead(tx, dead, now)

@@ -10,6 +10,7 @@ from shadow.fastjson import dumps, loads
 from shadow.model import (
     AuditEntry,
     Comparison,
+    Handling,
     Outcome,
     ShadowDecision,
     Verdict,
@@ -22,6 +23,10 @@ from shadow.store.records import (
     Reversal,
     _col,
 )
+
+
+def _handling(value: str | None) -> Handling | None:
+    return None if value is None else Handling(value)
 
 
 class JoinPart(StoreBase):
@@ -41,9 +46,10 @@ class JoinPart(StoreBase):
     def _ready_pairs(self, event_ids: list[str] | None, limit: int) -> list[JoinRow]:
         sql = (
             "SELECT d.task_type, d.body, o.event_id, o.decision, o.actions, o.decided_by, "
-            "o.decided_at, o.content_hash FROM decisions d "
+            "o.decided_at, o.content_hash, h.handled_by, o.handled_by FROM decisions d "
             "JOIN events e ON e.event_id = d.event_id "
             "JOIN outcomes o ON o.event_id = d.event_id AND o.is_current "
+            "LEFT JOIN handling h ON h.event_id = d.event_id "
             "LEFT JOIN comparisons c ON c.event_id = d.event_id "
             "AND c.agent_version = d.agent_version "
             "WHERE (c.event_id IS NULL OR c.outcome_hash IS DISTINCT FROM o.content_hash) "
@@ -55,11 +61,20 @@ class JoinPart(StoreBase):
         sql += "ORDER BY d.seq LIMIT ?"
         params.append(limit)
         out: list[JoinRow] = []
-        for task_type, body, eid, decision, actions, by, at, digest in self.con.execute(
-            sql, params
-        ).fetchall():
-            outcome = Outcome(eid, loads(decision), as_actions(loads(actions)), by, at)
-            out.append(JoinRow(task_type, ShadowDecision.from_stored(loads(body)), outcome, digest))
+        for row in self.con.execute(sql, params).fetchall():
+            task_type, body, eid, decision, actions, by, at, digest, recorded, stated = row
+            outcome = Outcome(
+                eid, loads(decision), as_actions(loads(actions)), by, at, _handling(stated)
+            )
+            out.append(
+                JoinRow(
+                    task_type,
+                    ShadowDecision.from_stored(loads(body)),
+                    outcome,
+                    digest,
+                    _handling(recorded),
+                )
+            )
         return out
 
     async def put_comparisons(
@@ -125,7 +140,7 @@ class JoinPart(StoreBase):
                 "INSERT OR REPLACE INTO comparisons SELECT unnest(?::VARCHAR[]), "
                 "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
                 "unnest(?::BOOLEAN[]), unnest(?::VARCHAR[])::JSON, unnest(?::VARCHAR[]), "
-                "?::TIMESTAMPTZ",
+                "?::TIMESTAMPTZ, unnest(?::VARCHAR[])",
                 [
                     [c.event_id for c in comparisons],
                     [c.agent_version for c in comparisons],
@@ -135,7 +150,17 @@ class JoinPart(StoreBase):
                     [dumps([f.to_json() for f in c.fields]) for c in comparisons],
                     [c.outcome_hash for c in comparisons],
                     now,
+                    [c.handled_by.value for c in comparisons],
                 ],
+            )
+            # The sidecar's own routing record wins over the label a comparison came with
+            # (a replica's, folded from the comparisons topic).
+            tx.execute(
+                "UPDATE comparisons SET handled_by = h.handled_by FROM handling h "
+                "WHERE comparisons.event_id = h.event_id "
+                "AND comparisons.handled_by <> h.handled_by "
+                "AND h.event_id IN (SELECT unnest(?::VARCHAR[]))",
+                [[c.event_id for c in comparisons]],
             )
             if published:
                 self._insert_published(tx, comparisons, now)
@@ -181,7 +206,8 @@ class JoinPart(StoreBase):
             if stale:
                 tx.execute(
                     "INSERT INTO comparisons SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
-                    "unnest(?::VARCHAR[]), 'expired', false, '[]'::JSON, NULL, ?::TIMESTAMPTZ",
+                    "unnest(?::VARCHAR[]), 'expired', false, '[]'::JSON, NULL, ?::TIMESTAMPTZ, "
+                    "'blind'",
                     [_col(stale, 0), _col(stale, 1), _col(stale, 2), now],
                 )
                 tx.execute(

@@ -69,7 +69,7 @@ class LadderPart(StoreBase):
     async def level_stream(
         self, task_type: str, agent_version: str, since: datetime | None, *, last: int = 0
     ) -> list[tuple[bool, bool]]:
-        """``(agreed, critical)`` of every counted comparison (agree, disagree, agent_error)
+        """``(agreed, critical)`` of every blind comparison (agree, disagree, agent_error)
         of ``agent_version`` for ``task_type`` made at or after ``since``, oldest first (with
         ``last``, only the newest ``last`` of them): the evidence the drift rules fold at
         start (:class:`shadow.ladder.Ladder`)."""
@@ -77,7 +77,7 @@ class LadderPart(StoreBase):
         def q() -> list[tuple[bool, bool]]:
             sql = (
                 "SELECT verdict = 'agree', critical FROM comparisons "
-                "WHERE task_type = ? AND agent_version = ? "
+                "WHERE task_type = ? AND agent_version = ? AND handled_by = 'blind' "
                 "AND verdict IN ('agree', 'disagree', 'agent_error') "
             )
             params: list[Any] = [task_type, agent_version]

@@ -25,6 +25,7 @@ from shadow.model import (
     AuditEntry,
     Comparison,
     FieldResult,
+    Handling,
     Verdict,
 )
 from shadow.promotion import LadderState, Step
@@ -90,7 +91,7 @@ class OutboxPart(StoreBase):
         def q() -> list[Comparison]:
             rows = self.con.execute(
                 "SELECT c.event_id, c.task_type, c.agent_version, c.verdict, c.critical, "
-                "c.fields, c.outcome_hash FROM comparisons c "
+                "c.fields, c.outcome_hash, c.handled_by FROM comparisons c "
                 "LEFT JOIN published_comparisons p ON p.event_id = c.event_id "
                 "AND p.agent_version = c.agent_version "
                 "WHERE p.event_id IS NULL OR p.verdict <> c.verdict "
@@ -107,6 +108,7 @@ class OutboxPart(StoreBase):
                     tuple(FieldResult.from_json(f) for f in json.loads(r[5])),
                     bool(r[4]),
                     r[6],
+                    Handling(r[7]),
                 )
                 for r in rows
             ]

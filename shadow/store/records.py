@@ -11,6 +11,7 @@ from typing import Any
 
 from shadow.errors import Reason
 from shadow.model import (
+    Handling,
     Outcome,
     ShadowDecision,
     Verdict,
@@ -62,6 +63,19 @@ class JoinRow:
     decision: ShadowDecision
     outcome: Outcome
     outcome_hash: str
+    recorded: Handling | None = None  # the sidecar's own record of the routing answer
+
+    @property
+    def handled_by(self) -> Handling:
+        """How the item was handled: the sidecar's record, else what the outcome states,
+        else blind (an item the host never routed was decided without the agent)."""
+        return self.recorded or self.outcome.handled_by or Handling.BLIND
+
+    @property
+    def handling_conflict(self) -> bool:
+        """The outcome states a handling the sidecar's own record contradicts."""
+        stated = self.outcome.handled_by
+        return self.recorded is not None and stated is not None and stated is not self.recorded
 
 
 @dataclass(frozen=True, slots=True)

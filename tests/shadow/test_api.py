@@ -873,33 +873,40 @@ async def test_autonomy_api(sidecar: SidecarFactory, agent_server: AgentServerFa
         res = await sc.request(method, path, json_body=body_json, headers=sc.admin)
         assert_error(res, 404, "unknown task type 'nope'")
 
-    # Routing per level; at L3+ the audit flag follows the stable hash of the event id.
+    # Routing per level; from L1 up the blind audit sample follows the stable hash of the
+    # event id: those items go to a human without the agent's answer.
     task = sc.policy.task_types["refund"]
     ids = [f"r-{i}" for i in range(40)]
-    audited = [e for e in ids if task.audited(e)]
+    audited = [e for e in ids if task.audited(e, Level.L1)]
     assert 0 < len(audited) < len(ids)
-    expected = {
-        "L0": ("human", False, False),
-        "L1": ("human", False, True),
-        "L2": ("agent", True, False),
+    blind = {
+        "handler": "human",
+        "audit": True,
+        "approval_required": False,
+        "suggestion": False,
+        "handled_by": "blind",
     }
-    for level, (handler, approval, suggestion) in expected.items():
+    expected = {
+        "L0": ("human", False, False, "blind"),
+        "L1": ("human", False, True, "assisted"),
+        "L2": ("agent", True, False, "assisted"),
+        "L3": ("agent", False, False, "agent"),
+    }
+    for level, (handler, approval, suggestion, handled_by) in expected.items():
         assert (await set_level(sc, "refund", level)).status == 200
-        for eid in ids[:5]:
+        for eid in ids:
             r = await route(sc, "refund", eid)
+            if level != "L0" and task.audited(eid, Level.parse(level)):
+                assert r == {**blind, "level": level}, (level, eid)
+                continue
             assert r == {
                 "handler": handler,
                 "level": level,
                 "audit": False,
                 "approval_required": approval,
                 "suggestion": suggestion,
-            }
-    assert (await set_level(sc, "refund", "L3")).status == 200
-    for eid in ids:
-        r = await route(sc, "refund", eid)
-        assert r["level"] == "L3"
-        assert r["audit"] is task.audited(eid)
-        assert r["handler"] == ("human" if task.audited(eid) else "agent")
+                "handled_by": handled_by,
+            }, (level, eid)
     assert Level.parse((await sc.get("/v1/autonomy/refund")).body["level"]) == Level.L3
     assert_error(await sc.get("/v1/route/refund"), 400, "event_id")
     assert_error(await sc.get("/v1/route/refund?event_id="), 400, "event_id")

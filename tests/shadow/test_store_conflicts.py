@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from shadow.model import Action, Outcome, ShadowDecision, Usage, WorkEvent
+from shadow.model import Action, Handling, Outcome, ShadowDecision, Usage, WorkEvent
 from shadow.store import PutStatus, Store
 from tests.conftest import FakeClock
 from tests.shadow.test_store import AGENT, TASK, at, dec, oc
@@ -37,6 +37,7 @@ OUTCOME_CHANGES: dict[str, Any] = {
     "actions": (Action("issue_refund", {"amount": 40}),),
     "decided_by": "ops/bob",
     "decided_at": at(60),
+    "handled_by": Handling.AGENT,
 }
 
 
