@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from shadow.diff import Differ
-from shadow.model import Comparison, FieldResult, Verdict
+from shadow.model import AuditEntry, Comparison, FieldResult, Verdict
 from shadow.policy import CompareRules, Policy
 from shadow.store import JoinRow, Reversal, Store
 
@@ -114,6 +114,69 @@ class Joiner:
             report.comparisons += comparisons
             if not more:
                 return report
+
+    async def new_epochs(self) -> list[AuditEntry]:
+        """Start a new evidence epoch for every configured task type whose compare rules
+        changed since its comparisons were made: re-score every stored decision that has an
+        outcome under the new rules (in place: the evidence is never empty or mixed in
+        between), then keep the epoch and audit it with the old and new hashes. Call before
+        the ladder reads the evidence (the pipeline does, at start). Returns the audit
+        entries."""
+        started: list[AuditEntry] = []
+        for name, task in self.policy.task_types.items():
+            kept = await self.store.epoch_of(name)
+            epoch = {"compare_hash": task.compare_hash, "policy_hash": self.policy.hash}
+            if kept is None:  # the first start that keeps epochs: these rules made them
+                await self.store.set_epoch(name, {**epoch, "epoch": 1})
+                continue
+            if kept.get("compare_hash") == task.compare_hash:
+                continue
+            rescored, changed = await self._rescore(name)
+            number = int(kept.get("epoch", 1)) + 1
+            entry = AuditEntry(
+                at=self.clock(),
+                task_type=name,
+                actor="sidecar",
+                action="evidence_epoch",
+                from_level=None,
+                to_level=None,
+                reason=(
+                    f"compare rules changed: evidence epoch {number}, {rescored} comparisons "
+                    f"re-scored under the new rules, {changed} verdicts changed"
+                ),
+                evidence={
+                    "epoch": number,
+                    "rescored": rescored,
+                    "verdicts_changed": changed,
+                    "old_compare_hash": kept.get("compare_hash"),
+                    "new_compare_hash": task.compare_hash,
+                    "old_policy_hash": kept.get("policy_hash"),
+                    "new_policy_hash": self.policy.hash,
+                },
+                policy_hash=self.policy.hash,
+            )
+            await self.store.set_epoch(name, {**epoch, "epoch": number}, entry)
+            started.append(entry)
+        return started
+
+    async def _rescore(self, task_type: str) -> tuple[int, int]:
+        differ = self.differ_for(task_type)
+        rescored = changed = 0
+        after = -1
+        while True:
+            page = await self.store.pairs_of(task_type, after_seq=after, limit=self.batch)
+            if not page:
+                return rescored, changed
+            after = page[-1][0]
+            comparisons = [compare(row, differ) for _, row in page]
+            before = await self.store.verdicts_of(comparisons)
+            await self.store.put_comparisons(comparisons, now=self.clock(), actor="epoch")
+            rescored += len(comparisons)
+            changed += sum(
+                1
+                for c in comparisons
+                if before.get((c.event_id, c.agent_version)) not in (None, c.verdict)
+            )
 
     async def expire(self, ttl: timedelta) -> tuple[int, int]:
         """Close joins older than ``ttl`` (see :meth:`Store.expire`)."""

@@ -153,6 +153,8 @@ class Pipeline:
             return self
         self.started = True
         await self.store.save_policy(self.policy.text, self.policy.hash)
+        for entry in await self.joiner.new_epochs():  # before the ladder reads the evidence
+            log.info("%s: %s", entry.task_type, entry.reason)
         await self.ladder.load()
         await self._after_join(await self.joiner.join())  # finish what a crash interrupted
         # Comparisons stored just before a crash may owe the ladder a (demotion) decision even

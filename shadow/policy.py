@@ -158,6 +158,9 @@ class TaskPolicy:
     compare: CompareRules = field(default_factory=CompareRules)
     autonomy: AutonomyPolicy = field(default_factory=AutonomyPolicy)
     hash: str = ""
+    # Identifies the compare rules alone: a change starts a new evidence epoch (the stored
+    # decisions and outcomes are re-scored, shadow.joiner.Joiner.new_epochs).
+    compare_hash: str = ""
 
     def sampled(self, event_id: str) -> bool:
         """Whether ``event_id`` is mirrored to the agent (``sample_rate``, stable hash)."""
@@ -510,7 +513,11 @@ class _Parser:
         compare = self.compare(m.get("compare"), f"{path}.compare")
         autonomy = self.autonomy(m.get("autonomy"), f"{path}.autonomy")
         digest = content_hash({"name": name, "body": body if isinstance(body, dict) else {}})
-        return TaskPolicy(name, sample_rate, tuple(redact), compare, autonomy, digest)
+        rules = m.get("compare")
+        compare_digest = content_hash(rules if isinstance(rules, dict) else {})
+        return TaskPolicy(
+            name, sample_rate, tuple(redact), compare, autonomy, digest, compare_digest
+        )
 
     def compare(self, raw: object, path: str) -> CompareRules:
         m = self.mapping(raw, path, {"fields", "unlisted", "actions"})

@@ -77,6 +77,51 @@ class JoinPart(StoreBase):
             )
         return out
 
+    async def pairs_of(
+        self, task_type: str, *, after_seq: int = -1, limit: int = 5000
+    ) -> list[tuple[int, JoinRow]]:
+        """Every decision of ``task_type`` with a current outcome, compared or not, in
+        decision order after ``after_seq`` (with its ``seq``): what a new evidence epoch
+        re-scores."""
+        return await self._run(self._pairs_of, task_type, after_seq, limit)
+
+    def _pairs_of(self, task_type: str, after_seq: int, limit: int) -> list[tuple[int, JoinRow]]:
+        rows = self.con.execute(
+            "SELECT d.seq, d.task_type, d.body, o.event_id, o.decision, o.actions, "
+            "o.decided_by, o.decided_at, o.content_hash, h.handled_by, o.handled_by "
+            "FROM decisions d "
+            "JOIN outcomes o ON o.event_id = d.event_id AND o.is_current "
+            "LEFT JOIN handling h ON h.event_id = d.event_id "
+            "WHERE d.task_type = ? AND d.seq > ? ORDER BY d.seq LIMIT ?",
+            [task_type, after_seq, limit],
+        ).fetchall()
+        out: list[tuple[int, JoinRow]] = []
+        for seq, tt, body, eid, decision, actions, by, at, digest, recorded, stated in rows:
+            outcome = Outcome(
+                eid, loads(decision), as_actions(loads(actions)), by, at, _handling(stated)
+            )
+            row = JoinRow(
+                tt, ShadowDecision.from_stored(loads(body)), outcome, digest, _handling(recorded)
+            )
+            out.append((int(seq), row))
+        return out
+
+    async def verdicts_of(
+        self, comparisons: Sequence[Comparison]
+    ) -> dict[tuple[str, str], Verdict]:
+        """The stored verdict of each (event_id, agent_version) among ``comparisons``."""
+
+        def q() -> dict[tuple[str, str], Verdict]:
+            rows = self.con.execute(
+                "SELECT c.event_id, c.agent_version, c.verdict FROM comparisons c JOIN "
+                "(SELECT unnest(?::VARCHAR[]) AS event_id, unnest(?::VARCHAR[]) AS ver) k "
+                "ON c.event_id = k.event_id AND c.agent_version = k.ver",
+                [[c.event_id for c in comparisons], [c.agent_version for c in comparisons]],
+            ).fetchall()
+            return {(e, v): Verdict(verdict) for e, v, verdict in rows}
+
+        return await self._run(q)
+
     async def put_comparisons(
         self,
         comparisons: Sequence[Comparison],

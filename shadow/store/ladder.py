@@ -191,6 +191,35 @@ class LadderPart(StoreBase):
         row = con.execute("SELECT value FROM sidecar_state WHERE key = 'frozen'").fetchone()
         return bool(json.loads(row[0])) if row else False
 
+    async def epoch_of(self, task_type: str) -> dict[str, Any] | None:
+        """The evidence epoch ``task_type``'s comparisons were scored in: ``{"epoch",
+        "compare_hash", "policy_hash"}`` (``None`` before the first start that kept it)."""
+
+        def q() -> dict[str, Any] | None:
+            row = self.con.execute(
+                "SELECT value FROM sidecar_state WHERE key = ?", [f"epoch:{task_type}"]
+            ).fetchone()
+            return dict(json.loads(row[0])) if row else None
+
+        return await self._run(q)
+
+    async def set_epoch(
+        self, task_type: str, epoch: dict[str, Any], entry: AuditEntry | None = None
+    ) -> None:
+        """Keep ``task_type``'s epoch, and audit its start (``entry``) in the same
+        transaction."""
+
+        def write() -> None:
+            with self._tx() as tx:
+                tx.execute(
+                    "INSERT OR REPLACE INTO sidecar_state VALUES (?, ?::JSON)",
+                    [f"epoch:{task_type}", json.dumps(epoch)],
+                )
+                if entry is not None:
+                    self._insert_audit(tx, [entry])
+
+        await self._run(write)
+
     async def save_policy(self, text: str, digest: str) -> None:
         """Keep the policy in force with the evidence, so ``shadow status --db`` can read
         a database without the policy file."""

@@ -593,6 +593,99 @@ async def test_start_applies_a_demotion_the_crash_interrupted(
     assert run.sample("shadow_autonomy_level", task_type="refund") == 0
 
 
+# -- evidence epochs ------------------------------------------------------------------------------
+
+
+def with_amount_rule(extra: str = "") -> Policy:
+    """POLICY's refund, but the amount must match too (new compare rules)."""
+    return parse_policy(
+        f"""
+task_types:
+  refund:
+    compare:
+      fields:
+        action: {{match: exact, critical: true}}
+        amount: {{match: number, abs: 0.01}}
+      unlisted: ignore
+    autonomy:
+      ceiling: L1
+      mode: auto
+      gates:
+        L1: {{agreement: 0.5, min_samples: {extra or 50}}}
+"""
+    )
+
+
+async def test_changed_compare_rules_start_an_epoch_that_rescores_the_stored_evidence(
+    store: Store, pipelines: PipelineFactory, clock: FakeClock
+) -> None:
+    ids = [f"r-{i}" for i in range(20)]
+    await store.put_events([ev(i) for i in ids], source="test", now=clock())
+    await store.put_decisions(
+        [
+            (ShadowDecision(i, VERSION, {"action": "approve", "amount": 10.0}), "refund")
+            for i in ids
+        ],
+        now=clock(),
+    )
+    await store.put_outcomes(
+        [
+            Outcome(i, {"action": "approve", "amount": 10.5 if n < 15 else 10.0})
+            for n, i in enumerate(ids)
+        ],
+        source="test",
+        now=clock(),
+    )
+    first = await pipelines(store)  # amounts ignored: all agree
+    await first.pipeline.drain()
+    assert (await store.evidence())["refund"][VERSION].agree == 20
+    await first.pipeline.stop()
+    epochs = [
+        e for _, e in await store.audit_log(task_type="refund") if e.action == "evidence_epoch"
+    ]
+    assert epochs == []
+
+    stricter = with_amount_rule()
+    second = await pipelines(store, policy=stricter)
+    ev_now = (await store.evidence())["refund"][VERSION]
+    assert (ev_now.n, ev_now.agree) == (20, 5)  # nothing lost, nothing mixed
+    assert second.pipeline.ladder.evidence["refund"][VERSION].agree == 5
+    epochs = [
+        e for _, e in await store.audit_log(task_type="refund") if e.action == "evidence_epoch"
+    ]
+    assert len(epochs) == 1
+    entry = epochs[0]
+    assert entry.evidence["epoch"] == 2
+    assert (entry.evidence["rescored"], entry.evidence["verdicts_changed"]) == (20, 15)
+    assert entry.evidence["old_compare_hash"] == POLICY.task_types["refund"].compare_hash
+    assert entry.evidence["new_compare_hash"] == stricter.task_types["refund"].compare_hash
+    assert entry.evidence["old_policy_hash"] == POLICY.hash
+    assert entry.evidence["new_policy_hash"] == entry.policy_hash == stricter.hash
+    assert POLICY.hash != stricter.hash
+    # No outcome changed: these are not reversals.
+    assert [
+        e for _, e in await store.audit_log(task_type="refund") if e.action == "outcome_reversal"
+    ] == []
+    await second.pipeline.stop()
+
+    # The same rules again, or other gates with the same rules: no new epoch.
+    for again in (stricter, with_amount_rule("60")):
+        run = await pipelines(store, policy=again)
+        await run.pipeline.stop()
+    epochs = [
+        e for _, e in await store.audit_log(task_type="refund") if e.action == "evidence_epoch"
+    ]
+    assert len(epochs) == 1
+    # Back to the old rules: epoch 3, every verdict back.
+    back = await pipelines(store)
+    assert (await store.evidence())["refund"][VERSION].agree == 20
+    await back.pipeline.stop()
+    epochs = [
+        e for _, e in await store.audit_log(task_type="refund") if e.action == "evidence_epoch"
+    ]
+    assert [e.evidence["epoch"] for e in epochs] == [3, 2]
+
+
 # -- outcome reversal ------------------------------------------------------------------------------
 
 
