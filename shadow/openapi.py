@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shadow.model import MAX_DEPTH, MAX_ID_LENGTH, TASK_TYPE_PATTERN
+from shadow.model import MAX_DEPTH, MAX_ID_LENGTH, TASK_TYPE_PATTERN, Handling
 
 __all__ = ["openapi_spec"]
 
@@ -91,6 +91,7 @@ _ID = {
 }
 _DEPTH_NOTE = f"any JSON object nested at most {MAX_DEPTH} levels deep"
 _LEVEL = {"type": "string", "enum": ["L0", "L1", "L2", "L3", "L4"]}
+HANDLED_BY = [h.value for h in Handling]
 _ACTOR = {"type": "string", "description": "clipped to 200 characters"}
 _REASON = {"type": "string", "description": "clipped to 1000 characters"}
 
@@ -135,6 +136,7 @@ _SCHEMAS: dict[str, Any] = {
             },
             "decided_by": {"type": "string", "maxLength": MAX_ID_LENGTH},
             "decided_at": {"type": "string", "format": "date-time"},
+            "handled_by": {"type": "string", "enum": HANDLED_BY},
         },
     },
     "IngestResult": {
@@ -166,13 +168,14 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Route": {
         "type": "object",
-        "required": ["handler", "level", "audit"],
+        "required": ["handler", "level", "audit", "handled_by"],
         "properties": {
             "handler": {"type": "string", "enum": ["agent", "human"]},
             "level": {"type": "string", "enum": ["L0", "L1", "L2", "L3", "L4"]},
             "audit": {"type": "boolean"},
             "approval_required": {"type": "boolean"},
             "suggestion": {"type": "boolean"},
+            "handled_by": {"type": "string", "enum": HANDLED_BY},
         },
     },
     "WriteBody": {
@@ -270,18 +273,21 @@ def openapi_spec() -> dict[str, Any]:
             "/v1/route/{task_type}": {
                 "parameters": [_TASK],
                 "get": {
-                    "summary": "Who handles this item: agent or human (audit sampling at L3+)",
+                    "summary": (
+                        "Who handles this item, and how (handled_by: only blind outcomes "
+                        "are evidence; the blind audit sample from L1 up)"
+                    ),
                     "parameters": [
                         {
                             "name": "event_id",
                             "in": "query",
                             "required": True,
-                            "schema": {"type": "string", "minLength": 1},
+                            "schema": _ID,
                         }
                     ],
                     "responses": {
                         "200": _resp("ok", _ref("Route")),
-                        "400": _resp("event_id missing", _ERR),
+                        "400": _resp("event_id missing, too long or with control characters", _ERR),
                         "404": not_found,
                     },
                 },
