@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from shadow.checks import MAX_ID_LENGTH
 from shadow.config import Settings
 from shadow.errors import AutonomyError, Reason
+from shadow.handling import HandlingLog
 from shadow.ingest import (
     BodyError,
     Parsed,
@@ -34,10 +35,11 @@ from shadow.ingest import (
     parse_events,
     parse_outcomes,
 )
+from shadow.intake import IngestResult, Intake
 from shadow.ladder import Ladder, MoveResult
 from shadow.model import Handling, Level, Outcome, WorkEvent
 from shadow.openapi import openapi_spec
-from shadow.pipeline import IngestResult, Pipeline
+from shadow.pipeline import Pipeline
 from shadow.promotion import ProposalRef
 from shadow.server import ExpectHandler, declared_too_large, error, send_continue
 
@@ -46,6 +48,8 @@ __all__ = ["LADDER", "PIPELINE", "READINESS", "REGISTRY", "SETTINGS", "routes"]
 SETTINGS = web.AppKey("settings", Settings)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 LADDER = web.AppKey("ladder", Ladder)
+INTAKE = web.AppKey("intake", Intake)
+HANDLING = web.AppKey("handling", HandlingLog)
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 # Source health checks (Kafka): each returns why the sidecar is not ready, or None.
 READINESS = web.AppKey("readiness", list[Callable[[], str | None]])
@@ -72,7 +76,7 @@ def _refusal(request: web.Request, kind: str) -> web.Response | None:
             refusal, code = error(exc.status, exc.message), exc.code
             refusal.force_close()
     if refusal is not None:
-        request.app[PIPELINE].metrics.rejected(kind, "http", code)
+        request.app[INTAKE].rejected(kind, "http", code)
     return refusal
 
 
@@ -106,7 +110,7 @@ async def _read(request: web.Request, kind: str) -> bytes | web.Response:
         code = Reason.TOO_LARGE
         limit = settings.max_body_bytes
         refusal = error(413, f"body larger than {limit} bytes; split it or raise max_body_bytes")
-    request.app[PIPELINE].metrics.rejected(kind, "http", code)
+    request.app[INTAKE].rejected(kind, "http", code)
     refusal.force_close()
     return refusal
 
@@ -152,7 +156,7 @@ async def _ingest(
     body = await _read(request, kind)
     if isinstance(body, web.Response):
         return body
-    metrics = request.app[PIPELINE].metrics
+    intake = request.app[INTAKE]
     settings = request.app[SETTINGS]
     try:
         text = decode_body(
@@ -160,7 +164,7 @@ async def _ingest(
         )
         parsed = parse(text, request.headers.get("Content-Type"), max_records=settings.max_records)
     except BodyError as exc:
-        metrics.rejected(kind, "http", exc.code)
+        intake.rejected(kind, "http", exc.code)
         return error(exc.status, exc.message)
     results = await submit([r for _, r in parsed.records]) if parsed.records else []
     # A record with several bad fields has one error per field: count it once, by its first.
@@ -168,25 +172,25 @@ async def _ingest(
     for e in parsed.errors:
         first.setdefault(e.line, e.code)
     for code, count in Counter(first.values()).items():
-        metrics.rejected(kind, "http", code, count)
+        intake.rejected(kind, "http", code, count)
     return _summarise(parsed.errors, [line for line, _ in parsed.records], results)
 
 
 async def post_events(request: web.Request) -> web.Response:
-    pipeline = request.app[PIPELINE]
+    intake = request.app[INTAKE]
 
     async def submit(events: list[WorkEvent]) -> list[IngestResult]:
         # HTTP callers get the rejection in the response, so no dead letter is needed.
-        return await pipeline.submit_events(events, source="http", dead_letter_rejected=False)
+        return await intake.submit_events(events, source="http", dead_letter_rejected=False)
 
     return await _ingest(request, "event", parse_events, submit)
 
 
 async def post_outcomes(request: web.Request) -> web.Response:
-    pipeline = request.app[PIPELINE]
+    intake = request.app[INTAKE]
 
     async def submit(outcomes: list[Outcome]) -> list[IngestResult]:
-        return await pipeline.submit_outcomes(outcomes, source="http")
+        return await intake.submit_outcomes(outcomes, source="http")
 
     return await _ingest(request, "outcome", parse_outcomes, submit)
 
@@ -211,13 +215,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    pipeline = request.app[PIPELINE]
-    if not pipeline.started:
-        return error(503, "pipeline not started")
-    try:
-        await pipeline.store.schema_version()
-    except Exception as exc:  # any store failure means not ready; say which
-        return error(503, f"store unavailable: {exc}")
+    problem = await request.app[PIPELINE].not_ready()
+    if problem:
+        return error(503, problem)
     for check in request.app.get(READINESS, []):
         problem = check()
         if problem:
@@ -234,7 +234,7 @@ async def get_openapi(request: web.Request) -> web.Response:
 
 def _task_type(request: web.Request) -> str:
     name = request.match_info["task_type"]
-    if name not in request.app[PIPELINE].policy.task_types:
+    if name not in request.app[LADDER].policy.task_types:
         raise web.HTTPNotFound(
             text=json.dumps({"error": f"unknown task type {name!r}"}),
             content_type="application/json",
@@ -273,7 +273,7 @@ async def get_history(request: web.Request) -> web.Response:
         return error(400, "limit must be a whole number")
     if not 1 <= limit <= 10_000:
         return error(400, "limit must be between 1 and 10000")
-    entries = await request.app[PIPELINE].store.audit_log(task_type=name, limit=limit)
+    entries = await request.app[LADDER].history(name, limit=limit)
     return web.json_response(
         {"task_type": name, "entries": [{"id": i, **e.to_json()} for i, e in entries]}
     )
@@ -293,7 +293,7 @@ async def get_route(request: web.Request) -> web.Response:
             f"event_id must be at most {MAX_ID_LENGTH} characters, without control characters",
         )
     answer = request.app[LADDER].route(name, event_id)
-    request.app[PIPELINE].handling.record(
+    request.app[HANDLING].record(
         name, event_id, Handling(answer["handled_by"]), Level.parse(answer["level"])
     )
     return web.json_response(answer)

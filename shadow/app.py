@@ -23,9 +23,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shadow.agent import AgentRunner, CircuitBreaker, load_agent
-from shadow.api import LADDER, PIPELINE, READINESS, REGISTRY, SETTINGS, routes
+from shadow.api import HANDLING, INTAKE, LADDER, PIPELINE, READINESS, REGISTRY, SETTINGS, routes
 from shadow.config import Settings
 from shadow.errors import ConfigError
+from shadow.intake import Intake
 from shadow.metrics import Metrics
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
@@ -128,8 +129,10 @@ def build_app(
                 async with pipeline, kafka.running(pipeline):
                     app[PIPELINE] = pipeline
                     app[LADDER] = pipeline.ladder
+                    app[INTAKE] = pipeline.intake
+                    app[HANDLING] = pipeline.handling
                     tasks = [
-                        asyncio.get_running_loop().create_task(_run_file(path, pipeline))
+                        asyncio.get_running_loop().create_task(_run_file(path, pipeline.intake))
                         for _, path in specs
                     ]
                     yield
@@ -146,9 +149,9 @@ def build_app(
     return app
 
 
-async def _run_file(path: str, pipeline: Pipeline) -> None:
+async def _run_file(path: str, intake: Intake) -> None:
     try:
-        async with FileSource(path, pipeline) as source:
+        async with FileSource(path, intake) as source:
             report = await source.run()
         log.info("file source %s done: %s", path, report)
     except Exception:

@@ -104,7 +104,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         doc = pipeline.ladder.agreement()
         console.print(agreement_table(doc, title="shadow demo: agreement and autonomy"))
         for name in doc["task_types"]:
-            entries = await pipeline.store.audit_log(task_type=name, limit=10_000)
+            entries = await pipeline.ladder.history(name, limit=10_000)
             for _, entry in reversed(entries):
                 if entry.action == "demote":
                     console.print(

@@ -31,7 +31,7 @@ from shadow import moves, promotion
 from shadow.autonomy import agreement_document
 from shadow.errors import AutonomyError
 from shadow.metrics import Metrics
-from shadow.model import Comparison, Evidence, Handling, Level, Verdict
+from shadow.model import AuditEntry, Comparison, Evidence, Handling, Level, Verdict
 from shadow.policy import Policy, TaskPolicy
 from shadow.promotion import LadderState, Move, ProposalRef, Recent, Step
 from shadow.store import Store
@@ -316,6 +316,11 @@ class Ladder:
         return agreement_document(
             self.policy, self._states, evidence, versions, self._frozen, acceptance
         )
+
+    async def history(self, task_type: str, *, limit: int) -> list[tuple[int, AuditEntry]]:
+        """The audit log of ``task_type``, newest first, with the entries' ids."""
+        self._task(task_type)
+        return await self.store.audit_log(task_type=task_type, limit=limit)
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -1,16 +1,10 @@
 """The pipeline: ingest → store → agent (shadow) → store → joiner → promoter → metrics.
 
 One :class:`Pipeline` per process, shared by every source (HTTP ingest, files, Kafka) and
-by ``shadow demo``. Its contract:
+by ``shadow demo``. Records come in through its :class:`~shadow.intake.Intake`
+(:attr:`Pipeline.intake`: reject, redact, sample, store, count; sources and handlers are
+given the intake, not the pipeline); the pipeline owns what happens after:
 
-- ``submit_events`` / ``submit_outcomes`` return once the records are durably stored (the
-  caller may then acknowledge them). Unknown task types are rejected (or dead-lettered for
-  non-HTTP sources); payloads are redacted before storage; events are sampled for the agent
-  by a stable hash of their id.
-- Every dead letter is redacted before it is stored (:meth:`Pipeline.redact_letter`): a
-  record that parses keeps its text without the policy's redacted fields, one that does not
-  keeps at most ``dead_letter_raw_prefix`` characters (none, by default, when the policy
-  redacts anything). Sources hand over the text as they read it.
 - The agent never runs on the ingest path: stored events flagged ``needs_agent`` are the
   work queue. A feeder takes the events ``submit_events`` just stored from memory (at most
   two batches are kept; no store read) and otherwise reads them from the store (so a
@@ -31,28 +25,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
 
 from shadow.agent import AgentRunner
 from shadow.config import DEFAULT_DEAD_LETTER_RAW_PREFIX, Settings
-from shadow.errors import Reason
 from shadow.handling import HandlingLog
-from shadow.ingest import clip_raw
+from shadow.intake import Intake
 from shadow.joiner import Joiner, JoinReport
 from shadow.ladder import Ladder
 from shadow.metrics import Metrics
-from shadow.model import Comparison, Outcome, ShadowDecision, WorkEvent
+from shadow.model import Comparison, ShadowDecision, WorkEvent
 from shadow.policy import Policy
 from shadow.promotion import LadderState
-from shadow.store import DeadLetter, PutStatus, Store
+from shadow.store import Store
 
-__all__ = ["IngestResult", "Pipeline", "PipelineObserver"]
+__all__ = ["Pipeline", "PipelineObserver"]
 
 log = logging.getLogger("shadow.pipeline")
 
@@ -65,21 +56,6 @@ class PipelineObserver(Protocol):
     def comparisons_stored(self, comparisons: Sequence[Comparison]) -> None: ...
 
     def ladder(self, states: Mapping[str, LadderState]) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    """What happened to one submitted record. ``status``: stored, duplicate, conflict,
-    reversal, superseded or rejected (with ``path`` and ``reason``)."""
-
-    event_id: str
-    status: str
-    path: str = ""
-    reason: str = ""
-
-    @property
-    def accepted(self) -> bool:
-        return self.status not in ("conflict", "rejected")
 
 
 class Pipeline:
@@ -110,7 +86,16 @@ class Pipeline:
         prefix = settings.dead_letter_raw_prefix
         if prefix is None:
             prefix = 0 if policy.redacts else DEFAULT_DEAD_LETTER_RAW_PREFIX
-        self.raw_prefix = prefix  # characters kept of a dead letter that does not parse
+        # Ingest (reject, redact, sample, store, count): what sources and handlers use.
+        self.intake = Intake(
+            policy=policy,
+            store=store,
+            metrics=metrics,
+            clock=clock,
+            raw_prefix=prefix,
+            samples=agent is not None,
+            hooks=self,
+        )
         # How items were handled, from the routing answers (GET /v1/route): whether their
         # outcomes are evidence. Written before each join.
         self.handling = HandlingLog(store, clock, metrics)
@@ -186,6 +171,16 @@ class Pipeline:
         except Exception:
             log.exception("storing the last routing records failed")
 
+    async def not_ready(self) -> str | None:
+        """Why ``/readyz`` must fail (not started, the store does not answer), or ``None``."""
+        if not self.started:
+            return "pipeline not started"
+        try:
+            await self.store.schema_version()
+        except Exception as exc:  # any store failure means not ready; say which
+            return f"store unavailable: {exc}"
+        return None
+
     async def __aenter__(self) -> Self:
         return await self.start()
 
@@ -194,140 +189,24 @@ class Pipeline:
     ) -> None:
         await self.stop()
 
-    # -- ingest -----------------------------------------------------------------------------
+    # -- what the intake tells the background work (IntakeHooks) ----------------------------
 
-    async def submit_events(
-        self,
-        events: Sequence[WorkEvent],
-        *,
-        source: str,
-        dead_letter_rejected: bool = True,
-        origins: Sequence[str | None] | None = None,
-    ) -> list[IngestResult]:
-        """Validate task types, redact, sample and store ``events`` (durable on return).
+    def events_stored(self, events: Sequence[WorkEvent]) -> None:
+        """Sampled events just stored: the agent's memory feed (at most ``_fresh_max``;
+        beyond that the feeder reads the store next)."""
+        for event in events:
+            if len(self._fresh) < self._fresh_max:
+                self._fresh[event.event_id] = event
+            else:
+                self._next_scan = 0.0
+        self._agent_wake.set()
 
-        ``origins[i]`` says where ``events[i]`` was read (e.g. ``topic[partition]@offset``):
-        the ``location`` of its dead letter, if it gets one. An event of an unknown task type
-        is dead-lettered (unless ``dead_letter_rejected`` is false) with the event, redacted
-        by every task type's paths, as ``raw``."""
-        if origins is not None and len(origins) != len(events):
-            raise ValueError("origins must have one entry per event")
-        results: list[IngestResult | None] = [None] * len(events)
-        keep: list[tuple[int, WorkEvent]] = []
-        needs: list[bool] = []
-        rejected: list[DeadLetter] = []
-        for i, event in enumerate(events):
-            task = self.policy.for_task(event.task_type)
-            if task is None:
-                known = ", ".join(sorted(self.policy.task_types)) or "none"
-                reason = f"unknown task type {event.task_type!r}; configured: {known}"
-                results[i] = IngestResult(event.event_id, "rejected", "task_type", reason)
-                if dead_letter_rejected:
-                    where = origins[i] if origins is not None else None
-                    raw = json.dumps(event.to_json(), ensure_ascii=False)
-                    letter = DeadLetter(
-                        source,
-                        "event",
-                        reason,
-                        raw,
-                        event.event_id,
-                        where,
-                        code=Reason.UNKNOWN_TASK_TYPE,
-                    )
-                    rejected.append(self._stored_form(self.redact_letter(letter)))
-                continue
-            keep.append((i, replace(event, payload=task.redact_payload(event.payload))))
-            needs.append(self.agent is not None and task.sampled(event.event_id))
-        if keep:
-            put = await self.store.put_events(
-                [e for _, e in keep],
-                source=source,
-                now=self.clock(),
-                needs_agent=needs,
-                locations=None if origins is None else [origins[i] for i, _ in keep],
-            )
-            for (i, stored), r, need in zip(keep, put, needs, strict=True):
-                results[i] = IngestResult(r.event_id, r.status.value, "", r.reason)
-                if r.status is PutStatus.CONFLICT:
-                    self.metrics.dead_letter(source, Reason.CONFLICT)
-                    self.metrics.rejected("event", source, Reason.CONFLICT)
-                elif need and r.status is PutStatus.STORED:
-                    if len(self._fresh) < self._fresh_max:
-                        self._fresh[stored.event_id] = stored
-                    else:  # beyond the cap: the feeder reads the store next
-                        self._next_scan = 0.0
-            if any(r.status is PutStatus.STORED for r in put) and any(needs):
-                self._agent_wake.set()
-        if rejected:
-            await self.store.put_dead_letters(rejected, now=self.clock())
-            for letter in rejected:
-                self.metrics.dead_letter(source, letter.code)
-        unknown = sum(1 for r in results if r is not None and r.status == "rejected")
-        self.metrics.rejected("event", source, Reason.UNKNOWN_TASK_TYPE, unknown)
-        final = [r for r in results if r is not None]
-        self.metrics.event_results([e.task_type for e in events], source, [r.status for r in final])
-        return final
-
-    async def submit_outcomes(
-        self,
-        outcomes: Sequence[Outcome],
-        *,
-        source: str,
-        origins: Sequence[str | None] | None = None,
-    ) -> list[IngestResult]:
-        """Store ``outcomes`` (durable on return) and schedule their joins. ``origins`` as
-        for :meth:`submit_events`."""
-        if origins is not None and len(origins) != len(outcomes):
-            raise ValueError("origins must have one entry per outcome")
-        put = await self.store.put_outcomes(
-            outcomes, source=source, now=self.clock(), locations=origins
-        )
+    def outcomes_stored(self, event_ids: Sequence[str]) -> None:
         # An event still with the agent (or queued for it in memory) has no decision to join
         # yet: the writer joins it after storing its decision, when this outcome is stored.
-        ready = [
-            r.event_id
-            for r in put
-            if r.status in (PutStatus.STORED, PutStatus.REVERSAL)
-            and r.event_id not in self._inflight
-            and r.event_id not in self._fresh
-        ]
-        for r in put:
-            if r.status is PutStatus.CONFLICT:
-                self.metrics.dead_letter(source, Reason.CONFLICT)
-                self.metrics.rejected("outcome", source, Reason.CONFLICT)
-        self.metrics.outcome_results(source, [r.status.value for r in put])
-        self._schedule_join(ready)
-        return [IngestResult(r.event_id, r.status.value, "", r.reason) for r in put]
-
-    async def dead_letter(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
-        """Record input that could not be parsed (sources call this, with ``raw`` the text
-        as read, not clipped): each letter is one refused record, counted under its ``code``
-        as a dead letter and as a rejection. Each letter is stored as :meth:`redact_letter`
-        makes it, its ``raw`` then clipped to :data:`shadow.ingest.RAW_LIMIT` characters; the
-        redacted, unclipped letters come back, in order, for copies elsewhere (the Kafka
-        dead-letter topic)."""
-        if not letters:
-            return []
-        kept = [self.redact_letter(letter) for letter in letters]
-        await self.store.put_dead_letters([self._stored_form(k) for k in kept], now=self.clock())
-        for letter in letters:
-            self.metrics.dead_letter(letter.source, letter.code)
-            self.metrics.rejected(letter.kind, letter.source, letter.code)
-        return kept
-
-    def redact_letter(self, letter: DeadLetter) -> DeadLetter:
-        """``letter`` as it may be kept: ``raw`` through :meth:`Policy.redact_raw` (redacted
-        when it parses as a record, else at most :attr:`raw_prefix` characters) and the
-        reason cut where it would name a spot inside a redacted field
-        (:meth:`Policy.redact_reason`)."""
-        raw = letter.raw
-        if raw is not None:
-            raw = self.policy.redact_raw(raw, unparsed=self.raw_prefix)
-        return replace(letter, raw=raw, reason=self.policy.redact_reason(letter.reason))
-
-    @staticmethod
-    def _stored_form(letter: DeadLetter) -> DeadLetter:
-        return letter if letter.raw is None else replace(letter, raw=clip_raw(letter.raw))
+        self._schedule_join(
+            [e for e in event_ids if e not in self._inflight and e not in self._fresh]
+        )
 
     # -- background work --------------------------------------------------------------------
 

@@ -33,15 +33,15 @@ __all__ = [
 
 
 class Sink(Protocol):
-    """Where a source delivers records (the pipeline implements it).
+    """Where a source delivers records (:class:`shadow.intake.Intake` implements it).
 
     Each call returns once the records are durably taken (stored or dead-lettered), which is
     what lets a source acknowledge them (commit a Kafka offset, move on in a file). The
     per-record results of ``submit_*`` are the sink's business; sources do not inspect them.
     ``origins[i]`` says where record ``i`` was read (``"line N"``), for the dead letter the
     sink may make of it. A dead letter's ``raw`` is the input as read: the sink decides what
-    of it may be kept (the pipeline redacts it by the policy, see
-    :meth:`shadow.pipeline.Pipeline.dead_letter`).
+    of it may be kept (the intake redacts it by the policy, see
+    :meth:`shadow.intake.Intake.dead_letter`).
     """
 
     async def submit_events(

@@ -11,7 +11,7 @@ Never crashes on input. A line it cannot take becomes a dead letter with ``locat
 and the reason: invalid JSON, a schema violation, an unknown ``kind``, bytes that are not
 UTF-8, or a line longer than ``max_line_bytes`` (skipped without holding it in memory; the
 dead letter's ``raw`` is its first bytes). The ``raw`` of any other bad line is the whole
-line: the sink redacts it before keeping anything (:meth:`shadow.pipeline.Pipeline.
+line: the sink redacts it before keeping anything (:meth:`shadow.intake.Intake.
 dead_letter`). Blank lines are skipped; a UTF-8 byte-order mark at the start of the file is
 stripped. Duplicate records are passed on: dedupe is the store's job. Each record goes to
 the sink with its ``origins`` entry ``"line N"``, the location of the dead letter the sink

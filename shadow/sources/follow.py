@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -66,7 +66,9 @@ from shadow.sources.kafka_client import (
 from shadow.store import DeadLetter
 
 if TYPE_CHECKING:
-    from shadow.pipeline import Pipeline
+    from shadow.intake import Intake
+    from shadow.ladder import Ladder
+    from shadow.store import Store
 
 __all__ = ["FOLLOW_ACTOR", "AutonomyFollower", "LevelRecord", "parse_level_record"]
 
@@ -153,14 +155,26 @@ class AutonomyFollower:
     """Follows the promoter's levels on a replica; see the module docstring. An async
     context manager; :meth:`close` is idempotent; :meth:`run` follows until closed."""
 
-    def __init__(self, settings: Settings, bootstrap: str, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        ladder: Ladder,
+        store: Store,
+        intake: Intake,
+        refresh: Callable[[], Awaitable[None]],
+    ) -> None:
         topic = settings.kafka_autonomy_topic
         if topic is None:
             raise ConfigError("following levels needs kafka_autonomy_topic")
         self.topic = topic
         self._settings = settings
         self._bootstrap = bootstrap
-        self._pipeline = pipeline
+        self._ladder = ladder
+        self._store = store
+        self._intake = intake
+        self._refresh = refresh  # the gauges and observers, after levels changed
         self._consumer: AIOKafkaConsumer | None = None
         self._caught_up = False
         self._progress = "not started"
@@ -292,8 +306,7 @@ class AutonomyFollower:
         )
 
     async def _apply(self, fetched: Mapping[TopicPartition, Any]) -> None:
-        pipeline = self._pipeline
-        policy = pipeline.policy
+        policy = self._ladder.policy
         records: list[tuple[LevelRecord, str]] = []
         bad: list[DeadLetter] = []
         for messages in fetched.values():
@@ -306,11 +319,11 @@ class AutonomyFollower:
                 except ValueError as e:
                     reason = f"invalid autonomy record: {e}"
                     bad.append(message_dead_letter(m, "autonomy", reason))
-        await pipeline.dead_letter(bad)
+        await self._intake.dead_letter(bad)
         if not records:
             return
-        store = pipeline.store
-        states = pipeline.ladder.states()
+        store = self._store
+        states = self._ladder.states()
         evidence = await store.evidence()
         seen = await store.followed_audit_ids()
         followed: dict[str, int] = {}
@@ -349,9 +362,9 @@ class AutonomyFollower:
                 frozen = rec.frozen
         if not steps:
             return
-        await pipeline.ladder.follow(steps, actor=FOLLOW_ACTOR, frozen=frozen, followed=followed)
+        await self._ladder.follow(steps, actor=FOLLOW_ACTOR, frozen=frozen, followed=followed)
         self.applied += len(steps)
-        await pipeline.refresh()
+        await self._refresh()
 
     @staticmethod
     def _new(rec: LevelRecord, before: LadderState, seen: Mapping[str, int]) -> bool:

@@ -6,7 +6,7 @@ Values are one JSON record each (DESIGN.md data contracts), keyed by ``event_id`
 Contract (see docs/kafka.md for the topology and the multi-replica design):
 
 - **At-least-once in, exactly-once in effect.** Auto-commit is off. A fetched batch is handed
-  to the pipeline (``submit_events``, ``submit_outcomes``, ``dead_letter``: each returns
+  to the intake (``submit_events``, ``submit_outcomes``, ``dead_letter``: each returns
   once durable) and only then are its offsets committed. A crash between the two re-delivers
   the batch; the store dedupes by ``event_id`` (one comparison per ``(event_id,
   agent_version)``). Revocation in a rebalance waits for the batch in flight and its commit.
@@ -30,10 +30,10 @@ Contract (see docs/kafka.md for the topology and the multi-replica design):
   letter.
 - **Poison** (not UTF-8, not JSON, schema violations, no value, larger than
   ``kafka_max_message_bytes``) becomes a dead letter (``location`` = ``topic[partition]@
-  offset``); consumption continues. So does a record the pipeline refuses (an unknown task
+  offset``); consumption continues. So does a record the intake refuses (an unknown task
   type, a conflicting duplicate). With ``kafka_dead_letter_topic`` every one of them, of
   either kind, is also copied to that topic: the value redacted as the stored dead letter
-  is (:meth:`shadow.pipeline.Pipeline.redact_letter`), the reason and the origin in headers.
+  is (:meth:`shadow.intake.Intake.redact_letter`), the reason and the origin in headers.
 - **Backpressure.** While at least ``kafka_pause_backlog`` stored events await the agent
   (the agent runner is saturated), every assigned partition is paused; they resume at
   ``kafka_resume_backlog``. RAM holds at most one fetch per partition, the store at most
@@ -63,9 +63,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -93,8 +93,10 @@ from shadow.store import DeadLetter
 from shadow.store.positions import SourcePosition
 
 if TYPE_CHECKING:
-    from shadow.pipeline import IngestResult, Pipeline
+    from shadow.intake import IngestResult, Intake
+    from shadow.metrics import Metrics
     from shadow.sources.publish import KafkaPublisher
+    from shadow.store import Store
 
 __all__ = ["KafkaSource", "KafkaSpec", "client_options", "parse_kafka_spec", "rewind"]
 
@@ -145,7 +147,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaSource:
-    """Feeds one ``kafka://`` source into ``pipeline``; see the module docstring.
+    """Feeds one ``kafka://`` source into ``intake``; see the module docstring. ``store``
+    keeps where records came from (the held-back commits), ``backlog`` counts the stored
+    events awaiting the agent (backpressure; ``None`` without an agent).
 
     ``await start()`` connects, checks co-partitioning and subscribes (raising
     :class:`ConfigError` on a bad topology); ``await run()`` consumes until :meth:`close`.
@@ -157,15 +161,21 @@ class KafkaSource:
     def __init__(
         self,
         spec: KafkaSpec,
-        pipeline: Pipeline,
+        intake: Intake,
         settings: Settings,
         *,
+        store: Store,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        backlog: Callable[[], Awaitable[int]] | None = None,
         publisher: KafkaPublisher | None = None,
         group_instance_id: str | None = None,
     ) -> None:
         self.spec = spec
         self.group_instance_id = group_instance_id
-        self._pipeline = pipeline
+        self._intake = intake
+        self._metrics = metrics
+        self._backlog = backlog  # events awaiting the agent; None without an agent
         self._settings = settings
         self._publisher = publisher
         self._consumer: AIOKafkaConsumer | None = None
@@ -178,8 +188,8 @@ class KafkaSource:
         self._next_commit = 0.0
         self._commits = HeldCommits(
             spec.name,
-            pipeline.store,
-            pipeline.clock,
+            store,
+            clock,
             timedelta(seconds=settings.join_ttl),
             scope=f"{spec.bootstrap}/{spec.group}",
         )
@@ -303,7 +313,7 @@ class KafkaSource:
             level = logging.INFO if ok else logging.WARNING
             log.log(level, "%s: broker %s", self.spec.name, "reachable" if ok else problem)
         self._connected, self._problem = ok, problem
-        self._pipeline.metrics.kafka_connected.set(1 if ok else 0)
+        self._metrics.kafka_connected.set(1 if ok else 0)
 
     async def _probe(self) -> None:
         interval = self._settings.kafka_health_interval
@@ -379,21 +389,21 @@ class KafkaSource:
         # Dead letters of this batch for the dead-letter topic: (message, letter as kept).
         copies: list[tuple[Any, DeadLetter]] = []
         if batch.events:
-            results = await self._pipeline.submit_events(
+            results = await self._intake.submit_events(
                 batch.events,
                 source=f"kafka:{self.spec.events}",
                 origins=[message_origin(m) for m in batch.event_messages],
             )
             copies += self._refused("event", results, batch.event_messages)
         if batch.outcomes:
-            results = await self._pipeline.submit_outcomes(
+            results = await self._intake.submit_outcomes(
                 batch.outcomes,
                 source=f"kafka:{self.spec.outcomes}",
                 origins=[message_origin(m) for m in batch.outcome_messages],
             )
             copies += self._refused("outcome", results, batch.outcome_messages)
         if batch.dead:
-            kept = await self._pipeline.dead_letter([letter for letter, _ in batch.dead])
+            kept = await self._intake.dead_letter([letter for letter, _ in batch.dead])
             copies += [(m, k) for (_, m), k in zip(batch.dead, kept, strict=True)]
         if copies and self._publisher is not None:
             await self._publisher.dead_letters(copies)
@@ -414,7 +424,7 @@ class KafkaSource:
     def _refused(
         self, kind: str, results: Iterable[IngestResult], messages: Iterable[Any]
     ) -> list[tuple[Any, DeadLetter]]:
-        """The records the pipeline dead-lettered (unknown task type, conflicting duplicate),
+        """The records the intake dead-lettered (unknown task type, conflicting duplicate),
         as the dead-letter topic gets them; nothing without that topic."""
         if self._publisher is None or not self._settings.kafka_dead_letter_topic:
             return []
@@ -424,7 +434,7 @@ class KafkaSource:
                 continue
             text = message.value.decode("utf-8").removeprefix("\ufeff")  # it parsed
             letter = message_dead_letter(message, kind, result.reason, result.event_id, text=text)
-            out.append((message, self._pipeline.redact_letter(letter)))
+            out.append((message, self._intake.redact_letter(letter)))
         return out
 
     def _parse(self, topic: str, message: Any, batch: _Batch) -> None:
@@ -486,24 +496,24 @@ class KafkaSource:
         keeps up. (Whether the agent workers are all busy flips each time one frees up;
         the backlog thresholds give the hysteresis.)"""
         s = self._settings
-        if self._pipeline.agent is None:
+        if self._backlog is None:
             return
         if not self._paused and self._estimate < s.kafka_pause_backlog:
             return
         if self._paused and now < self._next_check:
             return
         self._next_check = now + _BACKPRESSURE_CHECK_S
-        backlog = await self._pipeline.store.awaiting_agent()
+        backlog = await self._backlog()
         self._estimate = backlog
         if not self._paused and backlog >= s.kafka_pause_backlog:
             self._paused = True
             consumer.pause(*consumer.assignment())
-            self._pipeline.metrics.kafka_paused.set(1)
+            self._metrics.kafka_paused.set(1)
             log.info("%s: paused (%d events await the agent)", self.spec.name, backlog)
         elif self._paused and backlog <= s.kafka_resume_backlog:
             self._paused = False
             consumer.resume(*consumer.assignment())
-            self._pipeline.metrics.kafka_paused.set(0)
+            self._metrics.kafka_paused.set(0)
             log.info("%s: resumed (%d events await the agent)", self.spec.name, backlog)
 
     async def _group_backlog(self, consumer: AIOKafkaConsumer) -> None:
@@ -511,7 +521,7 @@ class KafkaSource:
         topics, the group's backlog (end offset minus the group's committed offset, or the
         start offset ``kafka_start`` picks when nothing is committed), and uncommitted 0
         (this member has read nothing). Broker errors leave the last values."""
-        metrics = self._pipeline.metrics
+        metrics = self._metrics
         parts = self._partitions
         try:
             async with asyncio.timeout(max(self._settings.kafka_health_interval, 5.0)):
@@ -537,8 +547,8 @@ class KafkaSource:
         if not self._assigned:
             await self._group_backlog(consumer)
             return
-        gauge = self._pipeline.metrics.kafka_lag
-        held = self._pipeline.metrics.kafka_uncommitted
+        gauge = self._metrics.kafka_lag
+        held = self._metrics.kafka_uncommitted
         for tp in consumer.assignment():
             held.labels(tp.topic, str(tp.partition)).set(self._commits.uncommitted(tp))
             self._lagging.add(tp)
@@ -556,7 +566,7 @@ class KafkaSource:
 
     def _forget_lag(self, tp: TopicPartition) -> None:
         self._lagging.discard(tp)
-        metrics = self._pipeline.metrics
+        metrics = self._metrics
         for gauge in (metrics.kafka_lag, metrics.kafka_uncommitted):
             with contextlib.suppress(KeyError):
                 gauge.remove(tp.topic, str(tp.partition))

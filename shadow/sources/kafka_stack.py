@@ -54,6 +54,9 @@ class KafkaStack:
     ) -> None:
         self.settings = settings
         self.specs = list(specs)
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
         self.sources: list[KafkaSource] = []
         self.follower: ComparisonFollower | None = None
         self.levels: AutonomyFollower | None = None  # a replica following the promoter
@@ -113,8 +116,12 @@ class KafkaStack:
             for i, spec in enumerate(self.specs):
                 source = KafkaSource(
                     spec,
-                    pipeline,
+                    pipeline.intake,
                     self.settings,
+                    store=self.store,
+                    metrics=self.metrics,
+                    clock=self.clock,
+                    backlog=None if pipeline.agent is None else self.store.awaiting_agent,
                     publisher=self.publisher,
                     group_instance_id=self._instance_id(i),
                 )
@@ -123,12 +130,26 @@ class KafkaStack:
             if self.settings.kafka_role == "promoter":
                 spec = self.specs[0]
                 self.follower = ComparisonFollower(
-                    self.settings, spec.bootstrap, spec.group, pipeline
+                    self.settings,
+                    spec.bootstrap,
+                    spec.group,
+                    ladder=pipeline.ladder,
+                    store=self.store,
+                    intake=pipeline.intake,
+                    clock=self.clock,
+                    evaluate=pipeline.evaluate,
                 )
                 await self.follower.start()
                 stack.push_async_callback(self.follower.close)
             if self.settings.kafka_role == "replica" and self.settings.kafka_autonomy_topic:
-                self.levels = AutonomyFollower(self.settings, self.specs[0].bootstrap, pipeline)
+                self.levels = AutonomyFollower(
+                    self.settings,
+                    self.specs[0].bootstrap,
+                    ladder=pipeline.ladder,
+                    store=self.store,
+                    intake=pipeline.intake,
+                    refresh=pipeline.refresh,
+                )
                 await stack.enter_async_context(self.levels)
             spawn = asyncio.get_running_loop().create_task
             tasks = [spawn(_guard(s.spec.name, s.run()), name="kafka-source") for s in self.sources]

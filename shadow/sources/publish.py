@@ -26,7 +26,7 @@
 - **Dead letters** (``kafka_dead_letter_topic``): one record per dead letter of a Kafka
   record, whichever stage refused it (the source: poison; the pipeline: an unknown task
   type, a conflicting duplicate), same key as the message. The value is the message as
-  the dead letter keeps it (:meth:`shadow.pipeline.Pipeline.redact_letter`): the record
+  the dead letter keeps it (:meth:`shadow.intake.Intake.redact_letter`): the record
   without the policy's redacted fields, or at most ``dead_letter_raw_prefix`` characters
   of what does not parse, or no value at all. Headers: ``shadow-reason``, ``shadow-kind``,
   and the origin ``shadow-topic``, ``shadow-partition``, ``shadow-offset``.
@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -72,7 +72,8 @@ from shadow.store import DeadLetter, Routed, Store
 from shadow.store.outbox import ladder_json
 
 if TYPE_CHECKING:
-    from shadow.pipeline import Pipeline
+    from shadow.intake import Intake
+    from shadow.ladder import Ladder
 
 __all__ = [
     "ComparisonFollower",
@@ -410,7 +411,18 @@ class KafkaPublisher:
 class ComparisonFollower:
     """The promoter's reader of the comparisons topic; see the module docstring."""
 
-    def __init__(self, settings: Settings, bootstrap: str, group: str, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        group: str,
+        *,
+        ladder: Ladder,
+        store: Store,
+        intake: Intake,
+        clock: Callable[[], datetime],
+        evaluate: Callable[[], Awaitable[None]],
+    ) -> None:
         topic = settings.kafka_comparisons_topic
         if topic is None:
             raise ConfigError("kafka_role=promoter needs kafka_comparisons_topic")
@@ -418,7 +430,11 @@ class ComparisonFollower:
         self._settings = settings
         self._bootstrap = bootstrap
         self._group = f"{group}.promoter"
-        self._pipeline = pipeline
+        self._ladder = ladder
+        self._store = store
+        self._intake = intake
+        self._clock = clock
+        self._evaluate = evaluate  # re-decide the ladder, then the gauges and observers
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> Self:
@@ -474,9 +490,9 @@ class ComparisonFollower:
                 except (KeyError, ValueError, TypeError, AttributeError) as e:
                     reason = f"invalid comparison record: {type(e).__name__}: {e}"
                     bad.append(message_dead_letter(m, "comparison", reason))
-        await self._pipeline.dead_letter(bad)
-        store = self._pipeline.store
-        now = self._pipeline.clock()
+        await self._intake.dead_letter(bad)
+        store = self._store
+        now = self._clock()
         # How items were handled first: the comparisons of this batch then keep the label
         # of the sidecar that answered the route, whichever replica compared them.
         await store.put_handling(routed, published=True)
@@ -486,5 +502,5 @@ class ComparisonFollower:
         await store.put_comparisons(comparisons, now=now, actor="kafka", published=True)
         with contextlib.suppress(KafkaError):
             await consumer.commit(next_offsets(fetched))
-        self._pipeline.ladder.observe(comparisons)
-        await self._pipeline.evaluate()
+        self._ladder.observe(comparisons)
+        await self._evaluate()

@@ -175,7 +175,7 @@ async def test_sample_rate_zero_never_calls_the_agent(
 ) -> None:
     run = await pipelines(store)
     p = run.pipeline
-    results = await p.submit_events(
+    results = await p.intake.submit_events(
         [ev(f"n-{i}", "never") for i in range(20)] + [ev("r-1")], source="test"
     )
     assert [r.status for r in results] == ["stored"] * 21
@@ -186,7 +186,7 @@ async def test_sample_rate_zero_never_calls_the_agent(
     assert await store.count("events") == 21
     assert await store.count("decisions") == 1
 
-    await p.submit_outcomes([out(f"n-{i}") for i in range(20)] + [out("r-1")], source="test")
+    await p.intake.submit_outcomes([out(f"n-{i}") for i in range(20)] + [out("r-1")], source="test")
     await p.drain()
     assert await store.count("comparisons") == 1
     assert "never" not in await store.evidence()
@@ -211,7 +211,7 @@ async def test_redaction_happens_before_the_agent_and_before_storage(
     run = await pipelines(store)
     p = run.pipeline
     secret = {"email": "jane@example.com", "tier": "gold"}
-    await p.submit_events(
+    await p.intake.submit_events(
         [
             ev("r-1", customer=secret, card="4111 1111 1111 1111", amount=3),
             ev("r-2", customer={"tier": "silver"}, amount=4),  # nothing to redact
@@ -220,12 +220,12 @@ async def test_redaction_happens_before_the_agent_and_before_storage(
         source="test",
     )
     # A conflicting re-delivery is dead-lettered: its raw copy must be redacted too.
-    conflict = await p.submit_events(
+    conflict = await p.intake.submit_events(
         [ev("r-1", customer=secret, card="4111 1111 1111 1111", amount=99)], source="test"
     )
     assert [r.status for r in conflict] == ["conflict"]
     # The same content with a different secret is the same redacted event: a duplicate.
-    dup = await p.submit_events(
+    dup = await p.intake.submit_events(
         [ev("r-1", customer={"email": "x@y.z", "tier": "gold"}, card="5500", amount=3)],
         source="test",
     )
@@ -271,8 +271,10 @@ async def test_redaction_reaches_into_lists_before_the_agent_and_the_store(
     p = run.pipeline
     secret = "jane@example.com"
     customers = [{"email": secret, "tier": "gold"}, [{"email": secret}, {"tier": "silver"}]]
-    await p.submit_events([ev("l-1", customer=customers, card=[secret], amount=3)], source="test")
-    conflict = await p.submit_events(
+    await p.intake.submit_events(
+        [ev("l-1", customer=customers, card=[secret], amount=3)], source="test"
+    )
+    conflict = await p.intake.submit_events(
         [ev("l-1", customer=customers, amount=4)], source="test", origins=["topic[0]@7"]
     )
     assert [r.status for r in conflict] == ["conflict"]
@@ -299,7 +301,7 @@ async def test_dead_letters_are_redacted_before_they_are_stored(
     unknown one), and nothing of what does not parse (this policy redacts)."""
     run = await pipelines(store)
     p = run.pipeline
-    assert p.raw_prefix == 0
+    assert p.intake.raw_prefix == 0
     secret = "4111-secret"
     long_pad = "x" * 5000  # longer than the stored raw limit: redacted before it is clipped
     record = {"task_type": "refund", "payload": {"card": secret, "pad": long_pad}}
@@ -308,14 +310,14 @@ async def test_dead_letters_are_redacted_before_they_are_stored(
         DeadLetter("file:a", "unknown", "invalid JSON at column 3", f"{{x {secret}", None, "l2"),
         DeadLetter("file:a", "unknown", "line is not UTF-8 at byte 0", None, None, "line 3"),
     ]
-    kept = await p.dead_letter(letters)
+    kept = await p.intake.dead_letter(letters)
     assert [k.location for k in kept] == ["line 1", "l2", "line 3"]
     assert kept[0].raw is not None
     assert json.loads(kept[0].raw) == {"task_type": "refund", "payload": {"pad": long_pad}}
     assert kept[1].raw is None
     assert kept[2].raw is None
     # An unknown task type: the event, with every task type's paths removed.
-    rejected = await p.submit_events(
+    rejected = await p.intake.submit_events(
         [ev("u-1", "nope", card=secret, customer=[{"email": secret}], n=1)],
         source="kafka:ev",
         origins=["ev[1]@4"],
@@ -346,8 +348,8 @@ async def test_what_does_not_parse_keeps_a_prefix_by_the_setting(
     ]
     for i, (policy, settings, chars) in enumerate(cases):
         run = await pipelines(await store_factory(f"prefix-{i}.duckdb"), policy=policy, **settings)
-        assert run.pipeline.raw_prefix == chars
-        (kept,) = await run.pipeline.dead_letter([letter])
+        assert run.pipeline.intake.raw_prefix == chars
+        (kept,) = await run.pipeline.intake.dead_letter([letter])
         if chars == 0:
             assert kept.raw is None
         else:
@@ -364,8 +366,8 @@ async def test_restart_resends_unanswered_events_and_compares_each_once(
     STATE.arrived = asyncio.Condition()
     first = await pipelines(store)
     ids = [f"r-{i}" for i in range(6)]
-    await first.pipeline.submit_events([ev(i) for i in ids], source="test")
-    await first.pipeline.submit_outcomes([out(i) for i in ids], source="test")
+    await first.pipeline.intake.submit_events([ev(i) for i in ids], source="test")
+    await first.pipeline.intake.submit_outcomes([out(i) for i in ids], source="test")
     await until_calls(4)  # agent_concurrency calls are blocked
     await first.pipeline.stop()  # a "crash": the blocked calls are abandoned
     await first.runner.close()
@@ -412,11 +414,11 @@ async def test_an_in_process_agent_is_fed_in_batches_and_called_once_per_event(
     running = await pipelines(store, batch_size=7)
     assert running.runner.batches
     ids = [f"b-{i:03d}" for i in range(50)]
-    await running.pipeline.submit_events([ev(i) for i in ids[:20]], source="test")
+    await running.pipeline.intake.submit_events([ev(i) for i in ids[:20]], source="test")
     await until_calls(1)
     for chunk in (ids[20:35], ids[35:]):
-        await running.pipeline.submit_events([ev(i) for i in chunk], source="test")
-    await running.pipeline.submit_outcomes([out(i) for i in ids], source="test")
+        await running.pipeline.intake.submit_events([ev(i) for i in chunk], source="test")
+    await running.pipeline.intake.submit_outcomes([out(i) for i in ids], source="test")
     await running.pipeline.drain()
     assert called_ids() == ids
     assert await store.count("decisions") == 50
@@ -448,8 +450,12 @@ async def test_just_stored_events_reach_the_agent_without_a_store_read(
     running = await pipelines(store, batch_size=50, scan_every=3600.0)
     ids = [f"m-{i:03d}" for i in range(50)]
     for lo in range(0, 50, 5):
-        await running.pipeline.submit_events([ev(i) for i in ids[lo : lo + 5]], source="test")
-        await running.pipeline.submit_outcomes([out(i) for i in ids[lo : lo + 5]], source="test")
+        await running.pipeline.intake.submit_events(
+            [ev(i) for i in ids[lo : lo + 5]], source="test"
+        )
+        await running.pipeline.intake.submit_outcomes(
+            [out(i) for i in ids[lo : lo + 5]], source="test"
+        )
         await running.pipeline.drain()
     assert called_ids() == ids
     assert reads.count == 1
@@ -468,16 +474,18 @@ async def test_events_beyond_the_memory_feed_are_read_from_the_store_once_each(
     STATE.gate = asyncio.Event()
     running = await pipelines(store, batch_size=4, scan_every=3600.0)
     ids = [f"o-{i:03d}" for i in range(120)]
-    await running.pipeline.submit_events([ev(ids[0])], source="test")
+    await running.pipeline.intake.submit_events([ev(ids[0])], source="test")
     await until_calls(1)  # the agent holds a batch; the rest piles up
 
     async def submitter(part: list[str]) -> None:
         for lo in range(0, len(part), 7):
-            await running.pipeline.submit_events([ev(i) for i in part[lo : lo + 7]], source="t")
+            await running.pipeline.intake.submit_events(
+                [ev(i) for i in part[lo : lo + 7]], source="t"
+            )
 
     await asyncio.gather(*(submitter(ids[1 + k :: 4]) for k in range(4)))
     STATE.gate.set()
-    await running.pipeline.submit_outcomes([out(i) for i in ids], source="test")
+    await running.pipeline.intake.submit_outcomes([out(i) for i in ids], source="test")
     async with asyncio.timeout(60):
         await running.pipeline.drain()
     assert called_ids() == ids
@@ -504,11 +512,13 @@ async def test_outcomes_of_events_with_the_agent_wait_for_the_writer_join(
         return await real(event_ids, limit=limit)
 
     monkeypatch.setattr(store, "ready_pairs", spied)
-    await running.pipeline.submit_events([ev("w-first")], source="test")
+    await running.pipeline.intake.submit_events([ev("w-first")], source="test")
     await until_calls(1)  # the feeder has read the store once and holds one batch
     ids = [f"w-{i}" for i in range(8)]  # they wait in memory for that batch to finish
-    await running.pipeline.submit_events([ev(i) for i in ids], source="test")
-    await running.pipeline.submit_outcomes([out(i) for i in [*ids, "w-first"]], source="test")
+    await running.pipeline.intake.submit_events([ev(i) for i in ids], source="test")
+    await running.pipeline.intake.submit_outcomes(
+        [out(i) for i in [*ids, "w-first"]], source="test"
+    )
     await asyncio.sleep(0.05)  # time for a join the outcomes might have scheduled
     assert asked == []
     STATE.gate.set()
@@ -534,9 +544,9 @@ async def test_pending_joins_are_counted_on_refresh_not_after_every_batch(
     monkeypatch.setattr(store, "pending", spied)
     ids = [f"p-{i}" for i in range(20)]
     for lo in range(0, 20, 5):
-        await running.pipeline.submit_events([ev(i) for i in ids[lo : lo + 5]], source="t")
+        await running.pipeline.intake.submit_events([ev(i) for i in ids[lo : lo + 5]], source="t")
         await running.pipeline.drain()
-    await running.pipeline.submit_outcomes([out(i) for i in ids[:15]], source="t")
+    await running.pipeline.intake.submit_outcomes([out(i) for i in ids[:15]], source="t")
     await running.pipeline.drain()
     assert running.pipeline.comparisons == 15
     assert counted == []
@@ -695,15 +705,19 @@ async def test_outcome_reversal_recompares_and_is_counted(
     run = await pipelines(store)
     p = run.pipeline
     labels = {"task_type": "refund", "agent_version": VERSION}
-    await p.submit_events([ev("r-1", expect="approve")], source="test")
-    first = await p.submit_outcomes([out("r-1", "approve", "2026-11-20T10:07:00Z")], source="test")
+    await p.intake.submit_events([ev("r-1", expect="approve")], source="test")
+    first = await p.intake.submit_outcomes(
+        [out("r-1", "approve", "2026-11-20T10:07:00Z")], source="test"
+    )
     assert [r.status for r in first] == ["stored"]
     await p.drain()
     assert run.sample("shadow_comparisons_total", **labels, verdict="agree") == 1
     assert run.sample("shadow_evidence_agreements", **labels) == 1
 
     # The human changes their mind later: re-compared, now a (critical) disagreement.
-    later = await p.submit_outcomes([out("r-1", "deny", "2026-11-21T09:00:00Z")], source="test")
+    later = await p.intake.submit_outcomes(
+        [out("r-1", "deny", "2026-11-21T09:00:00Z")], source="test"
+    )
     assert [r.status for r in later] == ["reversal"]
     await p.drain()
     assert run.sample("shadow_comparisons_total", **labels, verdict="agree") == 1
@@ -719,8 +733,12 @@ async def test_outcome_reversal_recompares_and_is_counted(
     assert [e.action for e in audit if e.action == "outcome_reversal"] == ["outcome_reversal"]
 
     # An older revision arriving late is history only; a re-delivery is a duplicate.
-    older = await p.submit_outcomes([out("r-1", "escalate", "2026-11-19T00:00:00Z")], source="test")
-    again = await p.submit_outcomes([out("r-1", "deny", "2026-11-21T09:00:00Z")], source="test")
+    older = await p.intake.submit_outcomes(
+        [out("r-1", "escalate", "2026-11-19T00:00:00Z")], source="test"
+    )
+    again = await p.intake.submit_outcomes(
+        [out("r-1", "deny", "2026-11-21T09:00:00Z")], source="test"
+    )
     assert [r.status for r in older + again] == ["superseded", "duplicate"]
     await p.drain()
     assert run.sample("shadow_comparisons_total", **labels, verdict="disagree") == 1
@@ -741,9 +759,9 @@ async def test_the_expiry_loop_applies_retention_and_counts_what_it_deleted(
     day = 86_400.0
     running = await pipelines(store, join_ttl=day, retention=2 * day, expire_interval=0.02)
     p = running.pipeline
-    await p.submit_events([ev(f"r-{i}") for i in range(6)], source="t")
+    await p.intake.submit_events([ev(f"r-{i}") for i in range(6)], source="t")
     await p.drain()
-    await p.submit_outcomes([out(f"r-{i}") for i in range(4)], source="t")  # two never come
+    await p.intake.submit_outcomes([out(f"r-{i}") for i in range(4)], source="t")  # two never come
     await p.drain()
     evidence = await store.evidence()
     assert await store.count("comparisons") == 4
@@ -774,8 +792,8 @@ async def test_without_retention_nothing_is_deleted(
     store: Store, pipelines: PipelineFactory, clock: FakeClock
 ) -> None:
     running = await pipelines(store, join_ttl=60.0, expire_interval=3600.0)
-    await running.pipeline.submit_events([ev("k-1")], source="t")
-    await running.pipeline.submit_outcomes([out("k-1")], source="t")
+    await running.pipeline.intake.submit_events([ev("k-1")], source="t")
+    await running.pipeline.intake.submit_outcomes([out("k-1")], source="t")
     await running.pipeline.drain()
     clock.advance(days=400)
     await running.pipeline.purge()

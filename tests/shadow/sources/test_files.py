@@ -500,7 +500,7 @@ async def test_a_redacted_field_is_never_stored_from_a_file(
         metrics=Metrics(CollectorRegistry(), policy),
         clock=clock,
     ) as pipeline:
-        report = await FileSource(path, pipeline, max_line_bytes=4096).run()
+        report = await FileSource(path, pipeline.intake, max_line_bytes=4096).run()
     assert (report.events, report.outcomes, report.dead_letters) == (3, 1, len(lines) - 4)
     letters = await store.dead_letters(limit=100)
     # every line but the good ones: the pipeline's (unknown task type, conflict) included

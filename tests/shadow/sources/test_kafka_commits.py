@@ -299,7 +299,17 @@ async def test_a_promoter_that_cannot_reach_the_broker_says_so_and_leaks_no_cons
     settings = load_settings(
         db=str(tmp_path / "p.duckdb"), config=None, kafka_comparisons_topic="cmp"
     )
-    follower = ComparisonFollower(settings, "127.0.0.1:1", "grp", cast(Any, None))
+    nothing = cast(Any, None)
+    follower = ComparisonFollower(
+        settings,
+        "127.0.0.1:1",
+        "grp",
+        ladder=nothing,
+        store=nothing,
+        intake=nothing,
+        clock=nothing,
+        evaluate=nothing,
+    )
     with pytest.raises(ConfigError, match=r"promoter kafka://127\.0\.0\.1:1: cannot reach"):
         await follower.start()
     with warnings.catch_warnings(record=True) as seen:
