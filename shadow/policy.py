@@ -29,6 +29,7 @@ import yaml
 from shadow.drift import DEFAULT_MARGIN, DEFAULT_THRESHOLD, Drift
 from shadow.errors import FieldError, PolicyError
 from shadow.model import JSONObject, Level, content_hash
+from shadow.tools_policy import TaskTools, Upstream, parse_task_tools, parse_upstreams
 
 __all__ = [
     "REDACTED",
@@ -150,6 +151,7 @@ class TaskPolicy:
     compare: CompareRules = field(default_factory=CompareRules)
     autonomy: AutonomyPolicy = field(default_factory=AutonomyPolicy)
     hash: str = ""
+    tools: TaskTools | None = None  # the tool gateway's rules (shadow.tools_policy)
 
     def sampled(self, event_id: str) -> bool:
         """Whether ``event_id`` is mirrored to the agent (``sample_rate``, stable hash)."""
@@ -224,6 +226,7 @@ class Policy:
     default: TaskPolicy | None = None
     hash: str = ""
     text: str = ""  # the YAML it was parsed from (stored with the evidence)
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # top-level ``tools``
 
     def for_task(self, task_type: str) -> TaskPolicy | None:
         """The policy for ``task_type``; the default policy for unknown ones when
@@ -445,7 +448,7 @@ class _Parser:
     # -- sections --------------------------------------------------------------------------
 
     def policy(self, raw: object) -> Policy:
-        top = self.mapping(raw, "", {"defaults", "task_types"})
+        top = self.mapping(raw, "", {"defaults", "task_types", "tools"})
         if raw is None or not top.get("task_types"):
             self.fail("task_types", "required; add at least one task type under task_types")
         defaults = self.mapping(top.get("defaults"), "defaults", {"unknown_task_types", "policy"})
@@ -477,10 +480,11 @@ class _Parser:
             unknown_task_types=unknown,
             default=default,
             hash=content_hash(raw if isinstance(raw, dict) else {}),
+            upstreams=parse_upstreams(top.get("tools"), self.fail),
         )
 
     def task(self, name: str, body: object, path: str) -> TaskPolicy:
-        m = self.mapping(body, path, {"sample_rate", "redact", "compare", "autonomy"})
+        m = self.mapping(body, path, {"sample_rate", "redact", "compare", "autonomy", "tools"})
         sample_rate = self.number(m, "sample_rate", path, 1.0, 0.0, 1.0)
         redact_raw = m.get("redact", [])
         redact: list[str] = []
@@ -500,7 +504,8 @@ class _Parser:
         compare = self.compare(m.get("compare"), f"{path}.compare")
         autonomy = self.autonomy(m.get("autonomy"), f"{path}.autonomy")
         digest = content_hash({"name": name, "body": body if isinstance(body, dict) else {}})
-        return TaskPolicy(name, sample_rate, tuple(redact), compare, autonomy, digest)
+        tools = parse_task_tools(m.get("tools"), f"{path}.tools", self.fail)
+        return TaskPolicy(name, sample_rate, tuple(redact), compare, autonomy, digest, tools)
 
     def compare(self, raw: object, path: str) -> CompareRules:
         m = self.mapping(raw, path, {"fields", "unlisted", "actions"})

@@ -22,13 +22,15 @@ outside ``shadow.store`` imports duckdb, and every call runs on the store's one 
 as one module it outgrew our size guide, so its SQL is split by the tables it owns:
 :mod:`~shadow.store.base` (connection, thread, transactions, migrations),
 :mod:`~shadow.store.ingest`, :mod:`~shadow.store.joins`, :mod:`~shadow.store.ladder`,
-:mod:`~shadow.store.outbox`, :mod:`~shadow.store.positions` (where Kafka records came
+:mod:`~shadow.store.outbox`, :mod:`~shadow.store.gateway` (tool calls and held approvals),
+:mod:`~shadow.store.positions` (where Kafka records came
 from, and how far each partition may be committed) and :mod:`~shadow.store.retention`
 (what leaves the store, and when), combined into :class:`Store`.
 """
 
 from __future__ import annotations
 
+from shadow.store.gateway import ApprovalRow, GatewayPart, ToolCallRow
 from shadow.store.ingest import IngestPart
 from shadow.store.joins import JoinPart
 from shadow.store.ladder import LadderPart
@@ -38,6 +40,7 @@ from shadow.store.records import DeadLetter, JoinRow, PutResult, PutStatus, Repl
 from shadow.store.retention import Purged, RetentionPart
 
 __all__ = [
+    "ApprovalRow",
     "DeadLetter",
     "JoinRow",
     "Purged",
@@ -46,10 +49,11 @@ __all__ = [
     "ReplayEvidence",
     "Reversal",
     "Store",
+    "ToolCallRow",
 ]
 
 
-class Store(IngestPart, JoinPart, LadderPart, OutboxPart, PositionPart, RetentionPart):
+class Store(IngestPart, JoinPart, LadderPart, OutboxPart, PositionPart, RetentionPart, GatewayPart):
     """Async facade over one DuckDB file. Use as ``async with Store(path) as store``.
 
     Every method runs its DuckDB work on the store's single thread (see the package
