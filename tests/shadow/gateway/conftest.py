@@ -15,7 +15,7 @@ import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp_types import ToolAnnotations
 
-READ_ONLY = ToolAnnotations(readOnlyHint=True)
+READ_ONLY = ToolAnnotations(read_only_hint=True)
 
 
 @dataclass(eq=False)
@@ -85,9 +85,11 @@ async def upstream() -> AsyncIterator[UpstreamFactory]:
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         running.append((server, task))
-        async with asyncio.timeout(30):
-            while not server.started:
-                await asyncio.sleep(0.01)
+        for _ in range(3000):  # at most 30 s: a bound against hangs, not a timing
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "the upstream did not start"
         up.url = f"http://127.0.0.1:{port}/mcp"
         return up
 
