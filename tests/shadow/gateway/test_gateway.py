@@ -356,3 +356,42 @@ async def test_two_upstreams_sharing_a_name_are_prefixed_and_routed_to_their_own
             await client.call_tool("cancel_order", {"order_id": "o-9"})
     assert b.calls == [("cancel_order", {"order_id": "o-9"})]
     assert a.calls == [("get_order", {"order_id": "o-9"})]
+
+
+async def test_the_cli_lists_approves_and_rejects_held_writes(
+    sidecar: SidecarFactory, upstream: UpstreamFactory
+) -> None:
+    import os
+    import sys
+
+    from tests.shadow.conftest import ADMIN_TOKEN
+
+    up = await upstream()
+    sc = await sidecar(policy=gateway_policy(up.url), gateway_approval_wait=0.0)
+    await set_level(sc, "L2")
+    ids = [
+        (await refund(await live_url(sc, f"e-{i}"), float(i))).structured_content["approval_id"]
+        for i in range(2)
+    ]
+    env = {**os.environ, "SHADOW_ADMIN_TOKEN": ADMIN_TOKEN}
+
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shadow.cli", "approvals", *args, "--url", sc.url,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        return int(proc.returncode or 0), out.decode()
+
+    code, out = await cli("list")
+    assert code == 0
+    assert ids[0] in out
+    assert ids[1] in out
+    assert (await cli("approve", ids[0], "--actor", "ops/jane"))[1].startswith(
+        f"{ids[0]}: forwarded"
+    )
+    code, out = await cli("reject", ids[1])
+    assert code == 2
+    assert "--reason is required" in out
+    assert (await cli("reject", ids[1], "--reason", "no"))[0] == 0
+    assert up.writes() == [("issue_refund", {"order_id": "o-1", "amount": 0.0})]
