@@ -56,6 +56,7 @@ bench: bench-stats
 	$(BIN)/python tests/bench/bench_store.py
 	$(BIN)/python tests/bench/bench_service.py
 	$(BIN)/python tests/bench/bench_route.py
+	$(BIN)/python tests/bench/bench_gateway.py
 	$(BIN)/python tests/bench/bench_kafka.py
 	$(BIN)/python tests/bench/bench_replay.py
 

@@ -43,7 +43,18 @@ from shadow.pipeline import Pipeline
 from shadow.promotion import ProposalRef
 from shadow.server import ExpectHandler, declared_too_large, error, send_continue
 
-__all__ = ["LADDER", "PIPELINE", "READINESS", "REGISTRY", "SETTINGS", "routes"]
+__all__ = [
+    "LADDER",
+    "ON_FREEZE",
+    "PIPELINE",
+    "READINESS",
+    "REGISTRY",
+    "SETTINGS",
+    "actor_of",
+    "reason_of",
+    "routes",
+    "token_refusal",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 PIPELINE = web.AppKey("pipeline", Pipeline)
@@ -53,6 +64,8 @@ HANDLING = web.AppKey("handling", HandlingLog)
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 # Source health checks (Kafka): each returns why the sidecar is not ready, or None.
 READINESS = web.AppKey("readiness", list[Callable[[], str | None]])
+# Run after a freeze with (actor, reason): the tool gateway refuses the writes it holds.
+ON_FREEZE = web.AppKey("on_freeze", list[Callable[[str, str], Awaitable[None]]])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -379,22 +392,30 @@ async def _proposal_ref(request: web.Request, name: str, body: dict[str, Any]) -
     return ProposalRef(proposal_id, to_level, from_level)
 
 
+def token_refusal(request: web.Request) -> web.Response | None:
+    """The 403/401 answer unless the admin bearer token matches (constant-time compare)."""
+    token = request.app[SETTINGS].admin_token
+    if token is None or not token.get_secret_value():
+        return error(
+            403,
+            "API writes are disabled: set SHADOW_ADMIN_TOKEN (or --admin-token) and send "
+            "'Authorization: Bearer <token>'",
+        )
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
+        return error(401, "missing or wrong admin token; send 'Authorization: Bearer <token>'")
+    return None
+
+
 def admin(handler: Handler) -> Handler:
     """Refuse the write unless the admin bearer token matches (constant-time compare)."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        token = request.app[SETTINGS].admin_token
-        if token is None or not token.get_secret_value():
-            return error(
-                403,
-                "API writes are disabled: set SHADOW_ADMIN_TOKEN (or --admin-token) and send "
-                "'Authorization: Bearer <token>'",
-            )
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        expected = token.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
-            return error(401, "missing or wrong admin token; send 'Authorization: Bearer <token>'")
+        refusal = token_refusal(request)
+        if refusal is not None:
+            return refusal
         if request.app[SETTINGS].kafka_role == "replica":
             return error(
                 409,
@@ -466,7 +487,10 @@ async def post_reconsider(request: web.Request) -> web.StreamResponse:
 async def post_freeze(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request, "freeze")
     pipeline = request.app[PIPELINE]
-    await request.app[LADDER].freeze(actor=_actor(request, body), reason=_reason(body, "frozen"))
+    actor, reason = _actor(request, body), _reason(body, "frozen")
+    await request.app[LADDER].freeze(actor=actor, reason=reason)
+    for hook in request.app[ON_FREEZE]:
+        await hook(actor, reason)
     await pipeline.refresh(pending=False)
     return web.json_response({"frozen": True})
 
@@ -482,9 +506,22 @@ async def post_unfreeze(request: web.Request) -> web.StreamResponse:
     return web.json_response({"frozen": False})
 
 
+def actor_of(request: web.Request, body: dict[str, Any]) -> str:
+    """The actor of a write: the body's ``actor``, else ``X-Shadow-Actor``, clipped."""
+    return _actor(request, body)
+
+
+def reason_of(body: dict[str, Any], default: str) -> str:
+    return _reason(body, default)
+
+
 def routes() -> list[web.RouteDef]:
     """Every route; ``shadow.openapi`` documents exactly these (a test checks)."""
+    # Imported here: the gateway's handlers use this module's keys and token check.
+    from shadow.gateway.api import gateway_routes
+
     return [
+        *gateway_routes(),
         web.post("/v1/events", post_events, expect_handler=_expect("event")),
         web.post("/v1/outcomes", post_outcomes, expect_handler=_expect("outcome")),
         web.get("/v1/agreement", get_agreement),

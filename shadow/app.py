@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,14 +24,31 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shadow.agent import AgentRunner, CircuitBreaker, load_agent
-from shadow.api import HANDLING, INTAKE, LADDER, PIPELINE, READINESS, REGISTRY, SETTINGS, routes
+from shadow.api import (
+    HANDLING,
+    INTAKE,
+    LADDER,
+    ON_FREEZE,
+    PIPELINE,
+    READINESS,
+    REGISTRY,
+    SETTINGS,
+    routes,
+)
 from shadow.config import Settings
 from shadow.errors import ConfigError
+from shadow.gateway import GATEWAY, SESSIONS, Gateway, McpSessions, build_gateway
 from shadow.intake import Intake
 from shadow.metrics import Metrics
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
-from shadow.server import expect_continue, handler_options, json_errors, with_expect_handler
+from shadow.server import (
+    LISTEN_URL,
+    expect_continue,
+    handler_options,
+    json_errors,
+    with_expect_handler,
+)
 from shadow.sources.files import FileSource, parse_source_spec
 from shadow.sources.kafka import parse_kafka_spec
 from shadow.sources.kafka_stack import KafkaStack
@@ -84,8 +102,12 @@ def build_app(
     policy: Policy | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], datetime] = utc_now,
+    environ: Mapping[str, str] | None = None,
 ) -> web.Application:
-    """The sidecar as an aiohttp application. Raises ConfigError/PolicyError up front."""
+    """The sidecar as an aiohttp application. Raises ConfigError/PolicyError up front.
+
+    ``environ`` resolves the policy's ``env:NAME`` upstream headers (the process
+    environment by default: this is the composition root)."""
     if policy is None:
         if settings.config is None:
             raise ConfigError("a policy file is required: pass --config POLICY.yaml")
@@ -105,10 +127,14 @@ def build_app(
     app[SETTINGS] = settings
     app[REGISTRY] = metrics_registry
     app[READINESS] = []
+    app[ON_FREEZE] = []
+    app[SESSIONS] = McpSessions()
     app.add_routes(with_expect_handler(routes(), expect_continue(settings.max_body_bytes)))
     resolved: Policy = policy
     # Resolved now, so a bad --agent is refused before anything listens or touches the DB.
     runner = build_runner(settings)
+    env = environ if environ is not None else os.environ
+    upstreams = build_gateway(resolved, settings, env)  # a missing env:NAME is refused now
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with Store(settings.db) as store:
@@ -126,7 +152,18 @@ def build_app(
                     observers=kafka.observers,
                     promote=kafka.promote,
                 )
-                async with pipeline, kafka.running(pipeline):
+                base = settings.public_url or app.get(
+                    LISTEN_URL, f"http://{settings.host}:{settings.port}"
+                )
+                gateway = Gateway.create(
+                    settings, resolved, pipeline.ladder, store, metrics, upstreams, clock, base
+                )
+                pipeline.tools = gateway
+                if runner is not None:
+                    runner.tools_url = gateway.shadow_tools_url
+                app[GATEWAY] = gateway
+                app[ON_FREEZE].append(gateway.frozen)
+                async with gateway, pipeline, kafka.running(pipeline):
                     app[PIPELINE] = pipeline
                     app[LADDER] = pipeline.ladder
                     app[INTAKE] = pipeline.intake

@@ -130,6 +130,18 @@ def _parser() -> argparse.ArgumentParser:
         f = action(name, f"{name} every task type")
         f.add_argument("--reason", default="")
         f.add_argument("--actor", default=None)
+    ap = sub.add_parser("approvals", help="tool writes held for approval: list, approve, reject")
+    ap.add_argument("--url", default=DEFAULT_URL, help="the sidecar's API")
+    ap_sub = ap.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    ls = ap_sub.add_parser("list", help="held writes (token from SHADOW_ADMIN_TOKEN)")
+    ls.add_argument("--status", default="pending", help="pending (default), all, forwarded, ...")
+    for name in ("approve", "reject"):
+        a = ap_sub.add_parser(name, help=f"{name} one held write")
+        a.add_argument("approval_id")
+        a.add_argument("--reason", default="", help="why (required to reject)")
+        a.add_argument("--actor", default=None)
+    for a in ap_sub.choices.values():
+        a.add_argument("--url", default=argparse.SUPPRESS, help="the sidecar's API")
     _add_plugins(sub)
     return p
 
@@ -162,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo(args, console))
         if args.command == "status":
             return asyncio.run(_status(args, console))
+        if args.command == "approvals":
+            return asyncio.run(_approvals(args, console))
         return asyncio.run(_autonomy(args, console))
     except (UsageError, ShadowError) as exc:
         first = str(exc).strip().splitlines() or ["invalid input"]
@@ -451,6 +465,33 @@ async def _autonomy(args: argparse.Namespace, console: Console) -> int:
         body["reason"] = args.reason
         out = await _http("POST", base, f"/v1/{args.action}", body=body, token=token)
         console.print("frozen: every task type is at L0" if out["frozen"] else "unfrozen")
+    return 0
+
+
+async def _approvals(args: argparse.Namespace, console: Console) -> int:
+    """``shadow approvals list|approve|reject`` against ``/v1/approvals`` (docs/gateway.md)."""
+    token = os.environ.get("SHADOW_ADMIN_TOKEN")
+    if not token:
+        raise UsageError("set SHADOW_ADMIN_TOKEN to the sidecar's admin token")
+    if args.action == "list":
+        doc = await _http("GET", args.url, f"/v1/approvals?status={args.status}", token=token)
+        table = Table(title=f"Tool approvals ({args.status})")
+        for col in ("id", "held at", "task type", "event", "tool", "status"):
+            table.add_column(col, no_wrap=True)
+        for a in doc["approvals"]:
+            table.add_row(
+                a["id"], a["created_at"][:19], a["task_type"], a["event_id"], a["tool"],
+                a["status"],
+            )  # fmt: skip
+        console.print(table)
+        return 0
+    if args.action == "reject" and not args.reason:
+        raise UsageError("--reason is required to reject")
+    body: dict[str, Any] = {"reason": args.reason} | ({"actor": args.actor} if args.actor else {})
+    path = f"/v1/approvals/{args.approval_id}/{args.action}"
+    out = await _http("POST", args.url, path, body=body, token=token)
+    row = out["approval"]
+    console.print(f"{row['id']}: {row['status']} ({row['tool']} for {row['event_id']})")
     return 0
 
 

@@ -84,6 +84,24 @@ class Settings(BaseSettings):
         description="seconds an ingest body may take to arrive in full (408 beyond)",
     )
 
+    public_url: str | None = Field(
+        None,
+        description="base URL agents reach this sidecar at, for tools URLs "
+        "(default: the address it listens on)",
+    )
+    gateway_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key of tools URL capabilities; share it between replicas so a "
+        "capability survives a restart (default: a random key per process)",
+    )
+    gateway_session_ttl: float = Field(900.0, gt=0, description="seconds a tools URL works")
+    gateway_approval_wait: float = Field(
+        30.0, ge=0, description="seconds a held call waits for a decision before answering pending"
+    )
+    gateway_approval_timeout: float = Field(
+        3600.0, gt=0, description="seconds a held write waits for approval before it expires"
+    )
+    gateway_upstream_timeout: float = Field(30.0, gt=0, description="seconds per upstream call")
     agent_timeout: float = Field(10.0, gt=0)
     agent_concurrency: int = Field(8, ge=1, le=1024)
     agent_retries: int = Field(2, ge=0, le=10)

@@ -10,6 +10,7 @@
     ├── StoreError         the store cannot be opened or migrated
     │   └── StoreInUseError    another process holds the DuckDB file (a running sidecar)
     ├── AgentError         an agent call failed (``retriable`` for transport errors)
+    ├── UpstreamError      an upstream MCP server of the tool gateway failed or is away
     └── ConfigError        settings or a source spec are wrong (the CLI exits 2)
 
 Third-party errors (DuckDB, YAML) are translated at the boundary of the module that meets
@@ -36,6 +37,7 @@ __all__ = [
     "ShadowError",
     "StoreError",
     "StoreInUseError",
+    "UpstreamError",
     "ValidationError",
 ]
 
@@ -128,6 +130,11 @@ class AgentError(ShadowError):
     def __init__(self, message: str, *, retriable: bool = False) -> None:
         self.retriable = retriable
         super().__init__(message)
+
+
+class UpstreamError(ShadowError):
+    """An upstream MCP server of the tool gateway could not be reached, or answered a
+    request with a protocol error (the SDK's and httpx2's errors are translated into it)."""
 
 
 class ConfigError(ShadowError):

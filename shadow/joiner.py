@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from shadow.diff import Differ
-from shadow.model import AuditEntry, Comparison, FieldResult, Verdict
+from shadow.model import Action, AuditEntry, Comparison, FieldResult, Verdict
 from shadow.policy import CompareRules, Policy
 from shadow.store import JoinRow, Reversal, Store
 
-__all__ = ["JoinReport", "Joiner", "compare"]
+__all__ = ["JoinReport", "Joiner", "compare", "declared_note"]
 
 _STRICT = CompareRules()
 
@@ -42,15 +42,36 @@ def compare(row: JoinRow, differ: Differ) -> Comparison:
             handled_by=row.handled_by,
         )
     result = differ(d.decision, row.outcome.decision, d.actions, row.outcome.actions)
+    fields = result.fields
+    if d.declared_actions is not None:
+        fields = (*fields, declared_note(d.declared_actions, d.actions))
     return Comparison(
         event_id=d.event_id,
         task_type=row.task_type,
         agent_version=d.agent_version,
         verdict=Verdict.AGREE if result.agree else Verdict.DISAGREE,
-        fields=result.fields,
+        fields=fields,
         critical_miss=result.critical_miss,
         outcome_hash=row.outcome_hash,
         handled_by=row.handled_by,
+    )
+
+
+def _tools(actions: Sequence[Action]) -> str:
+    return "[" + ", ".join(a.tool for a in actions) + "]"
+
+
+def declared_note(declared: Sequence[Action], called: Sequence[Action]) -> FieldResult:
+    """The comparison's note that the agent's answer listed other actions than the tool
+    calls it made through the gateway (the calls are what is compared; the note is not a
+    mismatch, so it does not change the verdict)."""
+    return FieldResult(
+        "actions.declared",
+        "tool_calls",
+        True,
+        False,
+        f"the agent's answer listed {_tools(declared)}, its tool calls were {_tools(called)}; "
+        "the tool calls are compared",
     )
 
 

@@ -38,6 +38,7 @@ DEAD_LETTER_REASONS = (
     Reason.INVALID,
 )
 """The reasons a record can be dead-lettered for (each exported at 0 from start-up)."""
+_TOOL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0, 300.0)
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -223,6 +224,33 @@ class Metrics:
             ["kind", "source", "reason"],
             registry=r,
         )
+        self.tool_calls = Counter(
+            "shadow_tool_calls",
+            "Tool calls through the gateway, by task type, tool (names outside the task "
+            "type's catalog are 'other'), class and outcome",
+            ["task_type", "tool", "class", "outcome"],
+            registry=r,
+        )
+        self.tool_latency = Histogram(
+            "shadow_tool_call_seconds",
+            "Time the gateway took to answer a tool call (the upstream's time included; for "
+            "an approval, how long it waited)",
+            ["task_type", "outcome"],
+            buckets=_TOOL_BUCKETS,
+            registry=r,
+        )
+        self.approvals_pending = Gauge(
+            "shadow_tool_approvals_pending",
+            "Tool writes held for a human's approval now",
+            ["task_type"],
+            registry=r,
+        )
+        self.approval_oldest = Gauge(
+            "shadow_tool_approval_oldest_seconds",
+            "Age of the oldest tool write waiting for approval (0 when none waits)",
+            ["task_type"],
+            registry=r,
+        )
         self.kafka_lag = Gauge(
             "shadow_kafka_consumer_lag_messages",
             "Messages not read yet: the partition's high watermark minus the consumer's position",
@@ -383,6 +411,20 @@ class Metrics:
             self.level.labels(self.task_label(name)).set(int(state.level))
             proposed = state.proposal.to_level if state.proposal else 0
             self.proposal.labels(self.task_label(name)).set(int(proposed))
+
+    def tool_call(
+        self, task_type: str, tool: str, tool_class: str, outcome: str, seconds: float
+    ) -> None:
+        task = self.task_label(task_type)
+        self.tool_calls.labels(task, tool, tool_class, outcome).inc()
+        self.tool_latency.labels(task, outcome).observe(seconds)
+
+    def tool_approvals(self, waiting: Mapping[str, list[float]]) -> None:
+        """Pending approvals per task type (``waiting``: their ages in seconds)."""
+        for name in self.policy.task_types:
+            ages = waiting.get(name, [])
+            self.approvals_pending.labels(name).set(len(ages))
+            self.approval_oldest.labels(name).set(max(ages, default=0.0))
 
     def pending_joins(self, pending: Mapping[str, int]) -> None:
         for key, value in pending.items():

@@ -330,6 +330,11 @@ class ShadowDecision:
     usage: Usage = field(default_factory=Usage)
     latency_ms: float | None = None
     error: str | None = None
+    # Set by the tool gateway (shadow.gateway) when the agent called tools through it:
+    # ``actions`` are then the writes it captured, and ``declared_actions`` what the
+    # agent's answer listed, when that differs.
+    tool_calls: bool = False
+    declared_actions: tuple[Action, ...] | None = None
 
     @classmethod
     def from_agent_response(
@@ -360,7 +365,7 @@ class ShadowDecision:
         return cls(event_id, agent_version, None, error=error, latency_ms=latency_ms)
 
     def to_json(self) -> JSONObject:
-        return {
+        out: JSONObject = {
             "event_id": self.event_id,
             "agent_version": self.agent_version,
             "decision": self.decision,
@@ -370,6 +375,11 @@ class ShadowDecision:
             "latency_ms": self.latency_ms,
             "error": self.error,
         }
+        if self.tool_calls:
+            out["tool_calls"] = True
+        if self.declared_actions is not None:
+            out["declared_actions"] = [a.to_json() for a in self.declared_actions]
+        return out
 
     @classmethod
     def from_stored(cls, obj: Mapping[str, Any]) -> Self:
@@ -388,6 +398,12 @@ class ShadowDecision:
             ),
             latency_ms=obj.get("latency_ms"),
             error=obj.get("error"),
+            tool_calls=bool(obj.get("tool_calls", False)),
+            declared_actions=(
+                None
+                if obj.get("declared_actions") is None
+                else tuple(Action(a["tool"], a.get("args", {})) for a in obj["declared_actions"])
+            ),
         )
 
     @property

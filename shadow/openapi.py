@@ -204,6 +204,149 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+_TOKEN_ERRORS = {
+    "401": _resp("missing or wrong admin token", _ERR),
+    "403": _resp("writes disabled: no admin token configured", _ERR),
+}
+_RPC = {"type": "object", "description": "a JSON-RPC 2.0 message (docs/gateway.md)"}
+
+
+def _gateway_paths() -> dict[str, Any]:
+    """The tool gateway's routes (shadow.gateway): the MCP endpoint, sessions, approvals."""
+    token = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+    approval = {"name": "approval_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    decide_body = {
+        "required": False,
+        "content": _json(
+            {
+                "type": "object",
+                "properties": {"actor": {"type": "string"}, "reason": {"type": "string"}},
+                "additionalProperties": False,
+            }
+        ),
+    }
+    decided = {
+        "200": _resp("decided", {"type": "object"}),
+        "400": _resp("bad body", _ERR),
+        **_TOKEN_ERRORS,
+        "404": _resp("no such approval", _ERR),
+        "409": _resp("not pending, frozen, or the level no longer allows it", _ERR),
+    }
+    return {
+        "/mcp/{token}": {
+            "parameters": [token],
+            "post": {
+                "summary": "MCP Streamable HTTP endpoint of one case's tools URL",
+                "requestBody": {"required": True, "content": _json(_RPC)},
+                "responses": {
+                    "200": _resp("JSON-RPC response", _RPC),
+                    "202": _resp("notification acknowledged (ignored)"),
+                    "400": _resp("invalid JSON-RPC message or envelope", _RPC),
+                    "404": _resp("unknown, expired or closed tools URL or session", _RPC),
+                    "413": _resp("body larger than 1 MiB", {"type": "object"}),
+                    "415": _resp("compressed body", _RPC),
+                    "503": _resp("too many open sessions", _RPC),
+                },
+            },
+            "get": {
+                "summary": "No server-to-client stream is offered",
+                "responses": {"405": _resp("use POST", _ERR)},
+            },
+            "delete": {
+                "summary": "End a handshake-era session (Mcp-Session-Id)",
+                "responses": {"200": _resp("ended"), "404": _resp("no such session", _RPC)},
+            },
+        },
+        "/v1/sessions": {
+            "post": {
+                "summary": "A live session's tools URL for one case",
+                "security": _ADMIN,
+                "requestBody": {
+                    "required": True,
+                    "content": _json(
+                        {
+                            "type": "object",
+                            "required": ["task_type", "event_id"],
+                            "properties": {
+                                "task_type": {"type": "string"},
+                                "event_id": {"type": "string"},
+                            },
+                            "additionalProperties": False,
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": _resp(
+                        "the session",
+                        {
+                            "type": "object",
+                            "required": ["tools_url", "level", "expires_at"],
+                            "properties": {
+                                "tools_url": {"type": "string"},
+                                "level": {"type": "string"},
+                                "expires_at": {"type": "string"},
+                            },
+                        },
+                    ),
+                    "400": _resp("bad body", _ERR),
+                    **_TOKEN_ERRORS,
+                    "404": _resp("unknown task type", _ERR),
+                    "409": _resp("the task type has no tools policy", _ERR),
+                },
+            }
+        },
+        "/v1/approvals": {
+            "get": {
+                "summary": "Tool writes held for approval (status=pending by default, or all)",
+                "security": _ADMIN,
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _resp("the approvals", {"type": "object"}),
+                    "400": _resp("unknown status", _ERR),
+                    **_TOKEN_ERRORS,
+                },
+            }
+        },
+        "/v1/approvals/{approval_id}": {
+            "parameters": [approval],
+            "get": {
+                "summary": "One approval and its outcome",
+                "security": _ADMIN,
+                "responses": {
+                    "200": _resp("the approval", {"type": "object"}),
+                    **_TOKEN_ERRORS,
+                    "404": _resp("no such approval", _ERR),
+                },
+            },
+        },
+        "/v1/approvals/{approval_id}/approve": {
+            "parameters": [approval],
+            "post": {
+                "summary": "Approve a held write: it is forwarded once",
+                "security": _ADMIN,
+                "requestBody": decide_body,
+                "responses": decided,
+            },
+        },
+        "/v1/approvals/{approval_id}/reject": {
+            "parameters": [approval],
+            "post": {
+                "summary": "Reject a held write (reason required): it is never forwarded",
+                "security": _ADMIN,
+                "requestBody": decide_body,
+                "responses": decided,
+            },
+        },
+    }
+
+
 def openapi_spec() -> dict[str, Any]:
     """The API description (a fresh dict each call)."""
     ok_obj = _resp("ok", {"type": "object"})
@@ -311,6 +454,7 @@ def openapi_spec() -> dict[str, Any]:
                 }
             },
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok_obj}}},
+            **_gateway_paths(),
         },
         "components": {
             "schemas": _SCHEMAS,

@@ -43,9 +43,19 @@ from shadow.policy import Policy
 from shadow.promotion import LadderState
 from shadow.store import Store
 
-__all__ = ["Pipeline", "PipelineObserver"]
+__all__ = ["Pipeline", "PipelineObserver", "ToolSessions"]
 
 log = logging.getLogger("shadow.pipeline")
+
+
+class ToolSessions(Protocol):
+    """The tool gateway as the pipeline sees it (:class:`shadow.gateway.Gateway`): a shadow
+    session's tools URL for each agent request, and the decision with the writes captured
+    through it as its actions once the agent has answered."""
+
+    def shadow_tools_url(self, event: WorkEvent) -> str | None: ...
+
+    def settle(self, event: WorkEvent, decision: ShadowDecision) -> ShadowDecision: ...
 
 
 class PipelineObserver(Protocol):
@@ -74,6 +84,7 @@ class Pipeline:
         observers: Sequence[PipelineObserver] = (),
         promote: bool = True,
         scan_every: float = 1.0,
+        tools: ToolSessions | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -83,6 +94,9 @@ class Pipeline:
         self.clock = clock
         self.observers = tuple(observers)
         self.promote = promote  # False on Kafka replicas: one promoter owns the ladder
+        self.tools = tools
+        if tools is not None and agent is not None:
+            agent.tools_url = tools.shadow_tools_url
         prefix = settings.dead_letter_raw_prefix
         if prefix is None:
             prefix = 0 if policy.redacts else DEFAULT_DEAD_LETTER_RAW_PREFIX
@@ -305,6 +319,8 @@ class Pipeline:
                         batch.append(self._results.get_nowait())
                     except asyncio.QueueEmpty:
                         break
+                if self.tools is not None:
+                    batch = [(e, self.tools.settle(e, d)) for e, d in batch]
                 await self.store.put_decisions(
                     [(d, e.task_type) for e, d in batch], now=self.clock()
                 )

@@ -29,6 +29,7 @@ import yaml
 from shadow.drift import DEFAULT_MARGIN, DEFAULT_THRESHOLD, Drift
 from shadow.errors import FieldError, PolicyError
 from shadow.model import JSONObject, Level, content_hash
+from shadow.tools_policy import TaskTools, Upstream, parse_task_tools, parse_upstreams
 
 __all__ = [
     "REDACTED",
@@ -161,6 +162,7 @@ class TaskPolicy:
     # Identifies the compare rules alone: a change starts a new evidence epoch (the stored
     # decisions and outcomes are re-scored, shadow.joiner.Joiner.new_epochs).
     compare_hash: str = ""
+    tools: TaskTools | None = None  # the tool gateway's rules (shadow.tools_policy)
 
     def sampled(self, event_id: str) -> bool:
         """Whether ``event_id`` is mirrored to the agent (``sample_rate``, stable hash)."""
@@ -237,6 +239,7 @@ class Policy:
     default: TaskPolicy | None = None
     hash: str = ""
     text: str = ""  # the YAML it was parsed from (stored with the evidence)
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # top-level ``tools``
 
     def for_task(self, task_type: str) -> TaskPolicy | None:
         """The policy for ``task_type``; the default policy for unknown ones when
@@ -458,7 +461,7 @@ class _Parser:
     # -- sections --------------------------------------------------------------------------
 
     def policy(self, raw: object) -> Policy:
-        top = self.mapping(raw, "", {"defaults", "task_types"})
+        top = self.mapping(raw, "", {"defaults", "task_types", "tools"})
         if raw is None or not top.get("task_types"):
             self.fail("task_types", "required; add at least one task type under task_types")
         defaults = self.mapping(top.get("defaults"), "defaults", {"unknown_task_types", "policy"})
@@ -490,10 +493,11 @@ class _Parser:
             unknown_task_types=unknown,
             default=default,
             hash=content_hash(raw if isinstance(raw, dict) else {}),
+            upstreams=parse_upstreams(top.get("tools"), self.fail),
         )
 
     def task(self, name: str, body: object, path: str) -> TaskPolicy:
-        m = self.mapping(body, path, {"sample_rate", "redact", "compare", "autonomy"})
+        m = self.mapping(body, path, {"sample_rate", "redact", "compare", "autonomy", "tools"})
         sample_rate = self.number(m, "sample_rate", path, 1.0, 0.0, 1.0)
         redact_raw = m.get("redact", [])
         redact: list[str] = []
@@ -515,8 +519,9 @@ class _Parser:
         digest = content_hash({"name": name, "body": body if isinstance(body, dict) else {}})
         rules = m.get("compare")
         compare_digest = content_hash(rules if isinstance(rules, dict) else {})
+        tools = parse_task_tools(m.get("tools"), f"{path}.tools", self.fail)
         return TaskPolicy(
-            name, sample_rate, tuple(redact), compare, autonomy, digest, compare_digest
+            name, sample_rate, tuple(redact), compare, autonomy, digest, compare_digest, tools
         )
 
     def compare(self, raw: object, path: str) -> CompareRules:

@@ -262,6 +262,54 @@ _V8 = [
     """,
 ]
 
+# Version 9: the tool gateway (shadow.gateway). ``tool_calls`` has one row per tool call an
+# agent made through it (written in batches, see shadow.store.gateway); ``tool_approvals``
+# holds each write waiting for a human (L2, and L3 audit items) and what became of it. An
+# approval moves pending -> forwarding (committed before the upstream is called) ->
+# forwarded | failed, or pending -> rejected | expired | refused; a row found in
+# ``forwarding`` at start-up is failed, never forwarded again (at most once).
+_V9 = [
+    "CREATE SEQUENCE tool_call_seq",
+    """
+    CREATE TABLE tool_calls (
+        id          BIGINT PRIMARY KEY DEFAULT nextval('tool_call_seq'),
+        called_at   TIMESTAMPTZ NOT NULL,
+        task_type   VARCHAR NOT NULL,
+        event_id    VARCHAR NOT NULL,
+        shadow      BOOLEAN NOT NULL,
+        level       VARCHAR NOT NULL,
+        tool        VARCHAR NOT NULL,         -- as the agent named it
+        upstream    VARCHAR,                  -- null when no upstream owns the name
+        class       VARCHAR,                  -- read | write; null when refused unclassified
+        outcome     VARCHAR NOT NULL,         -- forwarded|captured|refused|held|approved|...
+        latency_ms  DOUBLE NOT NULL,
+        error       VARCHAR,                  -- the refusal or the upstream's error
+        args        JSON NOT NULL,
+        approval_id VARCHAR
+    )
+    """,
+    """
+    CREATE TABLE tool_approvals (
+        id            VARCHAR PRIMARY KEY,
+        created_at    TIMESTAMPTZ NOT NULL,
+        expires_at    TIMESTAMPTZ NOT NULL,
+        task_type     VARCHAR NOT NULL,
+        event_id      VARCHAR NOT NULL,
+        level         VARCHAR NOT NULL,
+        tool          VARCHAR NOT NULL,
+        upstream      VARCHAR NOT NULL,
+        upstream_tool VARCHAR NOT NULL,
+        args          JSON NOT NULL,
+        status        VARCHAR NOT NULL,
+        decided_by    VARCHAR,
+        decided_at    TIMESTAMPTZ,
+        reason        VARCHAR,
+        result        JSON,
+        error         VARCHAR
+    )
+    """,
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -271,6 +319,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (6, _V6),
     (7, _V7),
     (8, _V8),
+    (9, _V9),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -40,6 +40,7 @@ from aiohttp.log import access_logger
 from shadow.config import Settings
 
 __all__ = [
+    "LISTEN_URL",
     "ExpectHandler",
     "JsonErrorHandler",
     "Listener",
@@ -61,6 +62,9 @@ ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 # nginx's code for "client closed request": the answer is never delivered, but the access
 # log says what happened.
 CLIENT_CLOSED = 499
+# The address the Listener serves on (``http://host:port``), set before start-up so the tool
+# gateway can hand out tools URLs without a configured ``public_url``.
+LISTEN_URL = web.AppKey("listen_url", str)
 _SHOWN = 200  # characters of a client-chosen path or header value repeated in a message
 
 
@@ -266,6 +270,10 @@ class Listener:
             self._app, access_log=self._access_log, shutdown_timeout=self._shutdown_timeout
         )
         self._runner = runner
+        if LISTEN_URL not in self._app:
+            host = self._sock.getsockname()[0]
+            host = f"[{host}]" if ":" in host else host
+            self._app[LISTEN_URL] = f"http://{host}:{self.port}"
         try:
             await runner.setup()
             manager = runner.server

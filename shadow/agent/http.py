@@ -76,6 +76,8 @@ class HttpAgent:
             "X-Shadow-Mode": "true",
             "X-Shadow-Event-Id": str(request.get("event_id", "")),
         }
+        if request.get("tools_url"):
+            headers["X-Shadow-Tools-Url"] = str(request["tools_url"])
         session = self._client()
         try:
             async with session.post(

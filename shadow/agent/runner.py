@@ -37,6 +37,7 @@ class AgentRunner:
         default_version: str = "unknown",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tools_url: Callable[[WorkEvent], str | None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"agent concurrency must be at least 1, got {concurrency}")
@@ -52,6 +53,9 @@ class AgentRunner:
         self._breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
         self._clock = clock
         self._sleep = sleep
+        # The tool gateway's shadow session for an event (shadow.gateway), sent to the agent
+        # as the request's ``tools_url`` (and ``X-Shadow-Tools-Url`` over HTTP).
+        self.tools_url = tools_url
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -321,14 +325,18 @@ class AgentRunner:
         reason = f"circuit open: agent failed {b.failures} {times} in a row; {when}"
         return ShadowDecision.failed(event.event_id, self.version, reason, latency_ms=None)
 
-    @staticmethod
-    def _request(event: WorkEvent) -> dict[str, Any]:
-        return {
+    def _request(self, event: WorkEvent) -> dict[str, Any]:
+        request: dict[str, Any] = {
             "event_id": event.event_id,
             "task_type": event.task_type,
             "payload": event.payload,
             "shadow": True,
         }
+        if self.tools_url is not None:
+            url = self.tools_url(event)
+            if url is not None:
+                request["tools_url"] = url
+        return request
 
     async def _call(self, event: WorkEvent) -> ShadowDecision:
         request = self._request(event)

@@ -23,13 +23,15 @@ as one module it outgrew our size guide, so its SQL is split by the tables it ow
 :mod:`~shadow.store.base` (connection, thread, transactions, migrations),
 :mod:`~shadow.store.handling` (how each item was routed: the evidence's independence),
 :mod:`~shadow.store.ingest`, :mod:`~shadow.store.joins`, :mod:`~shadow.store.ladder`,
-:mod:`~shadow.store.outbox`, :mod:`~shadow.store.positions` (where Kafka records came
+:mod:`~shadow.store.outbox`, :mod:`~shadow.store.gateway` (tool calls and held approvals),
+:mod:`~shadow.store.positions` (where Kafka records came
 from, and how far each partition may be committed) and :mod:`~shadow.store.retention`
 (what leaves the store, and when), combined into :class:`Store`.
 """
 
 from __future__ import annotations
 
+from shadow.store.gateway import ApprovalRow, GatewayPart, ToolCallRow
 from shadow.store.handling import HandlingPart, Routed
 from shadow.store.ingest import IngestPart
 from shadow.store.joins import JoinPart
@@ -40,6 +42,7 @@ from shadow.store.records import DeadLetter, JoinRow, PutResult, PutStatus, Repl
 from shadow.store.retention import Purged, RetentionPart
 
 __all__ = [
+    "ApprovalRow",
     "DeadLetter",
     "JoinRow",
     "Purged",
@@ -49,11 +52,19 @@ __all__ = [
     "Reversal",
     "Routed",
     "Store",
+    "ToolCallRow",
 ]
 
 
 class Store(
-    HandlingPart, IngestPart, JoinPart, LadderPart, OutboxPart, PositionPart, RetentionPart
+    GatewayPart,
+    HandlingPart,
+    IngestPart,
+    JoinPart,
+    LadderPart,
+    OutboxPart,
+    PositionPart,
+    RetentionPart,
 ):
     """Async facade over one DuckDB file. Use as ``async with Store(path) as store``.
 

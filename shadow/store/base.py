@@ -186,6 +186,8 @@ class StoreBase:
             "autonomy",
             "published_comparisons",
             "autonomy_outbox",
+            "tool_calls",
+            "tool_approvals",
         }:
             raise ValueError(f"unknown table {table!r}")
 

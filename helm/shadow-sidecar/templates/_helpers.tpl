@@ -131,6 +131,24 @@ The sidecar container. Include it in a pod's `containers:` list:
       value: {{ . | quote }}
     {{- end }}
     {{- end }}
+    {{- with .Values.gateway.publicUrl }}
+    - name: SHADOW_PUBLIC_URL
+      value: {{ . | quote }}
+    {{- end }}
+    {{- with .Values.gateway.secret.existingSecret }}
+    - name: SHADOW_GATEWAY_SECRET
+      valueFrom:
+        secretKeyRef:
+          name: {{ . }}
+          key: {{ $.Values.gateway.secret.existingSecretKey }}
+    {{- end }}
+    {{- range .Values.gateway.upstreamSecrets }}
+    - name: {{ .env }}
+      valueFrom:
+        secretKeyRef:
+          name: {{ .secretName }}
+          key: {{ .secretKey }}
+    {{- end }}
     {{- with .Values.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

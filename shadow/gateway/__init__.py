@@ -1,0 +1,69 @@
+"""The tool gateway: the sidecar as the MCP endpoint an agent's tools go through, and so the
+one place the autonomy level is enforced on each call (docs/gateway.md).
+
+::
+
+    agent ──MCP──► /mcp/{capability} ──reads──► upstream MCP servers (the policy's ``tools``)
+                        │ shadow: writes captured as the case's actions, never forwarded
+                        │ live L0-L1 refused · L2 held for approval · L3 forwarded (audit
+                        │ items held) · L4 forwarded · frozen: every write refused
+                        └ allowlist per task type; every call a row, counted and audited
+
+Modules: :mod:`~shadow.gateway.rules` (the pure per-call decision),
+:mod:`~shadow.gateway.capability` (tools URLs bound to one case),
+:mod:`~shadow.gateway.upstream` (the official MCP SDK's client to each upstream),
+:mod:`~shadow.gateway.core` (catalog, classes, enforcement, shadow capture, records),
+:mod:`~shadow.gateway.approvals` (held writes), :mod:`~shadow.gateway.mcp` (the
+agent-facing Streamable HTTP endpoint), :mod:`~shadow.gateway.api` (sessions and approvals
+over the sidecar's HTTP API).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shadow.config import Settings
+from shadow.errors import ConfigError
+from shadow.gateway.approvals import Approvals, Settled
+from shadow.gateway.capability import Capabilities, Grant
+from shadow.gateway.core import CallRefused, Gateway, ToolEntry
+from shadow.gateway.mcp import GATEWAY, SESSIONS, McpSessions
+from shadow.gateway.rules import Decision, decide
+from shadow.gateway.upstream import UpstreamClient
+from shadow.policy import Policy
+
+__all__ = [
+    "GATEWAY",
+    "SESSIONS",
+    "Approvals",
+    "CallRefused",
+    "Capabilities",
+    "Decision",
+    "Gateway",
+    "Grant",
+    "McpSessions",
+    "Settled",
+    "ToolEntry",
+    "UpstreamClient",
+    "build_gateway",
+    "decide",
+]
+
+
+def build_gateway(
+    policy: Policy, settings: Settings, environ: Mapping[str, str]
+) -> dict[str, UpstreamClient]:
+    """The SDK clients of the policy's upstreams, credentials resolved from ``environ``
+    (ConfigError names a header whose ``env:NAME`` is not set). Nothing connects yet."""
+    out: dict[str, UpstreamClient] = {}
+    for name, upstream in policy.upstreams.items():
+        try:
+            headers = upstream.resolved_headers(environ)
+        except KeyError as exc:
+            raise ConfigError(
+                f"tools.{name}.headers: environment variable {exc.args[0]} is not set"
+            ) from None
+        out[name] = UpstreamClient(
+            name, upstream.url, headers, timeout=settings.gateway_upstream_timeout
+        )
+    return out

@@ -1,0 +1,135 @@
+"""The gateway's HTTP API (docs/api.md, docs/gateway.md): live sessions and approvals.
+
+- ``POST /v1/sessions {"task_type", "event_id"}`` -> ``{"tools_url", "level",
+  "expires_at"}``: a live session's tools URL for one case (the host asks for it when the
+  agent works an item for real; shadow requests carry their own).
+- ``GET /v1/approvals[?status=pending|forwarded|failed|rejected|expired|refused|all]``,
+  ``GET /v1/approvals/{id}``, ``POST /v1/approvals/{id}/approve {"actor", "reason"}``,
+  ``POST /v1/approvals/{id}/reject {"actor", "reason"}`` (reason required).
+
+All of them need the admin bearer token (approvals show the arguments of held calls).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from shadow.api import PIPELINE, actor_of, reason_of, token_refusal
+from shadow.errors import AutonomyError
+from shadow.gateway.approvals import Settled
+from shadow.gateway.mcp import GATEWAY, mcp_routes
+from shadow.model import MAX_ID_LENGTH
+from shadow.server import error
+from shadow.store.gateway import APPROVAL_STATES
+
+__all__ = ["gateway_routes"]
+
+
+async def _object(request: web.Request, allowed: set[str]) -> dict[str, Any] | web.Response:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return error(400, f"body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return error(400, "body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        return error(400, f"unknown key {unknown[0]!r}; accepted: {', '.join(sorted(allowed))}")
+    for key, value in body.items():
+        if value is not None and not isinstance(value, str):
+            return error(400, f"{key} must be a string")
+    return body
+
+
+async def post_session(request: web.Request) -> web.StreamResponse:
+    refusal = token_refusal(request)
+    if refusal is not None:
+        return refusal
+    body = await _object(request, {"task_type", "event_id"})
+    if isinstance(body, web.Response):
+        return body
+    task_type, event_id = body.get("task_type"), body.get("event_id")
+    if not task_type or not event_id:
+        return error(400, "task_type and event_id: required strings")
+    if len(event_id) > MAX_ID_LENGTH:
+        return error(400, f"event_id: longer than {MAX_ID_LENGTH} characters")
+    if task_type not in request.app[PIPELINE].policy.task_types:
+        return error(404, f"unknown task type {task_type!r}")
+    gateway = request.app[GATEWAY]
+    if gateway.rules(task_type) is None:
+        return error(409, f"{task_type} has no tools policy (task_types.{task_type}.tools)")
+    return web.json_response(gateway.open_session(task_type, event_id, shadow=False))
+
+
+async def get_approvals(request: web.Request) -> web.StreamResponse:
+    refusal = token_refusal(request)
+    if refusal is not None:
+        return refusal
+    status = request.query.get("status", "pending")
+    if status != "all" and status not in APPROVAL_STATES:
+        return error(400, f"status: one of all, {', '.join(APPROVAL_STATES)}")
+    rows = await request.app[GATEWAY].store.approvals(status=None if status == "all" else status)
+    return web.json_response({"approvals": [r.to_json() for r in rows]})
+
+
+async def get_approval(request: web.Request) -> web.StreamResponse:
+    refusal = token_refusal(request)
+    if refusal is not None:
+        return refusal
+    row = await request.app[GATEWAY].store.approval(request.match_info["approval_id"])
+    if row is None:
+        return error(404, "no such approval")
+    return web.json_response(row.to_json())
+
+
+def _settled(settled: Settled) -> web.Response:
+    return web.json_response({"outcome": settled.outcome, "approval": settled.row.to_json()})
+
+
+async def _decide(request: web.Request, verb: str) -> web.StreamResponse:
+    refusal = token_refusal(request)
+    if refusal is not None:
+        return refusal
+    body = await _object(request, {"actor", "reason"})
+    if isinstance(body, web.Response):
+        return body
+    approval_id = request.match_info["approval_id"]
+    approvals = request.app[GATEWAY].approvals
+    actor = actor_of(request, body)
+    reason = reason_of(body, "")
+    try:
+        if verb == "approve":
+            settled = await approvals.approve(approval_id, actor=actor, reason=reason or "approved")
+        else:
+            if not reason:
+                return error(400, "reason: required; say why the write is rejected")
+            settled = await approvals.reject(approval_id, actor=actor, reason=reason)
+    except KeyError:
+        return error(404, "no such approval")
+    except AutonomyError as exc:
+        return error(409, str(exc))
+    return _settled(settled)
+
+
+async def post_approve(request: web.Request) -> web.StreamResponse:
+    return await _decide(request, "approve")
+
+
+async def post_reject(request: web.Request) -> web.StreamResponse:
+    return await _decide(request, "reject")
+
+
+def gateway_routes() -> list[web.RouteDef]:
+    return [
+        *mcp_routes(),
+        web.post("/v1/sessions", post_session),
+        web.get("/v1/approvals", get_approvals),
+        web.get("/v1/approvals/{approval_id}", get_approval),
+        web.post("/v1/approvals/{approval_id}/approve", post_approve),
+        web.post("/v1/approvals/{approval_id}/reject", post_reject),
+    ]

@@ -1,0 +1,277 @@
+"""Writes held for a human (L2, and L3 items in the audit sample): hold, wait, approve,
+reject, expire, freeze.
+
+Every held write is a row of ``tool_approvals`` before the agent hears anything
+(:mod:`shadow.store.gateway` has the states and why forwarding is at most once). The
+agent's call then waits up to ``wait`` seconds for a decision:
+
+- approved in time: the write is forwarded (once) and the call answers the upstream's result;
+- rejected, expired or refused in time: the call answers a JSON-RPC error saying so;
+- still pending after ``wait``: the call answers a result whose structured content is
+  ``{"status": "pending", "approval_id", "expires_at"}``; the approval stays open until
+  ``timeout`` after it was held. Approving it later forwards it then (the outcome is on the
+  approval: ``GET /v1/approvals/{id}``); nobody deciding by then expires it (fails closed).
+
+A freeze refuses every pending approval at once; approving is refused while frozen or when
+the task type's level no longer allows writes that wait for approval (below L2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from shadow.errors import AutonomyError, UpstreamError
+from shadow.model import AuditEntry, Level
+from shadow.store import ApprovalRow, Store
+
+__all__ = ["Approvals", "Forwarder", "LadderView", "Settled"]
+
+log = logging.getLogger("shadow.gateway")
+
+
+class LadderView(Protocol):
+    """What the gateway reads from the :class:`shadow.ladder.Ladder` (never writes)."""
+
+    @property
+    def frozen(self) -> bool: ...
+
+    def level(self, task_type: str) -> Level: ...
+
+    def route(self, task_type: str, event_id: str) -> dict[str, Any]: ...
+
+
+Forwarder = Callable[[ApprovalRow], Awaitable[dict[str, Any]]]
+"""Sends an approved write to its upstream and returns the result (raises UpstreamError)."""
+
+Observer = Callable[[ApprovalRow, str, float], None]
+"""Told each settled approval: (row, outcome, seconds it waited) — call rows and metrics."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """How a held call ended: ``outcome`` approved (``result`` set, or ``error`` when the
+    upstream failed), rejected, expired or refused (``error`` says why), or pending."""
+
+    outcome: str
+    row: ApprovalRow
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Approvals:
+    """Held writes of one sidecar. ``clock`` returns aware datetimes."""
+
+    def __init__(
+        self,
+        store: Store,
+        ladder: LadderView,
+        forward: Forwarder,
+        *,
+        clock: Callable[[], datetime],
+        wait: float,
+        timeout: float,
+        policy_hash: Callable[[str], str | None],
+        observe: Observer,
+    ) -> None:
+        self._store = store
+        self._ladder = ladder
+        self._forward = forward
+        self._clock = clock
+        self.wait = wait
+        self.timeout = timeout
+        self._policy_hash = policy_hash
+        self._observe = observe
+        self._waiters: dict[str, asyncio.Future[Settled]] = {}
+        self._pending: dict[str, ApprovalRow] = {}  # the open approvals, by id
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> list[ApprovalRow]:
+        return sorted(self._pending.values(), key=lambda r: (r.created_at, r.id))
+
+    async def start(self) -> None:
+        """Fail what a dead process was forwarding, load what is pending, start expiring."""
+        failed = await self._store.fail_interrupted()
+        if failed:
+            log.warning(
+                "gateway: %d approvals were being forwarded at a crash: failed", len(failed)
+            )
+        for row in await self._store.approvals(status="pending", limit=1_000_000):
+            self._pending[row.id] = row
+        await self.sweep()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    async def close(self) -> None:
+        task, self._sweeper = self._sweeper, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for fut in self._waiters.values():
+            fut.cancel()
+        self._waiters.clear()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, max(self.timeout / 4, 0.05)))
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("gateway: expiring approvals failed; retrying")
+
+    async def sweep(self) -> None:
+        """Expire the approvals whose time is up (fail closed)."""
+        now = self._clock()
+        for row in [r for r in self._pending.values() if r.expires_at <= now]:
+            await self._close(
+                row, "expired", "gateway", f"not approved within {self.timeout:g} s", "expired"
+            )
+
+    async def hold(
+        self,
+        *,
+        task_type: str,
+        event_id: str,
+        level: Level,
+        tool: str,
+        upstream: str,
+        upstream_tool: str,
+        args: dict[str, Any],
+    ) -> Settled:
+        """Store the held write, then wait (bounded) for its decision."""
+        now = self._clock()
+        row = ApprovalRow(
+            id="a-" + secrets.token_hex(8),
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.timeout),
+            task_type=task_type,
+            event_id=event_id,
+            level=str(level),
+            tool=tool,
+            upstream=upstream,
+            upstream_tool=upstream_tool,
+            args=args,
+        )
+        await self._store.put_approval(row)
+        self._pending[row.id] = row
+        fut: asyncio.Future[Settled] = asyncio.get_running_loop().create_future()
+        self._waiters[row.id] = fut
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=self.wait)
+        except TimeoutError:
+            return Settled("pending", row)
+        finally:
+            self._waiters.pop(row.id, None)
+
+    def _audit(self, row: ApprovalRow, action: str, actor: str, reason: str) -> AuditEntry:
+        return AuditEntry(
+            at=self._clock(),
+            task_type=row.task_type,
+            actor=actor,
+            action=action,
+            from_level=None,
+            to_level=None,
+            reason=reason,
+            evidence={
+                "approval_id": row.id,
+                "event_id": row.event_id,
+                "tool": row.tool,
+                "upstream": row.upstream,
+                "held_at": row.level,
+            },
+            policy_hash=self._policy_hash(row.task_type),
+        )
+
+    def _settle(self, settled: Settled) -> None:
+        self._pending.pop(settled.row.id, None)
+        waited = (self._clock() - settled.row.created_at).total_seconds()
+        self._observe(settled.row, settled.outcome, waited)
+        fut = self._waiters.get(settled.row.id)
+        if fut is not None and not fut.done():
+            fut.set_result(settled)
+
+    async def _close(
+        self, row: ApprovalRow, status: str, actor: str, reason: str, outcome: str
+    ) -> Settled | None:
+        audit = self._audit(row, f"tool_{outcome}", actor, reason)
+        done = await self._store.decide_approval(
+            row.id, status, actor=actor, reason=reason, now=self._clock(), audit=audit
+        )
+        if done is None:
+            self._pending.pop(row.id, None)
+            return None
+        settled = Settled(outcome, done, error=f"{outcome} by {actor}: {reason}")
+        self._settle(settled)
+        return settled
+
+    async def _open(self, approval_id: str) -> ApprovalRow:
+        row = self._pending.get(approval_id)
+        if row is not None:
+            return row
+        stored = await self._store.approval(approval_id)
+        if stored is None:
+            raise KeyError(approval_id)
+        raise AutonomyError(f"approval {approval_id} is {stored.status}, not pending")
+
+    async def approve(self, approval_id: str, *, actor: str, reason: str) -> Settled:
+        """Forward the held write once. KeyError: unknown id; AutonomyError: not pending,
+        frozen, or the level no longer allows it (then it is refused: fails closed)."""
+        row = await self._open(approval_id)
+        if self._ladder.frozen:
+            raise AutonomyError("the sidecar is frozen: held writes cannot be approved")
+        level = self._ladder.level(row.task_type)
+        if level < Level.L2:
+            await self._close(
+                row,
+                "refused",
+                actor,
+                f"{row.task_type} is now at {level}: writes are refused",
+                "refused",
+            )
+            raise AutonomyError(
+                f"{row.task_type} is now at {level}, below L2: the held write was refused"
+            )
+        audit = self._audit(row, "tool_approve", actor, reason)
+        claimed = await self._store.decide_approval(
+            row.id, "forwarding", actor=actor, reason=reason, now=self._clock(), audit=audit
+        )
+        if claimed is None:
+            self._pending.pop(row.id, None)
+            raise AutonomyError(f"approval {approval_id} was decided meanwhile")
+        self._pending.pop(row.id, None)
+        try:
+            result = await self._forward(claimed)
+        except UpstreamError as exc:
+            await self._store.finish_approval(row.id, status="failed", error=str(exc))
+            settled = Settled(
+                "approved", replace(claimed, status="failed", error=str(exc)), error=str(exc)
+            )
+        else:
+            await self._store.finish_approval(row.id, status="forwarded", result=result)
+            settled = Settled(
+                "approved", replace(claimed, status="forwarded", result=result), result=result
+            )
+        self._settle(settled)
+        return settled
+
+    async def reject(self, approval_id: str, *, actor: str, reason: str) -> Settled:
+        row = await self._open(approval_id)
+        settled = await self._close(row, "rejected", actor, reason, "rejected")
+        if settled is None:
+            raise AutonomyError(f"approval {approval_id} was decided meanwhile")
+        return settled
+
+    async def refuse_all(self, *, actor: str, reason: str) -> int:
+        """A freeze: every pending approval refused at once; how many."""
+        n = 0
+        for row in self.pending:
+            if await self._close(row, "refused", actor, reason, "refused") is not None:
+                n += 1
+        return n

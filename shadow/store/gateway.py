@@ -1,0 +1,288 @@
+"""The tool gateway's tables (schema v9): one row per tool call, and the writes held for a
+human's approval.
+
+Approvals are the part that must survive a ``kill -9``: a held write is a row before the
+agent hears that it is held, and forwarding one is *at most once* by construction. Claiming
+an approval (:meth:`GatewayPart.claim_approval`) moves it from ``pending`` to ``forwarding``
+in one committed statement that only succeeds from ``pending``; only the caller whose claim
+succeeded calls the upstream, then records ``forwarded`` or ``failed``. A row still in
+``forwarding`` when the store opens again belongs to a process that died mid-call: it is
+``failed`` (:meth:`GatewayPart.fail_interrupted`), never sent again, since nobody can know
+whether the upstream acted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shadow.model import AuditEntry
+from shadow.store.base import StoreBase
+
+__all__ = ["APPROVAL_STATES", "ApprovalRow", "GatewayPart", "ToolCallRow"]
+
+APPROVAL_STATES = ("pending", "forwarding", "forwarded", "failed", "rejected", "expired", "refused")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRow:
+    """One tool call through the gateway (table ``tool_calls``)."""
+
+    at: datetime
+    task_type: str
+    event_id: str
+    shadow: bool
+    level: str
+    tool: str
+    upstream: str | None
+    tool_class: str | None
+    outcome: str
+    latency_ms: float
+    error: str | None
+    args: Any
+    approval_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRow:
+    """One write held for a human (table ``tool_approvals``)."""
+
+    id: str
+    created_at: datetime
+    expires_at: datetime
+    task_type: str
+    event_id: str
+    level: str
+    tool: str
+    upstream: str
+    upstream_tool: str
+    args: Any
+    status: str = "pending"
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    reason: str | None = None
+    result: Any = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "task_type": self.task_type,
+            "event_id": self.event_id,
+            "level": self.level,
+            "tool": self.tool,
+            "upstream": self.upstream,
+            "args": self.args,
+            "status": self.status,
+            "decided_by": self.decided_by,
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+            "reason": self.reason,
+            "result": self.result,
+            "error": self.error,
+        }
+
+
+_APPROVAL_COLUMNS = (
+    "id, created_at, expires_at, task_type, event_id, level, tool, upstream, upstream_tool, "
+    "args, status, decided_by, decided_at, reason, result, error"
+)
+
+
+def _approval(row: Sequence[Any]) -> ApprovalRow:
+    return ApprovalRow(
+        id=row[0],
+        created_at=row[1],
+        expires_at=row[2],
+        task_type=row[3],
+        event_id=row[4],
+        level=row[5],
+        tool=row[6],
+        upstream=row[7],
+        upstream_tool=row[8],
+        args=json.loads(row[9]),
+        status=row[10],
+        decided_by=row[11],
+        decided_at=row[12],
+        reason=row[13],
+        result=json.loads(row[14]) if row[14] is not None else None,
+        error=row[15],
+    )
+
+
+class GatewayPart(StoreBase):
+    async def put_tool_calls(self, rows: Sequence[ToolCallRow]) -> None:
+        """Append call rows in one transaction."""
+        if not rows:
+            return
+
+        def q() -> None:
+            with self._tx() as tx:
+                tx.executemany(
+                    "INSERT INTO tool_calls (called_at, task_type, event_id, shadow, level, tool, "
+                    "upstream, class, outcome, latency_ms, error, args, approval_id) VALUES "
+                    "(?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?::JSON, ?)",
+                    [
+                        [
+                            r.at,
+                            r.task_type,
+                            r.event_id,
+                            r.shadow,
+                            r.level,
+                            r.tool,
+                            r.upstream,
+                            r.tool_class,
+                            r.outcome,
+                            r.latency_ms,
+                            r.error,
+                            json.dumps(r.args),
+                            r.approval_id,
+                        ]
+                        for r in rows
+                    ],
+                )
+
+        await self._run(q)
+
+    async def tool_calls(
+        self, *, event_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Call rows in call order (oldest first), optionally of one case."""
+
+        def q() -> list[dict[str, Any]]:
+            sql = (
+                "SELECT id, called_at, task_type, event_id, shadow, level, tool, upstream, class, "
+                "outcome, latency_ms, error, args, approval_id FROM tool_calls "
+            )
+            params: list[Any] = []
+            if event_id is not None:
+                sql += "WHERE event_id = ? "
+                params.append(event_id)
+            sql += "ORDER BY id LIMIT ?"
+            params.append(limit)
+            cur = self.con.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            out = []
+            for row in cur.fetchall():
+                item = dict(zip(names, row, strict=True))
+                item["args"] = json.loads(item["args"])
+                out.append(item)
+            return out
+
+        return await self._run(q)
+
+    async def put_approval(self, row: ApprovalRow) -> None:
+        """Store a held write (durable before the agent hears it is held)."""
+
+        def q() -> None:
+            with self._tx() as tx:
+                tx.execute(
+                    f"INSERT INTO tool_approvals ({_APPROVAL_COLUMNS}) VALUES (?, ?::TIMESTAMPTZ, "
+                    "?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?::JSON, ?, NULL, NULL, NULL, NULL, NULL)",
+                    [
+                        row.id,
+                        row.created_at,
+                        row.expires_at,
+                        row.task_type,
+                        row.event_id,
+                        row.level,
+                        row.tool,
+                        row.upstream,
+                        row.upstream_tool,
+                        json.dumps(row.args),
+                        row.status,
+                    ],
+                )
+
+        await self._run(q)
+
+    async def approvals(self, *, status: str | None = None, limit: int = 500) -> list[ApprovalRow]:
+        """Approvals, oldest first (``status`` filters)."""
+
+        def q() -> list[ApprovalRow]:
+            sql = f"SELECT {_APPROVAL_COLUMNS} FROM tool_approvals "
+            params: list[Any] = []
+            if status is not None:
+                sql += "WHERE status = ? "
+                params.append(status)
+            sql += "ORDER BY created_at, id LIMIT ?"
+            params.append(limit)
+            return [_approval(r) for r in self.con.execute(sql, params).fetchall()]
+
+        return await self._run(q)
+
+    async def approval(self, approval_id: str) -> ApprovalRow | None:
+        def q() -> ApprovalRow | None:
+            row = self.con.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM tool_approvals WHERE id = ?", [approval_id]
+            ).fetchone()
+            return _approval(row) if row else None
+
+        return await self._run(q)
+
+    async def decide_approval(
+        self,
+        approval_id: str,
+        status: str,
+        *,
+        actor: str,
+        reason: str,
+        now: datetime,
+        audit: AuditEntry | None = None,
+    ) -> ApprovalRow | None:
+        """Move a *pending* approval to ``status`` (``forwarding`` to claim it for
+        forwarding, or ``rejected``, ``expired``, ``refused``), audited in the same
+        transaction. ``None`` when it is not pending (someone else decided first)."""
+        if status not in APPROVAL_STATES or status == "pending":
+            raise ValueError(f"not a decision: {status!r}")
+
+        def q() -> ApprovalRow | None:
+            with self._tx() as tx:
+                row = tx.execute(
+                    "UPDATE tool_approvals SET status = ?, decided_by = ?, decided_at = "
+                    "?::TIMESTAMPTZ, reason = ? WHERE id = ? AND status = 'pending' "
+                    f"RETURNING {_APPROVAL_COLUMNS}",
+                    [status, actor, now, reason, approval_id],
+                ).fetchone()
+                if row is None:
+                    return None
+                if audit is not None:
+                    self._insert_audit(tx, [audit])
+                return _approval(row)
+
+        return await self._run(q)
+
+    async def finish_approval(
+        self, approval_id: str, *, status: str, result: Any = None, error: str | None = None
+    ) -> None:
+        """Record what forwarding a claimed approval did (``forwarded`` or ``failed``)."""
+        if status not in ("forwarded", "failed"):
+            raise ValueError(f"not a forwarding result: {status!r}")
+
+        def q() -> None:
+            with self._tx() as tx:
+                tx.execute(
+                    "UPDATE tool_approvals SET status = ?, result = ?::JSON, error = ? "
+                    "WHERE id = ? AND status = 'forwarding'",
+                    [status, None if result is None else json.dumps(result), error, approval_id],
+                )
+
+        await self._run(q)
+
+    async def fail_interrupted(self) -> list[str]:
+        """Approvals a previous process claimed but never finished: ``failed``, with why."""
+
+        def q() -> list[str]:
+            with self._tx() as tx:
+                rows = tx.execute(
+                    "UPDATE tool_approvals SET status = 'failed', error = 'the sidecar stopped "
+                    "while forwarding this call; whether the upstream acted is unknown, so it "
+                    "is not sent again' WHERE status = 'forwarding' RETURNING id"
+                ).fetchall()
+                return [str(r[0]) for r in rows]
+
+        return await self._run(q)

@@ -1,0 +1,130 @@
+"""Fixtures of the tool gateway's tests: a real upstream MCP server built with the official
+SDK's ``MCPServer`` (Streamable HTTP under uvicorn, on a free loopback port) that records
+every tool call it receives, and policies that point the sidecar at it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+from mcp_types import ToolAnnotations
+
+READ_ONLY = ToolAnnotations(read_only_hint=True)
+
+
+@dataclass(eq=False)
+class Upstream:
+    """A running upstream. ``calls``: (tool, arguments) in the order received."""
+
+    server: MCPServer
+    url: str = ""
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def writes(self) -> list[tuple[str, dict[str, Any]]]:
+        return [c for c in self.calls if c[0] not in ("get_order", "lookup_customer")]
+
+
+def backoffice(name: str = "backoffice") -> Upstream:
+    """Read tools ``get_order`` (readOnlyHint) and ``lookup_customer`` (readOnlyHint);
+    write tools ``issue_refund`` and ``cancel_order`` (no hint)."""
+    server = MCPServer(name, log_level="WARNING")
+    up = Upstream(server)
+
+    @server.tool(annotations=READ_ONLY)
+    def get_order(order_id: str) -> dict[str, Any]:
+        """Look up an order."""
+        up.calls.append(("get_order", {"order_id": order_id}))
+        return {"order_id": order_id, "amount": 42.5, "status": "delivered"}
+
+    @server.tool(annotations=READ_ONLY)
+    def lookup_customer(customer_id: str) -> dict[str, Any]:
+        up.calls.append(("lookup_customer", {"customer_id": customer_id}))
+        return {"customer_id": customer_id, "tier": "gold"}
+
+    @server.tool()
+    def issue_refund(order_id: str, amount: float) -> dict[str, Any]:
+        """Refund an order (a write)."""
+        up.calls.append(("issue_refund", {"order_id": order_id, "amount": amount}))
+        return {"refunded": amount, "order_id": order_id}
+
+    @server.tool()
+    def cancel_order(order_id: str) -> dict[str, Any]:
+        up.calls.append(("cancel_order", {"order_id": order_id}))
+        return {"cancelled": order_id}
+
+    return up
+
+
+UpstreamFactory = Callable[..., Awaitable[Upstream]]
+UPSTREAM_TOKEN = "upstream-secret-token"
+
+
+@pytest.fixture(autouse=True)
+def upstream_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The credential the policy's ``env:BACKOFFICE_TOKEN`` header names."""
+    monkeypatch.setenv("BACKOFFICE_TOKEN", UPSTREAM_TOKEN)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[UpstreamFactory]:
+    """``await upstream()`` serves :func:`backoffice` (or ``up=`` another) on 127.0.0.1."""
+    running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(up: Upstream | None = None) -> Upstream:
+        up = up or backoffice()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        app = up.server.streamable_http_app(json_response=True)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        running.append((server, task))
+        for _ in range(3000):  # at most 30 s: a bound against hangs, not a timing
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "the upstream did not start"
+        up.url = f"http://127.0.0.1:{port}/mcp"
+        return up
+
+    yield start
+    for server, _ in running:
+        server.should_exit = True
+    for _, task in running:
+        await task
+
+
+def gateway_policy(url: str, *, start: str = "L0", extra: str = "") -> str:
+    """A policy whose ``refund`` task type uses the backoffice upstream at ``url``."""
+    return f"""
+tools:
+  backoffice: {{url: "{url}", headers: {{Authorization: "env:BACKOFFICE_TOKEN"}}}}
+task_types:
+  refund:
+    compare:
+      fields:
+        action: {{match: exact}}
+      unlisted: ignore
+      actions: {{args: {{amount: {{match: number, abs: 0.01}}}}}}
+    autonomy:
+      start: {start}
+      ceiling: L4
+      mode: propose
+      gates:
+        L1: {{agreement: 0.5, min_samples: 1000}}
+        L2: {{agreement: 0.5, min_samples: 1000}}
+        L3: {{agreement: 0.5, min_samples: 1000}}
+        L4: {{agreement: 0.5, min_samples: 1000}}
+      audit_rate: 0.5
+    tools:
+      allow: [get_order, issue_refund, cancel_order]
+      read: [get_*]
+      write: [issue_refund]
+{extra}
+"""
