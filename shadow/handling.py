@@ -5,11 +5,12 @@
 is what decides whether the item's outcome will be evidence. :class:`HandlingLog` keeps
 those answers off the answer path: :meth:`HandlingLog.record` only puts the answer in
 memory (an item routed twice keeps its least independent answer) and schedules a write
-within ``flush_after`` seconds; the joiner flushes before each join, so an outcome that
+within ``flush_after`` seconds (0.5); the joiner flushes before each join, so an outcome that
 arrives right after its routing answer is still compared with the sidecar's record. The
 store relabels comparisons already made when a record arrives late (shadow.store.handling).
 
-What is lost: answers given in the last ``flush_after`` seconds before a crash (kill -9).
+What is lost: answers given in the last ``flush_after`` seconds before a crash (kill -9)
+and not yet written by a join.
 Those items then count as never routed (blind) unless their outcome states how they were
 handled; docs/api.md says so and advises hosts acting above L1 to state ``handled_by``.
 """
@@ -21,6 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from shadow.metrics import Metrics
 from shadow.model import Handling, Level
@@ -30,7 +32,9 @@ __all__ = ["FLUSH_AFTER_S", "HandlingLog"]
 
 log = logging.getLogger("shadow.handling")
 
-FLUSH_AFTER_S = 0.05
+# A write costs DuckDB a few milliseconds whatever its size (index upkeep, the relabel): at
+# most two a second off the join path keeps the store thread (and the GIL) free for routing.
+FLUSH_AFTER_S = 0.5
 # Above this many unwritten answers a write starts at once (a flood of routes, a slow store);
 # answers are never dropped: dropping one would let an echoed outcome count as evidence.
 _FLUSH_AT = 10_000
@@ -57,10 +61,17 @@ class HandlingLog:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.on_stored: list[Callable[[], None]] = []
+        self._counters: dict[tuple[str, Handling], Any] = {}  # the routes counter's children
 
     def record(self, task_type: str, event_id: str, handled_by: Handling, level: Level) -> None:
         """Remember one routing answer (returns at once; never touches the store)."""
-        self._metrics.routes.labels(self._metrics.task_label(task_type), handled_by.value).inc()
+        counter = self._counters.get((task_type, handled_by))
+        if counter is None:
+            label = self._metrics.task_label(task_type)
+            counter = self._counters[(task_type, handled_by)] = self._metrics.routes.labels(
+                label, handled_by.value
+            )
+        counter.inc()
         seen = self._pending.get(event_id)
         if seen is None or handled_by.rank > seen.handled_by.rank:
             self._pending[event_id] = Routed(event_id, task_type, handled_by, level, self._clock())
