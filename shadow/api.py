@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from shadow.checks import MAX_ID_LENGTH
+from shadow.checks import CONTROL, MAX_ID_LENGTH
 from shadow.config import Settings
 from shadow.errors import AutonomyError, Reason
 from shadow.handling import HandlingLog
@@ -68,8 +67,6 @@ READINESS = web.AppKey("readiness", list[Callable[[], str | None]])
 ON_FREEZE = web.AppKey("on_freeze", list[Callable[[str, str], Awaitable[None]]])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -300,7 +297,7 @@ async def get_route(request: web.Request) -> web.Response:
     event_id = request.query.get("event_id", "")
     if not event_id:
         return error(400, "event_id query parameter is required")
-    if len(event_id) > MAX_ID_LENGTH or _CONTROL.search(event_id):
+    if len(event_id) > MAX_ID_LENGTH or CONTROL.search(event_id):
         return error(
             400,
             f"event_id must be at most {MAX_ID_LENGTH} characters, without control characters",
@@ -354,7 +351,7 @@ async def _write_body(request: web.Request, write: str) -> dict[str, Any]:
 
 
 def _clip(text: str, limit: int) -> str:
-    return _CONTROL.sub(" ", text)[:limit]
+    return CONTROL.sub(" ", text)[:limit]
 
 
 def _actor(request: web.Request, body: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from shadow.errors import FieldError, Reason, ValidationError
 
 __all__ = [
+    "CONTROL",
     "MAX_DEPTH",
     "MAX_ID_LENGTH",
     "TASK_TYPE_PATTERN",
@@ -38,7 +39,7 @@ TASK_TYPE_RE = re.compile(TASK_TYPE_PATTERN)
 
 JSONObject = dict[str, Any]
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")  # control characters, not allowed in identifiers
+CONTROL = re.compile("[\x00-\x1f\x7f]")  # control characters, not allowed in identifiers
 
 
 # -- checks ---------------------------------------------------------------------
@@ -80,7 +81,7 @@ class Check:
         if len(value) > MAX_ID_LENGTH:
             self.fail(key, f"too long ({len(value)} characters); at most {MAX_ID_LENGTH}")
             return ""
-        if _CONTROL.search(value):
+        if CONTROL.search(value):
             self.fail(key, "must not contain control characters")
             return ""
         return value

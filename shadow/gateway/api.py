@@ -17,11 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
-from shadow.api import PIPELINE, actor_of, reason_of, token_refusal
+from shadow.api import HANDLING, LADDER, actor_of, reason_of, token_refusal
+from shadow.checks import CONTROL
 from shadow.errors import AutonomyError
 from shadow.gateway.approvals import Settled
 from shadow.gateway.mcp import GATEWAY, mcp_routes
-from shadow.model import MAX_ID_LENGTH
+from shadow.model import MAX_ID_LENGTH, Handling, Level
 from shadow.server import error
 from shadow.store.gateway import APPROVAL_STATES
 
@@ -58,11 +59,19 @@ async def post_session(request: web.Request) -> web.StreamResponse:
         return error(400, "task_type and event_id: required strings")
     if len(event_id) > MAX_ID_LENGTH:
         return error(400, f"event_id: longer than {MAX_ID_LENGTH} characters")
-    if task_type not in request.app[PIPELINE].policy.task_types:
+    if CONTROL.search(event_id):
+        return error(400, "event_id: must not contain control characters")
+    ladder = request.app[LADDER]
+    if task_type not in ladder.policy.task_types:
         return error(404, f"unknown task type {task_type!r}")
     gateway = request.app[GATEWAY]
     if gateway.rules(task_type) is None:
         return error(409, f"{task_type} has no tools policy (task_types.{task_type}.tools)")
+    # The agent works this item for real, so its outcome is not blind evidence whatever the
+    # routing said: the agent acted (L3+ outside the audit sample) or a human saw its work.
+    answer = ladder.route(task_type, event_id)
+    handled = Handling.AGENT if answer["handled_by"] == "agent" else Handling.ASSISTED
+    request.app[HANDLING].record(task_type, event_id, handled, Level.parse(answer["level"]))
     return web.json_response(gateway.open_session(task_type, event_id, shadow=False))
 
 
