@@ -23,9 +23,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shadow.agent import AgentRunner, CircuitBreaker, load_agent
-from shadow.api import LADDER, PIPELINE, READINESS, REGISTRY, SETTINGS, routes
+from shadow.api import AUTH, LADDER, PIPELINE, READINESS, REGISTRY, SETTINGS, routes
 from shadow.config import Settings
 from shadow.errors import ConfigError
+from shadow.ingest_auth import IngestAuth
 from shadow.metrics import Metrics
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
@@ -33,9 +34,10 @@ from shadow.server import expect_continue, handler_options, json_errors, with_ex
 from shadow.sources.files import FileSource, parse_source_spec
 from shadow.sources.kafka import parse_kafka_spec
 from shadow.sources.kafka_stack import KafkaStack
+from shadow.sources.mirror import MIRROR, MirrorSink, build_mirror_app
 from shadow.store import Store
 
-__all__ = ["GC_THRESHOLDS", "build_app", "build_runner", "tune_gc", "utc_now"]
+__all__ = ["GC_THRESHOLDS", "build_app", "build_runner", "side_apps", "tune_gc", "utc_now"]
 
 # Young collections every 50,000 net allocations instead of CPython's 700 (see tune_gc).
 GC_THRESHOLDS = (50_000, 20, 20)
@@ -83,8 +85,13 @@ def build_app(
     policy: Policy | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], datetime] = utc_now,
+    open_store: Callable[[str], Store] = Store,
 ) -> web.Application:
-    """The sidecar as an aiohttp application. Raises ConfigError/PolicyError up front."""
+    """The sidecar as an aiohttp application. Raises ConfigError/PolicyError up front.
+
+    ``open_store`` makes the store from ``settings.db`` (a seam: tests wrap the real store).
+    The mirror listener and the proxy are separate applications on their own sockets
+    (:func:`side_apps`), sharing this one's pipeline through its mirror sink."""
     if policy is None:
         if settings.config is None:
             raise ConfigError("a policy file is required: pass --config POLICY.yaml")
@@ -104,13 +111,17 @@ def build_app(
     app[SETTINGS] = settings
     app[REGISTRY] = metrics_registry
     app[READINESS] = []
+    auth = IngestAuth.from_settings(settings)
+    app[AUTH] = auth
     app.add_routes(with_expect_handler(routes(), expect_continue(settings.max_body_bytes)))
     resolved: Policy = policy
+    sink = MirrorSink(settings, resolved, auth)
+    app[MIRROR] = sink
     # Resolved now, so a bad --agent is refused before anything listens or touches the DB.
     runner = build_runner(settings)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        async with Store(settings.db) as store:
+        async with open_store(settings.db) as store:
             try:
                 metrics = Metrics(metrics_registry, resolved)
                 kafka = KafkaStack(settings, kafka_specs, store=store, clock=clock, metrics=metrics)
@@ -125,7 +136,7 @@ def build_app(
                     observers=kafka.observers,
                     promote=kafka.promote,
                 )
-                async with pipeline, kafka.running(pipeline):
+                async with pipeline, kafka.running(pipeline), sink.running(pipeline):
                     app[PIPELINE] = pipeline
                     app[LADDER] = pipeline.ladder
                     tasks = [
@@ -144,6 +155,24 @@ def build_app(
 
     app.cleanup_ctx.append(resources)
     return app
+
+
+def side_apps(app: web.Application) -> list[tuple[str, web.Application, str]]:
+    """The applications that serve beside ``app`` on their own sockets, as
+    ``(what, application, "HOST:PORT")``: the mirror listener (``mirror_port``) and the
+    mirroring proxy (``proxy_upstream``, on ``proxy_listen``). Start them after ``app``
+    (they use its pipeline) and stop them before it."""
+    from shadow.proxy import build_proxy_app
+
+    settings = app[SETTINGS]
+    sink = app[MIRROR]
+    out: list[tuple[str, web.Application, str]] = []
+    if settings.mirror_port is not None:
+        host = settings.mirror_host or settings.host
+        out.append(("mirror", build_mirror_app(sink), f"{host}:{settings.mirror_port}"))
+    if settings.proxy_upstream is not None:
+        out.append(("proxy", build_proxy_app(sink, settings), settings.proxy_listen))
+    return out
 
 
 async def _run_file(path: str, pipeline: Pipeline) -> None:
