@@ -90,9 +90,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     sink = request.app[MIRROR]
     settings = request.app[_SETTINGS]
     session = request.app[UPSTREAM]
-    found = None
-    if sink.accepting:
-        found = match(sink.policy.mirror, request.method, request.path, with_response=True)
+    found = match(sink.policy.mirror, request.method, request.path, with_response=True)
+    if found is not None and not sink.accepting:
+        sink.dropped(found[0].name)  # nothing is buffered for a copy that cannot be queued
+        found = None
     wants_response = found is not None and found[0].needs_response
     limit = settings.max_body_bytes
     kept: bytearray | None = bytearray() if found is not None else None

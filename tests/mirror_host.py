@@ -72,3 +72,56 @@ def host_app() -> web.Application:
 
 if __name__ == "__main__":
     web.run_app(host_app(), host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+
+
+# -- the scenario's traffic -------------------------------------------------------------------
+
+POLICY = """
+task_types:
+  refund_request:
+    redact: [payload.customer.email]
+    compare: {fields: {action: {match: exact}}, unlisted: ignore}
+mirror:
+  - match: {method: POST, path: "/refunds"}
+    kind: event
+    task_type: refund_request
+    event_id: body.refund_id
+    payload: body
+    segment: header.X-Region
+  - match: {method: PUT, path: "/refunds/{id}/decision"}
+    kind: outcome
+    event_id: path.id
+    decision: body.decision
+    decided_by: header.X-User
+"""
+"""The host's API as mirror rules (docs/mirroring.md's example)."""
+
+HostRequest = tuple[str, str, dict[str, object], dict[str, str]]
+
+
+def traffic(ids: list[str], *, seed: int, repeat: float = 0.3) -> list[HostRequest]:
+    """For each id a ``POST /refunds`` and a decision ``PUT``, a share of them sent twice,
+    all shuffled (so many decisions arrive before their refund). Even-numbered ids are
+    approved, odd ones denied."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[HostRequest] = []
+    for n, rid in enumerate(ids):
+        event: HostRequest = (
+            "POST",
+            "/refunds",
+            {"refund_id": rid, "amount": 10 + n, "customer": {"email": "c@x"}},
+            {"X-Region": "eu"},
+        )
+        action = "approve" if n % 2 == 0 else "deny"
+        outcome: HostRequest = (
+            "PUT",
+            f"/refunds/{rid}/decision",
+            {"decision": {"action": action}},
+            {"X-User": "ops/jane"},
+        )
+        for req in (event, outcome):
+            out.extend([req, req] if rng.random() < repeat else [req])
+    rng.shuffle(out)
+    return out

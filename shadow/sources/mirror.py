@@ -83,6 +83,11 @@ class MirrorSink:
             and self._bytes < self.settings.mirror_queue_bytes
         )
 
+    def dropped(self, rule: str | None) -> None:
+        """Count a copy of ``rule``'s request that was not even made (the queue was full)."""
+        if self._pipeline is not None:
+            self._pipeline.metrics.mirrored(rule, "dropped")
+
     def offer(self, item: Mirrored) -> bool:
         """Queue ``item`` without waiting; ``False`` (counted) when it was dropped."""
         pipeline = self._pipeline

@@ -105,7 +105,8 @@ def test_the_contract_rules_make_an_event_and_an_outcome() -> None:
 
 def test_an_integer_event_id_is_its_decimal_text_and_a_trailing_slash_matches() -> None:
     ev = record(seen("POST", "/refunds/", {"refund_id": 1029}))
-    assert isinstance(ev, WorkEvent) and ev.event_id == "1029"
+    assert isinstance(ev, WorkEvent)
+    assert ev.event_id == "1029"
 
 
 def test_form_bodies_map_fields_and_keep_repeated_names_as_lists() -> None:
@@ -180,7 +181,8 @@ def test_matching_is_by_method_and_whole_path() -> None:
     assert match(p.mirror, "POST", "/refunds/x", with_response=False) is None
     assert match(p.mirror, "PUT", "/refunds/a/b/decision", with_response=False) is None
     found = match(p.mirror, "PUT", "/refunds/a%20b/decision", with_response=False)
-    assert found is not None and found[1] == {"id": "a%20b"}
+    assert found is not None
+    assert found[1] == {"id": "a%20b"}
 
 
 BAD_RULES: list[tuple[Any, str]] = [
@@ -276,5 +278,5 @@ def test_a_bad_rule_is_refused_naming_its_key(rule: Any, path: str) -> None:
 def test_two_rules_may_not_share_a_name() -> None:
     rule = {"match": {"path": "/a"}, "kind": "outcome", "event_id": "body.id", "decision": "body"}
     text = json.dumps({"task_types": {"t": {}}, "mirror": [rule, rule]})
-    with pytest.raises(PolicyError, match="mirror\\[1\\].name"):
+    with pytest.raises(PolicyError, match=r"mirror\[1\]\.name"):
         parse_policy(text)

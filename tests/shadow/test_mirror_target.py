@@ -78,7 +78,7 @@ async def test_mirrored_requests_become_events_outcomes_and_comparisons(
     assert res.status == 202
 
     async def compared() -> bool:
-        return (await sc.agreement())["task_types"]["refund_request"]["n"] == 1
+        return bool((await sc.agreement())["task_types"]["refund_request"]["n"] == 1)
 
     await wait_for(compared, "the mirrored case to be compared")
     assert agent.requests[0].body["payload"] == {"refund_id": "r-1", "amount": 12, "customer": {}}
