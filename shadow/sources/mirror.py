@@ -43,6 +43,7 @@ __all__ = ["MIRROR", "MirrorSink", "Mirrored", "build_mirror_app", "mirror_targe
 log = logging.getLogger("shadow.mirror")
 
 _BATCH = 500  # requests taken from the queue per store round trip, at most
+_YIELD_EVERY = 16  # records built between turns of the event loop (acks wait for none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,10 @@ class MirrorSink:
         events: dict[str, list[tuple[str, WorkEvent]]] = {}
         outcomes: dict[str, list[tuple[str, Outcome]]] = {}
         letters: list[tuple[str | None, DeadLetter]] = []
-        for item in batch:
+        for n, item in enumerate(batch, start=1):
+            if n % _YIELD_EVERY == 0:
+                # The mirror target and the proxy share this loop: let them answer.
+                await asyncio.sleep(0)
             seen = item.seen
             answered = seen.status is not None
             found = match(self.policy.mirror, seen.method, seen.path, with_response=answered)
