@@ -44,6 +44,11 @@ log = logging.getLogger("shadow.mirror")
 
 _BATCH = 500  # requests taken from the queue per store round trip, at most
 _YIELD_EVERY = 16  # records built between turns of the event loop (acks wait for none)
+_LINGER = 0.1
+"""Seconds the consumer waits after a first request for more to store with it. A copy is
+never owed to anyone, so nothing waits for it; one store transaction per tenth of a second
+instead of one per handful keeps the store's thread from contending with the loop that
+answers the mirrors (measured at 500 req/s: p50 1.4-1.9 ms instead of 30-45 ms)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,8 @@ class MirrorSink:
     async def _consume(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._queue.qsize() < _BATCH:
+                await asyncio.sleep(_LINGER)
             while len(batch) < _BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             pipeline = self._pipeline
