@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shadow.app import build_app, side_apps, tune_gc
+    from shadow.app import build_app, side_apps, tune_gc, tune_switching
     from shadow.config import load_settings
     from shadow.server import run_server
 
@@ -234,6 +234,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     app = build_app(settings)
     tune_gc()
+    tune_switching()
     socks = [listen(settings.host, settings.port)]
     beside = []
     try:

@@ -22,6 +22,7 @@ copy is a ``too_large`` dead letter.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -103,7 +104,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     data: Any = None
     if request.body_exists:
         if length is not None and length <= WHOLE:
-            data = await request.content.readexactly(length)
+            try:
+                data = await request.content.readexactly(length)
+            except asyncio.IncompleteReadError as exc:  # the client went away mid-body
+                raise ConnectionResetError("the client closed the connection mid-body") from exc
             if kept is not None:
                 kept += data
         else:

@@ -307,3 +307,45 @@ async def test_an_upstream_that_is_down_is_a_502_and_a_copy_of_nothing(
     )
     assert accepted == 0
     assert await px.store.count("events") == 0
+
+
+async def test_a_body_over_the_limit_is_proxied_and_its_copy_dead_lettered(
+    proxied: ProxiedFactory,
+) -> None:
+    px = await proxied(max_body_bytes=64 * 1024)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"refund_id": "huge-1", "notes": "'
+        for _ in range(8):
+            yield b"y" * 32768
+        yield b'"}'
+
+    headers = {"Content-Type": "application/json"}
+    async with px.session.post(px.url + "/refunds", data=chunks(), headers=headers) as r:
+        assert r.status == 201
+        assert (await r.json())["bytes"] > 64 * 1024  # the host got all of it
+    await px.app[MIRROR].drained()
+    rule = "POST /refunds"
+    assert await px.metric("shadow_mirror_requests_total", rule=rule, result="too_large") == 1
+    (letter,) = await px.store.dead_letters()
+    assert (letter["source"], letter["raw"]) == ("proxy", None)
+    assert "proxied, not copied" in letter["reason"]
+
+
+async def test_a_client_that_leaves_mid_body_costs_nothing(proxied: ProxiedFactory) -> None:
+    px = await proxied()
+    host, port = px.url.removeprefix("http://").split(":")
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /refunds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"refund_id": "gone'
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        del reader
+    status, _ = await px.send(("POST", "/refunds", {"refund_id": "after-1"}, {}))
+    assert status == 201
+    await px.app[MIRROR].drained()
+    assert await px.store.count("events") == 1  # only the complete request was copied
