@@ -29,7 +29,7 @@ format: install
 typecheck: install
 	$(BIN)/mypy shadow replay tests dashboards
 
-# Test-only system tools (Prometheus, promtool, Chromium), installed when missing and possible.
+# Test-only system tools (Prometheus, promtool, Chromium, nginx), installed when missing and possible.
 tools:
 	./.ci/system-tools
 
@@ -52,13 +52,14 @@ dashboards: install
 bench-stats: install
 	$(BIN)/python tests/bench/bench_stats.py
 
-bench: bench-stats
+bench: bench-stats tools
 	$(BIN)/python tests/bench/bench_store.py
 	$(BIN)/python tests/bench/bench_service.py
 	$(BIN)/python tests/bench/bench_route.py
 	$(BIN)/python tests/bench/bench_gateway.py
 	$(BIN)/python tests/bench/bench_kafka.py
 	$(BIN)/python tests/bench/bench_replay.py
+	$(BIN)/python -m tests.bench.bench_mirror
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -34,6 +34,7 @@ from shadow.ingest import (
     parse_events,
     parse_outcomes,
 )
+from shadow.ingest_auth import IngestAuth
 from shadow.intake import IngestResult, Intake
 from shadow.ladder import Ladder, MoveResult
 from shadow.model import Handling, Level, Outcome, WorkEvent
@@ -41,8 +42,12 @@ from shadow.openapi import openapi_spec
 from shadow.pipeline import Pipeline
 from shadow.promotion import ProposalRef
 from shadow.server import ExpectHandler, declared_too_large, error, send_continue
+from shadow.sources.mirror import mirror_routes
 
 __all__ = [
+    "AUTH",
+    "HANDLING",
+    "INTAKE",
     "LADDER",
     "ON_FREEZE",
     "PIPELINE",
@@ -61,6 +66,7 @@ LADDER = web.AppKey("ladder", Ladder)
 INTAKE = web.AppKey("intake", Intake)
 HANDLING = web.AppKey("handling", HandlingLog)
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+AUTH = web.AppKey("ingest_auth", IngestAuth)
 # Source health checks (Kafka): each returns why the sidecar is not ready, or None.
 READINESS = web.AppKey("readiness", list[Callable[[], str | None]])
 # Run after a freeze with (actor, reason): the tool gateway refuses the writes it holds.
@@ -74,10 +80,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _refusal(request: web.Request, kind: str) -> web.Response | None:
     """The refusal the headers alone decide, counted (before the body is read or ``100
-    Continue`` sent): a declared body over ``max_body_bytes`` (413), a content type or
-    content encoding ingest does not read (415). ``None`` when the body is worth reading."""
-    refusal = declared_too_large(request, request.app[SETTINGS].max_body_bytes)
-    code = Reason.TOO_LARGE
+    Continue`` sent): no or a wrong ingest token (401), a declared body over
+    ``max_body_bytes`` (413), a content type or content encoding ingest does not read (415).
+    ``None`` when the body is worth reading."""
+    refusal: web.Response | None = None
+    denied = request.app[AUTH].token_refusal(request.headers, bearer=True)
+    if denied is not None:
+        code = denied[0]
+        refusal = error(401, denied[1])
+        refusal.force_close()
+    else:
+        refusal = declared_too_large(request, request.app[SETTINGS].max_body_bytes)
+        code = Reason.TOO_LARGE
     if refusal is None:
         try:
             check_content_type(request.headers.get("Content-Type"))
@@ -168,6 +182,10 @@ async def _ingest(
         return body
     intake = request.app[INTAKE]
     settings = request.app[SETTINGS]
+    unsigned = request.app[AUTH].signature_refusal(request.headers, body)
+    if unsigned is not None:
+        intake.rejected(kind, "http", unsigned[0])
+        return error(401, unsigned[1])
     try:
         text = decode_body(
             body, request.headers.get("Content-Encoding"), max_bytes=settings.max_body_bytes
@@ -536,4 +554,5 @@ def routes() -> list[web.RouteDef]:
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/openapi.json", get_openapi),
+        *mirror_routes(),
     ]

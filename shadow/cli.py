@@ -45,31 +45,23 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run the sidecar (HTTP ingest API always on)")
-    run.add_argument("--config", help="policy YAML (env SHADOW_CONFIG)")
-    run.add_argument("--settings", help="YAML file with settings (env SHADOW_SETTINGS)")
-    run.add_argument("--db", help="DuckDB file (env SHADOW_DB, default shadow.duckdb)")
-    run.add_argument("--host", help="listen address (env SHADOW_HOST, default 127.0.0.1)")
-    run.add_argument("--port", type=int, help="listen port (env SHADOW_PORT, default 8750)")
-    run.add_argument("--agent", help="agent URL or module:callable (env SHADOW_AGENT)")
+    _run_options(run)
     run.add_argument(
-        "--source",
-        action="append",
-        help="file:PATH.jsonl or kafka://HOST:PORT?events=TOPIC&outcomes=TOPIC&group=GROUP "
-        "(repeatable; Kafka settings: SHADOW_KAFKA_*, see docs/kafka.md)",
-    )
-    run.add_argument("--admin-token", help="bearer token for API writes (env SHADOW_ADMIN_TOKEN)")
-    run.add_argument("--agent-concurrency", type=int, help="concurrent agent calls")
-    run.add_argument("--agent-timeout", type=float, help="seconds per agent call")
-    run.add_argument(
-        "--header-timeout",
-        type=float,
-        help="seconds for a request line and headers (env SHADOW_HEADER_TIMEOUT, default 75)",
+        "--proxy-upstream",
+        help="also run the mirroring proxy in front of this URL (env SHADOW_PROXY_UPSTREAM)",
     )
     run.add_argument(
-        "--body-timeout",
-        type=float,
-        help="seconds for a whole ingest body (env SHADOW_BODY_TIMEOUT, default 60)",
+        "--proxy-listen",
+        help="the proxy's HOST:PORT (env SHADOW_PROXY_LISTEN, default 127.0.0.1:8760)",
     )
+    proxy = sub.add_parser(
+        "proxy", help="run the sidecar as a mirroring reverse proxy in front of the host"
+    )
+    proxy.add_argument("--upstream", required=True, help="the host's URL, http://HOST:PORT")
+    proxy.add_argument(
+        "--listen", help="the proxy's HOST:PORT (env SHADOW_PROXY_LISTEN, default 127.0.0.1:8760)"
+    )
+    _run_options(proxy)
 
     demo = sub.add_parser("demo", help="synthetic back office, built-in agent, real pipeline")
     demo.add_argument("--events", type=int, help="number of work events (default from the demo)")
@@ -146,6 +138,45 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_options(run: argparse.ArgumentParser) -> None:
+    """The options ``run`` and ``proxy`` share."""
+    run.add_argument("--config", help="policy YAML (env SHADOW_CONFIG)")
+    run.add_argument("--settings", help="YAML file with settings (env SHADOW_SETTINGS)")
+    run.add_argument("--db", help="DuckDB file (env SHADOW_DB, default shadow.duckdb)")
+    run.add_argument("--host", help="listen address (env SHADOW_HOST, default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="listen port (env SHADOW_PORT, default 8750)")
+    run.add_argument("--agent", help="agent URL or module:callable (env SHADOW_AGENT)")
+    run.add_argument(
+        "--source",
+        action="append",
+        help="file:PATH.jsonl or kafka://HOST:PORT?events=TOPIC&outcomes=TOPIC&group=GROUP "
+        "(repeatable; Kafka settings: SHADOW_KAFKA_*, see docs/kafka.md)",
+    )
+    run.add_argument("--admin-token", help="bearer token for API writes (env SHADOW_ADMIN_TOKEN)")
+    run.add_argument("--agent-concurrency", type=int, help="concurrent agent calls")
+    run.add_argument("--agent-timeout", type=float, help="seconds per agent call")
+    run.add_argument(
+        "--header-timeout",
+        type=float,
+        help="seconds for a request line and headers (env SHADOW_HEADER_TIMEOUT, default 75)",
+    )
+    run.add_argument(
+        "--body-timeout",
+        type=float,
+        help="seconds for a whole ingest body (env SHADOW_BODY_TIMEOUT, default 60)",
+    )
+    run.add_argument(
+        "--mirror-port",
+        type=int,
+        help="mirror listener where every path is the host's path (env SHADOW_MIRROR_PORT)",
+    )
+    run.add_argument(
+        "--ingest-signature-secret-file",
+        help="HMAC-SHA256 key ingest bodies must be signed with (env "
+        "SHADOW_INGEST_SIGNATURE_SECRET_FILE; tokens: SHADOW_INGEST_TOKENS)",
+    )
+
+
 def _add_plugins(sub: Any) -> None:
     """Subcommands from other packages (entry-point group ``shadow.commands``; ``replay``
     registers ``shadow replay`` this way, so ``shadow`` never imports it). Each entry
@@ -166,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plugin = getattr(args, "plugin", None)
         if plugin is not None:
             return int(plugin(args, console))
-        if args.command == "run":
+        if args.command in ("run", "proxy"):
             return _run(args)
         if args.command == "demo":
             from shadow.demo_run import run_demo
@@ -189,10 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shadow.app import build_app, tune_gc
+    from shadow.app import build_app, side_apps, tune_gc, tune_switching
     from shadow.config import load_settings
     from shadow.server import run_server
 
+    if args.command == "proxy":
+        upstream, proxy_listen = args.upstream, args.listen
+    else:
+        upstream, proxy_listen = args.proxy_upstream, args.proxy_listen
     settings = load_settings(
         config=args.config,
         settings=args.settings,
@@ -206,16 +241,31 @@ def _run(args: argparse.Namespace) -> int:
         agent_timeout=args.agent_timeout,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        mirror_port=args.mirror_port,
+        ingest_signature_secret_file=args.ingest_signature_secret_file,
+        proxy_upstream=upstream,
+        proxy_listen=proxy_listen,
     )
     app = build_app(settings)
     tune_gc()
-    sock = listen(settings.host, settings.port)
-    port = sock.getsockname()[1]
-    print(f"shadow: serving on http://{settings.host}:{port} (db {settings.db})", flush=True)
+    tune_switching()
+    socks = [listen(settings.host, settings.port)]
+    beside = []
     try:
-        run_server(app, sock, settings)
+        port = socks[0].getsockname()[1]
+        print(f"shadow: serving on http://{settings.host}:{port} (db {settings.db})", flush=True)
+        for what, other, where in side_apps(app):
+            host, _, other_port = where.rpartition(":")
+            sock = listen(host.strip("[]"), int(other_port))
+            socks.append(sock)
+            beside.append((other, sock))
+            shown = f"{host}:{sock.getsockname()[1]}"
+            target = f" -> {settings.proxy_upstream}" if what == "proxy" else ""
+            print(f"shadow: {what} on http://{shown}{target}", flush=True)
+        run_server(app, socks[0], settings, beside)
     finally:
-        sock.close()  # idempotent; open still when start-up fails
+        for sock in socks:
+            sock.close()  # idempotent; open still when start-up fails
     return 0
 
 

@@ -49,6 +49,9 @@ DEFAULT_BODY_TIMEOUT_S = 60.0
 DEFAULT_JOIN_TTL_S = 7 * 24 * 3600.0
 DEFAULT_KAFKA_MAX_MESSAGE_BYTES = 1_048_576
 DEFAULT_DEAD_LETTER_RAW_PREFIX = 256
+DEFAULT_MIRROR_QUEUE = 10_000
+DEFAULT_MIRROR_QUEUE_BYTES = 64 * 1024 * 1024
+DEFAULT_PROXY_LISTEN = "127.0.0.1:8760"
 
 
 class Settings(BaseSettings):
@@ -128,6 +131,42 @@ class Settings(BaseSettings):
         f"{DEFAULT_DEAD_LETTER_RAW_PREFIX}",
     )
 
+    # Ingest credentials (shadow.ingest_auth; separate from the admin token).
+    ingest_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="tokens that may write events, outcomes and mirrored requests (comma-"
+        "separated in the environment); none: ingest needs no token",
+    )
+    ingest_signature_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key every ingest body must be signed with"
+    )
+    ingest_signature_secret_file: Path | None = Field(
+        None, description="file holding that key (wins over ingest_signature_secret)"
+    )
+    ingest_signature_header: str = Field(
+        "X-Shadow-Signature", min_length=1, description="header carrying sha256=<hex>"
+    )
+
+    # Mirroring (docs/mirroring.md): the mirror target, its listener and the proxy.
+    mirror_port: int | None = Field(
+        None, ge=0, le=65535, description="extra listener where every path is the host's path"
+    )
+    mirror_host: str | None = Field(None, description="its address (default: host)")
+    mirror_queue: int = Field(
+        DEFAULT_MIRROR_QUEUE, ge=1, description="mirrored requests waiting to be stored, at most"
+    )
+    mirror_queue_bytes: int = Field(
+        DEFAULT_MIRROR_QUEUE_BYTES, ge=1024, description="their bodies' bytes, at most"
+    )
+    proxy_upstream: str | None = Field(
+        None, description="run the mirroring proxy in front of this URL (http://HOST:PORT)"
+    )
+    proxy_listen: str = Field(DEFAULT_PROXY_LISTEN, description="the proxy's HOST:PORT")
+    proxy_connect_timeout: float = Field(5.0, gt=0, description="seconds to reach the upstream")
+    proxy_read_timeout: float = Field(
+        300.0, gt=0, description="seconds the upstream may be silent while answering"
+    )
+
     # Kafka (kafka:// sources; see docs/kafka.md). Broker, topics and group are in the URL.
     kafka_client_id: str = Field("shadow-sidecar", min_length=1)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -184,7 +223,22 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("source", mode="before")
+    @field_validator("proxy_upstream")
+    @classmethod
+    def _upstream_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r}: expected http://HOST:PORT or https://HOST:PORT")
+        return value.rstrip("/") if value is not None else None
+
+    @field_validator("proxy_listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r}: expected HOST:PORT, e.g. 0.0.0.0:8760")
+        return value
+
+    @field_validator("source", "ingest_tokens", mode="before")
     @classmethod
     def _split_sources(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -57,7 +57,9 @@ class Reason(enum.StrEnum):
     ``invalid``: JSON that breaks the record's contract (a field missing, of the wrong type,
     too long...). ``bad_kind``: a ``kind`` that is missing or wrong for where the record came.
     ``unknown_task_type``: a task type the policy does not configure. ``conflict``: an id
-    already stored with different content.
+    already stored with different content. ``unmatched``: a mirrored request no mirror rule
+    matches. ``unauthorized``: no ingest token, or a wrong one. ``bad_signature``: the
+    body's HMAC signature is missing or does not match.
     """
 
     MALFORMED = "malformed"
@@ -69,6 +71,9 @@ class Reason(enum.StrEnum):
     BAD_KIND = "bad_kind"
     UNKNOWN_TASK_TYPE = "unknown_task_type"
     CONFLICT = "conflict"
+    UNMATCHED = "unmatched"
+    UNAUTHORIZED = "unauthorized"
+    BAD_SIGNATURE = "bad_signature"
 
 
 @dataclass(frozen=True, slots=True)

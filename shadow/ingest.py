@@ -58,6 +58,7 @@ __all__ = [
     "parse_events",
     "parse_mixed_line",
     "parse_outcomes",
+    "strict_json",
 ]
 
 JSON_TYPES = ("application/json",)
@@ -219,6 +220,20 @@ def _decode(
         if "digits" in str(e):
             raise _Undecodable("invalid JSON: a number has too many digits") from None
         raise _Undecodable(f"invalid JSON: {e}") from None
+
+
+def strict_json(text: str) -> Any:
+    """One JSON value of ``text`` under the strict rules above (duplicate keys, ``NaN``, lone
+    surrogates, excessive nesting refused). Raises a 400 :class:`BodyError` (``malformed``)."""
+    try:
+        value, suspect = _decode(text.removeprefix(_BOM), where=_line_column)
+    except _Undecodable as e:
+        raise BodyError(400, e.message, Reason.MALFORMED) from None
+    found = _problem(value) if suspect else None
+    if found is not None:
+        path, message = found
+        raise BodyError(400, f"{path}: {message}" if path else message, Reason.MALFORMED)
+    return value
 
 
 def _column(e: json.JSONDecodeError) -> str:

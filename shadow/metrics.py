@@ -36,6 +36,10 @@ DEAD_LETTER_REASONS = (
     Reason.UNKNOWN_TASK_TYPE,
     Reason.BAD_KIND,
     Reason.INVALID,
+    Reason.UNMATCHED,
+    Reason.UNSUPPORTED_MEDIA_TYPE,
+    Reason.UNAUTHORIZED,
+    Reason.BAD_SIGNATURE,
 )
 """The reasons a record can be dead-lettered for (each exported at 0 from start-up)."""
 _TOOL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0, 300.0)
@@ -48,6 +52,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, policy: Policy) -> None:
         self.registry = registry
         self.policy = policy
+        self._mirror_rules = frozenset(rule.name for rule in policy.mirror)
         r = registry
         self.events = Counter(
             "shadow_events",
@@ -284,6 +289,17 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.mirror_requests = Counter(
+            "shadow_mirror_requests",
+            "Mirrored requests (mirror target and proxy copies), by rule and result",
+            ["rule", "result"],
+            registry=r,
+        )
+        self.mirror_queued = Gauge(
+            "shadow_mirror_queue_requests",
+            "Mirrored requests received and waiting to be stored",
+            registry=r,
+        )
         self.info = Info("shadow_build", "Sidecar build information", registry=r)
         self.info.info({"version": "0.1.0", "policy_hash": policy.hash})
         self._publish_gates()
@@ -317,9 +333,12 @@ class Metrics:
             for handling in Handling:
                 self.routes.labels(name, handling.value)
             self.handling_conflicts.labels(name)
-        for source in ("http", "file", "kafka"):
+        for source in ("http", "file", "kafka", "mirror", "proxy"):
             for reason in DEAD_LETTER_REASONS:
                 self.dead_letters.labels(source, reason.value)
+        for rule in (*(r.name for r in self.policy.mirror), OTHER):
+            for result in ("accepted", "dropped"):
+                self.mirror_requests.labels(rule, result)
         for table in ("events", "outcomes", "decisions", "dead_letters"):
             self.purged.labels(table)
 
@@ -364,6 +383,12 @@ class Metrics:
 
     def dead_letter(self, source: str, code: Reason) -> None:
         self.dead_letters.labels(self.source_label(source), code.value).inc()
+
+    def mirrored(self, rule: str | None, result: str | Reason, count: int = 1) -> None:
+        """Count mirrored requests of ``rule`` (``None``: none matched; a name outside the
+        policy is ``other``)."""
+        label = "none" if rule is None else rule if rule in self._mirror_rules else OTHER
+        self.mirror_requests.labels(label, str(result)).inc(count)
 
     def purged_rows(self, by_table: Mapping[str, int]) -> None:
         for table, count in by_table.items():

@@ -61,11 +61,30 @@ def _ingest(kind: str, schema: str) -> dict[str, Any]:
                 "record",
                 _ERR,
             ),
+            "401": _resp("no or a wrong ingest token, or a bad signature", _ERR),
             "408": _resp("the body did not arrive within body_timeout", _ERR),
             "409": _resp("every record conflicts with a stored one", _ERR),
             "413": _resp("body (as sent or decompressed) or batch too large", _ERR),
             "415": _resp("unsupported content type, charset or content encoding", _ERR),
             "422": _resp("unknown task type", _ERR),
+        },
+    }
+
+
+def _mirror() -> dict[str, Any]:
+    return {
+        "summary": "The mirror target: a copy of one of the host's own requests",
+        "description": "Answered as soon as the body has arrived, before it is parsed or "
+        "stored; the policy's mirror rules turn it into a work event or an outcome, and "
+        "what they cannot is dead-lettered (docs/mirroring.md).",
+        "responses": {
+            "202": _resp(
+                "received (queued: false when the queue was full and the copy dropped)",
+                {"type": "object", "properties": {"queued": {"type": "boolean"}}},
+            ),
+            "401": _resp("no or a wrong ingest token, or a bad signature", _ERR),
+            "408": _resp("the body did not arrive within body_timeout", _ERR),
+            "413": _resp("body larger than max_body_bytes", _ERR),
         },
     }
 
@@ -355,6 +374,18 @@ def openapi_spec() -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "shadow sidecar", "version": "0.1.0"},
         "paths": {
+            "/v1/mirror/{host_path}": {
+                "parameters": [
+                    {
+                        "name": "host_path",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "the host's own path (with its query string)",
+                    }
+                ],
+                **{m: _mirror() for m in ("get", "post", "put", "patch", "delete")},
+            },
             "/v1/events": {"post": _ingest("work events", "WorkEvent")},
             "/v1/outcomes": {"post": _ingest("human outcomes", "Outcome")},
             "/v1/agreement": {

@@ -28,6 +28,7 @@ import yaml
 
 from shadow.drift import DEFAULT_MARGIN, DEFAULT_THRESHOLD, Drift
 from shadow.errors import FieldError, PolicyError
+from shadow.mirror import MirrorRule, parse_rules
 from shadow.model import JSONObject, Level, content_hash
 from shadow.tools_policy import TaskTools, Upstream, parse_task_tools, parse_upstreams
 
@@ -240,6 +241,7 @@ class Policy:
     hash: str = ""
     text: str = ""  # the YAML it was parsed from (stored with the evidence)
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # top-level ``tools``
+    mirror: tuple[MirrorRule, ...] = ()  # the ``mirror:`` rules (shadow.mirror)
 
     def for_task(self, task_type: str) -> TaskPolicy | None:
         """The policy for ``task_type``; the default policy for unknown ones when
@@ -461,7 +463,7 @@ class _Parser:
     # -- sections --------------------------------------------------------------------------
 
     def policy(self, raw: object) -> Policy:
-        top = self.mapping(raw, "", {"defaults", "task_types", "tools"})
+        top = self.mapping(raw, "", {"defaults", "task_types", "tools", "mirror"})
         if raw is None or not top.get("task_types"):
             self.fail("task_types", "required; add at least one task type under task_types")
         defaults = self.mapping(top.get("defaults"), "defaults", {"unknown_task_types", "policy"})
@@ -487,6 +489,9 @@ class _Parser:
                     self.fail(f"task_types.{name}", "task type names must be strings")
                     continue
                 tasks[name] = self.task(name, body, f"task_types.{name}")
+        mirror = parse_rules(
+            top.get("mirror"), self.fail, task_types=set(tasks), any_task_type=default is not None
+        )
         return Policy(
             source=self.source,
             task_types=tasks,
@@ -494,6 +499,7 @@ class _Parser:
             default=default,
             hash=content_hash(raw if isinstance(raw, dict) else {}),
             upstreams=parse_upstreams(top.get("tools"), self.fail),
+            mirror=mirror,
         )
 
     def task(self, name: str, body: object, path: str) -> TaskPolicy:

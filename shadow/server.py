@@ -30,7 +30,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -312,15 +312,26 @@ class Listener:
         await self.close()
 
 
-async def serve(app: web.Application, sock: socket.socket, settings: Settings) -> None:
-    """Serve ``app`` on ``sock`` until SIGINT or SIGTERM, then shut down gracefully."""
+async def serve(
+    app: web.Application,
+    sock: socket.socket,
+    settings: Settings,
+    beside: Sequence[tuple[web.Application, socket.socket]] = (),
+) -> None:
+    """Serve ``app`` on ``sock`` (and each of ``beside`` on its socket, started after ``app``
+    and stopped before it) until SIGINT or SIGTERM, then shut down gracefully."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with Listener(app, sock, settings):
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(Listener(app, sock, settings))
+            for other, other_sock in beside:
+                await stack.enter_async_context(
+                    Listener(other, other_sock, settings, shutdown_timeout=5.0)
+                )
             await stop.wait()
     finally:
         for sig in signals:
@@ -328,6 +339,11 @@ async def serve(app: web.Application, sock: socket.socket, settings: Settings) -
                 loop.remove_signal_handler(sig)
 
 
-def run_server(app: web.Application, sock: socket.socket, settings: Settings) -> None:
+def run_server(
+    app: web.Application,
+    sock: socket.socket,
+    settings: Settings,
+    beside: Sequence[tuple[web.Application, socket.socket]] = (),
+) -> None:
     """``shadow run``'s server loop: :func:`serve` in a fresh event loop."""
-    asyncio.run(serve(app, sock, settings))
+    asyncio.run(serve(app, sock, settings, beside))

@@ -295,7 +295,48 @@ def test_sidecar_named_templates_in_a_parent_chart(parent_chart: Path) -> None:
     assert spec["securityContext"]["fsGroup"] == 10001  # the data volume is writable
 
 
+def test_proxy_mode_in_the_hosts_pod_and_the_mirror_listener(parent_chart: Path) -> None:
+    values = {"shadow-sidecar": {"proxy": {"upstreamPort": 8080}, "mirror": {"port": 8751}}}
+    docs = render(parent_chart, values)
+    validate(docs)
+    (spec,) = pod_specs(docs)
+    container = sidecar(spec)
+    args = container["args"]
+    assert args[args.index("--proxy-upstream") + 1] == "http://127.0.0.1:8080"
+    assert args[args.index("--proxy-listen") + 1] == "0.0.0.0:8760"
+    assert args[args.index("--mirror-port") + 1] == "8751"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"shadow-http": 8750, "shadow-mirror": 8751, "shadow-proxy": 8760}
+    (service,) = by_kind(docs, "Service")
+    by_name = {p["name"]: p for p in service["spec"]["ports"]}
+    assert {n: p["targetPort"] for n, p in by_name.items()} == {
+        "http": "shadow-http",
+        "mirror": "shadow-mirror",
+        "proxy": "shadow-proxy",
+    }
+    assert (by_name["mirror"]["port"], by_name["proxy"]["port"]) == (8751, 8760)
+
+
+def test_mirroring_is_off_by_default() -> None:
+    docs = render(CHART)
+    (spec,) = pod_specs(docs)
+    args = sidecar(spec)["args"]
+    assert "--mirror-port" not in args
+    assert "--proxy-upstream" not in args
+    (service,) = by_kind(docs, "Service")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+    docs = render(CHART, {"mirror": {"port": 9001, "servicePort": 80}})
+    validate(docs)
+    (service,) = by_kind(docs, "Service")
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [
+        ("http", 8750),
+        ("mirror", 80),
+    ]
+
+
 BAD_VALUES = [
+    ({"proxy": {"upstreamPort": 70000}}, "/proxy/upstreamPort"),
+    ({"mirror": {"port": -1}}, "/mirror/port"),
     (
         {"securityContext": {"runAsNonRoot": False, "readOnlyRootFilesystem": True}},
         "/securityContext/runAsNonRoot",

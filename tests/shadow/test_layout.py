@@ -19,6 +19,7 @@ PURE = [
     "checks.py",
     "policy.py",
     "joiner.py",
+    "mirror.py",
 ]
 
 

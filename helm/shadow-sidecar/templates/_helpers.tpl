@@ -104,6 +104,16 @@ The sidecar container. Include it in a pod's `containers:` list:
     - --source
     - {{ . | quote }}
     {{- end }}
+    {{- if .Values.mirror.port }}
+    - --mirror-port
+    - {{ .Values.mirror.port | quote }}
+    {{- end }}
+    {{- if .Values.proxy.upstreamPort }}
+    - --proxy-upstream
+    - {{ printf "http://127.0.0.1:%v" .Values.proxy.upstreamPort | quote }}
+    - --proxy-listen
+    - {{ printf "0.0.0.0:%v" .Values.proxy.port | quote }}
+    {{- end }}
   env:
     # Temp files (Python, DuckDB spill) go to the /tmp emptyDir: the root filesystem is read-only.
     - name: TMPDIR
@@ -156,6 +166,16 @@ The sidecar container. Include it in a pod's `containers:` list:
     - name: shadow-http
       containerPort: {{ .Values.containerPort }}
       protocol: TCP
+    {{- if .Values.mirror.port }}
+    - name: shadow-mirror
+      containerPort: {{ .Values.mirror.port }}
+      protocol: TCP
+    {{- end }}
+    {{- if .Values.proxy.upstreamPort }}
+    - name: shadow-proxy
+      containerPort: {{ .Values.proxy.port }}
+      protocol: TCP
+    {{- end }}
   startupProbe:
     httpGet:
       path: /healthz
