@@ -515,13 +515,24 @@ class _Parser:
                     self.fail(f"task_types.{name}", "task type names must be strings")
                     continue
                 tasks[name] = self.task(name, body, f"task_types.{name}")
+        upstreams = parse_upstreams(top.get("tools"), self.fail)
+        if not upstreams and "tools" not in top:
+            # Tool rules list tools from upstream servers: with none defined, nothing the
+            # rules allow could ever be listed or called.
+            for tpath, t in [("defaults.policy", default), *tasks.items()]:
+                if t is not None and t.tools is not None:
+                    where = tpath if tpath == "defaults.policy" else f"task_types.{tpath}"
+                    self.fail(
+                        f"{where}.tools",
+                        "no upstream MCP servers are defined; add them under the top-level tools",
+                    )
         return Policy(
             source=self.source,
             task_types=tasks,
             unknown_task_types=unknown,
             default=default,
             hash=content_hash(raw if isinstance(raw, dict) else {}),
-            upstreams=parse_upstreams(top.get("tools"), self.fail),
+            upstreams=upstreams,
         )
 
     def task(self, name: str, body: object, path: str) -> TaskPolicy:
