@@ -29,11 +29,18 @@ Match kinds
     kind, values that are exactly equal match, so a decision always agrees with itself;
     otherwise a value of the wrong type is a mismatch whose reason names both types.
 Actions
-    Compared only when ``rules.actions`` is set, as multisets: each action is reduced to its
-    tool and the listed argument paths (other arguments are ignored; a listed argument missing
-    on exactly one side does not match), and the lists agree iff a one-to-one pairing of
-    matching actions covers both (a real bipartite matching, since tolerances are not
-    transitive). One result, path ``actions``, match ``multiset``.
+    Compared only when ``rules.actions`` is set. Each action is reduced to its tool and the
+    argument paths listed for that tool (``actions.args``, each path overridden by the
+    tool's own ``actions.tools.<tool>.args``; other arguments are ignored; a listed argument
+    missing on exactly one side does not match); two actions are *equal* when their tools
+    are and every listed argument matches. ``order: multiset``: the lists agree iff a
+    one-to-one pairing of equal actions covers both (a real bipartite matching, since
+    tolerances are not transitive). ``order: sequence``: they agree iff they are equal
+    position by position; the result carries the edit distance (Levenshtein: insert, delete
+    or substitute one action; a swap of two neighbours counts 2) in ``distance``. One
+    result, path ``actions``, match ``multiset`` or ``sequence``; critical when
+    ``actions.critical`` is set, or when a ``critical`` tool's actions alone (in order, under
+    ``sequence``) do not agree. Reasons are bounded in length.
 """
 
 from __future__ import annotations
@@ -48,9 +55,9 @@ from fractions import Fraction
 from typing import Any, Final
 
 from shadow.model import Action, FieldResult
-from shadow.policy import CompareRules, FieldRule, MatchKind
+from shadow.policy import ActionsOrder, ActionsRule, CompareRules, FieldRule, MatchKind
 
-__all__ = ["DiffResult", "Differ", "diff", "normalize_text"]
+__all__ = ["MAX_EDIT_CELLS", "DiffResult", "Differ", "diff", "normalize_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +119,12 @@ class _Missing:
 
 _MISSING: Final = _Missing()
 _SHOW_MAX: Final = 60
+_LIST_MAX: Final = 100  # a side's tool list in a sequence reason
+_NAME_MAX: Final = 40  # one tool name in such a list
+# The most action pairs an edit distance compares (after dropping the common prefix and
+# suffix), so that a hostile or runaway list cannot hold the event loop: beyond it, the lists
+# still disagree but the distance is not computed (``None``).
+MAX_EDIT_CELLS: Final = 250_000
 _ARTICLE: Final = {
     "null": "null",
     "boolean": "a boolean",
@@ -366,7 +379,7 @@ class _Listed:
 
 
 class _Compiled:
-    __slots__ = ("_actions", "_actions_critical", "_listed", "_root", "_unlisted")
+    __slots__ = ("_actions", "_listed", "_root", "_unlisted")
 
     def __init__(self, rules: CompareRules) -> None:
         all_parts = [tuple(p.split(".")) for p in rules.fields]
@@ -383,15 +396,7 @@ class _Compiled:
                 node = node.children.setdefault(p, _Node())
                 node.excludes = _below(parts[: i + 1], all_parts)
             node.listed = True
-        self._actions: list[tuple[str, tuple[str, ...], _Matcher]] | None = None
-        self._actions_critical = False
-        if rules.actions is not None:
-            self._actions = [
-                (path, tuple(path.split(".")), _Matcher(rule))
-                for path, rule in rules.actions.args.items()
-                if rule.match is not MatchKind.IGNORE
-            ]
-            self._actions_critical = rules.actions.critical
+        self._actions = None if rules.actions is None else _Actions(rules.actions)
 
     def run(
         self,
@@ -416,10 +421,7 @@ class _Compiled:
         if self._unlisted:
             self._walk(agent, human, self._root, "", out)
         if self._actions is not None:
-            reason = self._compare_actions(agent_actions, human_actions)
-            out.append(
-                FieldResult("actions", "multiset", not reason, self._actions_critical, reason)
-            )
+            out.append(self._actions.compare(agent_actions, human_actions))
         agree = all(r.matched for r in out)
         critical = not agree and any(r.critical and not r.matched for r in out)
         return DiffResult(agree, tuple(out), critical)
@@ -448,34 +450,94 @@ class _Compiled:
             reason = _exact_reason(a, b)
         out.append(FieldResult(path, "exact", not reason, False, reason or ""))
 
-    def _reduce(self, action: Action) -> tuple[str, list[Any]]:
-        assert self._actions is not None
-        return action.tool, [_resolve(action.args, parts) for _, parts, _ in self._actions]
 
-    def _pairs(self, x: tuple[str, list[Any]], y: tuple[str, list[Any]]) -> bool:
-        assert self._actions is not None
-        for (_, _, matcher), a, b in zip(self._actions, x[1], y[1], strict=True):
-            if a is _MISSING or b is _MISSING:
-                if a is not b:
-                    return False
-            elif matcher.reason(a, b) is not None:
+_ArgRule = tuple[str, tuple[str, ...], _Matcher]
+
+
+def _arg_rules(args: Mapping[str, FieldRule]) -> tuple[_ArgRule, ...]:
+    return tuple(
+        (path, tuple(path.split(".")), _Matcher(rule))
+        for path, rule in args.items()
+        if rule.match is not MatchKind.IGNORE
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Reduced:
+    """An action reduced to its tool and the values of its tool's listed argument paths."""
+
+    tool: str
+    values: tuple[Any, ...]
+    rules: tuple[_ArgRule, ...]  # the rules of ``tool``, aligned with ``values``
+
+
+def _equal(x: _Reduced, y: _Reduced) -> bool:
+    if x.tool != y.tool:
+        return False
+    for (_, _, matcher), a, b in zip(x.rules, x.values, y.values, strict=True):
+        if a is _MISSING or b is _MISSING:
+            if a is not b:
                 return False
-        return True
+        elif matcher.reason(a, b) is not None:
+            return False
+    return True
 
-    def _compare_actions(self, agent: Sequence[Action], human: Sequence[Action]) -> str:
+
+class _Actions:
+    """The compiled ``compare.actions`` rule; :meth:`compare` is its one result."""
+
+    __slots__ = ("_by_tool", "_critical", "_critical_tools", "_global", "_order")
+
+    def __init__(self, rule: ActionsRule) -> None:
+        self._order = rule.order
+        self._critical = rule.critical
+        self._critical_tools = tuple(sorted(t for t, r in rule.tools.items() if r.critical))
+        self._global = _arg_rules(rule.args)
+        self._by_tool = {tool: _arg_rules(rule.args_for(tool)) for tool in rule.tools}
+
+    def compare(self, agent: Sequence[Action], human: Sequence[Action]) -> FieldResult:
         ra = [self._reduce(x) for x in agent]
         rh = [self._reduce(y) for y in human]
+        distance: int | None = None
+        if self._order is ActionsOrder.SEQUENCE:
+            distance = _edit_distance(ra, rh)
+            reason = "" if distance == 0 else self._sequence_reason(ra, rh, distance)
+        else:
+            reason = self._multiset_reason(ra, rh)
+        missed = [t for t in self._critical_tools if not self._tool_agrees(t, ra, rh)]
+        if missed:
+            reason += f"; critical: {_names(missed)} differ"
+        critical = self._critical or bool(missed)
+        return FieldResult("actions", self._order.value, not reason, critical, reason, distance)
+
+    def _reduce(self, action: Action) -> _Reduced:
+        rules = self._by_tool.get(action.tool, self._global)
+        values = tuple(_resolve(action.args, parts) for _, parts, _ in rules)
+        return _Reduced(action.tool, values, rules)
+
+    def _tool_agrees(self, tool: str, ra: list[_Reduced], rh: list[_Reduced]) -> bool:
+        """Whether ``tool``'s actions alone agree (in order under ``sequence``)."""
+        xs = [x for x in ra if x.tool == tool]
+        ys = [y for y in rh if y.tool == tool]
+        if len(xs) != len(ys):
+            return False
+        if self._order is ActionsOrder.SEQUENCE:
+            return all(_equal(x, y) for x, y in zip(xs, ys, strict=True))
+        adj = [[j for j, y in enumerate(ys) if _equal(x, y)] for x in xs]
+        return -1 not in _max_matching(adj, len(ys))[0]
+
+    def _multiset_reason(self, ra: list[_Reduced], rh: list[_Reduced]) -> str:
         by_tool: dict[str, list[int]] = {}
         for j, y in enumerate(rh):
-            by_tool.setdefault(y[0], []).append(j)
-        adj = [[j for j in by_tool.get(x[0], ()) if self._pairs(x, rh[j])] for x in ra]
+            by_tool.setdefault(y.tool, []).append(j)
+        adj = [[j for j in by_tool.get(x.tool, ()) if _equal(x, rh[j])] for x in ra]
         match_a, match_h = _max_matching(adj, len(rh))
         problems = [
-            f"agent proposed {self._describe(x)} with no human counterpart"
+            f"agent proposed {_describe(x)} with no human counterpart"
             for x, j in zip(ra, match_a, strict=True)
             if j < 0
         ] + [
-            f"human performed {self._describe(y)} with no agent counterpart"
+            f"human performed {_describe(y)} with no agent counterpart"
             for y, i in zip(rh, match_h, strict=True)
             if i < 0
         ]
@@ -483,15 +545,86 @@ class _Compiled:
             problems[3:] = [f"and {len(problems) - 3} more unmatched"]
         return "; ".join(problems)
 
-    def _describe(self, x: tuple[str, list[Any]]) -> str:
-        assert self._actions is not None
-        args = ", ".join(
-            f"{path}={json.dumps(v, ensure_ascii=False, default=repr)}"
-            for (path, _, _), v in zip(self._actions, x[1], strict=True)
-            if v is not _MISSING
+    def _sequence_reason(self, ra: list[_Reduced], rh: list[_Reduced], distance: int | None) -> str:
+        first = 0
+        while first < min(len(ra), len(rh)) and _equal(ra[first], rh[first]):
+            first += 1
+        a = _describe(ra[first]) if first < len(ra) else "nothing"
+        h = _describe(rh[first]) if first < len(rh) else "nothing"
+        if distance is None:
+            how, size = "", f"not computed for lists this long ({len(ra)} and {len(rh)})"
+        else:
+            how = " in order" if not self._multiset_reason(ra, rh) else ""
+            size = str(distance)
+        return (
+            f"actions differ{how}: edit distance {size} "
+            f"(agent: {_listing(ra)}; human: {_listing(rh)}); "
+            f"first at #{first + 1}: agent has {a}, human has {h}"
         )
-        text = f"{x[0]}({args})"
-        return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 2] + "…)"
+
+
+def _describe(x: _Reduced) -> str:
+    args = ", ".join(
+        f"{path}={json.dumps(v, ensure_ascii=False, default=repr)}"
+        for (path, _, _), v in zip(x.rules, x.values, strict=True)
+        if v is not _MISSING
+    )
+    text = f"{x.tool}({args})"
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 2] + "…)"
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= _NAME_MAX else name[: _NAME_MAX - 1] + "…"
+
+
+def _names(names: Sequence[str], total: int | None = None) -> str:
+    """Tool names, comma-separated, cut to about ``_LIST_MAX`` characters; ``total``: how
+    many there are when ``names`` is only the first of them."""
+    count = len(names) if total is None else total
+    shown: list[str] = []
+    size = 0
+    for name in names:
+        short = _short(name)
+        if shown and size + len(short) > _LIST_MAX:
+            break
+        shown.append(short)
+        size += len(short) + 2
+    if len(shown) < count:
+        shown.append(f"… ({count} in all)")
+    return ", ".join(shown)
+
+
+def _listing(items: Sequence[_Reduced]) -> str:
+    # At most the names that can be shown are looked at: a list may be very long.
+    head = [x.tool for x in items[: _LIST_MAX // 3 + 1]]
+    return _names(head, len(items)) if items else "none"
+
+
+def _edit_distance(a: Sequence[_Reduced], b: Sequence[_Reduced]) -> int | None:
+    """Levenshtein distance under :func:`_equal` (unit insert, delete, substitute); ``None``
+    when it would take more than :data:`MAX_EDIT_CELLS` comparisons (never for equal lists).
+
+    The common prefix and suffix are dropped first: for any equality relation, transitive
+    or not, matching equal first (or last) elements is part of some optimal alignment."""
+    lo, hi_a, hi_b = 0, len(a), len(b)
+    while lo < hi_a and lo < hi_b and _equal(a[lo], b[lo]):
+        lo += 1
+    while hi_a > lo and hi_b > lo and _equal(a[hi_a - 1], b[hi_b - 1]):
+        hi_a -= 1
+        hi_b -= 1
+    xs, ys = a[lo:hi_a], b[lo:hi_b]
+    if not xs or not ys:
+        return len(xs) + len(ys)
+    if len(xs) * len(ys) > MAX_EDIT_CELLS:
+        return None
+    prev = list(range(len(ys) + 1))
+    for i, x in enumerate(xs, 1):
+        cur = [i]
+        for j, y in enumerate(ys, 1):
+            cost = prev[j - 1] if _equal(x, y) else prev[j - 1] + 1
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, cost))
+        prev = cur
+    return prev[-1]
 
 
 def _below(parts: tuple[str, ...], all_parts: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:

@@ -420,27 +420,41 @@ class ShadowDecision:
 
 @dataclass(frozen=True, slots=True)
 class FieldResult:
-    """The comparison of one field (or the ``actions`` list) between agent and human."""
+    """The comparison of one field (or the ``actions`` list) between agent and human.
+
+    ``distance`` is set only for actions compared in order (match ``sequence``): the edit
+    distance between the two lists, 0 when they match. Its JSON key is written only then,
+    so every other result keeps the five keys it always had."""
 
     path: str
     match: str
     matched: bool
     critical: bool = False
     reason: str = ""
+    distance: int | None = None
 
     def to_json(self) -> JSONObject:
-        return {
+        out: JSONObject = {
             "path": self.path,
             "match": self.match,
             "matched": self.matched,
             "critical": self.critical,
             "reason": self.reason,
         }
+        if self.distance is not None:
+            out["distance"] = self.distance
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        distance = obj.get("distance")
         return cls(
-            obj["path"], obj["match"], bool(obj["matched"]), bool(obj["critical"]), obj["reason"]
+            obj["path"],
+            obj["match"],
+            bool(obj["matched"]),
+            bool(obj["critical"]),
+            obj["reason"],
+            None if distance is None else int(distance),
         )
 
 

@@ -34,6 +34,7 @@ from shadow.tools_policy import TaskTools, Upstream, parse_task_tools, parse_ups
 
 __all__ = [
     "REDACTED",
+    "ActionsOrder",
     "ActionsRule",
     "AutonomyMode",
     "AutonomyPolicy",
@@ -43,6 +44,7 @@ __all__ = [
     "MatchKind",
     "Policy",
     "TaskPolicy",
+    "ToolRule",
     "load_policy",
     "parse_policy",
     "stable_fraction",
@@ -62,6 +64,11 @@ class MatchKind(enum.StrEnum):
     TEXT = "text"
     SET = "set"
     IGNORE = "ignore"
+
+
+class ActionsOrder(enum.StrEnum):
+    MULTISET = "multiset"  # the lists agree as multisets: order does not count
+    SEQUENCE = "sequence"  # the lists agree in order; the edit distance is reported
 
 
 class AutonomyMode(enum.StrEnum):
@@ -89,12 +96,33 @@ class FieldRule:
 
 
 @dataclass(frozen=True, slots=True)
-class ActionsRule:
-    """Proposed vs human actions, compared as multisets of tool name plus the selected
-    argument paths in ``args`` (compared under their rules; other arguments are ignored)."""
+class ToolRule:
+    """``compare.actions.tools.<tool>``: argument rules for one tool's actions (each path
+    overrides the same path of ``compare.actions.args``), and whether a mismatch in that
+    tool's actions is a critical miss."""
 
     args: Mapping[str, FieldRule] = field(default_factory=dict)
     critical: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ActionsRule:
+    """Proposed vs human actions, compared as lists of tool name plus the selected argument
+    paths in ``args`` (compared under their rules; other arguments are ignored), as
+    multisets or in order (``order``); ``tools`` refines the rules per tool name."""
+
+    args: Mapping[str, FieldRule] = field(default_factory=dict)
+    critical: bool = False
+    order: ActionsOrder = ActionsOrder.MULTISET
+    tools: Mapping[str, ToolRule] = field(default_factory=dict)
+
+    def args_for(self, tool: str) -> Mapping[str, FieldRule]:
+        """The argument rules ``tool``'s actions are compared under: ``args`` with the
+        tool's own paths overriding them."""
+        found = self.tools.get(tool)
+        if found is None or not found.args:
+            return self.args
+        return {**self.args, **found.args}
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,13 +520,24 @@ class _Parser:
         mirror = parse_rules(
             top.get("mirror"), self.fail, task_types=set(tasks), any_task_type=default is not None
         )
+        upstreams = parse_upstreams(top.get("tools"), self.fail)
+        if not upstreams and "tools" not in top:
+            # Tool rules list tools from upstream servers: with none defined, nothing the
+            # rules allow could ever be listed or called.
+            for tpath, t in [("defaults.policy", default), *tasks.items()]:
+                if t is not None and t.tools is not None:
+                    where = tpath if tpath == "defaults.policy" else f"task_types.{tpath}"
+                    self.fail(
+                        f"{where}.tools",
+                        "no upstream MCP servers are defined; add them under the top-level tools",
+                    )
         return Policy(
             source=self.source,
             task_types=tasks,
             unknown_task_types=unknown,
             default=default,
             hash=content_hash(raw if isinstance(raw, dict) else {}),
-            upstreams=parse_upstreams(top.get("tools"), self.fail),
+            upstreams=upstreams,
             mirror=mirror,
         )
 
@@ -553,16 +592,40 @@ class _Parser:
         return CompareRules(fields, MatchKind(unlisted), actions)
 
     def actions(self, raw: object, path: str) -> ActionsRule:
-        m = self.mapping(raw, path, {"args", "critical"})
+        m = self.mapping(raw, path, {"args", "critical", "order", "tools"})
         critical = self.boolean(m, "critical", path)
-        args_raw = m.get("args") or {}
+        args = self.action_args(m.get("args"), f"{path}.args")
+        order_raw = m.get("order", "multiset")
+        try:
+            order = ActionsOrder(order_raw)
+        except ValueError:
+            self.fail(f"{path}.order", f"unknown value {order_raw!r}; use multiset or sequence")
+            order = ActionsOrder.MULTISET
+        tools: dict[str, ToolRule] = {}
+        tools_raw = m.get("tools")
+        if tools_raw is not None and not isinstance(tools_raw, dict):
+            self.fail(f"{path}.tools", "expected a mapping of tool name to {args, critical}")
+        elif tools_raw:
+            for tool, body in tools_raw.items():
+                tpath = f"{path}.tools.{tool}"
+                if not isinstance(tool, str) or not tool:
+                    self.fail(tpath, "tool names must be non-empty strings")
+                    continue
+                t = self.mapping(body, tpath, {"args", "critical"})
+                tool_args = self.action_args(t.get("args"), f"{tpath}.args")
+                tools[tool] = ToolRule(tool_args, self.boolean(t, "critical", tpath))
+        return ActionsRule(args, critical, order, tools)
+
+    def action_args(self, raw: object, path: str) -> dict[str, FieldRule]:
         args: dict[str, FieldRule] = {}
-        if not isinstance(args_raw, dict):
-            self.fail(f"{path}.args", "expected a mapping of argument path to rule")
-        else:
-            for aname, rule in args_raw.items():
-                args[str(aname)] = self.field_rule(rule, f"{path}.args.{aname}", in_actions=True)
-        return ActionsRule(args, critical)
+        if not raw:
+            return args
+        if not isinstance(raw, dict):
+            self.fail(path, "expected a mapping of argument path to rule")
+            return args
+        for aname, rule in raw.items():
+            args[str(aname)] = self.field_rule(rule, f"{path}.{aname}", in_actions=True)
+        return args
 
     def boolean(self, m: Mapping[str, Any], key: str, path: str) -> bool:
         value = m.get(key, False)

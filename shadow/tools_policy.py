@@ -155,11 +155,20 @@ def parse_task_tools(raw: object, path: str, fail: Fail) -> TaskTools | None:
     read = _patterns(m.get("read"), f"{path}.read", fail)
     write = _patterns(m.get("write"), f"{path}.write", fail)
     results: dict[str, JSONObject] = {}
+    rules = TaskTools(allow)
     for tool, body in _mapping(m.get("shadow_result"), f"{path}.shadow_result", None, fail).items():
-        if not isinstance(body, dict):
+        name = str(tool)
+        # A result for a tool the allowlist never admits could never be answered: a typo.
+        # (A ``<server>.`` prefixed name is admitted when its upstream's own name is.)
+        if allow and not (rules.allowed(name) or rules.allowed(name.partition(".")[2])):
+            fail(
+                f"{path}.shadow_result.{tool}",
+                "not on this task type's allowlist (allow); fix the name or remove it",
+            )
+        elif not isinstance(body, dict):
             fail(f"{path}.shadow_result.{tool}", "expected a mapping (the structured content)")
         else:
-            results[str(tool)] = body
+            results[name] = body
     return TaskTools(allow, read, write, results)
 
 

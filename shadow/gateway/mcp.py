@@ -17,7 +17,12 @@ server-to-client stream) is ``405``. Methods: ``ping``, ``tools/list``, ``tools/
 What a hostile client gets: a JSON-RPC batch is refused whole (``-32600``: nothing in it
 runs); a notification is acknowledged ``202`` and ignored (a ``tools/call`` without an id
 calls nothing); an unknown, expired, revoked or other case's capability is ``404``; a
-session id that this capability did not open is ``404``; a body over 1 MiB is ``413``.
+session id that this capability did not open is ``404``; a body over 1 MiB (or over the
+sidecar's ``max_body_bytes``, when that is smaller) is ``413``, one that is not
+``application/json`` is ``415``; params nested deeper than the record limit
+(:data:`shadow.checks.MAX_DEPTH`, counted as in an action's ``args``) or holding a number JSON
+cannot carry (``NaN``), and a tool name over :data:`MAX_TOOL_NAME` characters, are
+``-32602``: nothing runs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from aiohttp import web
 from mcp.shared.inbound import decode_header_value
 
 from shadow import fastjson
+from shadow.api import SETTINGS
+from shadow.checks import json_problem
 from shadow.gateway.capability import Grant
 from shadow.gateway.core import CallRefused, Gateway
 
@@ -37,6 +44,7 @@ __all__ = [
     "GATEWAY",
     "HANDSHAKE_VERSIONS",
     "MAX_MCP_BODY",
+    "MAX_TOOL_NAME",
     "MODERN_VERSIONS",
     "McpSessions",
     "mcp_routes",
@@ -46,6 +54,8 @@ GATEWAY = web.AppKey("gateway", Gateway)
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
 MAX_MCP_BODY = 1_048_576
+# Tool names SHOULD be 1-128 characters (MCP spec); room is left for a ``<server>.`` prefix.
+MAX_TOOL_NAME = 256
 MAX_SESSIONS = 100_000
 
 _VERSION_META = "io.modelcontextprotocol/protocolVersion"
@@ -140,18 +150,20 @@ async def mcp_delete(request: web.Request) -> web.StreamResponse:
 
 
 async def _body(request: web.Request) -> Any:
-    if request.content_length is not None and request.content_length > MAX_MCP_BODY:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=MAX_MCP_BODY, actual_size=request.content_length
-        )
+    limit = min(MAX_MCP_BODY, request.app[SETTINGS].max_body_bytes)
+    too_large = _error(None, INVALID_REQUEST, f"body larger than {limit} bytes", 413)
+    if request.content_length is not None and request.content_length > limit:
+        raise _Answer(too_large)
+    if request.content_type != "application/json":
+        raise _Answer(_error(None, INVALID_REQUEST, "Content-Type must be application/json", 415))
     coding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if coding not in ("", "identity"):
         raise _Answer(_error(None, INVALID_REQUEST, "compressed bodies are not accepted", 415))
     raw = bytearray()
     async for chunk in request.content.iter_chunked(65_536):
         raw += chunk
-        if len(raw) > MAX_MCP_BODY:
-            raise _Answer(_error(None, INVALID_REQUEST, "body larger than 1 MiB", 413))
+        if len(raw) > limit:
+            raise _Answer(too_large)
     try:
         return fastjson.loads(bytes(raw))
     except (ValueError, RecursionError):
@@ -196,6 +208,11 @@ async def _post(request: web.Request) -> web.Response:
         params = {}
     if not isinstance(params, dict):
         return _error(rid, INVALID_PARAMS, "params must be an object")
+    # As deep as an action's args may be in a record (tools/call arguments are one), so a
+    # captured write is a valid action and nothing deeper reaches an upstream.
+    too_deep = json_problem(params, "params", 2)
+    if too_deep is not None:
+        return _error(rid, INVALID_PARAMS, f"{too_deep[0][:200]}: {too_deep[1]}")
     meta = params.get("_meta")
     header_version = request.headers.get("MCP-Protocol-Version")
     if method == "initialize":
@@ -306,6 +323,10 @@ async def _dispatch(
         args = params.get("arguments")
         if not isinstance(name, str) or not name:
             return _error(rid, INVALID_PARAMS, "params.name: required tool name")
+        if len(name) > MAX_TOOL_NAME:
+            return _error(
+                rid, INVALID_PARAMS, f"params.name: longer than {MAX_TOOL_NAME} characters"
+            )
         if args is None:
             args = {}
         if not isinstance(args, dict):

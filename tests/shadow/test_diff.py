@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shadow.diff import DiffResult, diff, normalize_text
+from shadow.diff import MAX_EDIT_CELLS, DiffResult, diff, normalize_text
 from shadow.model import Action, FieldResult
-from shadow.policy import ActionsRule, CompareRules, FieldRule, MatchKind
+from shadow.policy import ActionsOrder, ActionsRule, CompareRules, FieldRule, MatchKind, ToolRule
 
 EXACT, NUMBER, TEXT, SET, IGNORE = (
     MatchKind.EXACT,
@@ -23,6 +23,7 @@ EXACT, NUMBER, TEXT, SET, IGNORE = (
     MatchKind.SET,
     MatchKind.IGNORE,
 )
+SEQUENCE = ActionsOrder.SEQUENCE
 ABSENT = object()  # leave the field out of the decision
 
 
@@ -464,6 +465,182 @@ def test_actions_reason_lists_at_most_three() -> None:
     assert result.reason.count("no human counterpart") == 3
 
 
+# -- actions in order and per tool ------------------------------------------------------------
+
+
+def seq_result(
+    agent: Sequence[Action], human: Sequence[Action], rule: ActionsRule | None = None
+) -> FieldResult:
+    """The ``actions`` result under ``order: sequence``; checks it is symmetric."""
+    rule = dataclasses.replace(rule or AMOUNT_WITHIN_1, order=SEQUENCE)
+    rules = CompareRules(actions=rule)
+    result = diff(rules, {}, {}, agent, human)
+    (field,) = result.fields
+    (back,) = diff(rules, {}, {}, human, agent).fields
+    assert (field.path, field.match) == ("actions", "sequence")
+    assert (back.matched, back.distance, back.critical) == (
+        field.matched,
+        field.distance,
+        field.critical,
+    )
+    assert result.agree == field.matched
+    return field
+
+
+def calls(*names: str) -> list[Action]:
+    """Actions named ``"tool"`` or ``"tool=amount"``."""
+    out = []
+    for name in names:
+        tool, _, amount = name.partition("=")
+        out.append(Action(tool, {"amount": float(amount)} if amount else {}))
+    return out
+
+
+def test_sequence_and_multiset_differ_on_the_same_lists() -> None:
+    agent, human = calls("lookup", "refund=10", "email"), calls("lookup", "email", "refund=10")
+    assert actions_result(AMOUNT_WITHIN_1, agent, human).matched
+    result = seq_result(agent, human)
+    assert not result.matched
+    assert result.distance == 2
+    assert result.reason == (
+        "actions differ in order: edit distance 2 (agent: lookup, refund, email; "
+        "human: lookup, email, refund); first at #2: agent has refund(amount=10.0), "
+        "human has email()"
+    )
+    same = seq_result(agent, copy.deepcopy(agent))
+    assert (same.matched, same.distance, same.reason) == (True, 0, "")
+    # Tolerances apply position by position.
+    assert seq_result(calls("refund=10", "refund=20"), calls("refund=10.5", "refund=19.5")).matched
+    # A multiset result carries no distance, and its JSON keeps its five keys.
+    multiset = actions_result(AMOUNT_WITHIN_1, agent, human)
+    assert multiset.distance is None
+    assert set(multiset.to_json()) == {"path", "match", "matched", "critical", "reason"}
+
+
+@pytest.mark.parametrize(
+    ("agent", "human", "distance"),
+    [
+        ((), (), 0),
+        (("a",), (), 1),
+        ((), ("a", "b", "c"), 3),
+        (("a", "b", "c"), ("a", "c"), 1),  # delete
+        (("a", "c"), ("a", "b", "c"), 1),  # insert
+        (("a", "b", "c"), ("a", "x", "c"), 1),  # substitute a tool
+        (("a", "refund=10", "c"), ("a", "refund=12", "c"), 1),  # substitute by an argument
+        (("a", "refund=10", "c"), ("a", "refund=10.9", "c"), 0),  # within the tolerance
+        (("a", "b"), ("b", "a"), 2),  # a transposition counts 2
+        (("a", "b", "c", "d"), ("b", "a", "d", "c"), 3),
+        (("a", "b", "c"), ("c", "b", "a"), 2),
+        (("k", "i", "t", "t", "e", "n"), ("s", "i", "t", "t", "i", "n", "g"), 3),
+        (("a", "a", "a"), ("a",), 2),
+        (("x", "y", "z"), ("p", "q"), 3),
+    ],
+)
+def test_sequence_edit_distance(
+    agent: tuple[str, ...], human: tuple[str, ...], distance: int
+) -> None:
+    result = seq_result(calls(*agent), calls(*human))
+    assert result.distance == distance
+    assert result.matched == (distance == 0)
+    assert bool(result.reason) == (distance > 0)
+    if distance:
+        assert f"edit distance {distance} " in result.reason
+
+
+def test_sequence_reason_wording_and_bounds() -> None:
+    result = seq_result(calls("a", "b", "c"), calls("a", "c"))
+    assert result.reason == (
+        "actions differ: edit distance 1 (agent: a, b, c; human: a, c); "
+        "first at #2: agent has b(), human has c()"
+    )
+    result = seq_result(calls("a"), calls("a", "b"))
+    assert result.reason.endswith("first at #2: agent has nothing, human has b()")
+    result = seq_result([], calls("a"))
+    assert "(agent: none; human: a)" in result.reason
+    # Long lists, long tool names and long arguments stay short.
+    many = calls(*(f"tool_{i}" for i in range(400)))
+    result = seq_result(many, list(reversed(many)))
+    assert result.distance == 400  # no two positions hold the same tool
+    assert "… (400 in all)" in result.reason
+    assert len(result.reason) < 400
+
+
+def test_sequence_distance_is_not_computed_past_the_bound() -> None:
+    side = int(MAX_EDIT_CELLS**0.5) + 1
+    agent = calls(*(f"a{i}" for i in range(side)))
+    human = calls(*(f"h{i}" for i in range(side)))
+    result = seq_result(agent, human)
+    assert (result.matched, result.distance) == (False, None)
+    assert f"edit distance not computed for lists this long ({side} and {side})" in result.reason
+    assert "distance" not in result.to_json()
+    # Equal ends are dropped first, so long lists that differ in a few places still get one.
+    common = calls(*(f"c{i}" for i in range(2 * side)))
+    result = seq_result([*common, *calls("x"), *common], [*common, *calls("y", "z"), *common])
+    assert result.distance == 2
+    assert seq_result(common + common, copy.deepcopy(common + common)).distance == 0
+    huge = [Action("t" * 10_000, {"amount": "x" * 10_000})]
+    result = seq_result(huge, [])
+    assert result.distance == 1
+    assert len(result.reason) < 300
+
+
+def test_per_tool_args_override_the_global_ones() -> None:
+    rule = ActionsRule(
+        {"amount": FieldRule(NUMBER, abs=1), "note": FieldRule()},
+        tools={
+            "refund": ToolRule({"amount": FieldRule(NUMBER, abs=0.01), "note": FieldRule(IGNORE)}),
+            "email": ToolRule({"to": FieldRule(TEXT)}),
+        },
+    )
+    # refund: amount within 0.01 only, note ignored.
+    agent = [Action("refund", {"amount": 10.0, "note": "a"})]
+    assert actions_result(rule, agent, [Action("refund", {"amount": 10.005, "note": "b"})]).matched
+    result = actions_result(rule, agent, [Action("refund", {"amount": 10.5, "note": "a"})])
+    assert not result.matched
+    assert result.reason.startswith("agent proposed refund(amount=10.0) with no human")
+    # Other tools keep the global rules: amount within 1, note exact.
+    other = [Action("credit", {"amount": 10.0, "note": "a"})]
+    assert actions_result(rule, other, [Action("credit", {"amount": 10.5, "note": "a"})]).matched
+    assert not actions_result(rule, other, [Action("credit", {"amount": 10, "note": "b"})]).matched
+    # email: its own path on top of the global ones.
+    mail = [Action("email", {"to": "Jane@Example.com", "amount": 1, "note": "n"})]
+    twin = [Action("email", {"to": " jane@example.com", "amount": 1.5, "note": "n"})]
+    assert actions_result(rule, mail, twin).matched
+    bob = [Action("email", {"to": "bob", "amount": 1, "note": "n"})]
+    assert not actions_result(rule, mail, bob).matched
+    # The same holds in order.
+    assert seq_result(agent + mail, [Action("refund", {"amount": 10.001}), *twin], rule).matched
+
+
+def test_per_tool_critical() -> None:
+    rule = ActionsRule(tools={"refund": ToolRule(critical=True)}, args={"amount": FieldRule()})
+    rules = CompareRules(actions=rule)
+    # A mismatch on another tool is not critical.
+    minor = diff(rules, {}, {}, calls("refund=10", "email"), calls("refund=10"))
+    assert (minor.agree, minor.critical_miss) == (False, False)
+    assert not minor.fields[0].critical
+    # One on the critical tool is, on either side, and the reason says so.
+    for agent, human in ((calls("refund=10"), calls("refund=11")), (calls(), calls("refund=1"))):
+        for a, h in ((agent, human), (human, agent)):
+            miss = diff(rules, {}, {}, a, h)
+            assert (miss.agree, miss.critical_miss) == (False, True)
+            assert miss.fields[0].critical
+            assert miss.fields[0].reason.endswith("; critical: refund differ")
+    # Agreement is never critical.
+    ok = diff(rules, {}, {}, calls("email", "refund=3"), calls("refund=3", "email"))
+    assert (ok.agree, ok.critical_miss) == (True, False)
+    # In order: the refunds alone must agree in order; moving them past another tool is
+    # a mismatch, but not a critical one.
+    ordered = CompareRules(actions=dataclasses.replace(rule, order=SEQUENCE))
+    moved = diff(ordered, {}, {}, calls("refund=1", "email"), calls("email", "refund=1"))
+    assert (moved.agree, moved.critical_miss, moved.fields[0].distance) == (False, False, 2)
+    swapped = diff(ordered, {}, {}, calls("refund=1", "refund=2"), calls("refund=2", "refund=1"))
+    assert (swapped.agree, swapped.critical_miss) == (False, True)
+    assert actions_result(
+        rule, calls("refund=1", "refund=2"), calls("refund=2", "refund=1")
+    ).matched
+
+
 # -- reasons ---------------------------------------------------------------------------------
 
 
@@ -525,6 +702,16 @@ compare_rules = st.builds(
         ActionsRule,
         args=st.dictionaries(st.sampled_from(["amount", "note", "x.a"]), field_rules, max_size=3),
         critical=st.booleans(),
+        order=st.sampled_from(ActionsOrder),
+        tools=st.dictionaries(
+            st.sampled_from(["refund", "email"]),
+            st.builds(
+                ToolRule,
+                args=st.dictionaries(st.sampled_from(["amount", "note"]), field_rules, max_size=2),
+                critical=st.booleans(),
+            ),
+            max_size=2,
+        ),
     ),
 )
 actions = st.lists(
@@ -614,7 +801,8 @@ def test_property_set_fields_and_actions_ignore_order_and_duplicates(
         if rule.match is SET and isinstance(value, list) and value:
             extra = data.draw(st.lists(st.sampled_from(value), max_size=3))
             assign(shuffled, path, data.draw(st.permutations(value)) + extra)
-    reordered = data.draw(st.permutations(acts))
+    ordered = rules.actions is not None and rules.actions.order is SEQUENCE
+    reordered = list(acts) if ordered else data.draw(st.permutations(acts))
     assert diff(rules, decision, shuffled, acts, reordered).agree
     assert diff(rules, shuffled, decision, reordered, acts).agree
 
@@ -631,11 +819,24 @@ def test_property_verdict_is_symmetric(rules: CompareRules, pair: tuple[Any, ...
     assert forward.agree == all(f.matched for f in forward.fields)
 
 
+def with_args(acts: ActionsRule, change: Any) -> ActionsRule:
+    """``acts`` with ``change(tool, path, rule)`` applied to every argument rule (``tool``
+    is ``None`` for the global ones)."""
+    return dataclasses.replace(
+        acts,
+        args={p: change(None, p, r) for p, r in acts.args.items()},
+        tools={
+            t: dataclasses.replace(tr, args={p: change(t, p, r) for p, r in tr.args.items()})
+            for t, tr in acts.tools.items()
+        },
+    )
+
+
 def loosened(rules: CompareRules, change: Any) -> CompareRules:
     fields = {path: change(rule) for path, rule in rules.fields.items()}
     acts = rules.actions
     if acts is not None:
-        acts = ActionsRule({p: change(r) for p, r in acts.args.items()}, acts.critical)
+        acts = with_args(acts, lambda _t, _p, r: change(r))
     return CompareRules(fields, rules.unlisted, acts)
 
 
@@ -646,22 +847,24 @@ def test_property_ignoring_a_field_never_breaks_agreement(
     rules: CompareRules, pair: tuple[Any, ...]
 ) -> None:
     before = diff(rules, *pair)
-    targets = [("field", p) for p in rules.fields]
+    targets: list[tuple[str, str | None, str]] = [("field", None, p) for p in rules.fields]
     if rules.actions is not None:
-        targets += [("arg", p) for p in rules.actions.args]
-    for kind, target in targets:
+        targets += [("arg", None, p) for p in rules.actions.args]
+        targets += [("arg", t, p) for t, tr in rules.actions.tools.items() for p in tr.args]
+    for kind, tool, target in targets:
         fields = {
             p: dataclasses.replace(r, match=IGNORE) if (kind, target) == ("field", p) else r
             for p, r in rules.fields.items()
         }
         acts = rules.actions
         if acts is not None:
-            acts = ActionsRule(
-                {
-                    p: dataclasses.replace(r, match=IGNORE) if (kind, target) == ("arg", p) else r
-                    for p, r in acts.args.items()
-                },
-                acts.critical,
+            acts = with_args(
+                acts,
+                lambda t, p, r, tool=tool, target=target, kind=kind: (
+                    dataclasses.replace(r, match=IGNORE)
+                    if (kind, tool, target) == ("arg", t, p)
+                    else r
+                ),
             )
         after = diff(CompareRules(fields, rules.unlisted, acts), *pair)
         assert after.agree or not before.agree
@@ -692,3 +895,54 @@ def test_property_more_tolerance_never_breaks_agreement(
     after = diff(wider, *pair)
     assert after.agree or not before.agree
     assert not after.critical_miss or before.critical_miss
+
+
+def reference_distance(agent: Sequence[Action], human: Sequence[Action], rule: ActionsRule) -> int:
+    """Levenshtein by plain recursion over the whole lists, each pair judged equal by the
+    multiset comparison of the two single actions: independent of the implementation's
+    prefix/suffix trimming and row-by-row table."""
+    same = [[actions_result(rule, [x], [y]).matched for y in human] for x in agent]
+    table = [[0] * (len(human) + 1) for _ in range(len(agent) + 1)]
+    for i in range(len(agent) + 1):
+        for j in range(len(human) + 1):
+            if i == 0 or j == 0:
+                table[i][j] = i + j
+            else:
+                table[i][j] = min(
+                    table[i - 1][j] + 1,
+                    table[i][j - 1] + 1,
+                    table[i - 1][j - 1] + (0 if same[i - 1][j - 1] else 1),
+                )
+    return table[-1][-1]
+
+
+action_rules = st.builds(
+    ActionsRule,
+    args=st.dictionaries(st.sampled_from(["amount", "note", "x.a"]), field_rules, max_size=3),
+    tools=st.dictionaries(
+        st.sampled_from(["refund", "email"]),
+        st.builds(
+            ToolRule, args=st.dictionaries(st.sampled_from(["amount"]), field_rules, max_size=1)
+        ),
+        max_size=2,
+    ),
+)
+
+
+@pytest.mark.slow  # 200 generated cases
+@PROPERTY
+@given(action_rules, pairs())
+def test_property_sequence_distance(rule: ActionsRule, pair: tuple[Any, ...]) -> None:
+    _, _, agent, human = pair
+    ordered = seq_result(agent, human, rule)  # symmetric: checked inside
+    unordered = actions_result(rule, agent, human)
+    assert ordered.distance == reference_distance(agent, human, rule)
+    # Equal in order: same length, each position equal; then equal as multisets too.
+    pairwise = len(agent) == len(human) and all(
+        actions_result(rule, [x], [y]).matched for x, y in zip(agent, human, strict=True)
+    )
+    assert (ordered.distance == 0) == pairwise == ordered.matched
+    if ordered.matched:
+        assert unordered.matched
+    assert abs(len(agent) - len(human)) <= (ordered.distance or 0) <= max(len(agent), len(human))
+    assert seq_result(agent, copy.deepcopy(agent), rule).distance == 0

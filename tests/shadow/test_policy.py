@@ -8,7 +8,16 @@ import pytest
 
 from shadow.errors import PolicyError
 from shadow.model import Level
-from shadow.policy import REDACTED, AutonomyMode, MatchKind, load_policy, parse_policy
+from shadow.policy import (
+    REDACTED,
+    ActionsOrder,
+    AutonomyMode,
+    FieldRule,
+    MatchKind,
+    ToolRule,
+    load_policy,
+    parse_policy,
+)
 
 DESIGN_EXAMPLE = """
 defaults:
@@ -315,6 +324,66 @@ BAD = [
         "task_types.refund.compare.actions.args.amount.abs",
         "negative",
     ),
+    (
+        _task("compare: {actions: {order: sorted}}"),
+        "task_types.refund.compare.actions.order",
+        "use multiset or sequence",
+    ),
+    (
+        _task("compare: {actions: {order: [sequence]}}"),
+        "task_types.refund.compare.actions.order",
+        "use multiset or sequence",
+    ),
+    (
+        _task("compare: {actions: {ordered: true}}"),
+        "task_types.refund.compare.actions.ordered",
+        "unknown key; allowed here: args, critical, order, tools",
+    ),
+    (
+        _task("compare: {actions: {tools: [issue_refund]}}"),
+        "task_types.refund.compare.actions.tools",
+        "mapping of tool name",
+    ),
+    (
+        _task("compare: {actions: {tools: {issue_refund: [amount]}}}"),
+        "task_types.refund.compare.actions.tools.issue_refund",
+        "expected a mapping of keys",
+    ),
+    (
+        _task("compare: {actions: {tools: {issue_refund: {match: number}}}}"),
+        "task_types.refund.compare.actions.tools.issue_refund.match",
+        "unknown key; allowed here: args, critical",
+    ),
+    (
+        _task("compare: {actions: {tools: {issue_refund: {critical: maybe}}}}"),
+        "task_types.refund.compare.actions.tools.issue_refund.critical",
+        "true or false",
+    ),
+    (
+        _task("compare: {actions: {tools: {7: {critical: true}}}}"),
+        "task_types.refund.compare.actions.tools.7",
+        "non-empty strings",
+    ),
+    (
+        _task("compare: {actions: {tools: {issue_refund: {args: [amount]}}}}"),
+        "task_types.refund.compare.actions.tools.issue_refund.args",
+        "mapping of argument path",
+    ),
+    (
+        _task("compare: {actions: {tools: {t: {args: {amount: {critical: true}}}}}}"),
+        "task_types.refund.compare.actions.tools.t.args.amount.critical",
+        "unknown key; allowed here: abs, equivalent, match, rel",
+    ),
+    (
+        _task("compare: {actions: {tools: {t: {args: {amount: {match: fuzzy}}}}}}"),
+        "task_types.refund.compare.actions.tools.t.args.amount.match",
+        "unknown match kind 'fuzzy'",
+    ),
+    (
+        _task("compare: {actions: {tools: {t: {args: {a: {match: text, abs: 1}}}}}}"),
+        "task_types.refund.compare.actions.tools.t.args.a.abs",
+        "only to match: number",
+    ),
     (_task("autonomy: {start: L9}"), "task_types.refund.autonomy.start", "unknown level"),
     (_task("autonomy: {ceiling: top}"), "task_types.refund.autonomy.ceiling", "unknown level"),
     (
@@ -413,3 +482,46 @@ def test_sampling_and_audit_are_stable_and_close_to_the_rate() -> None:
     assert all(everything.sampled(i) for i in ids[:100])
     nothing = parse_policy(_task("sample_rate: 0")).task_types["refund"]
     assert not any(nothing.sampled(i) for i in ids[:1000])
+
+
+def test_actions_order_and_per_tool_rules_parse() -> None:
+    policy = parse_policy(
+        _task(
+            "compare:\n"
+            "  actions:\n"
+            "    order: sequence\n"
+            "    args: {amount: {match: number, abs: 0.01}, note: {match: text}}\n"
+            "    tools:\n"
+            "      issue_refund:\n"
+            "        critical: true\n"
+            "        args: {amount: {match: number, rel: 0.1}, note: {match: ignore}}\n"
+            "      send_email: {args: {to: {match: exact}}}\n"
+            "      close_ticket: {}\n"
+        )
+    )
+    actions = policy.task_types["refund"].compare.actions
+    assert actions is not None
+    assert actions.order is ActionsOrder.SEQUENCE
+    assert not actions.critical
+    assert set(actions.tools) == {"issue_refund", "send_email", "close_ticket"}
+    refund = actions.args_for("issue_refund")
+    assert refund["amount"] == FieldRule(MatchKind.NUMBER, rel=0.1)
+    assert refund["note"].match is MatchKind.IGNORE
+    assert actions.tools["issue_refund"].critical
+    email = actions.args_for("send_email")
+    assert set(email) == {"amount", "note", "to"}  # the global paths, plus its own
+    assert actions.args_for("close_ticket") == actions.args
+    assert actions.args_for("unlisted_tool") == actions.args
+    assert actions.tools["close_ticket"] == ToolRule()
+    default = parse_policy(_task("compare: {actions: {}}")).task_types["refund"].compare.actions
+    assert default is not None
+    assert (default.order, dict(default.tools)) == (ActionsOrder.MULTISET, {})
+
+
+def test_actions_order_changes_the_compare_hash() -> None:
+    base = parse_policy(_task("compare: {actions: {}}")).task_types["refund"]
+    ordered = parse_policy(_task("compare: {actions: {order: sequence}}")).task_types["refund"]
+    per_tool = parse_policy(_task("compare: {actions: {tools: {t: {critical: true}}}}")).task_types[
+        "refund"
+    ]
+    assert len({base.compare_hash, ordered.compare_hash, per_tool.compare_hash}) == 3
