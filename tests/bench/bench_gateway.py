@@ -51,7 +51,10 @@ UPSTREAM = textwrap.dedent(
     def issue_refund(order_id: str, amount: float) -> dict:
         return {"refunded": amount}
 
-    sock = socket.socket(); sock.bind(("127.0.0.1", int(sys.argv[1])))
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and without it Nagle's algorithm and delayed ACKs add ~40 ms to every answer.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", int(sys.argv[1])))
     app = server.streamable_http_app(json_response=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     """
