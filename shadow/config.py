@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="seconds a held write waits for approval before it expires"
     )
     gateway_upstream_timeout: float = Field(30.0, gt=0, description="seconds per upstream call")
+    gateway_class_ttl: float = Field(
+        1.0,
+        ge=0,
+        description="seconds an upstream's tool list is trusted for the read/write class of "
+        "a tool the policy does not list (0: listed again at every call)",
+    )
     agent_timeout: float = Field(10.0, gt=0)
     agent_concurrency: int = Field(8, ge=1, le=1024)
     agent_retries: int = Field(2, ge=0, le=10)

@@ -339,11 +339,13 @@ class AgentRunner:
         return request
 
     async def _call(self, event: WorkEvent) -> ShadowDecision:
-        request = self._request(event)
         start = self._clock()
         answer: Mapping[str, Any] | None = None
         reason = ""
         for attempt in range(self.retries + 1):
+            # A fresh request each attempt: with a tool gateway, a new shadow session, so the
+            # writes an abandoned attempt made through its tools URL are not the case's.
+            request = self._request(event)
             try:
                 answer = await self.transport.call(request)
                 break

@@ -6,9 +6,11 @@
   Unicode normalisation): anything else is refused and audited, never forwarded; what is
   forwarded is the upstream's own name from the catalog, never the agent's string.
 - **Class.** The policy's ``write``/``read`` lists decide; a tool they do not list is a read
-  only if the upstream's tool list, fetched at the call, marks it ``readOnlyHint: true``. A
-  tool once seen as a write stays one for the life of the process, whatever the upstream
-  says later (an upstream cannot turn a write into a read by re-labelling it).
+  only if the upstream's tool list marks it ``readOnlyHint: true``, in a listing taken at
+  most ``class_ttl`` seconds before the call (one listing per upstream at a time, shared by
+  the calls waiting for it; ``0`` lists at every call). A tool once seen as a write, at a
+  call or in any listing, stays one for the life of the process, whatever the upstream says
+  later (an upstream cannot turn a write into a read by re-labelling it).
 - **Enforcement.** :func:`shadow.gateway.rules.decide` on the ladder's level, freeze flag
   and audit sample *at the call* (so a level change applies to the next call).
 - **Shadow capture.** A shadow session's writes are answered with the policy's shadow
@@ -115,6 +117,8 @@ class Gateway:
         approval_wait: float,
         approval_timeout: float,
         flush_every: float = 0.2,
+        class_ttl: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.ladder = ladder
@@ -130,6 +134,13 @@ class Gateway:
         self._flusher: asyncio.Task[None] | None = None
         self._cases: dict[str, _ShadowCase] = {}  # by event id: the open shadow sessions
         self._writes_seen: set[tuple[str, str]] = set()  # (upstream, name) ever seen as write
+        self._class_ttl = class_ttl
+        self._monotonic = monotonic
+        # Per upstream: (when listed, monotonic; the tools it marked readOnlyHint: true).
+        self._read_hints: dict[str, tuple[float, frozenset[str]]] = {}
+        # Per upstream: the listing in flight for classes, and when it started.
+        self._listing: dict[str, tuple[float, asyncio.Future[Any]]] = {}
+        self._listing_all: asyncio.Future[dict[str, list[dict[str, Any]]]] | None = None
         # Per task type, the catalog of the last listing (routing only; classes are not
         # cached): refreshed by tools/list and by a call naming a tool it does not hold.
         self._catalogs: dict[str, dict[str, ToolEntry]] = {}
@@ -170,6 +181,7 @@ class Gateway:
             session_ttl=settings.gateway_session_ttl,
             approval_wait=settings.gateway_approval_wait,
             approval_timeout=settings.gateway_approval_timeout,
+            class_ttl=settings.gateway_class_ttl,
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -285,11 +297,14 @@ class Gateway:
         names = [only] if only is not None else list(self.upstreams)
 
         async def one(name: str) -> list[dict[str, Any]]:
+            listed_at = self._monotonic()
             try:
-                return await self.upstreams[name].list_tools()
+                tools = await self.upstreams[name].list_tools()
             except UpstreamError as exc:
                 log.warning("gateway: %s", exc)
                 return []
+            self._learn(name, tools, listed_at)
+            return tools
 
         got = await asyncio.gather(*(one(n) for n in names))
         return dict(zip(names, got, strict=True))
@@ -305,9 +320,49 @@ class Gateway:
     async def _entry(self, task_type: str, rules: TaskTools, name: str) -> ToolEntry | None:
         entries = self._catalogs.get(task_type)
         if entries is None or name not in entries:
-            entries = _catalog(await self._lists(), rules)
+            if self._listing_all is None:  # one listing at a time, shared by waiting calls
+                self._listing_all = asyncio.ensure_future(self._lists())
+                self._listing_all.add_done_callback(self._listed_all)
+            entries = _catalog(await asyncio.shield(self._listing_all), rules)
             self._catalogs[task_type] = entries
         return entries.get(name)
+
+    def _listed_all(self, listing: asyncio.Future[Any]) -> None:
+        if self._listing_all is listing:
+            self._listing_all = None
+
+    def _learn(self, upstream: str, tools: list[dict[str, Any]], listed_at: float) -> None:
+        """Keep a listing's read hints; every tool it does not mark read-only is a write
+        from now on."""
+        reads = set()
+        for tool in tools:
+            name = tool.get("name")
+            if not isinstance(name, str):
+                continue
+            if (tool.get("annotations") or {}).get("readOnlyHint") is True:
+                reads.add(name)
+            else:
+                self._writes_seen.add((upstream, name))
+        held = self._read_hints.get(upstream)
+        if held is None or held[0] <= listed_at:  # a slower, older listing does not win
+            self._read_hints[upstream] = (listed_at, frozenset(reads))
+
+    async def _reads_of(self, upstream: str) -> frozenset[str]:
+        """The tools ``upstream`` marks read-only, listed at most ``class_ttl`` s ago."""
+        held = self._read_hints.get(upstream)
+        if held is not None and self._monotonic() - held[0] <= self._class_ttl:
+            return held[1]
+        running = self._listing.get(upstream)
+        if running is None:
+            running = (self._monotonic(), asyncio.ensure_future(self._lists(upstream)))
+            self._listing[upstream] = running
+            running[1].add_done_callback(lambda _: self._listing.pop(upstream, None))
+        started, listing = running
+        await asyncio.shield(listing)  # a caller that gives up leaves the listing to the rest
+        held = self._read_hints.get(upstream)
+        if held is None or held[0] < started:  # the listing failed: nothing is a read
+            return frozenset()
+        return held[1]
 
     async def _classify(self, rules: TaskTools, entry: ToolEntry) -> ToolClass:
         listed = rules.listed_class(entry.exposed)
@@ -317,13 +372,11 @@ class Gateway:
             return listed
         if (entry.upstream, entry.name) in self._writes_seen:
             return "write"
-        current = (await self._lists(entry.upstream))[entry.upstream]
-        now = next((t for t in current if t.get("name") == entry.name), None)
-        hint = None if now is None else (now.get("annotations") or {}).get("readOnlyHint")
-        cls: ToolClass = "read" if hint is True else "write"
-        if cls == "write":
-            self._writes_seen.add((entry.upstream, entry.name))
-        return cls
+        reads = await self._reads_of(entry.upstream)
+        if entry.name in reads and (entry.upstream, entry.name) not in self._writes_seen:
+            return "read"
+        self._writes_seen.add((entry.upstream, entry.name))
+        return "write"
 
     async def call_tool(self, grant: Grant, name: str, args: dict[str, Any]) -> dict[str, Any]:
         """The result of one tools/call; CallRefused for an error answer."""
@@ -332,6 +385,8 @@ class Gateway:
         rules = self.rules(task_type)
         level = self.ladder.level(task_type)
         case = self._cases.get(grant.event_id) if grant.shadow else None
+        if case is not None and case.grant.nonce != grant.nonce:
+            case = None  # a replaced session (an earlier attempt's): it adds nothing to the case
         if case is not None:
             case.called = True
         row = {
@@ -370,7 +425,11 @@ class Gateway:
             record("refused", entry, cls, verdict.reason)
             raise CallRefused(verdict.reason)
         if verdict.action == "capture":
-            assert case is not None
+            if case is None or self._cases.get(grant.event_id) is not case:
+                # The session closed or was replaced while this call was being classified.
+                why = "the session is closed (its case was answered or retried)"
+                record("refused", entry, cls, why)
+                raise CallRefused(why)
             case.writes.append(Action(entry.exposed, args))
             record("captured", entry, cls, None)
             structured = rules.shadow_result_for(entry.exposed)

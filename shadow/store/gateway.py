@@ -116,34 +116,37 @@ def _approval(row: Sequence[Any]) -> ApprovalRow:
 
 class GatewayPart(StoreBase):
     async def put_tool_calls(self, rows: Sequence[ToolCallRow]) -> None:
-        """Append call rows in one transaction."""
+        """Append call rows in one transaction and one statement (column arrays unnested:
+        a parameterised ``executemany`` costs a statement per row)."""
         if not rows:
             return
+        cols = (
+            [r.at for r in rows],
+            [r.task_type for r in rows],
+            [r.event_id for r in rows],
+            [r.shadow for r in rows],
+            [r.level for r in rows],
+            [r.tool for r in rows],
+            [r.upstream for r in rows],
+            [r.tool_class for r in rows],
+            [r.outcome for r in rows],
+            [r.latency_ms for r in rows],
+            [r.error for r in rows],
+            [json.dumps(r.args) for r in rows],
+            [r.approval_id for r in rows],
+        )
 
         def q() -> None:
             with self._tx() as tx:
-                tx.executemany(
+                tx.execute(
                     "INSERT INTO tool_calls (called_at, task_type, event_id, shadow, level, tool, "
-                    "upstream, class, outcome, latency_ms, error, args, approval_id) VALUES "
-                    "(?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?::JSON, ?)",
-                    [
-                        [
-                            r.at,
-                            r.task_type,
-                            r.event_id,
-                            r.shadow,
-                            r.level,
-                            r.tool,
-                            r.upstream,
-                            r.tool_class,
-                            r.outcome,
-                            r.latency_ms,
-                            r.error,
-                            json.dumps(r.args),
-                            r.approval_id,
-                        ]
-                        for r in rows
-                    ],
+                    "upstream, class, outcome, latency_ms, error, args, approval_id) "
+                    "SELECT unnest(?::TIMESTAMPTZ[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                    "unnest(?::BOOLEAN[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                    "unnest(?::DOUBLE[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])::JSON, "
+                    "unnest(?::VARCHAR[])",
+                    list(cols),
                 )
 
         await self._run(q)

@@ -7,9 +7,16 @@ Run as ``python tests/bench/bench_gateway.py`` (``--calls N``, ``--seconds S``,
 whose ``refund`` task type uses it at L4, and this client. The client sends the same
 stateless (2026-07-28) ``tools/call`` of a read tool the policy classifies, one at a time,
 alternately to the upstream and to a live session's tools URL, in interleaved rounds; the
-added latency is the difference of the percentiles. A shadow capture (answered by the
-gateway alone) is shown too. Nothing is asserted; the goal (p50 <= 1 ms, p99 <= 3 ms added)
-is printed beside the figures.
+added latency is the difference of the percentiles. The same read sent with the gateway's
+own upstream client (the SDK's ``Client``, :class:`shadow.gateway.upstream.UpstreamClient`)
+from this process shows how much of the added latency is that hop alone. Then calls/s with
+``--clients`` concurrent clients for ``--seconds`` each, directly and through the sidecar.
+Nothing is asserted; the goal (p50 <= 1 ms, p99 <= 3 ms added) is printed beside the figures.
+
+The upstream is as fast as the SDK serves: async tools (a sync tool costs a worker-thread
+hop), JSON answers, stateless mode, no access log, and a listening socket created with
+``IPPROTO_TCP`` so asyncio turns Nagle's algorithm off (with ``socket.socket()`` it does
+not, and delayed ACKs add ~40 ms to every answer).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from pathlib import Path
 
 import aiohttp
 
+from shadow.gateway.upstream import UpstreamClient
+
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "bench-token"
 MODERN = "2026-07-28"
@@ -43,17 +52,22 @@ UPSTREAM = textwrap.dedent(
 
     server = MCPServer("backoffice", log_level="WARNING")
 
+    # async tools: the SDK runs a sync tool on a worker thread, an async one inline.
     @server.tool(annotations=ToolAnnotations(read_only_hint=True))
-    def get_order(order_id: str) -> dict:
+    async def get_order(order_id: str) -> dict:
         return {"order_id": order_id, "amount": 42.5}
 
     @server.tool()
-    def issue_refund(order_id: str, amount: float) -> dict:
+    async def issue_refund(order_id: str, amount: float) -> dict:
         return {"refunded": amount}
 
-    sock = socket.socket(); sock.bind(("127.0.0.1", int(sys.argv[1])))
-    app = server.streamable_http_app(json_response=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and without it Nagle's algorithm and delayed ACKs add ~40 ms to every answer.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", int(sys.argv[1])))
+    app = server.streamable_http_app(json_response=True, stateless_http=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
     """
 )
 
@@ -120,6 +134,15 @@ async def timed(session: aiohttp.ClientSession, url: str, data: bytes, n: int) -
     return out
 
 
+async def sdk_timed(client: UpstreamClient, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await client.call_tool("get_order", {"order_id": "o-1"})
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -169,6 +192,15 @@ async def main() -> None:
             for _ in range(a.rounds):
                 d_all += await timed(session, direct, read, a.calls)
                 g_all += await timed(session, live, read, a.calls)
+            sdk = UpstreamClient("backoffice", direct, {}, timeout=30.0)
+            sdk.start()
+            try:
+                await sdk_timed(sdk, 200)  # warm up
+                s_all: list[float] = []
+                for _ in range(a.rounds):
+                    s_all += await sdk_timed(sdk, a.calls)
+            finally:
+                await sdk.close()
             added50 = pct(g_all, 0.5) - pct(d_all, 0.5)
             added99 = pct(g_all, 0.99) - pct(d_all, 0.99)
             print(f"tools/call of a read, {len(d_all)} sequential calls each, interleaved rounds")
@@ -180,6 +212,11 @@ async def main() -> None:
             )
             print(f"  added:             p50 {added50:.3f} ms  p99 {added99:.3f} ms  "
                   "(goal: p50 <= 1 ms, p99 <= 3 ms)")  # fmt: skip
+            print(
+                f"  of which the SDK client hop (the gateway's UpstreamClient to the same "
+                f"upstream, in this process): p50 {pct(s_all, 0.5) - pct(d_all, 0.5):.3f} ms "
+                f"above aiohttp's ({pct(s_all, 0.5):.3f} ms absolute)"
+            )
 
             async def through(url: str, data: bytes) -> int:
                 n = 0

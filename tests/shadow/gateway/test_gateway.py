@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiohttp import web
 from mcp import Client, MCPError
 
 from shadow.gateway import GATEWAY
@@ -139,6 +140,55 @@ async def test_in_shadow_reads_reach_the_upstream_and_writes_are_compared_not_fo
     assert late.status == 404
     assert "closed" in late.body["error"]["message"]
     assert up.writes() == []
+
+
+async def test_a_retried_agent_call_compares_only_the_kept_attempts_writes(
+    sidecar: SidecarFactory, upstream: UpstreamFactory
+) -> None:
+    """The first attempt writes through its tools URL, then its connection drops (a transport
+    error, retried); the retry writes again and answers. The comparison sees one write, and
+    the abandoned attempt's tools URL works no more."""
+    up = await upstream()
+    urls: list[str] = []
+
+    async def decide(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        urls.append(body["tools_url"])
+        async with Client(body["tools_url"]) as client:
+            await client.call_tool("issue_refund", {"order_id": "o-1", "amount": 42.5})
+        if len(urls) == 1:
+            assert request.transport is not None
+            request.transport.close()  # the sidecar sees the server disconnect: retried
+        return web.json_response({"decision": {"action": "approve"}, "agent_version": "a@1"})
+
+    app = web.Application()
+    app.router.add_post("/decide", decide)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        agent = f"http://127.0.0.1:{runner.addresses[0][1]}/decide"
+        sc = await sidecar(policy=gateway_policy(up.url), agent=agent, agent_backoff=0.0)
+        event = {"event_id": "r-1", "task_type": "refund", "payload": {"order": "o-1"}}
+        outcome = {
+            "event_id": "r-1",
+            "decision": {"action": "approve"},
+            "actions": [{"tool": "issue_refund", "args": {"order_id": "o-1", "amount": 42.5}}],
+        }
+        assert (await sc.post("/v1/events", json_body=event)).status == 202
+        assert (await sc.post("/v1/outcomes", json_body=outcome)).status == 202
+        await sc.pipeline.drain()
+    finally:
+        await runner.cleanup()
+    (comparison,) = await sc.pipeline.store.unpublished_comparisons()
+    assert comparison.mismatches == (), comparison.fields
+    (note,) = [f for f in comparison.fields if f.path == "actions.declared"]
+    assert "its tool calls were [issue_refund]" in note.reason
+    assert (await sc.agreement())["task_types"]["refund"]["agree"] == 1
+    assert up.calls == []
+    assert len(urls) == 2  # a fresh session for the retry:
+    assert urls[0] != urls[1]
+    assert (await rpc(sc, urls[0], "tools/call", CALL_REFUND)).status == 404
 
 
 async def test_a_captured_write_that_differs_from_the_humans_is_a_disagreement(

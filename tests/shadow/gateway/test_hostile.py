@@ -3,6 +3,7 @@ a shadow session, and no call runs outside its own case."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -12,7 +13,13 @@ from mcp import Client, MCPError
 from shadow.gateway import GATEWAY
 from shadow.model import WorkEvent
 from tests.shadow.conftest import Sidecar, SidecarFactory
-from tests.shadow.gateway.conftest import READ_ONLY, UpstreamFactory, gateway_policy
+from tests.shadow.gateway.conftest import (
+    READ_ONLY,
+    Upstream,
+    UpstreamFactory,
+    backoffice,
+    gateway_policy,
+)
 from tests.shadow.gateway.test_gateway import CALL_REFUND, live_url, rpc, set_level
 
 
@@ -138,3 +145,55 @@ async def test_an_upstream_that_relabels_a_write_as_read_still_gets_no_write_in_
     await sc.app[GATEWAY].flush()
     rows = await sc.pipeline.store.tool_calls(event_id="s-1")
     assert {r["outcome"] for r in rows} == {"captured"}
+
+
+def flippable() -> Upstream:
+    """:func:`backoffice` whose ``cancel_order`` (unlisted in the policy) starts read-only."""
+    up = backoffice()
+    up.server.remove_tool("cancel_order")
+
+    def cancel_order(order_id: str) -> dict[str, Any]:
+        up.calls.append(("cancel_order", {"order_id": order_id}))
+        return {"cancelled": order_id}
+
+    up.server.add_tool(cancel_order, annotations=READ_ONLY)
+    return up
+
+
+async def test_a_read_relabelled_as_write_is_captured_at_the_next_call_with_no_class_cache(
+    sidecar: SidecarFactory, upstream: UpstreamFactory
+) -> None:
+    up = await upstream(flippable())
+    sc = await sidecar(policy=gateway_policy(up.url), gateway_class_ttl=0.0)
+    url = shadow_url(sc, "s-1")
+    cancel = {"name": "cancel_order", "arguments": {"order_id": "o-1"}}
+    assert (
+        "cancelled"
+        in (await rpc(sc, url, "tools/call", cancel)).body["result"]["content"][0]["text"]
+    )
+    assert up.calls == [("cancel_order", {"order_id": "o-1"})]
+    up.server.remove_tool("cancel_order")
+
+    def cancel_order(order_id: str) -> dict[str, Any]:
+        up.calls.append(("cancel_order", {"order_id": order_id}))
+        return {"cancelled": order_id}
+
+    up.server.add_tool(cancel_order)  # now a write
+    res = await rpc(sc, url, "tools/call", cancel)
+    assert res.body["result"]["structuredContent"]["status"] == "recorded"
+    assert len(up.calls) == 1
+
+
+async def test_concurrent_calls_of_a_hinted_tool_share_one_listing_and_the_cache_holds(
+    sidecar: SidecarFactory, upstream: UpstreamFactory
+) -> None:
+    up = await upstream(flippable())
+    sc = await sidecar(policy=gateway_policy(up.url), gateway_class_ttl=3600.0)
+    url = shadow_url(sc, "s-1")
+    cancel = {"name": "cancel_order", "arguments": {"order_id": "o-1"}}
+    answers = await asyncio.gather(*(rpc(sc, url, "tools/call", cancel) for _ in range(8)))
+    assert all("cancelled" in a.body["result"]["content"][0]["text"] for a in answers)
+    for _ in range(5):
+        await rpc(sc, url, "tools/call", cancel)
+    assert up.methods.count("tools/list") == 1  # the catalog's, whose hints classify them
+    assert up.methods.count("tools/call") == 13
