@@ -42,7 +42,7 @@ _FLUSH_AT = 10_000
 
 class HandlingLog:
     """See the module docstring. ``on_stored`` is called after each write (the Kafka
-    publisher's wake-up)."""
+    publisher's wake-up), ``on_relabelled`` after a write that relabelled comparisons."""
 
     def __init__(
         self,
@@ -62,6 +62,9 @@ class HandlingLog:
         self._task: asyncio.Task[None] | None = None
         self.on_stored: list[Callable[[], None]] = []
         self._counters: dict[tuple[str, Handling], Any] = {}  # the routes counter's children
+        # Called with the task types of a write that relabelled comparisons already made
+        # (the Ladder's refold: its drift fold took them with their old label).
+        self.on_relabelled: list[Callable[[set[str]], None]] = []
 
     def record(self, task_type: str, event_id: str, handled_by: Handling, level: Level) -> None:
         """Remember one routing answer (returns at once; never touches the store)."""
@@ -90,7 +93,11 @@ class HandlingLog:
 
     async def _background(self) -> None:
         try:
-            await self.flush()
+            # Answers recorded while a write is in flight found this task running and
+            # started none: write them too before ending, or they would wait in memory for
+            # the next join (on a replica that compares none of those items: forever).
+            while self._pending:
+                await self.flush()
         except Exception:
             log.exception("storing routing records failed; retrying")
             await asyncio.sleep(1.0)
@@ -113,6 +120,8 @@ class HandlingLog:
                 raise
         if relabelled:
             log.info("%d comparisons relabelled by late routing records", relabelled)
+            for refold in self.on_relabelled:
+                refold({r.task_type for r in batch.values()})
         for wake in self.on_stored:
             wake()
 

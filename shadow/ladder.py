@@ -22,7 +22,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -158,6 +158,7 @@ class Ladder:
         self._recent = {
             name: _Recent(state, policy.task_types[name]) for name, state in self._states.items()
         }
+        self._stale: set[str] = set()  # task types whose folded evidence changed label
 
     def _task(self, task_type: str) -> TaskPolicy:
         task = self.policy.task_types.get(task_type)
@@ -217,11 +218,20 @@ class Ladder:
             self._recent[name] = recent
 
     async def _check_recent(self) -> None:
+        stale, self._stale = self._stale, set()
         for name, recent in list(self._recent.items()):
-            if recent.version is not None and recent.base + recent.n != self._counted(
-                name, recent.version
+            if name in stale or (
+                recent.version is not None
+                and recent.base + recent.n != self._counted(name, recent.version)
             ):
                 await self._read_recent(only=name)
+
+    def refold(self, task_types: Iterable[str]) -> None:
+        """Fold these task types' blind evidence from the store again at the next decision:
+        comparisons already folded changed label (a routing record that arrived after its
+        comparison). Their count alone may not show it: one item that stopped being evidence
+        and one that became evidence in the same batch leave it unchanged."""
+        self._stale.update(t for t in task_types if t in self._recent)
 
     def _follow_levels(self) -> None:
         """A level or agent version that changed starts its blind evidence afresh."""

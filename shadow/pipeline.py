@@ -125,6 +125,7 @@ class Pipeline:
             before=self.handling.flush,
         )
         self.ladder = Ladder(store, policy, clock, metrics=metrics)
+        self.handling.on_relabelled.append(self.ladder.refold)
         # Room for a whole store batch: the feeder reads the backlog a batch at a time (one
         # query per batch, not per handful), while memory stays bounded by batch_size.
         self._work: asyncio.Queue[WorkEvent] = asyncio.Queue(

@@ -45,8 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -55,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Self
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from shadow.checks import MAX_ID_LENGTH, TASK_TYPE_RE, brief
 from shadow.config import Settings
 from shadow.errors import ConfigError
 from shadow.metrics import Metrics
@@ -85,6 +88,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("shadow.kafka.publish")
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 _RETRY_S = 1.0
 _POLL_S = 1.0
@@ -121,9 +126,12 @@ def handling_from_json(obj: Mapping[str, Any]) -> Routed:
     at = datetime.fromisoformat(str(obj["routed_at"]))
     if at.tzinfo is None:
         raise ValueError("routed_at has no time zone")
+    task_type = _text(obj["task_type"])
+    if not TASK_TYPE_RE.match(task_type):
+        raise ValueError(f"task_type {task_type!r} is not a task type name")
     return Routed(
         event_id=_text(obj["event_id"]),
-        task_type=_text(obj["task_type"]),
+        task_type=task_type,
         handled_by=Handling(obj["handled_by"]),
         level=Level.parse(obj["level"]),
         at=at,
@@ -131,8 +139,14 @@ def handling_from_json(obj: Mapping[str, Any]) -> Routed:
 
 
 def _text(value: object) -> str:
+    """An identifier as the HTTP API accepts one: non-empty, at most ``MAX_ID_LENGTH``
+    characters, no control characters (a topic record is no more trusted than a request)."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a non-empty string, got {value!r}")
+        raise ValueError(f"expected a non-empty string, got {brief(value)}")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"too long ({len(value)} characters); at most {MAX_ID_LENGTH}")
+    if _CONTROL.search(value):
+        raise ValueError(f"must not contain control characters, got {brief(value)}")
     return value
 
 
@@ -495,12 +509,25 @@ class ComparisonFollower:
         now = self._clock()
         # How items were handled first: the comparisons of this batch then keep the label
         # of the sidecar that answered the route, whichever replica compared them.
-        await store.put_handling(routed, published=True)
+        relabelled = await store.put_handling(routed, published=True)
         # Marked published in the same transaction: the outbox must never see them as this
         # sidecar's own to publish. An 'expired' record never replaces a real verdict (the
         # member that lost a partition may expire a join its new owner completed).
         await store.put_comparisons(comparisons, now=now, actor="kafka", published=True)
         with contextlib.suppress(KafkaError):
             await consumer.commit(next_offsets(fetched))
-        self._ladder.observe(comparisons)
+        ladder = self._ladder
+        if relabelled:  # comparisons folded before changed label: fold them again
+            ladder.refold({r.task_type for r in routed})
+        # The drift fold takes each comparison with the label the store gave it (this
+        # sidecar's routing record wins over the replica's label), not the one it came with.
+        recorded = await store.handling_of([c.event_id for c in comparisons])
+        ladder.observe(
+            [
+                dataclasses.replace(c, handled_by=recorded[c.event_id])
+                if c.event_id in recorded
+                else c
+                for c in comparisons
+            ]
+        )
         await self._evaluate()
