@@ -32,7 +32,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-from mcp.shared.inbound import decode_header_value
 
 from shadow import fastjson
 from shadow.api import SETTINGS
@@ -282,7 +281,7 @@ def _modern_problem(
         return _error(rid, HEADER_MISMATCH, "Mcp-Method header does not match the method", 400)
     header_name = request.headers.get("Mcp-Name")
     named = header_name is not None and method == "tools/call"
-    if named and decode_header_value(header_name) != params.get("name"):
+    if named and _decode_header(header_name) != params.get("name"):
         return _error(rid, HEADER_MISMATCH, "Mcp-Name header does not match the tool name", 400)
     return None
 
@@ -348,3 +347,12 @@ def mcp_routes() -> list[web.RouteDef]:
         web.get("/mcp/{token}", mcp_get, allow_head=False),
         web.delete("/mcp/{token}", mcp_delete),
     ]
+
+
+def _decode_header(value: str | None) -> str | None:
+    """The SDK's decoding of an encoded header value (imported on first use: the SDK is
+    heavy to import, see shadow.gateway.upstream)."""
+    from mcp.shared.inbound import decode_header_value
+
+    decoded: str | None = decode_header_value(value)
+    return decoded

@@ -17,13 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
-
-import httpx2
-from mcp import Client, MCPError
-from mcp.client.streamable_http import streamable_http_client
+from typing import TYPE_CHECKING, Any
 
 from shadow.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from mcp import Client
+
+# The MCP SDK (and httpx2) are imported where a session starts or a call fails, not with the
+# module: importing them costs about a second, which every ``shadow`` command (status,
+# autonomy, approvals) would pay with or without a gateway.
 
 __all__ = ["UpstreamClient", "UpstreamError"]
 
@@ -68,6 +71,10 @@ class UpstreamClient:
                 await task
 
     async def _run(self) -> None:
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
         while not self._stop.is_set():
             await self._wanted.wait()
             if self._stop.is_set():
@@ -141,7 +148,7 @@ class UpstreamClient:
                 cursor = page.next_cursor
                 if not cursor:
                     break
-        except MCPError as exc:
+        except _mcp_error() as exc:
             raise UpstreamError(
                 f"upstream {self.name}: tools/list failed: {_clip(str(exc))}"
             ) from None
@@ -157,7 +164,7 @@ class UpstreamClient:
         client = await self._session()
         try:
             result = await client.call_tool(name, arguments)
-        except MCPError as exc:
+        except _mcp_error() as exc:
             raise UpstreamError(f"upstream {self.name}: {_clip(str(exc))}") from None
         except Exception as exc:  # boundary: transport failures
             self._broken.set()
@@ -168,3 +175,9 @@ class UpstreamClient:
         out.pop("_meta", None)
         out.pop("resultType", None)
         return out
+
+
+def _mcp_error() -> type[Exception]:
+    from mcp import MCPError
+
+    return MCPError
