@@ -1,6 +1,7 @@
 """The *Pipeline health* dashboard (``shadow-pipeline-health``): ingest rate by source,
 agent latency p50/p95/p99, agent errors, cost per decision and per day, pending joins, dead
-letters by reason, Kafka consumer lag."""
+letters by reason, Kafka consumer lag; the tool gateway's calls by outcome and class, its
+latency p50/p95/p99, pending approvals and the oldest one's age."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def pipeline_health() -> Dashboard:
     return (
         Dashboard("Shadow sidecar / Pipeline health")
         .uid("shadow-pipeline-health")
-        .description("Ingest, agent calls, cost, joins, dead letters and Kafka lag.")
+        .description(
+            "Ingest, agent calls, cost, joins, dead letters, Kafka lag and the tool gateway."
+        )
         .tags(["shadow-sidecar"])
         .time("now-6h", "now")
         .refresh("1m")
@@ -175,6 +178,94 @@ def pipeline_health() -> Dashboard:
                 "Closed cases (events, outcomes, decisions) and dead letters older than "
                 "SHADOW_RETENTION, deleted by the expiry runs; comparisons are kept. Flat at "
                 "zero while retention is off (docs/operating.md#retention)."
+            )
+        )
+        .with_row(Row("Tool gateway"))
+        .with_panel(
+            timeseries.Panel()
+            .title("Tool calls by outcome and class")
+            .description(
+                "Tool calls through the gateway per second: reads forwarded; writes captured "
+                "(shadow), refused (L0/L1, frozen, off the allowlist), held for approval (L2, "
+                "L3 audit items) and what became of them, forwarded (L3/L4) (docs/gateway.md)."
+            )
+            .unit("reqps")
+            .span(12)
+            .height(8)
+            .with_target(
+                query(
+                    "sum by (task_type, class, outcome) "
+                    f"(task_type_class_outcome:shadow_tool_calls:rate5m{{{TASK}}})",
+                    "{{task_type}} {{class}} {{outcome}}",
+                    "A",
+                )
+            )
+        )
+        .with_panel(
+            timeseries.Panel()
+            .title("Gateway latency p50 / p95 / p99")
+            .description(
+                "Time to answer the calls the gateway forwarded (the upstream's time included) "
+                "or captured; held calls and decided approvals are left out (that is a "
+                "person's time)."
+            )
+            .unit("s")
+            .span(12)
+            .height(8)
+            .with_target(
+                query(
+                    f"task_type:shadow_tool_call_seconds:p50_5m{{{TASK}}}",
+                    "{{task_type}} p50",
+                    "A",
+                )
+            )
+            .with_target(
+                query(
+                    f"task_type:shadow_tool_call_seconds:p95_5m{{{TASK}}}",
+                    "{{task_type}} p95",
+                    "B",
+                )
+            )
+            .with_target(
+                query(
+                    f"task_type:shadow_tool_call_seconds:p99_5m{{{TASK}}}",
+                    "{{task_type}} p99",
+                    "C",
+                )
+            )
+        )
+        .with_panel(
+            timeseries.Panel()
+            .title("Approvals pending")
+            .description("Tool writes held for a person's approval now (`shadow approvals list`).")
+            .unit("short")
+            .span(12)
+            .height(8)
+            .with_target(
+                query(
+                    f"sum by (task_type) (shadow_tool_approvals_pending{{{TASK}}})",
+                    "{{task_type}}",
+                    "A",
+                )
+            )
+        )
+        .with_panel(
+            timeseries.Panel()
+            .title("Oldest approval waiting")
+            .description(
+                "Age of the oldest held write per task type (0 when none waits). The "
+                "ShadowToolApprovalsWaiting alert fires past 15 minutes; an approval nobody "
+                "decides expires at gateway_approval_timeout."
+            )
+            .unit("s")
+            .span(12)
+            .height(8)
+            .with_target(
+                query(
+                    f"max by (task_type) (shadow_tool_approval_oldest_seconds{{{TASK}}})",
+                    "{{task_type}}",
+                    "A",
+                )
             )
         )
     )

@@ -1,11 +1,16 @@
 """``shadow demo``: the embedded default, end to end through the real sidecar.
 
-It builds the same application as ``shadow run`` (:func:`shadow.app.build_app`) with the
-demo policy and the built-in reference agent (``shadow.demo:reference_agent``), serves it on
-loopback, and posts the synthetic back office's events and — a little later, shuffled, as
-humans decide — their outcomes to its HTTP ingest API as NDJSON batches. It then waits for
-every comparison and prints the agreement and autonomy table. ``--serve`` keeps the API and
-``/metrics`` up afterwards.
+It starts the demo back office (:class:`shadow.demo.backoffice.BackOffice`, an MCP server on
+a free loopback port), builds the same application as ``shadow run``
+(:func:`shadow.app.build_app`) with the demo policy naming that server under ``tools:`` and
+the built-in agent (``shadow.demo.backoffice:tool_agent``: the reference agent, working a
+sample of its cases through the tool gateway), serves it on loopback, and posts the synthetic
+back office's events and — a little later, shuffled, as humans decide — their outcomes to its
+HTTP ingest API as NDJSON batches. It then waits for every comparison and prints the agreement
+and autonomy table, the tool calls per task type (reads forwarded, writes captured, the
+comparisons made on captured writes) and what the back office received: a write there would
+mean the gateway let a shadow write through, and the demo then exits 1. ``--serve`` keeps the
+API, ``/metrics`` and the back office up afterwards.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -28,99 +34,164 @@ from shadow.config import load_settings
 from shadow.demo import (
     DEFAULT_EVENTS,
     DEFAULT_LATE_SHARE,
-    DEMO_POLICY,
+    TASK_TYPES,
     DemoCase,
+    demo_policy,
     generate,
     timeline,
 )
+from shadow.demo.backoffice import BackOffice, tool_agent
+from shadow.gateway import GATEWAY
 from shadow.policy import parse_policy
 from shadow.server import Listener
 
-__all__ = ["run_demo"]
+__all__ = ["AGENT", "report_back_office", "run_demo"]
 
 BATCH = 250
+# The demo's agent: the reference agent working a share of its cases through its tools.
+AGENT = "shadow.demo.backoffice:tool_agent"
 
 
 async def run_demo(args: argparse.Namespace, console: Console) -> int:
     n_events = args.events if args.events is not None else DEFAULT_EVENTS
     if n_events < 1:
         raise UsageError("--events must be at least 1")
+    late = DEFAULT_LATE_SHARE if args.late_share is None else args.late_share
+    if not 0.0 <= late < 1.0:
+        raise UsageError("--late-share must be at least 0 and below 1")
     db = args.db or str(Path(tempfile.mkdtemp(prefix="shadow-demo-")) / "demo.duckdb")
     port = args.port if args.serve else 0
-    settings = load_settings(
-        db=db,
-        agent="shadow.demo:reference_agent",
-        host=args.host,
-        port=port,
-        agent_concurrency=4,
-        expire_interval=3600.0,
-    )
-    policy = parse_policy(DEMO_POLICY, source="shadow.demo policy")
-    app = build_app(settings, policy=policy)
-    listener = Listener(app, listen(settings.host, port), settings, access_log=None)
-    await listener.start()
-    try:
-        url = f"http://{settings.host}:{listener.port}"
-        pipeline = app[PIPELINE]
-        late = DEFAULT_LATE_SHARE if args.late_share is None else args.late_share
-        if not 0.0 <= late < 1.0:
-            raise UsageError("--late-share must be at least 0 and below 1")
-        cases = generate(n_events, seed=args.seed, late_share=late)
-        console.print(
-            f"shadow demo: {len(cases)} work events across "
-            f"{len({c.event['task_type'] for c in cases})} task types, seed {args.seed}, "
-            f"db {db}"
+    cases = generate(n_events, seed=args.seed, late_share=late)
+    async with BackOffice(cases) as backoffice:
+        settings = load_settings(
+            db=db,
+            agent=AGENT,
+            host=args.host,
+            port=port,
+            agent_concurrency=4,
+            expire_interval=3600.0,
         )
-        if late:
+        policy = parse_policy(demo_policy(backoffice.url), source="shadow.demo policy")
+        app = build_app(settings, policy=policy)
+        listener = Listener(app, listen(settings.host, port), settings, access_log=None)
+        await listener.start()
+        try:
+            url = f"http://{settings.host}:{listener.port}"
+            await _run(app, url, db, cases, late, args, console)
+            if not await _tools_report(app, backoffice, console):
+                return 1
             console.print(
-                f"Late phase: the last {late:.0%} of the work follows a revised refund handbook "
-                "the agent was never taught (late deliveries refunded in full, 45 days to "
-                "change one's mind)."
+                f"Evidence, audit log and dead letters are in {db}; "
+                f"`shadow status --db {db}` shows this table again."
             )
-        progress = Progress(
-            TextColumn("[bold]comparisons"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=args.no_progress,
+            if args.serve:
+                console.print(f"Serving the API and /metrics on {url} (Ctrl-C to stop).")
+                await asyncio.Event().wait()
+        finally:
+            await listener.close()
+    return 0
+
+
+async def _run(
+    app: web.Application,
+    url: str,
+    db: str,
+    cases: list[DemoCase],
+    late: float,
+    args: argparse.Namespace,
+    console: Console,
+) -> None:
+    """Feed the cases, wait for every comparison, print the table and the demotions."""
+    pipeline = app[PIPELINE]
+    console.print(
+        f"shadow demo: {len(cases)} work events across "
+        f"{len({c.event['task_type'] for c in cases})} task types, seed {args.seed}, "
+        f"db {db}"
+    )
+    if late:
+        console.print(
+            f"Late phase: the last {late:.0%} of the work follows a revised refund handbook "
+            "the agent was never taught (late deliveries refunded in full, 45 days to "
+            "change one's mind)."
         )
-        with progress:
-            bar = progress.add_task("comparisons", total=len(cases))
-            start = pipeline.comparisons
-            async with aiohttp.ClientSession() as session:
-                feeding = asyncio.create_task(_feed(session, url, cases))
-                while not feeding.done():
-                    progress.update(bar, completed=pipeline.comparisons - start)
-                    await asyncio.sleep(0.1)
-                await feeding
-            drained = asyncio.create_task(pipeline.drain())
-            while not drained.done():
+    progress = Progress(
+        TextColumn("[bold]comparisons"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.no_progress,
+    )
+    with progress:
+        bar = progress.add_task("comparisons", total=len(cases))
+        start = pipeline.comparisons
+        async with aiohttp.ClientSession() as session:
+            feeding = asyncio.create_task(_feed(session, url, cases))
+            while not feeding.done():
                 progress.update(bar, completed=pipeline.comparisons - start)
                 await asyncio.sleep(0.1)
-            await drained
+            await feeding
+        drained = asyncio.create_task(pipeline.drain())
+        while not drained.done():
             progress.update(bar, completed=pipeline.comparisons - start)
-        await pipeline.evaluate()
-        doc = pipeline.ladder.agreement()
-        console.print(agreement_table(doc, title="shadow demo: agreement and autonomy"))
-        for name in doc["task_types"]:
-            entries = await pipeline.ladder.history(name, limit=10_000)
-            for _, entry in reversed(entries):
-                if entry.action == "demote":
-                    console.print(
-                        f"audit: {name} demoted {entry.from_level} → {entry.to_level} at "
-                        f"n={entry.evidence.get('n')}: {entry.reason}"
-                    )
-        console.print(
-            f"Evidence, audit log and dead letters are in {db}; "
-            f"`shadow status --db {db}` shows this table again."
+            await asyncio.sleep(0.1)
+        await drained
+        progress.update(bar, completed=pipeline.comparisons - start)
+    await pipeline.evaluate()
+    doc = pipeline.ladder.agreement()
+    console.print(agreement_table(doc, title="shadow demo: agreement and autonomy"))
+    for name in doc["task_types"]:
+        entries = await pipeline.ladder.history(name, limit=10_000)
+        for _, entry in reversed(entries):
+            if entry.action == "demote":
+                console.print(
+                    f"audit: {name} demoted {entry.from_level} → {entry.to_level} at "
+                    f"n={entry.evidence.get('n')}: {entry.reason}"
+                )
+
+
+async def _tools_report(app: web.Application, backoffice: BackOffice, console: Console) -> bool:
+    """Print, per task type, the tool calls the gateway recorded and the comparisons whose
+    actions were writes it captured; then what the back office itself received. False when
+    a write reached the back office (the gateway let a shadow write through)."""
+    await app[GATEWAY].flush()
+    summary = await app[PIPELINE].store.tool_summary()
+    share = tool_agent.share
+    console.print(
+        f"Tools: the agent worked {share:.0%} of the cases through the tool gateway "
+        "(shadow sessions: reads forwarded to the demo back office, writes captured as the "
+        "case's actions, never forwarded):"
+    )
+    for name in TASK_TYPES:
+        counts = summary.get(name, {})
+        others = sum(
+            n
+            for key, n in counts.items()
+            if key not in ("read/forwarded", "write/captured", "compared")
         )
-        if args.serve:
-            console.print(f"Serving the API and /metrics on {url} (Ctrl-C to stop).")
-            await asyncio.Event().wait()
-    finally:
-        await listener.close()
-    return 0
+        console.print(
+            f"  {name:15} {counts.get('read/forwarded', 0):5} reads forwarded  "
+            f"{counts.get('write/captured', 0):5} writes captured  "
+            f"{counts.get('compared', 0):5} comparisons on captured writes"
+            + (f"  {others} other calls" if others else "")
+        )
+    return report_back_office(backoffice, console)
+
+
+def report_back_office(backoffice: BackOffice, console: Console) -> bool:
+    """Print what the back office received; False (and an error line) when any write did:
+    in shadow every write must stop at the gateway."""
+    writes = backoffice.writes_received
+    console.print(
+        f"Demo back office: {backoffice.reads_received} reads served, {writes} writes received."
+    )
+    if writes:
+        console.print(
+            f"[bold red]error:[/] {writes} writes reached the demo back office in shadow "
+            f"mode: {backoffice.writes[:3]}"
+        )
+        return False
+    return True
 
 
 async def _post(session: aiohttp.ClientSession, url: str, records: list[dict[str, Any]]) -> None:

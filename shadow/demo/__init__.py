@@ -2,7 +2,10 @@
 realistically inconsistent, and a rule-based reference agent of different quality per task.
 
 Everything here is pure and deterministic given a seed (``random.Random(seed)``; no global
-random state, no clock), so a demo run is reproducible and its outcome can be tested.
+random state, no clock), so a demo run is reproducible and its outcome can be tested. The
+one exception is :mod:`shadow.demo.backoffice`: the back office's tools as a real MCP server
+and the agent of ``shadow demo`` that calls them through the sidecar's tool gateway (the
+policy below names the server under ``tools:``; its writes are captured, never executed).
 
 The three task types
 --------------------
@@ -20,7 +23,9 @@ The three task types
 ``invoice_match`` (about a third)
     Accounts payable: an invoice, its purchase order and the candidate payment lines (bank
     feed) with a match tolerance ``max(abs, rel * amount)``; the remittance IBAN is redacted.
-    Decision ``{status: match|partial|no_match, payment_ids, variance, exception, note}``. The
+    Decision ``{status: match|partial|no_match, payment_ids, variance, exception, note}``
+    plus actions (``approve_payment(payment_ids)`` for a match or a partial payment,
+    ``flag_exception(exception)`` for any exception). The
     agent **hovers just under its L2 gate**: it reads only the absolute tolerance, does not
     add up split payments and takes the earliest of two same-amount payments instead of the
     one whose reference names the invoice, so with the reviewers' slips it agrees about 91%
@@ -33,7 +38,9 @@ The three task types
     A health-insurance appeal against a denial: claim amount, denial code (CARC), the member's
     coverage (covered, deductible left, coinsurance), documentation flags and how late the
     appeal was filed; the member's name and date of birth are redacted. Decision ``{outcome:
-    overturn|uphold|escalate, payable_amount, denial_code, rationale}``. The agent is
+    overturn|uphold|escalate, payable_amount, denial_code, rationale}`` plus one action
+    (``overturn_denial(payable_amount)``, ``uphold_denial`` or
+    ``refer_to_medical_director``). The agent is
     **poor**: too lenient on medical necessity, blind to the filing deadline and to the
     medical-director threshold, and it forgets the deductible, so it agrees only about 72% of
     the time, mostly with *critical* misses (overturn vs uphold). Policy ``mode: propose``; it
@@ -46,13 +53,17 @@ refunds to ``billing`` and others to ``payments`` (an ``equivalent`` class in th
 appeals reviewer overturns medical-necessity denials on records alone. Borderline cases are
 decided both ways, and a few per cent of decisions are plain slips. Reasons are typed with
 varying case and spacing (absorbed by ``match: text``), tags and payment ids come in any
-order (``match: set``), notes are free text (``match: ignore``).
+order (``match: set``), notes are free text (``match: ignore``). The humans' actions follow
+from their decisions, and the invoice and appeal actions take only compared decision fields,
+so comparing them changes no verdict; the refund desk's forgotten e-mails are the only
+disagreements in actions alone.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import string
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -66,9 +77,11 @@ __all__ = [
     "AGENT_VERSIONS",
     "DEFAULT_EVENTS",
     "DEFAULT_LATE_SHARE",
+    "DEMO_BACKOFFICE_URL",
     "DEMO_POLICY",
     "TASK_TYPES",
     "DemoCase",
+    "demo_policy",
     "generate",
     "reference_agent",
     "timeline",
@@ -92,10 +105,17 @@ AGENT_VERSIONS: Final[Mapping[str, str]] = {
     "claim_appeal": "appeals-agent@2",
 }
 
-DEMO_POLICY: Final = """\
-# Policy of `shadow demo` (shadow/demo/__init__.py): three back-office task types.
+#: Where :data:`DEMO_POLICY` says the demo back office is; ``shadow demo`` serves it at a
+#: free port and uses :func:`demo_policy` with that address.
+DEMO_BACKOFFICE_URL: Final = "http://127.0.0.1:9100/mcp"
+
+_DEMO_POLICY: Final = string.Template("""\
+# Policy of `shadow demo` (shadow/demo/__init__.py): three back-office task types, whose
+# tools are one MCP server (shadow/demo/backoffice.py) reached through the tool gateway.
 defaults:
   unknown_task_types: reject
+tools:
+  backoffice: {url: "$backoffice_url"}
 task_types:
   refund_request:
     sample_rate: 1.0
@@ -125,6 +145,10 @@ task_types:
         L2: {agreement: 0.95, min_samples: 150}
         L3: {agreement: 0.98, min_samples: 400, max_critical: 0}
       audit_rate: 0.05
+    tools:
+      allow: [get_order, issue_refund, send_email, open_case]
+      read: [get_order]
+      write: [issue_refund, send_email, open_case]
   invoice_match:
     sample_rate: 1.0
     redact: [payload.remit_to.iban]
@@ -136,6 +160,11 @@ task_types:
         exception:   {match: exact}
         note:        {match: ignore}
       unlisted: ignore
+      actions:
+        critical: false
+        args:
+          payment_ids: {match: set}
+          exception:   {match: exact}
     autonomy:
       start: L0
       ceiling: L2
@@ -145,6 +174,10 @@ task_types:
         L1: {agreement: 0.85, min_samples: 50}
         L2: {agreement: 0.92, min_samples: 150}
       audit_rate: 0.05
+    tools:
+      allow: [get_invoice, approve_payment, flag_exception]
+      read: [get_invoice]
+      write: [approve_payment, flag_exception]
   claim_appeal:
     sample_rate: 1.0
     redact: [payload.member.name, payload.member.date_of_birth]
@@ -155,6 +188,10 @@ task_types:
         denial_code:    {match: exact}
         rationale:      {match: ignore}
       unlisted: ignore
+      actions:
+        critical: false
+        args:
+          payable_amount: {match: number, abs: 1.0, rel: 0.01}
     autonomy:
       start: L0
       ceiling: L2
@@ -164,7 +201,20 @@ task_types:
         L1: {agreement: 0.90, min_samples: 50}
         L2: {agreement: 0.95, min_samples: 150, max_critical: 0}
       audit_rate: 0.10
-"""
+    tools:
+      allow: [get_claim, overturn_denial, uphold_denial, refer_to_medical_director]
+      read: [get_claim]
+      write: [overturn_denial, uphold_denial, refer_to_medical_director]
+""")
+
+
+def demo_policy(backoffice_url: str = DEMO_BACKOFFICE_URL) -> str:
+    """The demo policy (YAML) with its ``tools.backoffice`` upstream at ``backoffice_url``."""
+    return _DEMO_POLICY.substitute(backoffice_url=backoffice_url)
+
+
+#: The demo policy, its back office at :data:`DEMO_BACKOFFICE_URL`.
+DEMO_POLICY: Final = demo_policy()
 
 _START: Final = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # a Monday morning
 _MIX: Final = (("refund_request", 0.50), ("invoice_match", 0.33), ("claim_appeal", 0.17))

@@ -126,8 +126,11 @@ def _build_claim(rng: random.Random, event_id: str, occurred: datetime) -> DemoC
     if rng.random() < 0.02 and decision["outcome"] in ("overturn", "uphold"):  # a slip
         decision = {**decision, "payable_amount": _money(decision["payable_amount"] * 1.1 + 5)}
     human = {**decision, "rationale": rng.choice(_RATIONALES)}
+    actions = _claim_actions(payload, human)
     delay = _delay(rng, 3 * 24 * 60.0, 0.6, 10 * 24 * 60)
-    return _case(event_id, "claim_appeal", occurred, segment, payload, human, [], reviewer, delay)
+    return _case(
+        event_id, "claim_appeal", occurred, segment, payload, human, actions, reviewer, delay
+    )
 
 
 def _claim_rules(
@@ -180,6 +183,23 @@ def _claim_rules(
     return out("overturn" if cov["covered"] else "uphold", "plan coverage")
 
 
+_OUTCOME_TOOLS: Final = {
+    "overturn": "overturn_denial",
+    "uphold": "uphold_denial",
+    "escalate": "refer_to_medical_director",
+}
+
+
+def _claim_actions(p: Mapping[str, Any], d: Mapping[str, Any]) -> list[JSON]:
+    """What the decision does in the claims system: one call per outcome, an overturn with
+    the amount it pays (a compared decision field, so actions agree whenever the decision
+    does)."""
+    args: JSON = {"claim_id": p["claim"]["id"]}
+    if d["outcome"] == "overturn":
+        args["payable_amount"] = d["payable_amount"]
+    return [{"tool": _OUTCOME_TOOLS[str(d["outcome"])], "args": args}]
+
+
 def _claim_agent(p: Mapping[str, Any]) -> tuple[JSON, list[JSON], float]:
     docs = p["documentation"]
     d = _claim_rules(
@@ -196,4 +216,4 @@ def _claim_agent(p: Mapping[str, Any]) -> tuple[JSON, list[JSON], float]:
         confidence = 0.74 if enough else 0.88
     else:
         confidence = 0.9
-    return d, [], confidence
+    return d, _claim_actions(p, d), confidence

@@ -137,8 +137,11 @@ def _build_invoice(rng: random.Random, event_id: str, occurred: datetime) -> Dem
         "payment_ids": _shuffled(rng, decision["payment_ids"]),
         "note": rng.choice(_AP_NOTES),
     }
+    actions = _invoice_actions(payload, human)
     delay = _delay(rng, 6 * 60.0, 1.0, 5 * 24 * 60)
-    return _case(event_id, "invoice_match", occurred, segment, payload, human, [], reviewer, delay)
+    return _case(
+        event_id, "invoice_match", occurred, segment, payload, human, actions, reviewer, delay
+    )
 
 
 def _invoice_rules(
@@ -181,8 +184,32 @@ def _invoice_rules(
     return out("no_match", [], -amount, "unpaid")
 
 
+def _invoice_actions(p: Mapping[str, Any], d: Mapping[str, Any]) -> list[JSON]:
+    """What the decision does in the AP system: the payment lines it books against the
+    invoice (``match``, ``partial``), and the exception it puts the invoice on (any but
+    ``none``). Everything it takes is a compared decision field, so actions agree whenever
+    the decision does."""
+    invoice_id = p["invoice"]["id"]
+    actions: list[JSON] = []
+    if d["status"] in ("match", "partial"):
+        actions.append(
+            {
+                "tool": "approve_payment",
+                "args": {"invoice_id": invoice_id, "payment_ids": list(d["payment_ids"])},
+            }
+        )
+    if d["exception"] != "none":
+        actions.append(
+            {
+                "tool": "flag_exception",
+                "args": {"invoice_id": invoice_id, "exception": d["exception"]},
+            }
+        )
+    return actions
+
+
 def _invoice_agent(p: Mapping[str, Any]) -> tuple[JSON, list[JSON], float]:
     d = _invoice_rules(p, relative_tolerance=False, add_splits=False, by_reference=False)
     d["note"] = f"{d['status']} on vendor and amount"
     same_vendor = sum(1 for x in p["payments"] if x["vendor_id"] == p["invoice"]["vendor_id"])
-    return d, [], 0.93 if same_vendor <= 1 else 0.78
+    return d, _invoice_actions(p, d), 0.93 if same_vendor <= 1 else 0.78

@@ -225,6 +225,7 @@ class Gateway:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self._flush_every)
+            self._pending_gauge()  # the oldest approval's age grows while nothing happens
             try:
                 await self.flush()
             except Exception:

@@ -178,6 +178,32 @@ class GatewayPart(StoreBase):
 
         return await self._run(q)
 
+    async def tool_summary(self) -> dict[str, dict[str, int]]:
+        """Per task type: the calls recorded, counted by ``"<class>/<outcome>"``
+        (``"read/forwarded"``, ``"write/captured"``, ...; ``"-/refused"`` for a refusal
+        before any class), and ``"compared"``: the comparisons whose decision's actions are
+        the writes its agent's tool calls captured."""
+
+        def q() -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            calls = self.con.execute(
+                "SELECT task_type, coalesce(class, '-'), outcome, count(*) FROM tool_calls "
+                "GROUP BY ALL ORDER BY ALL"
+            ).fetchall()
+            for task_type, cls, outcome, n in calls:
+                out.setdefault(task_type, {})[f"{cls}/{outcome}"] = int(n)
+            compared = self.con.execute(
+                "SELECT c.task_type, count(*) FROM comparisons c JOIN decisions d "
+                "USING (event_id, agent_version) "
+                "WHERE coalesce(json_extract(d.body, '$.tool_calls')::BOOLEAN, false) "
+                "GROUP BY ALL ORDER BY ALL"
+            ).fetchall()
+            for task_type, n in compared:
+                out.setdefault(task_type, {})["compared"] = int(n)
+            return out
+
+        return await self._run(q)
+
     async def put_approval(self, row: ApprovalRow) -> None:
         """Store a held write (durable before the agent hears it is held)."""
 

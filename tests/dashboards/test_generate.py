@@ -95,6 +95,10 @@ def test_dashboards_have_their_panels_and_variables() -> None:
         "Dead letters by reason",
         "Kafka lag and uncommitted",
         "Rows deleted by retention",
+        "Tool calls by outcome and class",
+        "Gateway latency p50 / p95 / p99",
+        "Approvals pending",
+        "Oldest approval waiting",
     }
     names = [v["name"] for v in agreement["templating"]["list"]]
     assert names == ["datasource", "task_type", "agent_version"]

@@ -6,10 +6,14 @@ every second and evaluates ``dashboards/prometheus/shadow-rules.yaml``. The feed
 that every series exists: an agent that sometimes fails (agent errors), conflicting
 duplicates (dead letters), a promotion to L3, then a bad agent release (critical misses at
 L3, a falling lower bound, a demotion), a promotion waiting for approval (``mode:
-propose``). Then every panel target, annotation and variable query of both dashboards (with
-Grafana's variable substitution) and every recording and alerting expression is evaluated
-through ``/api/v1/query`` and must return at least one series; finally the sidecar is
-stopped and the "sidecar down" alert expression must return one too.
+propose``), tool calls through the gateway (the agent works a share of its cases through its
+shadow session's ``tools_url`` against the demo back office, an MCP server: reads forwarded,
+writes captured), and at L2 a live write held for approval that nobody decides, aged past
+the approvals alert's threshold by moving the sidecar's clock. Then every panel target,
+annotation and variable query of both dashboards (with Grafana's variable substitution) and
+every recording and alerting expression is evaluated through ``/api/v1/query`` and must
+return at least one series; finally the sidecar is stopped and the "sidecar down" alert
+expression must return one too.
 
 A second sidecar in the same scrape job runs in Kafka mode against a real tansu broker
 (memory storage) with one record per batch and no agent; while the test evaluates, outcomes
@@ -23,7 +27,9 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 from collections.abc import AsyncIterator, Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +37,17 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from mcp import Client
 from prometheus_client import CollectorRegistry
 
 from shadow.api import PIPELINE
-from shadow.app import build_app
+from shadow.app import build_app, utc_now
 from shadow.config import load_settings
-from shadow.demo import DEMO_POLICY, generate, timeline
+from shadow.demo import demo_policy, generate, timeline
+from shadow.demo.backoffice import BackOffice
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, parse_policy
+from shadow.server import LISTEN_URL
 from tests.conftest import require_tool
 from tests.dashboards.feed_agent import AGENT
 from tests.dashboards.promql import (
@@ -60,10 +69,11 @@ ADMIN_TOKEN = "dashboards-admin"
 SIDECAR_DOWN = "rules / shadow-sidecar.alerts / ShadowSidecarDown"
 
 
-def feed_policy() -> Policy:
+def feed_policy(backoffice_url: str) -> Policy:
     """The demo policy with gates a few hundred events can clear: refunds climb to L3 (and
-    hold L3 only while critical misses stay within 5); invoices wait for approval of L1."""
-    doc = yaml.safe_load(DEMO_POLICY)
+    hold L3 only while critical misses stay within 5); invoices wait for approval of L1. Its
+    tools are the demo back office at ``backoffice_url``."""
+    doc = yaml.safe_load(demo_policy(backoffice_url))
     refund = doc["task_types"]["refund_request"]["autonomy"]
     refund["gates"] = {
         "L1": {"agreement": 0.80, "min_samples": 20},
@@ -114,8 +124,21 @@ async def settle(pipeline: Pipeline) -> None:
             return
 
 
+class ShiftedClock:
+    """The sidecar's clock: now, plus ``offset`` (moved forward to age a held approval
+    without waiting for it)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return utc_now() + self.offset
+
+
 class Served:
-    """An app served on 127.0.0.1 port 0; :meth:`stop` is idempotent."""
+    """An app served on 127.0.0.1 port 0; :meth:`stop` is idempotent. The socket is bound
+    first, so the app knows its URL (``LISTEN_URL``: the base of its tools URLs) when it
+    starts."""
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
@@ -124,9 +147,15 @@ class Served:
 
     async def start(self) -> Served:
         assert self.runner is not None
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.app[LISTEN_URL] = self.url
+        try:
+            await self.runner.setup()
+            await web.SockSite(self.runner, sock).start()
+        except BaseException:
+            sock.close()
+            raise
         return self
 
     async def stop(self) -> None:
@@ -189,7 +218,11 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
             source=[f"kafka://{broker.bootstrap}?events=ev&outcomes=oc&group=shadow"],
             batch_size=1,
         )
-        kafka_app = build_app(kafka_settings, policy=feed_policy(), registry=CollectorRegistry())
+        # The agent's tools: the demo back office, holding the records of both feeds' cases.
+        backoffice = BackOffice([*generate(240, seed=7), *generate(160, seed=8)])
+        await stack.enter_async_context(backoffice)
+        policy = feed_policy(backoffice.url)
+        kafka_app = build_app(kafka_settings, policy=policy, registry=CollectorRegistry())
         kafka_sidecar = await Served(kafka_app).start()
         stack.push_async_callback(kafka_sidecar.stop)
         # The sidecar with the agent, fed over HTTP.
@@ -200,8 +233,10 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
             agent_retries=0,
             expire_interval=3600.0,
             admin_token=ADMIN_TOKEN,
+            gateway_approval_wait=0.2,
         )
-        app = build_app(settings, policy=feed_policy(), registry=CollectorRegistry())
+        clock = ShiftedClock()
+        app = build_app(settings, policy=policy, registry=CollectorRegistry(), clock=clock)
         sidecar = await Served(app).start()
         stack.push_async_callback(sidecar.stop)
         targets = [u.removeprefix("http://") for u in (sidecar.url, kafka_sidecar.url)]
@@ -215,6 +250,9 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
         # Traffic starts after Prometheus has seen the counters, so increase() sees it all.
         await poll(scraped_twice, what="two scrapes of both sidecars", within=30.0)
         await drive(prom, app, sidecar.url)
+        assert backoffice.reads_received > 0
+        await hold_a_write(prom, sidecar.url, clock)
+        assert backoffice.writes_received == 0  # captured in shadow, held live: none arrived
 
         fired: dict[str, list[dict[str, str]]] = {}
         async with outcomes_flood(broker, "oc"):
@@ -276,6 +314,7 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
             "ShadowAgentErrorRate": [("", "claim_appeal")],
             "ShadowKafkaLagGrowing": [("", "oc")],
             "ShadowDeadLetterSpike": [("", "http/conflict")],
+            "ShadowToolApprovalsWaiting": [(sidecar.url, "refund_request")],
             "ShadowSidecarDown": [(sidecar.url, "")],
         }
 
@@ -321,6 +360,37 @@ async def drive(prom: Prometheus, app: web.Application, base: str) -> None:
     # the L2 gate, the lower bound is under it (the near-gate alert's case).
     assert (refund["level"], refund["critical"] > 5) == ("L2", True), refund
     assert refund["lower"] < 0.85 < refund["upper"], refund
+
+
+async def hold_a_write(prom: Prometheus, base: str, clock: ShiftedClock) -> None:
+    """A live session at L2 (where ``drive`` leaves refunds): a write through the SDK client
+    is held for approval and nobody decides it; then the clock moves 20 minutes on, so the
+    oldest approval's age is past the alert's 15 minutes."""
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    body = {"task_type": "refund_request", "event_id": "live-approval-1"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/v1/sessions", json=body, headers=headers) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        session_doc = await resp.json()
+    assert session_doc["level"] == "L2", session_doc
+    async with Client(session_doc["tools_url"]) as tools:
+        case = next(c for c in generate(240, seed=7) if c.task_type == "refund_request")
+        order_id = case.event["payload"]["order_id"]
+        order = await tools.call_tool("get_order", {"order_id": order_id})
+        assert not order.is_error, order
+        args = {"order_id": order_id, "amount": 12.5, "currency": "EUR"}
+        held = await tools.call_tool("issue_refund", args)
+    assert held.structured_content is not None
+    assert held.structured_content["status"] == "pending", held
+    clock.offset = timedelta(minutes=20)
+
+    async def waiting() -> bool:
+        expr = 'shadow_tool_approval_oldest_seconds{task_type="refund_request"} > 900'
+        return bool(await prom.query(expr))
+
+    await poll(waiting, what="Prometheus to see the held write 20 minutes old", within=30.0)
 
 
 def all_queries() -> list[Query]:

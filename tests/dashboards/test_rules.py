@@ -26,7 +26,7 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     done = promtool("check", "rules", str(RULES_FILE), cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 21 rules found" in done.stdout
+    assert "SUCCESS: 26 rules found" in done.stdout
 
 
 def test_promtool_unit_tests() -> None:
@@ -63,6 +63,7 @@ def test_every_alert_has_a_runbook_section() -> None:
         "ShadowAgentErrorRate",
         "ShadowKafkaLagGrowing",
         "ShadowDeadLetterSpike",
+        "ShadowToolApprovalsWaiting",
         "ShadowSidecarDown",
     }
     anchors = {
