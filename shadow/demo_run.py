@@ -42,6 +42,7 @@ from shadow.demo import (
 )
 from shadow.demo.backoffice import BackOffice, tool_agent
 from shadow.gateway import GATEWAY
+from shadow.pipeline import Pipeline
 from shadow.policy import parse_policy
 from shadow.server import Listener
 
@@ -126,7 +127,7 @@ async def _run(
         bar = progress.add_task("comparisons", total=len(cases))
         start = pipeline.comparisons
         async with aiohttp.ClientSession() as session:
-            feeding = asyncio.create_task(_feed(session, url, cases))
+            feeding = asyncio.create_task(_feed(session, url, cases, pipeline))
             while not feeding.done():
                 progress.update(bar, completed=pipeline.comparisons - start)
                 await asyncio.sleep(0.1)
@@ -205,9 +206,15 @@ async def _post(session: aiohttp.ClientSession, url: str, records: list[dict[str
             )
 
 
-async def _feed(session: aiohttp.ClientSession, url: str, cases: list[DemoCase]) -> None:
+async def _feed(
+    session: aiohttp.ClientSession, url: str, cases: list[DemoCase], pipeline: Pipeline
+) -> None:
     """Post the back office's records in arrival order: events as work happens, outcomes
-    when the humans decide (minutes to days later), in NDJSON batches."""
+    when the humans decide (minutes to days later), in NDJSON batches. Each batch waits for
+    the agent and the joins of the one before, as a sidecar keeps up with a back office
+    whose work arrives over days: the ladder then decides on the evidence in the order it
+    was made, so every run tells the same story (a faster poster would leave the agent's
+    work to pile up and the ladder to judge it all at the end)."""
     stream = timeline(cases)
     for i in range(0, len(stream), BATCH):
         chunk = stream[i : i + BATCH]
@@ -217,3 +224,4 @@ async def _feed(session: aiohttp.ClientSession, url: str, cases: list[DemoCase])
             await _post(session, f"{url}/v1/events", events)
         if outcomes:
             await _post(session, f"{url}/v1/outcomes", outcomes)
+        await pipeline.drain()
