@@ -22,6 +22,7 @@ from shadow.policy import parse_policy
 from shadow.server import Listener
 from shadow.sources.mirror import MIRROR
 from tests.conftest import cells_holding, wait_for
+from tests.mirror_host import POLICY
 from tests.shadow.conftest import (
     AgentServerFactory,
     Sidecar,
@@ -31,24 +32,6 @@ from tests.shadow.conftest import (
     metric,
 )
 
-POLICY = """
-task_types:
-  refund_request:
-    redact: [payload.customer.email]
-    compare: {fields: {action: {match: exact}}, unlisted: ignore}
-mirror:
-  - match: {method: POST, path: "/refunds"}
-    kind: event
-    task_type: refund_request
-    event_id: body.refund_id
-    payload: body
-    segment: header.X-Region
-  - match: {method: PUT, path: "/refunds/{id}/decision"}
-    kind: outcome
-    event_id: path.id
-    decision: body.decision
-    decided_by: header.X-User
-"""
 SECRET = "mirror-signing-key"
 SECRET_EMAIL = "jane.secret@example.com"
 JSON = {"Content-Type": "application/json"}

@@ -76,6 +76,19 @@ async def refund(url: str, amount: float = 42.5, *, mode: str = "auto") -> Any:
             return exc
 
 
+async def refund_case(sc: Sidecar) -> None:
+    """Case r-1 (order o-1) and the humans' outcome for it, a refund of 42.5; until compared."""
+    event = {"event_id": "r-1", "task_type": "refund", "payload": {"order": "o-1"}}
+    outcome = {
+        "event_id": "r-1",
+        "decision": {"action": "approve"},
+        "actions": [{"tool": "issue_refund", "args": {"order_id": "o-1", "amount": 42.5}}],
+    }
+    assert (await sc.post("/v1/events", json_body=event)).status == 202
+    assert (await sc.post("/v1/outcomes", json_body=outcome)).status == 202
+    await sc.pipeline.drain()
+
+
 def refused(answer: Any, why: str) -> bool:
     return isinstance(answer, MCPError) and why in str(answer)
 
@@ -105,15 +118,7 @@ async def test_in_shadow_reads_reach_the_upstream_and_writes_are_compared_not_fo
 
     agent_srv = await agent_server(agent)
     sc = await sidecar(policy=gateway_policy(up.url), agent=agent_srv.url)
-    event = {"event_id": "r-1", "task_type": "refund", "payload": {"order": "o-1"}}
-    outcome = {
-        "event_id": "r-1",
-        "decision": {"action": "approve"},
-        "actions": [{"tool": "issue_refund", "args": {"order_id": "o-1", "amount": 42.5}}],
-    }
-    assert (await sc.post("/v1/events", json_body=event)).status == 202
-    assert (await sc.post("/v1/outcomes", json_body=outcome)).status == 202
-    await sc.pipeline.drain()
+    await refund_case(sc)
 
     request = agent_srv.requests[0]
     assert request.body["tools_url"] == request.headers["X-Shadow-Tools-Url"]
@@ -169,15 +174,7 @@ async def test_a_retried_agent_call_compares_only_the_kept_attempts_writes(
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         agent = f"http://127.0.0.1:{runner.addresses[0][1]}/decide"
         sc = await sidecar(policy=gateway_policy(up.url), agent=agent, agent_backoff=0.0)
-        event = {"event_id": "r-1", "task_type": "refund", "payload": {"order": "o-1"}}
-        outcome = {
-            "event_id": "r-1",
-            "decision": {"action": "approve"},
-            "actions": [{"tool": "issue_refund", "args": {"order_id": "o-1", "amount": 42.5}}],
-        }
-        assert (await sc.post("/v1/events", json_body=event)).status == 202
-        assert (await sc.post("/v1/outcomes", json_body=outcome)).status == 202
-        await sc.pipeline.drain()
+        await refund_case(sc)
     finally:
         await runner.cleanup()
     (comparison,) = await sc.pipeline.store.unpublished_comparisons()
