@@ -310,6 +310,14 @@ _V9 = [
     """,
 ]
 
+# v10: a held write's digest (sha256 over the tool and its canonical arguments, before any
+# redaction) and the client's repeat key: an identical retried write attaches to the approval
+# already held (shadow.gateway), across a restart too.
+_V10 = [
+    "ALTER TABLE tool_approvals ADD COLUMN digest VARCHAR",
+    "ALTER TABLE tool_approvals ADD COLUMN repeat_key VARCHAR",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -320,6 +328,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (7, _V7),
     (8, _V8),
     (9, _V9),
+    (10, _V10),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
