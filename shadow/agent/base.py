@@ -18,6 +18,23 @@ def _clip(text: str) -> str:
     return text if len(text) <= _SNIPPET_CHARS else text[:_SNIPPET_CHARS] + "..."
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of ``exc`` on one line (message clipped). An exception group
+    (``TaskGroup``, ``asyncio.gather``-style) is described by its first leaf, depth first,
+    and how many other leaves it holds: ``ValueError: amount missing (+1 more)``."""
+    leaves = _leaves(exc)
+    first = leaves[0]
+    detail = _clip(str(first))
+    text = type(first).__name__ + (f": {detail}" if detail else "")
+    return text + (f" (+{len(leaves) - 1} more)" if len(leaves) > 1 else "")
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if not isinstance(exc, BaseExceptionGroup) or not exc.exceptions:
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+
+
 def _kind(value: object) -> str:
     if isinstance(value, list | tuple):
         return "an array"

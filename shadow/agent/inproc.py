@@ -14,7 +14,7 @@ from typing import Any, Self
 
 import orjson
 
-from shadow.agent.base import _check_timeout, _clip, _kind
+from shadow.agent.base import _check_timeout, _kind, describe
 from shadow.errors import AgentError, ConfigError
 from shadow.fastjson import STRICT
 
@@ -249,8 +249,9 @@ class _Resumed:
 
 
 def _raised(exc: Exception) -> AgentError:
-    detail = _clip(str(exc))
-    return AgentError(f"agent raised {type(exc).__name__}" + (f": {detail}" if detail else ""))
+    """``agent raised ValueError: ...``; an exception group (an agent's ``TaskGroup``) is
+    unwrapped to its first leaf (:func:`~shadow.agent.base.describe`)."""
+    return AgentError(f"agent raised {describe(exc)}")
 
 
 def _resolve(spec: str) -> Callable[..., Any]:

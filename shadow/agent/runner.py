@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from shadow.agent.base import AgentTransport, _clip, _never
+from shadow.agent.base import AgentTransport, _never, describe
 from shadow.agent.breaker import CircuitBreaker
 from shadow.agent.inproc import CallableAgent
 from shadow.errors import AgentError, ConfigError, ValidationError
@@ -358,7 +358,7 @@ class AgentRunner:
                     reason = f"{reason} (after {tries} attempt{'s' if tries > 1 else ''})"
                     break
             except Exception as exc:  # a third-party transport that broke its contract
-                reason = f"agent transport raised {type(exc).__name__}: {_clip(str(exc))}"
+                reason = f"agent transport raised {describe(exc)}"
                 break
             await self._sleep(self.backoff * 2**attempt)
         return self._settle(event, answer, reason, (self._clock() - start) * 1000.0)
