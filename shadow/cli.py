@@ -220,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from shadow.api import AUTH
     from shadow.app import build_app, side_apps, tune_gc, tune_switching
     from shadow.config import load_settings
     from shadow.server import run_server
@@ -254,6 +255,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         port = socks[0].getsockname()[1]
         print(f"shadow: serving on http://{settings.host}:{port} (db {settings.db})", flush=True)
+        print(f"shadow: ingest: {app[AUTH].summary}", flush=True)
         for what, other, where in side_apps(app):
             host, _, other_port = where.rpartition(":")
             sock = listen(host.strip("[]"), int(other_port))

@@ -246,14 +246,18 @@ class Settings(BaseSettings):
 
     @field_validator("source", "ingest_tokens", mode="before")
     @classmethod
-    def _split_sources(cls, value: Any) -> Any:
+    def _split_sources(cls, value: Any, info: ValidationInfo) -> Any:
+        given = value
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
                 import json
 
-                return json.loads(text)
-            return [s.strip() for s in text.split(",") if s.strip()]
+                value = json.loads(text)
+            else:
+                value = [s.strip() for s in text.split(",") if s.strip()]
+        if info.field_name == "ingest_tokens":
+            _check_tokens(given, value)
         return value
 
     @classmethod
@@ -270,6 +274,20 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
+
+
+def _check_tokens(given: Any, tokens: Any) -> None:
+    """An ingest token list that is set but holds no token (``SHADOW_INGEST_TOKENS=""`` or
+    ``" , "``), or holds an empty one, would leave ingest open without a word: refused."""
+    if not isinstance(tokens, list):
+        return
+    values = [t.get_secret_value() if isinstance(t, SecretStr) else t for t in tokens]
+    if isinstance(given, str) and not values:
+        raise ValueError(
+            "set but holds no token; list tokens (comma-separated) or unset it to leave ingest open"
+        )
+    if any(isinstance(v, str) and not v.strip() for v in values):
+        raise ValueError("holds an empty token; remove it")
 
 
 def _settings_file(*sources: PydanticBaseSettingsSource) -> Path | None:

@@ -59,6 +59,17 @@ class IngestAuth:
             raise ConfigError("the ingest signature secret is empty; set one or leave it unset")
         return cls(tokens, key, settings.ingest_signature_header)
 
+    @property
+    def summary(self) -> str:
+        """How ingest is guarded, for ``shadow run``'s start-up line: ``open (...)``,
+        ``tokens (N)``, ``signatures (HEADER)`` or ``tokens (N) + signatures (HEADER)``."""
+        parts = []
+        if self.tokens:
+            parts.append(f"tokens ({len(self.tokens)})")
+        if self.key is not None:
+            parts.append(f"signatures ({self.header})")
+        return " + ".join(parts) or "open (no SHADOW_INGEST_TOKENS, no signature secret)"
+
     def token_refusal(
         self, headers: Mapping[str, str], *, bearer: bool
     ) -> tuple[Reason, str] | None:

@@ -871,3 +871,52 @@ def test_the_default_demo_shows_a_drift_demotion_in_its_table_and_audit(
     assert "audit: refund_request" not in calm.out
     bad = cli(capsys, "demo", "--late-share", "1.5")
     assert_usage_error(bad, "--late-share")
+
+
+# -- ingest credentials at start-up ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokens", ["", " , ,", '[""]'])
+def test_an_ingest_token_list_set_but_empty_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, policy: Path, tokens: str
+) -> None:
+    """Set but holding no token, it would leave ingest open without a word. (The bad agent
+    spec only keeps a run that accepted the list from serving forever.)"""
+    monkeypatch.setenv("SHADOW_INGEST_TOKENS", tokens)
+    res = cli(capsys, "run", "--config", str(policy), "--port", "0", "--agent", "nonsense")
+    assert_usage_error(res, "SHADOW_INGEST_TOKENS", "token")
+
+
+def test_an_empty_ingest_token_list_is_refused_by_the_real_entry_point(
+    policy: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "x.duckdb"
+    argv = ("run", "--config", str(policy), "--db", str(db), "--port", "0", "--agent", "nonsense")
+    res = cli_proc(*argv, env=clean_env(SHADOW_INGEST_TOKENS=" , "))
+    line = assert_usage_error(res, "SHADOW_INGEST_TOKENS", "set but holds no token")
+    assert "serving on" not in res.out
+    assert not db.exists()
+    assert line.count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "ingest: open (no SHADOW_INGEST_TOKENS, no signature secret)"),
+        ({"SHADOW_INGEST_TOKENS": "a, b,c"}, "ingest: tokens (3)"),
+        (
+            {"SHADOW_INGEST_TOKENS": "a", "SHADOW_INGEST_SIGNATURE_SECRET": "k"},
+            "ingest: tokens (1) + signatures (X-Shadow-Signature)",
+        ),
+    ],
+)
+def test_run_says_once_at_start_up_how_ingest_is_guarded(
+    servers: list[Server], policy: Path, tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    port = free_port()
+    argv = ["--config", str(policy), "--db", str(tmp_path / "s.duckdb"), "--port", str(port)]
+    server = start_server(tmp_path, argv, clean_env(**env), port=port)
+    servers.append(server)
+    assert stop_server(server) == 0
+    lines = [ln for ln in server.log.read_text().splitlines() if "ingest:" in ln]
+    assert lines == [f"shadow: {expected}"], server.log_text()
