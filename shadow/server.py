@@ -18,6 +18,11 @@ client that goes away costs one log line.
   ``body_timeout`` bounds reading an ingest body (408, :mod:`shadow.api`).
 - :class:`Listener` serves an application on a listening socket with all of the above;
   :func:`run_server` is ``shadow run``'s loop (until SIGINT or SIGTERM).
+- Capabilities are never logged: a tools URL's path (``/mcp/<capability>``) is a credential.
+  Every line the server writes shows it as ``/mcp/v1.…<6 characters of its MAC>`` (enough to
+  tell two apart, useless to replay): the access log (:class:`RedactedAccessLogger`, aiohttp's
+  default format), this module's own lines, and, through :func:`redact_logs` (a filter on
+  aiohttp's and the sidecar's server loggers), any message or traceback of theirs.
 
 Bodies are not decompressed by aiohttp (``auto_decompress=False``): ingest decodes them
 itself (:func:`shadow.ingest.decode_body`), so a truncated gzip stream is refused whole.
@@ -28,13 +33,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import HttpVersion11, web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.log import access_logger
 
 from shadow.config import Settings
@@ -44,11 +52,14 @@ __all__ = [
     "ExpectHandler",
     "JsonErrorHandler",
     "Listener",
+    "RedactedAccessLogger",
     "declared_too_large",
     "error",
     "expect_continue",
     "handler_options",
     "json_errors",
+    "redact",
+    "redact_logs",
     "run_server",
     "send_continue",
     "with_expect_handler",
@@ -82,6 +93,102 @@ def handler_options(settings: Settings) -> dict[str, Any]:
     return {"auto_decompress": False, "keepalive_timeout": settings.header_timeout}
 
 
+# -- capabilities out of the logs ------------------------------------------------------------
+
+# A tools URL's last segment (shadow.gateway.capability: ``v1.<payload>.<mac>``), and a
+# capability anywhere else in a text (a tools URL quoted in a message).
+_MCP_SEGMENT = re.compile(r"(/mcp/)(?!v1\.…|…)([^/?#\s\"'<>]+)", re.IGNORECASE)
+_CAPABILITY = re.compile(r"v1\.[A-Za-z0-9_-]{8,}\.([A-Za-z0-9_-]{6,})")
+
+
+def _redacted(segment: str) -> str:
+    """A capability as a log may show it (as :func:`shadow.gateway.capability.redacted`):
+    the first 6 characters of its MAC. Anything else in its place is not shown at all."""
+    found = _CAPABILITY.fullmatch(segment)
+    return f"v1.…{found[1][:6]}" if found else "…"
+
+
+def redact(text: str) -> str:
+    """``text`` with every capability in it, in a tools URL's path or on its own, redacted
+    (idempotent: a redacted form stays as it is)."""
+    if "v1." not in text and "/mcp/" not in text.lower():
+        return text
+    text = _MCP_SEGMENT.sub(lambda m: m[1] + _redacted(m[2]), text)
+    return _CAPABILITY.sub(lambda m: _redacted(m[0]), text)
+
+
+class _RedactFilter(logging.Filter):
+    """Rewrites a record whose message or traceback holds a capability; passes every one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            if redact(text) != text:
+                record.exc_text = text  # what a formatter prints instead of formatting anew
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+_FILTER = _RedactFilter()
+# The loggers that write request paths: aiohttp's access, server and web loggers, and the
+# sidecar's own server and gateway loggers (a filter acts on its logger's records only).
+_REDACTED_LOGGERS = (
+    "aiohttp.access",
+    "aiohttp.server",
+    "aiohttp.web",
+    "asyncio",
+    "shadow.server",
+    "shadow.gateway",
+    # The HTTP clients an in-process agent reaches its tools URL with (the MCP SDK's is
+    # httpx2): they log every request's URL at INFO.
+    "httpx",
+    "httpx2",
+)
+
+
+def redact_logs() -> None:
+    """Install the capability filter on the loggers that write request paths (idempotent;
+    :class:`Listener` calls it before serving)."""
+    for name in _REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+class RedactedAccessLogger(AbstractAccessLogger):
+    """aiohttp's access log line in its default format (``%a %t "%r" %s %b "%{Referer}i"
+    "%{User-Agent}i"``) with capabilities redacted from the request line and the referer.
+    ``access_log_format`` is not read: a format could name the raw path again."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        start = datetime.now().astimezone() - timedelta(seconds=time)
+        version = request.version
+        self.logger.info(
+            '%s %s "%s %s HTTP/%d.%d" %d %d "%s" "%s"',
+            request.remote or "-",
+            start.strftime("[%d/%b/%Y:%H:%M:%S %z]"),
+            request.method,
+            redact(request.raw_path),
+            version.major,
+            version.minor,
+            response.status,
+            response.body_length,
+            redact(request.headers.get("Referer", "-")),
+            redact(request.headers.get("User-Agent", "-")),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 
@@ -98,10 +205,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         _log_disconnect(request, exc)
         return error(CLIENT_CLOSED, "client disconnected")
     except TimeoutError:
-        log.exception("%s %s timed out", request.method, _clip(request.path))
+        log.exception("%s %s timed out", request.method, _shown_path(request))
         return error(504, "the sidecar timed out answering; see its log")
     except Exception:
-        log.exception("%s %s failed", request.method, _clip(request.path))
+        log.exception("%s %s failed", request.method, _shown_path(request))
         return error(500, "internal error; see the sidecar's log")
 
 
@@ -125,9 +232,14 @@ def _log_disconnect(request: web.BaseRequest, exc: BaseException) -> None:
         "client %s disconnected during %s %s (%s)",
         request.remote,
         request.method,
-        _clip(request.path),
-        _one_line(str(exc)) or type(exc).__name__,
+        _shown_path(request),
+        redact(_one_line(str(exc))) or type(exc).__name__,
     )
+
+
+def _shown_path(request: web.BaseRequest) -> str:
+    """The request's path as a log line may show it: clipped, capabilities redacted."""
+    return _clip(redact(request.path))
 
 
 def _clip(text: str) -> str:
@@ -266,8 +378,12 @@ class Listener:
         return int(self._sock.getsockname()[1])
 
     async def start(self) -> Self:
+        redact_logs()
         runner = web.AppRunner(
-            self._app, access_log=self._access_log, shutdown_timeout=self._shutdown_timeout
+            self._app,
+            access_log=self._access_log,
+            access_log_class=RedactedAccessLogger,
+            shutdown_timeout=self._shutdown_timeout,
         )
         self._runner = runner
         if LISTEN_URL not in self._app:
@@ -281,7 +397,11 @@ class Listener:
                 raise RuntimeError("the aiohttp runner has no server after setup")
             loop = asyncio.get_running_loop()
             # aiohttp's runners pass access_log=None to turn the access log off, as here.
-            options = {**handler_options(self._settings), "access_log": self._access_log}
+            options = {
+                **handler_options(self._settings),
+                "access_log": self._access_log,
+                "access_log_class": RedactedAccessLogger,
+            }
 
             def connection() -> JsonErrorHandler:
                 return JsonErrorHandler(manager, loop=loop, **options)
