@@ -293,6 +293,9 @@ async def _replay(args: argparse.Namespace, console: Console) -> int:
             "source": args.baseline or f"store:{args.baseline_version}",
             "agent_version": baseline_doc.get("agent", {}).get("agent_version"),
             "complete": baseline_doc.get("complete", True),
+            # A report written before replay scored blind outcomes only has no acceptance:
+            # its agreement may count outcomes that echo the agent.
+            "blind_only": all("acceptance" in t for t in baseline_doc["task_types"].values()),
         }
     _write_outputs(doc, args)
     print_report(console, doc)

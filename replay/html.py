@@ -119,12 +119,27 @@ def _confusion(path: str, cm: Mapping[str, Any]) -> str:
     )
 
 
+def _acceptance(acc: Mapping[str, Any] | None) -> str:
+    """``agent 98.00% of 50, assisted -`` from an ``acceptance`` entry (``-``: none)."""
+    parts = [
+        f"{h} {_pct(a['agreement'])} of {a['n']}"
+        for h, a in (acc or {}).items()
+        if a and a.get("n")
+    ]
+    return ", ".join(parts) or "-"
+
+
 def _task(name: str, t: Mapping[str, Any]) -> str:
     parts = [f'<h2 id="t-{_e(name)}">{_e(name)}</h2>']
     parts.append(
-        f"<p>n {t['n']}, agree {t['agree']} ({_pct(t['agreement'])}), anytime-valid bounds "
+        f"<p>Evidence (blind outcomes): n {t['n']}, agree {t['agree']} "
+        f"({_pct(t['agreement'])}), anytime-valid bounds "
         f"[{_pct(t['lower'])}, {_pct(t['upper'])}], critical misses {t['critical']}, "
         f"agent errors {t['errors']}; agent {_e(t.get('agent_version'))}</p>"
+    )
+    parts.append(
+        f"<p>Acceptance (not evidence: items the agent handled, or decided by a human shown "
+        f"its proposal): {_e(_acceptance(t.get('acceptance')))}</p>"
     )
     gates = t["gates"]
     rows = "".join(
@@ -216,6 +231,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
         "errors",
         "gate cleared",
         "vs baseline",
+        "acceptance (not evidence)",
     )
     rows = []
     for name, t in tasks.items():
@@ -236,7 +252,8 @@ def render_html(doc: Mapping[str, Any]) -> str:
         rows.append(
             f'<tr><td><a href="#t-{_e(name)}">{_e(name)}</a></td>'
             + "".join(f"<td class=num>{_e(c)}</td>" for c in cells)
-            + f"<td>{_e(t['gates']['cleared'])}</td><td>{_e(delta)}</td></tr>"
+            + f"<td>{_e(t['gates']['cleared'])}</td><td>{_e(delta)}</td>"
+            + f"<td>{_e(_acceptance(t.get('acceptance')))}</td></tr>"
         )
     summary = (
         "<table><tr>"
@@ -252,6 +269,10 @@ def render_html(doc: Mapping[str, Any]) -> str:
         f"{_e(doc['policy']['source'])} ({_e(doc['policy']['hash'])})</p>",
         verdict,
         "<h2>Agreement by task type</h2>",
+        "<p>Agreement, bounds, gates and the baseline test count the blind outcomes only "
+        "(decided without seeing the agent's answer: the live evidence). Outcomes of items "
+        "the agent handled or a human decided with its proposal shown are acceptance, "
+        "reported beside it.</p>",
         summary,
         _agreement_chart(tasks),
         *(_task(name, t) for name, t in tasks.items()),

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from shadow.model import Outcome, WorkEvent
+from shadow.model import Handling, Outcome, WorkEvent
 from shadow.policy import stable_fraction
 
 __all__ = ["Case", "Selection", "most_common_version"]
@@ -35,10 +35,17 @@ SAMPLE_SALT = "replay"
 
 @dataclass(frozen=True, slots=True)
 class Case:
-    """One recorded case: the work event as recorded and the human's current outcome."""
+    """One recorded case: the work event as recorded and the human's current outcome.
+
+    ``recorded`` is the sidecar's own record of how the item was handled (its routing
+    answer, from a sidecar DuckDB history's ``handling`` table; ``None``: never routed, or a
+    JSONL/Parquet history). With the outcome's own ``handled_by`` it decides whether the
+    case is evidence, by the live rule (:attr:`shadow.store.JoinRow.handled_by`): the
+    record, else what the outcome states, else blind."""
 
     event: WorkEvent
     outcome: Outcome
+    recorded: Handling | None = None
 
     @property
     def event_id(self) -> str:

@@ -12,6 +12,14 @@ meaning and rounding (``n`` counts agree, disagree and agent_error; the bounds a
 anytime-valid ones of :mod:`shadow.stats` at the task type's ``alpha``). Everything that
 depends on timing (``latency_ms``, ``run``) is kept apart from the counts, so two runs over
 the same history and answers differ only there.
+
+Evidence and acceptance follow the live rule: only a comparison whose item was handled
+``blind`` (:attr:`shadow.model.Comparison.evidence`) is evidence, and the evidence is what
+``n``, ``agree``, the bounds, ``critical``, ``errors``, ``fields``, ``confusion``, the
+examples and the gates count. The comparisons of items the agent handled or a human decided
+with its proposal shown are ``acceptance``, with ``GET /v1/agreement``'s shape (``agent``
+and ``assisted``, each ``{n, agree, agreement}``). ``agent_versions``, ``usage`` and
+``latency_ms`` describe the agent's answers, so they cover every compared case.
 """
 
 from __future__ import annotations
@@ -26,18 +34,35 @@ from typing import Any
 from replay.gate import gate_entry
 from replay.model import Case, most_common_version
 from shadow.diff import normalize_text
-from shadow.model import Comparison, Evidence, ShadowDecision, Verdict
+from shadow.model import Comparison, Evidence, Handling, ShadowDecision, Verdict
 from shadow.policy import MatchKind, TaskPolicy
 from shadow.promotion import agreement_fields, snapshot
 from shadow.stats import lower_bound, upper_bound
 
-__all__ = ["SCHEMA", "TaskStats", "percentiles", "totals_entry"]
+__all__ = ["ACCEPTANCE", "SCHEMA", "TaskStats", "acceptance_entry", "percentiles", "totals_entry"]
 
 SCHEMA = "shadow-replay-report/1"
 CONFUSION_LABELS = 12  # shown per matrix; rarer labels are folded into "(other)"
 _TRACK_LABELS = 50  # a field with more distinct values is not categorical: no matrix
 _MISSING = object()
 OTHER = "(other)"
+# The handlings whose comparisons are acceptance, not evidence (``GET /v1/agreement``'s keys).
+ACCEPTANCE = (Handling.AGENT, Handling.ASSISTED)
+
+
+def acceptance_entry(
+    n: Mapping[Handling, int], agree: Mapping[Handling, int]
+) -> dict[str, dict[str, Any]]:
+    """``{"agent": {n, agree, agreement}, "assisted": {...}}``, exactly as the agreement
+    document (:func:`shadow.autonomy.agreement_document`) writes its ``acceptance``."""
+    return {
+        h.value: {
+            "n": n.get(h, 0),
+            "agree": agree.get(h, 0),
+            "agreement": agree.get(h, 0) / n[h] if n.get(h) else None,
+        }
+        for h in ACCEPTANCE
+    }
 
 
 def _resolve(obj: Any, parts: tuple[str, ...]) -> Any:
@@ -100,6 +125,9 @@ class TaskStats:
         self.task = task
         self.examples = examples
         self.n = self.agree = self.disagree = self.critical = self.errors = 0
+        # Comparisons that are not evidence (agent-handled, assisted), by handling.
+        self.accepted_n: Counter[Handling] = Counter()
+        self.accepted_agree: Counter[Handling] = Counter()
         self.compared: Counter[str] = Counter()
         self.mismatched: Counter[str] = Counter()
         self.critical_fields: Counter[str] = Counter()
@@ -128,8 +156,12 @@ class TaskStats:
         self.critical_examples: list[tuple[str, dict[str, Any]]] = []
         self.error_examples: list[tuple[str, dict[str, Any]]] = []
 
+    @property
+    def compared_cases(self) -> int:
+        """Every case compared: the evidence and the acceptance."""
+        return self.n + sum(self.accepted_n.values())
+
     def add(self, case: Case, payload: Mapping[str, Any], d: ShadowDecision, c: Comparison) -> None:
-        self.n += 1
         self.versions[d.agent_version] += 1
         if d.latency_ms is not None:
             self.latencies.append(d.latency_ms)
@@ -137,6 +169,14 @@ class TaskStats:
         self.output_tokens += d.usage.output_tokens
         if d.usage.cost_usd:
             self.costs.append(d.usage.cost_usd)
+        if not c.evidence:
+            # The outcome echoes the agent (or a human anchored by its proposal): counted
+            # beside the evidence, as the live acceptance view does, never in it.
+            self.accepted_n[c.handled_by] += 1
+            if c.verdict is Verdict.AGREE:
+                self.accepted_agree[c.handled_by] += 1
+            return
+        self.n += 1
         if c.verdict is Verdict.AGENT_ERROR:
             self.errors += 1
             self._example(self.error_examples, case, {"error": d.error})
@@ -211,6 +251,8 @@ class TaskStats:
         self.disagree += other.disagree
         self.critical += other.critical
         self.errors += other.errors
+        self.accepted_n.update(other.accepted_n)
+        self.accepted_agree.update(other.accepted_agree)
         for mine, theirs in (
             (self.compared, other.compared),
             (self.mismatched, other.mismatched),
@@ -267,6 +309,7 @@ class TaskStats:
                 self.n, self.agree, snap.lower, snap.upper, self.critical, self.errors
             ),
             "disagree": self.disagree,
+            "acceptance": acceptance_entry(self.accepted_n, self.accepted_agree),
             "agent_versions": dict(sorted(self.versions.items())),
             "fields": fields,
             "confusion": {p: self._matrix(p) for p in sorted(self.confusion) if self.confusion[p]},
@@ -302,11 +345,19 @@ class TaskStats:
 def totals_entry(stats: Mapping[str, TaskStats], alpha: float) -> dict[str, Any]:
     n = sum(s.n for s in stats.values())
     agree = sum(s.agree for s in stats.values())
-    return agreement_fields(
-        n,
-        agree,
-        lower_bound(agree, n, alpha),
-        upper_bound(agree, n, alpha),
-        sum(s.critical for s in stats.values()),
-        sum(s.errors for s in stats.values()),
-    )
+    accepted_n: Counter[Handling] = Counter()
+    accepted_agree: Counter[Handling] = Counter()
+    for s in stats.values():
+        accepted_n.update(s.accepted_n)
+        accepted_agree.update(s.accepted_agree)
+    return {
+        **agreement_fields(
+            n,
+            agree,
+            lower_bound(agree, n, alpha),
+            upper_bound(agree, n, alpha),
+            sum(s.critical for s in stats.values()),
+            sum(s.errors for s in stats.values()),
+        ),
+        "acceptance": acceptance_entry(accepted_n, accepted_agree),
+    }

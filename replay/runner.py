@@ -5,7 +5,10 @@ rejects are skipped (counted); payloads are redacted with the task type's rules,
 the live pipeline does before the agent sees them; the :class:`AnswerSource` answers the
 batch; each answer is compared with the recorded outcome by :func:`shadow.joiner.compare`
 (the live sidecar's verdict, with :class:`shadow.diff.Differ` under the policy's rules) and
-tallied in a :class:`~replay.report.TaskStats`.
+tallied in a :class:`~replay.report.TaskStats`. The comparison carries the live label of how
+the item was handled (:attr:`shadow.store.JoinRow.handled_by`: the sidecar's routing record,
+else the outcome's ``handled_by``, else blind): only blind comparisons are evidence, the
+others are tallied as acceptance, as in ``GET /v1/agreement``.
 
 Batches run one after another: every answer of a batch is cached (one transaction) before
 the next batch's first call, so after ``kill -9`` at most the calls of one batch were
@@ -97,7 +100,8 @@ class ReplayResult:
 
     @property
     def scored(self) -> int:
-        return sum(t.n for t in self.tasks.values())
+        """Cases compared: the evidence (``n``) and the acceptance of every task type."""
+        return sum(t.compared_cases for t in self.tasks.values())
 
 
 class ReplayRunner:
@@ -198,7 +202,9 @@ class ReplayRunner:
                 task = self.policy.for_task(tt)
                 assert task is not None
                 stats = tasks[tt] = TaskStats(tt, task, examples=self.examples)
-            c = compare(JoinRow(tt, answer, case.outcome, ""), self._differ(tt))
+            # The live join's row, with the sidecar's routing record: ``c.handled_by`` is
+            # the live rule's label, so only what the live ladder counts is evidence.
+            c = compare(JoinRow(tt, answer, case.outcome, "", case.recorded), self._differ(tt))
             # Only a critical miss shows the payload (an example): parse it back then.
             payload = loads(text)["payload"] if c.critical_miss else _NO_PAYLOAD
             stats.add(case, payload, answer, c)

@@ -84,6 +84,21 @@ def _f(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _acceptance(acc: dict[str, Any] | None) -> str:
+    """``agent 0.9800 of 50`` and ``assisted ...`` on lines of their own (``-``: none), from
+    an ``acceptance`` entry."""
+    if not acc:
+        return "-"
+    parts = [f"{h} {_f(a['agreement'])} of {a['n']}" for h, a in acc.items() if a and a.get("n")]
+    return "\n".join(parts) or "-"
+
+
+def _has_acceptance(tasks: dict[str, Any]) -> bool:
+    return any(
+        a.get("n") for t in tasks.values() for a in (t.get("acceptance") or {}).values() if a
+    )
+
+
 def print_report(console: Console, doc: dict[str, Any]) -> None:
     state = "" if doc["complete"] else " — PARTIAL (interrupted)"
     agent = doc["agent"]
@@ -96,6 +111,9 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
     has_base = doc.get("regression") is not None
     if has_base:
         table.add_column("vs baseline")
+    has_acc = _has_acceptance(doc["task_types"])
+    if has_acc:
+        table.add_column("acceptance (not evidence)")
     for name, t in doc["task_types"].items():
         row = [
             name,
@@ -122,8 +140,17 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
                     else "same"
                 )
                 row.append(f"{_f(None if delta is None else delta * 100, 2)} pp {mark}")
+        if has_acc:
+            row.append(_acceptance(t.get("acceptance")))
         table.add_row(*row)
     console.print(table)
+    if has_acc:
+        console.print(
+            "  n, agreement, bounds, gate and baseline test: blind outcomes only (evidence)"
+        )
+        console.print(
+            "  acceptance: items the agent handled, or a human decided with its proposal shown"
+        )
     for name, t in doc["task_types"].items():
         worst = [(p, f) for p, f in t["fields"].items() if f["mismatches"]][:3]
         if worst:
@@ -141,6 +168,12 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
         f"{cases}; "
         f"{run.get('agent_calls', 0)} agent calls, {run.get('cache_hits', 0)} cached answers"
     )
+    base = doc.get("baseline") or {}
+    if base.get("blind_only") is False:
+        console.print(
+            "[yellow]the baseline report predates blind-only scoring (it has no acceptance): "
+            "its agreement may count outcomes that echo the agent; re-run it[/yellow]"
+        )
     reg = doc.get("regression")
     if reg is not None:
         if reg["regression"]:

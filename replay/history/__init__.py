@@ -8,13 +8,16 @@ event loop, so agent calls keep flowing while a batch is read or written.
 
 History formats (detected from the file's first bytes, then its extension)
     *sidecar DuckDB file* -- the ``events`` and ``outcomes`` tables of ``shadow run``; each
-    event joins its current outcome revision. Opened **read-only**, so the file is never
-    changed; DuckDB refuses a second process while a sidecar has it open (the error says
-    so: copy the file, with its ``.wal``, or stop the sidecar).
+    event joins its current outcome revision (with what it states in ``handled_by``) and
+    the sidecar's routing record (``handling``), as the live joiner does, so each case is
+    labelled blind, assisted or agent by the live rule. Opened **read-only**, so the file
+    is never changed; DuckDB refuses a second process while a sidecar has it open (the
+    error says so: copy the file, with its ``.wal``, or stop the sidecar).
     *Parquet* -- either one record per row with a ``kind`` column (``event``/``outcome``,
     like the JSONL below), or one case per row (event and outcome columns side by side).
     Columns: ``event_id``, ``task_type``, ``payload``, ``decision`` (required);
-    ``occurred_at``, ``segment``, ``actions``, ``decided_by``, ``decided_at`` (optional).
+    ``occurred_at``, ``segment``, ``actions``, ``decided_by``, ``decided_at``, ``handled_by``
+    (optional; ``agent``, ``assisted`` or ``blind``, null: blind).
     ``payload``/``decision``/``actions`` are JSON text or nested Parquet types.
     *JSONL* -- one object per line with ``"kind": "event"`` or ``"kind": "outcome"`` (the
     data contracts of DESIGN.md), validated line by line.

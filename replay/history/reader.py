@@ -19,12 +19,14 @@ from replay.jsonl import MAX_ERRORS, read_jsonl
 from replay.model import Case, Selection
 from shadow.errors import ValidationError
 from shadow.fastjson import loads
-from shadow.model import Outcome, ShadowDecision, WorkEvent, as_actions
+from shadow.model import Handling, Outcome, ShadowDecision, WorkEvent, as_actions
 
 Format = Literal["duckdb", "parquet", "jsonl"]
 
 _EVENT_COLS = ("event_id", "task_type", "payload", "occurred_at", "segment")
-_OUTCOME_COLS = ("decision", "actions", "decided_by", "decided_at")
+_OUTCOME_COLS = ("decision", "actions", "decided_by", "decided_at", "handled_by")
+# A sidecar file's outcomes table needs these; ``handled_by`` arrived with schema v8.
+_STORED_OUTCOME_COLS = ("decision", "actions", "decided_by", "decided_at")
 _REQUIRED = ("event_id", "task_type", "payload", "decision")
 _JSON_COLS = frozenset({"payload", "decision", "actions"})
 
@@ -105,6 +107,10 @@ class History:
         self._layout = ""  # parquet: "kind" or "joined"
         self._columns: dict[str, str] = {}
         self._has_decisions = False  # sidecar file: a decisions table to baseline against
+        # Sidecar file (schema v8+): outcomes.handled_by (what the outcome stated) and the
+        # handling table (the sidecar's routing records); older files have neither.
+        self._stated = False
+        self._routed = False
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -178,12 +184,12 @@ class History:
         cols: dict[str, set[str]] = {}
         for table, column in self._con.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
-            "WHERE table_name IN ('events', 'outcomes', 'decisions')"
+            "WHERE table_name IN ('events', 'outcomes', 'decisions', 'handling')"
         ).fetchall():
             cols.setdefault(table, set()).add(column)
         need = {
             "events": set(_EVENT_COLS),
-            "outcomes": {"event_id", "is_current", *_OUTCOME_COLS},
+            "outcomes": {"event_id", "is_current", *_STORED_OUTCOME_COLS},
         }
         for table, wanted in need.items():
             if table not in cols:
@@ -207,6 +213,8 @@ class History:
         self.stats.without_outcome, self.stats.outcomes_without_event = int(st[2]), int(st[3])
         self.stats.cases = self.stats.events - self.stats.without_outcome
         self._has_decisions = "decisions" in cols
+        self._stated = "handled_by" in cols["outcomes"]
+        self._routed = {"event_id", "handled_by"} <= cols.get("handling", set())
 
     def _check_parquet(self) -> None:
         src = f"read_parquet({_sql_str(str(self.path))}, file_row_number=true)"
@@ -221,7 +229,15 @@ class History:
             raise HistoryError(
                 f"{self.path}: missing column(s) {', '.join(missing)}; the file has: {have}"
             )
-        for name in ("event_id", "task_type", "kind", "segment", "occurred_at", "decided_at"):
+        for name in (
+            "event_id",
+            "task_type",
+            "kind",
+            "segment",
+            "occurred_at",
+            "decided_at",
+            "handled_by",
+        ):
             kind = self._columns.get(name)
             if kind is not None and kind != "VARCHAR":
                 raise HistoryError(
@@ -273,7 +289,9 @@ class History:
 
     def _cases_sql(self) -> str:
         """Columns: row numbers (event, outcome; NULL for the sidecar file), the event's
-        five columns, the outcome's four, ordered by event_id."""
+        five columns, the outcome's five (``handled_by``: what the outcome states), and for
+        the sidecar file the sidecar's routing record (``handling.handled_by``, the live
+        join's ``h.handled_by``), ordered by event_id."""
         rules = []
         if self.selection.task_types is not None:
             rules.append("task_type IN (SELECT unnest(?::VARCHAR[]))")
@@ -282,11 +300,17 @@ class History:
             rules.append(f"hash(event_id) % {self.shard[1]} = {self.shard[0]}")
         where = " WHERE " + " AND ".join(rules) if rules else ""
         if self.format == "duckdb":
+            # The live joiner's inputs (shadow.store.joins): the current outcome revision
+            # with what it states, and the routing record, which wins over it.
+            stated = "o.handled_by" if self._stated else "NULL"
+            recorded = "h.handled_by" if self._routed else "NULL"
+            routing = " LEFT JOIN handling h ON h.event_id = e.event_id" if self._routed else ""
             return (
                 "SELECT NULL, NULL, e.event_id, e.task_type, CAST(e.payload AS VARCHAR), "
                 "e.occurred_at, e.segment, CAST(o.decision AS VARCHAR), "
-                "CAST(o.actions AS VARCHAR), o.decided_by, o.decided_at "
+                f"CAST(o.actions AS VARCHAR), o.decided_by, o.decided_at, {stated}, {recorded} "
                 "FROM events e JOIN outcomes o ON o.event_id = e.event_id AND o.is_current"
+                + routing
                 + where.replace("task_type", "e.task_type").replace("(event_id)", "(e.event_id)")
                 + " ORDER BY e.event_id"
             )
@@ -362,13 +386,13 @@ class History:
         except duckdb.Error as exc:
             raise self._translate(exc) from None
         if self.format == "duckdb":
-            return _stored_cases(rows)
+            return _stored_cases(rows, self.path)
         return [self._parquet_case(r) for r in rows]
 
     def _parquet_case(self, row: tuple[Any, ...]) -> Case:
         ev_row, oc_row = row[0], row[1]
         event = {k: v for k, v in zip(_EVENT_COLS, row[2:7], strict=True) if v is not None}
-        outcome = {k: v for k, v in zip(_OUTCOME_COLS, row[7:11], strict=True) if v is not None}
+        outcome = {k: v for k, v in zip(_OUTCOME_COLS, row[7:12], strict=True) if v is not None}
         outcome["event_id"] = event["event_id"]
         for rec, keys, where in ((event, ("payload",), ev_row), (outcome, _JSON_COLS, oc_row)):
             for key in keys:
@@ -437,20 +461,38 @@ def _json_column(texts: Sequence[str]) -> list[Any]:
     return loads("[" + ",".join(texts) + "]") if texts else []
 
 
-def _stored_cases(rows: Sequence[tuple[Any, ...]]) -> list[Case]:
+def _stored_cases(rows: Sequence[tuple[Any, ...]], path: Path) -> list[Case]:
     """Cases from the sidecar's own tables (validated when they were ingested)."""
     payloads = _json_column([r[4] for r in rows])
     decisions = _json_column([r[7] for r in rows])
     out = []
     for row, payload, decision in zip(rows, payloads, decisions, strict=True):
-        _, _, eid, tt, _, occurred, segment, _, actions, by, at = row
+        _, _, eid, tt, _, occurred, segment, _, actions, by, at, stated, recorded = row
         acts = () if actions == "[]" else as_actions(loads(actions))
+        outcome = Outcome(eid, decision, acts, by, at, _handling(stated, path, "outcomes", eid))
         out.append(
             Case(
-                WorkEvent(eid, tt, payload, occurred, segment), Outcome(eid, decision, acts, by, at)
+                WorkEvent(eid, tt, payload, occurred, segment),
+                outcome,
+                _handling(recorded, path, "handling", eid),
             )
         )
     return out
+
+
+_HANDLINGS = {h.value: h for h in Handling}
+
+
+def _handling(value: str | None, path: Path, table: str, event_id: str) -> Handling | None:
+    if value is None:
+        return None
+    found = _HANDLINGS.get(value)
+    if found is None:
+        raise HistoryError(
+            f"{path}: table {table}, event {event_id!r}, column handled_by: expected "
+            f'"agent", "assisted" or "blind", got {value!r}'
+        )
+    return found
 
 
 def _shard_of(event_id: str, shards: int) -> int:

@@ -43,8 +43,11 @@ def jsonl_history(tmp_path: Path) -> Path:
     return data.write_jsonl(tmp_path / "history.jsonl")
 
 
-def write_parquet(path: Path, rows: list[dict[str, Any]], *, joined: bool = False) -> Path:
-    """Rows as Parquet through DuckDB (JSON columns as text). ``joined``: one case per row."""
+def write_parquet(
+    path: Path, rows: list[dict[str, Any]], *, joined: bool = False, extra: tuple[str, ...] = ()
+) -> Path:
+    """Rows as Parquet through DuckDB (JSON columns as text). ``joined``: one case per row;
+    ``extra``: more text columns (e.g. ``handled_by``)."""
     import json
 
     con = duckdb.connect()
@@ -62,6 +65,7 @@ def write_parquet(path: Path, rows: list[dict[str, Any]], *, joined: bool = Fals
                 "decided_by",
                 "decided_at",
             ]
+        cols += extra
         con.execute("CREATE TABLE t (" + ", ".join(f"{c} VARCHAR" for c in cols) + ")")
         values = []
         for r in rows:
