@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,clients]'
 	touch $(STAMP)
 
 demo: install
@@ -29,9 +29,20 @@ format: install
 typecheck: install
 	$(BIN)/mypy shadow replay tests dashboards
 
-# Test-only system tools (Prometheus, promtool, Chromium, nginx), installed when missing and possible.
+# Test-only system tools (Prometheus, promtool, Chromium, nginx, Node.js and npm), installed
+# when missing and possible; then the TypeScript SDK agent's packages (tests/clients/ts), from
+# its committed lockfile, whenever node_modules is older than the lockfile. Without npm the
+# tests that need it are skipped (and fail under CI=true).
+TS_AGENT := tests/clients/ts
+
 tools:
 	./.ci/system-tools
+	@if ! command -v npm >/dev/null 2>&1; then \
+	    echo "warning: npm not found; $(TS_AGENT) is not installed" >&2; \
+	elif [ ! $(TS_AGENT)/node_modules/.package-lock.json -nt $(TS_AGENT)/package-lock.json ]; then \
+	    echo "npm ci in $(TS_AGENT)"; \
+	    npm ci --prefix $(TS_AGENT) --no-audit --no-fund --loglevel=error; \
+	fi
 
 pytest: install tools
 	$(BIN)/pytest $(PYTEST_ARGS)
