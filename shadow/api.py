@@ -182,7 +182,9 @@ async def _ingest(
         return body
     intake = request.app[INTAKE]
     settings = request.app[SETTINGS]
-    unsigned = request.app[AUTH].signature_refusal(request.headers, body)
+    unsigned = request.app[AUTH].signature_refusal(
+        request.headers, body, method=request.method, target=request.raw_path
+    )
     if unsigned is not None:
         intake.rejected(kind, "http", unsigned[0])
         return error(401, unsigned[1])

@@ -144,7 +144,9 @@ class Settings(BaseSettings):
         "separated in the environment); none: ingest needs no token",
     )
     ingest_signature_secret: SecretStr | None = Field(
-        None, description="HMAC-SHA256 key every ingest body must be signed with"
+        None,
+        description="HMAC-SHA256 key every ingest request must be signed with (its method, "
+        "path, query, rule-read headers and body; docs/mirroring.md)",
     )
     ingest_signature_secret_file: Path | None = Field(
         None, description="file holding that key (wins over ingest_signature_secret)"

@@ -1,4 +1,4 @@
-"""Who may write work into the sidecar: optional ingest tokens and webhook-style signatures,
+"""Who may write work into the sidecar: optional ingest tokens and request signatures,
 separate from the admin token (which only guards autonomy writes).
 
 - **Tokens** (``ingest_tokens``): a request carries one in ``X-Shadow-Ingest-Token``, or, on
@@ -7,7 +7,12 @@ separate from the admin token (which only guards autonomy writes).
   ``X-Shadow-Ingest-Token``, which the proxy in front sets on the mirror location).
 - **Signatures** (``ingest_signature_secret`` or ``ingest_signature_secret_file``): the
   ``ingest_signature_header`` (default ``X-Shadow-Signature``) must be ``sha256=<hex>``, the
-  HMAC-SHA256 of the raw body as sent (before any decompression) under the shared secret.
+  HMAC-SHA256 under the shared secret of the request's :func:`string_to_sign`: its method,
+  path and query as sent, the headers that decide what is read (``Content-Type``,
+  ``Content-Encoding`` and, at the mirror target, every header the matching mirror rule
+  reads) and the SHA-256 of the raw body as sent (before any decompression). So a signed
+  request replayed on another path, with another query or another value of a header a rule
+  reads, is refused: each of those can change which case a record is for.
 
 Both are compared in constant time. With neither configured, ingest is open (as before).
 """
@@ -16,20 +21,92 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from shadow.config import Settings
 from shadow.errors import ConfigError, Reason
 
-__all__ = ["TOKEN_HEADER", "IngestAuth", "sign"]
+__all__ = ["SCHEME", "SIGNED_HEADERS", "TOKEN_HEADER", "IngestAuth", "sign", "string_to_sign"]
 
 TOKEN_HEADER = "X-Shadow-Ingest-Token"
+SCHEME = "shadow-signature-v1"
+"""The first line of every string to sign: names the scheme, so a later one cannot be
+confused with it."""
+SIGNED_HEADERS = ("content-encoding", "content-type")
+"""Headers every signature covers (when sent): they decide how the body is read."""
 
 
-def sign(key: bytes, body: bytes) -> str:
-    """The signature header value for ``body``: ``sha256=<hex>``."""
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+class _MultiHeaders(Protocol):
+    def getall(self, key: str, default: list[str]) -> list[str]: ...
+
+
+Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+def _values(headers: Headers | _MultiHeaders, names: Iterable[str]) -> list[tuple[str, str]]:
+    """``(name, value)`` for each of ``names`` (lower-cased, sorted) that ``headers`` holds;
+    repeated values joined with ``,`` in the order sent, each stripped of surrounding
+    whitespace."""
+    wanted = sorted({n.lower() for n in names})
+    found: dict[str, list[str]] = {}
+    if hasattr(headers, "getall"):  # aiohttp's CIMultiDict: every value of a repeated header
+        for name in wanted:
+            found[name] = list(headers.getall(name, []))
+    else:
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        for name, value in pairs:
+            if name.lower() in wanted:
+                found.setdefault(name.lower(), []).append(value)
+    return [(n, ",".join(v.strip() for v in found[n])) for n in wanted if found.get(n)]
+
+
+def string_to_sign(
+    method: str,
+    target: str,
+    body: bytes,
+    headers: Headers | _MultiHeaders = (),
+    *,
+    read: Iterable[str] = (),
+) -> bytes:
+    """What a signature signs (docs/mirroring.md, "What a signature covers"), UTF-8, its
+    lines joined by ``\\n`` with none after the last::
+
+        shadow-signature-v1
+        METHOD
+        /path/as/sent             (percent-encoding kept; the mirror target: the host's path)
+        query=as&sent             (without "?"; an empty line when there is none)
+        content-type:application/json      one line per signed header the request has:
+        x-region:eu                        lower-cased name, ":", value; sorted by name
+        <hex SHA-256 of the raw body as sent>
+
+    ``target`` is the path and query as sent (``/refunds?source=web``). The signed headers
+    are :data:`SIGNED_HEADERS` and ``read`` (the request headers the matching mirror rule
+    reads, :attr:`shadow.mirror.MirrorRule.request_headers`); ``headers`` may hold others,
+    which are left out."""
+    path, _, query = target.partition("?")
+    lines = [SCHEME, method.upper(), path, query]
+    lines += [f"{name}:{value}" for name, value in _values(headers, [*SIGNED_HEADERS, *read])]
+    lines.append(hashlib.sha256(body).hexdigest())
+    return "\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+def sign(
+    key: bytes,
+    method: str,
+    target: str,
+    body: bytes,
+    headers: Headers = (),
+    *,
+    read: Iterable[str] = (),
+) -> str:
+    """The signature header value (``sha256=<hex>``) of a request a sender is about to send:
+    ``target`` its path and query (for a mirrored request, the host's own:
+    ``/refunds?source=web``), ``headers`` the headers it sends, ``read`` the headers the
+    mirror rule for it reads (see :func:`string_to_sign`)."""
+    message = string_to_sign(method, target, body, headers, read=read)
+    return "sha256=" + hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +168,17 @@ class IngestAuth:
         return None
 
     def signature_refusal(
-        self, headers: Mapping[str, str], body: bytes
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        method: str,
+        target: str,
+        read: Iterable[str] = (),
     ) -> tuple[Reason, str] | None:
-        """Why ``body``'s signature refuses it (missing, malformed, not matching), else
-        ``None``."""
+        """Why the request's signature refuses it (missing, malformed, not matching), else
+        ``None``. ``target`` is the path and query as sent (the host's, at the mirror
+        target) and ``read`` the headers the matching mirror rule reads."""
         if self.key is None:
             return None
         given = headers.get(self.header)
@@ -103,10 +187,14 @@ class IngestAuth:
                 Reason.BAD_SIGNATURE,
                 f"a signature is required: send {self.header}: sha256=<hex>",
             )
-        expected = sign(self.key, body)
+        read = [name for name in read if name.lower() != self.header.lower()]
+        message = string_to_sign(method, target, body, headers, read=read)
+        expected = "sha256=" + hmac.new(self.key, message, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(given.strip().lower().encode(), expected.encode()):
+            signed = ", ".join(sorted({*SIGNED_HEADERS, *(n.lower() for n in read)}))
             return Reason.BAD_SIGNATURE, (
-                f"{self.header} does not match the body (HMAC-SHA256 of the raw body, as "
-                "sha256=<hex>); nothing was stored"
+                f"{self.header} does not match the request (HMAC-SHA256 of {SCHEME}: method, "
+                f"path, query, headers {signed} when sent, and the body's SHA-256; "
+                "docs/mirroring.md); nothing was stored"
             )
         return None

@@ -108,6 +108,14 @@ class MirrorRule:
     def needs_response(self) -> bool:
         return any(s.response for s in _sources(self.fields))
 
+    @property
+    def request_headers(self) -> tuple[str, ...]:
+        """The request headers the rule reads, lower-cased and sorted: a signature covers
+        them (:func:`shadow.ingest_auth.string_to_sign`) besides method, path, query and
+        body, which every signature covers."""
+        sources = _sources(self.fields)
+        return tuple(sorted({s.path for s in sources if s.kind == "header" and not s.response}))
+
 
 def _sources(fields: Mapping[str, Spec]) -> list[Source]:
     out: list[Source] = []

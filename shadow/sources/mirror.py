@@ -245,6 +245,15 @@ def _captured(request: web.Request, path: str, body: bytes) -> Captured:
     )
 
 
+def _host_target(request: web.Request) -> str:
+    """The host's path and query as its client sent them (what a signature signs): the raw
+    request target, without the ``/v1/mirror`` prefix nginx adds."""
+    raw = request.raw_path
+    if raw.startswith(PREFIX + "/") and request.match_info.get("host_path") is not None:
+        return raw[len(PREFIX) :]
+    return raw
+
+
 async def mirror_target(request: web.Request) -> web.Response:
     """A mirrored request: ``202`` once its body is in (and queued, or dropped when the
     queue is full: counted either way); ``401``/``413`` for what is refused at receipt,
@@ -286,7 +295,14 @@ async def mirror_target(request: web.Request) -> web.Response:
         resp = web.json_response({"error": message}, status=413)
         resp.force_close()
         return resp
-    signed = sink.auth.signature_refusal(request.headers, body)
+    found = match(sink.policy.mirror, request.method, path, with_response=False)
+    signed = sink.auth.signature_refusal(
+        request.headers,
+        body,
+        method=request.method,
+        target=_host_target(request),
+        read=found[0].request_headers if found else (),
+    )
     if signed is not None:
         sink.offer(Mirrored(empty, source, signed[0], signed[1]))
         return web.json_response({"error": signed[1]}, status=401)

@@ -204,11 +204,15 @@ async def signed(sidecar: SidecarFactory) -> Sidecar:
     )
 
 
-def signed_headers(data: bytes, token: str = "tok-b") -> dict[str, str]:
-    return {**JSON, TOKEN_HEADER: token, "X-Shadow-Signature": sign(SECRET.encode(), data)}
+def signed_headers(data: bytes, target: str, token: str = "tok-b") -> dict[str, str]:
+    """JSON headers, a token and the signature of a POST of ``data`` to ``target`` (the
+    host's path for a mirrored request)."""
+    signature = sign(SECRET.encode(), "POST", target, data, JSON)
+    return {**JSON, TOKEN_HEADER: token, "X-Shadow-Signature": signature}
 
 
 EVENT = {"event_id": "s-1", "task_type": "refund_request", "payload": {"amount": 1}}
+EVENTS = "/v1/events"
 
 
 async def test_ingest_needs_a_token_and_a_matching_signature(signed: Sidecar) -> None:
@@ -218,9 +222,12 @@ async def test_ingest_needs_a_token_and_a_matching_signature(signed: Sidecar) ->
         (JSON, "unauthorized"),
         ({**JSON, TOKEN_HEADER: "tok-c"}, "unauthorized"),
         ({**JSON, "Authorization": "Bearer tok-a"}, "bad_signature"),  # token ok, unsigned
-        ({**signed_headers(data), "X-Shadow-Signature": "sha256=" + "0" * 64}, "bad_signature"),
-        (signed_headers(data + b" "), "bad_signature"),  # signed another body
-        ({**signed_headers(data), "X-Shadow-Signature": "md5=abc"}, "bad_signature"),
+        (
+            {**signed_headers(data, EVENTS), "X-Shadow-Signature": "sha256=" + "0" * 64},
+            "bad_signature",
+        ),
+        (signed_headers(data + b" ", EVENTS), "bad_signature"),  # signed another body
+        ({**signed_headers(data, EVENTS), "X-Shadow-Signature": "md5=abc"}, "bad_signature"),
     ]
     for headers, _ in bad:
         res = await sc.post("/v1/events", data=data, headers=headers)
@@ -234,10 +241,10 @@ async def test_ingest_needs_a_token_and_a_matching_signature(signed: Sidecar) ->
         )
         assert got == want
     assert await sc.pipeline.store.awaiting_agent() == 0
-    ok = await sc.post("/v1/events", data=data, headers=signed_headers(data))
+    ok = await sc.post(EVENTS, data=data, headers=signed_headers(data, EVENTS))
     assert ok.status == 202, ok
     outcome = json.dumps({"event_id": "s-1", "decision": {"action": "approve"}}).encode()
-    headers = {**signed_headers(outcome), TOKEN_HEADER: "", "Authorization": "Bearer tok-a"}
+    headers = {**signed_headers(outcome, "/v1/outcomes"), "Authorization": "Bearer tok-a"}
     del headers[TOKEN_HEADER]
     assert (await sc.post("/v1/outcomes", data=outcome, headers=headers)).status == 202
 
@@ -250,11 +257,11 @@ async def test_the_mirror_target_checks_the_token_header_and_signature(signed: S
         "/v1/mirror/refunds", data=data, headers={**JSON, "Authorization": "Bearer tok-a"}
     )
     assert res.status == 401
-    wrong = {**signed_headers(data), "X-Shadow-Signature": sign(b"other-key", data)}
+    other = sign(b"other-key", "POST", "/refunds", data, JSON)
+    wrong = {**signed_headers(data, "/refunds"), "X-Shadow-Signature": other}
     assert (await sc.post("/v1/mirror/refunds", data=data, headers=wrong)).status == 401
-    assert (
-        await sc.post("/v1/mirror/refunds", data=data, headers=signed_headers(data))
-    ).status == 202
+    good = signed_headers(data, "/refunds")
+    assert (await sc.post("/v1/mirror/refunds", data=data, headers=good)).status == 202
     await settled(sc)
     assert await mirror_count(sc, "POST /refunds", "unauthorized") == 1
     assert await mirror_count(sc, "POST /refunds", "bad_signature") == 1
