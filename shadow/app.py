@@ -35,11 +35,12 @@ from shadow.api import (
     READINESS,
     REGISTRY,
     SETTINGS,
+    STARTUP,
     routes,
 )
 from shadow.config import Settings
 from shadow.errors import ConfigError
-from shadow.gateway import GATEWAY, SESSIONS, Gateway, McpSessions, build_gateway
+from shadow.gateway import GATEWAY, Gateway, build_gateway, describe_gateway
 from shadow.ingest_auth import IngestAuth
 from shadow.intake import Intake
 from shadow.metrics import Metrics
@@ -158,7 +159,6 @@ def build_app(
     app[REGISTRY] = metrics_registry
     app[READINESS] = []
     app[ON_FREEZE] = []
-    app[SESSIONS] = McpSessions()
     auth = IngestAuth.from_settings(settings)
     app[AUTH] = auth
     app.add_routes(with_expect_handler(routes(), expect_continue(settings.max_body_bytes)))
@@ -169,11 +169,13 @@ def build_app(
     runner = build_runner(settings)
     env = environ if environ is not None else os.environ
     upstreams = build_gateway(resolved, settings, env)  # a missing env:NAME is refused now
+    app[STARTUP] = describe_gateway(resolved)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with open_store(settings.db) as store:
             try:
                 metrics = Metrics(metrics_registry, resolved)
+                store.observe_set_aside(metrics.set_aside)
                 kafka = KafkaStack(settings, kafka_specs, store=store, clock=clock, metrics=metrics)
                 app[READINESS].append(kafka.not_ready)
                 pipeline = Pipeline(

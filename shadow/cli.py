@@ -194,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 120)
     try:
         args = _parser().parse_args(argv)
+        if args.command in ("autonomy", "approvals"):
+            _check_text(args)
         plugin = getattr(args, "plugin", None)
         if plugin is not None:
             return int(plugin(args, console))
@@ -219,8 +221,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# The arguments of the API commands that the sidecar takes as identifiers, and as free text
+# (the reason), by their attribute, with the name a user typed.
+_IDENT_ARGS = {
+    "task_type": "TASK_TYPE",
+    "level": "LEVEL",
+    "to": "--to",
+    "from_level": "--from",
+    "proposal": "--proposal",
+    "actor": "--actor",
+    "approval_id": "APPROVAL_ID",
+    "status": "--status",
+}
+_TEXT_ARGS = {"reason": "--reason"}
+
+
+def _check_text(args: argparse.Namespace) -> None:
+    """Refuse (exit 2, naming the argument) what the sidecar would refuse as text
+    (:func:`shadow.checks.text_problem`) before anything is sent: a lone surrogate (bytes
+    that are not UTF-8 reach Python's argv as one) or NUL anywhere, and a control character
+    in an identifier."""
+    from shadow.checks import text_problem
+
+    for names, ident in ((_IDENT_ARGS, True), (_TEXT_ARGS, False)):
+        for attr, shown in names.items():
+            value = getattr(args, attr, None)
+            problem = text_problem(value, shown, ident=ident) if isinstance(value, str) else None
+            if problem is not None:
+                raise UsageError(f"{problem[0]}: {problem[1]}")
+
+
 def _run(args: argparse.Namespace) -> int:
-    from shadow.api import AUTH
+    from shadow.api import AUTH, STARTUP
     from shadow.app import build_app, side_apps, tune_gc, tune_switching
     from shadow.config import load_settings
     from shadow.server import run_server
@@ -256,6 +288,8 @@ def _run(args: argparse.Namespace) -> int:
         port = socks[0].getsockname()[1]
         print(f"shadow: serving on http://{settings.host}:{port} (db {settings.db})", flush=True)
         print(f"shadow: ingest: {app[AUTH].summary}", flush=True)
+        for line in app.get(STARTUP, []):
+            print(f"shadow: {line}", flush=True)
         for what, other, where in side_apps(app):
             host, _, other_port = where.rpartition(":")
             sock = listen(host.strip("[]"), int(other_port))
@@ -530,10 +564,12 @@ async def _approvals(args: argparse.Namespace, console: Console) -> int:
         table = Table(title=f"Tool approvals ({args.status})")
         for col in ("id", "held at", "task type", "event", "tool", "status"):
             table.add_column(col, no_wrap=True)
+        table.add_column("arguments (digest)", overflow="fold")
         for a in doc["approvals"]:
+            digest = a.get("args_digest") or "-"
             table.add_row(
                 a["id"], a["created_at"][:19], a["task_type"], a["event_id"], a["tool"],
-                a["status"],
+                a["status"], f"{json.dumps(a['args'], sort_keys=True)}\n({digest[:19]})",
             )  # fmt: skip
         console.print(table)
         return 0
@@ -543,7 +579,10 @@ async def _approvals(args: argparse.Namespace, console: Console) -> int:
     path = f"/v1/approvals/{args.approval_id}/{args.action}"
     out = await _http("POST", args.url, path, body=body, token=token)
     row = out["approval"]
-    console.print(f"{row['id']}: {row['status']} ({row['tool']} for {row['event_id']})")
+    console.print(
+        f"{row['id']}: {row['status']} ({row['tool']} {json.dumps(row['args'], sort_keys=True)} "
+        f"for {row['event_id']}, {row.get('args_digest') or 'no digest'})"
+    )
     return 0
 
 

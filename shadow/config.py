@@ -108,8 +108,15 @@ class Settings(BaseSettings):
     gateway_class_ttl: float = Field(
         1.0,
         ge=0,
-        description="seconds an upstream's tool list is trusted for the read/write class of "
-        "a tool the policy does not list (0: listed again at every call)",
+        description="seconds an upstream's tool list is reused: the catalog every session "
+        "lists, and the readOnlyHint of an upstream with trust_read_only_hint (0: listed "
+        "again at every use)",
+    )
+    gateway_max_result_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="largest upstream tool result (JSON bytes) passed to an agent or stored; "
+        "a larger one is an error answer",
     )
     agent_timeout: float = Field(10.0, gt=0)
     agent_concurrency: int = Field(8, ge=1, le=1024)

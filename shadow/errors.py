@@ -11,6 +11,7 @@
     │   └── StoreInUseError    another process holds the DuckDB file (a running sidecar)
     ├── AgentError         an agent call failed (``retriable`` for transport errors)
     ├── UpstreamError      an upstream MCP server of the tool gateway failed or is away
+    ├── NotForwarded       a tool write the level no longer allows when it was to be sent
     └── ConfigError        settings or a source spec are wrong (the CLI exits 2)
 
 Third-party errors (DuckDB, YAML) are translated at the boundary of the module that meets
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "FieldError",
+    "NotForwarded",
     "PolicyError",
     "Reason",
     "ShadowError",
@@ -140,6 +142,11 @@ class AgentError(ShadowError):
 class UpstreamError(ShadowError):
     """An upstream MCP server of the tool gateway could not be reached, or answered a
     request with a protocol error (the SDK's and httpx2's errors are translated into it)."""
+
+
+class NotForwarded(ShadowError):
+    """A tool write refused at the last check before it would have been sent (a demotion or
+    a freeze while the gateway awaited something): nothing reached the upstream."""
 
 
 class ConfigError(ShadowError):

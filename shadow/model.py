@@ -33,6 +33,7 @@ from shadow.checks import (
     brief,
     json_problem,
     kind_of,
+    text_problem,
 )
 from shadow.errors import FieldError, Reason
 
@@ -234,6 +235,10 @@ def _parse_actions(c: Check, key: str) -> tuple[Action, ...]:
         if not isinstance(tool, str) or not tool:
             c.fail(f"{path}.tool", f"required; expected a non-empty string, got {kind_of(tool)}")
             continue
+        named = text_problem(tool, f"{path}.tool", ident=True)
+        if named:
+            c.fail(*named)
+            continue
         if not isinstance(args, dict):
             c.fail(f"{path}.args", f"expected a JSON object, got {kind_of(args)}")
             continue
@@ -335,6 +340,9 @@ class ShadowDecision:
     # agent's answer listed, when that differs.
     tool_calls: bool = False
     declared_actions: tuple[Action, ...] | None = None
+    # Whether the agent's answer had an ``actions`` key (absent: it declared none, which
+    # is not a claim that it would take none). Not stored: only the gateway reads it.
+    actions_declared: bool = field(default=True, compare=False)
 
     @classmethod
     def from_agent_response(
@@ -356,7 +364,16 @@ class ShadowDecision:
             usage = Usage(int(tokens_in or 0), int(tokens_out or 0), cost or 0.0)
             c.errors.extend(FieldError(f"usage.{e.path}".rstrip("."), e.message) for e in u.errors)
         c.done()
-        return cls(event_id, version, decision, actions, confidence, usage, latency_ms)
+        return cls(
+            event_id,
+            version,
+            decision,
+            actions,
+            confidence,
+            usage,
+            latency_ms,
+            actions_declared="actions" in c.obj,
+        )
 
     @classmethod
     def failed(

@@ -251,31 +251,34 @@ def _gateway_paths() -> dict[str, Any]:
         "404": _resp("no such approval", _ERR),
         "409": _resp("not pending, frozen, or the level no longer allows it", _ERR),
     }
-    return {
-        "/mcp/{token}": {
-            "parameters": [token],
-            "post": {
-                "summary": "MCP Streamable HTTP endpoint of one case's tools URL",
-                "requestBody": {"required": True, "content": _json(_RPC)},
-                "responses": {
-                    "200": _resp("JSON-RPC response", _RPC),
-                    "202": _resp("notification acknowledged (ignored)"),
-                    "400": _resp("invalid JSON-RPC message or envelope", _RPC),
-                    "404": _resp("unknown, expired or closed tools URL or session", _RPC),
-                    "413": _resp("body larger than 1 MiB", {"type": "object"}),
-                    "415": _resp("compressed body", _RPC),
-                    "503": _resp("too many open sessions", _RPC),
-                },
-            },
-            "get": {
-                "summary": "No server-to-client stream is offered",
-                "responses": {"405": _resp("use POST", _ERR)},
-            },
-            "delete": {
-                "summary": "End a handshake-era session (Mcp-Session-Id)",
-                "responses": {"200": _resp("ended"), "404": _resp("no such session", _RPC)},
+    tools_url: dict[str, Any] = {
+        "parameters": [token],
+        "post": {
+            "summary": "MCP Streamable HTTP endpoint of one case's tools URL",
+            "requestBody": {"required": True, "content": _json(_RPC)},
+            "responses": {
+                "200": _resp("JSON-RPC response", _RPC),
+                "202": _resp("notification acknowledged (ignored)"),
+                "400": _resp("invalid JSON-RPC message or envelope", _RPC),
+                "404": _resp("unknown, expired or closed tools URL or session", _RPC),
+                "413": _resp("body larger than 1 MiB", {"type": "object"}),
+                "415": _resp("compressed body", _RPC),
+                "503": _resp("too many open sessions", _RPC),
             },
         },
+        "get": {
+            "summary": "No server-to-client stream is offered",
+            "responses": {"405": _resp("use POST", _ERR)},
+        },
+        "delete": {
+            "summary": "End a handshake-era session (Mcp-Session-Id); 200 also when the "
+            "case has settled (its sessions ended with it)",
+            "responses": {"200": _resp("ended"), "404": _resp("no such session", _RPC)},
+        },
+    }
+    # The same endpoint with a trailing slash, and with /mcp appended (docs/gateway.md).
+    return {
+        **dict.fromkeys(("/mcp/{token}", "/mcp/{token}/", "/mcp/{token}/mcp"), tools_url),
         "/v1/sessions": {
             "post": {
                 "summary": "A live session's tools URL for one case",
@@ -451,6 +454,15 @@ def openapi_spec() -> dict[str, Any]:
                         "Who handles this item, and how (handled_by: only blind outcomes "
                         "are evidence; the blind audit sample from L1 up)"
                     ),
+                    "description": (
+                        "The answer is the sidecar's record of how the item is handled and is "
+                        "given only once that record is durable (503 otherwise); a route asked "
+                        "after the item's outcome arrived does not change how it counts. "
+                        "HEAD answers the same and records nothing. With the admin token or "
+                        "ingest tokens configured it needs 'Authorization: Bearer' with either "
+                        "(an ingest token also as X-Shadow-Ingest-Token); with none, it is open."
+                    ),
+                    "security": [{"admin": []}, {}],
                     "parameters": [
                         {
                             "name": "event_id",
@@ -460,9 +472,13 @@ def openapi_spec() -> dict[str, Any]:
                         }
                     ],
                     "responses": {
-                        "200": _resp("ok", _ref("Route")),
+                        "200": _resp("ok, and recorded", _ref("Route")),
                         "400": _resp("event_id missing, too long or with control characters", _ERR),
+                        "401": _resp(
+                            "tokens are configured and none was sent (or a wrong one)", _ERR
+                        ),
                         "404": not_found,
+                        "503": _resp("the record could not be stored: no route given", _ERR),
                     },
                 },
             },

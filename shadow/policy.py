@@ -38,7 +38,14 @@ from shadow.drift import DEFAULT_MARGIN, DEFAULT_THRESHOLD, Drift
 from shadow.errors import FieldError, PolicyError
 from shadow.mirror import MirrorRule, parse_rules
 from shadow.model import JSONObject, Level, content_hash
-from shadow.tools_policy import TaskTools, Upstream, parse_task_tools, parse_upstreams
+from shadow.tools_policy import (
+    TaskTools,
+    Upstream,
+    deep_copy,
+    parse_task_tools,
+    parse_upstreams,
+    remove_paths,
+)
 
 __all__ = [
     "REDACTED",
@@ -157,17 +164,9 @@ class TaskPolicy:
         them). ``payload`` itself is never changed."""
         if not self.redact:
             return payload
-        out: JSONObject = _deep_copy(payload)
+        out: JSONObject = deep_copy(payload)
         _remove_paths(out, self.redact)
         return out
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
 
 
 def _redact_record(record: Mapping[str, Any], paths: Sequence[str]) -> dict[str, Any]:
@@ -176,7 +175,7 @@ def _redact_record(record: Mapping[str, Any], paths: Sequence[str]) -> dict[str,
         return out
     payload = out["payload"]
     if isinstance(payload, dict | list):
-        payload = _deep_copy(payload)
+        payload = deep_copy(payload)
         _remove_paths(payload, paths)
         out["payload"] = payload
     else:
@@ -185,23 +184,8 @@ def _redact_record(record: Mapping[str, Any], paths: Sequence[str]) -> dict[str,
 
 
 def _remove_paths(payload: Any, paths: Sequence[str]) -> None:
-    """Remove each ``payload.``-rooted path from ``payload`` in place, through lists.
-
-    Iterative, so lists nested however deep in a record that was never validated (a dead
-    letter) cannot exhaust the stack."""
-    for path in paths:
-        parts = path.split(".")[1:]  # paths start with "payload."
-        last = len(parts) - 1
-        stack: list[tuple[Any, int]] = [(payload, 0)]
-        while stack:
-            node, depth = stack.pop()
-            if isinstance(node, list):
-                stack.extend((item, depth) for item in node)
-            elif isinstance(node, dict):
-                if depth == last:
-                    node.pop(parts[depth], None)
-                elif parts[depth] in node:
-                    stack.append((node[parts[depth]], depth + 1))
+    """Remove each ``payload.``-rooted path from ``payload`` in place, through lists."""
+    remove_paths(payload, [path.split(".")[1:] for path in paths])
 
 
 @dataclass(frozen=True, slots=True)

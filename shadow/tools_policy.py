@@ -6,14 +6,17 @@ The keys are a contract (docs/gateway.md, docs/policy.md)::
       backoffice:
         url: "http://127.0.0.1:9100/mcp"
         headers: {Authorization: "env:BACKOFFICE_TOKEN"}
+        trust_read_only_hint: false         # true: its readOnlyHint: true tools are reads
     task_types:
       refund_request:
         tools:
           allow: [get_order, issue_refund]  # names or globs; nothing else is listed or callable
-          read: [get_*]                     # optional; unlisted: readOnlyHint, else write
+          read: [get_*]                     # reads; everything else is a write (fail closed)
           write: [issue_refund]
           shadow_result:                    # what a captured write answers in shadow
             issue_refund: {status: recorded}
+          redact:                           # argument paths removed before anything is stored
+            send_email: [to, body]
 
 Pure values and matching rules, no I/O. Matching is deliberately asymmetric, so that a tool
 name that differs from a rule only in case or Unicode form can never become *less*
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import fnmatch
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,9 +41,12 @@ __all__ = [
     "TaskTools",
     "ToolClass",
     "Upstream",
+    "deep_copy",
     "fold",
     "parse_task_tools",
     "parse_upstreams",
+    "redact_args",
+    "remove_paths",
 ]
 
 ToolClass = Literal["read", "write"]
@@ -65,6 +71,9 @@ class Upstream:
     name: str
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Whether this upstream's ``readOnlyHint: true`` makes a tool the policy does not list a
+    # read. False (the default): such a tool is a write, whatever the upstream says.
+    trust_read_only_hint: bool = False
 
     def resolved_headers(self, environ: Mapping[str, str]) -> dict[str, str]:
         """The headers with ``env:NAME`` values read from ``environ``; KeyError names a
@@ -89,6 +98,9 @@ class TaskTools:
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
     shadow_result: Mapping[str, JSONObject] = field(default_factory=dict)
+    # Per tool (exposed name), the argument paths (dotted) removed before a call's arguments
+    # are stored anywhere (call rows, captured actions, approvals).
+    redact: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def allowed(self, name: str) -> bool:
         """Whether ``name`` (exactly as exposed to the agent) is on the allowlist."""
@@ -104,16 +116,51 @@ class TaskTools:
             return "read"
         return None
 
-    def classify(self, name: str, read_only_hint: bool | None) -> ToolClass:
-        """The policy's class for ``name``; for a tool it does not list, ``read`` only when
-        the upstream's current ``readOnlyHint`` is true."""
-        listed = self.listed_class(name)
-        if listed is not None:
-            return listed
-        return "read" if read_only_hint is True else "write"
+    def configured_result(self, name: str) -> JSONObject | None:
+        """The policy's shadow result for ``name``, if it names one."""
+        found = self.shadow_result.get(name)
+        return dict(found) if found is not None else None
 
-    def shadow_result_for(self, name: str) -> JSONObject:
-        return dict(self.shadow_result.get(name, DEFAULT_SHADOW_RESULT))
+    def redacted_paths(self, name: str) -> tuple[str, ...]:
+        return self.redact.get(name, ())
+
+
+def deep_copy(value: Any) -> Any:
+    """A copy of a JSON value (dicts and lists copied, scalars shared)."""
+    if isinstance(value, dict):
+        return {k: deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [deep_copy(v) for v in value]
+    return value
+
+
+def remove_paths(value: Any, paths: Sequence[Sequence[str]]) -> None:
+    """Remove each path (a sequence of keys) from ``value`` in place. A path applies to every
+    element of each list it crosses, at any depth. Iterative, so lists nested however deep
+    in a value that was never validated cannot exhaust the stack."""
+    for parts in paths:
+        last = len(parts) - 1
+        if last < 0:
+            continue
+        stack: list[tuple[Any, int]] = [(value, 0)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, list):
+                stack.extend((item, depth) for item in node)
+            elif isinstance(node, dict):
+                if depth == last:
+                    node.pop(parts[depth], None)
+                elif parts[depth] in node:
+                    stack.append((node[parts[depth]], depth + 1))
+
+
+def redact_args(args: JSONObject, paths: Sequence[str]) -> JSONObject:
+    """A copy of a tool call's ``args`` without the dotted ``paths`` (``args`` unchanged)."""
+    if not paths:
+        return args
+    out: JSONObject = deep_copy(args)
+    remove_paths(out, [p.split(".") for p in paths])
+    return out
 
 
 def _patterns(raw: object, path: str, fail: Fail) -> tuple[str, ...]:
@@ -148,7 +195,7 @@ def parse_task_tools(raw: object, path: str, fail: Fail) -> TaskTools | None:
     """``task_types.<name>.tools``; ``None`` when absent."""
     if raw is None:
         return None
-    m = _mapping(raw, path, {"allow", "read", "write", "shadow_result"}, fail)
+    m = _mapping(raw, path, {"allow", "read", "write", "shadow_result", "redact"}, fail)
     allow = _patterns(m.get("allow"), f"{path}.allow", fail)
     if not allow:
         fail(f"{path}.allow", "required; list the tools this task type may use")
@@ -169,7 +216,22 @@ def parse_task_tools(raw: object, path: str, fail: Fail) -> TaskTools | None:
             fail(f"{path}.shadow_result.{tool}", "expected a mapping (the structured content)")
         else:
             results[name] = body
-    return TaskTools(allow, read, write, results)
+    redact: dict[str, tuple[str, ...]] = {}
+    for tool, paths in _mapping(m.get("redact"), f"{path}.redact", None, fail).items():
+        name = str(tool)
+        where = f"{path}.redact.{tool}"
+        if allow and not (rules.allowed(name) or rules.allowed(name.partition(".")[2])):
+            fail(where, "not on this task type's allowlist (allow); fix the name or remove it")
+            continue
+        if not isinstance(paths, list) or not paths:
+            fail(where, "expected a non-empty list of argument paths, e.g. [to, customer.email]")
+            continue
+        good = [p for p in paths if isinstance(p, str) and p and "" not in p.split(".")]
+        if len(good) != len(paths):
+            fail(where, "each path is a dotted argument name, e.g. customer.email")
+            continue
+        redact[name] = tuple(good)
+    return TaskTools(allow, read, write, results, redact)
 
 
 def parse_upstreams(raw: object, fail: Fail) -> dict[str, Upstream]:
@@ -180,7 +242,7 @@ def parse_upstreams(raw: object, fail: Fail) -> dict[str, Upstream]:
         if not isinstance(name, str) or not name or not set(name) <= _UPSTREAM_NAME_CHARS:
             fail(path, "upstream names use lower-case letters, digits, '_' and '-'")
             continue
-        m = _mapping(body, path, {"url", "headers"}, fail)
+        m = _mapping(body, path, {"url", "headers", "trust_read_only_hint"}, fail)
         url = m.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             fail(
@@ -194,5 +256,9 @@ def parse_upstreams(raw: object, fail: Fail) -> dict[str, Upstream]:
                 fail(f"{path}.headers.{key}", "expected a string, or env:VARIABLE")
             else:
                 headers[str(key)] = value
-        out[name] = Upstream(name, url, headers)
+        trust = m.get("trust_read_only_hint", False)
+        if not isinstance(trust, bool):
+            fail(f"{path}.trust_read_only_hint", f"expected true or false, got {trust!r}")
+            trust = False
+        out[name] = Upstream(name, url, headers, trust)
     return out

@@ -25,16 +25,15 @@ from collections.abc import Mapping
 from shadow.config import Settings
 from shadow.errors import ConfigError
 from shadow.gateway.approvals import Approvals, Settled
-from shadow.gateway.capability import Capabilities, Grant
-from shadow.gateway.core import CallRefused, Gateway, ToolEntry
-from shadow.gateway.mcp import GATEWAY, SESSIONS, McpSessions
+from shadow.gateway.capability import Capabilities, Grant, McpSessions
+from shadow.gateway.core import CallRefused, Gateway, ToolEntry, describe_gateway
+from shadow.gateway.mcp import GATEWAY
 from shadow.gateway.rules import Decision, decide
 from shadow.gateway.upstream import UpstreamClient
 from shadow.policy import Policy
 
 __all__ = [
     "GATEWAY",
-    "SESSIONS",
     "Approvals",
     "CallRefused",
     "Capabilities",
@@ -47,6 +46,7 @@ __all__ = [
     "UpstreamClient",
     "build_gateway",
     "decide",
+    "describe_gateway",
 ]
 
 

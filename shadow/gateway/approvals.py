@@ -13,7 +13,17 @@ agent's call then waits up to ``wait`` seconds for a decision:
   approval: ``GET /v1/approvals/{id}``); nobody deciding by then expires it (fails closed).
 
 A freeze refuses every pending approval at once; approving is refused while frozen or when
-the task type's level no longer allows writes that wait for approval (below L2).
+the task type's level no longer allows writes that wait for approval (below L2), and that is
+checked again right before the write is sent (after the approval is claimed): a freeze or a
+demotion meanwhile ends it ``refused``, with nothing sent.
+
+A held write is exactly one tool and its arguments, named by their digest (sha256 over the
+canonical JSON, before redaction): the approval shows the digest, forwarding checks it, and an
+identical call of the same case (same digest and repeat key) attaches to the pending approval
+instead of holding a second one (:meth:`Approvals.find`, :meth:`Approvals.attach`). Arguments
+the policy redacts are stored without those fields; the full ones are kept in memory only, so
+an approval whose arguments were redacted cannot be forwarded after a restart (it fails
+closed, and the agent asks again).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from shadow.errors import AutonomyError, UpstreamError
+from shadow.errors import AutonomyError, NotForwarded, UpstreamError
 from shadow.model import AuditEntry, Level
 from shadow.store import ApprovalRow, Store
 
@@ -47,8 +57,9 @@ class LadderView(Protocol):
     def route(self, task_type: str, event_id: str) -> dict[str, Any]: ...
 
 
-Forwarder = Callable[[ApprovalRow], Awaitable[dict[str, Any]]]
-"""Sends an approved write to its upstream and returns the result (raises UpstreamError)."""
+Forwarder = Callable[[ApprovalRow, dict[str, Any]], Awaitable[dict[str, Any]]]
+"""Sends an approved write (its row and its full arguments) to its upstream and returns the
+result; raises UpstreamError, or NotForwarded when the last check refuses it."""
 
 Observer = Callable[[ApprovalRow, str, float], None]
 """Told each settled approval: (row, outcome, seconds it waited) — call rows and metrics."""
@@ -88,8 +99,11 @@ class Approvals:
         self.timeout = timeout
         self._policy_hash = policy_hash
         self._observe = observe
+        # One future per open approval, shared by every call waiting on it (the first and
+        # its identical retries); set when it settles.
         self._waiters: dict[str, asyncio.Future[Settled]] = {}
         self._pending: dict[str, ApprovalRow] = {}  # the open approvals, by id
+        self._args: dict[str, dict[str, Any]] = {}  # full arguments of redacted holds, by id
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -117,6 +131,7 @@ class Approvals:
         for fut in self._waiters.values():
             fut.cancel()
         self._waiters.clear()
+        self._args.clear()
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -144,8 +159,11 @@ class Approvals:
         upstream: str,
         upstream_tool: str,
         args: dict[str, Any],
-    ) -> Settled:
-        """Store the held write, then wait (bounded) for its decision."""
+        stored_args: dict[str, Any],
+        digest: str,
+        repeat: str | None,
+    ) -> str:
+        """Store the held write (``stored_args``: redacted); its approval id."""
         now = self._clock()
         row = ApprovalRow(
             id="a-" + secrets.token_hex(8),
@@ -157,18 +175,39 @@ class Approvals:
             tool=tool,
             upstream=upstream,
             upstream_tool=upstream_tool,
-            args=args,
+            args=stored_args,
+            digest=digest,
+            repeat_key=repeat,
         )
         await self._store.put_approval(row)
         self._pending[row.id] = row
-        fut: asyncio.Future[Settled] = asyncio.get_running_loop().create_future()
-        self._waiters[row.id] = fut
+        if stored_args != args:
+            self._args[row.id] = args
+        return row.id
+
+    def find(self, event_id: str, digest: str, repeat: str | None) -> str | None:
+        """The pending approval of this exact write of this case, if there is one."""
+        for row in self._pending.values():
+            if row.event_id == event_id and row.digest == digest and row.repeat_key == repeat:
+                return row.id
+        return None
+
+    async def attach(self, approval_id: str) -> Settled:
+        """Wait (up to ``wait`` seconds) for the approval's decision; how it ended, or
+        ``pending``. A settled approval answers at once from the store."""
+        row = self._pending.get(approval_id)
+        if row is None:
+            stored = await self._store.approval(approval_id)
+            if stored is None:
+                return Settled("refused", _gone(approval_id), error="the approval is gone")
+            return _settled_from(stored)
+        fut = self._waiters.get(approval_id)
+        if fut is None:
+            fut = self._waiters[approval_id] = asyncio.get_running_loop().create_future()
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout=self.wait)
         except TimeoutError:
             return Settled("pending", row)
-        finally:
-            self._waiters.pop(row.id, None)
 
     def _audit(self, row: ApprovalRow, action: str, actor: str, reason: str) -> AuditEntry:
         return AuditEntry(
@@ -185,15 +224,17 @@ class Approvals:
                 "tool": row.tool,
                 "upstream": row.upstream,
                 "held_at": row.level,
+                "args_digest": row.digest,
             },
             policy_hash=self._policy_hash(row.task_type),
         )
 
     def _settle(self, settled: Settled) -> None:
         self._pending.pop(settled.row.id, None)
+        self._args.pop(settled.row.id, None)
         waited = (self._clock() - settled.row.created_at).total_seconds()
         self._observe(settled.row, settled.outcome, waited)
-        fut = self._waiters.get(settled.row.id)
+        fut = self._waiters.pop(settled.row.id, None)
         if fut is not None and not fut.done():
             fut.set_result(settled)
 
@@ -206,6 +247,7 @@ class Approvals:
         )
         if done is None:
             self._pending.pop(row.id, None)
+            self._args.pop(row.id, None)
             return None
         settled = Settled(outcome, done, error=f"{outcome} by {actor}: {reason}")
         self._settle(settled)
@@ -246,8 +288,15 @@ class Approvals:
             self._pending.pop(row.id, None)
             raise AutonomyError(f"approval {approval_id} was decided meanwhile")
         self._pending.pop(row.id, None)
+        args = self._args.pop(row.id, None)
         try:
-            result = await self._forward(claimed)
+            result = await self._forward(claimed, args if args is not None else dict(row.args))
+        except NotForwarded as exc:
+            await self._store.finish_approval(row.id, status="refused", error=str(exc))
+            settled = Settled("refused", replace(claimed, status="refused", error=str(exc)))
+            settled = replace(settled, error=str(exc))
+            self._settle(settled)
+            raise AutonomyError(str(exc)) from None
         except UpstreamError as exc:
             await self._store.finish_approval(row.id, status="failed", error=str(exc))
             settled = Settled(
@@ -275,3 +324,17 @@ class Approvals:
             if await self._close(row, "refused", actor, reason, "refused") is not None:
                 n += 1
         return n
+
+
+def _gone(approval_id: str) -> ApprovalRow:
+    epoch = datetime.fromtimestamp(0).astimezone()
+    return ApprovalRow(approval_id, epoch, epoch, "", "", "", "", "", "", {}, status="refused")
+
+
+def _settled_from(row: ApprovalRow) -> Settled:
+    """How a stored, settled approval ended, as a held call's answer."""
+    if row.status == "forwarded":
+        return Settled("approved", row, result=row.result)
+    if row.status in ("failed", "forwarding"):
+        return Settled("approved", row, error=row.error or "the write's outcome is unknown")
+    return Settled(row.status, row, error=f"{row.status} by {row.decided_by}: {row.reason}")

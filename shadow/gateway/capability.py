@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
@@ -25,10 +26,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Capabilities", "Grant"]
+__all__ = ["Capabilities", "Grant", "McpSessions", "redacted"]
 
 _PREFIX = "v1."
 MAX_TOKEN_CHARS = 4096
+MAX_SESSIONS = 100_000  # handshake sessions in all
+SESSIONS_PER_CAPABILITY = 16  # one case's agent retrying or reconnecting needs a few
+
+
+def redacted(token: str) -> str:
+    """A capability as it may be written to a log: enough to tell two apart, useless to
+    replay (the first characters of its MAC)."""
+    body, _, mac = token.rpartition(".")
+    if not body.startswith(_PREFIX) or not mac:
+        return "<not a capability>"
+    return f"v1.…{mac[:6]}"
 
 
 def _b64(data: bytes) -> str:
@@ -72,6 +84,13 @@ class Capabilities:
         body = _PREFIX + _b64(json.dumps(payload, separators=(",", ":")).encode())
         return f"{body}.{self._mac(body)}", grant
 
+    def authentic(self, token: str) -> bool:
+        """Whether this sidecar issued ``token`` (expired or revoked ones included)."""
+        if len(token) > MAX_TOKEN_CHARS or not token.startswith(_PREFIX) or token.count(".") != 2:
+            return False
+        body, _, mac = token.rpartition(".")
+        return hmac.compare_digest(mac.encode(), self._mac(body).encode())
+
     def check(self, token: str) -> tuple[Grant | None, str]:
         """The grant of a valid capability, or ``(None, why)``."""
         if len(token) > MAX_TOKEN_CHARS or not token.startswith(_PREFIX) or token.count(".") != 2:
@@ -98,3 +117,63 @@ class Capabilities:
         if len(self._revoked) > 1024:
             self._revoked = {n: x for n, x in self._revoked.items() if x > now}
         self._revoked[grant.nonce] = grant.expires_at
+
+
+class McpSessions:
+    """Handshake-era MCP sessions: id -> (capability nonce, protocol version, expiry). At most
+    :data:`SESSIONS_PER_CAPABILITY` per capability (the oldest is dropped for a new one),
+    :data:`MAX_SESSIONS` in all; a capability's sessions end with its case
+    (:meth:`drop`)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._by_id: dict[str, tuple[str, str, float]] = {}
+        self._by_nonce: dict[str, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def open(self, grant: Grant, version: str) -> str | None:
+        now = self._clock()
+        if len(self._by_id) >= MAX_SESSIONS:
+            self.drop_expired(now)
+            if len(self._by_id) >= MAX_SESSIONS:
+                return None
+        mine = self._by_nonce.setdefault(grant.nonce, [])
+        while len(mine) >= SESSIONS_PER_CAPABILITY:
+            self._by_id.pop(mine.pop(0), None)
+        sid = secrets.token_urlsafe(24)
+        self._by_id[sid] = (grant.nonce, version, grant.expires_at)
+        mine.append(sid)
+        return sid
+
+    def get(self, sid: str, grant: Grant) -> str | None:
+        """The session's protocol version, if ``sid`` is a live session of this grant."""
+        found = self._by_id.get(sid)
+        if found is None or found[0] != grant.nonce or found[2] <= self._clock():
+            return None
+        return found[1]
+
+    def close(self, sid: str, grant: Grant) -> bool:
+        if self.get(sid, grant) is None:
+            return False
+        del self._by_id[sid]
+        mine = self._by_nonce.get(grant.nonce)
+        if mine is not None and sid in mine:
+            mine.remove(sid)
+        return True
+
+    def drop(self, nonce: str) -> None:
+        """End every session of one capability (its case settled)."""
+        for sid in self._by_nonce.pop(nonce, ()):
+            self._by_id.pop(sid, None)
+
+    def drop_expired(self, now: float) -> None:
+        for sid in [k for k, v in self._by_id.items() if v[2] <= now]:
+            nonce = self._by_id.pop(sid)[0]
+            mine = self._by_nonce.get(nonce)
+            if mine is not None:
+                with contextlib.suppress(ValueError):
+                    mine.remove(sid)
+                if not mine:
+                    del self._by_nonce[nonce]

@@ -1,23 +1,29 @@
 """The gateway's decisions: which tools a case sees, and what happens to each call.
 
-- **Catalog.** ``tools/list`` asks every upstream for its tools now and keeps those the
-  task type's allowlist admits, under their own names, prefixed ``<server>.`` only where two
-  upstreams share a name. A call must name a listed tool *exactly* (no case folding, no
-  Unicode normalisation): anything else is refused and audited, never forwarded; what is
-  forwarded is the upstream's own name from the catalog, never the agent's string.
-- **Class.** The policy's ``write``/``read`` lists decide; a tool they do not list is a read
-  only if the upstream's tool list marks it ``readOnlyHint: true``, in a listing taken at
-  most ``class_ttl`` seconds before the call (one listing per upstream at a time, shared by
-  the calls waiting for it; ``0`` lists at every call). A tool once seen as a write, at a
-  call or in any listing, stays one for the life of the process, whatever the upstream says
-  later (an upstream cannot turn a write into a read by re-labelling it).
-- **Enforcement.** :func:`shadow.gateway.rules.decide` on the ladder's level, freeze flag
-  and audit sample *at the call* (so a level change applies to the next call).
-- **Shadow capture.** A shadow session's writes are answered with the policy's shadow
-  result and kept, in call order, as the case's actions (:meth:`Gateway.settle`).
-- **Records.** Every call is a ``tool_calls`` row (written in batches every
-  ``flush_every`` seconds; held writes are durable approvals before the agent hears of
-  them) and counted in ``shadow_tool_calls_total``.
+- **Catalog.** ``tools/list`` lists the tools of every upstream (one listing shared by every
+  session, reused for ``class_ttl`` seconds) and keeps those the task type's allowlist admits,
+  under their own names, prefixed ``<server>.`` only where two upstreams share a name. A call
+  must name a listed tool *exactly* (no case folding, no Unicode normalisation): anything
+  else is refused, recorded and audited, never forwarded; what is forwarded is the
+  upstream's own name from the catalog, never the agent's string.
+- **Class (fails closed).** A tool is a read only when the policy lists it under ``read:``
+  (and not under ``write:``), or when its upstream is marked ``trust_read_only_hint: true``
+  and marks it ``readOnlyHint: true`` in a listing at most ``class_ttl`` seconds old. Every
+  other tool is a write. A tool once seen as a write stays one for the life of the process.
+- **Enforcement.** :func:`shadow.gateway.rules.decide` on the ladder's level, freeze flag and
+  audit sample read *after* every await that precedes the decision, and read again right
+  before a write is sent (after the upstream connection is ready, and after an approval is
+  claimed): a demotion or a freeze while a call waits refuses it (:class:`NotForwarded`).
+  The call's row records the level in force when it was decided.
+- **One write per write.** Within one tools URL, a write identical to one already captured,
+  held or forwarded (same tool, same canonical arguments, same ``_meta`` repeat key) attaches
+  to it: it answers what the first answers and is never captured, held or sent twice.
+- **Shadow capture.** A shadow session's writes are answered with a result valid against
+  the tool's ``outputSchema`` (the policy's ``shadow_result``, checked against the schema, or
+  one synthesised from it) and kept, in call order, as the case's actions (:meth:`settle`).
+- **Records.** Every call is a ``tool_calls`` row with its arguments redacted per the
+  policy (written in batches every ``flush_every`` seconds; held writes are durable
+  approvals before the agent hears of them) and counted in ``shadow_tool_calls_total``.
 """
 
 from __future__ import annotations
@@ -33,24 +39,29 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+from shadow import fastjson
 from shadow.config import Settings
-from shadow.errors import UpstreamError
-from shadow.gateway.approvals import Approvals, LadderView
-from shadow.gateway.capability import Capabilities, Grant
-from shadow.gateway.rules import decide
+from shadow.errors import NotForwarded, UpstreamError
+from shadow.gateway.approvals import Approvals, LadderView, Settled
+from shadow.gateway.capability import Capabilities, Grant, McpSessions
+from shadow.gateway.results import ShadowResultError, call_result, schema_problem, shadow_result
+from shadow.gateway.rules import Decision, decide, write_digest
 from shadow.gateway.upstream import UpstreamClient
 from shadow.metrics import Metrics
-from shadow.model import Action, Level, ShadowDecision, WorkEvent
+from shadow.model import Action, AuditEntry, Level, ShadowDecision, WorkEvent
 from shadow.policy import Policy
 from shadow.store import ApprovalRow, Store, ToolCallRow
-from shadow.tools_policy import TaskTools, ToolClass
+from shadow.tools_policy import DEFAULT_SHADOW_RESULT, TaskTools, ToolClass, redact_args
 
-__all__ = ["CallRefused", "Gateway", "ToolEntry"]
+__all__ = ["CallRefused", "Gateway", "ToolEntry", "describe_gateway"]
 
 log = logging.getLogger("shadow.gateway")
 
 REFUSED = -32001  # the JSON-RPC error code of a call the gateway refuses
+INTERNAL = -32603
 OTHER = "other"
+# Off-allowlist refusals audited per session (a hostile agent cannot flood the audit log).
+_AUDITS_PER_SESSION = 20
 
 
 class CallRefused(Exception):
@@ -74,11 +85,27 @@ class ToolEntry:
         return hint if isinstance(hint, bool) else None
 
 
-@dataclass
-class _ShadowCase:
+Answer = tuple[str, Any]
+"""What a write ended as, shared by its identical retries: ``("result", result)``,
+``("error", (code, message))``, or ``("approval", approval_id)`` for a held write."""
+
+
+@dataclass(eq=False)
+class _Write:
+    answer: asyncio.Future[Answer]
+    approval_id: str | None = None
+
+
+@dataclass(eq=False)
+class _Session:
+    """One tools URL's state: its distinct writes (by digest and repeat key) and, for a
+    shadow session, the writes captured in call order."""
+
     grant: Grant
     writes: list[Action] = field(default_factory=list)
+    seen: dict[tuple[str, str | None], _Write] = field(default_factory=dict)
     called: bool = False
+    audited: int = 0
 
 
 def _catalog(lists: Mapping[str, list[dict[str, Any]]], rules: TaskTools) -> dict[str, ToolEntry]:
@@ -97,6 +124,23 @@ def _catalog(lists: Mapping[str, list[dict[str, Any]]], rules: TaskTools) -> dic
                 continue
             out[exposed] = ToolEntry(exposed, server, name, {**tool, "name": exposed})
     return out
+
+
+def describe_gateway(policy: Policy) -> list[str]:
+    """Start-up lines: which tools each task type's gateway treats as reads, and why."""
+    lines = []
+    for name, upstream in policy.upstreams.items():
+        trust = (
+            "its readOnlyHint: true tools are reads (trust_read_only_hint: true)"
+            if upstream.trust_read_only_hint
+            else "its tools are reads only where a policy lists them under read:"
+        )
+        lines.append(f"gateway: upstream {name}: {trust}")
+    for task_type, task in policy.task_types.items():
+        if task.tools is not None:
+            reads = ", ".join(task.tools.read) or "none"
+            lines.append(f"gateway: {task_type}: reads by policy: {reads}; all other tools write")
+    return lines
 
 
 class Gateway:
@@ -118,6 +162,7 @@ class Gateway:
         approval_timeout: float,
         flush_every: float = 0.2,
         class_ttl: float = 1.0,
+        max_result_bytes: int = 4 * 1024 * 1024,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
@@ -126,24 +171,33 @@ class Gateway:
         self.metrics = metrics
         self.upstreams = dict(upstreams)
         self.capabilities = capabilities
+        self.mcp_sessions = McpSessions()
         self.clock = clock
         self.base_url = base_url.rstrip("/")
         self.session_ttl = session_ttl
+        self.max_result_bytes = max_result_bytes
         self._flush_every = flush_every
         self._rows: list[ToolCallRow] = []
+        self._audits: list[AuditEntry] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._cases: dict[str, _ShadowCase] = {}  # by event id: the open shadow sessions
+        self._sessions: dict[str, _Session] = {}  # by capability nonce: sessions with calls
+        self._cases: dict[str, _Session] = {}  # by event id: the open shadow sessions
         self._writes_seen: set[tuple[str, str]] = set()  # (upstream, name) ever seen as write
         self._class_ttl = class_ttl
         self._monotonic = monotonic
-        # Per upstream: (when listed, monotonic; the tools it marked readOnlyHint: true).
+        # Per upstream (trusted hints only): (when listed, the tools marked readOnlyHint).
         self._read_hints: dict[str, tuple[float, frozenset[str]]] = {}
         # Per upstream: the listing in flight for classes, and when it started.
         self._listing: dict[str, tuple[float, asyncio.Future[Any]]] = {}
+        # Every upstream's tools: the last full listing (when it started) and the one in flight.
+        self._listed: tuple[float, dict[str, list[dict[str, Any]]]] | None = None
         self._listing_all: asyncio.Future[dict[str, list[dict[str, Any]]]] | None = None
-        # Per task type, the catalog of the last listing (routing only; classes are not
-        # cached): refreshed by tools/list and by a call naming a tool it does not hold.
+        # Per task type, the catalog of the last listing (routing only; refreshed by a call
+        # naming a tool it does not hold).
         self._catalogs: dict[str, dict[str, ToolEntry]] = {}
+        # (task type, tool, schema) -> the problem of the policy's shadow_result, or None.
+        self._result_checks: dict[tuple[str, str, str], str | None] = {}
+        self._plain_checks: dict[str, bool] = {}
         self.approvals = Approvals(
             store,
             ladder,
@@ -182,6 +236,7 @@ class Gateway:
             approval_wait=settings.gateway_approval_wait,
             approval_timeout=settings.gateway_approval_timeout,
             class_ttl=settings.gateway_class_ttl,
+            max_result_bytes=settings.gateway_max_result_bytes,
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -202,6 +257,8 @@ class Gateway:
             log.warning("gateway: freeze refused %d held writes", refused)
 
     async def start(self) -> None:
+        for line in describe_gateway(self.policy):
+            log.info("%s", line)
         for client in self.upstreams.values():
             client.start()
         await self.approvals.start()
@@ -226,19 +283,32 @@ class Gateway:
         while True:
             await asyncio.sleep(self._flush_every)
             self._pending_gauge()  # the oldest approval's age grows while nothing happens
+            self._drop_expired()
             try:
                 await self.flush()
             except Exception:
                 log.exception("gateway: writing tool call rows failed; retrying")
 
     async def flush(self) -> None:
-        """Write the call rows recorded so far."""
+        """Write the call rows (and audit entries) recorded so far."""
+        audits, self._audits = self._audits, []
+        try:
+            await self.store.put_gateway_audits(audits)
+        except BaseException:
+            self._audits[:0] = audits
+            raise
         rows, self._rows = self._rows, []
         try:
             await self.store.put_tool_calls(rows)
         except BaseException:
             self._rows[:0] = rows
             raise
+
+    def _drop_expired(self) -> None:
+        now = time.time()
+        for nonce in [n for n, s in self._sessions.items() if s.grant.expires_at <= now]:
+            self._sessions.pop(nonce, None)
+        self.mcp_sessions.drop_expired(now)
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -255,8 +325,10 @@ class Gateway:
         if shadow:
             old = self._cases.pop(event_id, None)
             if old is not None:
-                self.capabilities.revoke(old.grant)
-            self._cases[event_id] = _ShadowCase(grant)
+                self._end(old)
+            session = _Session(grant)
+            self._cases[event_id] = session
+            self._sessions[grant.nonce] = session
         return {
             "tools_url": f"{self.base_url}/mcp/{token}",
             "level": str(self.ladder.level(task_type)),
@@ -270,18 +342,26 @@ class Gateway:
             return None
         return str(self.open_session(event.task_type, event.event_id, shadow=True)["tools_url"])
 
+    def _end(self, session: _Session) -> None:
+        self.capabilities.revoke(session.grant)
+        self._sessions.pop(session.grant.nonce, None)
+        self.mcp_sessions.drop(session.grant.nonce)
+
     def settle(self, event: WorkEvent, decision: ShadowDecision) -> ShadowDecision:
-        """Close the case's shadow session. When its agent called a tool through it, the
-        writes captured are the decision's actions; the actions its answer listed are kept
-        as ``declared_actions`` when they differ (the comparison reports it)."""
+        """Close the case's shadow session (and its MCP sessions). When its agent called a
+        tool through it, the writes captured are the decision's actions; the actions its
+        answer listed, when it listed any, are kept as ``declared_actions`` when they
+        differ (the comparison reports it)."""
         case = self._cases.pop(event.event_id, None)
         if case is None:
             return decision
-        self.capabilities.revoke(case.grant)
+        self._end(case)
         if not case.called or decision.error is not None:
             return decision
         captured = tuple(case.writes)
-        declared = decision.actions if decision.actions != captured else None
+        declared = None
+        if decision.actions_declared and decision.actions != captured:
+            declared = decision.actions
         return replace(decision, actions=captured, declared_actions=declared, tool_calls=True)
 
     def check(self, token: str) -> tuple[Grant | None, str]:
@@ -292,10 +372,22 @@ class Gateway:
                 return None, "the session is closed (its case was answered)"
         return grant, why
 
+    def _session(self, grant: Grant) -> _Session | None:
+        """The state of ``grant``'s tools URL; ``None`` for a shadow session that is no
+        longer its case's open one (an earlier attempt's, or one that settled)."""
+        if grant.shadow:
+            case = self._cases.get(grant.event_id)
+            return case if case is not None and case.grant.nonce == grant.nonce else None
+        session = self._sessions.get(grant.nonce)
+        if session is None:
+            session = self._sessions[grant.nonce] = _Session(grant)
+        return session
+
     # -- tools ----------------------------------------------------------------------------
 
     async def _lists(self, only: str | None = None) -> dict[str, list[dict[str, Any]]]:
         names = [only] if only is not None else list(self.upstreams)
+        started = self._monotonic()
 
         async def one(name: str) -> list[dict[str, Any]]:
             listed_at = self._monotonic()
@@ -307,30 +399,44 @@ class Gateway:
             self._learn(name, tools, listed_at)
             return tools
 
-        got = await asyncio.gather(*(one(n) for n in names))
-        return dict(zip(names, got, strict=True))
+        got = dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
+        if only is None and (self._listed is None or self._listed[0] <= started):
+            self._listed = (started, got)
+        return got
+
+    async def _listings(self, max_age: float) -> dict[str, list[dict[str, Any]]]:
+        """Every upstream's tools, listed at most ``max_age`` seconds ago (one listing at a
+        time, shared by every session waiting for it)."""
+        held = self._listed
+        if held is not None and self._monotonic() - held[0] <= max_age:
+            return held[1]
+        if self._listing_all is None:
+            self._listing_all = asyncio.ensure_future(self._lists())
+            self._listing_all.add_done_callback(self._listed_all)
+        return await asyncio.shield(self._listing_all)
+
+    def _listed_all(self, listing: asyncio.Future[Any]) -> None:
+        if self._listing_all is listing:
+            self._listing_all = None
 
     async def list_tools(self, grant: Grant) -> list[dict[str, Any]]:
         rules = self.rules(grant.task_type)
         if rules is None:
             return []
-        entries = _catalog(await self._lists(), rules)
+        entries = _catalog(await self._listings(self._class_ttl), rules)
         self._catalogs[grant.task_type] = entries
+        for entry in entries.values():
+            problem = self._result_problem(grant.task_type, rules, entry)
+            if problem is not None:
+                log.error("gateway: %s", problem)
         return [dict(e.tool) for e in entries.values()]
 
     async def _entry(self, task_type: str, rules: TaskTools, name: str) -> ToolEntry | None:
         entries = self._catalogs.get(task_type)
         if entries is None or name not in entries:
-            if self._listing_all is None:  # one listing at a time, shared by waiting calls
-                self._listing_all = asyncio.ensure_future(self._lists())
-                self._listing_all.add_done_callback(self._listed_all)
-            entries = _catalog(await asyncio.shield(self._listing_all), rules)
+            entries = _catalog(await self._listings(0.0), rules)
             self._catalogs[task_type] = entries
         return entries.get(name)
-
-    def _listed_all(self, listing: asyncio.Future[Any]) -> None:
-        if self._listing_all is listing:
-            self._listing_all = None
 
     def _learn(self, upstream: str, tools: list[dict[str, Any]], listed_at: float) -> None:
         """Keep a listing's read hints; every tool it does not mark read-only is a write
@@ -371,6 +477,9 @@ class Gateway:
             listed = rules.listed_class(entry.name)
         if listed is not None:
             return listed
+        upstream = self.policy.upstreams.get(entry.upstream)
+        if upstream is None or not upstream.trust_read_only_hint:
+            return "write"  # fails closed: an upstream's own word is not enough
         if (entry.upstream, entry.name) in self._writes_seen:
             return "write"
         reads = await self._reads_of(entry.upstream)
@@ -379,22 +488,86 @@ class Gateway:
         self._writes_seen.add((entry.upstream, entry.name))
         return "write"
 
-    async def call_tool(self, grant: Grant, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        """The result of one tools/call; CallRefused for an error answer."""
+    def _verdict(self, grant: Grant, cls: ToolClass) -> tuple[Level, Decision]:
+        """The ladder's answer *now*: level, freeze flag and audit sample read at once."""
+        task_type = grant.task_type
+        level = self.ladder.level(task_type)
+        audit = bool(
+            not grant.shadow
+            and cls == "write"
+            and level >= Level.L3
+            and self.ladder.route(task_type, grant.event_id)["audit"]
+        )
+        verdict = decide(
+            task_type=task_type,
+            tool_class=cls,
+            shadow=grant.shadow,
+            level=level,
+            frozen=self.ladder.frozen,
+            audit=audit,
+        )
+        return level, verdict
+
+    def _result_problem(self, task_type: str, rules: TaskTools, entry: ToolEntry) -> str | None:
+        """Why the policy's shadow result for ``entry`` breaks its ``outputSchema`` (None
+        when it does not, or when either is absent)."""
+        configured = rules.configured_result(entry.exposed)
+        schema = entry.tool.get("outputSchema")
+        if configured is None or not isinstance(schema, dict):
+            return None
+        key = (task_type, entry.exposed, fastjson.dumps(schema))
+        if key not in self._result_checks:
+            found = schema_problem(configured, schema)
+            self._result_checks[key] = (
+                None
+                if found is None
+                else f"task_types.{task_type}.tools.shadow_result.{entry.exposed} does not "
+                f"satisfy the tool's outputSchema: {found}"
+            )
+        return self._result_checks[key]
+
+    def _captured_result(self, task_type: str, rules: TaskTools, entry: ToolEntry) -> Answer:
+        problem = self._result_problem(task_type, rules, entry)
+        if problem is not None:
+            return "error", (INTERNAL, problem)
+        schema = entry.tool.get("outputSchema")
+        configured = rules.configured_result(entry.exposed)
+        if configured is None and isinstance(schema, dict) and self._plain_ok(schema):
+            configured = dict(DEFAULT_SHADOW_RESULT)  # an untyped result: say what happened
+        try:
+            structured = shadow_result(schema if isinstance(schema, dict) else None, configured)
+            return "result", call_result(structured, tool=entry.exposed)
+        except ShadowResultError as exc:
+            why = f"no shadow result satisfies {entry.exposed}'s outputSchema: {exc}"
+            log.error("gateway: %s; set task_types.%s.tools.shadow_result", why, task_type)
+            return "error", (INTERNAL, why)
+
+    def _plain_ok(self, schema: dict[str, Any]) -> bool:
+        """Whether the plain ``{"status": "recorded", "shadow": true}`` satisfies ``schema``
+        (an untyped ``dict`` result does; a typed one gets a synthesised value)."""
+        key = fastjson.dumps(schema)
+        found = self._plain_checks.get(key)
+        if found is None:
+            found = self._plain_checks[key] = schema_problem(DEFAULT_SHADOW_RESULT, schema) is None
+        return found
+
+    async def call_tool(
+        self, grant: Grant, name: str, args: dict[str, Any], *, repeat: str | None = None
+    ) -> dict[str, Any]:
+        """The result of one tools/call; CallRefused for an error answer. ``repeat`` is the
+        client's repeat key (``_meta["io.shadow/repeat"]``): identical writes with distinct
+        keys are distinct writes."""
         start = time.perf_counter()
         task_type = grant.task_type
         rules = self.rules(task_type)
-        level = self.ladder.level(task_type)
-        case = self._cases.get(grant.event_id) if grant.shadow else None
-        if case is not None and case.grant.nonce != grant.nonce:
-            case = None  # a replaced session (an earlier attempt's): it adds nothing to the case
-        if case is not None:
-            case.called = True
-        row = {
+        session = self._session(grant)
+        if session is not None:
+            session.called = True
+        row: dict[str, Any] = {
             "task_type": task_type,
             "event_id": grant.event_id,
             "shadow": grant.shadow,
-            "level": str(level),
+            "level": str(self.ladder.level(task_type)),
             "tool": name[:200],
             "args": args,
         }
@@ -412,67 +585,143 @@ class Gateway:
         if rules is None or entry is None:
             why = f"tool {name!r} is not on {task_type}'s allowlist: refused"
             record("refused", None, None, why)
+            self._audit_refusal(grant, session, name, why)
             raise CallRefused(why)
+        row["args"] = redact_args(args, rules.redacted_paths(entry.exposed))
         cls = await self._classify(rules, entry)
-        verdict = decide(
-            task_type=task_type,
-            tool_class=cls,
-            shadow=grant.shadow,
-            level=level,
-            frozen=self.ladder.frozen,
-            audit=bool(level >= Level.L3 and self.ladder.route(task_type, grant.event_id)["audit"]),
-        )
+        # Decided here, after every await above: the level in force now, not at the call.
+        level, verdict = self._verdict(grant, cls)
+        row["level"] = str(level)
         if verdict.action == "refuse":
             record("refused", entry, cls, verdict.reason)
             raise CallRefused(verdict.reason)
-        if verdict.action == "capture":
-            if case is None or self._cases.get(grant.event_id) is not case:
-                # The session closed or was replaced while this call was being classified.
-                why = "the session is closed (its case was answered or retried)"
-                record("refused", entry, cls, why)
-                raise CallRefused(why)
-            case.writes.append(Action(entry.exposed, args))
-            record("captured", entry, cls, None)
-            structured = rules.shadow_result_for(entry.exposed)
-            return {
-                "content": [{"type": "text", "text": json.dumps(structured)}],
-                "structuredContent": structured,
-                "isError": False,
-            }
-        if verdict.action == "hold":
-            return await self._hold(grant, entry, cls, args, level, record)
+        if verdict.action == "forward" and cls == "read":
+            result = await self._send(grant, entry, args, None)
+            record("forwarded", entry, cls, None)
+            return result
+        if session is None:
+            # The session closed or was replaced while this call was being classified.
+            why = "the session is closed (its case was answered or retried)"
+            record("refused", entry, cls, why)
+            raise CallRefused(why)
+        key = (write_digest(entry.exposed, args), repeat)
+        prior = session.seen.get(key)
+        if prior is not None:
+            answer = await asyncio.shield(prior.answer)
+            record("repeated", entry, cls, None, prior.approval_id)
+            return await self._answer(answer)
+        write = _Write(asyncio.get_running_loop().create_future())
+        session.seen[key] = write
         try:
-            result = await self.upstreams[entry.upstream].call_tool(entry.name, args)
-        except UpstreamError as exc:
-            record("forwarded", entry, cls, str(exc))
-            raise CallRefused(str(exc), code=-32603) from None
-        record("forwarded", entry, cls, None)
-        return result
+            answer = await self._first(grant, session, rules, entry, cls, level, verdict, args, key)
+        except BaseException as exc:
+            session.seen.pop(key, None)  # nothing happened: a retry decides afresh
+            if not write.answer.done():
+                write.answer.cancel()
+            if isinstance(exc, CallRefused):  # the last check before sending refused it
+                row["level"] = str(self.ladder.level(task_type))
+                record("refused", entry, cls, str(exc))
+            raise
+        if answer[0] == "approval":
+            write.approval_id = answer[1]
+        write.answer.set_result(answer)
+        outcome = {"capture": "captured", "hold": "held", "forward": "forwarded"}[verdict.action]
+        error = answer[1][1] if answer[0] == "error" else None
+        record(outcome, entry, cls, error, write.approval_id)
+        if outcome == "held":
+            self._pending_gauge()
+        return await self._answer(answer)
 
-    async def _hold(
+    async def _first(
         self,
         grant: Grant,
+        session: _Session,
+        rules: TaskTools,
         entry: ToolEntry,
-        cls: str,
-        args: dict[str, Any],
+        cls: ToolClass,
         level: Level,
-        record: Callable[..., None],
+        verdict: Decision,
+        args: dict[str, Any],
+        key: tuple[str, str | None],
+    ) -> Answer:
+        """The first call of one write: captured, held or sent."""
+        if verdict.action == "capture":
+            answer = self._captured_result(grant.task_type, rules, entry)
+            if answer[0] == "result":
+                stored = redact_args(args, rules.redacted_paths(entry.exposed))
+                session.writes.append(Action(entry.exposed, stored))
+            return answer
+        if verdict.action == "hold":
+            held = self.approvals.find(grant.event_id, key[0], key[1])
+            if held is None:
+                held = await self.approvals.hold(
+                    task_type=grant.task_type,
+                    event_id=grant.event_id,
+                    level=level,
+                    tool=entry.exposed,
+                    upstream=entry.upstream,
+                    upstream_tool=entry.name,
+                    args=args,
+                    stored_args=redact_args(args, rules.redacted_paths(entry.exposed)),
+                    digest=key[0],
+                    repeat=key[1],
+                )
+            return "approval", held
+        try:
+            result = await self._send(grant, entry, args, cls)
+        except CallRefused as exc:
+            if exc.code == REFUSED:
+                raise  # not sent: nothing to attach a retry to
+            return "error", (exc.code, str(exc))
+        return "result", result
+
+    async def _send(
+        self, grant: Grant, entry: ToolEntry, args: dict[str, Any], cls: ToolClass | None
     ) -> dict[str, Any]:
-        settled = await self.approvals.hold(
-            task_type=grant.task_type,
-            event_id=grant.event_id,
-            level=level,
-            tool=entry.exposed,
-            upstream=entry.upstream,
-            upstream_tool=entry.name,
-            args=args,
-        )
-        record("held", entry, cls, None, settled.row.id)
-        self._pending_gauge()
+        """Send one call upstream. A write is checked once more right before it is sent."""
+
+        def still_allowed() -> None:
+            if cls is None:
+                return
+            level, verdict = self._verdict(grant, cls)
+            if verdict.action != "forward":
+                raise NotForwarded(
+                    f"{grant.task_type} changed while the call waited ({level}"
+                    f"{', frozen' if self.ladder.frozen else ''}): {verdict.reason}; not sent"
+                )
+
+        try:
+            result = await self.upstreams[entry.upstream].call_tool(
+                entry.name, args, guard=still_allowed
+            )
+        except NotForwarded as exc:
+            raise CallRefused(str(exc)) from None
+        except UpstreamError as exc:
+            raise CallRefused(str(exc), code=INTERNAL) from None
+        size = len(fastjson.dumps(result).encode())
+        if size > self.max_result_bytes:
+            raise CallRefused(
+                f"upstream {entry.upstream}: {entry.name}'s result is {size} bytes, over "
+                f"gateway_max_result_bytes ({self.max_result_bytes})",
+                code=INTERNAL,
+            )
+        return result
+
+    async def _answer(self, answer: Answer) -> dict[str, Any]:
+        kind, value = answer
+        if kind == "result":
+            return dict(value)
+        if kind == "error":
+            code, message = value
+            raise CallRefused(message, code=code)
+        return self._held(await self.approvals.attach(value))
+
+    def _held(self, settled: Settled) -> dict[str, Any]:
         if settled.outcome == "pending":
             pending = {
                 "status": "pending",
                 "approval_id": settled.row.id,
+                "args_digest": settled.row.digest,
                 "expires_at": settled.row.expires_at.isoformat(),
             }
             return {
@@ -481,15 +730,38 @@ class Gateway:
                 "isError": False,
             }
         if settled.result is not None:
-            return settled.result
+            return dict(settled.result)
         raise CallRefused(settled.error or settled.outcome)
 
-    async def _forward_approved(self, row: ApprovalRow) -> dict[str, Any]:
+    async def _forward_approved(self, row: ApprovalRow, args: dict[str, Any]) -> dict[str, Any]:
+        """Send an approved write: exactly the held tool and arguments (their digest is
+        checked), and only while the level still allows a write that waited for approval."""
         client = self.upstreams.get(row.upstream)
         if client is None:
             raise UpstreamError(f"upstream {row.upstream} is not configured any more")
-        args = row.args if isinstance(row.args, dict) else {}
-        return await client.call_tool(row.upstream_tool, args)
+        if row.digest is not None and write_digest(row.tool, args) != row.digest:
+            raise NotForwarded(
+                "the held arguments are not the ones approved (redacted arguments do not "
+                "survive a restart): not sent; the agent must ask again"
+            )
+
+        def still_allowed() -> None:
+            if self.ladder.frozen:
+                raise NotForwarded("the sidecar is frozen: the approved write was not sent")
+            level = self.ladder.level(row.task_type)
+            if level < Level.L2:
+                raise NotForwarded(
+                    f"{row.task_type} is now at {level}, below L2: the approved write was not sent"
+                )
+
+        result = await client.call_tool(row.upstream_tool, args, guard=still_allowed)
+        size = len(fastjson.dumps(result).encode())
+        if size > self.max_result_bytes:
+            raise UpstreamError(
+                f"upstream {row.upstream}: the result is {size} bytes, over "
+                f"gateway_max_result_bytes ({self.max_result_bytes})"
+            )
+        return result
 
     def _approval_settled(self, row: ApprovalRow, outcome: str, waited: float) -> None:
         data = {
@@ -506,6 +778,33 @@ class Gateway:
         self._pending_gauge()
 
     # -- records --------------------------------------------------------------------------
+
+    def _audit_refusal(
+        self, grant: Grant, session: _Session | None, name: str, reason: str
+    ) -> None:
+        if session is not None:
+            if session.audited >= _AUDITS_PER_SESSION:
+                return
+            session.audited += 1
+        task = self.policy.for_task(grant.task_type)
+        self._audits.append(
+            AuditEntry(
+                at=self.clock(),
+                task_type=grant.task_type,
+                actor="gateway",
+                action="tool_refused",
+                from_level=None,
+                to_level=None,
+                reason=reason,
+                evidence={
+                    "event_id": grant.event_id,
+                    "tool": name[:200],
+                    "shadow": grant.shadow,
+                    "level": str(self.ladder.level(grant.task_type)),
+                },
+                policy_hash=task.hash if task is not None else None,
+            )
+        )
 
     def _record(
         self,

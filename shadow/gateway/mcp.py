@@ -22,20 +22,22 @@ sidecar's ``max_body_bytes``, when that is smaller) is ``413``, one that is not
 ``application/json`` is ``415``; params nested deeper than the record limit
 (:data:`shadow.checks.MAX_DEPTH`, counted as in an action's ``args``) or holding a number JSON
 cannot carry (``NaN``), and a tool name over :data:`MAX_TOOL_NAME` characters, are
-``-32602``: nothing runs.
+``-32602``: nothing runs. So is text :func:`shadow.checks.text_problem` refuses (a lone
+surrogate or NUL anywhere, a control character in the tool name), named by its path
+(``params.arguments.note: string holds a lone UTF-16 surrogate \\ud800 at index 3; ...``);
+in the envelope (``id``, ``method``) or a header read as an id (``Mcp-Session-Id``...) it
+is ``-32600`` (400).
 """
 
 from __future__ import annotations
 
-import secrets
-import time
 from typing import Any
 
 from aiohttp import web
 
 from shadow import fastjson
 from shadow.api import SETTINGS
-from shadow.checks import json_problem
+from shadow.checks import json_problem, text_problem
 from shadow.gateway.capability import Grant
 from shadow.gateway.core import CallRefused, Gateway
 
@@ -45,7 +47,7 @@ __all__ = [
     "MAX_MCP_BODY",
     "MAX_TOOL_NAME",
     "MODERN_VERSIONS",
-    "McpSessions",
+    "REPEAT_META",
     "mcp_routes",
 ]
 
@@ -55,7 +57,10 @@ MODERN_VERSIONS = ("2026-07-28",)
 MAX_MCP_BODY = 1_048_576
 # Tool names SHOULD be 1-128 characters (MCP spec); room is left for a ``<server>.`` prefix.
 MAX_TOOL_NAME = 256
-MAX_SESSIONS = 100_000
+# A client that means the same write twice gives each a distinct value here
+# (``params._meta``); otherwise an identical call attaches to the first (docs/gateway.md).
+REPEAT_META = "io.shadow/repeat"
+MAX_REPEAT_CHARS = 200
 
 _VERSION_META = "io.modelcontextprotocol/protocolVersion"
 _CAPS_META = "io.modelcontextprotocol/clientCapabilities"
@@ -69,39 +74,6 @@ INVALID_PARAMS = -32602
 NOT_FOUND = -32001
 HEADER_MISMATCH = -32020
 UNSUPPORTED_VERSION = -32022
-
-
-class McpSessions:
-    """Handshake-era sessions: id -> (capability nonce, protocol version, expiry)."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[str, tuple[str, str, float]] = {}
-
-    def open(self, grant: Grant, version: str) -> str | None:
-        now = time.time()
-        if len(self._by_id) >= MAX_SESSIONS:
-            self._by_id = {k: v for k, v in self._by_id.items() if v[2] > now}
-            if len(self._by_id) >= MAX_SESSIONS:
-                return None
-        sid = secrets.token_urlsafe(24)
-        self._by_id[sid] = (grant.nonce, version, grant.expires_at)
-        return sid
-
-    def get(self, sid: str, grant: Grant) -> str | None:
-        """The session's protocol version, if ``sid`` is a live session of this grant."""
-        found = self._by_id.get(sid)
-        if found is None or found[0] != grant.nonce or found[2] <= time.time():
-            return None
-        return found[1]
-
-    def close(self, sid: str, grant: Grant) -> bool:
-        if self.get(sid, grant) is None:
-            return False
-        del self._by_id[sid]
-        return True
-
-
-SESSIONS = web.AppKey("mcp_sessions", McpSessions)
 
 
 def _reply(
@@ -138,12 +110,17 @@ async def mcp_get(request: web.Request) -> web.StreamResponse:
 
 
 async def mcp_delete(request: web.Request) -> web.StreamResponse:
-    grant, refused = _grant(request)
+    """End a handshake session. Closing one whose case has settled (its capability revoked
+    or expired, its sessions already dropped) succeeds: the client's goal is met."""
+    gateway = request.app[GATEWAY]
+    token = request.match_info["token"]
+    grant, _ = gateway.check(token)
     if grant is None:
-        assert refused is not None
-        return refused
+        if gateway.capabilities.authentic(token):
+            return web.Response(status=200)
+        return _error(None, NOT_FOUND, "unknown tools URL", 404)
     sid = request.headers.get("Mcp-Session-Id", "")
-    if not request.app[SESSIONS].close(sid, grant):
+    if not gateway.mcp_sessions.close(sid, grant) and sid:
         return _error(None, NOT_FOUND, "no such session", 404)
     return web.Response(status=200)
 
@@ -187,6 +164,9 @@ async def _post(request: web.Request) -> web.Response:
         assert refused is not None
         return refused
     msg = await _body(request)
+    refused = _refused_text(request, msg)
+    if refused is not None:
+        return refused
     if isinstance(msg, list):
         return _error(
             None, INVALID_REQUEST, "JSON-RPC batches are not accepted; send one request", 400
@@ -231,7 +211,7 @@ async def _post(request: web.Request) -> web.Response:
                 f"or send a stateless request ({MODERN_VERSIONS[-1]})",
                 400,
             )
-        found = request.app[SESSIONS].get(sid, grant)
+        found = request.app[GATEWAY].mcp_sessions.get(sid, grant)
         if found is None:
             return _error(rid, NOT_FOUND, "session not found", 404)
         if header_version is not None and header_version != found:
@@ -243,6 +223,35 @@ async def _post(request: web.Request) -> web.Response:
             )
         version = found
     return await _dispatch(request.app[GATEWAY], grant, rid, method, params, version)
+
+
+# The strings of a request that are identifiers (control characters refused, not only NUL
+# and lone surrogates); arguments and the rest are free text. Headers read as ids likewise.
+_IDENT_PATHS = frozenset({"jsonrpc", "id", "method", "params.name", "params.protocolVersion"})
+_IDENT_HEADERS = ("Mcp-Session-Id", "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name")
+
+
+def _refused_text(request: web.Request, msg: Any) -> web.Response | None:
+    """The answer to a request holding text :func:`shadow.checks.text_problem` refuses (a
+    lone surrogate anywhere, NUL anywhere, a control character in an identifier), naming
+    the field: ``-32602`` for ``params``, ``-32600`` (400) for the envelope and headers.
+    Nothing runs and nothing is recorded."""
+    for header in _IDENT_HEADERS:
+        value = request.headers.get(header)
+        found = None if value is None else text_problem(value, f"header {header}", ident=True)
+        if found is not None:
+            return _error(None, INVALID_REQUEST, f"{found[0]}: {found[1]}", 400)
+    found = text_problem(msg, ident=_IDENT_PATHS)
+    if found is None:
+        return None
+    path, message = found
+    text = f"{path[:200]}: {message}" if path else message
+    rid = msg.get("id") if isinstance(msg, dict) and path != "id" else None
+    if isinstance(rid, bool) or not isinstance(rid, str | int):
+        rid = None
+    if path.startswith("params"):
+        return _error(rid, INVALID_PARAMS, text)
+    return _error(rid, INVALID_REQUEST, text, 400)
 
 
 def _modern_problem(
@@ -291,7 +300,7 @@ def _initialize(
 ) -> web.Response:
     asked = params.get("protocolVersion")
     version = asked if asked in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[-1]
-    sid = request.app[SESSIONS].open(grant, version)
+    sid = request.app[GATEWAY].mcp_sessions.open(grant, version)
     if sid is None:
         return _error(rid, INVALID_REQUEST, "too many open sessions; retry later", 503)
     result = {"protocolVersion": version, "capabilities": _CAPABILITIES, "serverInfo": _SERVER_INFO}
@@ -330,8 +339,20 @@ async def _dispatch(
             args = {}
         if not isinstance(args, dict):
             return _error(rid, INVALID_PARAMS, "params.arguments must be an object")
+        meta = params.get("_meta")
+        repeat = meta.get(REPEAT_META) if isinstance(meta, dict) else None
+        if repeat is not None:
+            if isinstance(repeat, bool) or not isinstance(repeat, str | int):
+                return _error(rid, INVALID_PARAMS, f"params._meta.{REPEAT_META}: string or integer")
+            repeat = str(repeat)
+            if len(repeat) > MAX_REPEAT_CHARS:
+                return _error(
+                    rid,
+                    INVALID_PARAMS,
+                    f"params._meta.{REPEAT_META}: longer than {MAX_REPEAT_CHARS} characters",
+                )
         try:
-            result = await gateway.call_tool(grant, name, args)
+            result = await gateway.call_tool(grant, name, args, repeat=repeat)
         except CallRefused as exc:
             return _error(rid, exc.code, str(exc))
     else:
@@ -341,12 +362,20 @@ async def _dispatch(
     return _reply({"jsonrpc": "2.0", "id": rid, "result": result})
 
 
+# A tools URL also answers with a trailing slash, and with ``/mcp`` appended (clients such as
+# MCP Inspector rewrite a Streamable HTTP URL to end in ``/mcp``).
+TOOLS_PATHS = ("/mcp/{token}", "/mcp/{token}/", "/mcp/{token}/mcp")
+
+
 def mcp_routes() -> list[web.RouteDef]:
-    return [
-        web.post("/mcp/{token}", mcp_post),
-        web.get("/mcp/{token}", mcp_get, allow_head=False),
-        web.delete("/mcp/{token}", mcp_delete),
-    ]
+    out: list[web.RouteDef] = []
+    for path in TOOLS_PATHS:
+        out += [
+            web.post(path, mcp_post),
+            web.get(path, mcp_get, allow_head=False),
+            web.delete(path, mcp_delete),
+        ]
+    return out
 
 
 def _decode_header(value: str | None) -> str | None:

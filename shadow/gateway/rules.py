@@ -19,13 +19,16 @@ function: they are refused before anything is classified.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from shadow.model import Level
 from shadow.tools_policy import ToolClass
 
-__all__ = ["Action", "Decision", "decide"]
+__all__ = ["Action", "Decision", "decide", "write_digest"]
 
 Action = Literal["forward", "capture", "refuse", "hold"]
 
@@ -61,3 +64,13 @@ def decide(
     if level == Level.L3 and audit:
         return Decision("hold", f"{task_type} is at L3 and this item is in the audit sample")
     return Decision("forward")
+
+
+def write_digest(tool: str, args: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` over the tool and its arguments in canonical JSON (sorted keys, no
+    spaces, UTF-8): two calls are the same write exactly when their digests are equal (and
+    their repeat keys, see docs/gateway.md)."""
+    text = json.dumps(
+        {"tool": tool, "args": args}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shadow.errors import UpstreamError
@@ -159,9 +160,15 @@ class UpstreamClient:
             ) from None
         return tools
 
-    async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        """The upstream's ``CallToolResult`` for ``name`` as a JSON object."""
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], *, guard: Callable[[], None] | None = None
+    ) -> dict[str, Any]:
+        """The upstream's ``CallToolResult`` for ``name`` as a JSON object. ``guard`` is
+        called right before the request is sent, after the connection is ready (it raises
+        to stop the call: the last check of a write's level)."""
         client = await self._session()
+        if guard is not None:
+            guard()
         try:
             result = await client.call_tool(name, arguments)
         except _mcp_error() as exc:

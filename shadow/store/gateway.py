@@ -21,6 +21,7 @@ from typing import Any
 
 from shadow.model import AuditEntry
 from shadow.store.base import StoreBase
+from shadow.store.records import DeadLetter
 
 __all__ = ["APPROVAL_STATES", "ApprovalRow", "GatewayPart", "ToolCallRow"]
 
@@ -66,6 +67,10 @@ class ApprovalRow:
     reason: str | None = None
     result: Any = None
     error: str | None = None
+    # sha256 of the tool and its canonical arguments as the agent sent them (before
+    # redaction): what an approver approves, and what an identical retry is matched on.
+    digest: str | None = None
+    repeat_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +83,8 @@ class ApprovalRow:
             "tool": self.tool,
             "upstream": self.upstream,
             "args": self.args,
+            "args_digest": self.digest,
+            "repeat": self.repeat_key,
             "status": self.status,
             "decided_by": self.decided_by,
             "decided_at": self.decided_at.isoformat() if self.decided_at else None,
@@ -89,7 +96,7 @@ class ApprovalRow:
 
 _APPROVAL_COLUMNS = (
     "id, created_at, expires_at, task_type, event_id, level, tool, upstream, upstream_tool, "
-    "args, status, decided_by, decided_at, reason, result, error"
+    "args, status, decided_by, decided_at, reason, result, error, digest, repeat_key"
 )
 
 
@@ -111,15 +118,53 @@ def _approval(row: Sequence[Any]) -> ApprovalRow:
         reason=row[13],
         result=json.loads(row[14]) if row[14] is not None else None,
         error=row[15],
+        digest=row[16],
+        repeat_key=row[17],
     )
+
+
+def _call_raw(row: ToolCallRow) -> str:
+    """A call row as its dead letter keeps it (ASCII JSON: storable whatever it holds)."""
+    fields = {
+        "at": row.at.isoformat(),
+        "task_type": row.task_type,
+        "event_id": row.event_id,
+        "shadow": row.shadow,
+        "level": row.level,
+        "tool": row.tool,
+        "upstream": row.upstream,
+        "class": row.tool_class,
+        "outcome": row.outcome,
+        "error": row.error,
+        "args": row.args,
+        "approval_id": row.approval_id,
+    }
+    try:
+        return json.dumps(fields)
+    except (TypeError, ValueError, RecursionError):
+        return repr(fields)
 
 
 class GatewayPart(StoreBase):
     async def put_tool_calls(self, rows: Sequence[ToolCallRow]) -> None:
         """Append call rows in one transaction and one statement (column arrays unnested:
-        a parameterised ``executemany`` costs a statement per row)."""
+        a parameterised ``executemany`` costs a statement per row). A row the store cannot
+        hold (a lone surrogate in a tool name or argument) is dead-lettered (source
+        ``gateway``, kind ``tool_call``) and the others are stored
+        (:meth:`~shadow.store.base.StoreBase._write_batch`)."""
         if not rows:
             return
+
+        def write(chunk: list[ToolCallRow]) -> list[None]:
+            self._put_tool_calls(chunk)
+            return []
+
+        def letter(row: ToolCallRow, why: str) -> DeadLetter:
+            return DeadLetter("gateway", "tool_call", why, _call_raw(row), row.event_id)
+
+        await self._run(self._write_batch, "tool_calls", list(rows), write, letter, now=rows[-1].at)
+
+    def _put_tool_calls(self, rows: list[ToolCallRow]) -> None:
         cols = (
             [r.at for r in rows],
             [r.task_type for r in rows],
@@ -135,21 +180,17 @@ class GatewayPart(StoreBase):
             [json.dumps(r.args) for r in rows],
             [r.approval_id for r in rows],
         )
-
-        def q() -> None:
-            with self._tx() as tx:
-                tx.execute(
-                    "INSERT INTO tool_calls (called_at, task_type, event_id, shadow, level, tool, "
-                    "upstream, class, outcome, latency_ms, error, args, approval_id) "
-                    "SELECT unnest(?::TIMESTAMPTZ[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
-                    "unnest(?::BOOLEAN[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
-                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
-                    "unnest(?::DOUBLE[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])::JSON, "
-                    "unnest(?::VARCHAR[])",
-                    list(cols),
-                )
-
-        await self._run(q)
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT INTO tool_calls (called_at, task_type, event_id, shadow, level, tool, "
+                "upstream, class, outcome, latency_ms, error, args, approval_id) "
+                "SELECT unnest(?::TIMESTAMPTZ[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                "unnest(?::BOOLEAN[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                "unnest(?::DOUBLE[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])::JSON, "
+                "unnest(?::VARCHAR[])",
+                list(cols),
+            )
 
     async def tool_calls(
         self, *, event_id: str | None = None, limit: int = 1000
@@ -204,6 +245,17 @@ class GatewayPart(StoreBase):
 
         return await self._run(q)
 
+    async def put_gateway_audits(self, entries: Sequence[AuditEntry]) -> None:
+        """Append the gateway's own audit entries (calls refused off the allowlist)."""
+        if not entries:
+            return
+
+        def q() -> None:
+            with self._tx() as tx:
+                self._insert_audit(tx, list(entries))
+
+        await self._run(q)
+
     async def put_approval(self, row: ApprovalRow) -> None:
         """Store a held write (durable before the agent hears it is held)."""
 
@@ -211,7 +263,7 @@ class GatewayPart(StoreBase):
             with self._tx() as tx:
                 tx.execute(
                     f"INSERT INTO tool_approvals ({_APPROVAL_COLUMNS}) VALUES (?, ?::TIMESTAMPTZ, "
-                    "?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?::JSON, ?, NULL, NULL, NULL, NULL, NULL)",
+                    "?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?::JSON, ?, NULL, NULL, NULL, NULL, NULL, ?, ?)",
                     [
                         row.id,
                         row.created_at,
@@ -224,6 +276,8 @@ class GatewayPart(StoreBase):
                         row.upstream_tool,
                         json.dumps(row.args),
                         row.status,
+                        row.digest,
+                        row.repeat_key,
                     ],
                 )
 
@@ -288,8 +342,9 @@ class GatewayPart(StoreBase):
     async def finish_approval(
         self, approval_id: str, *, status: str, result: Any = None, error: str | None = None
     ) -> None:
-        """Record what forwarding a claimed approval did (``forwarded`` or ``failed``)."""
-        if status not in ("forwarded", "failed"):
+        """Record what forwarding a claimed approval did (``forwarded`` or ``failed``), or
+        ``refused`` when the last check before sending refused it (nothing was sent)."""
+        if status not in ("forwarded", "failed", "refused"):
             raise ValueError(f"not a forwarding result: {status!r}")
 
         def q() -> None:

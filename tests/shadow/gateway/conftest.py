@@ -28,6 +28,18 @@ class Upstream:
     url: str = ""
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
+    # Per ``Mcp-Method``: a request of that method waits for the gate (``arrived`` is set
+    # when one is waiting), so a test can change the world while the gateway awaits it.
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    arrived: dict[str, asyncio.Event] = field(default_factory=dict)
+    port: int = 0
+    stop: Callable[[], Awaitable[None]] | None = None  # ends this server (the fixture's)
+
+    def gate(self, method: str) -> asyncio.Event:
+        """Hold ``method`` requests until the returned event is set."""
+        self.arrived[method] = asyncio.Event()
+        gate = self.gates[method] = asyncio.Event()
+        return gate
 
     def writes(self) -> list[tuple[str, dict[str, Any]]]:
         return [c for c in self.calls if c[0] not in ("get_order", "lookup_customer")]
@@ -79,20 +91,27 @@ async def upstream() -> AsyncIterator[UpstreamFactory]:
     """``await upstream()`` serves :func:`backoffice` (or ``up=`` another) on 127.0.0.1."""
     running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def start(up: Upstream | None = None) -> Upstream:
+    async def start(up: Upstream | None = None, *, port: int = 0) -> Upstream:
+        """``port``: serve on that port (a restart of an upstream that was stopped)."""
         up = up or backoffice()
         # IPPROTO_TCP named, or asyncio leaves Nagle on (~40 ms per answer).
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
         port = sock.getsockname()[1]
         inner = up.server.streamable_http_app(json_response=True)
         methods = up.methods
+        held = up
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http":
                 named = dict(scope["headers"]).get(b"mcp-method")
                 if named is not None:
                     methods.append(named.decode())
+                    gate = held.gates.get(named.decode())
+                    if gate is not None:
+                        held.arrived[named.decode()].set()
+                        await gate.wait()
             await inner(scope, receive, send)
 
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
@@ -104,20 +123,29 @@ async def upstream() -> AsyncIterator[UpstreamFactory]:
             await asyncio.sleep(0.01)
         assert server.started, "the upstream did not start"
         up.url = f"http://127.0.0.1:{port}/mcp"
+        up.port = port
+
+        async def stop() -> None:
+            server.should_exit = True
+            await task
+
+        up.stop = stop
         return up
 
     yield start
     for server, _ in running:
         server.should_exit = True
     for _, task in running:
-        await task
+        await task  # a task awaited already (stop()) answers at once
 
 
-def gateway_policy(url: str, *, start: str = "L0", extra: str = "") -> str:
-    """A policy whose ``refund`` task type uses the backoffice upstream at ``url``."""
+def gateway_policy(url: str, *, start: str = "L0", extra: str = "", trust: bool = False) -> str:
+    """A policy whose ``refund`` task type uses the backoffice upstream at ``url`` (whose
+    ``readOnlyHint`` makes unlisted tools reads only with ``trust``)."""
     return f"""
 tools:
-  backoffice: {{url: "{url}", headers: {{Authorization: "env:BACKOFFICE_TOKEN"}}}}
+  backoffice: {{url: "{url}", headers: {{Authorization: "env:BACKOFFICE_TOKEN"}},
+               trust_read_only_hint: {str(trust).lower()}}}
 task_types:
   refund:
     compare:

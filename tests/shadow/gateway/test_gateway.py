@@ -38,6 +38,7 @@ async def rpc(
     """One raw stateless (2026-07-28) request, or ``body`` as given."""
     if body is None:
         meta = {
+            **(params or {}).get("_meta", {}),
             "io.modelcontextprotocol/protocolVersion": MODERN,
             "io.modelcontextprotocol/clientCapabilities": {},
         }
@@ -132,9 +133,8 @@ async def test_in_shadow_reads_reach_the_upstream_and_writes_are_compared_not_fo
     agreement = await sc.agreement()
     assert agreement["task_types"]["refund"]["agree"] == 1
     (comparison,) = await sc.pipeline.store.unpublished_comparisons()
-    notes = [f for f in comparison.fields if f.path == "actions.declared"]
-    assert len(notes) == 1
-    assert "its tool calls were [issue_refund]" in notes[0].reason
+    # The answer has no ``actions`` key: it declared nothing, so there is nothing to note.
+    assert [f for f in comparison.fields if f.path == "actions.declared"] == []
     rows = await tool_rows(sc, "r-1")
     assert [(r["tool"], r["class"], r["outcome"]) for r in rows] == [
         ("get_order", "read", "forwarded"),
@@ -179,8 +179,7 @@ async def test_a_retried_agent_call_compares_only_the_kept_attempts_writes(
         await runner.cleanup()
     (comparison,) = await sc.pipeline.store.unpublished_comparisons()
     assert comparison.mismatches == (), comparison.fields
-    (note,) = [f for f in comparison.fields if f.path == "actions.declared"]
-    assert "its tool calls were [issue_refund]" in note.reason
+    assert [f for f in comparison.fields if f.path == "actions.declared"] == []
     assert (await sc.agreement())["task_types"]["refund"]["agree"] == 1
     assert up.calls == []
     assert len(urls) == 2  # a fresh session for the retry:
@@ -214,6 +213,9 @@ async def test_a_captured_write_that_differs_from_the_humans_is_a_disagreement(
     doc = (await sc.agreement())["task_types"]["refund"]
     assert (doc["n"], doc["agree"]) == (1, 0)  # the declared 42.5 does not count, the call does
     assert up.calls == []
+    (comparison,) = await sc.pipeline.store.unpublished_comparisons()
+    (note,) = [f for f in comparison.fields if f.path == "actions.declared"]
+    assert "its tool calls were [issue_refund]" in note.reason  # declared, and different
 
 
 # -- live levels ------------------------------------------------------------------------------

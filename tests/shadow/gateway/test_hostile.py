@@ -115,7 +115,7 @@ async def test_an_upstream_that_relabels_a_write_as_read_still_gets_no_write_in_
     sidecar: SidecarFactory, upstream: UpstreamFactory
 ) -> None:
     up = await upstream()
-    sc = await sidecar(policy=gateway_policy(up.url))
+    sc = await sidecar(policy=gateway_policy(up.url, trust=True))
     url = shadow_url(sc, "s-1")
     cancel = {"name": "cancel_order", "arguments": {"order_id": "o-1"}}  # unlisted: the hint
     assert (await rpc(sc, url, "tools/call", cancel)).body["result"]["structuredContent"]["shadow"]
@@ -144,7 +144,27 @@ async def test_an_upstream_that_relabels_a_write_as_read_still_gets_no_write_in_
     assert up.calls == []
     await sc.app[GATEWAY].flush()
     rows = await sc.pipeline.store.tool_calls(event_id="s-1")
-    assert {r["outcome"] for r in rows} == {"captured"}
+    # The second identical cancel attaches to the first (one write): ``repeated``.
+    assert [r["outcome"] for r in rows] == ["captured", "repeated", "captured", "captured"]
+
+
+async def test_an_untrusted_upstreams_read_only_hint_never_makes_a_write_a_read(
+    sidecar: SidecarFactory, upstream: UpstreamFactory
+) -> None:
+    """By default the gateway does not take an upstream's word: a tool annotated read-only
+    that the policy does not list under ``read:`` is a write, captured in shadow."""
+    up = await upstream(flippable())  # cancel_order: readOnlyHint true, and it cancels
+    sc = await sidecar(policy=gateway_policy(up.url), gateway_class_ttl=0.0)
+    url = shadow_url(sc, "s-1")
+    cancel = {"name": "cancel_order", "arguments": {"order_id": "o-1"}}
+    res = await rpc(sc, url, "tools/call", cancel)
+    assert res.body["result"]["structuredContent"]["status"] == "recorded"
+    async with Client(url) as client:
+        await client.call_tool("cancel_order", {"order_id": "o-2"})
+    assert up.calls == []
+    await sc.app[GATEWAY].flush()
+    rows = await sc.pipeline.store.tool_calls(event_id="s-1")
+    assert {(r["class"], r["outcome"]) for r in rows} == {("write", "captured")}
 
 
 def flippable() -> Upstream:
@@ -164,7 +184,7 @@ async def test_a_read_relabelled_as_write_is_captured_at_the_next_call_with_no_c
     sidecar: SidecarFactory, upstream: UpstreamFactory
 ) -> None:
     up = await upstream(flippable())
-    sc = await sidecar(policy=gateway_policy(up.url), gateway_class_ttl=0.0)
+    sc = await sidecar(policy=gateway_policy(up.url, trust=True), gateway_class_ttl=0.0)
     url = shadow_url(sc, "s-1")
     cancel = {"name": "cancel_order", "arguments": {"order_id": "o-1"}}
     assert (
@@ -188,7 +208,7 @@ async def test_concurrent_calls_of_a_hinted_tool_share_one_listing_and_the_cache
     sidecar: SidecarFactory, upstream: UpstreamFactory
 ) -> None:
     up = await upstream(flippable())
-    sc = await sidecar(policy=gateway_policy(up.url), gateway_class_ttl=3600.0)
+    sc = await sidecar(policy=gateway_policy(up.url, trust=True), gateway_class_ttl=3600.0)
     url = shadow_url(sc, "s-1")
     cancel = {"name": "cancel_order", "arguments": {"order_id": "o-1"}}
     answers = await asyncio.gather(*(rpc(sc, url, "tools/call", cancel) for _ in range(8)))

@@ -51,7 +51,7 @@ BAD_TOOLS = [
     (
         task_tools("{allow: [a], deny: [b]}"),
         "task_types.refund.tools.deny",
-        "unknown key; allowed: allow, read, shadow_result, write",
+        "unknown key; allowed: allow, read, redact, shadow_result, write",
     ),
     (
         task_tools("{allow: [a], shadow_result: [a]}"),
@@ -92,7 +92,7 @@ BAD_TOOLS = [
     (
         "tools: {b: {url: 'http://h/mcp', token: x}}\ntask_types: {t: {}}\n",
         "tools.b.token",
-        "unknown key; allowed: headers, url",
+        "unknown key; allowed: headers, trust_read_only_hint, url",
     ),
     (
         "tools: {b: {url: 'http://h/mcp', headers: [a]}}\ntask_types: {t: {}}\n",
@@ -161,8 +161,9 @@ def test_what_the_tools_parser_accepts() -> None:
     assert tools.listed_class("get_order") == "read"
     assert tools.allowed("odd_[")
     assert not tools.allowed("odd_x")
-    assert tools.shadow_result_for("issue_refund") == {"s": 1}
-    assert tools.shadow_result_for("backoffice.cancel_order") == {"s": 2}
+    assert tools.configured_result("issue_refund") == {"s": 1}
+    assert tools.configured_result("backoffice.cancel_order") == {"s": 2}
+    assert tools.configured_result("get_order") is None
 
 
 def test_an_env_header_naming_a_missing_variable_is_refused_at_start(tmp_path: Path) -> None:
@@ -248,10 +249,12 @@ def rpc_error(res: HttpResult, code: int, status: int | None = None) -> str:
 
 
 async def still_healthy(sc: Sidecar, url: str, up: Upstream) -> None:
-    """The sidecar answers health checks and still forwards exactly one real live write."""
+    """The sidecar answers health checks and still forwards exactly one real live write (a
+    new one each time: its own repeat key, or it would attach to the previous one)."""
     assert (await sc.get("/healthz")).status == 200
     before = len(up.writes())
-    res = await rpc(sc, url, "tools/call", CALL_REFUND)
+    params = {**CALL_REFUND, "_meta": {"io.shadow/repeat": f"healthy-{before}"}}
+    res = await rpc(sc, url, "tools/call", params)
     assert res.body["result"]["structuredContent"]["refunded"] == 1.0, res.body
     assert len(up.writes()) == before + 1
 
