@@ -384,3 +384,20 @@ async def test_an_upstream_result_over_the_limit_is_an_error_not_passed_on(
     assert "result" in small.body
     big = await rpc(sc, url, "tools/call", {"name": "get_big", "arguments": {"n": 100_000}})
     assert "gateway_max_result_bytes" in refusal(big)
+
+
+async def test_every_session_lists_from_one_shared_catalog(
+    sidecar: SidecarFactory, upstream: UpstreamFactory
+) -> None:
+    """``tools/list`` of many sessions within the catalog window costs one upstream listing."""
+    up = await upstream()
+    sc = await sidecar(policy=gateway_policy(up.url), gateway_class_ttl=3600.0)
+    urls = [await live_url(sc, f"e-{i}") for i in range(12)]
+    answers = await asyncio.gather(*(rpc(sc, url, "tools/list") for url in urls))
+    for res in answers:
+        assert [t["name"] for t in res.body["result"]["tools"]] == [
+            "get_order",
+            "issue_refund",
+            "cancel_order",
+        ]
+    assert up.methods.count("tools/list") == 1

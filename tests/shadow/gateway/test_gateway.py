@@ -436,6 +436,12 @@ async def test_the_cli_lists_approves_and_rejects_held_writes(
     assert code == 0
     assert ids[0] in out
     assert ids[1] in out
+    # Two held refunds of different amounts do not look alike: each shows its arguments and
+    # the start of its digest.
+    flat = " ".join(out.split())
+    assert '"amount": 0.0' in flat
+    assert '"amount": 1.0' in flat
+    assert flat.count("sha256:") == 2
     assert (await cli("approve", ids[0], "--actor", "ops/jane"))[1].startswith(
         f"{ids[0]}: forwarded"
     )
