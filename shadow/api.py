@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from shadow.checks import CONTROL, MAX_ID_LENGTH
+from shadow.checks import CONTROL, MAX_ID_LENGTH, text_problem
 from shadow.config import Settings
 from shadow.errors import AutonomyError, Reason
 from shadow.handling import HandlingLog
@@ -56,6 +56,7 @@ __all__ = [
     "SETTINGS",
     "actor_of",
     "reason_of",
+    "refused_text",
     "routes",
     "token_refusal",
 ]
@@ -317,11 +318,11 @@ async def get_route(request: web.Request) -> web.Response:
     event_id = request.query.get("event_id", "")
     if not event_id:
         return error(400, "event_id query parameter is required")
-    if len(event_id) > MAX_ID_LENGTH or CONTROL.search(event_id):
-        return error(
-            400,
-            f"event_id must be at most {MAX_ID_LENGTH} characters, without control characters",
-        )
+    if len(event_id) > MAX_ID_LENGTH:
+        return error(400, f"event_id must be at most {MAX_ID_LENGTH} characters")
+    problem = text_problem(event_id, "event_id", ident=True)
+    if problem is not None:
+        return refused_text(problem)
     answer = request.app[LADDER].route(name, event_id)
     request.app[HANDLING].record(
         name, event_id, Handling(answer["handled_by"]), Level.parse(answer["level"])
@@ -329,8 +330,9 @@ async def get_route(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
-# Free text that operators send is clipped to these lengths (docs/api.md) and its control
-# characters become spaces, so the audit log and the sidecar's log lines stay one line each.
+# What operators send is clipped to these lengths (docs/api.md). An actor with a control
+# character is refused (an identifier); a reason's become spaces, so the audit log and the
+# sidecar's log lines stay one line each. Lone surrogates and NUL are refused in both.
 MAX_ACTOR_CHARS = 200
 MAX_REASON_CHARS = 1000
 
@@ -367,7 +369,18 @@ async def _write_body(request: web.Request, write: str) -> dict[str, Any]:
     for key, value in body.items():
         if value is not None and not isinstance(value, str):
             raise _bad_request(f"{key} must be a string")
+    # Every key but the free-text reason is an identifier (actor, level, proposal id).
+    problem = text_problem(body, ident=[k for k in body if k != "reason"])
+    if problem is not None:
+        raise web.HTTPBadRequest(text=refused_text(problem).text, content_type="application/json")
     return body
+
+
+def refused_text(problem: tuple[str, str]) -> web.Response:
+    """The 400 for text :func:`shadow.checks.text_problem` refuses, naming the field as the
+    ingest errors do: ``{"error": "<path>: <message>", "errors": [{"path", "message"}]}``."""
+    path, message = problem
+    return error(400, f"{path}: {message}", [{"path": path, "message": message}])
 
 
 def _clip(text: str, limit: int) -> str:
@@ -375,7 +388,11 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _actor(request: web.Request, body: dict[str, Any]) -> str:
-    given = body.get("actor") or request.headers.get("X-Shadow-Actor") or "admin"
+    header = request.headers.get("X-Shadow-Actor")
+    problem = None if header is None else text_problem(header, "X-Shadow-Actor", ident=True)
+    if problem is not None:
+        raise web.HTTPBadRequest(text=refused_text(problem).text, content_type="application/json")
+    given = body.get("actor") or header or "admin"
     return _clip(str(given), MAX_ACTOR_CHARS).strip() or "admin"
 
 

@@ -22,9 +22,10 @@ leading UTF-8 byte-order mark is accepted and stripped (some Windows tools write
 
 Stricter than :func:`json.loads`, because an ambiguous record must never be half-understood:
 duplicate keys in one object, ``NaN``/``Infinity`` literals and lone UTF-16 surrogate escapes
-(``"\\ud800"``, not encodable as UTF-8) reject the record with the field path. Nesting deep
-enough to exhaust the parser is reported as "nested too deeply" instead of crashing;
-:data:`shadow.model.MAX_DEPTH` bounds what a valid record may hold.
+(``"\\ud800"``, not encodable as UTF-8) reject the record with the field path, as does any
+other text :func:`shadow.checks.text_problem` refuses (NUL anywhere; control characters in
+ids). Nesting deep enough to exhaust the parser is reported as "nested too deeply" instead
+of crashing; :data:`shadow.model.MAX_DEPTH` bounds what a valid record may hold.
 
 Repeated event ids in one body are not an error here: the store dedupes them, or
 dead-letters a conflicting one.
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 
+from shadow.checks import text_problem
 from shadow.errors import FieldError, Reason, ShadowError, ValidationError
 from shadow.model import MAX_ID_LENGTH, Outcome, WorkEvent
 
@@ -255,19 +257,19 @@ def _problem(value: object) -> tuple[str, str] | None:
         if isinstance(node, _NonFinite):
             return path, f"{node.literal} is not valid JSON; use null or a finite number"
         if isinstance(node, str):
-            if not _encodable(node):
-                return path, "string holds a lone UTF-16 surrogate escape; not valid Unicode"
+            found = text_problem(node, path)
+            if found is not None:
+                return found
         elif isinstance(node, dict):
             if isinstance(node, _DupDict):
                 key = node.repeated
                 return _join(path, key), (
                     "key appears more than once in one JSON object; the value is ambiguous"
                 )
-            children: list[tuple[str, object]] = []
-            for key, child in node.items():
-                if not _encodable(key):
-                    return path, "object key holds a lone UTF-16 surrogate escape"
-                children.append((_join(path, key), child))
+            found = text_problem(dict.fromkeys(node), path)  # its keys; values come below
+            if found is not None:
+                return found
+            children = [(_join(path, key), child) for key, child in node.items()]
             stack.extend(reversed(children))
         elif isinstance(node, list):
             stack.extend((f"{path}[{i}]", node[i]) for i in range(len(node) - 1, -1, -1))

@@ -41,7 +41,8 @@ __all__ = ["IngestResult", "Intake", "IntakeHooks"]
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     """What happened to one submitted record. ``status``: stored, duplicate, conflict,
-    reversal, superseded or rejected (with ``path`` and ``reason``)."""
+    reversal, superseded, unstorable (dead-lettered by the store) or rejected (with
+    ``path`` and ``reason``)."""
 
     event_id: str
     status: str
@@ -50,7 +51,7 @@ class IngestResult:
 
     @property
     def accepted(self) -> bool:
-        return self.status not in ("conflict", "rejected")
+        return self.status not in ("conflict", "rejected", "unstorable")
 
 
 class IntakeHooks(Protocol):

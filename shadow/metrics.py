@@ -23,7 +23,7 @@ from shadow.policy import Policy
 from shadow.promotion import LadderState, Move, Step
 from shadow.stats import lower_bound, upper_bound
 
-__all__ = ["DEAD_LETTER_REASONS", "KINDS", "OTHER", "Metrics"]
+__all__ = ["DEAD_LETTER_REASONS", "KINDS", "OTHER", "UNSTORABLE_TABLES", "Metrics"]
 
 OTHER = "other"
 KINDS = ("event", "outcome", "comparison", "autonomy")
@@ -42,6 +42,8 @@ DEAD_LETTER_REASONS = (
     Reason.BAD_SIGNATURE,
 )
 """The reasons a record can be dead-lettered for (each exported at 0 from start-up)."""
+UNSTORABLE_TABLES = ("events", "outcomes", "decisions", "comparisons", "tool_calls", "handling")
+"""The tables whose batch writers set aside rows they cannot hold (anything else: ``other``)."""
 _TOOL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0, 300.0)
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -216,6 +218,14 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.unstorable = Counter(
+            "shadow_unstorable_rows",
+            "Rows a store write could not hold (text with no UTF-8 form, JSON DuckDB "
+            "refuses): each dead-lettered with the reason while the rest of its batch was "
+            "stored, by table",
+            ["table"],
+            registry=r,
+        )
         self.purged = Counter(
             "shadow_purged_rows",
             "Rows deleted by retention (closed cases and dead letters older than the "
@@ -341,6 +351,8 @@ class Metrics:
                 self.mirror_requests.labels(rule, result)
         for table in ("events", "outcomes", "decisions", "dead_letters"):
             self.purged.labels(table)
+        for table in UNSTORABLE_TABLES:
+            self.unstorable.labels(table)
 
     def _publish_gates(self) -> None:
         for name, task in self.policy.task_types.items():
@@ -389,6 +401,11 @@ class Metrics:
         policy is ``other``)."""
         label = "none" if rule is None else rule if rule in self._mirror_rules else OTHER
         self.mirror_requests.labels(label, str(result)).inc(count)
+
+    def set_aside(self, table: str, count: int) -> None:
+        """Count rows of ``table`` the store dead-lettered because it could not hold them
+        (:meth:`shadow.store.Store.observe_set_aside`; called on the store's thread)."""
+        self.unstorable.labels(table if table in UNSTORABLE_TABLES else OTHER).inc(count)
 
     def purged_rows(self, by_table: Mapping[str, int]) -> None:
         for table, count in by_table.items():

@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from shadow.api import HANDLING, LADDER, actor_of, reason_of, token_refusal
-from shadow.checks import CONTROL
+from shadow.api import HANDLING, LADDER, actor_of, reason_of, refused_text, token_refusal
+from shadow.checks import CONTROL, text_problem
 from shadow.errors import AutonomyError
 from shadow.gateway.approvals import Settled
 from shadow.gateway.mcp import GATEWAY, mcp_routes
@@ -44,6 +44,10 @@ async def _object(request: web.Request, allowed: set[str]) -> dict[str, Any] | w
     for key, value in body.items():
         if value is not None and not isinstance(value, str):
             return error(400, f"{key} must be a string")
+    # Every key but the free-text reason is an identifier (task type, event id, actor).
+    problem = text_problem(body, ident=[k for k in body if k != "reason"])
+    if problem is not None:
+        return refused_text(problem)
     return body
 
 

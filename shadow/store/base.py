@@ -1,11 +1,23 @@
 """The connection, its thread, transactions and migrations: what every part of the store
 builds on. ``StoreBase`` is not used alone; :class:`shadow.store.Store` combines it with the
-parts that own each group of tables."""
+parts that own each group of tables.
+
+**One row never poisons a batch.** Every batch writer runs through
+:meth:`StoreBase._write_batch`: when the batch fails because of what a row holds (text with
+no UTF-8 form such as a lone surrogate, JSON DuckDB refuses, a value out of range, a
+constraint), it is halved and each half written again, down to the row, so every good row
+is stored and each bad one becomes a dead letter with DuckDB's reason (counted through
+:meth:`StoreBase.observe_set_aside`). A failure of the store itself (I/O, out of memory, a
+closed store) is raised as before and the caller retries. Dead letters and audit entries
+are made storable (:func:`storable`, :func:`storable_json`) before they are written, so they
+cannot fail the same way.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +25,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import ParamSpec, Self, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar
 
 import duckdb
 
@@ -24,6 +36,70 @@ from shadow.store.records import DeadLetter
 
 P = ParamSpec("P")
 T = TypeVar("T")
+Row = TypeVar("Row")
+Out = TypeVar("Out")
+
+log = logging.getLogger("shadow.store")
+
+# Errors that say what a row holds cannot be stored, rather than that the store is failing:
+# DuckDB refusing a value (conversion, range, type, constraint) and Python refusing to encode
+# or serialise it. DuckDB's "Invalid Input Error" is one only for a conversion (a str with a
+# lone surrogate has no UTF-8 form); otherwise it is a bug, which must not eat rows.
+_ROW_ERRORS: tuple[type[BaseException], ...] = (
+    duckdb.DataError,
+    duckdb.IntegrityError,
+    ValueError,  # UnicodeEncodeError among them; json.dumps's "Out of range float values"
+    RecursionError,
+)
+_MAX_REASON = 500  # characters of DuckDB's message a dead letter keeps
+
+
+def storable(text: str | None) -> str | None:
+    """``text`` as the store can hold it: unchanged when it is valid Unicode, else with each
+    lone surrogate written as its escape (``\\ud800``)."""
+    if text is None:
+        return None
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def storable_json(value: Any) -> str:
+    """``json.dumps(value)``, with every string and key made :func:`storable` first when
+    one holds a lone surrogate (DuckDB's JSON parser refuses the ``"\\ud800"`` escape)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        value = _storable_strings(value)
+    return json.dumps(value)
+
+
+def _storable_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(str(k)): _storable_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_strings(v) for v in value]
+    return value
+
+
+def _row_error(exc: BaseException) -> str | None:
+    """Why ``exc`` (or an exception it was raised from) says a row cannot be stored, in one
+    storable line; ``None`` when it is a failure of the store itself."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        row = isinstance(seen, _ROW_ERRORS) or (
+            isinstance(seen, duckdb.InvalidInputException) and "Conversion" in str(seen)
+        )
+        if row:
+            text = " ".join(str(seen).split()) or type(seen).__name__
+            return storable(text[:_MAX_REASON]) or type(seen).__name__
+        seen = seen.__cause__
+    return None
+
 
 # DuckDB names the holder of a file lock: '... Conflicting lock is held in /usr/bin/python3
 # (PID 4242) by user ...'.
@@ -53,6 +129,7 @@ class StoreBase:
         self.path = str(path)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._set_aside: list[Callable[[str, int], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -230,8 +307,75 @@ class StoreBase:
 
         return await self._run(q)
 
+    # -- batches that one row cannot poison ------------------------------------------------
+
+    def observe_set_aside(self, callback: Callable[[str, int], None]) -> None:
+        """Call ``callback(table, rows)`` whenever rows meant for ``table`` could not be
+        stored and were dead-lettered instead (the metric; see :meth:`_write_batch`). It
+        runs on the store's thread, so it must be thread-safe (Prometheus counters are)."""
+        self._set_aside.append(callback)
+
+    def _write_batch(
+        self,
+        table: str,
+        rows: Sequence[Row],
+        write: Callable[[list[Row]], list[Out]],
+        letter: Callable[[Row, str], DeadLetter],
+        *,
+        now: datetime,
+        failed: Callable[[Row, str], list[Out]] | None = None,
+        aside: Callable[[duckdb.DuckDBPyConnection, Row], None] | None = None,
+    ) -> list[Out]:
+        """``write(rows)`` (one transaction), such that no row can poison the batch. On the
+        store's thread.
+
+        When ``write`` fails because of what a row holds (:func:`_row_error`), the batch is
+        halved and each half written again, down to single rows, so k bad rows among n cost
+        about 2k·log2(n) tries. A row that still fails is dead-lettered as ``letter(row,
+        reason)`` (made storable), ``aside(tx, row)`` runs in the same transaction, the
+        observers count it, and ``failed(row, reason)`` stands for its results (none by
+        default). The results of the halves are concatenated in row order. Any other
+        failure is raised; halves already written stay written, so writers must be safe
+        to retry (idempotent, as every ``put_*`` but the append-only call log is)."""
+        batch = list(rows)
+        if not batch:
+            return []
+        try:
+            return write(batch)
+        except Exception as exc:
+            why = _row_error(exc)
+            if why is None:
+                raise
+            if len(batch) > 1:
+                mid = len(batch) // 2
+                left = self._write_batch(
+                    table, batch[:mid], write, letter, now=now, failed=failed, aside=aside
+                )
+                right = self._write_batch(
+                    table, batch[mid:], write, letter, now=now, failed=failed, aside=aside
+                )
+                return left + right
+        row = batch[0]
+        dead = letter(row, f"could not be stored in {table}: {why}")
+        with self._tx() as tx:
+            self._insert_dead(tx, [dead], now)
+            if aside is not None:
+                aside(tx, row)
+        log.warning(
+            "a %s row could not be stored (event %s); dead-lettered, the rest of its batch "
+            "is stored: %s",
+            table,
+            storable(dead.event_id),
+            why,
+        )
+        for observe in self._set_aside:
+            observe(table, 1)
+        return failed(row, why) if failed is not None else []
+
     @staticmethod
     def _insert_dead(tx: duckdb.DuckDBPyConnection, dead: list[DeadLetter], now: datetime) -> None:
+        """Append dead letters, each text made :func:`storable` (a dead letter of a row that
+        held a lone surrogate must not fail the same way)."""
         if not dead:
             return
         tx.execute(
@@ -241,12 +385,12 @@ class StoreBase:
             "unnest(?::VARCHAR[])",
             [
                 now,
-                [d.source for d in dead],
-                [d.kind for d in dead],
-                [d.reason for d in dead],
-                [d.event_id for d in dead],
-                [d.location for d in dead],
-                [d.raw for d in dead],
+                [storable(d.source) for d in dead],
+                [storable(d.kind) for d in dead],
+                [storable(d.reason) for d in dead],
+                [storable(d.event_id) for d in dead],
+                [storable(d.location) for d in dead],
+                [storable(d.raw) for d in dead],
             ],
         )
 
@@ -272,7 +416,9 @@ class StoreBase:
 
     @staticmethod
     def _insert_audit(tx: duckdb.DuckDBPyConnection, entries: list[AuditEntry]) -> list[int]:
-        """Append ``entries`` to the audit log; their ids, in order."""
+        """Append ``entries`` to the audit log; their ids, in order. An entry belongs to the
+        change it records (same transaction), so it is never set aside: its text is made
+        :func:`storable` instead (a lone surrogate kept as its escape)."""
         ids: list[int] = []
         for e in entries:
             row = tx.execute(
@@ -282,14 +428,14 @@ class StoreBase:
                 "?::JSON, ?) RETURNING id",
                 [
                     e.at,
-                    e.task_type,
-                    e.actor,
+                    storable(e.task_type),
+                    storable(e.actor),
                     e.action,
                     None if e.from_level is None else str(e.from_level),
                     None if e.to_level is None else str(e.to_level),
-                    e.reason,
-                    json.dumps(e.evidence),
-                    e.policy_hash,
+                    storable(e.reason),
+                    storable_json(e.evidence),
+                    storable(e.policy_hash),
                 ],
             ).fetchone()
             assert row is not None

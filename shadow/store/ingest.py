@@ -1,11 +1,15 @@
-"""Events, outcomes, agent decisions and dead letters: idempotent batched writes."""
+"""Events, outcomes, agent decisions and dead letters: idempotent batched writes. A record
+the store cannot hold is dead-lettered with DuckDB's reason and reported ``unstorable``;
+the rest of its batch is stored (:meth:`~shadow.store.base.StoreBase._write_batch`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+import duckdb
 
 from shadow.errors import Reason
 from shadow.fastjson import dumps
@@ -14,7 +18,7 @@ from shadow.model import (
     ShadowDecision,
     WorkEvent,
 )
-from shadow.store.base import StoreBase
+from shadow.store.base import StoreBase, storable
 from shadow.store.records import (
     DeadLetter,
     PutResult,
@@ -42,7 +46,26 @@ class IngestPart(StoreBase):
         if len(flags) != len(events):
             raise ValueError("needs_agent must have one flag per event")
         where = _locations(locations, len(events))
-        return await self._run(self._put_events, list(events), flags, where, source, now)
+        rows = list(zip(events, flags, where, strict=True))
+
+        def write(chunk: list[tuple[WorkEvent, bool, str | None]]) -> list[PutResult]:
+            return self._put_events(
+                [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk], source, now
+            )
+
+        def letter(row: tuple[WorkEvent, bool, str | None], why: str) -> DeadLetter:
+            event = row[0]
+            return DeadLetter(source, "event", why, _raw(event.to_json), event.event_id, row[2])
+
+        return await self._run(
+            self._write_batch,
+            "events",
+            rows,
+            write,
+            letter,
+            now=now,
+            failed=lambda row, why: [_unstorable(row[0].event_id, why)],
+        )
 
     def _put_events(
         self,
@@ -121,7 +144,24 @@ class IngestPart(StoreBase):
     ) -> list[PutResult]:
         """Store outcomes; ``locations`` as for :meth:`put_events`."""
         where = _locations(locations, len(outcomes))
-        return await self._run(self._put_outcomes, list(outcomes), where, source, now)
+        rows = list(zip(outcomes, where, strict=True))
+
+        def write(chunk: list[tuple[Outcome, str | None]]) -> list[PutResult]:
+            return self._put_outcomes([r[0] for r in chunk], [r[1] for r in chunk], source, now)
+
+        def letter(row: tuple[Outcome, str | None], why: str) -> DeadLetter:
+            o = row[0]
+            return DeadLetter(source, "outcome", why, _raw(o.to_json), o.event_id, row[1])
+
+        return await self._run(
+            self._write_batch,
+            "outcomes",
+            rows,
+            write,
+            letter,
+            now=now,
+            failed=lambda row, why: [_unstorable(row[0].event_id, why)],
+        )
 
     def _put_outcomes(
         self, outcomes: list[Outcome], where: list[str | None], source: str, now: datetime
@@ -237,8 +277,35 @@ class IngestPart(StoreBase):
         now: datetime,
         source: str = "agent",
     ) -> list[PutResult]:
-        """Store agent decisions as ``(decision, task_type)`` pairs; first answer wins."""
-        return await self._run(self._put_decisions, list(decisions), now, source)
+        """Store agent decisions as ``(decision, task_type)`` pairs; first answer wins. A
+        decision the store cannot hold is dead-lettered and its event no longer waits for
+        the agent (asking again would give the same answer, and fail the same way)."""
+
+        def write(chunk: list[tuple[ShadowDecision, str]]) -> list[PutResult]:
+            return self._put_decisions(chunk, now, source)
+
+        def letter(row: tuple[ShadowDecision, str], why: str) -> DeadLetter:
+            d = row[0]
+            return DeadLetter(source, "decision", why, _raw(d.to_json), d.event_id)
+
+        def answered(tx: duckdb.DuckDBPyConnection, row: tuple[ShadowDecision, str]) -> None:
+            event_id = storable(row[0].event_id)
+            if event_id == row[0].event_id:  # else no such event could have been stored
+                tx.execute(
+                    "UPDATE events SET needs_agent = false WHERE needs_agent AND event_id = ?",
+                    [event_id],
+                )
+
+        return await self._run(
+            self._write_batch,
+            "decisions",
+            list(decisions),
+            write,
+            letter,
+            now=now,
+            failed=lambda row, why: [_unstorable(row[0].event_id, why)],
+            aside=answered,
+        )
 
     def _put_decisions(
         self, decisions: list[tuple[ShadowDecision, str]], now: datetime, source: str
@@ -321,6 +388,23 @@ class IngestPart(StoreBase):
                 self._insert_dead(tx, list(letters), now)
 
         await self._run(write)
+
+
+def _unstorable(event_id: str, why: str) -> PutResult:
+    return PutResult(storable(event_id) or "", PutStatus.UNSTORABLE, why)
+
+
+def _raw(to_json: Callable[[], Any]) -> str:
+    """A record's JSON for its dead letter (ASCII, so storable), or its repr when even the
+    record cannot be written as JSON."""
+    try:
+        value = to_json()
+    except Exception:
+        return "<a record that cannot be shown>"
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        return storable(repr(value)) or ""
 
 
 def _locations(locations: Sequence[str | None] | None, n: int) -> list[str | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from shadow.model import (
 )
 from shadow.store.base import StoreBase
 from shadow.store.records import (
+    DeadLetter,
     JoinRow,
     Reversal,
     _col,
@@ -27,6 +29,23 @@ from shadow.store.records import (
 
 def _handling(value: str | None) -> Handling | None:
     return None if value is None else Handling(value)
+
+
+def _comparison_raw(c: Comparison) -> str:
+    """A comparison as its dead letter keeps it (ASCII JSON: storable whatever it holds)."""
+    fields = {
+        "event_id": c.event_id,
+        "task_type": c.task_type,
+        "agent_version": c.agent_version,
+        "verdict": c.verdict.value,
+        "critical": c.critical_miss,
+        "outcome_hash": c.outcome_hash,
+        "handled_by": c.handled_by.value,
+    }
+    try:
+        return json.dumps({**fields, "fields": [f.to_json() for f in c.fields]})
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps(fields)
 
 
 class JoinPart(StoreBase):
@@ -137,8 +156,20 @@ class JoinPart(StoreBase):
         Kafka replicas, the member that lost a partition may expire a join that the new
         owner completed; a real verdict does replace an ``expired`` one. ``published``
         (the promoter folding the comparisons topic) also marks the comparisons it keeps as
-        published, in the same transaction, so they are never echoed."""
-        return await self._run(self._put_comparisons, list(comparisons), now, actor, published)
+        published, in the same transaction, so they are never echoed.
+
+        A comparison the store cannot hold is dead-lettered (kind ``comparison``, source
+        ``actor``) and the others are stored (``StoreBase._write_batch``)."""
+
+        def write(chunk: list[Comparison]) -> list[Reversal]:
+            return self._put_comparisons(chunk, now, actor, published)
+
+        def letter(c: Comparison, why: str) -> DeadLetter:
+            return DeadLetter(actor, "comparison", why, _comparison_raw(c), c.event_id)
+
+        return await self._run(
+            self._write_batch, "comparisons", list(comparisons), write, letter, now=now
+        )
 
     def _put_comparisons(
         self, comparisons: list[Comparison], now: datetime, actor: str, published: bool = False

@@ -29,7 +29,7 @@ from shadow.model import (
     Verdict,
 )
 from shadow.promotion import LadderState, Step
-from shadow.store.base import StoreBase
+from shadow.store.base import StoreBase, storable, storable_json
 from shadow.store.records import (
     ReplayEvidence,
 )
@@ -67,11 +67,13 @@ def insert_changes(
     tx: duckdb.DuckDBPyConnection, changes: Sequence[tuple[int, dict[str, Any]]]
 ) -> None:
     """Queue ``(audit_id, change_record)`` pairs in the autonomy outbox (inside the caller's
-    transaction: the change, its audit row and its outbox row commit together)."""
+    transaction: the change, its audit row and its outbox row commit together). Like its
+    audit row, an outbox row is never set aside: its text is made storable instead (an
+    actor's or reason's lone surrogate kept as its escape)."""
     for audit_id, record in changes:
         tx.execute(
             "INSERT INTO autonomy_outbox (audit_id, task_type, record) VALUES (?, ?, ?::JSON)",
-            [audit_id, record["task_type"], json.dumps(record)],
+            [audit_id, storable(record["task_type"]), storable_json(record)],
         )
 
 
@@ -207,19 +209,19 @@ class OutboxPart(StoreBase):
                         "history, report) VALUES (?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
                         "?, ?::JSON)",
                         [
-                            run_id,
+                            storable(run_id),
                             now,
-                            e.task_type,
-                            e.agent_version,
+                            storable(e.task_type),
+                            storable(e.agent_version),
                             e.n,
                             e.agree,
                             e.critical,
                             e.errors,
                             e.lower,
                             e.upper,
-                            e.policy_hash,
-                            history,
-                            json.dumps(e.report),
+                            storable(e.policy_hash),
+                            storable(history),
+                            storable_json(e.report),
                         ],
                     )
                 self._insert_audit(

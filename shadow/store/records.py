@@ -25,6 +25,7 @@ class PutStatus(enum.StrEnum):
     CONFLICT = "conflict"  # dead-lettered, nothing overwritten
     REVERSAL = "reversal"  # outcome with a later decided_at: re-compared
     SUPERSEDED = "superseded"  # outcome older than the current one: kept as history
+    UNSTORABLE = "unstorable"  # the store cannot hold what it holds: dead-lettered, not stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ class PutResult:
 
     @property
     def accepted(self) -> bool:
-        return self.status is not PutStatus.CONFLICT
+        return self.status is not PutStatus.CONFLICT and self.status is not PutStatus.UNSTORABLE
 
 
 @dataclass(frozen=True, slots=True)

@@ -440,12 +440,20 @@ def test_lone_surrogate_escape_is_rejected() -> None:
     body = rb'{"event_id": "r-\ud800", "task_type": "t", "payload": {}}'
     parsed = events(body, JSON)
     assert errors(parsed) == [
-        (1, "event_id", "string holds a lone UTF-16 surrogate escape; not valid Unicode")
+        (
+            1,
+            "event_id",
+            "string holds a lone UTF-16 surrogate \\ud800 at index 2; not valid Unicode",
+        )
     ]
     assert parsed.errors[0].event_id == "r-\\ud800"  # made safe to store
     key = rb'{"event_id": "r-1", "task_type": "t", "payload": {"\udc00": 1}}'
     assert errors(events(key, JSON)) == [
-        (1, "payload", "object key holds a lone UTF-16 surrogate escape")
+        (
+            1,
+            "payload",
+            "object key holds a lone UTF-16 surrogate \\udc00 at index 0; not valid Unicode",
+        )
     ]
 
 
