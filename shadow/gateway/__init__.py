@@ -12,7 +12,10 @@ one place the autonomy level is enforced on each call (docs/gateway.md).
 Modules: :mod:`~shadow.gateway.rules` (the pure per-call decision),
 :mod:`~shadow.gateway.capability` (tools URLs bound to one case),
 :mod:`~shadow.gateway.upstream` (the official MCP SDK's client to each upstream),
-:mod:`~shadow.gateway.core` (catalog, classes, enforcement, shadow capture, records),
+:mod:`~shadow.gateway.catalog` (which tools a case sees, and which are reads),
+:mod:`~shadow.gateway.core` (enforcement, shadow capture, records),
+:mod:`~shadow.gateway.results` (shadow results checked against a tool's ``outputSchema``),
+:mod:`~shadow.gateway.synth` (the value synthesis behind them),
 :mod:`~shadow.gateway.approvals` (held writes), :mod:`~shadow.gateway.mcp` (the
 agent-facing Streamable HTTP endpoint), :mod:`~shadow.gateway.api` (sessions and approvals
 over the sidecar's HTTP API).

@@ -1,15 +1,10 @@
 """The gateway's decisions: which tools a case sees, and what happens to each call.
 
-- **Catalog.** ``tools/list`` lists the tools of every upstream (one listing shared by every
-  session, reused for ``class_ttl`` seconds) and keeps those the task type's allowlist admits,
-  under their own names, prefixed ``<server>.`` only where two upstreams share a name. A call
-  must name a listed tool *exactly* (no case folding, no Unicode normalisation): anything
-  else is refused, recorded and audited, never forwarded; what is forwarded is the
+- **Catalog and class.** Which tools a case sees and which of them are reads (fails closed)
+  are decided by :mod:`shadow.gateway.catalog` (see its docstring), whose
+  :class:`~shadow.gateway.catalog.Catalog` the gateway owns. A call naming no listed tool
+  exactly is refused, recorded and audited here, never forwarded; what is forwarded is the
   upstream's own name from the catalog, never the agent's string.
-- **Class (fails closed).** A tool is a read only when the policy lists it under ``read:``
-  (and not under ``write:``), or when its upstream is marked ``trust_read_only_hint: true``
-  and marks it ``readOnlyHint: true`` in a listing at most ``class_ttl`` seconds old. Every
-  other tool is a write. A tool once seen as a write stays one for the life of the process.
 - **Enforcement.** :func:`shadow.gateway.rules.decide` on the ladder's level, freeze flag and
   audit sample read *after* every await that precedes the decision, and read again right
   before a write is sent (after the upstream connection is ready, and after an approval is
@@ -44,6 +39,7 @@ from shadow.config import Settings
 from shadow.errors import NotForwarded, UpstreamError
 from shadow.gateway.approvals import Approvals, LadderView, Settled
 from shadow.gateway.capability import Capabilities, Grant, McpSessions
+from shadow.gateway.catalog import Catalog, ToolEntry
 from shadow.gateway.results import ShadowResultError, call_result, schema_problem, shadow_result
 from shadow.gateway.rules import Decision, decide, write_digest
 from shadow.gateway.upstream import UpstreamClient
@@ -72,19 +68,6 @@ class CallRefused(Exception):
         super().__init__(message)
 
 
-@dataclass(frozen=True, slots=True)
-class ToolEntry:
-    exposed: str  # the name the agent sees and calls
-    upstream: str
-    name: str  # the upstream's own name
-    tool: Mapping[str, Any]  # the upstream's Tool object, with ``name`` = exposed
-
-    @property
-    def read_only_hint(self) -> bool | None:
-        hint = (self.tool.get("annotations") or {}).get("readOnlyHint")
-        return hint if isinstance(hint, bool) else None
-
-
 Answer = tuple[str, Any]
 """What a write ended as, shared by its identical retries: ``("result", result)``,
 ``("error", (code, message))``, or ``("approval", approval_id)`` for a held write."""
@@ -106,24 +89,6 @@ class _Session:
     seen: dict[tuple[str, str | None], _Write] = field(default_factory=dict)
     called: bool = False
     audited: int = 0
-
-
-def _catalog(lists: Mapping[str, list[dict[str, Any]]], rules: TaskTools) -> dict[str, ToolEntry]:
-    owners: dict[str, int] = {}
-    for tools in lists.values():
-        for named in {str(t["name"]) for t in tools if isinstance(t.get("name"), str)}:
-            owners[named] = owners.get(named, 0) + 1
-    out: dict[str, ToolEntry] = {}
-    for server, tools in lists.items():
-        for tool in tools:
-            name = tool.get("name")
-            if not isinstance(name, str) or not name:
-                continue
-            exposed = name if owners[name] == 1 else f"{server}.{name}"
-            if exposed in out or not (rules.allowed(exposed) or rules.allowed(name)):
-                continue
-            out[exposed] = ToolEntry(exposed, server, name, {**tool, "name": exposed})
-    return out
 
 
 def describe_gateway(policy: Policy) -> list[str]:
@@ -182,19 +147,9 @@ class Gateway:
         self._flusher: asyncio.Task[None] | None = None
         self._sessions: dict[str, _Session] = {}  # by capability nonce: sessions with calls
         self._cases: dict[str, _Session] = {}  # by event id: the open shadow sessions
-        self._writes_seen: set[tuple[str, str]] = set()  # (upstream, name) ever seen as write
-        self._class_ttl = class_ttl
-        self._monotonic = monotonic
-        # Per upstream (trusted hints only): (when listed, the tools marked readOnlyHint).
-        self._read_hints: dict[str, tuple[float, frozenset[str]]] = {}
-        # Per upstream: the listing in flight for classes, and when it started.
-        self._listing: dict[str, tuple[float, asyncio.Future[Any]]] = {}
-        # Every upstream's tools: the last full listing (when it started) and the one in flight.
-        self._listed: tuple[float, dict[str, list[dict[str, Any]]]] | None = None
-        self._listing_all: asyncio.Future[dict[str, list[dict[str, Any]]]] | None = None
-        # Per task type, the catalog of the last listing (routing only; refreshed by a call
-        # naming a tool it does not hold).
-        self._catalogs: dict[str, dict[str, ToolEntry]] = {}
+        self.catalog = Catalog(
+            policy=policy, upstreams=self.upstreams, class_ttl=class_ttl, monotonic=monotonic
+        )
         # (task type, tool, schema) -> the problem of the policy's shadow_result, or None.
         self._result_checks: dict[tuple[str, str, str], str | None] = {}
         self._plain_checks: dict[str, bool] = {}
@@ -385,108 +340,16 @@ class Gateway:
 
     # -- tools ----------------------------------------------------------------------------
 
-    async def _lists(self, only: str | None = None) -> dict[str, list[dict[str, Any]]]:
-        names = [only] if only is not None else list(self.upstreams)
-        started = self._monotonic()
-
-        async def one(name: str) -> list[dict[str, Any]]:
-            listed_at = self._monotonic()
-            try:
-                tools = await self.upstreams[name].list_tools()
-            except UpstreamError as exc:
-                log.warning("gateway: %s", exc)
-                return []
-            self._learn(name, tools, listed_at)
-            return tools
-
-        got = dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
-        if only is None and (self._listed is None or self._listed[0] <= started):
-            self._listed = (started, got)
-        return got
-
-    async def _listings(self, max_age: float) -> dict[str, list[dict[str, Any]]]:
-        """Every upstream's tools, listed at most ``max_age`` seconds ago (one listing at a
-        time, shared by every session waiting for it)."""
-        held = self._listed
-        if held is not None and self._monotonic() - held[0] <= max_age:
-            return held[1]
-        if self._listing_all is None:
-            self._listing_all = asyncio.ensure_future(self._lists())
-            self._listing_all.add_done_callback(self._listed_all)
-        return await asyncio.shield(self._listing_all)
-
-    def _listed_all(self, listing: asyncio.Future[Any]) -> None:
-        if self._listing_all is listing:
-            self._listing_all = None
-
     async def list_tools(self, grant: Grant) -> list[dict[str, Any]]:
         rules = self.rules(grant.task_type)
         if rules is None:
             return []
-        entries = _catalog(await self._listings(self._class_ttl), rules)
-        self._catalogs[grant.task_type] = entries
+        entries = await self.catalog.listed(grant.task_type, rules)
         for entry in entries.values():
             problem = self._result_problem(grant.task_type, rules, entry)
             if problem is not None:
                 log.error("gateway: %s", problem)
         return [dict(e.tool) for e in entries.values()]
-
-    async def _entry(self, task_type: str, rules: TaskTools, name: str) -> ToolEntry | None:
-        entries = self._catalogs.get(task_type)
-        if entries is None or name not in entries:
-            entries = _catalog(await self._listings(0.0), rules)
-            self._catalogs[task_type] = entries
-        return entries.get(name)
-
-    def _learn(self, upstream: str, tools: list[dict[str, Any]], listed_at: float) -> None:
-        """Keep a listing's read hints; every tool it does not mark read-only is a write
-        from now on."""
-        reads = set()
-        for tool in tools:
-            name = tool.get("name")
-            if not isinstance(name, str):
-                continue
-            if (tool.get("annotations") or {}).get("readOnlyHint") is True:
-                reads.add(name)
-            else:
-                self._writes_seen.add((upstream, name))
-        held = self._read_hints.get(upstream)
-        if held is None or held[0] <= listed_at:  # a slower, older listing does not win
-            self._read_hints[upstream] = (listed_at, frozenset(reads))
-
-    async def _reads_of(self, upstream: str) -> frozenset[str]:
-        """The tools ``upstream`` marks read-only, listed at most ``class_ttl`` s ago."""
-        held = self._read_hints.get(upstream)
-        if held is not None and self._monotonic() - held[0] <= self._class_ttl:
-            return held[1]
-        running = self._listing.get(upstream)
-        if running is None:
-            running = (self._monotonic(), asyncio.ensure_future(self._lists(upstream)))
-            self._listing[upstream] = running
-            running[1].add_done_callback(lambda _: self._listing.pop(upstream, None))
-        started, listing = running
-        await asyncio.shield(listing)  # a caller that gives up leaves the listing to the rest
-        held = self._read_hints.get(upstream)
-        if held is None or held[0] < started:  # the listing failed: nothing is a read
-            return frozenset()
-        return held[1]
-
-    async def _classify(self, rules: TaskTools, entry: ToolEntry) -> ToolClass:
-        listed = rules.listed_class(entry.exposed)
-        if listed is None and entry.exposed != entry.name:
-            listed = rules.listed_class(entry.name)
-        if listed is not None:
-            return listed
-        upstream = self.policy.upstreams.get(entry.upstream)
-        if upstream is None or not upstream.trust_read_only_hint:
-            return "write"  # fails closed: an upstream's own word is not enough
-        if (entry.upstream, entry.name) in self._writes_seen:
-            return "write"
-        reads = await self._reads_of(entry.upstream)
-        if entry.name in reads and (entry.upstream, entry.name) not in self._writes_seen:
-            return "read"
-        self._writes_seen.add((entry.upstream, entry.name))
-        return "write"
 
     def _verdict(self, grant: Grant, cls: ToolClass) -> tuple[Level, Decision]:
         """The ladder's answer *now*: level, freeze flag and audit sample read at once."""
@@ -581,14 +444,14 @@ class Gateway:
         ) -> None:
             self._record(row, outcome, entry, cls, error, time.perf_counter() - start, approval_id)
 
-        entry = None if rules is None else await self._entry(task_type, rules, name)
+        entry = None if rules is None else await self.catalog.entry(task_type, rules, name)
         if rules is None or entry is None:
             why = f"tool {name!r} is not on {task_type}'s allowlist: refused"
             record("refused", None, None, why)
             self._audit_refusal(grant, session, name, why)
             raise CallRefused(why)
         row["args"] = redact_args(args, rules.redacted_paths(entry.exposed))
-        cls = await self._classify(rules, entry)
+        cls = await self.catalog.classify(rules, entry)
         # Decided here, after every await above: the level in force now, not at the call.
         level, verdict = self._verdict(grant, cls)
         row["level"] = str(level)
