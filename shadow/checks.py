@@ -44,11 +44,12 @@ JSONObject = dict[str, Any]
 
 CONTROL = re.compile("[\x00-\x1f\x7f]")  # control characters, not allowed in identifiers
 
-# What text_problem refuses. In any text: NUL, and lone UTF-16 surrogates (U+D800-U+DFFF
-# alone in a str: JSON's "\ud800" escape and non-UTF-8 header bytes decode to them), which
-# have no UTF-8 form, so neither DuckDB nor a UTF-8 log or JSON encoder can keep them. In an
-# identifier also every other C0 control character and DEL.
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+# What text_problem refuses. In any text: lone UTF-16 surrogates (U+D800-U+DFFF alone in a
+# str: JSON's "\ud800" escape and non-UTF-8 header bytes decode to them), which have no UTF-8
+# form, so neither DuckDB nor a UTF-8 log or JSON encoder can keep them. In an identifier
+# also NUL, every other C0 control character and DEL. (NUL in free text is stored as the JSON
+# escape it arrived as: a customer's data may hold one, and refusing it would lose the case.)
+_BAD_TEXT = re.compile("[\ud800-\udfff]")
 _BAD_IDENT = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
@@ -265,14 +266,14 @@ def text_problem(
     What is refused:
 
     - **everywhere**: a lone UTF-16 surrogate (U+D800-U+DFFF; the JSON escape ``\\ud800``
-      and header bytes that are not UTF-8 decode to one) and NUL (U+0000). Neither can be
-      stored (no UTF-8 form; NUL cuts C strings), and neither belongs in any text.
-    - **in identifiers** (ids, task types, actors, tool names, levels, labels) also every
-      other C0 control character (U+0001-U+001F) and DEL (U+007F): ids are keys, log fields
-      and header values, which a newline or an escape sequence would split or forge.
+      and header bytes that are not UTF-8 decode to one): it has no UTF-8 form, so it cannot
+      be stored, logged or sent on.
+    - **in identifiers** (ids, task types, actors, tool names, levels, labels) also NUL and
+      every other C0 control character (U+0000-U+001F) and DEL (U+007F): ids are keys, log
+      fields and header values, which a newline or an escape sequence would split or forge.
 
-    Free text (payloads, decisions, tool arguments, reasons) may hold ``\\n``, ``\\t`` and
-    the other control characters. ``ident``: ``True`` when every string in ``value`` is an
+    Free text (payloads, decisions, tool arguments, reasons) may hold NUL, ``\\n``, ``\\t``
+    and the other control characters (stored as their JSON escapes). ``ident``: ``True`` when every string in ``value`` is an
     identifier, or the paths of the strings that are (object keys are then checked as
     free text). The message names the character as a ``\\uXXXX`` escape and its index in
     the string, e.g. ``string holds a lone UTF-16 surrogate \\ud800 at index 3; ...``.

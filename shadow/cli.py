@@ -239,8 +239,8 @@ _TEXT_ARGS = {"reason": "--reason"}
 def _check_text(args: argparse.Namespace) -> None:
     """Refuse (exit 2, naming the argument) what the sidecar would refuse as text
     (:func:`shadow.checks.text_problem`) before anything is sent: a lone surrogate (bytes
-    that are not UTF-8 reach Python's argv as one) or NUL anywhere, and a control character
-    in an identifier."""
+    that are not UTF-8 reach Python's argv as one) anywhere, and a control character (NUL
+    included) in an identifier."""
     from shadow.checks import text_problem
 
     for names, ident in ((_IDENT_ARGS, True), (_TEXT_ARGS, False)):

@@ -23,7 +23,7 @@ leading UTF-8 byte-order mark is accepted and stripped (some Windows tools write
 Stricter than :func:`json.loads`, because an ambiguous record must never be half-understood:
 duplicate keys in one object, ``NaN``/``Infinity`` literals and lone UTF-16 surrogate escapes
 (``"\\ud800"``, not encodable as UTF-8) reject the record with the field path, as does any
-other text :func:`shadow.checks.text_problem` refuses (NUL anywhere; control characters in
+other text :func:`shadow.checks.text_problem` refuses (control characters, NUL included, in
 ids). Nesting deep enough to exhaust the parser is reported as "nested too deeply" instead
 of crashing; :data:`shadow.model.MAX_DEPTH` bounds what a valid record may hold.
 

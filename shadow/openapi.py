@@ -130,7 +130,7 @@ _SCHEMAS: dict[str, Any] = {
             "task_type": {"type": "string", "pattern": TASK_TYPE_PATTERN},
             "payload": {"type": "object", "description": _DEPTH_NOTE},
             "occurred_at": {"type": "string", "format": "date-time"},
-            "segment": {"type": "string", "maxLength": MAX_ID_LENGTH},
+            "segment": {**_ID, "minLength": 0, "pattern": "^[^\\u0000-\\u001f\\u007f]*$"},
         },
     },
     "Outcome": {
@@ -148,12 +148,12 @@ _SCHEMAS: dict[str, Any] = {
                     "required": ["tool"],
                     "additionalProperties": False,
                     "properties": {
-                        "tool": {"type": "string", "minLength": 1},
+                        "tool": _ID,
                         "args": {"type": "object"},
                     },
                 },
             },
-            "decided_by": {"type": "string", "maxLength": MAX_ID_LENGTH},
+            "decided_by": {**_ID, "minLength": 0, "pattern": "^[^\\u0000-\\u001f\\u007f]*$"},
             "decided_at": {"type": "string", "format": "date-time"},
             "handled_by": {"type": "string", "enum": HANDLED_BY},
         },

@@ -82,6 +82,7 @@ async def test_ingest_refuses_each_bad_record_by_field_and_stores_the_rest(
     lines = [
         '{"event_id": "ok-1", "task_type": "appeal", "payload": {"amount": 1}}',
         '{"event_id": "s-1", "task_type": "appeal", "payload": {"note": "ab\\ud800"}}',
+        # Free text may hold NUL (stored as its escape).
         '{"event_id": "n-1", "task_type": "appeal", "payload": {"note": "a\\u0000"}}',
         '{"event_id": "c-1\\u0001", "task_type": "appeal", "payload": {}}',
         '{"event_id": "g-1", "task_type": "appeal", "payload": {}, "segment": "eu\\u0007"}',
@@ -91,21 +92,19 @@ async def test_ingest_refuses_each_bad_record_by_field_and_stores_the_rest(
     ]
     res = await sc.post("/v1/events", data="\n".join(lines), headers=NDJSON)
     assert res.status == 202, res
-    assert res.body["accepted"] == 2
+    assert res.body["accepted"] == 3
     errors = [(e["line"], e["path"], e["message"]) for e in res.body["errors"]]
     assert [(line, path) for line, path, _ in errors] == [
         (2, "payload.note"),
-        (3, "payload.note"),
         (4, "event_id"),
         (5, "segment"),
         (6, "payload"),
     ]
     assert f"{SURROGATE} \\ud800 at index 2" in errors[0][2]
-    assert "NUL (\\u0000) at index 1" in errors[1][2]
-    assert "control character \\u0001 at index 3" in errors[2][2]
-    assert "control character \\u0007 at index 2" in errors[3][2]
-    assert f"object key holds a {SURROGATE} \\udc00" in errors[4][2]
-    assert await sc.pipeline.store.count("events") == 2
+    assert "control character \\u0001 at index 3" in errors[1][2]
+    assert "control character \\u0007 at index 2" in errors[2][2]
+    assert f"object key holds a {SURROGATE} \\udc00" in errors[3][2]
+    assert await sc.pipeline.store.count("events") == 3
 
     # One object: refused whole, naming the field.
     one = '{"event_id": "o-1", "decision": {"action": "ap\\ud800prove"}}'
@@ -150,20 +149,19 @@ async def test_the_mirror_target_dead_letters_bad_text_by_field_and_stores_the_r
         b"X-Region: eu\xff\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     assert (await conn.response()).status == 202
-    nul = '{"refund_id": "m-2", "amount": 1, "note": "a\\u0000"}'
+    nul = '{"refund_id": "m-2", "amount": 1, "note": "a\\u0000"}'  # free text: stored
     assert (await send(sc, "POST", "/v1/mirror/refunds", nul)).status == 202
     ok = await sc.post("/v1/mirror/refunds", json_body={"refund_id": "m-3", "amount": 2})
     assert ok.status == 202
     await sc.app[MIRROR].drained()
     letters = {d["event_id"]: d for d in await sc.pipeline.store.dead_letters()}
-    assert set(letters) == {"m-1", "m-2"}
+    assert set(letters) == {"m-1"}
     assert f"segment: string holds a {SURROGATE} \\udcff at index 2" in letters["m-1"]["reason"]
-    assert "payload.note: string holds NUL" in letters["m-2"]["reason"]
-    assert await sc.pipeline.store.count("events") == 1
+    assert await sc.pipeline.store.count("events") == 2
     samples = await sc.metrics()
     assert metric(samples, "shadow_mirror_requests_total", rule="POST /refunds", result="accepted")
     assert (
-        metric(samples, "shadow_mirror_requests_total", rule="POST /refunds", result="invalid") == 2
+        metric(samples, "shadow_mirror_requests_total", rule="POST /refunds", result="invalid") == 1
     )
 
 
@@ -172,11 +170,10 @@ async def test_the_mirror_target_dead_letters_bad_text_by_field_and_stores_the_r
 ADMIN_CASES = [
     # (method, path, raw JSON body, the field named)
     ("PUT", "/v1/autonomy/refund", '{"level": "L1", "reason": "x\\ud800"}', "reason"),
-    ("PUT", "/v1/autonomy/refund", '{"level": "L1", "reason": "a\\u0000b"}', "reason"),
     ("PUT", "/v1/autonomy/refund", '{"level": "L1", "actor": "ops\\njane"}', "actor"),
     ("PUT", "/v1/autonomy/refund", '{"level": "L1\\ud800"}', "level"),
     ("POST", "/v1/autonomy/appeal/approve", '{"proposal_id": "p-\\ud800"}', "proposal_id"),
-    ("POST", "/v1/autonomy/appeal/reject", '{"to": "L1", "reason": "no\\u0000"}', "reason"),
+    ("POST", "/v1/autonomy/appeal/reject", '{"to": "L1", "actor": "o\\u0000ps"}', "actor"),
     ("POST", "/v1/autonomy/refund/reconsider", '{"actor": "\\udcff"}', "actor"),
     ("POST", "/v1/freeze", '{"reason": "incident \\ud800"}', "reason"),
     ("POST", "/v1/freeze", '{"actor": "ops\\u007f"}', "actor"),
@@ -304,11 +301,6 @@ async def test_mcp_requests_with_bad_text_are_refused_by_field_and_record_nothin
             call_text('"issue_refund"', '{"order_id": "o-1", "amount": 1.0, "note": "abc\\ud800"}'),
             "params.arguments.note",
             f"{SURROGATE} \\ud800 at index 3",
-        ),
-        (
-            call_text('"issue_refund"', '{"order_id": "o-1\\u0000", "amount": 1.0}'),
-            "params.arguments.order_id",
-            "NUL (\\u0000) at index 3",
         ),
         (
             call_text('"issue_refund"', '{"order_id": "o-1", "amount": 1.0, "\\udc80": 1}'),
