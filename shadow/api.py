@@ -52,6 +52,7 @@ __all__ = [
     "ON_FREEZE",
     "PIPELINE",
     "READINESS",
+    "STARTUP",
     "REGISTRY",
     "SETTINGS",
     "actor_of",
@@ -70,6 +71,9 @@ REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 AUTH = web.AppKey("ingest_auth", IngestAuth)
 # Source health checks (Kafka): each returns why the sidecar is not ready, or None.
 READINESS = web.AppKey("readiness", list[Callable[[], str | None]])
+# Lines ``shadow run`` prints once it serves (what the configuration means: which tools are
+# reads, ...).
+STARTUP = web.AppKey("startup_lines", list[str])
 # Run after a freeze with (actor, reason): the tool gateway refuses the writes it holds.
 ON_FREEZE = web.AppKey("on_freeze", list[Callable[[str, str], Awaitable[None]]])
 
