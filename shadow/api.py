@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from shadow.checks import CONTROL, MAX_ID_LENGTH, text_problem
 from shadow.config import Settings
-from shadow.errors import AutonomyError, Reason
+from shadow.errors import AutonomyError, Reason, StoreError
 from shadow.handling import HandlingLog
 from shadow.ingest import (
     BodyError,
@@ -314,10 +314,38 @@ async def get_history(request: web.Request) -> web.Response:
     )
 
 
+def _route_refusal(request: web.Request) -> web.Response | None:
+    """The 401 unless the request carries a credential that may route: with the admin
+    token or ingest tokens configured, ``Authorization: Bearer`` with either (an ingest
+    token also in ``X-Shadow-Ingest-Token``); with none configured, routing is open."""
+    settings, auth = request.app[SETTINGS], request.app[AUTH]
+    admin_token = settings.admin_token is not None and settings.admin_token.get_secret_value()
+    if not admin_token and not auth.tokens:
+        return None
+    if admin_token and token_refusal(request) is None:
+        return None
+    if auth.tokens and auth.token_refusal(request.headers, bearer=True) is None:
+        return None
+    return error(
+        401,
+        "routing needs a credential: send 'Authorization: Bearer <token>' with the admin token "
+        "or an ingest token; nothing was recorded",
+    )
+
+
+# The level may change while a record is written (a freeze, a promotion): the route is then
+# recorded again and the new answer given, at most this many times.
+_ROUTE_TRIES = 3
+
+
 async def get_route(request: web.Request) -> web.Response:
-    """Who handles the item, from the Ladder's memory; the answer is also the sidecar's
-    record of how the item was handled (shadow.handling: kept in memory, written off the
-    answer path), which decides whether its outcome is evidence."""
+    """Who handles the item, from the Ladder's memory. ``GET``'s answer is also the
+    sidecar's record of how the item was handled (shadow.handling), which decides whether
+    its outcome is evidence: it is given only once that record is durable (503 when the
+    store cannot write it). ``HEAD`` checks the same and records nothing."""
+    refusal = _route_refusal(request)
+    if refusal is not None:
+        return refusal
     name = _task_type(request)
     event_id = request.query.get("event_id", "")
     if not event_id:
@@ -327,16 +355,28 @@ async def get_route(request: web.Request) -> web.Response:
     problem = text_problem(event_id, "event_id", ident=True)
     if problem is not None:
         return refused_text(problem)
-    answer = request.app[LADDER].route(name, event_id)
-    request.app[HANDLING].record(
-        name, event_id, Handling(answer["handled_by"]), Level.parse(answer["level"])
-    )
+    ladder = request.app[LADDER]
+    answer = ladder.route(name, event_id)
+    if request.method == "HEAD":
+        return web.json_response(answer)
+    handling = request.app[HANDLING]
+    for attempt in range(_ROUTE_TRIES):
+        try:
+            await handling.record(
+                name, event_id, Handling(answer["handled_by"]), Level.parse(answer["level"])
+            )
+        except StoreError as exc:
+            return error(503, f"no route given: its record could not be stored ({exc}); retry")
+        again = ladder.route(name, event_id)
+        if again == answer or attempt == _ROUTE_TRIES - 1:
+            break  # (changed yet again: the answer recorded last stands)
+        answer = again
     return web.json_response(answer)
 
 
 # What operators send is clipped to these lengths (docs/api.md). An actor with a control
 # character is refused (an identifier); a reason's become spaces, so the audit log and the
-# sidecar's log lines stay one line each. Lone surrogates and NUL are refused in both.
+# sidecar's log lines stay one line each. Lone surrogates are refused in both.
 MAX_ACTOR_CHARS = 200
 MAX_REASON_CHARS = 1000
 
@@ -572,7 +612,8 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/autonomy/{task_type}/history", get_history),
         web.post("/v1/freeze", post_freeze),
         web.post("/v1/unfreeze", post_unfreeze),
-        web.get("/v1/route/{task_type}", get_route),
+        # HEAD explicitly: get_route answers it without recording anything.
+        web.get("/v1/route/{task_type}", get_route, allow_head=True),
         web.get("/metrics", get_metrics),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),

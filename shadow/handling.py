@@ -2,17 +2,25 @@
 
 ``GET /v1/route`` answers from the :class:`~shadow.ladder.Ladder`'s memory; the answer's
 ``handled_by`` (``agent``, ``assisted`` or ``blind``, see :class:`~shadow.model.Handling`)
-is what decides whether the item's outcome will be evidence. :class:`HandlingLog` keeps
-those answers off the answer path: :meth:`HandlingLog.record` only puts the answer in
-memory (an item routed twice keeps its least independent answer) and schedules a write
-within ``flush_after`` seconds (0.5); the joiner flushes before each join, so an outcome that
-arrives right after its routing answer is still compared with the sidecar's record. The
-store relabels comparisons already made when a record arrives late (shadow.store.handling).
+decides whether the item's outcome will be evidence, and so does a live tools session
+(``POST /v1/sessions``). Either answer is given only once its record is durable:
+:meth:`HandlingLog.record` returns after the store committed it, and raises
+:class:`~shadow.errors.StoreError` when the write failed (the handlers answer 503 and give no
+route). A ``kill -9`` therefore loses no answer that was given.
 
-What is lost: answers given in the last ``flush_after`` seconds before a crash (kill -9)
-and not yet written by a join.
-Those items then count as never routed (blind) unless their outcome states how they were
-handled; docs/api.md says so and advises hosts acting above L1 to state ``handled_by``.
+**Group commit.** Routing must stay fast, and a DuckDB write costs a few milliseconds
+whatever its size, so records are written together: while one write is in flight, every
+record made meanwhile joins the next batch, and all their requests wait on that one write.
+Under load each write carries about as many records as there are routes waiting, so the
+rate is bounded by the concurrency, not by the store (``make bench``: tests/bench/
+bench_route.py compares it with a bare aiohttp app). The store's write thread is shared with
+ingest and joins, so a route waits for whatever store work is queued before it.
+
+**What counts.** The store keeps an item's least independent answer, and ignores a record
+made after the item's outcome arrived (or after its comparison was made): a route asked
+about an item already decided never changes how it counts (shadow.store.handling). A record
+made before the outcome whose write commits after it (in flight meanwhile) still counts and
+relabels the comparison made without it.
 """
 
 from __future__ import annotations
@@ -24,50 +32,70 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from shadow.errors import StoreError
 from shadow.metrics import Metrics
 from shadow.model import Handling, Level
 from shadow.store import Routed, Store
 
-__all__ = ["FLUSH_AFTER_S", "HandlingLog"]
+__all__ = ["LINGER_MAX_S", "HandlingLog"]
 
 log = logging.getLogger("shadow.handling")
 
-# A write costs DuckDB a few milliseconds whatever its size (index upkeep, the relabel): at
-# most two a second off the join path keeps the store thread (and the GIL) free for routing.
-FLUSH_AFTER_S = 0.5
-# Above this many unwritten answers a write starts at once (a flood of routes, a slow store);
-# answers are never dropped: dropping one would let an echoed outcome count as evidence.
-_FLUSH_AT = 10_000
+_MAX_ERROR_CHARS = 300
+# The most a write waits for company right after the last one (HandlingLog._linger).
+LINGER_MAX_S = 0.02
+
+
+def _one_line(exc: BaseException) -> StoreError:
+    """The write's failure as one short line (DuckDB's messages span several)."""
+    text = " ".join(str(exc).split())[:_MAX_ERROR_CHARS] or type(exc).__name__
+    if not text.startswith("store"):
+        text = f"store write failed: {text}"
+    return StoreError(text)
 
 
 class HandlingLog:
     """See the module docstring. ``on_stored`` is called after each write (the Kafka
     publisher's wake-up), ``on_relabelled`` after a write that relabelled comparisons."""
 
-    def __init__(
-        self,
-        store: Store,
-        clock: Callable[[], datetime],
-        metrics: Metrics,
-        *,
-        flush_after: float = FLUSH_AFTER_S,
-    ) -> None:
+    def __init__(self, store: Store, clock: Callable[[], datetime], metrics: Metrics) -> None:
         self._store = store
         self._clock = clock
         self._metrics = metrics
-        self._flush_after = flush_after
-        self._pending: dict[str, Routed] = {}
-        self._lock = asyncio.Lock()
-        self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._gathering: list[Routed] = []  # made while a write is in flight: the next batch
+        self._next: asyncio.Future[None] | None = None  # settles when _gathering is written
+        self._inflight: asyncio.Future[None] | None = None  # the batch being written
+        self._writer: asyncio.Task[None] | None = None
+        self._last_end = float("-inf")  # loop time the last write ended
+        self._last_took = 0.0  # how long it took
+        self._last_size = 0  # records it carried
+        self._enough: asyncio.Event | None = None  # set when as many wait again (_linger)
+        self._closed = False
         self.on_stored: list[Callable[[], None]] = []
         self._counters: dict[tuple[str, Handling], Any] = {}  # the routes counter's children
         # Called with the task types of a write that relabelled comparisons already made
         # (the Ladder's refold: its drift fold took them with their old label).
         self.on_relabelled: list[Callable[[set[str]], None]] = []
 
-    def record(self, task_type: str, event_id: str, handled_by: Handling, level: Level) -> None:
-        """Remember one routing answer (returns at once; never touches the store)."""
+    async def record(
+        self, task_type: str, event_id: str, handled_by: Handling, level: Level
+    ) -> None:
+        """Record one routing answer; returns once it is durable. Raises
+        :class:`StoreError` (one line) when it could not be written, or after
+        :meth:`close`: then the answer must not be given."""
+        if self._closed:
+            raise StoreError("the sidecar is shutting down: routing records are not stored")
+        loop = asyncio.get_running_loop()
+        self._gathering.append(Routed(event_id, task_type, handled_by, level, self._clock()))
+        if self._enough is not None and len(self._gathering) >= self._last_size:
+            self._enough.set()
+        done = self._next
+        if done is None:
+            done = self._next = loop.create_future()
+        if self._writer is None:
+            self._writer = loop.create_task(self._write(), name="shadow-handling")
+        # Shielded: a request that goes away must not cancel the others' write.
+        await asyncio.shield(done)
         counter = self._counters.get((task_type, handled_by))
         if counter is None:
             label = self._metrics.task_label(task_type)
@@ -75,64 +103,88 @@ class HandlingLog:
                 label, handled_by.value
             )
         counter.inc()
-        seen = self._pending.get(event_id)
-        if seen is None or handled_by.rank > seen.handled_by.rank:
-            self._pending[event_id] = Routed(event_id, task_type, handled_by, level, self._clock())
-        if len(self._pending) >= _FLUSH_AT:
-            self._start_flush()
-        elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._flush_after, self._start_flush)
 
-    def _start_flush(self) -> None:
-        self._timer = None
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(
-                self._background(), name="shadow-handling"
-            )
-
-    async def _background(self) -> None:
+    async def _write(self) -> None:
+        """Write batch after batch until nothing waits; the one task owning the writes."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] | None = None
+        finished = False
         try:
-            # Answers recorded while a write is in flight found this task running and
-            # started none: write them too before ending, or they would wait in memory for
-            # the next join (on a replica that compares none of those items: forever).
-            while self._pending:
-                await self.flush()
-        except Exception:
-            log.exception("storing routing records failed; retrying")
-            await asyncio.sleep(1.0)
-            self._start_flush()
+            while self._gathering:
+                await self._linger(self._last_end + min(self._last_took, LINGER_MAX_S))
+                batch, self._gathering = self._gathering, []
+                done, self._next = self._next, None
+                assert done is not None
+                self._inflight = done
+                started = loop.time()
+                try:
+                    relabelled = await self._store.put_handling(batch)
+                except Exception as exc:
+                    failure = _one_line(exc)
+                    log.error(
+                        "%d routing records not stored (answered 503): %s", len(batch), failure
+                    )
+                    done.set_exception(failure)
+                    done.exception()  # retrieved: every waiter re-raises it
+                    continue
+                finally:
+                    self._inflight = None
+                    self._last_end = loop.time()
+                    self._last_took, self._last_size = self._last_end - started, len(batch)
+                done.set_result(None)
+                done = None
+                self._after_write(batch, relabelled)
+            finished = True
+        finally:
+            self._writer = None
+            if not finished:  # cancelled (the loop closes): nobody may wait forever
+                stopped = StoreError("the sidecar stopped before the routing record was written")
+                for left in (done, self._next):
+                    if left is not None and not left.done():
+                        left.set_exception(stopped)
+                        left.exception()
+                self._next, self._gathering = None, []
+
+    async def _linger(self, deadline: float) -> None:
+        """Until ``deadline`` (loop time: the last write's end plus its duration, at most
+        ``LINGER_MAX_S``), wait for as many records as the last write carried. Under load
+        the routes it answered come back with their next item a round trip later; written
+        at the first of them, the rest would wait for that write and then for their own,
+        so the first ones waiting a little costs less than a write and halves the writes.
+        Idle (the last write long over), a record is written at once."""
+        if len(self._gathering) >= self._last_size or asyncio.get_running_loop().time() >= deadline:
+            return
+        self._enough = asyncio.Event()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._enough.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._enough = None
+
+    def _after_write(self, batch: list[Routed], relabelled: int) -> None:
+        try:
+            if relabelled:
+                log.info("%d comparisons relabelled by routing records", relabelled)
+                for refold in self.on_relabelled:
+                    refold({r.task_type for r in batch})
+            for wake in self.on_stored:
+                wake()
+        except Exception:  # the records are durable; a hook's bug must not stop the writes
+            log.exception("a routing record hook failed")
 
     async def flush(self) -> None:
-        """Write every answer recorded so far (the joiner calls it before each join). On a
-        store error the answers stay in memory for the next flush, and it raises."""
-        async with self._lock:
-            if not self._pending:
-                return
-            batch, self._pending = self._pending, {}
-            try:
-                relabelled = await self._store.put_handling(list(batch.values()))
-            except BaseException:
-                for eid, r in batch.items():  # newer answers recorded meanwhile stay
-                    seen = self._pending.get(eid)
-                    if seen is None or r.handled_by.rank > seen.handled_by.rank:
-                        self._pending[eid] = r
-                raise
-        if relabelled:
-            log.info("%d comparisons relabelled by late routing records", relabelled)
-            for refold in self.on_relabelled:
-                refold({r.task_type for r in batch.values()})
-        for wake in self.on_stored:
-            wake()
+        """Until every record made so far is written, or its write failed (those routes
+        were answered 503, so nothing is owed). The joiner calls it before each join, so a
+        comparison is labelled by the records of routes asked before it."""
+        for pending in (self._inflight, self._next):
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
 
     async def close(self) -> None:
-        """Write what is left (shutdown); idempotent."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.flush()
+        """Refuse new records and wait for the writes under way (shutdown); idempotent."""
+        self._closed = True
+        while self._writer is not None:
+            await asyncio.wait([self._writer])

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from shadow.api import HANDLING, LADDER, actor_of, reason_of, refused_text, token_refusal
 from shadow.checks import CONTROL, text_problem
-from shadow.errors import AutonomyError
+from shadow.errors import AutonomyError, StoreError
 from shadow.gateway.approvals import Settled
 from shadow.gateway.mcp import GATEWAY, mcp_routes
 from shadow.model import MAX_ID_LENGTH, Handling, Level
@@ -75,7 +75,13 @@ async def post_session(request: web.Request) -> web.StreamResponse:
     # routing said: the agent acted (L3+ outside the audit sample) or a human saw its work.
     answer = ladder.route(task_type, event_id)
     handled = Handling.AGENT if answer["handled_by"] == "agent" else Handling.ASSISTED
-    request.app[HANDLING].record(task_type, event_id, handled, Level.parse(answer["level"]))
+    # Durable before the tools URL is given (503 when the store cannot write it).
+    try:
+        await request.app[HANDLING].record(
+            task_type, event_id, handled, Level.parse(answer["level"])
+        )
+    except StoreError as exc:
+        return error(503, f"no session opened: its handling record could not be stored ({exc})")
     return web.json_response(gateway.open_session(task_type, event_id, shadow=False))
 
 

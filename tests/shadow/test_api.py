@@ -705,7 +705,7 @@ async def test_writes_are_refused_without_a_configured_token(
 
 
 async def route(sc: Sidecar, task_type: str, event_id: str) -> dict[str, Any]:
-    res = await sc.get(f"/v1/route/{task_type}?event_id={event_id}")
+    res = await sc.get(f"/v1/route/{task_type}?event_id={event_id}", headers=sc.admin)
     assert res.status == 200, res.body
     return dict(res.body)
 
@@ -908,8 +908,8 @@ async def test_autonomy_api(sidecar: SidecarFactory, agent_server: AgentServerFa
                 "handled_by": handled_by,
             }, (level, eid)
     assert Level.parse((await sc.get("/v1/autonomy/refund")).body["level"]) == Level.L3
-    assert_error(await sc.get("/v1/route/refund"), 400, "event_id")
-    assert_error(await sc.get("/v1/route/refund?event_id="), 400, "event_id")
+    assert_error(await sc.get("/v1/route/refund", headers=sc.admin), 400, "event_id")
+    assert_error(await sc.get("/v1/route/refund?event_id=", headers=sc.admin), 400, "event_id")
 
 
 # -- 5. health and the API description ---------------------------------------------------------

@@ -711,7 +711,9 @@ def test_autonomy_commands_against_a_running_sidecar(
     assert levels(capsys, url) == (True, {"refund_request": "L0", "ticket_routing": "L0"})
     frozen_list = cli(capsys, "autonomy", "--url", url, "list")
     assert "FROZEN" in frozen_list.out
-    status, route = http("GET", f"{url}/v1/route/refund_request?event_id=x")
+    status, route = http(
+        "GET", f"{url}/v1/route/refund_request?event_id=x", Authorization=f"Bearer {TOKEN}"
+    )
     assert (status, route["level"], route["handler"]) == (200, "L0", "human")
 
     unfreeze = cli(capsys, "autonomy", "--url", url, "unfreeze", "--actor", "alice")

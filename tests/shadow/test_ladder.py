@@ -9,11 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from shadow.errors import AutonomyError
-from shadow.handling import FLUSH_AFTER_S, HandlingLog
 from shadow.joiner import Joiner
 from shadow.ladder import Ladder
 from shadow.metrics import Metrics
-from shadow.model import Handling, Level, Outcome, ShadowDecision, WorkEvent
+from shadow.model import Level, Outcome, ShadowDecision, WorkEvent
 from shadow.policy import Policy, parse_policy
 from shadow.promotion import Move, ProposalRef
 from shadow.store import Store
@@ -302,20 +301,3 @@ async def test_routing_and_reads_never_touch_the_store(tmp_path: Path, clock: Fa
             "suggestion": False,
             "handled_by": "blind",
         }
-
-
-async def test_routing_records_stay_off_the_answer_path(tmp_path: Path, clock: FakeClock) -> None:
-    """What GET /v1/route records (how each item is handled) is kept in memory and written
-    in one batch after the answers: answering never waits for the store."""
-    async with CountingStore(tmp_path / "spy.duckdb") as store:
-        log = HandlingLog(store, clock, Metrics(CollectorRegistry(), policy("auto")))
-        before = store.calls
-        for i in range(500):
-            log.record("refund", f"e-{i}", Handling.AGENT, Level.L3)
-        log.record("refund", "e-1", Handling.BLIND, Level.L3)  # routed again: stays agent
-        assert store.calls == before
-        await asyncio.sleep(FLUSH_AFTER_S * 4)
-        assert store.calls == before + 1  # one write for the whole batch
-        found = await store.handling_of(["e-0", "e-1", "e-499", "never"])
-        assert found == {"e-0": Handling.AGENT, "e-1": Handling.AGENT, "e-499": Handling.AGENT}
-        await log.close()

@@ -44,7 +44,7 @@ async def levels(sc: Sidecar) -> tuple[bool, dict[str, str]]:
 
 
 async def route(sc: Sidecar, task: str) -> dict[str, Any]:
-    res = await sc.get(f"/v1/route/{task}?event_id=e-1")
+    res = await sc.get(f"/v1/route/{task}?event_id=e-1", headers=sc.admin)
     assert res.status == 200, res.body
     return dict(res.body)
 
