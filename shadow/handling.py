@@ -8,13 +8,16 @@ decides whether the item's outcome will be evidence, and so does a live tools se
 :class:`~shadow.errors.StoreError` when the write failed (the handlers answer 503 and give no
 route). A ``kill -9`` therefore loses no answer that was given.
 
-**Group commit.** Routing must stay fast, and a DuckDB write costs a few milliseconds
-whatever its size, so records are written together: while one write is in flight, every
-record made meanwhile joins the next batch, and all their requests wait on that one write.
-Under load each write carries about as many records as there are routes waiting, so the
-rate is bounded by the concurrency, not by the store (``make bench``: tests/bench/
-bench_route.py compares it with a bare aiohttp app). The store's write thread is shared with
-ingest and joins, so a route waits for whatever store work is queued before it.
+**Group commit.** A DuckDB write costs milliseconds whatever its size, so records are
+written together: while one write is in flight, every record made meanwhile joins the next
+batch, and all their requests wait on that one write. Right after a write the next one
+waits (at most that write's duration, and ``LINGER_MAX_S``) for as many records as it
+carried: the routes it answered come back with their next item a round trip later. Under
+load a write therefore carries a record from about every route in flight; the routing rate
+is about routes in flight / write latency, so it grows with concurrency until the event
+loop is the limit (``make bench``: tests/bench/bench_route.py, against a bare aiohttp app).
+The store's thread is shared with ingest and joins: a route also waits for the store work
+queued before its write.
 
 **What counts.** The store keeps an item's least independent answer, and ignores a record
 made after the item's outcome arrived (or after its comparison was made): a route asked
