@@ -273,10 +273,11 @@ def text_problem(
       fields and header values, which a newline or an escape sequence would split or forge.
 
     Free text (payloads, decisions, tool arguments, reasons) may hold NUL, ``\\n``, ``\\t``
-    and the other control characters (stored as their JSON escapes). ``ident``: ``True`` when every string in ``value`` is an
-    identifier, or the paths of the strings that are (object keys are then checked as
-    free text). The message names the character as a ``\\uXXXX`` escape and its index in
-    the string, e.g. ``string holds a lone UTF-16 surrogate \\ud800 at index 3; ...``.
+    and the other control characters (stored as their JSON escapes). ``ident``: ``True``
+    when every string in ``value`` is an identifier, or the paths of the strings that are
+    (object keys are then checked as free text). The message names the character as a
+    ``\\uXXXX`` escape and its index in the string, e.g. ``string holds a lone UTF-16
+    surrogate \\ud800 at index 3; ...``.
     """
     everywhere = ident is True
     free = _BAD_IDENT if everywhere else _BAD_TEXT

@@ -263,7 +263,8 @@ class GatewayPart(StoreBase):
             with self._tx() as tx:
                 tx.execute(
                     f"INSERT INTO tool_approvals ({_APPROVAL_COLUMNS}) VALUES (?, ?::TIMESTAMPTZ, "
-                    "?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?::JSON, ?, NULL, NULL, NULL, NULL, NULL, ?, ?)",
+                    "?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?::JSON, ?, NULL, NULL, NULL, NULL, NULL, "
+                    "?, ?)",
                     [
                         row.id,
                         row.created_at,
