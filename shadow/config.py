@@ -6,13 +6,18 @@ optional YAML settings file (``--settings``/``SHADOW_SETTINGS``), then the defau
 here. List options accept JSON (``["file:a.jsonl"]``) or a comma-separated string in the
 environment.
 
+Every duration is in seconds, finite (``inf`` and ``nan`` are refused) and at most the
+maximum named here (``MAX_*``); a value out of bounds is refused at start-up, naming the
+setting.
+
 Nothing below the entry point reads ``os.environ``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
@@ -32,7 +37,12 @@ __all__ = [
     "DEFAULT_HEADER_TIMEOUT_S",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "MAX_JOIN_TTL_S",
+    "MAX_SESSION_TTL_S",
+    "MIN_GATEWAY_SECRET_CHARS",
+    "ClientSettings",
     "Settings",
+    "load_client_settings",
     "load_settings",
 ]
 
@@ -53,12 +63,28 @@ DEFAULT_MIRROR_QUEUE = 10_000
 DEFAULT_MIRROR_QUEUE_BYTES = 64 * 1024 * 1024
 DEFAULT_PROXY_LISTEN = "127.0.0.1:8760"
 
+HOUR = 3600.0
+DAY = 24 * HOUR
+MAX_JOIN_TTL_S = 30 * DAY
+"""A human outcome later than a month is not joined; a longer TTL only grows the store."""
+MAX_SESSION_TTL_S = DAY
+"""Tools URLs and held writes are credentials and pending work: a day at most."""
+MAX_TIMEOUT_S = HOUR
+"""Any single wait on a connection, an agent or an upstream."""
+MIN_GATEWAY_SECRET_CHARS = 16
+LogLevel = Literal["debug", "info", "warning", "error"]
+_S = TypeVar("_S", bound=BaseSettings)
+
 
 class Settings(BaseSettings):
     """Every knob of ``shadow run`` (and the embedded ``shadow demo``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SHADOW_", extra="forbid", validate_default=True, frozen=True
+        env_prefix="SHADOW_",
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+        allow_inf_nan=False,
     )
 
     config: Path | None = Field(None, description="policy YAML (required for run)")
@@ -70,6 +96,18 @@ class Settings(BaseSettings):
     source: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_token: SecretStr | None = Field(None, description="bearer token for API writes")
 
+    log_level: LogLevel = Field(
+        "info", description="lowest level of the log lines written to stderr (shadow.logs)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: '<ts> <LEVEL> <logger>: <message>'; json: one object per line "
+        "(ts, level, logger, message, exc)",
+    )
+    log_access: bool = Field(
+        False, description="also log one line per HTTP request (aiohttp's access log, redacted)"
+    )
+
     max_body_bytes: int = Field(
         DEFAULT_MAX_BODY_BYTES, ge=1024, description="largest body, as sent and decompressed"
     )
@@ -77,6 +115,7 @@ class Settings(BaseSettings):
     header_timeout: float = Field(
         DEFAULT_HEADER_TIMEOUT_S,
         gt=0,
+        le=MAX_TIMEOUT_S,
         description="seconds a connection may take to send a complete request line and "
         "headers, from connecting or from its previous answer; a slower one is disconnected, "
         "and an idle keep-alive connection closes after the same time",
@@ -84,30 +123,44 @@ class Settings(BaseSettings):
     body_timeout: float = Field(
         DEFAULT_BODY_TIMEOUT_S,
         gt=0,
+        le=MAX_TIMEOUT_S,
         description="seconds an ingest body may take to arrive in full (408 beyond)",
     )
 
     public_url: str | None = Field(
         None,
-        description="base URL agents reach this sidecar at, for tools URLs "
-        "(default: the address it listens on)",
+        description="base URL agents reach this sidecar at, for tools URLs: http(s)://HOST"
+        "[:PORT][/PATH], no query or fragment (default: the address it listens on)",
     )
     gateway_secret: SecretStr | None = Field(
         None,
-        description="HMAC key of tools URL capabilities; share it between replicas so a "
+        description="HMAC key of tools URL capabilities, at least "
+        f"{MIN_GATEWAY_SECRET_CHARS} characters; share it between replicas so a "
         "capability survives a restart (default: a random key per process)",
     )
-    gateway_session_ttl: float = Field(900.0, gt=0, description="seconds a tools URL works")
+    gateway_session_ttl: float = Field(
+        900.0, gt=0, le=MAX_SESSION_TTL_S, description="seconds a tools URL works (1 day at most)"
+    )
     gateway_approval_wait: float = Field(
-        30.0, ge=0, description="seconds a held call waits for a decision before answering pending"
+        30.0,
+        ge=0,
+        le=MAX_TIMEOUT_S,
+        description="seconds a held call waits for a decision before answering pending (1 h at "
+        "most; a wait past gateway_approval_timeout ends with the write's expiry)",
     )
     gateway_approval_timeout: float = Field(
-        3600.0, gt=0, description="seconds a held write waits for approval before it expires"
+        3600.0,
+        gt=0,
+        le=MAX_SESSION_TTL_S,
+        description="seconds a held write waits for approval before it expires (1 day at most)",
     )
-    gateway_upstream_timeout: float = Field(30.0, gt=0, description="seconds per upstream call")
+    gateway_upstream_timeout: float = Field(
+        30.0, gt=0, le=MAX_TIMEOUT_S, description="seconds per upstream call"
+    )
     gateway_class_ttl: float = Field(
         1.0,
         ge=0,
+        le=MAX_TIMEOUT_S,
         description="seconds an upstream's tool list is reused: the catalog every session "
         "lists, and the readOnlyHint of an upstream with trust_read_only_hint (0: listed "
         "again at every use)",
@@ -118,16 +171,23 @@ class Settings(BaseSettings):
         description="largest upstream tool result (JSON bytes) passed to an agent or stored; "
         "a larger one is an error answer",
     )
-    agent_timeout: float = Field(10.0, gt=0)
+    agent_timeout: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S)
     agent_concurrency: int = Field(8, ge=1, le=1024)
     agent_retries: int = Field(2, ge=0, le=10)
-    agent_backoff: float = Field(0.2, ge=0)
+    agent_backoff: float = Field(0.2, ge=0, le=60.0)
     agent_version: str = Field("unknown", description="version for errors before any answer")
     breaker_failures: int = Field(5, ge=1)
-    breaker_reset: float = Field(30.0, gt=0)
+    breaker_reset: float = Field(30.0, gt=0, le=MAX_TIMEOUT_S)
 
-    join_ttl: float = Field(DEFAULT_JOIN_TTL_S, gt=0, description="seconds a join stays open")
-    expire_interval: float = Field(60.0, gt=0)
+    join_ttl: float = Field(
+        DEFAULT_JOIN_TTL_S,
+        gt=0,
+        le=MAX_JOIN_TTL_S,
+        description="seconds a join stays open (30 days at most)",
+    )
+    expire_interval: float = Field(
+        60.0, gt=0, le=DAY, description="seconds between expiry (and retention) passes"
+    )
     retention: float = Field(
         0.0,
         ge=0,
@@ -177,9 +237,14 @@ class Settings(BaseSettings):
         None, description="run the mirroring proxy in front of this URL (http://HOST:PORT)"
     )
     proxy_listen: str = Field(DEFAULT_PROXY_LISTEN, description="the proxy's HOST:PORT")
-    proxy_connect_timeout: float = Field(5.0, gt=0, description="seconds to reach the upstream")
+    proxy_connect_timeout: float = Field(
+        5.0, gt=0, le=MAX_TIMEOUT_S, description="seconds to reach the upstream"
+    )
     proxy_read_timeout: float = Field(
-        300.0, gt=0, description="seconds the upstream may be silent while answering"
+        300.0,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        description="seconds the upstream may be silent while answering",
     )
 
     # Kafka (kafka:// sources; see docs/kafka.md). Broker, topics and group are in the URL.
@@ -207,7 +272,9 @@ class Settings(BaseSettings):
         description="standalone: one sidecar owns its ladder; replica: publish comparisons, "
         "never promote; promoter: also fold every replica's comparisons into the ladder",
     )
-    kafka_health_interval: float = Field(1.0, gt=0, description="seconds between broker probes")
+    kafka_health_interval: float = Field(
+        1.0, gt=0, le=300.0, description="seconds between broker probes"
+    )
     kafka_commit_interval: float = Field(
         1.0,
         ge=0,
@@ -235,6 +302,26 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"retention ({value:g} s) must be longer than join_ttl ({ttl:g} s), or 0 to "
                 "keep everything: a case is purged only after its joins had their full TTL"
+            )
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("gateway_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_GATEWAY_SECRET_CHARS:
+            raise ValueError(
+                f"too short: at least {MIN_GATEWAY_SECRET_CHARS} characters (a capability is "
+                "only as hard to forge as this key is to guess); e.g. openssl rand -hex 32"
             )
         return value
 
@@ -285,6 +372,43 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def _http_url(value: str) -> str:
+    """``value`` as a base URL: http or https, a host, no query or fragment; without its
+    trailing ``/``."""
+    shown = value if len(value) <= 100 else value[:100] + "…"
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError as exc:
+        raise ValueError(f"{shown!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{shown!r}: expected http://HOST[:PORT][/PATH] or https://...")
+    if parts.query or parts.fragment or value.rstrip().endswith(("?", "#")):
+        raise ValueError(f"{shown!r}: a base URL has no query (?) or fragment (#)")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{shown!r}: a base URL has no user or password")
+    return value.strip().rstrip("/")
+
+
+class ClientSettings(BaseSettings):
+    """What the commands that talk to a running sidecar (``status``, ``autonomy``,
+    ``approvals``) read from the environment when ``--url`` is not given."""
+
+    model_config = SettingsConfigDict(env_prefix="SHADOW_", extra="ignore", frozen=True)
+
+    url: str | None = Field(None, description="a running sidecar's API (default: 127.0.0.1)")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="its port when url is unset")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @property
+    def base_url(self) -> str:
+        return self.url or f"http://127.0.0.1:{self.port}"
+
+
 def _check_tokens(given: Any, tokens: Any) -> None:
     """An ingest token list that is set but holds no token (``SHADOW_INGEST_TOKENS=""`` or
     ``" , "``), or holds an empty one, would leave ingest open without a word: refused."""
@@ -315,8 +439,17 @@ def load_settings(**flags: Any) -> Settings:
 
     Raises :class:`ConfigError` with one line per problem, naming the option."""
     given = {k: v for k, v in flags.items() if v is not None}
+    return _load(Settings, given)
+
+
+def load_client_settings() -> ClientSettings:
+    """:class:`ClientSettings` from the environment; :class:`ConfigError` names the setting."""
+    return _load(ClientSettings, {})
+
+
+def _load(cls: type[_S], given: dict[str, Any]) -> _S:
     try:
-        return Settings(**given)
+        return cls(**given)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

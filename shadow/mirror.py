@@ -215,8 +215,9 @@ def _rule(
         return None
     captures = _SEGMENT.findall(path)
     if len(set(captures)) != len(captures):
+        # Not compiled: a regex group may not be named twice.
         fail(f"{where}.match.path", "a {name} appears twice; name each segment once")
-        ok = False
+        return None
     pattern = _compile(path)
     task_type = body.get("task_type")
     if kind == "event":
