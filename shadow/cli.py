@@ -2,6 +2,10 @@
 
 This is the entry point: it is the only place that reads the environment (through
 :func:`shadow.config.load_settings`) and the only place that turns errors into exit codes.
+The serving commands (``run``, ``proxy``, ``demo --serve``) write log lines to stderr as
+:mod:`shadow.logs` configures them; their start-up lines (``shadow: serving on ...``) are
+printed on stdout. The commands that ask a running sidecar take ``--url``, by default
+``SHADOW_URL``, else ``http://127.0.0.1:<SHADOW_PORT or 8750>``.
 A user mistake prints one line (``shadow: error: ...``) and exits 2, never a traceback.
 """
 
@@ -9,24 +13,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.metadata import entry_points
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiohttp
 from rich.console import Console
 from rich.table import Table
 
-from shadow.errors import ShadowError
+from shadow.errors import ShadowError, StoreInUseError
+
+if TYPE_CHECKING:
+    from shadow.config import Settings
 
 __all__ = ["listen", "main"]
 
 EXIT_USAGE = 2
 DEFAULT_URL = "http://127.0.0.1:8750"
+URL_HELP = "the sidecar's API (default: SHADOW_URL, else http://127.0.0.1:<SHADOW_PORT or 8750>)"
 
 
 class UsageError(Exception):
@@ -81,20 +90,20 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="agreement and autonomy per task type")
     where = status.add_mutually_exclusive_group()
     where.add_argument("--db", help="read a sidecar's DuckDB file (not while it runs)")
-    where.add_argument("--url", help=f"ask a running sidecar (default {DEFAULT_URL})")
+    where.add_argument("--url", help=f"ask a running sidecar; {URL_HELP}")
     status.add_argument("--json", action="store_true", help="print the /v1/agreement document")
 
     auto = sub.add_parser(
         "autonomy", help="list, set, approve, reject, reconsider, history, freeze, unfreeze"
     )
-    auto.add_argument("--url", default=DEFAULT_URL, help="the sidecar's API")
+    auto.add_argument("--url", help=URL_HELP)
     auto_sub = auto.add_subparsers(dest="action", required=True, parser_class=_Parser)
 
     def action(name: str, help: str) -> argparse.ArgumentParser:
         a: argparse.ArgumentParser = auto_sub.add_parser(name, help=help)
         # Also accepted after the action (`shadow autonomy list --url URL`); SUPPRESS keeps
         # the value given before the action when it is absent here.
-        a.add_argument("--url", default=argparse.SUPPRESS, help="the sidecar's API")
+        a.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
         return a
 
     action("list", "level per task type")
@@ -123,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         f.add_argument("--reason", default="")
         f.add_argument("--actor", default=None)
     ap = sub.add_parser("approvals", help="tool writes held for approval: list, approve, reject")
-    ap.add_argument("--url", default=DEFAULT_URL, help="the sidecar's API")
+    ap.add_argument("--url", help=URL_HELP)
     ap_sub = ap.add_subparsers(dest="action", required=True, parser_class=_Parser)
     ls = ap_sub.add_parser("list", help="held writes (token from SHADOW_ADMIN_TOKEN)")
     ls.add_argument("--status", default="pending", help="pending (default), all, forwarded, ...")
@@ -133,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
         a.add_argument("--reason", default="", help="why (required to reject)")
         a.add_argument("--actor", default=None)
     for a in ap_sub.choices.values():
-        a.add_argument("--url", default=argparse.SUPPRESS, help="the sidecar's API")
+        a.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
     _add_plugins(sub)
     return p
 
@@ -196,15 +205,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command in ("autonomy", "approvals"):
             _check_text(args)
+        if args.command in ("status", "autonomy", "approvals") and not getattr(args, "db", None):
+            args.url = _sidecar_url(args.url)
         plugin = getattr(args, "plugin", None)
         if plugin is not None:
             return int(plugin(args, console))
         if args.command in ("run", "proxy"):
             return _run(args)
         if args.command == "demo":
+            from shadow.config import load_settings
             from shadow.demo_run import run_demo
 
-            return asyncio.run(run_demo(args, console))
+            with _logging(load_settings()) if args.serve else contextlib.nullcontext():
+                return asyncio.run(run_demo(args, console))
         if args.command == "status":
             return asyncio.run(_status(args, console))
         if args.command == "approvals":
@@ -212,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_autonomy(args, console))
     except (UsageError, ShadowError) as exc:
         first = str(exc).strip().splitlines() or ["invalid input"]
+        if isinstance(exc, StoreInUseError):  # it names the holder; here is what to do
+            first[0] += "; stop that process first, or point --db at another file"
         detail = "\n".join(first[1:])
         print(f"shadow: error: {first[0]}", file=sys.stderr)
         if detail:
@@ -236,6 +251,26 @@ _IDENT_ARGS = {
 _TEXT_ARGS = {"reason": "--reason"}
 
 
+def _sidecar_url(given: str | None) -> str:
+    """``--url`` if given, else ``SHADOW_URL``, else loopback on ``SHADOW_PORT`` (or 8750)."""
+    if given:
+        return given
+    from shadow.config import load_client_settings
+
+    return load_client_settings().base_url
+
+
+@contextlib.contextmanager
+def _logging(settings: Settings) -> Iterator[None]:
+    """Log lines to stderr as ``settings`` say, capabilities redacted, for the block."""
+    from shadow.logs import logging_to_stderr
+    from shadow.server import redact
+
+    level, fmt, access = settings.log_level, settings.log_format, settings.log_access
+    with logging_to_stderr(level, fmt, access=access, scrub=redact):
+        yield
+
+
 def _check_text(args: argparse.Namespace) -> None:
     """Refuse (exit 2, naming the argument) what the sidecar would refuse as text
     (:func:`shadow.checks.text_problem`) before anything is sent: a lone surrogate (bytes
@@ -252,10 +287,7 @@ def _check_text(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shadow.api import AUTH, STARTUP
-    from shadow.app import build_app, side_apps, tune_gc, tune_switching
     from shadow.config import load_settings
-    from shadow.server import run_server
 
     if args.command == "proxy":
         upstream, proxy_listen = args.upstream, args.listen
@@ -279,6 +311,15 @@ def _run(args: argparse.Namespace) -> int:
         proxy_upstream=upstream,
         proxy_listen=proxy_listen,
     )
+    with _logging(settings):
+        return _serve(settings, args)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from shadow.api import AUTH, STARTUP
+    from shadow.app import build_app, side_apps, tune_gc, tune_switching
+    from shadow.server import run_server
+
     app = build_app(settings)
     tune_gc()
     tune_switching()
@@ -332,7 +373,7 @@ async def _status(args: argparse.Namespace, console: Console) -> int:
     if args.db:
         doc = await _status_from_db(args.db)
     else:
-        doc = await _http("GET", args.url or DEFAULT_URL, "/v1/agreement")
+        doc = await _http("GET", args.url, "/v1/agreement")
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

@@ -922,3 +922,53 @@ def test_run_says_once_at_start_up_how_ingest_is_guarded(
     assert stop_server(server) == 0
     lines = [ln for ln in server.log.read_text().splitlines() if "ingest:" in ln]
     assert lines == [f"shadow: {expected}"], server.log_text()
+
+
+# -- where the API commands find the sidecar ---------------------------------------------------
+
+
+@pytest.mark.slow  # a sidecar subprocess
+def test_status_and_autonomy_find_the_sidecar_from_shadow_url_or_shadow_port(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    servers: list[Server],
+    policy: Path,
+    tmp_path: Path,
+) -> None:
+    """Without --url: SHADOW_URL, else 127.0.0.1 on SHADOW_PORT (the default port is kept busy
+    by another process in this session, so a command that ignored both would fail)."""
+    port = free_port()
+    argv = ["--config", str(policy), "--db", str(tmp_path / "u.duckdb"), "--port", str(port)]
+    server = start_server(tmp_path, argv, clean_env(), port=port)
+    servers.append(server)
+
+    monkeypatch.setenv("SHADOW_PORT", str(port))
+    res = cli(capsys, "status", "--json")
+    assert res.code == 0, res.err
+    assert set(json.loads(res.out)["task_types"]) == {"refund_request", "ticket_routing"}
+    listing = cli(capsys, "autonomy", "list")
+    assert listing.code == 0, listing.err
+    assert "ticket_routing" in listing.out
+
+    monkeypatch.setenv("SHADOW_PORT", str(free_port()))  # closed: SHADOW_URL must win
+    monkeypatch.setenv("SHADOW_URL", server.url + "/")
+    res = cli_proc("status", "--json", env=clean_env(SHADOW_URL=server.url))
+    assert res.code == 0, res.err
+    assert "refund_request" in json.loads(res.out)["task_types"]
+    assert cli(capsys, "autonomy", "list").code == 0
+
+    # --url beats both
+    closed = f"http://127.0.0.1:{free_port()}"
+    assert_usage_error(cli(capsys, "status", "--url", closed), "cannot reach", closed)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [({"SHADOW_URL": "sidecar:8750"}, "SHADOW_URL"), ({"SHADOW_PORT": "many"}, "SHADOW_PORT")],
+)
+def test_a_bad_shadow_url_or_port_is_refused_by_the_api_commands(
+    env: dict[str, str], needle: str
+) -> None:
+    for argv in (("status",), ("autonomy", "list"), ("approvals", "list")):
+        res = cli_proc(*argv, env=clean_env(SHADOW_ADMIN_TOKEN=TOKEN, **env))
+        assert_usage_error(res, needle)
