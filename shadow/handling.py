@@ -66,8 +66,10 @@ class HandlingLog:
         self._clock = clock
         self._metrics = metrics
         self._gathering: list[Routed] = []  # made while a write is in flight: the next batch
-        self._next: asyncio.Future[None] | None = None  # settles when _gathering is written
-        self._inflight: asyncio.Future[None] | None = None  # the batch being written
+        # Settles when _gathering is written, with the event ids of records set aside (not
+        # stored: their requests answer 503).
+        self._next: asyncio.Future[frozenset[str]] | None = None
+        self._inflight: asyncio.Future[frozenset[str]] | None = None  # the batch being written
         self._writer: asyncio.Task[None] | None = None
         self._last_end = float("-inf")  # loop time the last write ended
         self._last_took = 0.0  # how long it took
@@ -98,7 +100,11 @@ class HandlingLog:
         if self._writer is None:
             self._writer = loop.create_task(self._write(), name="shadow-handling")
         # Shielded: a request that goes away must not cancel the others' write.
-        await asyncio.shield(done)
+        aside = await asyncio.shield(done)
+        if event_id in aside:
+            raise StoreError(
+                f"the routing record of {event_id!r} could not be stored (dead-lettered)"
+            )
         counter = self._counters.get((task_type, handled_by))
         if counter is None:
             label = self._metrics.task_label(task_type)
@@ -110,7 +116,7 @@ class HandlingLog:
     async def _write(self) -> None:
         """Write batch after batch until nothing waits; the one task owning the writes."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] | None = None
+        done: asyncio.Future[frozenset[str]] | None = None
         finished = False
         try:
             while self._gathering:
@@ -121,7 +127,7 @@ class HandlingLog:
                 self._inflight = done
                 started = loop.time()
                 try:
-                    relabelled = await self._store.put_handling(batch)
+                    relabelled, aside = await self._store.put_handling_batch(batch)
                 except Exception as exc:
                     failure = _one_line(exc)
                     log.error(
@@ -134,7 +140,7 @@ class HandlingLog:
                     self._inflight = None
                     self._last_end = loop.time()
                     self._last_took, self._last_size = self._last_end - started, len(batch)
-                done.set_result(None)
+                done.set_result(aside)
                 done = None
                 self._after_write(batch, relabelled)
             finished = True

@@ -16,6 +16,7 @@ cannot fail the same way.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import re
@@ -29,7 +30,14 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 import duckdb
 
-from shadow.errors import StoreError, StoreInUseError
+from shadow.errors import (
+    StoreDamagedError,
+    StoreError,
+    StoreFullError,
+    StoreInUseError,
+    StoreReadOnlyError,
+    StoreTooNewError,
+)
 from shadow.model import AuditEntry, Comparison
 from shadow.schema import MIGRATIONS, SCHEMA_VERSION
 from shadow.store.records import DeadLetter
@@ -104,13 +112,32 @@ def _row_error(exc: BaseException) -> str | None:
 # DuckDB names the holder of a file lock: '... Conflicting lock is held in /usr/bin/python3
 # (PID 4242) by user ...'.
 _LOCK_HOLDER = re.compile(r"\(PID (\d+)\)")
+# DuckDB raises one class (IOException, or a bare Error) for a lock, a full disk and a
+# damaged file alike: the kind is in its message, in DuckDB's words or the OS's (strerror).
+_FULL = ("no space left on device", "file too large", "disk quota exceeded")
+_FULL_ERRNO = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+_READ_ONLY = ("read-only file system", "permission denied", "operation not permitted")
+_READ_ONLY_ERRNO = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+_DAMAGED = (
+    "not a valid duckdb database file",
+    "corrupt database file",
+    "does not match stored checksum",
+    "failure while replaying wal",
+)
+_SHOWN = 300  # characters of DuckDB's own message kept in a plain StoreError
 
 
-def _open_error(path: str, exc: duckdb.Error) -> StoreError:
-    """DuckDB's error on opening ``path``, as a :class:`StoreError`; a file locked by another
-    process is a :class:`StoreInUseError` naming that process."""
-    text = str(exc)
-    if isinstance(exc, duckdb.IOException) and "lock" in text.lower():
+def store_error(path: str, exc: BaseException, *, opening: bool = False) -> StoreError:
+    """``exc`` (DuckDB's, or an OSError met on the store's thread) as the project's own
+    error: one line naming ``path`` and saying what to do. ``opening``: it was met while
+    opening or migrating the store. A :class:`StoreError` is returned as it is."""
+    if isinstance(exc, StoreError):
+        return exc
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    low = text.lower()
+    code = exc.errno if isinstance(exc, OSError) else None
+    where = f"cannot open store {path}: " if opening else f"store {path}: "
+    if isinstance(exc, duckdb.IOException) and "lock" in low:
         found = _LOCK_HOLDER.search(text)
         pid = int(found.group(1)) if found else None
         holder = f"process {pid}" if pid is not None else "another process"
@@ -119,7 +146,33 @@ def _open_error(path: str, exc: duckdb.Error) -> StoreError:
             "(DuckDB lets only one process open a file)",
             pid=pid,
         )
-    return StoreError(f"cannot open store {path}: {exc}")
+    if code in _FULL_ERRNO or any(w in low for w in _FULL):
+        return StoreFullError(
+            f"{where}the disk holding {path} is full; free space on it (or move the store "
+            "to a larger disk) and retry"
+        )
+    if code in _READ_ONLY_ERRNO or any(w in low for w in _READ_ONLY):
+        why = "the file system is read-only" if "read-only" in low else "permission denied"
+        return StoreReadOnlyError(
+            f"{where}{why}; let the sidecar's user write the file and its directory, or "
+            "point the sidecar at a writable path"
+        )
+    if any(w in low for w in _DAMAGED):
+        return StoreDamagedError(
+            f"{where}it is not a valid DuckDB database file or it is damaged; restore it "
+            "from a backup or move it aside"
+        )
+    if "is a directory" in low or code == errno.EISDIR:
+        return StoreError(f"{where}it is a directory; point the sidecar at a file")
+    if isinstance(exc, OSError):
+        shown = exc.strerror or text
+        return StoreError(f"{where}{shown[:_SHOWN]}; check the path and its directories")
+    if len(text) > _SHOWN:
+        text = text[:_SHOWN] + "…"
+    return StoreError(
+        f"{where}DuckDB failed: {text}; retry, and if it keeps failing restart the sidecar "
+        "and see its log"
+    )
 
 
 class StoreBase:
@@ -136,9 +189,11 @@ class StoreBase:
     async def open(self) -> Self:
         if self._con is not None:
             return self
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow-store")
+        self._executor = executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="shadow-store"
+        )
         try:
-            await self._run(self._open)
+            await self._on_thread(executor, self._open, opening=True)
         except BaseException:
             executor, self._executor = self._executor, None
             if executor is not None:
@@ -152,7 +207,7 @@ class StoreBase:
             return
         executor, self._executor = self._executor, None
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._close)
+            await self._on_thread(executor, self._close)
         finally:
             executor.shutdown(wait=True)
 
@@ -167,28 +222,31 @@ class StoreBase:
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._executor is None:
             raise StoreError("store is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        return await self._on_thread(self._executor, lambda: fn(*args, **kwargs))
+
+    async def _on_thread(
+        self, executor: ThreadPoolExecutor, call: Callable[[], T], *, opening: bool = False
+    ) -> T:
+        """``call()`` on the store's thread: the one place DuckDB's errors (and an OSError
+        met there) become :class:`StoreError` (:func:`store_error`). Inside, on the thread,
+        they stay DuckDB's, so :meth:`_write_batch` can tell a row's error from the
+        store's."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, call)
+        except (duckdb.Error, OSError) as exc:
+            raise store_error(self.path, exc, opening=opening) from exc
 
     def _open(self) -> None:
         if self.path != ":memory:":
-            try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-        try:
-            con = duckdb.connect(self.path)
-        except duckdb.Error as exc:
-            raise _open_error(self.path, exc) from exc
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(self.path)
         try:
             con.execute("SET TimeZone = 'UTC'")
             self._con = con
             self._migrate()
-        except BaseException as exc:
+        except BaseException:
             self._con = None
             con.close()
-            if isinstance(exc, duckdb.Error):
-                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
             raise
 
     def _close(self) -> None:
@@ -211,16 +269,11 @@ class StoreBase:
         con.execute("BEGIN TRANSACTION")
         try:
             yield con
-        except BaseException as exc:
+        except BaseException:
             con.execute("ROLLBACK")
-            if isinstance(exc, duckdb.Error):
-                raise StoreError(f"store write failed: {exc}") from exc
-            raise
+            raise  # DuckDB's own error: translated where the thread hands back (_on_thread)
         else:
-            try:
-                con.execute("COMMIT")
-            except duckdb.Error as exc:
-                raise StoreError(f"store write failed: {exc}") from exc
+            con.execute("COMMIT")
 
     def _migrate(self) -> None:
         con = self.con
@@ -232,9 +285,13 @@ class StoreBase:
         applied = {int(r[0]) for r in con.execute("SELECT version FROM schema_version").fetchall()}
         current = max(applied, default=0)
         if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema version {current}, newer than this sidecar's "
-                f"{SCHEMA_VERSION}; upgrade the sidecar"
+            # Refused before anything is written: a downgrade would lose what it added.
+            raise StoreTooNewError(
+                f"cannot open store {self.path}: a newer sidecar wrote it (schema version "
+                f"{current}, above this sidecar's {SCHEMA_VERSION}); run a sidecar with schema "
+                f"version {current} or later on it",
+                found=current,
+                supported=SCHEMA_VERSION,
             )
         for version, statements in MIGRATIONS:
             if version in applied:
@@ -265,6 +322,7 @@ class StoreBase:
             "autonomy_outbox",
             "tool_calls",
             "tool_approvals",
+            "handling",
         }:
             raise ValueError(f"unknown table {table!r}")
 

@@ -18,6 +18,7 @@ does (docs/kafka.md)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from datetime import datetime
 
 from shadow.model import Handling, Level
 from shadow.store.base import StoreBase
+from shadow.store.records import DeadLetter
 
 __all__ = ["HandlingPart", "Routed"]
 
@@ -52,9 +54,44 @@ class HandlingPart(StoreBase):
         comparison is ignored (the module docstring). ``published`` (folded from the
         comparisons topic) marks the rows so they are not sent again. Returns how many
         comparisons changed label."""
+        relabelled, _ = await self.put_handling_batch(routed, published=published)
+        return relabelled
+
+    async def put_handling_batch(
+        self, routed: Sequence[Routed], *, published: bool = False
+    ) -> tuple[int, frozenset[str]]:
+        """:meth:`put_handling`, and the event ids of the records that could not be stored
+        (each dead-lettered with its reason; the rest of the batch is stored): a request
+        whose record is among them must not be answered as if it were durable."""
         if not routed:
-            return 0
-        return await self._run(self._put_handling, list(routed), published)
+            return 0, frozenset()
+        return await self._run(self._put_handling_safe, list(routed), published)
+
+    def _put_handling_safe(
+        self, routed: list[Routed], published: bool
+    ) -> tuple[int, frozenset[str]]:
+        def write(chunk: list[Routed]) -> list[tuple[str | None, int]]:
+            return [(None, self._put_handling(chunk, published))]
+
+        def failed(r: Routed, why: str) -> list[tuple[str | None, int]]:
+            return [(r.event_id, 0)]
+
+        def letter(r: Routed, why: str) -> DeadLetter:
+            raw = json.dumps(
+                {
+                    "event_id": r.event_id,
+                    "task_type": r.task_type,
+                    "handled_by": r.handled_by.value,
+                    "level": str(r.level),
+                    "at": r.at.isoformat(),
+                }
+            )
+            return DeadLetter("route", "handling", why, raw, r.event_id)
+
+        out = self._write_batch(
+            "handling", routed, write, letter, now=max(r.at for r in routed), failed=failed
+        )
+        return sum(n for _, n in out), frozenset(e for e, _ in out if e is not None)
 
     def _put_handling(self, routed: list[Routed], published: bool) -> int:
         ids = sorted({r.event_id for r in routed})

@@ -272,14 +272,16 @@ class GatedStore(Store):
         self.writing = asyncio.Event()
         self.fail: str | None = None
 
-    async def put_handling(self, routed: Sequence[Routed], *, published: bool = False) -> int:
+    async def put_handling_batch(
+        self, routed: Sequence[Routed], *, published: bool = False
+    ) -> tuple[int, frozenset[str]]:
         self.writes.append(len(routed))
         self.writing.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
             raise StoreError(self.fail)
-        return await super().put_handling(routed, published=published)
+        return await super().put_handling_batch(routed, published=published)
 
 
 @pytest.fixture
@@ -349,6 +351,32 @@ async def test_a_failed_write_fails_its_routes_with_one_line_and_the_next_write_
     with pytest.raises(StoreError, match="shutting down"):
         await log.record("refund", "x-9", Handling.AGENT, Level.L3)
     await log.close()  # idempotent
+
+
+async def test_a_record_that_cannot_be_stored_fails_only_its_own_route(
+    gated: GatedStore, clock: FakeClock
+) -> None:
+    """One unstorable record (a lone surrogate, which the API refuses at its boundary; here
+    it reaches the log directly) is dead-lettered; the routes written with it are answered,
+    and its own is not (StoreError: the handler answers 503)."""
+    log = handling_log(gated, clock)
+    gated.gate = asyncio.Event()
+    ids = ["ok-0", "bad-\ud800", "ok-1"]
+    waiting = [
+        asyncio.create_task(log.record("refund", eid, Handling.AGENT, Level.L3)) for eid in ids
+    ]
+    await asyncio.sleep(0)
+    gated.gate.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], StoreError)
+    assert "could not be stored" in str(results[1])
+    stored = await gated.handling_of(["ok-0", "ok-1"])
+    assert stored == {"ok-0": Handling.AGENT, "ok-1": Handling.AGENT}
+    (letter,) = await gated.dead_letters()
+    assert letter["kind"] == "handling"
+    await log.close()
 
 
 async def test_a_route_that_goes_away_does_not_cancel_the_others_write(

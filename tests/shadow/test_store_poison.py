@@ -25,6 +25,7 @@ from shadow.model import (
     Comparison,
     Evidence,
     FieldResult,
+    Handling,
     Level,
     Outcome,
     ShadowDecision,
@@ -32,7 +33,7 @@ from shadow.model import (
     WorkEvent,
 )
 from shadow.promotion import LadderState
-from shadow.store import DeadLetter, PutStatus, Store, ToolCallRow
+from shadow.store import DeadLetter, PutStatus, Routed, Store, ToolCallRow
 from tests.conftest import FakeClock
 from tests.shadow.test_store import AGENT, TASK, _task
 
@@ -135,6 +136,15 @@ def _call(eid: str, text: str, where: int) -> ToolCallRow:
     return ToolCallRow(T0, TASK, eid, True, "L0", tool, "bo", "write", "captured", 1.0, error, args)
 
 
+def _routed(eid: str, text: str, where: int) -> Routed:
+    task = TASK
+    if where in (0, 2, 4):
+        eid += text
+    else:
+        task = text
+    return Routed(eid, task, Handling.AGENT, Level.L3, T0)
+
+
 async def _put(store: Store, writer: str, ids: list[str], specs: list[RowSpec]) -> list[bool]:
     """Write one batch with ``writer``; for each row, whether the writer reports it stored
     (``None`` entries: writers that report nothing per row)."""
@@ -152,6 +162,10 @@ async def _put(store: Store, writer: str, ids: list[str], specs: list[RowSpec]) 
         return [r.status is PutStatus.STORED for r in put]
     if writer == "comparisons":
         await store.put_comparisons([_comparison(i, t, w) for i, (t, w) in rows], now=T0)
+    elif writer == "handling":
+        routed = [_routed(i, t, w) for i, (t, w) in rows]
+        _, aside = await store.put_handling_batch(routed)
+        return [r.event_id not in aside for r in routed]
     else:
         await store.put_tool_calls([_call(i, t, w) for i, (t, w) in rows])
     return []
@@ -163,6 +177,7 @@ KIND = {
     "decisions": "decision",
     "comparisons": "comparison",
     "tool_calls": "tool_call",
+    "handling": "handling",
 }
 
 
