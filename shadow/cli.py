@@ -335,6 +335,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             host, _, other_port = where.rpartition(":")
             sock = listen(host.strip("[]"), int(other_port))
             socks.append(sock)
+            if what == "proxy" and settings.proxy_upstream is not None:
+                from shadow.proxy import refuse_own_address
+
+                refuse_own_address(settings.proxy_upstream, sock)  # ConfigError: exit 2
             beside.append((other, sock))
             shown = f"{host}:{sock.getsockname()[1]}"
             target = f" -> {settings.proxy_upstream}" if what == "proxy" else ""

@@ -9,6 +9,7 @@ seam), so "the store is hung" is a fact the test holds, not a timing."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,13 +23,16 @@ from prometheus_client import CollectorRegistry
 
 from shadow.api import PIPELINE
 from shadow.app import build_app, side_apps
+from shadow.errors import ConfigError
 from shadow.policy import parse_policy
+from shadow.proxy import IDENTITY, refuse_own_address
 from shadow.server import Listener
 from shadow.sources.mirror import MIRROR
 from shadow.store import Store
 from tests.conftest import wait_for
 from tests.mirror_host import HOST_LOG, POLICY, HostRequest, host_app, traffic
 from tests.shadow.conftest import AgentServer, AgentServerFactory, Reply, clean_settings
+from tests.shadow.test_cli import assert_usage_error, cli_proc
 
 RESPONSE_RULE = """
   - match: {method: GET, path: "/refunds/{id}"}
@@ -73,6 +77,7 @@ class Proxied:
     api: str  # the sidecar's API
     host: web.Application
     app: web.Application
+    proxy: web.Application
     agent: AgentServer
     agent_gate: asyncio.Event
     session: aiohttp.ClientSession
@@ -117,7 +122,9 @@ async def proxied(
     listeners: list[Listener] = []
     sessions: list[aiohttp.ClientSession] = []
 
-    async def start(*, policy: str = POLICY, **overrides: Any) -> Proxied:
+    async def start(
+        *, policy: str = POLICY, sock: socket.socket | None = None, **overrides: Any
+    ) -> Proxied:
         host = host_app()
         host_runner = web.AppRunner(host, access_log=None, shutdown_timeout=1.0)
         await host_runner.setup()
@@ -143,9 +150,8 @@ async def proxied(
         main = Listener(app, socket.create_server(("127.0.0.1", 0)), settings, access_log=None)
         listeners.append(await main.start())
         ((_, proxy_app, _),) = side_apps(app)
-        side = Listener(
-            proxy_app, socket.create_server(("127.0.0.1", 0)), settings, access_log=None
-        )
+        sock = sock or socket.create_server(("127.0.0.1", 0))
+        side = Listener(proxy_app, sock, settings, access_log=None)
         listeners.append(await side.start())
         session = aiohttp.ClientSession()
         sessions.append(session)
@@ -154,6 +160,7 @@ async def proxied(
             f"http://127.0.0.1:{main.port}",
             host,
             app,
+            proxy_app,
             agent,
             agent_gate,
             session,
@@ -284,7 +291,14 @@ async def test_forwarded_headers_and_hop_by_hop_ones(proxied: ProxiedFactory) ->
     headers = {"X-Forwarded-For": "10.0.0.7", "Connection": "X-Private", "X-Private": "secret"}
     async with px.session.post(px.url + "/refunds", json=body, headers=headers) as r:
         assert r.status == 201
-    (got,) = px.host[HOST_LOG].headers
+    async with px.session.post(
+        px.url + "/refunds", json={"refund_id": "f-2"}, headers={"Via": "1.0 fred"}
+    ) as r:
+        assert r.status == 201
+    got, second = px.host[HOST_LOG].headers
+    me = px.proxy[IDENTITY].pseudonym
+    assert got["Via"] == f"1.1 {me}"
+    assert second["Via"] == f"1.0 fred, 1.1 {me}"
     assert got["X-Forwarded-For"] == "10.0.0.7, 127.0.0.1"
     assert got["X-Forwarded-Proto"] == "http"
     assert "X-Private" not in got
@@ -349,3 +363,189 @@ async def test_a_client_that_leaves_mid_body_costs_nothing(proxied: ProxiedFacto
     assert status == 201
     await px.app[MIRROR].drained()
     assert await px.store.count("events") == 1  # only the complete request was copied
+
+
+# -- the proxy's own answers, against upstreams that misbehave on the wire ----------------------
+
+
+@dataclass(eq=False)
+class RawUpstream:
+    url: str
+    heads: list[bytes]  # each request's head (request line and headers), as received
+
+
+RawUpstreamFactory = Callable[[bytes | None], Awaitable[RawUpstream]]
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[RawUpstreamFactory]:
+    """``await raw_upstream(answer)``: a plain asyncio server on loopback that reads each
+    request's head, sends ``answer`` verbatim and hangs up; ``None``: never answers (until
+    the test ends)."""
+    servers: list[asyncio.Server] = []
+    handlers: set[asyncio.Task[None]] = set()
+    done = asyncio.Event()
+
+    async def start(answer: bytes | None) -> RawUpstream:
+        heads: list[bytes] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            handlers.add(task)
+            try:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                if answer is None:
+                    await done.wait()
+                else:
+                    writer.write(answer)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        servers.append(server)
+        return RawUpstream(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", heads)
+
+    yield start
+    done.set()
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+    await asyncio.gather(*handlers, return_exceptions=True)
+
+
+async def _raw_exchange(url: str, request: bytes) -> bytes:
+    """Send ``request`` on a fresh connection to ``url`` and read until the peer closes."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+async def test_an_upstream_silent_past_the_read_timeout_is_a_504(
+    proxied: ProxiedFactory, raw_upstream: RawUpstreamFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    silent = await raw_upstream(None)
+    px = await proxied(proxy_upstream=silent.url, proxy_read_timeout=0.2)
+    async with px.session.get(px.url + "/refunds/s-1") as r:
+        assert r.status == 504
+        assert "silent" in (await r.json())["error"]
+    assert len(silent.heads) == 1  # it was reached: silence, not unreachability
+    (line,) = [r for r in caplog.records if r.name == "shadow.proxy"]
+    assert "504" in line.getMessage()
+    _no_tracebacks(caplog)
+
+
+async def test_an_upstream_that_hangs_up_mid_body_is_a_502_without_a_traceback(
+    proxied: ProxiedFactory, raw_upstream: RawUpstreamFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    cut = await raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+    px = await proxied(proxy_upstream=cut.url)
+    async with px.session.get(px.url + "/refunds/c-1") as r:
+        assert r.status == 502
+        assert "hung up" in (await r.json())["error"]
+    (line,) = [r for r in caplog.records if r.name == "shadow.proxy"]
+    assert "502" in line.getMessage()
+    assert "\n" not in line.getMessage()
+    _no_tracebacks(caplog)
+
+
+async def test_a_streamed_answer_that_breaks_off_is_cut_without_a_traceback(
+    proxied: ProxiedFactory, raw_upstream: RawUpstreamFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Over WHOLE: the head is sent on before the body is read, so the client must see the
+    # answer cut (its connection closed short of Content-Length), not a 502.
+    cut = await raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 10)
+    px = await proxied(proxy_upstream=cut.url)
+    got = await _raw_exchange(px.url, b"GET /download HTTP/1.1\r\nHost: h\r\n\r\n")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"content-length: 1000000" in head.lower()
+    assert body == b"x" * 10
+    (line,) = [r for r in caplog.records if r.name == "shadow.proxy"]
+    assert "broke off" in line.getMessage()
+    _no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize(
+    "target", [b"/a/%6F?x=%2F&y=a+b", b"/a/../x", b"/p;q?x", b"/a?", b"//b/%2e%2E/c?%7E"]
+)
+async def test_the_request_target_is_forwarded_byte_for_byte(
+    proxied: ProxiedFactory, raw_upstream: RawUpstreamFactory, target: bytes
+) -> None:
+    upstream = await raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    px = await proxied(proxy_upstream=upstream.url)
+    request_line = b"GET " + target + b" HTTP/1.1"
+    got = await _raw_exchange(px.url, request_line + b"\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert got.endswith(b"\r\n\r\nok")
+    (head,) = upstream.heads
+    assert head.split(b"\r\n")[0] == request_line
+
+
+async def test_a_loop_between_two_proxies_is_a_508_after_one_round(
+    proxied: ProxiedFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    a_sock = socket.create_server(("127.0.0.1", 0))
+    b_sock = socket.create_server(("127.0.0.1", 0))
+    a_url = f"http://127.0.0.1:{a_sock.getsockname()[1]}"
+    b_url = f"http://127.0.0.1:{b_sock.getsockname()[1]}"
+    a = await proxied(proxy_upstream=b_url, sock=a_sock)
+    b = await proxied(proxy_upstream=a_url, sock=b_sock)
+    me, other = a.proxy[IDENTITY].pseudonym, b.proxy[IDENTITY].pseudonym
+    assert me != other
+    for _ in range(2):  # and again: nothing was used up by the first
+        async with a.session.post(a.url + "/refunds", json={"refund_id": "l-1"}) as r:
+            assert r.status == 508
+            message = (await r.json())["error"]
+        assert f"Via: 1.1 {me}, 1.1 {other}" in message  # A, then B, then back at A: refused
+    loops = [r for r in caplog.records if r.name == "shadow.proxy" and "loop" in r.getMessage()]
+    assert len(loops) == 2  # one per request: detected by A on the request's first return
+    _no_tracebacks(caplog)
+
+
+def test_an_upstream_that_is_the_proxy_itself_is_refused() -> None:
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with socket.create_server((host, 0)) as listening:
+            port = listening.getsockname()[1]
+            for upstream in (f"http://127.0.0.1:{port}", f"http://localhost:{port}/base"):
+                with pytest.raises(ConfigError, match="is the proxy itself"):
+                    refuse_own_address(upstream, listening)
+            refuse_own_address(f"http://127.0.0.1:{port + 1 if port < 65535 else 1}", listening)
+            refuse_own_address(f"http://192.0.2.1:{port}", listening)  # not a local address
+            refuse_own_address(f"http://no-such-host.invalid:{port}", listening)
+
+
+def test_shadow_proxy_refuses_to_start_in_front_of_itself(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    with socket.socket() as spare:  # a free port for the proxy to listen on
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    res = cli_proc(
+        "proxy",
+        "--config",
+        str(policy),
+        "--db",
+        str(tmp_path / "s.duckdb"),
+        "--port",
+        "0",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--upstream",
+        f"http://localhost:{port}",
+    )
+    assert_usage_error(res, "is the proxy itself", f"http://localhost:{port}")
