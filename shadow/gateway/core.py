@@ -40,14 +40,15 @@ from shadow.errors import NotForwarded, UpstreamError
 from shadow.gateway.approvals import Approvals, LadderView, Settled
 from shadow.gateway.capability import Capabilities, Grant, McpSessions
 from shadow.gateway.catalog import Catalog, ToolEntry
-from shadow.gateway.results import ShadowResultError, call_result, schema_problem, shadow_result
+from shadow.gateway.records import CallLog
+from shadow.gateway.results import ShadowAnswers, ShadowResultError
 from shadow.gateway.rules import Decision, decide, write_digest
 from shadow.gateway.upstream import UpstreamClient
 from shadow.metrics import Metrics
 from shadow.model import Action, AuditEntry, Level, ShadowDecision, WorkEvent
 from shadow.policy import Policy
-from shadow.store import ApprovalRow, Store, ToolCallRow
-from shadow.tools_policy import DEFAULT_SHADOW_RESULT, TaskTools, ToolClass, redact_args
+from shadow.store import ApprovalRow, Store
+from shadow.tools_policy import TaskTools, ToolClass, redact_args
 
 __all__ = ["CallRefused", "Gateway", "ToolEntry", "describe_gateway"]
 
@@ -55,7 +56,6 @@ log = logging.getLogger("shadow.gateway")
 
 REFUSED = -32001  # the JSON-RPC error code of a call the gateway refuses
 INTERNAL = -32603
-OTHER = "other"
 # Off-allowlist refusals audited per session (a hostile agent cannot flood the audit log).
 _AUDITS_PER_SESSION = 20
 
@@ -142,17 +142,14 @@ class Gateway:
         self.session_ttl = session_ttl
         self.max_result_bytes = max_result_bytes
         self._flush_every = flush_every
-        self._rows: list[ToolCallRow] = []
-        self._audits: list[AuditEntry] = []
+        self.calls = CallLog(store, metrics, clock)
         self._flusher: asyncio.Task[None] | None = None
         self._sessions: dict[str, _Session] = {}  # by capability nonce: sessions with calls
         self._cases: dict[str, _Session] = {}  # by event id: the open shadow sessions
         self.catalog = Catalog(
             policy=policy, upstreams=self.upstreams, class_ttl=class_ttl, monotonic=monotonic
         )
-        # (task type, tool, schema) -> the problem of the policy's shadow_result, or None.
-        self._result_checks: dict[tuple[str, str, str], str | None] = {}
-        self._plain_checks: dict[str, bool] = {}
+        self._answers = ShadowAnswers()  # what captured writes answer
         self.approvals = Approvals(
             store,
             ladder,
@@ -246,18 +243,7 @@ class Gateway:
 
     async def flush(self) -> None:
         """Write the call rows (and audit entries) recorded so far."""
-        audits, self._audits = self._audits, []
-        try:
-            await self.store.put_gateway_audits(audits)
-        except BaseException:
-            self._audits[:0] = audits
-            raise
-        rows, self._rows = self._rows, []
-        try:
-            await self.store.put_tool_calls(rows)
-        except BaseException:
-            self._rows[:0] = rows
-            raise
+        await self.calls.flush()
 
     def _drop_expired(self) -> None:
         now = time.time()
@@ -346,7 +332,13 @@ class Gateway:
             return []
         entries = await self.catalog.listed(grant.task_type, rules)
         for entry in entries.values():
-            problem = self._result_problem(grant.task_type, rules, entry)
+            schema = entry.tool.get("outputSchema")
+            problem = self._answers.problem(
+                grant.task_type,
+                entry.exposed,
+                rules.configured_result(entry.exposed),
+                schema if isinstance(schema, dict) else None,
+            )
             if problem is not None:
                 log.error("gateway: %s", problem)
         return [dict(e.tool) for e in entries.values()]
@@ -371,48 +363,19 @@ class Gateway:
         )
         return level, verdict
 
-    def _result_problem(self, task_type: str, rules: TaskTools, entry: ToolEntry) -> str | None:
-        """Why the policy's shadow result for ``entry`` breaks its ``outputSchema`` (None
-        when it does not, or when either is absent)."""
-        configured = rules.configured_result(entry.exposed)
-        schema = entry.tool.get("outputSchema")
-        if configured is None or not isinstance(schema, dict):
-            return None
-        key = (task_type, entry.exposed, fastjson.dumps(schema))
-        if key not in self._result_checks:
-            found = schema_problem(configured, schema)
-            self._result_checks[key] = (
-                None
-                if found is None
-                else f"task_types.{task_type}.tools.shadow_result.{entry.exposed} does not "
-                f"satisfy the tool's outputSchema: {found}"
-            )
-        return self._result_checks[key]
-
     def _captured_result(self, task_type: str, rules: TaskTools, entry: ToolEntry) -> Answer:
-        problem = self._result_problem(task_type, rules, entry)
-        if problem is not None:
-            return "error", (INTERNAL, problem)
         schema = entry.tool.get("outputSchema")
-        configured = rules.configured_result(entry.exposed)
-        if configured is None and isinstance(schema, dict) and self._plain_ok(schema):
-            configured = dict(DEFAULT_SHADOW_RESULT)  # an untyped result: say what happened
         try:
-            structured = shadow_result(schema if isinstance(schema, dict) else None, configured)
-            return "result", call_result(structured, tool=entry.exposed)
+            result = self._answers.answer(
+                task_type,
+                entry.exposed,
+                rules.configured_result(entry.exposed),
+                schema if isinstance(schema, dict) else None,
+            )
         except ShadowResultError as exc:
-            why = f"no shadow result satisfies {entry.exposed}'s outputSchema: {exc}"
-            log.error("gateway: %s; set task_types.%s.tools.shadow_result", why, task_type)
-            return "error", (INTERNAL, why)
-
-    def _plain_ok(self, schema: dict[str, Any]) -> bool:
-        """Whether the plain ``{"status": "recorded", "shadow": true}`` satisfies ``schema``
-        (an untyped ``dict`` result does; a typed one gets a synthesised value)."""
-        key = fastjson.dumps(schema)
-        found = self._plain_checks.get(key)
-        if found is None:
-            found = self._plain_checks[key] = schema_problem(DEFAULT_SHADOW_RESULT, schema) is None
-        return found
+            log.error("gateway: %s", exc)
+            return "error", (INTERNAL, str(exc))
+        return "result", result
 
     async def call_tool(
         self, grant: Grant, name: str, args: dict[str, Any], *, repeat: str | None = None
@@ -442,7 +405,9 @@ class Gateway:
             error: str | None,
             approval_id: str | None = None,
         ) -> None:
-            self._record(row, outcome, entry, cls, error, time.perf_counter() - start, approval_id)
+            self.calls.record(
+                row, outcome, entry, cls, error, time.perf_counter() - start, approval_id
+            )
 
         entry = None if rules is None else await self.catalog.entry(task_type, rules, name)
         if rules is None or entry is None:
@@ -637,7 +602,7 @@ class Gateway:
         }
         entry = ToolEntry(row.tool, row.upstream, row.upstream_tool, {})
         error = row.error if outcome == "approved" else row.reason
-        self._record(data, outcome, entry, "write", error, waited, row.id)
+        self.calls.record(data, outcome, entry, "write", error, waited, row.id)
         self._pending_gauge()
 
     # -- records --------------------------------------------------------------------------
@@ -650,7 +615,7 @@ class Gateway:
                 return
             session.audited += 1
         task = self.policy.for_task(grant.task_type)
-        self._audits.append(
+        self.calls.audit(
             AuditEntry(
                 at=self.clock(),
                 task_type=grant.task_type,
@@ -667,32 +632,6 @@ class Gateway:
                 },
                 policy_hash=task.hash if task is not None else None,
             )
-        )
-
-    def _record(
-        self,
-        row: dict[str, Any],
-        outcome: str,
-        entry: ToolEntry | None,
-        cls: str | None,
-        error: str | None,
-        seconds: float,
-        approval_id: str | None,
-    ) -> None:
-        self._rows.append(
-            ToolCallRow(
-                at=self.clock(),
-                upstream=entry.upstream if entry else None,
-                tool_class=cls,
-                outcome=outcome,
-                latency_ms=seconds * 1000.0,
-                error=error,
-                approval_id=approval_id,
-                **row,
-            )
-        )
-        self.metrics.tool_call(
-            row["task_type"], entry.exposed if entry else OTHER, cls or OTHER, outcome, seconds
         )
 
     def _pending_gauge(self) -> None:

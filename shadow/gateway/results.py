@@ -49,6 +49,7 @@ __all__ = [
     "SHADOW_META_KEY",
     "JSONValue",
     "Schema",
+    "ShadowAnswers",
     "ShadowResultError",
     "call_result",
     "schema_problem",
@@ -235,3 +236,65 @@ def _line(message: str) -> str:
     """``message`` on one line of at most :data:`_MAX_LINE` characters."""
     line = " ".join(message.split())
     return line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 1] + "…"
+
+
+class ShadowAnswers:
+    """What the captured writes of each task type answer, with the schema checks cached per
+    (task type, tool, schema): the gateway's use of this module."""
+
+    def __init__(self) -> None:
+        self._checks: dict[tuple[str, str, str], str | None] = {}
+        self._plain: dict[str, bool] = {}
+
+    def problem(
+        self,
+        task_type: str,
+        tool: str,
+        configured: Mapping[str, Any] | None,
+        schema: Mapping[str, Any] | None,
+    ) -> str | None:
+        """Why the policy's ``configured`` result for ``tool`` breaks its ``schema`` (None
+        when it does not, or when either is absent), naming the policy key and the path."""
+        if configured is None or schema is None:
+            return None
+        key = (task_type, tool, json.dumps(schema, sort_keys=True))
+        if key not in self._checks:
+            found = schema_problem(configured, schema)
+            self._checks[key] = (
+                None
+                if found is None
+                else f"task_types.{task_type}.tools.shadow_result.{tool} does not satisfy the "
+                f"tool's outputSchema: {found}"
+            )
+        return self._checks[key]
+
+    def answer(
+        self,
+        task_type: str,
+        tool: str,
+        configured: Mapping[str, Any] | None,
+        schema: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The ``CallToolResult`` of a captured write of ``tool``: the policy's result, else
+        the plain ``{"status": "recorded", "shadow": true}`` where the schema admits it (an
+        untyped result: it says what happened), else one synthesised from the schema.
+        :class:`ShadowResultError` (one line) when none satisfies the schema."""
+        problem = self.problem(task_type, tool, configured, schema)
+        if problem is not None:
+            raise ShadowResultError(problem)
+        if configured is None and schema is not None and self._plain_ok(schema):
+            configured = DEFAULT_SHADOW_RESULT
+        try:
+            return call_result(shadow_result(schema, configured), tool=tool)
+        except ShadowResultError as exc:
+            raise ShadowResultError(
+                f"no shadow result satisfies {tool}'s outputSchema: {exc}; set "
+                f"task_types.{task_type}.tools.shadow_result.{tool}"
+            ) from None
+
+    def _plain_ok(self, schema: Mapping[str, Any]) -> bool:
+        key = json.dumps(schema, sort_keys=True)
+        found = self._plain.get(key)
+        if found is None:
+            found = self._plain[key] = schema_problem(DEFAULT_SHADOW_RESULT, schema) is None
+        return found
