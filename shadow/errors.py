@@ -7,15 +7,21 @@
     ├── PolicyError        the policy file is wrong; names the file, key path and the fix
     ├── ConflictError      same id, different content; never an overwrite
     ├── AutonomyError      an autonomy change that the ladder does not allow
-    ├── StoreError         the store cannot be opened or migrated
-    │   └── StoreInUseError    another process holds the DuckDB file (a running sidecar)
+    ├── StoreError         the store failed (any other DuckDB error: one line, what to do)
+    │   ├── StoreInUseError     another process holds the DuckDB file (a running sidecar)
+    │   ├── StoreDamagedError   the file is not a DuckDB database, or it is corrupt
+    │   ├── StoreFullError      the disk holding the file is full (or the file too large)
+    │   ├── StoreReadOnlyError  permission denied, or a read-only file system
+    │   └── StoreTooNewError    a newer sidecar wrote it (schema version above this one's)
     ├── AgentError         an agent call failed (``retriable`` for transport errors)
     ├── UpstreamError      an upstream MCP server of the tool gateway failed or is away
     ├── NotForwarded       a tool write the level no longer allows when it was to be sent
     └── ConfigError        settings or a source spec are wrong (the CLI exits 2)
 
 Third-party errors (DuckDB, YAML) are translated at the boundary of the module that meets
-them, so callers only ever catch ``ShadowError`` subclasses.
+them, so callers only ever catch ``ShadowError`` subclasses (DuckDB's: where the store's
+thread hands a result back, :meth:`shadow.store.base.StoreBase._run`). The CLI prints a
+``ShadowError`` as one line; the API answers a ``StoreError`` with 503 and that line.
 
 Refused input carries a :class:`Reason`, a code from a small fixed vocabulary, from where the
 problem is found (a :class:`FieldError`, an ingest ``RecordError`` or ``BodyError``, a dead
@@ -37,8 +43,12 @@ __all__ = [
     "PolicyError",
     "Reason",
     "ShadowError",
+    "StoreDamagedError",
     "StoreError",
+    "StoreFullError",
     "StoreInUseError",
+    "StoreReadOnlyError",
+    "StoreTooNewError",
     "UpstreamError",
     "ValidationError",
 ]
@@ -118,7 +128,8 @@ class AutonomyError(ShadowError):
 
 
 class StoreError(ShadowError):
-    """The store could not be opened, migrated or written."""
+    """The store could not be opened, migrated, read or written. The message is one line
+    naming the file and what to do; the subclasses below say which kind of failure."""
 
 
 class StoreInUseError(StoreError):
@@ -127,6 +138,31 @@ class StoreInUseError(StoreError):
 
     def __init__(self, message: str, *, pid: int | None = None) -> None:
         self.pid = pid
+        super().__init__(message)
+
+
+class StoreDamagedError(StoreError):
+    """The file is not a DuckDB database, or DuckDB found it corrupt (a checksum that does
+    not match): restore it from a backup or move it aside."""
+
+
+class StoreFullError(StoreError):
+    """The disk holding the store is full (or the file reached the size the system allows):
+    the write did not happen; free space and retry."""
+
+
+class StoreReadOnlyError(StoreError):
+    """The store's file or directory may not be written: permission denied, or a read-only
+    file system."""
+
+
+class StoreTooNewError(StoreError):
+    """The store was written by a newer sidecar: its schema version (``found``) is above
+    this sidecar's (``supported``); it is refused, never downgraded."""
+
+    def __init__(self, message: str, *, found: int, supported: int) -> None:
+        self.found = found
+        self.supported = supported
         super().__init__(message)
 
 

@@ -2,9 +2,11 @@
 client that goes away costs one log line.
 
 - :func:`json_errors` (middleware): an HTTP error raised by aiohttp or a handler (404, 405,
-  413 from reading a body...) becomes ``{"error": "..."}`` with its status and headers; an
-  exception nobody handled is a JSON 500 logged with its traceback (that is a bug); a client
-  that disconnects mid-request is one warning line.
+  413 from reading a body...) becomes ``{"error": "..."}`` with its status and headers; a
+  failure of the store (:class:`~shadow.errors.StoreError`: full disk, damaged file...) is a
+  503 with its one-line message, and one warning line in the log; an exception nobody
+  handled is a JSON 500 logged with its traceback (that is a bug); a client that disconnects
+  mid-request is one warning line.
 - :class:`JsonErrorHandler`: aiohttp answers what its HTTP parser refuses (a bad request
   line, malformed or oversized headers) before any middleware runs. This connection handler
   makes those answers JSON too, and logs each as one line instead of a traceback.
@@ -46,6 +48,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.log import access_logger
 
 from shadow.config import Settings
+from shadow.errors import StoreError
 
 __all__ = [
     "LISTEN_URL",
@@ -207,6 +210,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except TimeoutError:
         log.exception("%s %s timed out", request.method, _shown_path(request))
         return error(504, "the sidecar timed out answering; see its log")
+    except StoreError as exc:
+        message = " ".join(str(exc).split()) or "the store failed"
+        log.warning("%s %s: %s", request.method, _shown_path(request), message)
+        return error(503, message)
     except Exception:
         log.exception("%s %s failed", request.method, _shown_path(request))
         return error(500, "internal error; see the sidecar's log")
