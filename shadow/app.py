@@ -11,8 +11,7 @@ tests pass real lightweight implementations.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import gc
 import logging
 import os
@@ -58,6 +57,7 @@ from shadow.sources.kafka import parse_kafka_spec
 from shadow.sources.kafka_stack import KafkaStack
 from shadow.sources.mirror import MIRROR, MirrorSink, build_mirror_app
 from shadow.store import Store
+from shadow.supervisor import SUPERVISOR, Supervisor
 
 __all__ = [
     "GC_THRESHOLDS",
@@ -176,6 +176,10 @@ def build_app(
             try:
                 metrics = Metrics(metrics_registry, resolved)
                 store.observe_set_aside(metrics.set_aside)
+                # Every background task runs under this one supervisor (shadow.supervisor).
+                supervisor = Supervisor(metrics)
+                app[SUPERVISOR] = supervisor
+                app[READINESS].append(supervisor.not_ready)
                 kafka = KafkaStack(settings, kafka_specs, store=store, clock=clock, metrics=metrics)
                 app[READINESS].append(kafka.not_ready)
                 pipeline = Pipeline(
@@ -187,12 +191,21 @@ def build_app(
                     clock=clock,
                     observers=kafka.observers,
                     promote=kafka.promote,
+                    supervisor=supervisor,
                 )
                 base = settings.public_url or app.get(
                     LISTEN_URL, f"http://{settings.host}:{settings.port}"
                 )
                 gateway = Gateway.create(
-                    settings, resolved, pipeline.ladder, store, metrics, upstreams, clock, base
+                    settings,
+                    resolved,
+                    pipeline.ladder,
+                    store,
+                    metrics,
+                    upstreams,
+                    clock,
+                    base,
+                    supervisor=supervisor,
                 )
                 pipeline.tools = gateway
                 if runner is not None:
@@ -203,22 +216,21 @@ def build_app(
                     gateway,
                     pipeline,
                     kafka.running(pipeline),
-                    sink.running(pipeline.intake, metrics),
+                    sink.running(pipeline.intake, metrics, supervisor.group("mirror")),
                 ):
                     app[PIPELINE] = pipeline
                     app[LADDER] = pipeline.ladder
                     app[INTAKE] = pipeline.intake
                     app[HANDLING] = pipeline.handling
-                    tasks = [
-                        asyncio.get_running_loop().create_task(_run_file(path, pipeline.intake))
-                        for _, path in specs
-                    ]
+                    files = supervisor.group("files")
+                    for _, path in specs:
+                        files.spawn(
+                            "file-source",
+                            functools.partial(_run_file, path, pipeline.intake),
+                            name=f"file-source {path}",
+                        )
                     yield
-                    for task in tasks:
-                        task.cancel()
-                    for task in tasks:
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
+                    await files.stop()
             finally:
                 if runner is not None:
                     await runner.close()
@@ -246,9 +258,9 @@ def side_apps(app: web.Application) -> list[tuple[str, web.Application, str]]:
 
 
 async def _run_file(path: str, intake: Intake) -> None:
-    try:
-        async with FileSource(path, intake) as source:
-            report = await source.run()
-        log.info("file source %s done: %s", path, report)
-    except Exception:
-        log.exception("file source %s failed", path)
+    """Read one JSONL file into ``intake`` (supervised: a failure is logged and counted, and
+    the file is read again after a backoff; what it stored before is deduplicated)."""
+    log.info("file source %s starting", path)
+    async with FileSource(path, intake) as source:
+        report = await source.run()
+    log.info("file source %s done: %s", path, report)

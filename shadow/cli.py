@@ -343,11 +343,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             shown = f"{host}:{sock.getsockname()[1]}"
             target = f" -> {settings.proxy_upstream}" if what == "proxy" else ""
             print(f"shadow: {what} on http://{shown}{target}", flush=True)
-        run_server(app, socks[0], settings, beside)
+        code = run_server(app, socks[0], settings, beside)
     finally:
         for sock in socks:
             sock.close()  # idempotent; open still when start-up fails
-    return 0
+    return code
 
 
 def listen(host: str, port: int) -> socket.socket:

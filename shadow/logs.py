@@ -9,10 +9,12 @@ one, ``exc`` (the traceback text) for log pipelines. ``ts`` is UTC, ISO 8601 wit
 milliseconds. ``log_access`` (``SHADOW_LOG_ACCESS``) turns on aiohttp's access log (one line
 per request, at INFO, so not at warning or error); it is off otherwise.
 
-Libraries (aiohttp, aiokafka, the MCP SDK, httpx) write their warnings and errors; their
-INFO and DEBUG lines only at ``debug``. Every line passes through ``scrub`` (the capability
-redaction of :func:`shadow.server.redact`) as it is written, so no handler-level path gets
-around the redaction filters on the loggers.
+Libraries (aiohttp, the MCP SDK, httpx) write their warnings and errors; their INFO and
+DEBUG lines only at ``debug``. aiokafka writes only at ``debug``: its errors (a broker that
+cannot be reached, a lost connection) are the Kafka source's own lines and its readiness,
+said once in the sidecar's words, where aiokafka repeats them at every retry. Every line
+passes through ``scrub`` (the capability redaction of :func:`shadow.server.redact`) as it is
+written, so no handler-level path gets around the redaction filters on the loggers.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ LEVELS = {
 }
 ACCESS_LOGGER = "aiohttp.access"
 OWN_LOGGER = "shadow"
+QUIET_LOGGERS = ("aiokafka",)  # translated by the sidecar's own lines (see above)
 
 Scrub = Callable[[str], str]
 
@@ -122,11 +125,14 @@ def logging_to_stderr(
         logging.getLogger(OWN_LOGGER),
         logging.getLogger(ACCESS_LOGGER),
     )
-    saved = [(logger, logger.level) for logger in (root, own, access_log)]
+    quiet = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    saved = [(logger, logger.level) for logger in (root, own, access_log, *quiet)]
     # Libraries speak up from WARNING (or at debug); the access log only when asked for.
     root.setLevel(number if number == logging.DEBUG else max(number, logging.WARNING))
     own.setLevel(number)
     access_log.setLevel(max(number, logging.INFO) if access else logging.CRITICAL + 1)
+    for logger in quiet:
+        logger.setLevel(number if number == logging.DEBUG else logging.CRITICAL + 1)
     root.addHandler(handler)
     try:
         yield handler

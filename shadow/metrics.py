@@ -226,6 +226,13 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.task_failures = Counter(
+            "shadow_task_failures",
+            "Background tasks that failed (each logged once with its traceback; restarted "
+            "with backoff, or the process stops), by task",
+            ["task"],
+            registry=r,
+        )
         self.purged = Counter(
             "shadow_purged_rows",
             "Rows deleted by retention (closed cases and dead letters older than the "
@@ -406,6 +413,10 @@ class Metrics:
         """Count rows of ``table`` the store dead-lettered because it could not hold them
         (:meth:`shadow.store.Store.observe_set_aside`; called on the store's thread)."""
         self.unstorable.labels(table if table in UNSTORABLE_TABLES else OTHER).inc(count)
+
+    def task_failure(self, task: str) -> None:
+        """One background task failed (:mod:`shadow.supervisor`)."""
+        self.task_failures.labels(task).inc()
 
     def purged_rows(self, by_table: Mapping[str, int]) -> None:
         for table, count in by_table.items():

@@ -33,6 +33,7 @@ from typing import Protocol, Self
 
 from shadow.agent import AgentRunner
 from shadow.config import DEFAULT_DEAD_LETTER_RAW_PREFIX, Settings
+from shadow.errors import ShadowError
 from shadow.handling import HandlingLog
 from shadow.intake import Intake
 from shadow.joiner import Joiner, JoinReport
@@ -42,6 +43,7 @@ from shadow.model import Comparison, ShadowDecision, WorkEvent
 from shadow.policy import Policy
 from shadow.promotion import LadderState
 from shadow.store import Store
+from shadow.supervisor import Supervisor
 
 __all__ = ["Pipeline", "PipelineObserver", "ToolSessions"]
 
@@ -85,6 +87,7 @@ class Pipeline:
         promote: bool = True,
         scan_every: float = 1.0,
         tools: ToolSessions | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -95,6 +98,9 @@ class Pipeline:
         self.observers = tuple(observers)
         self.promote = promote  # False on Kafka replicas: one promoter owns the ladder
         self.tools = tools
+        # Its loops run in a group of the sidecar's supervisor (shadow.supervisor).
+        self._group = (supervisor or Supervisor(metrics)).group("pipeline")
+        self._stopped = False
         if tools is not None and agent is not None:
             agent.tools_url = tools.shadow_tools_url
         prefix = settings.dead_letter_raw_prefix
@@ -142,13 +148,14 @@ class Pipeline:
         self._agent_wake = asyncio.Event()
         self._join_wake = asyncio.Event()
         self._busy = 0  # writer/joiner batches being processed
-        self._tasks: list[asyncio.Task[None]] = []
         self.comparisons = 0  # made by this process (for progress displays)
         self.started = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> Self:
+        if self._stopped:
+            raise ShadowError("this pipeline was stopped; build a new one to start again")
         if self.started:
             return self
         self.started = True
@@ -160,27 +167,25 @@ class Pipeline:
         # Comparisons stored just before a crash may owe the ladder a (demotion) decision even
         # when the sweep above made none; deciding now is idempotent.
         await self.evaluate()
-        spawn = asyncio.get_running_loop().create_task
-        self._tasks.append(spawn(self._join_loop(), name="shadow-join"))
-        self._tasks.append(spawn(self._expire_loop(), name="shadow-expire"))
+        spawn = self._group.spawn
+        spawn("join", self._join_loop)
+        spawn("expire", self._expire_loop)
         if self.agent is not None:
-            self._tasks.append(spawn(self._writer(), name="shadow-writer"))
+            spawn("writer", self._writer)
             if self.agent.batches:
-                self._tasks.append(spawn(self._batch_feeder(), name="shadow-feeder"))
+                spawn("feeder", self._batch_feeder)
             else:
-                self._tasks.append(spawn(self._feeder(), name="shadow-feeder"))
+                spawn("feeder", self._feeder)
                 for i in range(self.settings.agent_concurrency):
-                    self._tasks.append(spawn(self._worker(), name=f"shadow-agent-{i}"))
+                    spawn("agent", self._worker, name=f"agent-{i}")
         return self
 
     async def stop(self) -> None:
-        """Idempotent. Work not finished stays in the store and resumes on the next start."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Idempotent, and never raises what a loop raised (the supervisor logged it): stops
+        the loops, then writes the routing records it holds. Work not finished stays in the
+        store and resumes in the next process. A stopped pipeline does not start again."""
+        self._stopped = True
+        await self._group.stop()
         try:
             await self.handling.close()
         except Exception:
@@ -190,6 +195,9 @@ class Pipeline:
         """Why ``/readyz`` must fail (not started, the store does not answer), or ``None``."""
         if not self.started:
             return "pipeline not started"
+        failing = self.store.failing
+        if failing is not None:
+            return f"store failing: {failing}"
         try:
             await self.store.schema_version()
         except Exception as exc:  # any store failure means not ready; say which

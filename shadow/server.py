@@ -4,7 +4,8 @@ client that goes away costs one log line.
 - :func:`json_errors` (middleware): an HTTP error raised by aiohttp or a handler (404, 405,
   413 from reading a body...) becomes ``{"error": "..."}`` with its status and headers; a
   failure of the store (:class:`~shadow.errors.StoreError`: full disk, damaged file...) is a
-  503 with its one-line message, and one warning line in the log; an exception nobody
+  503 with its one-line message (the store logs one warning line per change of its state,
+  not one per request); an exception nobody
   handled is a JSON 500 logged with its traceback (that is a bug); a client that disconnects
   mid-request is one warning line.
 - :class:`JsonErrorHandler`: aiohttp answers what its HTTP parser refuses (a bad request
@@ -49,6 +50,7 @@ from aiohttp.log import access_logger
 
 from shadow.config import Settings
 from shadow.errors import StoreError
+from shadow.supervisor import SUPERVISOR
 
 __all__ = [
     "LISTEN_URL",
@@ -211,8 +213,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         log.exception("%s %s timed out", request.method, _shown_path(request))
         return error(504, "the sidecar timed out answering; see its log")
     except StoreError as exc:
+        # The store logs each change of its state once (shadow.store.base); a line per
+        # refused request would bury it (a full disk refuses every request).
         message = " ".join(str(exc).split()) or "the store failed"
-        log.warning("%s %s: %s", request.method, _shown_path(request), message)
+        log.debug("%s %s: %s", request.method, _shown_path(request), message)
         return error(503, message)
     except Exception:
         log.exception("%s %s failed", request.method, _shown_path(request))
@@ -444,9 +448,11 @@ async def serve(
     sock: socket.socket,
     settings: Settings,
     beside: Sequence[tuple[web.Application, socket.socket]] = (),
-) -> None:
+) -> int:
     """Serve ``app`` on ``sock`` (and each of ``beside`` on its socket, started after ``app``
-    and stopped before it) until SIGINT or SIGTERM, then shut down gracefully."""
+    and stopped before it) until SIGINT or SIGTERM, or until a background task that cannot
+    restart fails (:mod:`shadow.supervisor`), then shut down gracefully. The exit code: 0, or
+    1 after such a failure."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -459,11 +465,21 @@ async def serve(
                 await stack.enter_async_context(
                     Listener(other, other_sock, settings, shutdown_timeout=5.0)
                 )
-            await stop.wait()
+            supervisor = app.get(SUPERVISOR)
+            waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
+            if supervisor is not None:
+                waits.add(asyncio.ensure_future(supervisor.wait_fatal()))
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+            code = 1 if supervisor is not None and supervisor.fatal is not None else 0
     finally:
         for sig in signals:
             with contextlib.suppress(NotImplementedError, ValueError):
                 loop.remove_signal_handler(sig)
+    return code
 
 
 def run_server(
@@ -471,6 +487,6 @@ def run_server(
     sock: socket.socket,
     settings: Settings,
     beside: Sequence[tuple[web.Application, socket.socket]] = (),
-) -> None:
-    """``shadow run``'s server loop: :func:`serve` in a fresh event loop."""
-    asyncio.run(serve(app, sock, settings, beside))
+) -> int:
+    """``shadow run``'s server loop: :func:`serve` in a fresh event loop; its exit code."""
+    return asyncio.run(serve(app, sock, settings, beside))

@@ -29,7 +29,6 @@ closed, and the agent asks again).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -40,6 +39,7 @@ from typing import Any, Protocol
 from shadow.errors import AutonomyError, NotForwarded, UpstreamError
 from shadow.model import AuditEntry, Level
 from shadow.store import ApprovalRow, Store
+from shadow.supervisor import TaskGroup
 
 __all__ = ["Approvals", "Forwarder", "LadderView", "Settled"]
 
@@ -90,6 +90,7 @@ class Approvals:
         timeout: float,
         policy_hash: Callable[[str], str | None],
         observe: Observer,
+        group: TaskGroup,
     ) -> None:
         self._store = store
         self._ladder = ladder
@@ -104,7 +105,7 @@ class Approvals:
         self._waiters: dict[str, asyncio.Future[Settled]] = {}
         self._pending: dict[str, ApprovalRow] = {}  # the open approvals, by id
         self._args: dict[str, dict[str, Any]] = {}  # full arguments of redacted holds, by id
-        self._sweeper: asyncio.Task[None] | None = None
+        self._group = group
 
     @property
     def pending(self) -> list[ApprovalRow]:
@@ -120,14 +121,11 @@ class Approvals:
         for row in await self._store.approvals(status="pending", limit=1_000_000):
             self._pending[row.id] = row
         await self.sweep()
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+        self._group.spawn("approvals-sweep", self._sweep_loop)
 
     async def close(self) -> None:
-        task, self._sweeper = self._sweeper, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stops the expiry (with the group's other tasks) and every waiting call."""
+        await self._group.stop()
         for fut in self._waiters.values():
             fut.cancel()
         self._waiters.clear()

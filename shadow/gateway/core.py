@@ -48,6 +48,7 @@ from shadow.metrics import Metrics
 from shadow.model import Action, AuditEntry, Level, ShadowDecision, WorkEvent
 from shadow.policy import Policy
 from shadow.store import ApprovalRow, Store
+from shadow.supervisor import Supervisor
 from shadow.tools_policy import TaskTools, ToolClass, redact_args
 
 __all__ = ["CallRefused", "Gateway", "ToolEntry", "describe_gateway"]
@@ -129,6 +130,7 @@ class Gateway:
         class_ttl: float = 1.0,
         max_result_bytes: int = 4 * 1024 * 1024,
         monotonic: Callable[[], float] = time.monotonic,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.policy = policy
         self.ladder = ladder
@@ -143,7 +145,8 @@ class Gateway:
         self.max_result_bytes = max_result_bytes
         self._flush_every = flush_every
         self.calls = CallLog(store, metrics, clock)
-        self._flusher: asyncio.Task[None] | None = None
+        # Its loops (and the approvals' expiry) run in a group of the sidecar's supervisor.
+        self._group = (supervisor or Supervisor(metrics)).group("gateway")
         self._sessions: dict[str, _Session] = {}  # by capability nonce: sessions with calls
         self._cases: dict[str, _Session] = {}  # by event id: the open shadow sessions
         self.catalog = Catalog(
@@ -159,6 +162,7 @@ class Gateway:
             timeout=approval_timeout,
             policy_hash=lambda t: p.hash if (p := policy.for_task(t)) else None,
             observe=self._approval_settled,
+            group=self._group,
         )
 
     @classmethod
@@ -172,6 +176,7 @@ class Gateway:
         upstreams: Mapping[str, UpstreamClient],
         clock: Callable[[], datetime],
         base_url: str,
+        supervisor: Supervisor | None = None,
     ) -> Gateway:
         """The gateway ``shadow run`` wires (knobs from ``settings.gateway_*``)."""
         secret = settings.gateway_secret
@@ -189,6 +194,7 @@ class Gateway:
             approval_timeout=settings.gateway_approval_timeout,
             class_ttl=settings.gateway_class_ttl,
             max_result_bytes=settings.gateway_max_result_bytes,
+            supervisor=supervisor,
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -215,16 +221,12 @@ class Gateway:
             client.start()
         await self.approvals.start()
         self._pending_gauge()
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        self._group.spawn("gateway-flush", self._flush_loop)
 
     async def close(self) -> None:
         """Idempotent: stops waiting calls and expiry, writes the last call rows, closes
         the upstream clients."""
-        task, self._flusher = self._flusher, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._group.stop()
         await self.approvals.close()
         with contextlib.suppress(Exception):
             await self.flush()

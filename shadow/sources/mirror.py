@@ -38,6 +38,7 @@ from shadow.model import Outcome, WorkEvent
 from shadow.policy import Policy
 from shadow.server import declared_too_large
 from shadow.store import DeadLetter
+from shadow.supervisor import TaskGroup
 
 __all__ = ["MIRROR", "MirrorSink", "Mirrored", "build_mirror_app", "mirror_target"]
 
@@ -115,18 +116,18 @@ class MirrorSink:
         return True
 
     @contextlib.asynccontextmanager
-    async def running(self, intake: Intake, metrics: Metrics) -> AsyncIterator[None]:
-        """Consume into ``intake`` while the context is open; what is still queued at the
-        end is dropped (a mirror's copy is never owed)."""
+    async def running(
+        self, intake: Intake, metrics: Metrics, group: TaskGroup
+    ) -> AsyncIterator[None]:
+        """Consume into ``intake`` (a task of ``group``, supervised) while the context is
+        open; what is still queued at the end is dropped (a mirror's copy is never owed)."""
         self._intake, self._metrics = intake, metrics
-        task = asyncio.get_running_loop().create_task(self._consume(), name="shadow-mirror")
+        group.spawn("mirror", self._consume)
         try:
             yield
         finally:
             self._intake = None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await group.stop()
             left = self._queue.qsize()
             if left:
                 metrics.mirrored(None, "dropped", left)

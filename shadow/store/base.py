@@ -183,6 +183,16 @@ class StoreBase:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._set_aside: list[Callable[[str, int], None]] = []
+        # Why the store is failing (the last StoreError since the last committed write), or
+        # None: readiness reads it, and each change is one WARNING line, not one per request.
+        self._failing: StoreError | None = None
+        self._commits = 0  # committed transactions (counted on the store's thread)
+
+    @property
+    def failing(self) -> str | None:
+        """Why the store cannot work now (a failure since its last committed write: a full
+        disk, a read-only or damaged file, an I/O error), or ``None``."""
+        return None if self._failing is None else str(self._failing)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -231,10 +241,27 @@ class StoreBase:
         met there) become :class:`StoreError` (:func:`store_error`). Inside, on the thread,
         they stay DuckDB's, so :meth:`_write_batch` can tell a row's error from the
         store's."""
+        before = self._commits
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, call)
+            out = await asyncio.get_running_loop().run_in_executor(executor, call)
         except (duckdb.Error, OSError) as exc:
-            raise store_error(self.path, exc, opening=opening) from exc
+            error = store_error(self.path, exc, opening=opening)
+            if not opening:
+                self._fails(error)
+            raise error from exc
+        if self._failing is not None and self._commits != before:
+            log.warning(
+                "store %s writes again (%s is over)", self.path, type(self._failing).__name__
+            )
+            self._failing = None
+        return out
+
+    def _fails(self, error: StoreError) -> None:
+        """Note a failure: one WARNING line when the store's state changes (a first failure,
+        or a failure of another kind), not one per request that meets it."""
+        if self._failing is None or type(self._failing) is not type(error):
+            log.warning("store failing, not ready until a write succeeds: %s", error)
+        self._failing = error
 
     def _open(self) -> None:
         if self.path != ":memory:":
@@ -274,6 +301,7 @@ class StoreBase:
             raise  # DuckDB's own error: translated where the thread hands back (_on_thread)
         else:
             con.execute("COMMIT")
+            self._commits += 1
 
     def _migrate(self) -> None:
         con = self.con

@@ -841,7 +841,9 @@ def test_run_tunes_the_garbage_collector_before_serving(
     policy.write_text(POLICY)
     seen: list[tuple[tuple[int, int, int], int]] = []
     monkeypatch.setattr(
-        server, "run_server", lambda *a: seen.append((gc.get_threshold(), gc.get_freeze_count()))
+        server,
+        "run_server",
+        lambda *a: seen.append((gc.get_threshold(), gc.get_freeze_count())) or 0,
     )
     gc.set_threshold(700, 10, 10)
     code = main(["run", "--config", str(policy), "--db", str(tmp_path / "s.duckdb"), "--port", "0"])
