@@ -4,6 +4,7 @@
 - standalone Deployment (HTTP only, and Kafka mode with ServiceMonitor, PrometheusRule and
   an admin token), persistence on/off, existing ConfigMap/Secret/claim;
 - the sidecar named templates included from a tiny parent chart (tests/helm/parent-chart);
+- the optional NetworkPolicy that leaves the agent's pods only the sidecar (and DNS);
 - every rendered manifest validated against the Kubernetes JSON schemas
   (``kubernetes-validate``, offline) for the oldest supported and the newest Kubernetes; the
   prometheus-operator objects (no schema there) checked against what they select and with
@@ -334,6 +335,99 @@ def test_mirroring_is_off_by_default() -> None:
     ]
 
 
+AGENT_PODS = {"app.kubernetes.io/name": "refund-agent"}
+
+
+def network_policy(docs: list[Manifest]) -> Manifest:
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    return policy
+
+
+def test_network_policy_is_absent_by_default() -> None:
+    assert by_kind(render(CHART), "NetworkPolicy") == []
+    # Without the agent's labels it is refused, not rendered for every pod of the namespace.
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError) as caught:
+        chart.render(values={"networkPolicy": {"enabled": True}}, name="shadow", namespace="ops")
+    assert "networkPolicy.agentPodSelector" in str(caught.value)
+
+
+def test_network_policy_lets_the_agent_reach_only_the_sidecar_and_dns() -> None:
+    docs = render(CHART, {"networkPolicy": {"enabled": True, "agentPodSelector": AGENT_PODS}})
+    validate(docs)
+    policy = network_policy(docs)
+    assert policy["metadata"]["namespace"] == "ops"
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": AGENT_PODS}
+    assert spec["policyTypes"] == ["Egress"]  # the agent's ingress (the sidecar's calls) is open
+    assert "ingress" not in spec
+    to_sidecar, dns = spec["egress"]
+    (peer,) = to_sidecar["to"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}
+    # The peer is the pods the Service sends to, on the port its `http` port targets.
+    (service,) = by_kind(docs, "Service")
+    (deployment,) = by_kind(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert peer["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (http,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
+    ports = {p["name"]: p["containerPort"] for p in sidecar(next(pod_specs(docs)))["ports"]}
+    assert to_sidecar["ports"] == [{"protocol": "TCP", "port": ports[http["targetPort"]]}]
+    assert not set(AGENT_PODS.items()) <= set(pod_labels.items())  # never the sidecar itself
+    (dns_peer,) = dns["to"]
+    assert dns_peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "kube-system"
+    }
+    assert dns_peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert sorted((p["protocol"], p["port"]) for p in dns["ports"]) == [("TCP", 53), ("UDP", 53)]
+
+
+def test_network_policy_in_the_agents_namespace_with_extra_egress() -> None:
+    model = {"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"port": 443}]}
+    values = {
+        "containerPort": 9750,
+        "service": {"selector": {"app": "host"}},
+        "networkPolicy": {
+            "enabled": True,
+            "agentPodSelector": AGENT_PODS,
+            "agentNamespace": "agents",
+            "dns": {"enabled": False},
+            "extraEgress": [model],
+        },
+    }
+    docs = render(CHART, values)
+    validate(docs)
+    policy = network_policy(docs)
+    assert policy["metadata"]["namespace"] == "agents"
+    to_sidecar, extra = policy["spec"]["egress"]
+    (peer,) = to_sidecar["to"]
+    # The sidecar stays in the release's namespace, in the pods the Service selects.
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ops"}
+    assert peer["podSelector"] == {"matchLabels": {"app": "host"}}
+    assert to_sidecar["ports"] == [{"protocol": "TCP", "port": 9750}]
+    assert extra == model
+
+
+def test_network_policy_reaches_every_sidecar_in_scale_out() -> None:
+    values = {
+        "kafka": {
+            "enabled": True,
+            "bootstrap": "kafka:9092",
+            "eventsTopic": "e",
+            "outcomesTopic": "o",
+            "comparisonsTopic": "c",
+            "autonomyTopic": "a",
+            "scaleOut": {"enabled": True},
+        },
+        "networkPolicy": {"enabled": True, "agentPodSelector": AGENT_PODS},
+    }
+    docs = render(CHART, values)
+    selector = network_policy(docs)["spec"]["egress"][0]["to"][0]["podSelector"]["matchLabels"]
+    workloads = by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+    assert len(workloads) == 2
+    for workload in workloads:
+        assert selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+
+
 BAD_VALUES = [
     ({"proxy": {"upstreamPort": 70000}}, "/proxy/upstreamPort"),
     ({"mirror": {"port": -1}}, "/mirror/port"),
@@ -368,6 +462,8 @@ BAD_VALUES = [
     ({"policy": {"content": ""}}, "/policy"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ({"replicaCount": 3}, "replicaCount"),
+    ({"networkPolicy": {"agentNamespace": "Not_A_Namespace"}}, "/networkPolicy/agentNamespace"),
+    ({"networkPolicy": {"agentPodSelector": {"app": 1}}}, "/networkPolicy/agentPodSelector"),
 ]
 
 
