@@ -1,5 +1,10 @@
-"""The tool gateway: the sidecar as the MCP endpoint an agent's tools go through, and so the
-one place the autonomy level is enforced on each call (docs/gateway.md).
+"""The tool gateway: the sidecar as the MCP endpoint an agent's tools go through, where the
+autonomy level is enforced on each call that reaches it (docs/gateway.md). A call the agent
+makes to a tool server any other way is never seen here: the deployment must leave it no other
+way (upstream credentials only in the sidecar, ``env:NAME`` headers; tool servers that accept
+only those; the agent's pods allowed to reach only the sidecar: the Helm chart's optional
+``networkPolicy``, docs/operating.md "Only through the gateway").
+
 
 ::
 
