@@ -5,7 +5,6 @@ way (upstream credentials only in the sidecar, ``env:NAME`` headers; tool server
 only those; the agent's pods allowed to reach only the sidecar: the Helm chart's optional
 ``networkPolicy``, docs/operating.md "Only through the gateway").
 
-
 ::
 
     agent ──MCP──► /mcp/{capability} ──reads──► upstream MCP servers (the policy's ``tools``)
