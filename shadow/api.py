@@ -4,26 +4,33 @@ Handlers only translate HTTP to the pipeline and the ladder wired by :func:`shad
 build_app`; they never build clients. Errors are JSON: ``{"error": "...", "errors": [...]}``.
 
 Writes (``PUT``/``POST`` on autonomy, approve, reject, reconsider, freeze, unfreeze) need
-``Authorization: Bearer <SHADOW_ADMIN_TOKEN>``, compared in constant time; with no token
-configured they are refused with a message that says how to configure one.
+``Authorization: Bearer <SHADOW_ADMIN_TOKEN>`` (:mod:`shadow.credentials`). The handlers
+reach the app's resources through :mod:`shadow.keys`; every route of the sidecar, these and
+the gateway's, is listed in :func:`shadow.routes.routes`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shadow.checks import CONTROL, MAX_ID_LENGTH, text_problem
-from shadow.config import Settings
+from shadow.checks import MAX_ID_LENGTH, text_problem
+from shadow.credentials import (
+    MAX_ACTOR_CHARS,
+    MAX_REASON_CHARS,
+    actor_of,
+    reason_of,
+    refused_text,
+    route_refusal,
+    token_refusal,
+)
 from shadow.errors import AutonomyError, Reason, StoreError
-from shadow.handling import HandlingLog
 from shadow.ingest import (
     BodyError,
     Parsed,
@@ -34,21 +41,34 @@ from shadow.ingest import (
     parse_events,
     parse_outcomes,
 )
-from shadow.ingest_auth import IngestAuth
-from shadow.intake import IngestResult, Intake
-from shadow.ladder import Ladder, MoveResult
+from shadow.intake import IngestResult
+from shadow.keys import (
+    AUTH,
+    HANDLING,
+    INTAKE,
+    LADDER,
+    ON_FREEZE,
+    PIPELINE,
+    READINESS,
+    REGISTRY,
+    SETTINGS,
+    STARTUP,
+)
+from shadow.ladder import MoveResult
 from shadow.model import Handling, Level, Outcome, WorkEvent
 from shadow.openapi import openapi_spec
-from shadow.pipeline import Pipeline
 from shadow.promotion import ProposalRef
 from shadow.server import ExpectHandler, declared_too_large, error, send_continue
-from shadow.sources.mirror import mirror_routes
 
+# The keys and credential checks that lived here are re-exported for existing imports
+# (tests, plugins); new code imports them from shadow.keys and shadow.credentials.
 __all__ = [
     "AUTH",
     "HANDLING",
     "INTAKE",
     "LADDER",
+    "MAX_ACTOR_CHARS",
+    "MAX_REASON_CHARS",
     "ON_FREEZE",
     "PIPELINE",
     "READINESS",
@@ -56,26 +76,12 @@ __all__ = [
     "SETTINGS",
     "STARTUP",
     "actor_of",
+    "api_routes",
+    "ingest_expect",
     "reason_of",
     "refused_text",
-    "routes",
     "token_refusal",
 ]
-
-SETTINGS = web.AppKey("settings", Settings)
-PIPELINE = web.AppKey("pipeline", Pipeline)
-LADDER = web.AppKey("ladder", Ladder)
-INTAKE = web.AppKey("intake", Intake)
-HANDLING = web.AppKey("handling", HandlingLog)
-REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
-AUTH = web.AppKey("ingest_auth", IngestAuth)
-# Source health checks (Kafka): each returns why the sidecar is not ready, or None.
-READINESS = web.AppKey("readiness", list[Callable[[], str | None]])
-# Lines ``shadow run`` prints once it serves (what the configuration means: which tools are
-# reads, ...).
-STARTUP = web.AppKey("startup_lines", list[str])
-# Run after a freeze with (actor, reason): the tool gateway refuses the writes it holds.
-ON_FREEZE = web.AppKey("on_freeze", list[Callable[[str, str], Awaitable[None]]])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -109,7 +115,7 @@ def _refusal(request: web.Request, kind: str) -> web.Response | None:
     return refusal
 
 
-def _expect(kind: str) -> ExpectHandler:
+def ingest_expect(kind: str) -> ExpectHandler:
     """The ingest routes' ``expect_handler``: the header checks of :func:`_refusal`, then
     ``100 Continue``."""
 
@@ -314,25 +320,6 @@ async def get_history(request: web.Request) -> web.Response:
     )
 
 
-def _route_refusal(request: web.Request) -> web.Response | None:
-    """The 401 unless the request carries a credential that may route: with the admin
-    token or ingest tokens configured, ``Authorization: Bearer`` with either (an ingest
-    token also in ``X-Shadow-Ingest-Token``); with none configured, routing is open."""
-    settings, auth = request.app[SETTINGS], request.app[AUTH]
-    admin_token = settings.admin_token is not None and settings.admin_token.get_secret_value()
-    if not admin_token and not auth.tokens:
-        return None
-    if admin_token and token_refusal(request) is None:
-        return None
-    if auth.tokens and auth.token_refusal(request.headers, bearer=True) is None:
-        return None
-    return error(
-        401,
-        "routing needs a credential: send 'Authorization: Bearer <token>' with the admin token "
-        "or an ingest token; nothing was recorded",
-    )
-
-
 # The level may change while a record is written (a freeze, a promotion): the route is then
 # recorded again and the new answer given, at most this many times.
 _ROUTE_TRIES = 3
@@ -343,7 +330,7 @@ async def get_route(request: web.Request) -> web.Response:
     sidecar's record of how the item was handled (shadow.handling), which decides whether
     its outcome is evidence: it is given only once that record is durable (503 when the
     store cannot write it). ``HEAD`` checks the same and records nothing."""
-    refusal = _route_refusal(request)
+    refusal = route_refusal(request)
     if refusal is not None:
         return refusal
     name = _task_type(request)
@@ -373,12 +360,6 @@ async def get_route(request: web.Request) -> web.Response:
         answer = again
     return web.json_response(answer)
 
-
-# What operators send is clipped to these lengths (docs/api.md). An actor with a control
-# character is refused (an identifier); a reason's become spaces, so the audit log and the
-# sidecar's log lines stay one line each. Lone surrogates are refused in both.
-MAX_ACTOR_CHARS = 200
-MAX_REASON_CHARS = 1000
 
 # The keys each write accepts; anything else is refused (a misspelt ``proposal_id`` must not
 # turn an approval of one proposal into an approval of whatever is pending).
@@ -420,30 +401,6 @@ async def _write_body(request: web.Request, write: str) -> dict[str, Any]:
     return body
 
 
-def refused_text(problem: tuple[str, str]) -> web.Response:
-    """The 400 for text :func:`shadow.checks.text_problem` refuses, naming the field as the
-    ingest errors do: ``{"error": "<path>: <message>", "errors": [{"path", "message"}]}``."""
-    path, message = problem
-    return error(400, f"{path}: {message}", [{"path": path, "message": message}])
-
-
-def _clip(text: str, limit: int) -> str:
-    return CONTROL.sub(" ", text)[:limit]
-
-
-def _actor(request: web.Request, body: dict[str, Any]) -> str:
-    header = request.headers.get("X-Shadow-Actor")
-    problem = None if header is None else text_problem(header, "X-Shadow-Actor", ident=True)
-    if problem is not None:
-        raise web.HTTPBadRequest(text=refused_text(problem).text, content_type="application/json")
-    given = body.get("actor") or header or "admin"
-    return _clip(str(given), MAX_ACTOR_CHARS).strip() or "admin"
-
-
-def _reason(body: dict[str, Any], default: str) -> str:
-    return _clip(str(body.get("reason") or ""), MAX_REASON_CHARS).strip() or default
-
-
 def _level(body: dict[str, Any], key: str) -> Level | None:
     if body.get(key) is None:
         return None
@@ -468,23 +425,6 @@ async def _proposal_ref(request: web.Request, name: str, body: dict[str, Any]) -
             "name the proposal you answer: 'proposal_id', or 'to' (and optionally 'from')" + pending
         )
     return ProposalRef(proposal_id, to_level, from_level)
-
-
-def token_refusal(request: web.Request) -> web.Response | None:
-    """The 403/401 answer unless the admin bearer token matches (constant-time compare)."""
-    token = request.app[SETTINGS].admin_token
-    if token is None or not token.get_secret_value():
-        return error(
-            403,
-            "API writes are disabled: set SHADOW_ADMIN_TOKEN (or --admin-token) and send "
-            "'Authorization: Bearer <token>'",
-        )
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
-        return error(401, "missing or wrong admin token; send 'Authorization: Bearer <token>'")
-    return None
 
 
 def admin(handler: Handler) -> Handler:
@@ -523,7 +463,7 @@ async def put_autonomy(request: web.Request) -> web.StreamResponse:
     if level is None:
         return error(400, "level: required, one of L0..L4")
     result = await request.app[LADDER].set_level(
-        name, level, actor=_actor(request, body), reason=_reason(body, "manual set")
+        name, level, actor=actor_of(request, body), reason=reason_of(body, "manual set")
     )
     return await _moved(request, result, requested=str(level))
 
@@ -534,7 +474,7 @@ async def post_approve(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request, "approve")
     ref = await _proposal_ref(request, name, body)
     result = await request.app[LADDER].approve(
-        name, ref, actor=_actor(request, body), reason=_reason(body, "")
+        name, ref, actor=actor_of(request, body), reason=reason_of(body, "")
     )
     return await _moved(request, result)
 
@@ -544,10 +484,12 @@ async def post_reject(request: web.Request) -> web.StreamResponse:
     name = _task_type(request)
     body = await _write_body(request, "reject")
     ref = await _proposal_ref(request, name, body)
-    reason = _reason(body, "")
+    reason = reason_of(body, "")
     if not reason:
         return error(400, "reason: required; say why the promotion is rejected")
-    result = await request.app[LADDER].reject(name, ref, actor=_actor(request, body), reason=reason)
+    result = await request.app[LADDER].reject(
+        name, ref, actor=actor_of(request, body), reason=reason
+    )
     return await _moved(request, result)
 
 
@@ -556,7 +498,7 @@ async def post_reconsider(request: web.Request) -> web.StreamResponse:
     name = _task_type(request)
     body = await _write_body(request, "reconsider")
     result = await request.app[LADDER].reconsider(
-        name, actor=_actor(request, body), reason=_reason(body, "operator asked to reconsider")
+        name, actor=actor_of(request, body), reason=reason_of(body, "operator asked to reconsider")
     )
     return await _moved(request, result)
 
@@ -565,7 +507,7 @@ async def post_reconsider(request: web.Request) -> web.StreamResponse:
 async def post_freeze(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request, "freeze")
     pipeline = request.app[PIPELINE]
-    actor, reason = _actor(request, body), _reason(body, "frozen")
+    actor, reason = actor_of(request, body), reason_of(body, "frozen")
     await request.app[LADDER].freeze(actor=actor, reason=reason)
     for hook in request.app[ON_FREEZE]:
         await hook(actor, reason)
@@ -578,30 +520,18 @@ async def post_unfreeze(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request, "freeze")
     pipeline = request.app[PIPELINE]
     await request.app[LADDER].unfreeze(
-        actor=_actor(request, body), reason=_reason(body, "unfrozen")
+        actor=actor_of(request, body), reason=reason_of(body, "unfrozen")
     )
     await pipeline.refresh(pending=False)
     return web.json_response({"frozen": False})
 
 
-def actor_of(request: web.Request, body: dict[str, Any]) -> str:
-    """The actor of a write: the body's ``actor``, else ``X-Shadow-Actor``, clipped."""
-    return _actor(request, body)
-
-
-def reason_of(body: dict[str, Any], default: str) -> str:
-    return _reason(body, default)
-
-
-def routes() -> list[web.RouteDef]:
-    """Every route; ``shadow.openapi`` documents exactly these (a test checks)."""
-    # Imported here: the gateway's handlers use this module's keys and token check.
-    from shadow.gateway.api import gateway_routes
-
+def api_routes() -> list[web.RouteDef]:
+    """This module's routes (ingest, evidence, autonomy, routing, health, metrics, the
+    OpenAPI document); :func:`shadow.routes.routes` lists them with the gateway's."""
     return [
-        *gateway_routes(),
-        web.post("/v1/events", post_events, expect_handler=_expect("event")),
-        web.post("/v1/outcomes", post_outcomes, expect_handler=_expect("outcome")),
+        web.post("/v1/events", post_events, expect_handler=ingest_expect("event")),
+        web.post("/v1/outcomes", post_outcomes, expect_handler=ingest_expect("outcome")),
         web.get("/v1/agreement", get_agreement),
         web.get("/v1/autonomy", get_autonomy),
         web.get("/v1/autonomy/{task_type}", get_autonomy_one),
@@ -618,5 +548,4 @@ def routes() -> list[web.RouteDef]:
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/openapi.json", get_openapi),
-        *mirror_routes(),
     ]

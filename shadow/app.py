@@ -5,8 +5,9 @@ store → agent runner → pipeline → sources. The HTTP behaviour every runner
 (JSON errors, ``Expect: 100-continue``, header timeout, bodies left compressed for ingest)
 is wired here from :mod:`shadow.server`; serve it with :class:`shadow.server.Listener` to
 also answer what aiohttp's parser refuses in JSON. Handlers reach them through typed
-``web.AppKey``s (:mod:`shadow.api`). Seams (metrics registry, clock, policy) are arguments so
-tests pass real lightweight implementations.
+``web.AppKey``s (:mod:`shadow.keys`); the route table is :func:`shadow.routes.routes`.
+Seams (metrics registry, clock, policy) are arguments so tests pass real lightweight
+implementations.
 """
 
 from __future__ import annotations
@@ -24,8 +25,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shadow.agent import AgentRunner, CircuitBreaker, load_agent
-from shadow.api import (
+from shadow.config import Settings
+from shadow.errors import ConfigError
+from shadow.gateway import Gateway, build_gateway, describe_gateway
+from shadow.ingest_auth import IngestAuth
+from shadow.intake import Intake
+from shadow.keys import (
     AUTH,
+    GATEWAY,
     HANDLING,
     INTAKE,
     LADDER,
@@ -35,16 +42,11 @@ from shadow.api import (
     REGISTRY,
     SETTINGS,
     STARTUP,
-    routes,
 )
-from shadow.config import Settings
-from shadow.errors import ConfigError
-from shadow.gateway import GATEWAY, Gateway, build_gateway, describe_gateway
-from shadow.ingest_auth import IngestAuth
-from shadow.intake import Intake
 from shadow.metrics import Metrics
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
+from shadow.routes import routes
 from shadow.server import (
     LISTEN_URL,
     expect_continue,

@@ -1,6 +1,6 @@
 """The OpenAPI 3.0 description of the HTTP API, served at ``/openapi.json``.
 
-It documents exactly the routes in :func:`shadow.api.routes` (a test compares them) and is
+It documents exactly the routes in :func:`shadow.routes.routes` (a test compares them) and is
 what the schemathesis fuzz test drives.
 """
 

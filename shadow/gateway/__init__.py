@@ -35,9 +35,9 @@ from shadow.errors import ConfigError
 from shadow.gateway.approvals import Approvals, Settled
 from shadow.gateway.capability import Capabilities, Grant, McpSessions
 from shadow.gateway.core import CallRefused, Gateway, ToolEntry, describe_gateway
-from shadow.gateway.mcp import GATEWAY
 from shadow.gateway.rules import Decision, decide
 from shadow.gateway.upstream import UpstreamClient
+from shadow.keys import GATEWAY  # its app key, for existing imports
 from shadow.policy import Policy
 
 __all__ = [

@@ -17,11 +17,11 @@ from typing import Any
 
 from aiohttp import web
 
-from shadow.api import HANDLING, LADDER, actor_of, reason_of, refused_text, token_refusal
 from shadow.checks import CONTROL, text_problem
+from shadow.credentials import actor_of, reason_of, refused_text, token_refusal
 from shadow.errors import AutonomyError, StoreError
 from shadow.gateway.approvals import Settled
-from shadow.gateway.mcp import GATEWAY, mcp_routes
+from shadow.keys import GATEWAY, HANDLING, LADDER
 from shadow.model import MAX_ID_LENGTH, Handling, Level
 from shadow.server import error
 from shadow.store.gateway import APPROVAL_STATES
@@ -144,8 +144,9 @@ async def post_reject(request: web.Request) -> web.StreamResponse:
 
 
 def gateway_routes() -> list[web.RouteDef]:
+    """Live sessions and approvals (the MCP endpoint is :func:`shadow.gateway.mcp.mcp_routes`);
+    :func:`shadow.routes.routes` lists them with the rest."""
     return [
-        *mcp_routes(),
         web.post("/v1/sessions", post_session),
         web.get("/v1/approvals", get_approvals),
         web.get("/v1/approvals/{approval_id}", get_approval),

@@ -36,13 +36,12 @@ from typing import Any
 from aiohttp import web
 
 from shadow import fastjson
-from shadow.api import SETTINGS
 from shadow.checks import json_problem, text_problem
 from shadow.gateway.capability import Grant
 from shadow.gateway.core import CallRefused, Gateway
+from shadow.keys import GATEWAY, SETTINGS
 
 __all__ = [
-    "GATEWAY",
     "HANDSHAKE_VERSIONS",
     "MAX_MCP_BODY",
     "MAX_TOOL_NAME",
@@ -51,7 +50,6 @@ __all__ = [
     "mcp_routes",
 ]
 
-GATEWAY = web.AppKey("gateway", Gateway)
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
 MAX_MCP_BODY = 1_048_576

@@ -25,8 +25,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from shadow.api import routes
 from shadow.openapi import openapi_spec
+from shadow.routes import routes
 from tests.shadow.conftest import (
     ADMIN_TOKEN,
     AgentServerFactory,
