@@ -14,15 +14,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from replay.errors import HistoryError
-from replay.model import Case
+from replay.model import Case, HistoryStats
 from shadow.ingest import RecordError, parse_mixed_line
 from shadow.model import Outcome, WorkEvent
-
-if TYPE_CHECKING:
-    from replay.history import HistoryStats
 
 __all__ = ["MAX_ERRORS", "read_jsonl"]
 

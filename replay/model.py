@@ -24,11 +24,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from shadow.model import Handling, Outcome, WorkEvent
 from shadow.policy import stable_fraction
 
-__all__ = ["Case", "Selection", "most_common_version"]
+__all__ = ["Case", "HistoryStats", "Selection", "most_common_version"]
 
 SAMPLE_SALT = "replay"
 
@@ -106,6 +107,30 @@ class Selection:
             "until": self.until.isoformat() if self.until else None,
             "sample": self.sample,
             "limit": self.limit,
+        }
+
+
+@dataclass(slots=True)
+class HistoryStats:
+    """What the history held (whole file) and how many cases the selection kept."""
+
+    format: str
+    events: int = 0
+    outcomes: int = 0
+    cases: int = 0  # events with an outcome, before the selection
+    without_outcome: int = 0
+    outcomes_without_event: int = 0
+    selected: int = 0  # cases handed out so far
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "events": self.events,
+            "outcomes": self.outcomes,
+            "cases": self.cases,
+            "without_outcome": self.without_outcome,
+            "outcomes_without_event": self.outcomes_without_event,
+            "selected": self.selected,
         }
 
 

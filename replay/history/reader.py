@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -16,7 +15,7 @@ import duckdb
 from replay.errors import HistoryError
 from replay.history.worker import _Worker
 from replay.jsonl import MAX_ERRORS, read_jsonl
-from replay.model import Case, Selection
+from replay.model import Case, HistoryStats, Selection
 from shadow.errors import ValidationError
 from shadow.fastjson import loads
 from shadow.model import Handling, Outcome, ShadowDecision, WorkEvent, as_actions
@@ -48,30 +47,6 @@ def detect_format(path: Path) -> Format:
     if suffix in (".parquet", ".pq"):
         raise HistoryError(f"{path}: not a Parquet file (no PAR1 header)")
     return "jsonl"
-
-
-@dataclass(slots=True)
-class HistoryStats:
-    """What the history held (whole file) and how many cases the selection kept."""
-
-    format: str
-    events: int = 0
-    outcomes: int = 0
-    cases: int = 0  # events with an outcome, before the selection
-    without_outcome: int = 0
-    outcomes_without_event: int = 0
-    selected: int = 0  # cases handed out so far
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": self.format,
-            "events": self.events,
-            "outcomes": self.outcomes,
-            "cases": self.cases,
-            "without_outcome": self.without_outcome,
-            "outcomes_without_event": self.outcomes_without_event,
-            "selected": self.selected,
-        }
 
 
 def _sql_str(text: str) -> str:

@@ -28,15 +28,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Self
+from typing import BinaryIO, Self
 
 from shadow.errors import ConfigError, Reason
 from shadow.ingest import RAW_LIMIT, RecordError, clip_raw, parse_mixed_line
 from shadow.model import Outcome, WorkEvent
+from shadow.sources.sink import Sink
 from shadow.store import DeadLetter
-
-if TYPE_CHECKING:
-    from shadow.sources import Sink
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
