@@ -448,11 +448,14 @@ async def serve(
     sock: socket.socket,
     settings: Settings,
     beside: Sequence[tuple[web.Application, socket.socket]] = (),
+    announce: Sequence[str] = (),
 ) -> int:
     """Serve ``app`` on ``sock`` (and each of ``beside`` on its socket, started after ``app``
     and stopped before it) until SIGINT or SIGTERM, or until a background task that cannot
     restart fails (:mod:`shadow.supervisor`), then shut down gracefully. The exit code: 0, or
-    1 after such a failure."""
+    1 after such a failure. ``announce``: the lines that say what is serving, printed (each
+    ``shadow: <line>`` on stdout) and logged (one INFO line) once every listener and the
+    app's resources (store, sources) are up, never before."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -465,6 +468,10 @@ async def serve(
                 await stack.enter_async_context(
                     Listener(other, other_sock, settings, shutdown_timeout=5.0)
                 )
+            for line in announce:
+                print(f"shadow: {line}", flush=True)
+            if announce:
+                log.info("serving: %s", "; ".join(announce))
             supervisor = app.get(SUPERVISOR)
             waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
             if supervisor is not None:
@@ -487,6 +494,7 @@ def run_server(
     sock: socket.socket,
     settings: Settings,
     beside: Sequence[tuple[web.Application, socket.socket]] = (),
+    announce: Sequence[str] = (),
 ) -> int:
     """``shadow run``'s server loop: :func:`serve` in a fresh event loop; its exit code."""
-    return asyncio.run(serve(app, sock, settings, beside))
+    return asyncio.run(serve(app, sock, settings, beside, announce))

@@ -843,7 +843,7 @@ def test_run_tunes_the_garbage_collector_before_serving(
     monkeypatch.setattr(
         server,
         "run_server",
-        lambda *a: seen.append((gc.get_threshold(), gc.get_freeze_count())) or 0,
+        lambda *a, **k: seen.append((gc.get_threshold(), gc.get_freeze_count())) or 0,
     )
     gc.set_threshold(700, 10, 10)
     code = main(["run", "--config", str(policy), "--db", str(tmp_path / "s.duckdb"), "--port", "0"])
@@ -922,7 +922,7 @@ def test_run_says_once_at_start_up_how_ingest_is_guarded(
     server = start_server(tmp_path, argv, clean_env(**env), port=port)
     servers.append(server)
     assert stop_server(server) == 0
-    lines = [ln for ln in server.log.read_text().splitlines() if "ingest:" in ln]
+    lines = [ln for ln in server.log.read_text().splitlines() if ln.startswith("shadow: ingest:")]
     assert lines == [f"shadow: {expected}"], server.log_text()
 
 
@@ -974,3 +974,27 @@ def test_a_bad_shadow_url_or_port_is_refused_by_the_api_commands(
     for argv in (("status",), ("autonomy", "list"), ("approvals", "list")):
         res = cli_proc(*argv, env=clean_env(SHADOW_ADMIN_TOKEN=TOKEN, **env))
         assert_usage_error(res, needle)
+
+
+def test_run_says_it_serves_only_once_everything_is_open(tmp_path: Path) -> None:
+    """A store that is not a DuckDB file, a directory as the store path, a mirror port that
+    is taken: each refuses start-up in one line, and nothing ever said it was serving."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    damaged = tmp_path / "damaged.duckdb"
+    damaged.write_text("not a database\n" * 100)
+    a_dir = tmp_path / "a-directory"
+    a_dir.mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = str(taken.getsockname()[1])
+        cases = [
+            (["--db", str(damaged)], "not a valid DuckDB database"),
+            (["--db", str(a_dir)], str(a_dir)),
+            (["--db", str(tmp_path / "ok.duckdb"), "--mirror-port", busy], busy),
+        ]
+        for extra, needle in cases:
+            res = cli_proc("run", "--config", str(policy), "--port", "0", *extra)
+            assert res.code != 0, res
+            assert "Traceback" not in res.err, res.err
+            assert needle in res.err, res.err
+            assert "serving on" not in res.out, (extra, res.out)
