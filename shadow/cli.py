@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import sys
 from collections.abc import Iterator, Sequence
 from importlib.metadata import entry_points
@@ -26,6 +25,8 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
+from shadow.console import UsageError, agreement_table, listen
+from shadow.console import fmt as _fmt
 from shadow.errors import ShadowError, StoreInUseError
 
 if TYPE_CHECKING:
@@ -36,10 +37,6 @@ __all__ = ["listen", "main"]
 EXIT_USAGE = 2
 DEFAULT_URL = "http://127.0.0.1:8750"
 URL_HELP = "the sidecar's API (default: SHADOW_URL, else http://127.0.0.1:<SHADOW_PORT or 8750>)"
-
-
-class UsageError(Exception):
-    """A mistake on the command line or in its inputs: one line, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -350,26 +347,6 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return code
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket, bound before anything claims to serve (a busy port is a usage
-    error, not a traceback)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.setblocking(False)
-    return sock
-
-
 # -- status -----------------------------------------------------------------------------------
 
 
@@ -411,51 +388,6 @@ async def _status_from_db(path: str) -> dict[str, Any]:
         ladder = Ladder(store, policy, utc_now)
         await ladder.load()
         return ladder.agreement()
-
-
-def _fmt(value: object, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def agreement_table(doc: dict[str, Any], title: str = "Agreement and autonomy") -> Table:
-    """The per-task-type table of ``shadow status`` and ``shadow demo``."""
-    frozen = " (FROZEN: every task type held at L0)" if doc.get("frozen") else ""
-    table = Table(title=title + frozen)
-    for col in ("task type", "level", "n", "agree", "lower", "upper", "crit", "err"):
-        table.add_column(col, justify="left" if col == "task type" else "right", no_wrap=True)
-    table.add_column("next gate", no_wrap=True)
-    table.add_column("needs", justify="right")
-    for name, t in doc["task_types"].items():
-        gate = t.get("next_gate")
-        if gate is None:
-            gate_text, needs = "at ceiling", "-"
-        else:
-            gate_text = f"{gate['level']}: ≥{gate['agreement']} n≥{gate['min_samples']}"
-            if gate.get("max_critical") is not None:
-                gate_text += f" crit≤{gate['max_critical']}"
-            gate_text += " ✓" if gate["met"] else ""
-            k = gate.get("agreements_needed")
-            needs = "-" if gate["met"] else (f"+{k} agreeing" if k is not None else "out of reach")
-            if gate.get("max_critical") is not None and t["critical"] > gate["max_critical"]:
-                needs = "critical misses"
-        level = t["level"] + (f" → {t['proposal']['to_level']}?" if t.get("proposal") else "")
-        table.add_row(
-            name,
-            level,
-            _fmt(t["n"]),
-            _fmt(t["agreement"]),
-            _fmt(t["lower"]),
-            _fmt(t["upper"]),
-            _fmt(t["critical"]),
-            _fmt(t["errors"]),
-            gate_text,
-            needs,
-        )
-    return table
 
 
 # -- autonomy ---------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from shadow.api import PIPELINE
 from shadow.app import build_app
-from shadow.cli import UsageError, agreement_table, listen
 from shadow.config import load_settings
+from shadow.console import UsageError, agreement_table, listen
 from shadow.demo import (
     DEFAULT_EVENTS,
     DEFAULT_LATE_SHARE,

@@ -43,7 +43,8 @@ JSONL, which needs no DuckDB, is read by :mod:`replay.jsonl`.
 from __future__ import annotations
 
 from replay.history.answers import ResponseCache, decode_answers, encode_answers
-from replay.history.reader import Format, History, HistoryStats, detect_format
+from replay.history.reader import Format, History, detect_format
+from replay.model import HistoryStats
 
 __all__ = [
     "Format",

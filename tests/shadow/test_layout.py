@@ -5,6 +5,7 @@ checks, policy) imports no I/O library, so it stays a set of plain functions ove
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 SHADOW = Path(__file__).resolve().parents[2] / "shadow"
@@ -81,3 +82,150 @@ def test_background_tasks_are_started_through_the_supervisor() -> None:
                 ):
                     found.add(str(path.relative_to(SHADOW)))
     assert found - set(TASKS_ELSEWHERE) == set(), "start background work via shadow.supervisor"
+
+
+# -- import cycles ----------------------------------------------------------------------------
+#
+# The rule: module A depends on module B when any statement of A imports B, wherever it
+# stands: at module level, inside a function (a local import that only dodges a cycle at
+# import time is still a cycle in the design) or under ``if TYPE_CHECKING:`` (a type-only
+# dependence is a dependence). ``from P import N`` depends on ``P.N`` when that is a module,
+# else on ``P``. Importing ``P.M`` also runs ``P/__init__``, but that edge is not counted:
+# every package's ``__init__`` re-exports its submodules, so counting it would make each
+# package a cycle with its own children.
+
+ROOT = SHADOW.parent
+PACKAGES = ("shadow", "replay")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """``{module: {module it imports: line of the first such import}}`` over shadow/ and
+    replay/, by the rule above."""
+    paths = {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+
+    def known(name: str) -> str | None:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, dict[str, int]] = {}
+    for name, path in paths.items():
+        edges: dict[str, int] = {}
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            if isinstance(node, ast.Import):
+                targets = [known(a.name) for a in node.names]
+            else:
+                base = node.module or ""
+                if node.level:
+                    up = package[: len(package) - (node.level - 1)]
+                    base = ".".join([*up, *([node.module] if node.module else [])])
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in paths else known(base)
+                    for a in node.names
+                ]
+            for target in targets:
+                if target is not None and target != name:
+                    edges.setdefault(target, node.lineno)
+        graph[name] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """One shortest cycle through each strongly connected group of modules (Tarjan), as
+    ``[a, b, ..., a]``."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    cycles = []
+    for group in groups:
+        start = min(group)
+        paths = {start: [start]}
+        frontier = [start]
+        while frontier and start not in {w for v in frontier for w in graph[v]}:
+            nxt = []
+            for v in frontier:
+                for w in sorted(graph[v]):
+                    if w in group and w not in paths:
+                        paths[w] = [*paths[v], w]
+                        nxt.append(w)
+            frontier = nxt
+        last = next(v for v in frontier if start in graph[v])
+        cycles.append([*paths[last], start])
+    return sorted(cycles)
+
+
+def test_no_import_cycles() -> None:
+    """shadow/ and replay/ import in one direction only (the rule above): a module that
+    needs something from a module that imports it means that thing belongs in a third."""
+    graph = import_graph()
+    cycles = [
+        " -> ".join(f"{a} (line {graph[a][b]})" for a, b in itertools.pairwise(c)) + f" -> {c[0]}"
+        for c in import_cycles(graph)
+    ]
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_cycle_check_sees_local_and_type_only_imports() -> None:
+    graph = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3}, "d": {"a": 4}}
+    assert import_cycles(graph) == [["a", "b", "c", "a"]]
+    assert import_graph()["shadow.keys"].keys() >= {"shadow.pipeline", "shadow.gateway.core"}
+
+
+def attributes_set_from_outside(path: Path) -> list[str]:
+    """``obj.attr = ...`` (or ``+=``) where ``obj`` is not ``self``/``cls``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            for one in target.elts if isinstance(target, ast.Tuple) else [target]:
+                owner = one.value if isinstance(one, ast.Attribute) else None
+                if owner is not None and not (
+                    isinstance(owner, ast.Name) and owner.id in ("self", "cls")
+                ):
+                    found.append(f"{path.name}:{one.lineno} {ast.unparse(one)}")
+    return found
+
+
+def test_the_composition_root_patches_nothing_it_built() -> None:
+    """``build_app`` (shadow/app.py) builds the object graph in dependency order and hands
+    each part what it uses: it never sets an attribute on an object it built (as it once
+    closed a cycle with ``pipeline.tools = gateway`` and ``runner.tools_url = ...``), and
+    neither does the pipeline on its siblings."""
+    for name in ("app.py", "pipeline.py"):
+        assert attributes_set_from_outside(SHADOW / name) == []
