@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from shadow.agent import AgentRunner, CircuitBreaker, load_agent
+from shadow.agent import AgentRunner, AgentTransport, CircuitBreaker, load_agent
 from shadow.config import Settings
 from shadow.errors import ConfigError
 from shadow.gateway import Gateway, build_gateway, describe_gateway
@@ -43,7 +43,9 @@ from shadow.keys import (
     SETTINGS,
     STARTUP,
 )
+from shadow.ladder import Ladder
 from shadow.metrics import Metrics
+from shadow.model import WorkEvent
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
 from shadow.routes import routes
@@ -108,11 +110,18 @@ def tune_switching() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
 
 
-def build_runner(settings: Settings) -> AgentRunner | None:
-    """The agent runner for ``settings.agent`` (``None`` without an agent)."""
+def build_runner(
+    settings: Settings,
+    *,
+    transport: AgentTransport | None = None,
+    tools_url: Callable[[WorkEvent], str | None] | None = None,
+) -> AgentRunner | None:
+    """The agent runner for ``settings.agent`` (``None`` without an agent); ``transport``
+    when already loaded, ``tools_url`` the tool gateway's shadow sessions."""
     if not settings.agent:
         return None
-    transport = load_agent(settings.agent, timeout=settings.agent_timeout)
+    if transport is None:
+        transport = load_agent(settings.agent, timeout=settings.agent_timeout)
     return AgentRunner(
         transport,
         concurrency=settings.agent_concurrency,
@@ -122,6 +131,7 @@ def build_runner(settings: Settings) -> AgentRunner | None:
             failure_threshold=settings.breaker_failures, reset_after=settings.breaker_reset
         ),
         default_version=settings.agent_version,
+        tools_url=tools_url,
     )
 
 
@@ -168,13 +178,16 @@ def build_app(
     sink = MirrorSink(settings, resolved, auth)
     app[MIRROR] = sink
     # Resolved now, so a bad --agent is refused before anything listens or touches the DB.
-    runner = build_runner(settings)
+    transport = (
+        load_agent(settings.agent, timeout=settings.agent_timeout) if settings.agent else None
+    )
     env = environ if environ is not None else os.environ
     upstreams = build_gateway(resolved, settings, env)  # a missing env:NAME is refused now
     app[STARTUP] = describe_gateway(resolved)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with open_store(settings.db) as store:
+            runner: AgentRunner | None = None
             try:
                 metrics = Metrics(metrics_registry, resolved)
                 store.observe_set_aside(metrics.set_aside)
@@ -184,6 +197,26 @@ def build_app(
                 app[READINESS].append(supervisor.not_ready)
                 kafka = KafkaStack(settings, kafka_specs, store=store, clock=clock, metrics=metrics)
                 app[READINESS].append(kafka.not_ready)
+                # Built in dependency order, each handed what it uses; nothing is patched
+                # after construction.
+                ladder = Ladder(store, resolved, clock, metrics=metrics)
+                base = settings.public_url or app.get(
+                    LISTEN_URL, f"http://{settings.host}:{settings.port}"
+                )
+                gateway = Gateway.create(
+                    settings,
+                    resolved,
+                    ladder,
+                    store,
+                    metrics,
+                    upstreams,
+                    clock,
+                    base,
+                    supervisor=supervisor,
+                )
+                runner = build_runner(
+                    settings, transport=transport, tools_url=gateway.shadow_tools_url
+                )
                 pipeline = Pipeline(
                     settings=settings,
                     policy=resolved,
@@ -194,24 +227,9 @@ def build_app(
                     observers=kafka.observers,
                     promote=kafka.promote,
                     supervisor=supervisor,
+                    ladder=ladder,
+                    tools=gateway,
                 )
-                base = settings.public_url or app.get(
-                    LISTEN_URL, f"http://{settings.host}:{settings.port}"
-                )
-                gateway = Gateway.create(
-                    settings,
-                    resolved,
-                    pipeline.ladder,
-                    store,
-                    metrics,
-                    upstreams,
-                    clock,
-                    base,
-                    supervisor=supervisor,
-                )
-                pipeline.tools = gateway
-                if runner is not None:
-                    runner.tools_url = gateway.shadow_tools_url
                 app[GATEWAY] = gateway
                 app[ON_FREEZE].append(gateway.frozen)
                 async with (

@@ -324,10 +324,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     beside = []
     try:
         port = socks[0].getsockname()[1]
-        print(f"shadow: serving on http://{settings.host}:{port} (db {settings.db})", flush=True)
-        print(f"shadow: ingest: {app[AUTH].summary}", flush=True)
-        for line in app.get(STARTUP, []):
-            print(f"shadow: {line}", flush=True)
+        # Said once everything is open (the store, the sources, every listener): see serve().
+        lines = [
+            f"serving on http://{settings.host}:{port} (db {settings.db})",
+            f"ingest: {app[AUTH].summary}",
+            *(
+                [f"kafka: {settings.kafka_role}"]
+                if any(s.startswith("kafka://") for s in settings.source)
+                else []
+            ),
+            *app.get(STARTUP, []),
+        ]
         for what, other, where in side_apps(app):
             host, _, other_port = where.rpartition(":")
             sock = listen(host.strip("[]"), int(other_port))
@@ -339,8 +346,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             beside.append((other, sock))
             shown = f"{host}:{sock.getsockname()[1]}"
             target = f" -> {settings.proxy_upstream}" if what == "proxy" else ""
-            print(f"shadow: {what} on http://{shown}{target}", flush=True)
-        code = run_server(app, socks[0], settings, beside)
+            lines.append(f"{what} on http://{shown}{target}")
+        code = run_server(app, socks[0], settings, beside, announce=lines)
     finally:
         for sock in socks:
             sock.close()  # idempotent; open still when start-up fails

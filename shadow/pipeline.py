@@ -88,6 +88,7 @@ class Pipeline:
         scan_every: float = 1.0,
         tools: ToolSessions | None = None,
         supervisor: Supervisor | None = None,
+        ladder: Ladder | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -101,8 +102,6 @@ class Pipeline:
         # Its loops run in a group of the sidecar's supervisor (shadow.supervisor).
         self._group = (supervisor or Supervisor(metrics)).group("pipeline")
         self._stopped = False
-        if tools is not None and agent is not None:
-            agent.tools_url = tools.shadow_tools_url
         prefix = settings.dead_letter_raw_prefix
         if prefix is None:
             prefix = 0 if policy.redacts else DEFAULT_DEAD_LETTER_RAW_PREFIX
@@ -130,7 +129,11 @@ class Pipeline:
             batch=max(settings.batch_size, 1000),
             before=self.handling.flush,
         )
-        self.ladder = Ladder(store, policy, clock, metrics=metrics)
+        # The one owner of autonomy (the composition root builds it first: the tool gateway
+        # reads it too).
+        self.ladder = (
+            ladder if ladder is not None else Ladder(store, policy, clock, metrics=metrics)
+        )
         self.handling.on_relabelled.append(self.ladder.refold)
         # Room for a whole store batch: the feeder reads the backlog a batch at a time (one
         # query per batch, not per handful), while memory stays bounded by batch_size.
