@@ -840,11 +840,12 @@ def test_run_tunes_the_garbage_collector_before_serving(
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     seen: list[tuple[tuple[int, int, int], int]] = []
-    monkeypatch.setattr(
-        server,
-        "run_server",
-        lambda *a, **k: seen.append((gc.get_threshold(), gc.get_freeze_count())) or 0,
-    )
+
+    def serving(*args: object, **kwargs: object) -> int:
+        seen.append((gc.get_threshold(), gc.get_freeze_count()))
+        return 0
+
+    monkeypatch.setattr(server, "run_server", serving)
     gc.set_threshold(700, 10, 10)
     code = main(["run", "--config", str(policy), "--db", str(tmp_path / "s.duckdb"), "--port", "0"])
     assert code == 0
