@@ -192,20 +192,21 @@ class Approvals:
 
     async def attach(self, approval_id: str) -> Settled:
         """Wait (up to ``wait`` seconds) for the approval's decision; how it ended, or
-        ``pending``. A settled approval answers at once from the store."""
-        row = self._pending.get(approval_id)
-        if row is None:
-            stored = await self._store.approval(approval_id)
-            if stored is None:
-                return Settled("refused", _gone(approval_id), error="the approval is gone")
-            return _settled_from(stored)
+        ``pending``. One being forwarded now is waited for too; a settled approval answers
+        at once from the store."""
         fut = self._waiters.get(approval_id)
         if fut is None:
+            if approval_id not in self._pending:
+                stored = await self._store.approval(approval_id)
+                if stored is None:
+                    return Settled("refused", _gone(approval_id), error="the approval is gone")
+                return _settled_from(stored)
             fut = self._waiters[approval_id] = asyncio.get_running_loop().create_future()
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout=self.wait)
         except TimeoutError:
-            return Settled("pending", row)
+            row = self._pending.get(approval_id) or await self._store.approval(approval_id)
+            return Settled("pending", row if row is not None else _gone(approval_id))
 
     def _audit(self, row: ApprovalRow, action: str, actor: str, reason: str) -> AuditEntry:
         return AuditEntry(
@@ -285,6 +286,8 @@ class Approvals:
         if claimed is None:
             self._pending.pop(row.id, None)
             raise AutonomyError(f"approval {approval_id} was decided meanwhile")
+        if row.id not in self._waiters:  # an identical retry now waits for the forward
+            self._waiters[row.id] = asyncio.get_running_loop().create_future()
         self._pending.pop(row.id, None)
         args = self._args.pop(row.id, None)
         try:

@@ -401,3 +401,33 @@ async def test_every_session_lists_from_one_shared_catalog(
             "cancel_order",
         ]
     assert up.methods.count("tools/list") == 1
+
+
+async def test_a_retry_while_the_approved_write_is_being_sent_waits_for_its_result(
+    sidecar: SidecarFactory, upstream: UpstreamFactory
+) -> None:
+    """The approval is claimed and its write is at the upstream (held there by a gate) when
+    the client retries: the retry attaches to that one write and answers its result."""
+    up = await upstream()
+    sc = await sidecar(policy=gateway_policy(up.url), gateway_approval_wait=20.0)
+    await set_level(sc, "L2")
+    url = await live_url(sc, "e-1")
+    first = asyncio.ensure_future(rpc(sc, url, "tools/call", CALL_REFUND))
+    for _ in range(TRIES):
+        if sc.app[GATEWAY].approvals.pending:
+            break
+        await asyncio.sleep(0.01)
+    (held,) = sc.app[GATEWAY].approvals.pending
+    release = up.gate("tools/call")
+    approve = asyncio.ensure_future(
+        sc.post(f"/v1/approvals/{held.id}/approve", json_body={}, headers=sc.admin)
+    )
+    await arrived(up, "tools/call")  # being forwarded now
+    retry = asyncio.ensure_future(rpc(sc, url, "tools/call", CALL_REFUND))
+    await asyncio.sleep(0.1)  # give the retry its chance to (wrongly) answer early
+    assert not retry.done()
+    release.set()
+    assert (await approve).status == 200
+    for res in (await first, await retry):
+        assert res.body["result"]["structuredContent"]["refunded"] == 1.0, res.body
+    assert len(up.writes()) == 1
