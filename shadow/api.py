@@ -244,7 +244,7 @@ async def get_agreement(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    await request.app[PIPELINE].refresh()
+    await request.app[PIPELINE].scrape()
     body = generate_latest(request.app[REGISTRY])
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -450,8 +450,7 @@ def admin(handler: Handler) -> Handler:
 
 
 async def _moved(request: web.Request, result: MoveResult, **extra: Any) -> web.Response:
-    """Gauges and observers (the Kafka autonomy topic) see the move at once."""
-    await request.app[PIPELINE].refresh(pending=False)
+    """The move's answer (the Ladder announced it to the gauges and observers itself)."""
     return web.json_response({**result.to_json(), **extra})
 
 
@@ -506,23 +505,19 @@ async def post_reconsider(request: web.Request) -> web.StreamResponse:
 @admin
 async def post_freeze(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request, "freeze")
-    pipeline = request.app[PIPELINE]
     actor, reason = actor_of(request, body), reason_of(body, "frozen")
     await request.app[LADDER].freeze(actor=actor, reason=reason)
     for hook in request.app[ON_FREEZE]:
         await hook(actor, reason)
-    await pipeline.refresh(pending=False)
     return web.json_response({"frozen": True})
 
 
 @admin
 async def post_unfreeze(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request, "freeze")
-    pipeline = request.app[PIPELINE]
     await request.app[LADDER].unfreeze(
         actor=actor_of(request, body), reason=reason_of(body, "unfrozen")
     )
-    await pipeline.refresh(pending=False)
     return web.json_response({"frozen": False})
 
 

@@ -199,7 +199,7 @@ def build_app(
                 app[READINESS].append(kafka.not_ready)
                 # Built in dependency order, each handed what it uses; nothing is patched
                 # after construction.
-                ladder = Ladder(store, resolved, clock, metrics=metrics)
+                ladder = Ladder(store, resolved, clock, metrics=metrics, observers=kafka.observers)
                 base = settings.public_url or app.get(
                     LISTEN_URL, f"http://{settings.host}:{settings.port}"
                 )

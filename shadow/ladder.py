@@ -14,6 +14,10 @@ Every read-decide-write runs under one lock, so two concurrent approvals of the 
 proposal apply it once and an evaluation never writes a state decided from a read taken
 before an operator's move. Each change is counted (``shadow_autonomy_changes_total``) and
 logged as one ``key=value`` line.
+
+The Ladder announces itself: after every evaluation, operator move, freeze, follow or load it
+sets the evidence and ladder gauges and tells its observers (the Kafka publisher) the states,
+so no caller has to remember to refresh anything after a move.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from shadow import moves, promotion
 from shadow.autonomy import agreement_document
@@ -36,13 +40,20 @@ from shadow.policy import Policy, TaskPolicy
 from shadow.promotion import LadderState, Move, ProposalRef, Recent, Step
 from shadow.store import Store
 
-__all__ = ["SYSTEM_ACTOR", "Ladder", "MoveResult"]
+__all__ = ["SYSTEM_ACTOR", "Ladder", "LadderObserver", "MoveResult"]
 
 SYSTEM_ACTOR = "promoter"
 
 log = logging.getLogger("shadow.autonomy")
 
 _Inputs = tuple[dict[str, LadderState], dict[str, dict[str, Evidence]], dict[str, str], bool]
+
+
+class LadderObserver(Protocol):
+    """Told the states after each change of the Ladder; returns at once, never raises (the
+    Kafka publisher queues its own work)."""
+
+    def ladder(self, states: Mapping[str, LadderState]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +154,13 @@ class Ladder:
         clock: Callable[[], datetime],
         *,
         metrics: Metrics | None = None,
+        observers: Sequence[LadderObserver] = (),
     ) -> None:
         self.store = store
         self.policy = policy
         self.clock = clock
         self.metrics = metrics
+        self._observers = tuple(observers)
         self._lock = asyncio.Lock()
         self._states: dict[str, LadderState] = {
             name: LadderState(name, task.autonomy.start) for name, task in policy.task_types.items()
@@ -353,17 +366,30 @@ class Ladder:
         for s in changed:
             _log_step(s, actor)
 
+    def announce(self) -> None:
+        """Set the evidence and ladder gauges and tell the observers the states (after every
+        change; :meth:`shadow.pipeline.Pipeline.refresh` calls it for a scrape too)."""
+        states = self.states()
+        if self.metrics is not None:
+            self.metrics.evidence(self._evidence)
+            self.metrics.ladder(states, self._frozen)
+        for observer in self._observers:
+            observer.ladder(states)
+
     async def evaluate(self) -> list[Step]:
         """Re-decide every configured task type on fresh evidence; apply, audit and count
-        what changed."""
+        what changed, and announce the result."""
         async with self._lock:
             await self._read_evidence()
             await self._check_recent()
-            return await self._evaluate()
+            steps = await self._evaluate()
+            self.announce()
+            return steps
 
     async def reload(self) -> None:
         """Re-read everything without deciding (a Kafka replica, whose promoter decides)."""
         await self.load()
+        self.announce()
 
     async def _evaluate(self) -> list[Step]:
         states, evidence, versions, frozen = self._inputs()
@@ -395,6 +421,7 @@ class Ladder:
                 return MoveResult(step, (), step.after.level)
             await self._apply([step], actor)
             after = await self._evaluate()
+            self.announce()
             then = tuple(s for s in after if s.changed and s.after.task_type == task_type)
             final = next((s.after for s in after if s.after.task_type == task_type), step.after)
             return MoveResult(step, then, final.level)
@@ -511,8 +538,11 @@ class Ladder:
             ]
             await self._apply(steps, actor, frozen=frozen)
             if frozen:
+                self.announce()
                 return steps
-            return steps + [s for s in await self._evaluate() if s.changed]
+            after = [s for s in await self._evaluate() if s.changed]
+            self.announce()
+            return steps + after
 
     async def follow(
         self,
@@ -527,6 +557,7 @@ class Ladder:
         async with self._lock:
             await self._apply(steps, actor, frozen=frozen, followed=followed)
             await self._read_evidence()
+            self.announce()
 
 
 def _clean(text: str) -> str:

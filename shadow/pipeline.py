@@ -131,9 +131,9 @@ class Pipeline:
         )
         # The one owner of autonomy (the composition root builds it first: the tool gateway
         # reads it too).
-        self.ladder = (
-            ladder if ladder is not None else Ladder(store, policy, clock, metrics=metrics)
-        )
+        if ladder is None:
+            ladder = Ladder(store, policy, clock, metrics=metrics, observers=self.observers)
+        self.ladder = ladder
         self.handling.on_relabelled.append(self.ladder.refold)
         # Room for a whole store batch: the feeder reads the backlog a batch at a time (one
         # query per batch, not per handful), while memory stays bounded by batch_size.
@@ -386,20 +386,13 @@ class Pipeline:
             self.ladder.observe(report.comparisons)
             await self.evaluate()
 
-    async def refresh(self, *, pending: bool = True) -> None:
-        """Set the evidence and ladder gauges from the Ladder's memory and tell the observers
-        the states; with ``pending``, the pending-join gauges from the store. The
-        pending-join counts scan whole tables, so the refresh after each batch of
-        comparisons leaves them to the scrape (``/metrics`` refreshes everything) and the
-        expiry loop."""
-        self.metrics.evidence(self.ladder.evidence)
-        states = self.ladder.states()
-        self.metrics.ladder(states, self.ladder.frozen)
-        for observer in self.observers:
-            observer.ladder(states)
-        if pending:
-            self.metrics.pending_joins(await self.store.pending())
-            self.metrics.acceptance(await self.store.acceptance())
+    async def scrape(self) -> None:
+        """Every gauge for a scrape (``/metrics``) and the expiry loop: the Ladder's (which it
+        also sets itself after each change) and the pending-join and acceptance gauges,
+        which scan whole tables and so are left out of the per-batch path."""
+        self.ladder.announce()
+        self.metrics.pending_joins(await self.store.pending())
+        self.metrics.acceptance(await self.store.acceptance())
 
     async def _expire_loop(self) -> None:
         ttl = timedelta(seconds=self.settings.join_ttl)
@@ -408,7 +401,7 @@ class Pipeline:
             try:
                 await self.joiner.expire(ttl)
                 await self.purge()
-                await self.refresh()
+                await self.scrape()
             except Exception:
                 log.exception("expiring joins or applying retention failed; will retry")
 
@@ -433,12 +426,11 @@ class Pipeline:
 
     async def evaluate(self) -> None:
         """Re-decide the ladder now on the store's evidence (a replica re-reads the levels it
-        follows instead), then refresh the gauges and observers."""
+        follows instead); the Ladder announces the result itself."""
         if self.promote:
             await self.ladder.evaluate()
         else:
             await self.ladder.reload()
-        await self.refresh(pending=False)
 
     async def drain(self, *, poll: float = 0.02) -> None:
         """Wait until every stored event has its decision and every ready join is done."""

@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -163,7 +163,6 @@ class AutonomyFollower:
         ladder: Ladder,
         store: Store,
         intake: Intake,
-        refresh: Callable[[], Awaitable[None]],
     ) -> None:
         topic = settings.kafka_autonomy_topic
         if topic is None:
@@ -174,7 +173,6 @@ class AutonomyFollower:
         self._ladder = ladder
         self._store = store
         self._intake = intake
-        self._refresh = refresh  # the gauges and observers, after levels changed
         self._consumer: AIOKafkaConsumer | None = None
         self._caught_up = False
         self._progress = "not started"
@@ -362,9 +360,9 @@ class AutonomyFollower:
                 frozen = rec.frozen
         if not steps:
             return
+        # The Ladder announces what it now follows (gauges, observers) itself.
         await self._ladder.follow(steps, actor=FOLLOW_ACTOR, frozen=frozen, followed=followed)
         self.applied += len(steps)
-        await self._refresh()
 
     @staticmethod
     def _new(rec: LevelRecord, before: LadderState, seen: Mapping[str, int]) -> bool:

@@ -148,7 +148,6 @@ class KafkaStack:
                     ladder=pipeline.ladder,
                     store=self.store,
                     intake=pipeline.intake,
-                    refresh=pipeline.refresh,
                 )
                 await stack.enter_async_context(self.levels)
             spawn = asyncio.get_running_loop().create_task

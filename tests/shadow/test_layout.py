@@ -229,3 +229,18 @@ def test_the_composition_root_patches_nothing_it_built() -> None:
     neither does the pipeline on its siblings."""
     for name in ("app.py", "pipeline.py"):
         assert attributes_set_from_outside(SHADOW / name) == []
+
+
+def test_no_handler_refreshes_after_a_move() -> None:
+    """The Ladder announces its own changes (gauges, the Kafka publisher): nothing in
+    ``shadow`` calls a ``refresh`` after a move (handlers once had to, and could forget)."""
+    calls = []
+    for path in SHADOW.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "refresh"
+            ):
+                calls.append(f"{path.relative_to(SHADOW)}:{node.lineno}")
+    assert calls == []

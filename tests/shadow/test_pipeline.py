@@ -550,7 +550,7 @@ async def test_pending_joins_are_counted_on_refresh_not_after_every_batch(
     await running.pipeline.drain()
     assert running.pipeline.comparisons == 15
     assert counted == []
-    await running.pipeline.refresh()
+    await running.pipeline.scrape()
     assert counted == [1]
     assert running.sample("shadow_pending_joins", waiting_for="awaiting_outcome") == 5
 

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shadow.model import Level
 from tests.conftest import wait_for
 from tests.kafka_broker import Broker
@@ -126,6 +128,10 @@ async def test_every_change_reaches_the_autonomy_topic_in_order_with_its_audit_i
     assert metric(m, "shadow_kafka_published_total", stream="autonomy") == len(recs)
 
 
+# Its own wait for the outage's changes (2400 tries of 0.05 s) is the bound, not the
+# per-test default: on a loaded 2-core machine the broker's restart and the producer's
+# reconnect alone can take most of two minutes.
+@pytest.mark.timeout(300)
 async def test_changes_made_while_the_broker_is_away_are_published_in_order_once_it_is_back(
     broker: Broker, sidecar: SidecarFactory
 ) -> None:
