@@ -434,7 +434,7 @@ def admin(handler: Handler) -> Handler:
         refusal = token_refusal(request)
         if refusal is not None:
             return refusal
-        if request.app[SETTINGS].kafka_role == "replica":
+        if not request.app[LADDER].decides:
             return error(
                 409,
                 "this sidecar is a Kafka replica (kafka_role=replica): autonomy levels are owned "

@@ -199,7 +199,14 @@ def build_app(
                 app[READINESS].append(kafka.not_ready)
                 # Built in dependency order, each handed what it uses; nothing is patched
                 # after construction.
-                ladder = Ladder(store, resolved, clock, metrics=metrics, observers=kafka.observers)
+                ladder = Ladder(
+                    store,
+                    resolved,
+                    clock,
+                    metrics=metrics,
+                    observers=kafka.observers,
+                    decides=kafka.promote,
+                )
                 base = settings.public_url or app.get(
                     LISTEN_URL, f"http://{settings.host}:{settings.port}"
                 )
@@ -225,7 +232,6 @@ def build_app(
                     metrics=metrics,
                     clock=clock,
                     observers=kafka.observers,
-                    promote=kafka.promote,
                     supervisor=supervisor,
                     ladder=ladder,
                     tools=gateway,

@@ -155,12 +155,16 @@ class Ladder:
         *,
         metrics: Metrics | None = None,
         observers: Sequence[LadderObserver] = (),
+        decides: bool = True,
     ) -> None:
         self.store = store
         self.policy = policy
         self.clock = clock
         self.metrics = metrics
         self._observers = tuple(observers)
+        # Whether this process decides the levels (standalone, the Kafka promoter) or only
+        # follows the promoter's (a Kafka replica: operators' moves are refused here).
+        self.decides = decides
         self._lock = asyncio.Lock()
         self._states: dict[str, LadderState] = {
             name: LadderState(name, task.autonomy.start) for name, task in policy.task_types.items()
@@ -378,7 +382,11 @@ class Ladder:
 
     async def evaluate(self) -> list[Step]:
         """Re-decide every configured task type on fresh evidence; apply, audit and count
-        what changed, and announce the result."""
+        what changed, and announce the result. A ladder that only follows re-reads the
+        levels instead (its promoter decides)."""
+        if not self.decides:
+            await self.reload()
+            return []
         async with self._lock:
             await self._read_evidence()
             await self._check_recent()

@@ -97,7 +97,6 @@ class Pipeline:
         self.metrics = metrics
         self.clock = clock
         self.observers = tuple(observers)
-        self.promote = promote  # False on Kafka replicas: one promoter owns the ladder
         self.tools = tools
         # Its loops run in a group of the sidecar's supervisor (shadow.supervisor).
         self._group = (supervisor or Supervisor(metrics)).group("pipeline")
@@ -132,7 +131,10 @@ class Pipeline:
         # The one owner of autonomy (the composition root builds it first: the tool gateway
         # reads it too).
         if ladder is None:
-            ladder = Ladder(store, policy, clock, metrics=metrics, observers=self.observers)
+            # promote=False: a Kafka replica, whose ladder follows the promoter's levels.
+            ladder = Ladder(
+                store, policy, clock, metrics=metrics, observers=self.observers, decides=promote
+            )
         self.ladder = ladder
         self.handling.on_relabelled.append(self.ladder.refold)
         # Room for a whole store batch: the feeder reads the backlog a batch at a time (one
@@ -425,12 +427,9 @@ class Pipeline:
             )
 
     async def evaluate(self) -> None:
-        """Re-decide the ladder now on the store's evidence (a replica re-reads the levels it
-        follows instead); the Ladder announces the result itself."""
-        if self.promote:
-            await self.ladder.evaluate()
-        else:
-            await self.ladder.reload()
+        """Re-decide the ladder now on the store's evidence (a ladder that follows re-reads
+        the levels instead); the Ladder announces the result itself."""
+        await self.ladder.evaluate()
 
     async def drain(self, *, poll: float = 0.02) -> None:
         """Wait until every stored event has its decision and every ready join is done."""
