@@ -2,7 +2,7 @@
 
 :func:`shadow.app.build_app` builds one :class:`KafkaStack` from the ``kafka://`` sources
 and the settings, hands :attr:`KafkaStack.observers` and :attr:`KafkaStack.promote` to the
-pipeline, then enters :meth:`KafkaStack.running`, which starts (in order) the publisher,
+Ladder (its observers, and whether it decides or follows), then enters :meth:`KafkaStack.running`, which starts (in order) the publisher,
 every source (connect + co-partitioning check: a :class:`~shadow.errors.ConfigError` here
 aborts start-up) and, with ``kafka_role=promoter``, the comparisons follower; it stops them
 in reverse. With ``kafka_role=replica`` and ``kafka_autonomy_topic`` it also starts the
