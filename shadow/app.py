@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from shadow.agent import AgentRunner, AgentTransport, CircuitBreaker, load_agent
+from shadow.agent import AgentRunner, AgentTransport, CircuitBreaker, ToolSessions, load_agent
 from shadow.config import Settings
 from shadow.errors import ConfigError
 from shadow.gateway import Gateway, build_gateway, describe_gateway
@@ -45,7 +45,6 @@ from shadow.keys import (
 )
 from shadow.ladder import Ladder
 from shadow.metrics import Metrics
-from shadow.model import WorkEvent
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
 from shadow.routes import routes
@@ -114,10 +113,10 @@ def build_runner(
     settings: Settings,
     *,
     transport: AgentTransport | None = None,
-    tools_url: Callable[[WorkEvent], str | None] | None = None,
+    tools: ToolSessions | None = None,
 ) -> AgentRunner | None:
     """The agent runner for ``settings.agent`` (``None`` without an agent); ``transport``
-    when already loaded, ``tools_url`` the tool gateway's shadow sessions."""
+    when already loaded, ``tools`` the tool gateway (each attempt's shadow session)."""
     if not settings.agent:
         return None
     if transport is None:
@@ -131,7 +130,7 @@ def build_runner(
             failure_threshold=settings.breaker_failures, reset_after=settings.breaker_reset
         ),
         default_version=settings.agent_version,
-        tools_url=tools_url,
+        tools=tools,
     )
 
 
@@ -221,9 +220,7 @@ def build_app(
                     base,
                     supervisor=supervisor,
                 )
-                runner = build_runner(
-                    settings, transport=transport, tools_url=gateway.shadow_tools_url
-                )
+                runner = build_runner(settings, transport=transport, tools=gateway)
                 pipeline = Pipeline(
                     settings=settings,
                     policy=resolved,
@@ -234,7 +231,6 @@ def build_app(
                     observers=kafka.observers,
                     supervisor=supervisor,
                     ladder=ladder,
-                    tools=gateway,
                 )
                 app[GATEWAY] = gateway
                 app[ON_FREEZE].append(gateway.frozen)

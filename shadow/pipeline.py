@@ -45,19 +45,9 @@ from shadow.promotion import LadderState
 from shadow.store import Store
 from shadow.supervisor import Supervisor
 
-__all__ = ["Pipeline", "PipelineObserver", "ToolSessions"]
+__all__ = ["Pipeline", "PipelineObserver"]
 
 log = logging.getLogger("shadow.pipeline")
-
-
-class ToolSessions(Protocol):
-    """The tool gateway as the pipeline sees it (:class:`shadow.gateway.Gateway`): a shadow
-    session's tools URL for each agent request, and the decision with the writes captured
-    through it as its actions once the agent has answered."""
-
-    def shadow_tools_url(self, event: WorkEvent) -> str | None: ...
-
-    def settle(self, event: WorkEvent, decision: ShadowDecision) -> ShadowDecision: ...
 
 
 class PipelineObserver(Protocol):
@@ -86,7 +76,6 @@ class Pipeline:
         observers: Sequence[PipelineObserver] = (),
         promote: bool = True,
         scan_every: float = 1.0,
-        tools: ToolSessions | None = None,
         supervisor: Supervisor | None = None,
         ladder: Ladder | None = None,
     ) -> None:
@@ -97,7 +86,6 @@ class Pipeline:
         self.metrics = metrics
         self.clock = clock
         self.observers = tuple(observers)
-        self.tools = tools
         # Its loops run in a group of the sidecar's supervisor (shadow.supervisor).
         self._group = (supervisor or Supervisor(metrics)).group("pipeline")
         self._stopped = False
@@ -333,8 +321,6 @@ class Pipeline:
                         batch.append(self._results.get_nowait())
                     except asyncio.QueueEmpty:
                         break
-                if self.tools is not None:
-                    batch = [(e, self.tools.settle(e, d)) for e, d in batch]
                 await self.store.put_decisions(
                     [(d, e.task_type) for e, d in batch], now=self.clock()
                 )

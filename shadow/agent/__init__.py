@@ -54,7 +54,7 @@ from shadow.agent.base import AgentTransport
 from shadow.agent.breaker import CircuitBreaker
 from shadow.agent.http import HttpAgent
 from shadow.agent.inproc import CallableAgent
-from shadow.agent.runner import AgentRunner
+from shadow.agent.runner import AgentRunner, ToolSessions
 from shadow.errors import ConfigError
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "CallableAgent",
     "CircuitBreaker",
     "HttpAgent",
+    "ToolSessions",
     "load_agent",
 ]
 

@@ -8,13 +8,23 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from shadow.agent.base import AgentTransport, _never, describe
 from shadow.agent.breaker import CircuitBreaker
 from shadow.agent.inproc import CallableAgent
 from shadow.errors import AgentError, ConfigError, ValidationError
 from shadow.model import ShadowDecision, WorkEvent
+
+
+class ToolSessions(Protocol):
+    """The tool gateway as the runner sees it (:class:`shadow.gateway.Gateway`): a shadow
+    session's tools URL for each agent request, and, once the agent has answered, the
+    decision with the writes captured through it as its actions (the session closed)."""
+
+    def shadow_tools_url(self, event: WorkEvent) -> str | None: ...
+
+    def settle(self, event: WorkEvent, decision: ShadowDecision) -> ShadowDecision: ...
 
 
 class AgentRunner:
@@ -37,7 +47,7 @@ class AgentRunner:
         default_version: str = "unknown",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        tools_url: Callable[[WorkEvent], str | None] | None = None,
+        tools: ToolSessions | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"agent concurrency must be at least 1, got {concurrency}")
@@ -53,9 +63,11 @@ class AgentRunner:
         self._breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
         self._clock = clock
         self._sleep = sleep
-        # The tool gateway's shadow session for an event (shadow.gateway), sent to the agent
-        # as the request's ``tools_url`` (and ``X-Shadow-Tools-Url`` over HTTP).
-        self.tools_url = tools_url
+        # The tool gateway (shadow.gateway): each attempt's shadow session, opened for its
+        # request (``tools_url``, and ``X-Shadow-Tools-Url`` over HTTP) and closed by this
+        # runner as soon as the agent has answered, the writes captured through it becoming
+        # the decision's actions. The runner owns the session from open to close.
+        self._tools = tools
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -332,8 +344,8 @@ class AgentRunner:
             "payload": event.payload,
             "shadow": True,
         }
-        if self.tools_url is not None:
-            url = self.tools_url(event)
+        if self._tools is not None:
+            url = self._tools.shadow_tools_url(event)
             if url is not None:
                 request["tools_url"] = url
         return request
@@ -366,7 +378,14 @@ class AgentRunner:
     def _settle(
         self, event: WorkEvent, answer: Mapping[str, Any] | None, reason: str, latency_ms: float
     ) -> ShadowDecision:
-        """The decision for an answer (validated) or a failure; the breaker learns which."""
+        """The decision for an answer (validated) or a failure; the breaker learns which;
+        the case's tool session closes here (its captured writes are the actions)."""
+        decision = self._decision(event, answer, reason, latency_ms)
+        return self._tools.settle(event, decision) if self._tools is not None else decision
+
+    def _decision(
+        self, event: WorkEvent, answer: Mapping[str, Any] | None, reason: str, latency_ms: float
+    ) -> ShadowDecision:
         if answer is not None:
             try:
                 decision = ShadowDecision.from_agent_response(

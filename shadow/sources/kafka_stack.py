@@ -2,17 +2,15 @@
 
 :func:`shadow.app.build_app` builds one :class:`KafkaStack` from the ``kafka://`` sources
 and the settings, hands :attr:`KafkaStack.observers` and :attr:`KafkaStack.promote` to the
-Ladder (its observers, and whether it decides or follows), then enters :meth:`KafkaStack.running`, which starts (in order) the publisher,
-every source (connect + co-partitioning check: a :class:`~shadow.errors.ConfigError` here
-aborts start-up) and, with ``kafka_role=promoter``, the comparisons follower; it stops them
-in reverse. With ``kafka_role=replica`` and ``kafka_autonomy_topic`` it also starts the
+Ladder (its observers, and whether it decides or follows), then enters
+:meth:`KafkaStack.running`, which starts (in order) the publisher, every source (connect +
+co-partitioning check: a :class:`~shadow.errors.ConfigError` here aborts start-up) and, with
+``kafka_role=promoter``, the comparisons follower; it stops them in reverse. With
+``kafka_role=replica`` and ``kafka_autonomy_topic`` it also starts the
 :class:`~shadow.sources.follow.AutonomyFollower`, which applies the promoter's levels to
 this replica's ladder. :meth:`not_ready` feeds ``/readyz``: every source until its group
 assigned it partitions and while its broker does not answer, and a replica until its
 follower has read the autonomy topic to the end once.
-
-The publisher uses the first source's brokers. Roles: ``standalone`` (default) and
-``promoter`` decide the ladder; ``replica`` never does (see docs/kafka.md).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 
 from shadow.gateway import GATEWAY
 from shadow.model import WorkEvent
-from tests.shadow.conftest import HttpResult, Sidecar, SidecarFactory
+from tests.shadow.conftest import AgentServerFactory, HttpResult, Sidecar, SidecarFactory
 from tests.shadow.gateway.conftest import Upstream, UpstreamFactory, backoffice, gateway_policy
 from tests.shadow.gateway.test_gateway import (
     CALL_REFUND,
@@ -431,3 +431,36 @@ async def test_a_retry_while_the_approved_write_is_being_sent_waits_for_its_resu
     for res in (await first, await retry):
         assert res.body["result"]["structuredContent"]["refunded"] == 1.0, res.body
     assert len(up.writes()) == 1
+
+
+async def test_the_runner_closes_the_case_session_as_soon_as_the_agent_answers(
+    sidecar: SidecarFactory, agent_server: AgentServerFactory, upstream: UpstreamFactory
+) -> None:
+    """The agent runner owns each attempt's tool session from open to close: the decision it
+    returns already carries the writes captured through it, and the tools URL is closed by
+    then (no later call adds to the case while its decision waits to be stored)."""
+    from mcp import Client
+
+    from tests.shadow.conftest import Reply
+
+    up = await upstream()
+    urls: list[str] = []
+
+    async def agent(body: dict[str, Any]) -> Reply:
+        urls.append(body["tools_url"])
+        async with Client(body["tools_url"]) as client:
+            await client.call_tool("issue_refund", {"order_id": "o-9", "amount": 9.0})
+        return Reply(200, {"decision": {"action": "approve"}, "agent_version": "a@1"})
+
+    agent_srv = await agent_server(agent)
+    sc = await sidecar(policy=gateway_policy(up.url), agent=agent_srv.url)
+    runner = sc.pipeline.agent
+    assert runner is not None
+    decision = await runner.decide(WorkEvent("d-1", "refund", {}))
+    assert decision.tool_calls
+    assert [(a.tool, a.args) for a in decision.actions] == [
+        ("issue_refund", {"order_id": "o-9", "amount": 9.0})
+    ]
+    late = await rpc(sc, urls[0], "tools/call", CALL_REFUND)
+    assert late.status == 404
+    assert up.writes() == []
