@@ -237,7 +237,7 @@ def build_app(
                 async with (
                     gateway,
                     pipeline,
-                    kafka.running(pipeline),
+                    kafka.running(pipeline, supervisor.group("kafka")),
                     sink.running(pipeline.intake, metrics, supervisor.group("mirror")),
                 ):
                     app[PIPELINE] = pipeline

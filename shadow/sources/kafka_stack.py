@@ -15,12 +15,11 @@ follower has read the autonomy topic to the end once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shadow.config import Settings
 from shadow.errors import ConfigError
@@ -31,7 +30,8 @@ from shadow.sources.publish import ComparisonFollower, KafkaPublisher
 
 if TYPE_CHECKING:
     from shadow.pipeline import Pipeline, PipelineObserver
-    from shadow.store import Store
+    from shadow.supervisor import TaskGroup
+from shadow.store import Store
 
 __all__ = ["KafkaStack"]
 
@@ -103,11 +103,14 @@ class KafkaStack:
         return base if index == 0 else f"{base}-{index}"
 
     @contextlib.asynccontextmanager
-    async def running(self, pipeline: Pipeline) -> AsyncIterator[KafkaStack]:
+    async def running(self, pipeline: Pipeline, group: TaskGroup) -> AsyncIterator[KafkaStack]:
+        """Start everything (see the module docstring); the sources' and followers' loops
+        run in ``group`` (supervised). They cannot safely start again on the same client
+        after a failure, so a failure of one is fatal: ``shadow run`` stops with exit 1 (and
+        the orchestrator starts a fresh process, which resumes from the committed offsets)."""
         if not self.specs:
             yield self
             return
-        tasks: list[asyncio.Task[None]] = []
         async with contextlib.AsyncExitStack() as stack:
             if self.publisher is not None:
                 await stack.enter_async_context(self.publisher)
@@ -148,26 +151,15 @@ class KafkaStack:
                     intake=pipeline.intake,
                 )
                 await stack.enter_async_context(self.levels)
-            spawn = asyncio.get_running_loop().create_task
-            tasks = [spawn(_guard(s.spec.name, s.run()), name="kafka-source") for s in self.sources]
+            for s in self.sources:
+                group.spawn(
+                    "kafka-source", s.run, name=f"kafka-source {s.spec.name}", restart=False
+                )
             if self.follower is not None:
-                tasks.append(spawn(_guard("promoter", self.follower.run()), name="kafka-promoter"))
+                group.spawn("kafka-promoter", self.follower.run, restart=False)
             if self.levels is not None:
-                tasks.append(spawn(_guard("follower", self.levels.run()), name="kafka-follow"))
+                group.spawn("kafka-follow", self.levels.run, restart=False)
             try:
                 yield self
             finally:
-                for task in tasks:
-                    task.cancel()
-                for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-
-
-async def _guard(name: str, run: Any) -> None:
-    try:
-        await run
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("Kafka %s stopped with an error", name)
+                await group.stop()
