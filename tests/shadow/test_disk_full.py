@@ -6,37 +6,21 @@ the store afterwards, and the sidecar serves again once there is room. A real si
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.shadow.conftest import SidecarFactory
-from tests.shadow.test_store_errors import _need_root
+from tests.shadow.test_store_errors import tmpfs
 
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs mounted under tmp_path (unmounted after): room for the store to
     checkpoint once the test's filler is gone."""
-    if os.geteuid() != 0:
-        _need_root("mounting a small tmpfs needs root")
-    where = tmp_path / "disk"
-    where.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mount.returncode != 0:
-        _need_root(f"cannot mount a tmpfs: {mount.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "16m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
 
 
 async def test_a_full_disk_refuses_ingest_says_so_once_and_recovers(

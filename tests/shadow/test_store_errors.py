@@ -278,15 +278,15 @@ def _need_root(what: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted under tmp_path (unmounted after)."""
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's form: ``2m``) mounted at ``where`` (made), unmounted
+    after; skipped without root (a failure under CI)."""
     if os.geteuid() != 0:
         _need_root("mounting a small tmpfs needs root")
-    where = tmp_path / "small"
     where.mkdir()
     mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
         capture_output=True,
         text=True,
         check=False,
@@ -296,7 +296,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield where
     finally:
-        subprocess.run(["umount", str(where)], check=True)
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs mounted under tmp_path (unmounted after)."""
+    with tmpfs(tmp_path / "small", "2m") as where:
+        yield where
 
 
 async def _fill(store: Store) -> None:
