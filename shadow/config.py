@@ -285,6 +285,14 @@ class Settings(BaseSettings):
     kafka_session_timeout: float = Field(
         10.0, ge=1.0, le=300.0, description="seconds before a silent group member is dropped"
     )
+    kafka_shutdown_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=60.0,
+        description="seconds a shutdown waits for the broker to acknowledge what is still "
+        "being sent, then for each Kafka client to stop; unacknowledged records stay in "
+        "the outboxes (and uncommitted offsets are read again) at the next start",
+    )
     kafka_group_instance_id: str | None = Field(
         None,
         min_length=1,

@@ -68,6 +68,7 @@ class BrokerProxy:
         self.refused: list[str] = []  # why connections were refused
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cut = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -78,13 +79,29 @@ class BrokerProxy:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        await self._close_pipes()
+        if server is not None:
+            await server.wait_closed()
+
+    async def cut(self) -> None:
+        """A network partition: every piped connection is closed and each new one is closed
+        as soon as it is accepted, until :meth:`mend`. To a client this is a broker gone
+        away; the broker behind keeps running with everything it holds (a restarted memory
+        broker would not: it forgets its topics, and acknowledges a write to one it forgot
+        without keeping it)."""
+        self._cut = True
+        await self._close_pipes()
+
+    def mend(self) -> None:
+        """End a :meth:`cut`: new connections reach the broker again."""
+        self._cut = False
+
+    async def _close_pipes(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await task
-        if server is not None:
-            await server.wait_closed()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -92,6 +109,9 @@ class BrokerProxy:
         task.add_done_callback(self._tasks.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._cut:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
         except OSError:

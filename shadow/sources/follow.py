@@ -225,7 +225,9 @@ class AutonomyFollower:
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await stop_client(consumer, "autonomy follower")
+            await stop_client(
+                consumer, "autonomy follower", within=self._settings.kafka_shutdown_timeout
+            )
 
     async def __aenter__(self) -> Self:
         return await self.start()

@@ -194,7 +194,6 @@ class KafkaSource:
             scope=f"{spec.bootstrap}/{spec.group}",
         )
         self._closing = asyncio.Event()
-        self._health: asyncio.Task[None] | None = None
         self._connected = False
         self._problem = "not started"
         self._assigned = False  # the group's first assignment arrived
@@ -230,7 +229,6 @@ class KafkaSource:
         consumer.subscribe([self.spec.events, self.spec.outcomes], listener=_Listener(self))
         self._consumer = consumer
         self._set_connected(True, "")
-        self._health = asyncio.get_running_loop().create_task(self._probe(), name="kafka-health")
         return self
 
     async def _check_topology(self, consumer: AIOKafkaConsumer) -> None:
@@ -264,20 +262,24 @@ class KafkaSource:
 
     async def close(self) -> None:
         self._closing.set()
-        health, self._health = self._health, None
-        if health is not None:
-            health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await health
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             async with self._delivering:
+                within = self._settings.kafka_shutdown_timeout
                 try:  # as far as joins completed since the last commit allow
-                    await self._commits.commit(consumer)
+                    async with asyncio.timeout(within):
+                        await self._commits.commit(consumer)
+                except TimeoutError:
+                    log.warning(
+                        "%s: final commit not answered within %gs; the records since the "
+                        "last commit are read again at the next start",
+                        self.spec.name,
+                        within,
+                    )
                 except Exception as e:
                     log.warning("%s: final commit failed (%s)", self.spec.name, e)
                 await leave_group(consumer)  # partitions move now, not after the session
-                await stop_client(consumer, self.spec.name)
+                await stop_client(consumer, self.spec.name, within=within)
         self._set_connected(False, "source closed")
 
     async def __aenter__(self) -> Self:
@@ -311,11 +313,14 @@ class KafkaSource:
     def _set_connected(self, ok: bool, problem: str) -> None:
         if ok != self._connected:
             level = logging.INFO if ok else logging.WARNING
-            log.log(level, "%s: broker %s", self.spec.name, "reachable" if ok else problem)
+            log.log(level, "%s: %s", self.spec.name, "broker reachable" if ok else problem)
         self._connected, self._problem = ok, problem
         self._metrics.kafka_connected.set(1 if ok else 0)
 
-    async def _probe(self) -> None:
+    async def probe(self) -> None:
+        """Ask the broker for metadata every ``kafka_health_interval`` until cancelled:
+        readiness and ``shadow_kafka_connected`` follow the answers (the stack runs it
+        under the supervisor, restarted if it ever fails)."""
         interval = self._settings.kafka_health_interval
         while True:
             consumer = self._consumer

@@ -26,6 +26,7 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import (
     IllegalSaslStateError,
     KafkaError,
+    KafkaTimeoutError,
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
 )
@@ -203,18 +204,90 @@ async def leave_group(consumer: AIOKafkaConsumer) -> bool:
     return True
 
 
-async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer, who: str) -> None:
-    """``client.stop()``, for a shutdown that must finish. With the broker gone, aiokafka's
-    fetcher re-raises the cancellation of its own fetch task out of ``stop()``; that is not
-    a cancellation of the caller, so it is logged and the shutdown goes on (a real
-    cancellation of the caller still propagates)."""
+async def stop_client(
+    client: AIOKafkaConsumer | AIOKafkaProducer, who: str, *, within: float = 5.0
+) -> None:
+    """``client.stop()``, for a shutdown that must finish, and soon, broker or no broker
+    (``within``: ``kafka_shutdown_timeout``).
+
+    - A producer first gets ``within`` seconds to have what it is still sending
+      acknowledged; aiokafka's own ``stop()`` would wait the whole request timeout (40 s)
+      for a broker that is gone. After that the unacknowledged records are failed (nothing
+      is lost: the outboxes send them again, the sources read their records again) and a
+      WARNING names how many.
+    - Then ``stop()`` gets ``within`` seconds; past that its connections are closed and a
+      WARNING says so (a consumer can wait on a group coordinator that no longer answers).
+    - With the broker gone, aiokafka's fetcher re-raises the cancellation of its own fetch
+      task out of ``stop()``; that is not a cancellation of the caller, so it is logged and
+      the shutdown goes on (a real cancellation of the caller still propagates)."""
+    if isinstance(client, AIOKafkaProducer):
+        await _flush_within(client, who, within)
     try:
-        await client.stop()
+        async with asyncio.timeout(within):
+            await client.stop()
+    except TimeoutError:
+        log.warning(
+            "%s: the Kafka client did not stop within %gs (broker unreachable?); its "
+            "connections are closed",
+            who,
+            within,
+        )
+        inner = getattr(client, "_client", None)
+        if inner is not None:
+            await inner.close()
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
         log.warning("%s: the Kafka client stopped with its own fetch cancelled", who)
+
+
+async def _flush_within(producer: AIOKafkaProducer, who: str, within: float) -> None:
+    try:
+        async with asyncio.timeout(within):
+            await producer.flush()
+        return
+    except TimeoutError:
+        pass
+    # aiokafka has no public call to give up on what it is sending. Its sender task is
+    # stopped first (its requests in flight end, or are ended by closing the connections),
+    # so no batch is in flight; then the queued batches are failed, as its sender does when
+    # it cannot go on, and stop() has nothing left to wait for.
+    accumulator = getattr(producer, "_message_accumulator", None)
+    sender = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if accumulator is None or sender is None:
+        return
+    given_up = len(accumulator._pending_batches) + len(_queued(accumulator))
+    sender.cancel()  # nothing more is sent; it ends once its requests in flight have
+    for batch in (*accumulator._pending_batches, *_queued(accumulator)):
+        batch._ttl = 0  # expired: an error now fails the batch instead of queueing it again
+    try:
+        async with asyncio.timeout(within):
+            await asyncio.wait([sender])
+    except TimeoutError:
+        await producer.client.close()  # fails the requests still waiting for an answer
+        await asyncio.wait([sender])
+    batches = _queued(accumulator)
+    # A batch sent before (and queued again after an error) has a done-callback that takes
+    # it out of the in-flight set; put it back there so failing it does not trip that.
+    accumulator._pending_batches.update(b for b in batches if b.retry_count > 0)
+    accumulator.fail_all(KafkaTimeoutError(f"not acknowledged within {within:g}s of shutdown"))
+    for batch in batches:  # nobody waits for them any more: retrieve, so none is reported
+        waiters = (batch.future, batch._drain_waiter, *(f for f, _ in batch._msg_futures))
+        for future in waiters:
+            if future.done() and not future.cancelled():
+                future.exception()
+    log.warning(
+        "%s: %d record batch(es) not acknowledged within %gs of shutdown (broker "
+        "unreachable?); they are sent again at the next start",
+        who,
+        given_up,
+        within,
+    )
+
+
+def _queued(accumulator: Any) -> list[Any]:
+    return [batch for queued in accumulator._batches.values() for batch in queued]
 
 
 async def start_client(

@@ -11,6 +11,11 @@ co-partitioning check: a :class:`~shadow.errors.ConfigError` here aborts start-u
 this replica's ladder. :meth:`not_ready` feeds ``/readyz``: every source until its group
 assigned it partitions and while its broker does not answer, and a replica until its
 follower has read the autonomy topic to the end once.
+
+Their loops run under the supervisor (the ``group`` given to :meth:`KafkaStack.running`):
+``kafka-source``, ``kafka-promoter`` and ``kafka-follow`` hold their client's state, so a
+failure of one is fatal; ``kafka-publisher`` (the outboxes are in the store) and each
+source's ``kafka-health`` probe restart with backoff.
 """
 
 from __future__ import annotations
@@ -73,7 +78,13 @@ class KafkaStack:
             )
         if self.specs and publishes:
             self.publisher = KafkaPublisher(
-                settings, self.specs[0].bootstrap, store, clock, metrics
+                settings,
+                self.specs[0].bootstrap,
+                store,
+                clock,
+                metrics,
+                decides=self.promote,
+                folds=settings.kafka_role == "promoter",
             )
 
     @property
@@ -151,7 +162,12 @@ class KafkaStack:
                     intake=pipeline.intake,
                 )
                 await stack.enter_async_context(self.levels)
+            # The publisher's and the probes' loops keep nothing of their own (the outboxes
+            # are in the store), so they restart; a consuming loop holds its client's state.
+            if self.publisher is not None and self.publisher.publishes:
+                group.spawn("kafka-publisher", self.publisher.run)
             for s in self.sources:
+                group.spawn("kafka-health", s.probe, name=f"kafka-health {s.spec.name}")
                 group.spawn(
                     "kafka-source", s.run, name=f"kafka-source {s.spec.name}", restart=False
                 )

@@ -180,14 +180,22 @@ class KafkaPublisher:
         store: Store,
         clock: Callable[[], datetime],
         metrics: Metrics,
+        *,
+        decides: bool = True,
+        folds: bool = False,
     ) -> None:
         self._settings = settings
         self._bootstrap = bootstrap
+        # What this process's place in a Kafka deployment asks of it (the stack says):
+        # only a process that decides the ladder publishes its changes, and the process
+        # that folds every replica's comparisons (the promoter) publishes no routing
+        # records (its own are already in its store, where the replicas' land).
+        self._decides = decides
+        self._folds = folds
         self._store = store
         self._clock = clock
         self._metrics = metrics
         self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._states: dict[str, LadderState] = {}  # every configured task type's, latest
         self._republished = False  # each task type's latest change sent again since start
@@ -204,20 +212,19 @@ class KafkaPublisher:
         )
         await start_client(producer, f"Kafka publisher kafka://{self._bootstrap}", options)
         self._producer = producer
-        if self._settings.kafka_comparisons_topic or self._settings.kafka_autonomy_topic:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="kafka-pub")
-            self._wake.set()
+        self._wake.set()
         return self
 
+    @property
+    def publishes(self) -> bool:
+        """Whether :meth:`run` has outboxes to send (a comparisons or autonomy topic)."""
+        s = self._settings
+        return bool(s.kafka_comparisons_topic or s.kafka_autonomy_topic)
+
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         producer, self._producer = self._producer, None
         if producer is not None:
-            await stop_client(producer, "publisher")
+            await stop_client(producer, "publisher", within=self._settings.kafka_shutdown_timeout)
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -277,7 +284,10 @@ class KafkaPublisher:
             raise failed
         self._metrics.kafka_published.labels("dead_letters").inc(len(copies))
 
-    async def _loop(self) -> None:
+    async def run(self) -> None:
+        """Send the outboxes whenever woken (and every second) until cancelled; broker and
+        store errors are logged and retried after a pause (the stack runs it under the
+        supervisor, restarted if it ever fails: the outboxes are in the store)."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=_POLL_S)
@@ -299,7 +309,7 @@ class KafkaPublisher:
         """Routing answers go out before comparisons: the promoter then mostly learns how
         an item was handled before it counts the item (when not, it relabels it)."""
         topic = self._settings.kafka_comparisons_topic
-        if topic is None or self._producer is None or self._settings.kafka_role == "promoter":
+        if topic is None or self._producer is None or self._folds:
             return
         while True:
             todo = await self._store.unpublished_handling(limit=_OUTBOX_BATCH)
@@ -347,10 +357,9 @@ class KafkaPublisher:
 
     async def _publish_ladder(self) -> None:
         topic = self._settings.kafka_autonomy_topic
-        # A replica's ladder is not the ladder: only standalone sidecars and the promoter
-        # publish levels.
+        # A replica's ladder is not the ladder: only the process that decides publishes.
         producer = self._producer
-        if topic is None or producer is None or self._settings.kafka_role == "replica":
+        if topic is None or producer is None or not self._decides:
             return
         while True:
             todo = await self._store.unpublished_changes(limit=_OUTBOX_BATCH)
@@ -468,7 +477,9 @@ class ComparisonFollower:
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await stop_client(consumer, "comparison follower")
+            await stop_client(
+                consumer, "comparison follower", within=self._settings.kafka_shutdown_timeout
+            )
 
     async def run(self) -> None:
         """Fold comparisons into the store until closed; commit after each stored batch."""

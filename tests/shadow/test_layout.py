@@ -48,9 +48,7 @@ def test_the_pure_core_imports_no_io_library() -> None:
 
 
 # Where a task may still be created outside the supervisor, and why: a call's own helpers
-# whose failures reach the caller that awaits them (not background work), and the Kafka
-# clients' own loops (the publisher's and the health probe's: not supervised yet,
-# docs/operating.md#background-tasks).
+# whose failures reach the caller that awaits them (not background work).
 TASKS_ELSEWHERE = {
     "supervisor.py": "the supervisor itself",
     "server.py": "serve() waits on its stop signal and the supervisor's fatal failure",
@@ -58,8 +56,6 @@ TASKS_ELSEWHERE = {
     "gateway/catalog.py": "one listing shared by the calls that await it",
     "handling.py": "the group commit's writer: every waiting route gets its failure",
     "agent/runner.py": "a batch's calls, awaited by the batch",
-    "sources/publish.py": "Kafka: not supervised yet",
-    "sources/kafka.py": "Kafka: not supervised yet",
     "demo/backoffice.py": "the demo's own MCP server",
     "demo_run.py": "the demo's own loop",
 }

@@ -54,14 +54,17 @@ async def assigned(sc: Sidecar) -> set[tuple[str, str]]:
     }
 
 
-async def read_all(broker: Broker, topic: str, want: int) -> list[Any]:
+async def read_all(broker: Broker, topic: str, want: int, *, rounds: int = 300) -> list[Any]:
+    """Every record of ``topic`` from the start: at least ``want`` once the topic has nothing
+    more, or what ``rounds`` fetches of up to 0.3 s found (a polling check passes a small
+    ``rounds``: it asks again soon anyway)."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest", group_id=None
     )
     await consumer.start()
     out: list[Any] = []
     try:
-        for _ in range(300):
+        for _ in range(rounds):
             fetched = await consumer.getmany(timeout_ms=300)
             for messages in fetched.values():
                 out.extend(messages)
