@@ -329,8 +329,10 @@ class Pipeline:
                     self._inflight.discard(event.event_id)
                 self._breaker_gauge()
                 self._schedule_join([e.event_id for e, _ in batch])
-            except Exception:
-                log.exception("storing %d agent decisions failed; they will be retried", len(batch))
+                self._group.recovered("writer")
+            except Exception as exc:
+                # The events stay awaiting a decision: the feeder hands them out again.
+                self._group.retrying("writer", exc, retry_in=1.0)
                 for event, _ in batch:
                     self._inflight.discard(event.event_id)
                 await asyncio.sleep(1.0)
@@ -351,8 +353,9 @@ class Pipeline:
             self._busy += 1
             try:
                 await self._after_join(await self.joiner.join(ids))
-            except Exception:
-                log.exception("joining %d events failed; retrying", len(ids))
+                self._group.recovered("join")
+            except Exception as exc:
+                self._group.retrying("join", exc, retry_in=1.0)
                 self._join_ids.update(ids)
                 await asyncio.sleep(1.0)
                 self._join_wake.set()
@@ -390,8 +393,9 @@ class Pipeline:
                 await self.joiner.expire(ttl)
                 await self.purge()
                 await self.scrape()
-            except Exception:
-                log.exception("expiring joins or applying retention failed; will retry")
+                self._group.recovered("expire")
+            except Exception as exc:
+                self._group.retrying("expire", exc, retry_in=self.settings.expire_interval)
 
     async def purge(self) -> None:
         """Retention: delete closed cases and dead letters older than ``retention`` (0:

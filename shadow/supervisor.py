@@ -17,6 +17,11 @@ supervisor watches every one of them:
   run`` shuts down and exits 1.
 
 A task that returns (a file source that read its file) is done and never restarted.
+
+A loop that must not lose the batch it holds (the decision writer, the joiner, expiry, the
+gateway's row writer and approval expiry, the mirror consumer) catches its own error and
+retries the batch; it reports it with :meth:`TaskGroup.retrying` (the same line, count and
+readiness as a failed task) and :meth:`TaskGroup.recovered` once a round succeeds.
 """
 
 from __future__ import annotations
@@ -121,6 +126,29 @@ class Supervisor:
             finally:
                 self._down.pop(name, None)
 
+    def retrying(
+        self, task: str, name: str, exc: Exception, retry_in: float, note: str = ""
+    ) -> None:
+        """A loop that keeps its work and retries it by itself (a failed batch stays queued)
+        hit ``exc``: seen as a failed task is (one ERROR line with its traceback, counted,
+        not ready naming it) until :meth:`recovered`; it is not restarted."""
+        why = _one_line(exc)
+        if self._counter is not None:
+            self._counter.task_failure(task)
+        self._down[name] = f"background task {name} failed ({why}); retrying"
+        log.error(
+            "background task %s failed; retrying in %.1f s: %s%s",
+            name,
+            retry_in,
+            why,
+            f"; {note}" if note else "",
+            exc_info=exc,
+        )
+
+    def recovered(self, name: str) -> None:
+        """The loop that :meth:`retrying` reported did its work again."""
+        self._down.pop(name, None)
+
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 """The sidecar's supervisor on its application (set when its resources start)."""
@@ -143,6 +171,23 @@ class TaskGroup:
                 self._supervisor._supervise(task, shown, run, restart), name=f"shadow-{shown}"
             )
         )
+
+    def retrying(
+        self,
+        task: str,
+        exc: Exception,
+        *,
+        retry_in: float,
+        name: str | None = None,
+        note: str = "",
+    ) -> None:
+        """Report that the loop ``task`` (``name``) failed and retries by itself (``note``:
+        what became of the batch, when not kept); see :meth:`Supervisor.retrying`."""
+        self._supervisor.retrying(task, name or task, exc, retry_in, note)
+
+    def recovered(self, task: str, *, name: str | None = None) -> None:
+        """The loop reported by :meth:`retrying` works again."""
+        self._supervisor.recovered(name or task)
 
     async def stop(self) -> None:
         """Cancel and await every task of the group; idempotent, never raises what a task

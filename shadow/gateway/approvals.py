@@ -132,12 +132,14 @@ class Approvals:
         self._args.clear()
 
     async def _sweep_loop(self) -> None:
+        every = min(1.0, max(self.timeout / 4, 0.05))
         while True:
-            await asyncio.sleep(min(1.0, max(self.timeout / 4, 0.05)))
+            await asyncio.sleep(every)
             try:
                 await self.sweep()
-            except Exception:
-                log.exception("gateway: expiring approvals failed; retrying")
+                self._group.recovered("approvals-sweep")
+            except Exception as exc:  # what is due stays pending for the next round
+                self._group.retrying("approvals-sweep", exc, retry_in=every)
 
     async def sweep(self) -> None:
         """Expire the approvals whose time is up (fail closed)."""

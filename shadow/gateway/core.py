@@ -240,8 +240,9 @@ class Gateway:
             self._drop_expired()
             try:
                 await self.flush()
-            except Exception:
-                log.exception("gateway: writing tool call rows failed; retrying")
+                self._group.recovered("gateway-flush")
+            except Exception as exc:  # the rows stay queued for the next round
+                self._group.retrying("gateway-flush", exc, retry_in=self._flush_every)
 
     async def flush(self) -> None:
         """Write the call rows (and audit entries) recorded so far."""

@@ -80,6 +80,7 @@ class MirrorSink:
         self._bytes = 0
         self._intake: Intake | None = None  # set while running
         self._metrics: Metrics | None = None
+        self._group: TaskGroup | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -121,7 +122,7 @@ class MirrorSink:
     ) -> AsyncIterator[None]:
         """Consume into ``intake`` (a task of ``group``, supervised) while the context is
         open; what is still queued at the end is dropped (a mirror's copy is never owed)."""
-        self._intake, self._metrics = intake, metrics
+        self._intake, self._metrics, self._group = intake, metrics, group
         group.spawn("mirror", self._consume)
         try:
             yield
@@ -148,8 +149,15 @@ class MirrorSink:
             try:
                 if intake is not None and metrics is not None:
                     await self._process(batch, intake, metrics)
-            except Exception:
-                log.exception("mirror: storing %d mirrored requests failed; dropped", len(batch))
+                    if self._group is not None:
+                        self._group.recovered("mirror")
+            except Exception as exc:
+                # A mirror's copy is never owed: the batch is dropped, counted, and said.
+                note = f"{len(batch)} mirrored requests dropped"
+                if self._group is not None:
+                    self._group.retrying("mirror", exc, retry_in=0.0, note=note)
+                else:
+                    log.exception("mirror: storing failed; %s", note)
                 if metrics is not None:
                     metrics.mirrored(None, "dropped", len(batch))
             finally:
