@@ -405,7 +405,7 @@ async def test_mirror_store_write_fails(
     assert await ready(sc)
     errors.clear()
     store.arm("put_events")
-    why = ""
+    why: str | None = None
     for n in range(FAULTS + 1):
         body = {"refund_id": f"m-{n}", "amount": n}
         res = await sc.post("/v1/mirror/refunds", json_body=body)
