@@ -320,6 +320,50 @@ async def get_history(request: web.Request) -> web.Response:
     )
 
 
+# -- the audit log ----------------------------------------------------------------------------
+
+_AUDIT_PAGE = 1000  # GET /v1/audit's default limit
+
+
+def _whole(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """The query parameter ``name`` as a whole number in ``low..high`` (``default`` when
+    absent); a 400 otherwise."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise _bad_request(f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise _bad_request(f"{name} must be between {low} and {high}")
+    return value
+
+
+async def get_audit(request: web.Request) -> web.Response:
+    """A page of the whole audit log with its hash chain, oldest first: the entries with
+    ids above ``after``, at most ``limit``; ``next`` is the ``after`` of the next page
+    (``null`` on the last), so a verifier walks the log without trusting the server's
+    verdict (``shadow audit verify --url``)."""
+    after = _whole(request, "after", 0, 0, 2**63 - 1)
+    limit = _whole(request, "limit", _AUDIT_PAGE, 1, 10_000)
+    entries = await request.app[LADDER].store.audit_entries(after=after, limit=limit)
+    full = len(entries) == limit
+    return web.json_response(
+        {
+            "entries": [e.to_json() for e in entries],
+            "next": entries[-1].id if full else None,
+        }
+    )
+
+
+async def get_audit_verify(request: web.Request) -> web.Response:
+    """The server's own walk of the audit log's hash chain (:class:`shadow.audit_chain.
+    ChainState`): ``{"ok", "entries", "head", "first_bad"}``."""
+    state = await request.app[LADDER].store.audit_chain()
+    return web.json_response(state.to_json())
+
+
 # The level may change while a record is written (a freeze, a promotion): the route is then
 # recorded again and the new answer given, at most this many times.
 _ROUTE_TRIES = 3
@@ -522,8 +566,9 @@ async def post_unfreeze(request: web.Request) -> web.StreamResponse:
 
 
 def api_routes() -> list[web.RouteDef]:
-    """This module's routes (ingest, evidence, autonomy, routing, health, metrics, the
-    OpenAPI document); :func:`shadow.routes.routes` lists them with the gateway's."""
+    """This module's routes (ingest, evidence, autonomy, the audit log, routing, health,
+    metrics, the OpenAPI document); :func:`shadow.routes.routes` lists them with the
+    gateway's."""
     return [
         web.post("/v1/events", post_events, expect_handler=ingest_expect("event")),
         web.post("/v1/outcomes", post_outcomes, expect_handler=ingest_expect("outcome")),
@@ -535,6 +580,8 @@ def api_routes() -> list[web.RouteDef]:
         web.post("/v1/autonomy/{task_type}/reject", post_reject),
         web.post("/v1/autonomy/{task_type}/reconsider", post_reconsider),
         web.get("/v1/autonomy/{task_type}/history", get_history),
+        web.get("/v1/audit", get_audit),
+        web.get("/v1/audit/verify", get_audit_verify),
         web.post("/v1/freeze", post_freeze),
         web.post("/v1/unfreeze", post_unfreeze),
         # HEAD explicitly: get_route answers it without recording anything.

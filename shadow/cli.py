@@ -1,4 +1,4 @@
-"""The ``shadow`` command: run, demo, status, autonomy (names are a contract; DESIGN.md).
+"""The ``shadow`` command: run, demo, status, autonomy, audit (names are a contract; DESIGN.md).
 
 This is the entry point: it is the only place that reads the environment (through
 :func:`shadow.config.load_settings`) and the only place that turns errors into exit codes.
@@ -25,6 +25,7 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
+from shadow.audit_verify import add_audit_command
 from shadow.console import UsageError, agreement_table, listen
 from shadow.console import fmt as _fmt
 from shadow.errors import ShadowError, StoreInUseError
@@ -128,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         f = action(name, f"{name} every task type")
         f.add_argument("--reason", default="")
         f.add_argument("--actor", default=None)
+    add_audit_command(sub, url_help=URL_HELP)
     ap = sub.add_parser("approvals", help="tool writes held for approval: list, approve, reject")
     ap.add_argument("--url", help=URL_HELP)
     ap_sub = ap.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -202,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command in ("autonomy", "approvals"):
             _check_text(args)
-        if args.command in ("status", "autonomy", "approvals") and not getattr(args, "db", None):
+        asks = ("status", "autonomy", "approvals", "audit")
+        if args.command in asks and not getattr(args, "db", None):
             args.url = _sidecar_url(args.url)
         plugin = getattr(args, "plugin", None)
         if plugin is not None:

@@ -197,6 +197,61 @@ _SCHEMAS: dict[str, Any] = {
             "handled_by": {"type": "string", "enum": HANDLED_BY},
         },
     },
+    "AuditEntry": {
+        "type": "object",
+        "description": "one audit log row as stored, with its hash chain (docs/operating.md)",
+        "required": [
+            "id",
+            "recorded_at",
+            "task_type",
+            "actor",
+            "action",
+            "from_level",
+            "to_level",
+            "reason",
+            "evidence",
+            "policy_hash",
+            "prev_hash",
+            "entry_hash",
+        ],
+        "properties": {
+            "id": {"type": "integer"},
+            "recorded_at": {"type": "string", "format": "date-time"},
+            "task_type": {"type": "string"},
+            "actor": {"type": "string"},
+            "action": {"type": "string"},
+            "from_level": {"type": "string", "nullable": True},
+            "to_level": {"type": "string", "nullable": True},
+            "reason": {"type": "string"},
+            "evidence": {"nullable": True, "description": "the stored JSON"},
+            "policy_hash": {"type": "string", "nullable": True},
+            "prev_hash": {"type": "string", "nullable": True},
+            "entry_hash": {"type": "string", "nullable": True},
+        },
+    },
+    "ChainState": {
+        "type": "object",
+        "required": ["ok", "entries", "head", "first_bad"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "entries": {"type": "integer", "minimum": 0},
+            "head": {
+                "type": "string",
+                "nullable": True,
+                "description": "the newest entry's hash (64 zeros for an empty log)",
+            },
+            "first_bad": {
+                "type": "object",
+                "nullable": True,
+                "required": ["id", "kind", "why"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "kind": {"type": "string", "enum": ["missing", "edited", "unlinked"]},
+                    "why": {"type": "string"},
+                },
+            },
+        },
+    },
     "WriteBody": {
         "type": "object",
         "additionalProperties": False,
@@ -443,6 +498,46 @@ def openapi_spec() -> dict[str, Any]:
                         }
                     ],
                     "responses": {"200": ok_obj, "400": _resp("bad limit", _ERR), "404": not_found},
+                },
+            },
+            "/v1/audit": {
+                "get": {
+                    "summary": "The whole audit log with its hash chain, oldest first, a page "
+                    "at a time (pass next as after for the next page; null on the last)",
+                    "parameters": [
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        },
+                    ],
+                    "responses": {
+                        "200": _resp(
+                            "entries with ids above after",
+                            {
+                                "type": "object",
+                                "required": ["entries", "next"],
+                                "properties": {
+                                    "entries": {"type": "array", "items": _ref("AuditEntry")},
+                                    "next": {"type": "integer", "nullable": True},
+                                },
+                            },
+                        ),
+                        "400": _resp("bad after or limit", _ERR),
+                    },
+                },
+            },
+            "/v1/audit/verify": {
+                "get": {
+                    "summary": "The server's own walk of the audit log's hash chain",
+                    "responses": {"200": _resp("the chain's state", _ref("ChainState"))},
                 },
             },
             "/v1/freeze": {"post": _write("Send every task type to L0", _ref("WriteBody"))},

@@ -6,7 +6,7 @@ one. Each migration runs in one transaction together with its ``schema_version``
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["AUDIT_CHAIN_VERSION", "MIGRATIONS", "SCHEMA_VERSION"]
 
 _V1 = [
     """
@@ -318,6 +318,16 @@ _V10 = [
     "ALTER TABLE tool_approvals ADD COLUMN repeat_key VARCHAR",
 ]
 
+# v11: the audit log is hash-chained (shadow.audit_chain): each row keeps the hash of the row
+# before it (in id order; 64 zeros for the first) and its own, sha256 over a canonical
+# encoding of every stored field and prev_hash. The store chains the rows already there in
+# the same transaction as this migration (shadow.store.audit.backfill_chain), so no row is
+# left without hashes; a NULL hash is a break to the verifier.
+_V11 = [
+    "ALTER TABLE audit_log ADD COLUMN prev_hash VARCHAR",
+    "ALTER TABLE audit_log ADD COLUMN entry_hash VARCHAR",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -329,6 +339,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (8, _V8),
     (9, _V9),
     (10, _V10),
+    (11, _V11),
 ]
+
+AUDIT_CHAIN_VERSION = 11  # the migration after which the store chains the existing rows
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

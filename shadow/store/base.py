@@ -30,6 +30,7 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 import duckdb
 
+from shadow.audit_chain import ChainEntry, utc_instant
 from shadow.errors import (
     StoreDamagedError,
     StoreError,
@@ -39,7 +40,8 @@ from shadow.errors import (
     StoreTooNewError,
 )
 from shadow.model import AuditEntry, Comparison
-from shadow.schema import MIGRATIONS, SCHEMA_VERSION
+from shadow.schema import AUDIT_CHAIN_VERSION, MIGRATIONS, SCHEMA_VERSION
+from shadow.store.audit import backfill_chain, insert_chained, reserve
 from shadow.store.records import DeadLetter
 
 P = ParamSpec("P")
@@ -178,8 +180,13 @@ def store_error(path: str, exc: BaseException, *, opening: bool = False) -> Stor
 class StoreBase:
     """Async facade over one DuckDB file. Use as ``async with Store(path) as store``."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """``read_only``: open an existing file without writing to it (no migration: a file
+        at another schema version is refused), sharing it with other readers but not with
+        a process that writes it (:class:`~shadow.errors.StoreInUseError`); for tools that
+        only read, such as ``shadow audit verify --db``."""
         self.path = str(path)
+        self.read_only = read_only
         self._con: duckdb.DuckDBPyConnection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._set_aside: list[Callable[[str, int], None]] = []
@@ -264,13 +271,19 @@ class StoreBase:
         self._failing = error
 
     def _open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(self.path)
+        if self.read_only:
+            con = duckdb.connect(self.path, read_only=True)
+        else:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(self.path)
         try:
             con.execute("SET TimeZone = 'UTC'")
             self._con = con
-            self._migrate()
+            if self.read_only:
+                self._check_version()
+            else:
+                self._migrate()
         except BaseException:
             self._con = None
             con.close()
@@ -280,7 +293,8 @@ class StoreBase:
         con, self._con = self._con, None
         if con is not None:
             try:
-                con.execute("CHECKPOINT")
+                if not self.read_only:
+                    con.execute("CHECKPOINT")
             finally:
                 con.close()
 
@@ -303,6 +317,34 @@ class StoreBase:
             con.execute("COMMIT")
             self._commits += 1
 
+    def _check_version(self) -> None:
+        """A read-only store's file must be at this sidecar's schema version."""
+        con = self.con
+        has_table = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_version'"
+        ).fetchone()
+        if not has_table or not has_table[0]:
+            raise StoreError(f"cannot open store {self.path}: it is not a sidecar's store")
+        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > SCHEMA_VERSION:
+            raise self._too_new(current)
+        if current < SCHEMA_VERSION:
+            raise StoreError(
+                f"cannot open store {self.path} read-only: it is at schema version {current}, "
+                f"below this sidecar's {SCHEMA_VERSION}; run this sidecar on it once (it "
+                "migrates the file when it opens it) and read it again"
+            )
+
+    def _too_new(self, current: int) -> StoreTooNewError:
+        return StoreTooNewError(
+            f"cannot open store {self.path}: a newer sidecar wrote it (schema version "
+            f"{current}, above this sidecar's {SCHEMA_VERSION}); run a sidecar with schema "
+            f"version {current} or later on it",
+            found=current,
+            supported=SCHEMA_VERSION,
+        )
+
     def _migrate(self) -> None:
         con = self.con
         con.execute(
@@ -314,19 +356,17 @@ class StoreBase:
         current = max(applied, default=0)
         if current > SCHEMA_VERSION:
             # Refused before anything is written: a downgrade would lose what it added.
-            raise StoreTooNewError(
-                f"cannot open store {self.path}: a newer sidecar wrote it (schema version "
-                f"{current}, above this sidecar's {SCHEMA_VERSION}); run a sidecar with schema "
-                f"version {current} or later on it",
-                found=current,
-                supported=SCHEMA_VERSION,
-            )
+            raise self._too_new(current)
         for version, statements in MIGRATIONS:
             if version in applied:
                 continue
             with self._tx() as tx:
                 for sql in statements:
                     tx.execute(sql)
+                if version == AUDIT_CHAIN_VERSION:
+                    chained = backfill_chain(tx)
+                    if chained:
+                        log.info("store %s: hash-chained %d audit entries", self.path, chained)
                 tx.execute("INSERT INTO schema_version VALUES (?, now())", [version])
 
     async def schema_version(self) -> int:
@@ -502,28 +542,32 @@ class StoreBase:
 
     @staticmethod
     def _insert_audit(tx: duckdb.DuckDBPyConnection, entries: list[AuditEntry]) -> list[int]:
-        """Append ``entries`` to the audit log; their ids, in order. An entry belongs to the
-        change it records (same transaction), so it is never set aside: its text is made
-        :func:`storable` instead (a lone surrogate kept as its escape)."""
-        ids: list[int] = []
-        for e in entries:
-            row = tx.execute(
-                "INSERT INTO audit_log (recorded_at, task_type, actor, action, from_level, "
-                "to_level, "
-                "reason, evidence, policy_hash) VALUES (?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, "
-                "?::JSON, ?) RETURNING id",
-                [
-                    e.at,
-                    storable(e.task_type),
-                    storable(e.actor),
-                    e.action,
-                    None if e.from_level is None else str(e.from_level),
-                    None if e.to_level is None else str(e.to_level),
-                    storable(e.reason),
-                    storable_json(e.evidence),
-                    storable(e.policy_hash),
-                ],
-            ).fetchone()
-            assert row is not None
-            ids.append(int(row[0]))
+        """Append ``entries`` to the audit log, hash-chained (:mod:`shadow.audit_chain`);
+        their ids, in order. An entry belongs to the change it records (same transaction),
+        so it is never set aside: its text is made :func:`storable` instead (a lone
+        surrogate kept as its escape), and its hash is taken over what is stored."""
+        if not entries:
+            return []
+        head, ids = reserve(tx, len(entries))
+        insert_chained(tx, head, [_chained(e, i) for e, i in zip(entries, ids, strict=True)])
         return ids
+
+
+def _chained(entry: AuditEntry, entry_id: int) -> ChainEntry:
+    """``entry`` as it reads back once stored under ``entry_id`` (hashes not set yet): each
+    text made :func:`storable`, the evidence as its stored JSON parses, the instant in UTC
+    (microseconds, as a TIMESTAMPTZ keeps it)."""
+    return ChainEntry(
+        id=entry_id,
+        recorded_at=utc_instant(entry.at),
+        task_type=storable(entry.task_type) or "",
+        actor=storable(entry.actor) or "",
+        action=storable(entry.action) or "",
+        from_level=None if entry.from_level is None else str(entry.from_level),
+        to_level=None if entry.to_level is None else str(entry.to_level),
+        reason=storable(entry.reason) or "",
+        evidence=json.loads(storable_json(entry.evidence)),
+        policy_hash=storable(entry.policy_hash),
+        prev_hash=None,
+        entry_hash=None,
+    )

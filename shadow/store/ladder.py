@@ -1,4 +1,5 @@
-"""Evidence, ladder state, the append-only audit log and the freeze flag."""
+"""Evidence, ladder state, the hash-chained audit log (:mod:`shadow.store.audit`) and the
+freeze flag."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 
 import duckdb
 
+from shadow.audit_chain import ChainEntry, ChainState, ChainWalk
 from shadow.model import (
     AuditEntry,
     Evidence,
     Level,
 )
 from shadow.promotion import Decided, Hold, LadderState, Move, Proposal, Step
+from shadow.store.audit import audit_page
 from shadow.store.base import StoreBase
 from shadow.store.outbox import change_record, insert_changes, record_followed
 from shadow.store.records import (
@@ -278,6 +281,24 @@ class LadderPart(StoreBase):
             return out
 
         return await self._run(q)
+
+    async def audit_entries(self, *, after: int = 0, limit: int = 1000) -> list[ChainEntry]:
+        """The audit log as stored, with its hashes: up to ``limit`` entries with ids above
+        ``after``, oldest first (a page of ``GET /v1/audit``)."""
+        return await self._run(lambda: audit_page(self.con, after=after, limit=limit))
+
+    async def audit_chain(self, *, page: int = 10_000) -> ChainState:
+        """Walk the whole audit log's hash chain (:class:`~shadow.audit_chain.ChainWalk`),
+        ``page`` entries per read, so a long log is neither one read nor holds the store's
+        thread from its writers for the whole walk. Entries appended during the walk are
+        walked too (they come after, in id order)."""
+        walk = ChainWalk()
+        while True:
+            after = walk.last_id or 0
+            entries = await self.audit_entries(after=after, limit=page)
+            walk.feed(entries)
+            if len(entries) < page:
+                return walk.state
 
     async def dead_letters(self, *, limit: int = 100) -> list[dict[str, Any]]:
         def q() -> list[dict[str, Any]]:
