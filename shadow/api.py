@@ -24,13 +24,14 @@ from shadow.checks import MAX_ID_LENGTH, text_problem
 from shadow.credentials import (
     MAX_ACTOR_CHARS,
     MAX_REASON_CHARS,
+    access_refusal,
     actor_of,
+    credential_of,
     reason_of,
     refused_text,
-    route_refusal,
-    token_refusal,
+    requires,
 )
-from shadow.errors import AutonomyError, Reason, StoreError
+from shadow.errors import AutonomyError, Reason, SecondApproverRequired, StoreError
 from shadow.ingest import (
     BodyError,
     Parsed,
@@ -80,7 +81,6 @@ __all__ = [
     "ingest_expect",
     "reason_of",
     "refused_text",
-    "token_refusal",
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -239,11 +239,16 @@ async def post_outcomes(request: web.Request) -> web.Response:
 # -- read side --------------------------------------------------------------------------------
 
 
+@requires("viewer")
 async def get_agreement(request: web.Request) -> web.Response:
     return web.json_response(await request.app[LADDER].current_agreement())
 
 
-async def get_metrics(request: web.Request) -> web.Response:
+async def get_metrics(request: web.Request) -> web.StreamResponse:
+    if not request.app[SETTINGS].metrics_open:
+        refusal = access_refusal(request, "viewer")
+        if refusal is not None:
+            return refusal
     await request.app[PIPELINE].scrape()
     body = generate_latest(request.app[REGISTRY])
     resp = web.Response(body=body)
@@ -283,6 +288,7 @@ def _task_type(request: web.Request) -> str:
     return name
 
 
+@requires("viewer")
 async def get_autonomy(request: web.Request) -> web.Response:
     doc = await request.app[LADDER].current_agreement()
     return web.json_response(
@@ -298,6 +304,7 @@ def _level_view(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: entry[k] for k in keys}
 
 
+@requires("viewer")
 async def get_autonomy_one(request: web.Request) -> web.Response:
     name = _task_type(request)
     doc = await request.app[LADDER].current_agreement()
@@ -306,6 +313,7 @@ async def get_autonomy_one(request: web.Request) -> web.Response:
     )
 
 
+@requires("viewer")
 async def get_history(request: web.Request) -> web.Response:
     name = _task_type(request)
     try:
@@ -340,6 +348,7 @@ def _whole(request: web.Request, name: str, default: int, low: int, high: int) -
     return value
 
 
+@requires("viewer")
 async def get_audit(request: web.Request) -> web.Response:
     """A page of the whole audit log with its hash chain, oldest first: the entries with
     ids above ``after``, at most ``limit``; ``next`` is the ``after`` of the next page
@@ -357,6 +366,7 @@ async def get_audit(request: web.Request) -> web.Response:
     )
 
 
+@requires("viewer")
 async def get_audit_verify(request: web.Request) -> web.Response:
     """The server's own walk of the audit log's hash chain (:class:`shadow.audit_chain.
     ChainState`): ``{"ok", "entries", "head", "first_bad"}``."""
@@ -374,10 +384,13 @@ async def get_route(request: web.Request) -> web.Response:
     sidecar's record of how the item was handled (shadow.handling), which decides whether
     its outcome is evidence: it is given only once that record is durable (503 when the
     store cannot write it). ``HEAD`` checks the same and records nothing."""
-    refusal = route_refusal(request)
+    refusal = access_refusal(request, "host")  # who asks, before what they ask about
     if refusal is not None:
         return refusal
     name = _task_type(request)
+    refusal = access_refusal(request, "host", name)
+    if refusal is not None:
+        return refusal
     event_id = request.query.get("event_id", "")
     if not event_id:
         return error(400, "event_id query parameter is required")
@@ -471,13 +484,17 @@ async def _proposal_ref(request: web.Request, name: str, body: dict[str, Any]) -
     return ProposalRef(proposal_id, to_level, from_level)
 
 
-def admin(handler: Handler) -> Handler:
-    """Refuse the write unless the admin bearer token matches (constant-time compare)."""
+def ladder_write(role: str, *, everything: bool = False) -> Callable[[Handler], Handler]:
+    """A write to the ladder: :func:`~shadow.credentials.requires` ``role`` for the route's
+    task type (``everything``: for every task type), refused on a sidecar that follows
+    another's levels, and an :class:`AutonomyError` is a 409."""
+    return lambda handler: requires(role, scoped=not everything, everything=everything)(
+        _decides(handler)
+    )
 
+
+def _decides(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        refusal = token_refusal(request)
-        if refusal is not None:
-            return refusal
         if not request.app[LADDER].decides:
             return error(
                 409,
@@ -487,10 +504,18 @@ def admin(handler: Handler) -> Handler:
             )
         try:
             return await handler(request)
+        except SecondApproverRequired as exc:
+            return error(403, str(exc))
         except AutonomyError as exc:
             return error(409, str(exc))
 
     return guarded
+
+
+def _may_approve(request: web.Request) -> bool:
+    """Whether the request's credential may approve (in the simple mode: the admin)."""
+    found = credential_of(request)
+    return found is None or found.has("approver")
 
 
 async def _moved(request: web.Request, result: MoveResult, **extra: Any) -> web.Response:
@@ -498,7 +523,7 @@ async def _moved(request: web.Request, result: MoveResult, **extra: Any) -> web.
     return web.json_response({**result.to_json(), **extra})
 
 
-@admin
+@ladder_write("operator")
 async def put_autonomy(request: web.Request) -> web.StreamResponse:
     name = _task_type(request)
     body = await _write_body(request, "set")
@@ -506,12 +531,16 @@ async def put_autonomy(request: web.Request) -> web.StreamResponse:
     if level is None:
         return error(400, "level: required, one of L0..L4")
     result = await request.app[LADDER].set_level(
-        name, level, actor=actor_of(request, body), reason=reason_of(body, "manual set")
+        name,
+        level,
+        actor=actor_of(request, body),
+        reason=reason_of(body, "manual set"),
+        approver=_may_approve(request),
     )
     return await _moved(request, result, requested=str(level))
 
 
-@admin
+@ladder_write("approver")
 async def post_approve(request: web.Request) -> web.StreamResponse:
     name = _task_type(request)
     body = await _write_body(request, "approve")
@@ -522,7 +551,7 @@ async def post_approve(request: web.Request) -> web.StreamResponse:
     return await _moved(request, result)
 
 
-@admin
+@ladder_write("approver")
 async def post_reject(request: web.Request) -> web.StreamResponse:
     name = _task_type(request)
     body = await _write_body(request, "reject")
@@ -536,7 +565,7 @@ async def post_reject(request: web.Request) -> web.StreamResponse:
     return await _moved(request, result)
 
 
-@admin
+@ladder_write("operator")
 async def post_reconsider(request: web.Request) -> web.StreamResponse:
     name = _task_type(request)
     body = await _write_body(request, "reconsider")
@@ -546,7 +575,7 @@ async def post_reconsider(request: web.Request) -> web.StreamResponse:
     return await _moved(request, result)
 
 
-@admin
+@ladder_write("operator", everything=True)
 async def post_freeze(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request, "freeze")
     actor, reason = actor_of(request, body), reason_of(body, "frozen")
@@ -556,7 +585,7 @@ async def post_freeze(request: web.Request) -> web.StreamResponse:
     return web.json_response({"frozen": True})
 
 
-@admin
+@ladder_write("operator", everything=True)
 async def post_unfreeze(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request, "freeze")
     await request.app[LADDER].unfreeze(

@@ -35,6 +35,7 @@ from shadow.keys import (
     GATEWAY,
     HANDLING,
     INTAKE,
+    KEYRING,
     LADDER,
     ON_FREEZE,
     PIPELINE,
@@ -44,9 +45,10 @@ from shadow.keys import (
     STARTUP,
 )
 from shadow.ladder import Ladder
-from shadow.metrics import Metrics
+from shadow.metrics import Metrics, auth_refusals
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
+from shadow.roles import Keyring
 from shadow.routes import routes
 from shadow.server import (
     LISTEN_URL,
@@ -170,10 +172,25 @@ def build_app(
     app[REGISTRY] = metrics_registry
     app[READINESS] = []
     app[ON_FREEZE] = []
-    auth = IngestAuth.from_settings(settings)
+    refusals = auth_refusals(metrics_registry)
+    keyring = Keyring(
+        tokens_file=settings.tokens_file,
+        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+        ingest_tokens=[t.get_secret_value() for t in settings.ingest_tokens],
+        on_refusal=lambda role, status: refusals.labels(role, str(status)).inc(),
+    )
+    app[KEYRING] = keyring
+    app[READINESS].append(keyring.not_ready)
+    auth = IngestAuth.from_settings(settings, keyring)
     app[AUTH] = auth
     app.add_routes(with_expect_handler(routes(), expect_continue(settings.max_body_bytes)))
     resolved: Policy = policy
+    two_person = sorted(n for n, t in policy.task_types.items() if t.autonomy.two_person)
+    if two_person and settings.tokens_file is None:
+        raise ConfigError(
+            f"task_types.{two_person[0]}.autonomy.two_person needs named credentials: set "
+            "SHADOW_TOKENS_FILE (two approvals by one shared admin token prove nothing)"
+        )
     sink = MirrorSink(settings, resolved, auth)
     app[MIRROR] = sink
     # Resolved now, so a bad --agent is refused before anything listens or touches the DB.

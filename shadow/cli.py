@@ -29,6 +29,7 @@ from shadow.audit_verify import add_audit_command
 from shadow.console import UsageError, agreement_table, listen
 from shadow.console import fmt as _fmt
 from shadow.errors import ShadowError, StoreInUseError
+from shadow.token_cli import add_token_command
 
 if TYPE_CHECKING:
     from shadow.config import Settings
@@ -130,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         f.add_argument("--reason", default="")
         f.add_argument("--actor", default=None)
     add_audit_command(sub, url_help=URL_HELP)
+    add_token_command(sub)
     ap = sub.add_parser("approvals", help="tool writes held for approval: list, approve, reject")
     ap.add_argument("--url", help=URL_HELP)
     ap_sub = ap.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -316,8 +318,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from shadow.api import AUTH, STARTUP
     from shadow.app import build_app, side_apps, tune_gc, tune_switching
+    from shadow.keys import AUTH, KEYRING, STARTUP
     from shadow.server import run_server
 
     app = build_app(settings)
@@ -331,6 +333,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         lines = [
             f"serving on http://{settings.host}:{port} (db {settings.db})",
             f"ingest: {app[AUTH].summary}",
+            f"credentials: {app[KEYRING].summary}"
+            + ("" if app[KEYRING].strict else "; reads open"),
             *(
                 [f"kafka: {settings.kafka_role}"]
                 if any(s.startswith("kafka://") for s in settings.source)
@@ -364,7 +368,7 @@ async def _status(args: argparse.Namespace, console: Console) -> int:
     if args.db:
         doc = await _status_from_db(args.db)
     else:
-        doc = await _http("GET", args.url, "/v1/agreement")
+        doc = await _http("GET", args.url, "/v1/agreement", token=_token())
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -463,7 +467,7 @@ async def _answer_proposal(
     --to/--from). Without either, show what is pending and refuse: a retried command must
     never answer a proposal the operator has not seen."""
     if not args.proposal and not args.to:
-        one = await _http("GET", base, f"/v1/autonomy/{args.task_type}")
+        one = await _http("GET", base, f"/v1/autonomy/{args.task_type}", token=token)
         pending = one.get("proposal")
         if not pending:
             raise UsageError(f"{args.task_type} has no pending proposal")
@@ -483,11 +487,17 @@ async def _answer_proposal(
     return await _http("POST", base, path, body=body, token=token)
 
 
+def _token() -> str | None:
+    """The credential the commands send: ``SHADOW_TOKEN`` (a named token of a tokens file),
+    else ``SHADOW_ADMIN_TOKEN``."""
+    return os.environ.get("SHADOW_TOKEN") or os.environ.get("SHADOW_ADMIN_TOKEN")
+
+
 async def _autonomy(args: argparse.Namespace, console: Console) -> int:
-    token = os.environ.get("SHADOW_ADMIN_TOKEN")
+    token = _token()
     base = args.url
     if args.action == "list":
-        doc = await _http("GET", base, "/v1/autonomy")
+        doc = await _http("GET", base, "/v1/autonomy", token=token)
         table = Table(title="Autonomy" + (" (FROZEN)" if doc["frozen"] else ""))
         for col in ("task type", "level", "ceiling", "mode", "agent", "proposal"):
             table.add_column(col)
@@ -500,7 +510,9 @@ async def _autonomy(args: argparse.Namespace, console: Console) -> int:
         console.print(table)
         return 0
     if args.action == "history":
-        doc = await _http("GET", base, f"/v1/autonomy/{args.task_type}/history?limit={args.limit}")
+        doc = await _http(
+            "GET", base, f"/v1/autonomy/{args.task_type}/history?limit={args.limit}", token=token
+        )
         table = Table(title=f"Audit log: {args.task_type}")
         for col in ("id", "at", "actor", "action", "from", "to", "reason", "n", "lower"):
             table.add_column(col)
@@ -520,7 +532,9 @@ async def _autonomy(args: argparse.Namespace, console: Console) -> int:
         console.print(table)
         return 0
     if not token:
-        raise UsageError("set SHADOW_ADMIN_TOKEN to the sidecar's admin token for writes")
+        raise UsageError(
+            "set SHADOW_TOKEN (a token with the role this needs) or SHADOW_ADMIN_TOKEN for writes"
+        )
     body: dict[str, Any] = {"actor": args.actor} if args.actor else {}
     if args.action == "set":
         body |= {"level": args.level, "reason": args.reason}
@@ -543,9 +557,9 @@ async def _autonomy(args: argparse.Namespace, console: Console) -> int:
 
 async def _approvals(args: argparse.Namespace, console: Console) -> int:
     """``shadow approvals list|approve|reject`` against ``/v1/approvals`` (docs/gateway.md)."""
-    token = os.environ.get("SHADOW_ADMIN_TOKEN")
+    token = _token()
     if not token:
-        raise UsageError("set SHADOW_ADMIN_TOKEN to the sidecar's admin token")
+        raise UsageError("set SHADOW_TOKEN (a token with the approver role) or SHADOW_ADMIN_TOKEN")
     if args.action == "list":
         doc = await _http("GET", args.url, f"/v1/approvals?status={args.status}", token=token)
         table = Table(title=f"Tool approvals ({args.status})")

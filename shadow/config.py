@@ -94,7 +94,17 @@ class Settings(BaseSettings):
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     agent: str | None = Field(None, description="agent URL or module:callable")
     source: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    admin_token: SecretStr | None = Field(None, description="bearer token for API writes")
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token for API writes (simple mode: one admin credential)"
+    )
+    tokens_file: Path | None = Field(
+        None,
+        description="YAML file of named credentials and their roles (shadow.roles); with "
+        "it, reads need a viewer and the audit actor is the credential's name",
+    )
+    metrics_open: bool = Field(
+        False, description="serve /metrics without a credential even with a tokens file"
+    )
 
     log_level: LogLevel = Field(
         "info", description="lowest level of the log lines written to stderr (shadow.logs)"

@@ -1,76 +1,149 @@
 """Who is asking, for every route module (:mod:`shadow.api`, :mod:`shadow.gateway.api`):
 the credential checks, and the actor and reason a write is recorded under.
 
-- :func:`token_refusal`: the admin bearer token (``SHADOW_ADMIN_TOKEN``), compared in
-  constant time; with no token configured, admin requests are refused (403) with a message
-  that says how to configure one.
-- :func:`route_refusal`: routing answers need the admin token or an ingest token once
-  either is configured, and are open while neither is.
-- :func:`actor_of`, :func:`reason_of`: what operators send, clipped to
-  :data:`MAX_ACTOR_CHARS` and :data:`MAX_REASON_CHARS` (docs/api.md). An actor with a
-  control character is refused (an identifier); a reason's become spaces, so the audit log
-  and the sidecar's log lines stay one line each. Lone surrogates are refused in both.
+- :func:`requires` (a handler decorator) and :func:`access_refusal`: the request's bearer
+  token must name a credential (:class:`shadow.roles.Keyring`) with the role, and, for an
+  action on one task type (or on all of them), a credential that may act on it. 401 for no
+  or an unknown token, 403 for a missing role or task type, each counted in
+  ``shadow_auth_refusals_total{role,status}``; the credential is kept on the request
+  (:func:`credential_of`). Without a tokens file (the simple mode) reads are open, writes
+  need ``SHADOW_ADMIN_TOKEN`` (refused with a message saying how to configure one when
+  there is none), and routing is open until an admin or ingest token exists.
+- :func:`actor_of`, :func:`reason_of`: with a tokens file the actor is the credential's name,
+  and a body ``actor`` or ``X-Shadow-Actor`` naming anyone else is refused (400); in the
+  simple mode it is what operators send, clipped to :data:`MAX_ACTOR_CHARS` (an actor with
+  a control character is refused: an identifier). A reason is clipped to
+  :data:`MAX_REASON_CHARS`, its control characters become spaces, so the audit log and the
+  sidecar's log lines stay one line each. Lone surrogates are refused in both.
 """
 
 from __future__ import annotations
 
-import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from shadow.checks import CONTROL, text_problem
-from shadow.keys import AUTH, SETTINGS
+from shadow.ingest_auth import TOKEN_HEADER
+from shadow.keys import KEYRING
+from shadow.roles import Credential
 from shadow.server import error
 
 __all__ = [
     "MAX_ACTOR_CHARS",
     "MAX_REASON_CHARS",
+    "access_refusal",
     "actor_of",
+    "credential_of",
     "reason_of",
     "refused_text",
-    "route_refusal",
-    "token_refusal",
+    "requires",
 ]
 
 MAX_ACTOR_CHARS = 200
 MAX_REASON_CHARS = 1000
 
+_CREDENTIAL: web.RequestKey[Credential] = web.RequestKey("credential")
+ALL = object()  # an action on every task type (freeze): only an unlimited credential
 
-def token_refusal(request: web.Request) -> web.Response | None:
-    """The 403/401 answer unless the admin bearer token matches (constant-time compare)."""
-    token = request.app[SETTINGS].admin_token
-    if token is None or not token.get_secret_value():
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _bearer(request: web.Request) -> str:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def credential_of(request: web.Request) -> Credential | None:
+    """The credential :func:`access_refusal` accepted for this request (``None``: an open
+    read or route in the simple mode)."""
+    return request.get(_CREDENTIAL)
+
+
+def access_refusal(
+    request: web.Request,
+    role: str,
+    task_type: str | object | None = None,
+    *,
+    open_read: bool = True,
+) -> web.Response | None:
+    """The refusal unless the request may do what ``role`` may; ``task_type``: the one task
+    type the action touches, :data:`ALL` for an action on every task type, ``None`` for one
+    that is not about task types (a read). ``open_read=False``: a read the simple mode does
+    not leave open (held writes' arguments need the admin token there). ``None`` when
+    allowed (the credential is then on the request)."""
+    keyring = request.app[KEYRING]
+    secret = _bearer(request)
+    via_header = not secret and role in ("host", "ingest")
+    if via_header:  # an ingest token's own header, for ingest tokens only
+        secret = request.headers.get(TOKEN_HEADER, "").strip()
+    found = keyring.identify(secret) if secret else None
+    if via_header and found is not None and "ingest" not in found.roles:
+        found = None
+    if found is None and not keyring.strict:
+        # The simple mode: reads are open, and routing until an admin or ingest token exists.
+        if role == "viewer" and open_read:
+            return None
+        if role == "host" and not keyring.configured("host"):
+            return None
+    if found is None:
+        if not keyring.strict and not keyring.configured(role):
+            return error(
+                403,
+                "API writes are disabled: set SHADOW_ADMIN_TOKEN (or --admin-token) or "
+                "SHADOW_TOKENS_FILE and send 'Authorization: Bearer <token>'",
+            )
+        keyring.refused(role, 401)
+        if not keyring.strict:  # the simple mode: the admin token (or an ingest token)
+            which = "the admin token or an ingest token" if role == "host" else "the admin token"
+            return error(
+                401,
+                f"missing or wrong credential: send 'Authorization: Bearer <token>' with "
+                f"{which}; nothing was recorded",
+            )
+        what = "unknown token" if secret else "no token"
         return error(
-            403,
-            "API writes are disabled: set SHADOW_ADMIN_TOKEN (or --admin-token) and send "
+            401,
+            f"{what}: this needs a credential with the {role} role; send "
             "'Authorization: Bearer <token>'",
         )
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
-        return error(401, "missing or wrong admin token; send 'Authorization: Bearer <token>'")
+    if not found.has(role):
+        keyring.refused(role, 403)
+        held = ", ".join(sorted(found.roles))
+        return error(403, f"{found.name} has the role(s) {held}; this needs {role}")
+    if task_type is not None and not found.acts_on(None if task_type is ALL else str(task_type)):
+        keyring.refused(role, 403)
+        limited = ", ".join(sorted(found.task_types or ()))
+        target = "every task type" if task_type is ALL else f"task type {task_type}"
+        return error(403, f"{found.name} acts only on {limited}; this acts on {target}")
+    request[_CREDENTIAL] = found
     return None
 
 
-def route_refusal(request: web.Request) -> web.Response | None:
-    """The 401 unless the request carries a credential that may route: with the admin
-    token or ingest tokens configured, ``Authorization: Bearer`` with either (an ingest
-    token also in ``X-Shadow-Ingest-Token``); with none configured, routing is open."""
-    settings, auth = request.app[SETTINGS], request.app[AUTH]
-    admin_token = settings.admin_token is not None and settings.admin_token.get_secret_value()
-    if not admin_token and not auth.tokens:
-        return None
-    if admin_token and token_refusal(request) is None:
-        return None
-    if auth.tokens and auth.token_refusal(request.headers, bearer=True) is None:
-        return None
-    return error(
-        401,
-        "routing needs a credential: send 'Authorization: Bearer <token>' with the admin token "
-        "or an ingest token; nothing was recorded",
-    )
+def requires(
+    role: str, *, scoped: bool = False, everything: bool = False
+) -> Callable[[Handler], Handler]:
+    """A handler decorator: :func:`access_refusal` for ``role`` first. ``scoped``: the action
+    is on the route's ``{task_type}``; ``everything``: on every task type."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            target: str | object | None = None
+            if scoped:
+                target = request.match_info.get("task_type", "")
+            elif everything:
+                target = ALL
+            refusal = access_refusal(request, role, target)
+            if refusal is not None:
+                return refusal
+            return await handler(request)
+
+        guarded.__name__ = handler.__name__
+        guarded.__doc__ = handler.__doc__
+        return guarded
+
+    return wrap
 
 
 def refused_text(problem: tuple[str, str]) -> web.Response:
@@ -85,14 +158,26 @@ def _clip(text: str, limit: int) -> str:
 
 
 def actor_of(request: web.Request, body: dict[str, Any]) -> str:
-    """The actor of a write: the body's ``actor``, else ``X-Shadow-Actor``, clipped (else
-    ``admin``). Raises ``HTTPBadRequest`` for a header text refuses."""
+    """The actor of a write. With a tokens file: the credential's name, and a body ``actor``
+    or ``X-Shadow-Actor`` naming anyone else is refused (``HTTPBadRequest``, counted).
+    Otherwise the body's ``actor``, else ``X-Shadow-Actor``, clipped (else ``admin``).
+    Raises ``HTTPBadRequest`` for a header text refuses."""
     header = request.headers.get("X-Shadow-Actor")
     problem = None if header is None else text_problem(header, "X-Shadow-Actor", ident=True)
     if problem is not None:
         raise web.HTTPBadRequest(text=refused_text(problem).text, content_type="application/json")
-    given = body.get("actor") or header or "admin"
-    return _clip(str(given), MAX_ACTOR_CHARS).strip() or "admin"
+    given = body.get("actor") or header
+    found = credential_of(request)
+    if request.app[KEYRING].strict and found is not None:
+        if given is not None and str(given) != found.name:
+            request.app[KEYRING].refused("actor", 400)
+            message = (
+                f"actor: the audit actor is the credential's name ({found.name}); a request "
+                "may not name another (send no actor, or this one)"
+            )
+            raise web.HTTPBadRequest(text=error(400, message).text, content_type="application/json")
+        return found.name
+    return _clip(str(given or "admin"), MAX_ACTOR_CHARS).strip() or "admin"
 
 
 def reason_of(body: dict[str, Any], default: str) -> str:

@@ -127,6 +127,11 @@ class AutonomyError(ShadowError):
     """An autonomy change the ladder refuses (above the ceiling, nothing to approve...)."""
 
 
+class SecondApproverRequired(AutonomyError):
+    """A two-person move (``autonomy.two_person``) needs a credential that may approve, and
+    a second one different from the first (the API answers 403)."""
+
+
 class StoreError(ShadowError):
     """The store could not be opened, migrated, read or written. The message is one line
     naming the file and what to do; the subclasses below say which kind of failure."""

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from shadow.config import Settings
 from shadow.errors import ConfigError, Reason
+from shadow.roles import Keyring
 
 __all__ = ["SCHEME", "SIGNED_HEADERS", "TOKEN_HEADER", "IngestAuth", "sign", "string_to_sign"]
 
@@ -116,9 +117,12 @@ class IngestAuth:
     tokens: tuple[bytes, ...] = ()
     key: bytes | None = None
     header: str = "X-Shadow-Signature"
+    # With a tokens file (Keyring.strict), ingest needs a credential with the ingest role
+    # (SHADOW_INGEST_TOKENS are such credentials too).
+    keyring: Keyring | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> IngestAuth:
+    def from_settings(cls, settings: Settings, keyring: Keyring | None = None) -> IngestAuth:
         """Raises :class:`ConfigError` when the secret file cannot be read or is empty."""
         tokens = tuple(t.get_secret_value().encode() for t in settings.ingest_tokens)
         key: bytes | None = None
@@ -134,14 +138,16 @@ class IngestAuth:
                 ) from None
         if key is not None and not key:
             raise ConfigError("the ingest signature secret is empty; set one or leave it unset")
-        return cls(tokens, key, settings.ingest_signature_header)
+        return cls(tokens, key, settings.ingest_signature_header, keyring)
 
     @property
     def summary(self) -> str:
         """How ingest is guarded, for ``shadow run``'s start-up line: ``open (...)``,
         ``tokens (N)``, ``signatures (HEADER)`` or ``tokens (N) + signatures (HEADER)``."""
         parts = []
-        if self.tokens:
+        if self.keyring is not None and self.keyring.strict:
+            parts.append("credentials with the ingest role")
+        elif self.tokens:
             parts.append(f"tokens ({len(self.tokens)})")
         if self.key is not None:
             parts.append(f"signatures ({self.header})")
@@ -151,15 +157,30 @@ class IngestAuth:
         self, headers: Mapping[str, str], *, bearer: bool
     ) -> tuple[Reason, str] | None:
         """Why the headers alone refuse the request (no or a wrong token), else ``None``."""
-        if not self.tokens:
+        strict = self.keyring is not None and self.keyring.strict
+        if not self.tokens and not strict:
             return None
         given = headers.get(TOKEN_HEADER)
         if given is None and bearer:
             scheme, _, value = headers.get("Authorization", "").partition(" ")
             given = value.strip() if scheme.lower() == "bearer" else None
         if given is None:
+            if self.keyring is not None and strict:
+                self.keyring.refused("ingest", 401)
             where = f"{TOKEN_HEADER}" + (" or 'Authorization: Bearer <token>'" if bearer else "")
             return Reason.UNAUTHORIZED, f"an ingest token is required: send {where}"
+        if self.keyring is not None and strict:
+            found = self.keyring.identify(given)
+            if found is not None and found.has("ingest"):
+                return None
+            self.keyring.refused("ingest", 401)
+            if found is not None:
+                held = ", ".join(sorted(found.roles))
+                return Reason.UNAUTHORIZED, (
+                    f"{found.name} has the role(s) {held}; ingest needs the ingest role; "
+                    "nothing was stored"
+                )
+            return Reason.UNAUTHORIZED, "unknown ingest token; nothing was stored"
         raw = given.encode("utf-8", "surrogateescape")
         # Every token is compared, so the time taken does not say which one came close.
         matched = [hmac.compare_digest(raw, token) for token in self.tokens]

@@ -27,12 +27,14 @@ if TYPE_CHECKING:
     from shadow.intake import Intake
     from shadow.ladder import Ladder
     from shadow.pipeline import Pipeline
+    from shadow.roles import Keyring
 
 __all__ = [
     "AUTH",
     "GATEWAY",
     "HANDLING",
     "INTAKE",
+    "KEYRING",
     "LADDER",
     "ON_FREEZE",
     "PIPELINE",
@@ -49,6 +51,8 @@ INTAKE: web.AppKey[Intake] = web.AppKey("intake")
 HANDLING: web.AppKey[HandlingLog] = web.AppKey("handling")
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("metrics_registry")
 AUTH: web.AppKey[IngestAuth] = web.AppKey("ingest_auth")
+# Every credential and its roles (shadow.roles); shadow.credentials checks requests with it.
+KEYRING: web.AppKey[Keyring] = web.AppKey("keyring")
 # The tool gateway: the MCP endpoint, live sessions and approvals.
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 # Source health checks (Kafka): each returns why the sidecar is not ready, or None.

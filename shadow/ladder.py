@@ -23,6 +23,7 @@ so no caller has to remember to refresh anything after a move.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from collections import deque
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 
 from shadow import moves, promotion
 from shadow.autonomy import agreement_document
-from shadow.errors import AutonomyError
+from shadow.errors import AutonomyError, SecondApproverRequired
 from shadow.metrics import Metrics
 from shadow.model import AuditEntry, Comparison, Evidence, Handling, Level, Verdict
 from shadow.policy import Policy, TaskPolicy
@@ -67,6 +68,8 @@ class MoveResult:
     step: Step
     then: tuple[Step, ...]
     level: Level
+    # A two-person move's first approval, recorded and waiting for a second approver.
+    partial: Partial | None = None
 
     @property
     def applied(self) -> bool:
@@ -100,7 +103,54 @@ class MoveResult:
             "overridden": None
             if over is None
             else {"move": over.move.value, "to": str(over.after.level), "reason": over.reason},
+            "partial": None if self.partial is None else self.partial.to_json(),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """The first of the two approvals a two-person move needs (``autonomy.two_person``):
+    ``kind`` ``approve`` (of the proposal ``key`` names) or ``set`` (``key``:
+    ``set L2->L4``), by ``actor``. Any change of the task type's level voids it."""
+
+    kind: str
+    key: str
+    actor: str
+    at: datetime
+    from_level: Level
+    to_level: Level
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "key": self.key,
+            "by": self.actor,
+            "at": self.at.isoformat(),
+            "from": str(self.from_level),
+            "to": str(self.to_level),
+            "reason": self.reason,
+            "needs": "a second approver (a different credential)",
+        }
+
+    @classmethod
+    def from_entry(cls, entry: AuditEntry) -> Partial | None:
+        ev = entry.evidence
+        try:
+            return cls(
+                str(ev["kind"]),
+                str(ev["key"]),
+                entry.actor,
+                entry.at,
+                Level.parse(ev["from"]),
+                Level.parse(ev["to"]),
+                entry.reason,
+            )
+        except (KeyError, ValueError, TypeError):
+            return None
+
+
+PARTIAL_ACTION = "partial_approval"
 
 
 class _Recent:
@@ -176,6 +226,7 @@ class Ladder:
             name: _Recent(state, policy.task_types[name]) for name, state in self._states.items()
         }
         self._stale: set[str] = set()  # task types whose folded evidence changed label
+        self._partials: dict[str, Partial] = {}  # two-person moves waiting for a second
 
     def _task(self, task_type: str) -> TaskPolicy:
         task = self.policy.task_types.get(task_type)
@@ -192,6 +243,23 @@ class Ladder:
             await self._read_states()
             await self._read_evidence()
             await self._read_recent()
+            await self._read_partials()
+
+    async def _read_partials(self) -> None:
+        """The first approvals still waiting: a task type's newest audit entry that is one,
+        unless a change of its level was audited after it."""
+        self._partials = {}
+        for name, task in self.policy.task_types.items():
+            if not task.autonomy.two_person:
+                continue
+            for _, entry in await self.store.audit_log(task_type=name, limit=50):
+                if entry.action == PARTIAL_ACTION:
+                    partial = Partial.from_entry(entry)
+                    if partial is not None:
+                        self._partials[name] = partial
+                    break
+                if entry.to_level is not None:
+                    break  # a change since voids any earlier first approval
 
     async def _read_states(self) -> None:
         stored = await self.store.ladder_states()
@@ -329,8 +397,10 @@ class Ladder:
     def agreement(self) -> dict[str, Any]:
         """The agreement document for every configured task type (see DESIGN.md), from
         memory: the evidence as of the last decision."""
-        return agreement_document(
-            self.policy, self._states, self._evidence, self._versions, self._frozen
+        return self._with_partials(
+            agreement_document(
+                self.policy, self._states, self._evidence, self._versions, self._frozen
+            )
         )
 
     async def current_agreement(self) -> dict[str, Any]:
@@ -340,9 +410,16 @@ class Ladder:
         evidence = await self.store.evidence()
         versions = await self.store.current_versions()
         acceptance = await self.store.acceptance()
-        return agreement_document(
+        doc = agreement_document(
             self.policy, self._states, evidence, versions, self._frozen, acceptance
         )
+        return self._with_partials(doc)
+
+    def _with_partials(self, doc: dict[str, Any]) -> dict[str, Any]:
+        for name, body in doc["task_types"].items():
+            partial = self._partials.get(name)
+            body["partial_approval"] = None if partial is None else partial.to_json()
+        return doc
 
     async def history(self, task_type: str, *, limit: int) -> list[tuple[int, AuditEntry]]:
         """The audit log of ``task_type``, newest first, with the entries' ids."""
@@ -363,6 +440,8 @@ class Ladder:
         if not changed and frozen is None:
             return
         await self.store.apply_steps(changed, actor=actor, frozen=frozen, followed=followed)
+        for s in changed:
+            self._partials.pop(s.after.task_type, None)
         await self._read_states()
         self._follow_levels()
         if self.metrics is not None:
@@ -418,8 +497,17 @@ class Ladder:
         return steps
 
     async def _operator_move(
-        self, task_type: str, actor: str, move: Callable[[LadderState, _Inputs], Step]
+        self,
+        task_type: str,
+        actor: str,
+        move: Callable[[LadderState, _Inputs], Step],
+        *,
+        two_person: Callable[[LadderState, Step, _Inputs], str | None] | None = None,
+        approver: bool = True,
     ) -> MoveResult:
+        """Apply an operator's move, then re-decide. ``two_person`` says whether the move
+        needs two approvers, as the key the two approvals must share (``None``: it does
+        not); ``approver``: whether ``actor`` may approve."""
         self._task(task_type)
         async with self._lock:
             await self._read_evidence()
@@ -427,6 +515,24 @@ class Ladder:
             step = move(inputs[0][task_type], inputs)
             if not step.changed:
                 return MoveResult(step, (), step.after.level)
+            key = None if two_person is None else two_person(inputs[0][task_type], step, inputs)
+            if key is not None:
+                if not approver:
+                    raise SecondApproverRequired(
+                        f"{step.after.level} of {task_type} needs two approvers "
+                        f"(autonomy.two_person); {actor} may not approve"
+                    )
+                first = self._partials.get(task_type)
+                if first is None or first.key != key:
+                    return await self._first_approval(step, key, actor)
+                if first.actor == actor:
+                    raise SecondApproverRequired(
+                        f"{actor} gave the first approval of {key} already; the second must "
+                        "come from a different credential"
+                    )
+                step = dataclasses.replace(
+                    step, reason=f"{step.reason} (two approvals: {first.actor}, {actor})"
+                )
             await self._apply([step], actor)
             after = await self._evaluate()
             self.announce()
@@ -434,11 +540,74 @@ class Ladder:
             final = next((s.after for s in after if s.after.task_type == task_type), step.after)
             return MoveResult(step, then, final.level)
 
+    async def _first_approval(self, step: Step, key: str, actor: str) -> MoveResult:
+        """Record the first of two approvals (audited, level unchanged) and answer it."""
+        name = step.before.task_type
+        kind = "approve" if step.move is Move.APPROVE else "set"
+        partial = Partial(
+            kind, key, actor, self.clock(), step.before.level, step.after.level, step.reason
+        )
+        entry = AuditEntry(
+            at=partial.at,
+            task_type=name,
+            actor=actor,
+            action=PARTIAL_ACTION,
+            from_level=None,
+            to_level=None,
+            reason=step.reason,
+            evidence={
+                "kind": kind,
+                "key": key,
+                "from": str(partial.from_level),
+                "to": str(partial.to_level),
+            },
+            policy_hash=self.policy.hash,
+        )
+        await self.store.put_gateway_audits([entry])
+        self._partials[name] = partial
+        log.info(
+            "autonomy move=partial_approval task_type=%s key=%s from=%s to=%s actor=%s "
+            "needs=second_approver",
+            name,
+            key,
+            partial.from_level,
+            partial.to_level,
+            actor,
+        )
+        stay = Step(Move.STAY, step.before, step.before, f"first approval of {key}", step.evidence)
+        return MoveResult(stay, (), step.before.level, partial)
+
+    def _needs_two(self, task: TaskPolicy) -> Callable[[LadderState, Step, _Inputs], str | None]:
+        def check(state: LadderState, step: Step, inputs: _Inputs) -> str | None:
+            target = step.after.level
+            if target not in task.autonomy.two_person:
+                return None
+            if step.move is Move.APPROVE:
+                proposal = state.proposal
+                return proposal.id if proposal is not None else f"approve {state.level}->{target}"
+            _, evidence, versions, _ = inputs
+            earned = promotion.earned_level(
+                state, evidence.get(task.name, {}), versions.get(task.name), task
+            )
+            if target <= earned or target <= state.level:
+                return None  # the evidence earned it, or it is not a raise
+            return f"set {state.level}->{target}"
+
+        return check
+
     async def approve(
-        self, task_type: str, ref: ProposalRef, *, actor: str, reason: str = ""
+        self,
+        task_type: str,
+        ref: ProposalRef,
+        *,
+        actor: str,
+        reason: str = "",
+        approver: bool = True,
     ) -> MoveResult:
         """Approve the pending proposal ``ref`` names (409 when it is not the pending one;
-        a no-op when it is the one approved last)."""
+        a no-op when it is the one approved last). To a level in ``autonomy.two_person``
+        the first approval is recorded (:class:`Partial`) and a second, different approver
+        applies it."""
         task = self._task(task_type)
 
         def move(state: LadderState, inputs: _Inputs) -> Step:
@@ -455,7 +624,9 @@ class Ladder:
                 reason=reason,
             )
 
-        return await self._operator_move(task_type, actor, move)
+        return await self._operator_move(
+            task_type, actor, move, two_person=self._needs_two(task), approver=approver
+        )
 
     async def reject(
         self, task_type: str, ref: ProposalRef, *, actor: str, reason: str
@@ -497,10 +668,12 @@ class Ladder:
         return await self._operator_move(task_type, actor, move)
 
     async def set_level(
-        self, task_type: str, level: Level, *, actor: str, reason: str
+        self, task_type: str, level: Level, *, actor: str, reason: str, approver: bool = True
     ) -> MoveResult:
         """Set the level. The ladder evaluates right after, so the result's ``level`` may
-        differ from ``level`` (a demotion the evidence forces): ``overridden_by`` says why."""
+        differ from ``level`` (a demotion the evidence forces): ``overridden_by`` says why.
+        A raise to a level in ``autonomy.two_person`` above what the evidence earned needs
+        two approvers (``approver``: whether ``actor`` may approve), as :meth:`approve`."""
         task = self._task(task_type)
 
         def move(state: LadderState, inputs: _Inputs) -> Step:
@@ -516,7 +689,9 @@ class Ladder:
                 reason=reason,
             )
 
-        return await self._operator_move(task_type, actor, move)
+        return await self._operator_move(
+            task_type, actor, move, two_person=self._needs_two(task), approver=approver
+        )
 
     async def freeze(self, *, actor: str, reason: str) -> list[Step]:
         """Send every task type to L0 and block promotions until :meth:`unfreeze`."""

@@ -48,6 +48,19 @@ _TOOL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+def auth_refusals(registry: CollectorRegistry) -> Counter:
+    """Requests refused for their credential, by the role asked for and the status (401: no
+    or an unknown token; 403: a token without the role or the task type; 400: an actor that
+    is not the token's name). Built with the app, before the store opens."""
+    return Counter(
+        "shadow_auth_refusals",
+        "Requests refused for their credential (401 unknown, 403 role or task type missing, "
+        "400 another actor named), by role and status",
+        ["role", "status"],
+        registry=registry,
+    )
+
+
 class Metrics:
     """The sidecar's metrics. ``registry`` is injected (tests use their own)."""
 

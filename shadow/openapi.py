@@ -32,9 +32,13 @@ _ERR = _ref("Error")
 _TASK = {"name": "task_type", "in": "path", "required": True, "schema": {"type": "string"}}
 _ADMIN: list[dict[str, list[str]]] = [{"admin": []}]
 _WRITE_ERRORS = {
-    "400": _resp("bad request body", _ERR),
-    "401": _resp("missing or wrong admin token", _ERR),
-    "403": _resp("writes disabled: no admin token configured", _ERR),
+    "400": _resp("bad request body, or an actor that is not the credential's name", _ERR),
+    "401": _resp("no or an unknown token", _ERR),
+    "403": _resp(
+        "the credential lacks the role or the task type, a two-person move's second "
+        "approval from the same credential, or writes disabled (no credential configured)",
+        _ERR,
+    ),
     "404": _resp("unknown task type", _ERR),
     "409": _resp("the ladder refuses the change", _ERR),
 }
@@ -279,8 +283,8 @@ _SCHEMAS: dict[str, Any] = {
 
 
 _TOKEN_ERRORS = {
-    "401": _resp("missing or wrong admin token", _ERR),
-    "403": _resp("writes disabled: no admin token configured", _ERR),
+    "401": _resp("no or an unknown token", _ERR),
+    "403": _resp("the credential lacks the role or the task type", _ERR),
 }
 _RPC = {"type": "object", "description": "a JSON-RPC 2.0 message (docs/gateway.md)"}
 

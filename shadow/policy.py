@@ -112,6 +112,9 @@ class AutonomyPolicy:
     drift_margin: float = DEFAULT_MARGIN
     drift_threshold: float = DEFAULT_THRESHOLD
     audit_rates: Mapping[Level, float] = field(default_factory=dict)
+    # The levels an approval to, or a manual set to above what the evidence earned, needs two
+    # different approvers for (shadow.ladder; needs a tokens file).
+    two_person: frozenset[Level] = frozenset()
 
     def audit_rate_at(self, level: Level) -> float:
         """The share of items at ``level`` sent to a human who does not see the agent's
@@ -442,7 +445,9 @@ class _Parser(CompareParser):
 
     def autonomy(self, raw: object, path: str) -> AutonomyPolicy:
         m = self.mapping(
-            raw, path, {"start", "ceiling", "mode", "alpha", "gates", "audit_rate", "drift"}
+            raw,
+            path,
+            {"start", "ceiling", "mode", "alpha", "gates", "audit_rate", "drift", "two_person"},
         )
         start = self.level(m.get("start"), f"{path}.start", Level.L0)
         mode_raw = m.get("mode", "propose")
@@ -482,9 +487,37 @@ class _Parser(CompareParser):
         threshold = self.number(
             drift, "threshold", f"{path}.drift", DEFAULT_THRESHOLD, 0.0, 100.0, open_low=True
         )
+        two_person = self.levels_list(m.get("two_person", []), f"{path}.two_person")
         return AutonomyPolicy(
-            start, ceiling, mode, alpha, gates, audit_rate, margin, threshold, audit_rates
+            start,
+            ceiling,
+            mode,
+            alpha,
+            gates,
+            audit_rate,
+            margin,
+            threshold,
+            audit_rates,
+            two_person,
         )
+
+    def levels_list(self, raw: object, path: str) -> frozenset[Level]:
+        """A list of levels above L0 (``[L3, L4]``)."""
+        if not isinstance(raw, list):
+            self.fail(path, "expected a list of levels, e.g. [L3, L4]")
+            return frozenset()
+        found: set[Level] = set()
+        for i, name in enumerate(raw):
+            try:
+                level = Level.parse(name)
+            except (ValueError, TypeError) as exc:
+                self.fail(f"{path}[{i}]", str(exc))
+                continue
+            if level is Level.L0:
+                self.fail(f"{path}[{i}]", "L0 needs no approval; list levels from L1 up")
+                continue
+            found.add(level)
+        return frozenset(found)
 
     def audit_rates(self, m: Mapping[str, Any], path: str) -> tuple[float, dict[Level, float]]:
         """``audit_rate``: one share for L1-L4, or a mapping of level (and ``default``) to

@@ -631,3 +631,26 @@ def snap_for(
 ) -> Snapshot:
     version = current_version if current_version is not None else state.agent_version
     return snapshot(evidence.get(version) if version else None, policy, version)
+
+
+def earned_level(
+    state: LadderState,
+    evidence: Mapping[str, Evidence],
+    current_version: str | None,
+    policy: TaskPolicy,
+) -> Level:
+    """The highest level, up to the ceiling, whose gate and every gate below it the
+    evidence meets now (after a drift demotion, judged on what was gathered since)."""
+    version = current_version if current_version is not None else state.agent_version
+    snap = snap_for(state, evidence, current_version, policy)
+    earned = Level.L0
+    for level in Level:
+        if level == Level.L0 or level > policy.autonomy.ceiling:
+            continue
+        gate = policy.autonomy.gate_for(level)
+        if gate is None:
+            break
+        if not gate_status(gate, gate_snapshot(state, snap, level, version, policy)).met:
+            break
+        earned = level
+    return earned

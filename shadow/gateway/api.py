@@ -7,7 +7,9 @@
   ``GET /v1/approvals/{id}``, ``POST /v1/approvals/{id}/approve {"actor", "reason"}``,
   ``POST /v1/approvals/{id}/reject {"actor", "reason"}`` (reason required).
 
-All of them need the admin bearer token (approvals show the arguments of held calls).
+Sessions need the ``host`` role, approvals ``viewer`` to read (in the simple mode the admin
+token: they show the arguments of held calls) and ``approver`` to decide, for the approval's
+task type (:mod:`shadow.credentials`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from shadow.checks import CONTROL, text_problem
-from shadow.credentials import actor_of, reason_of, refused_text, token_refusal
+from shadow.credentials import access_refusal, actor_of, reason_of, refused_text
 from shadow.errors import AutonomyError, StoreError
 from shadow.gateway.approvals import Settled
 from shadow.keys import GATEWAY, HANDLING, LADDER
@@ -52,7 +54,7 @@ async def _object(request: web.Request, allowed: set[str]) -> dict[str, Any] | w
 
 
 async def post_session(request: web.Request) -> web.StreamResponse:
-    refusal = token_refusal(request)
+    refusal = access_refusal(request, "host")
     if refusal is not None:
         return refusal
     body = await _object(request, {"task_type", "event_id"})
@@ -61,6 +63,9 @@ async def post_session(request: web.Request) -> web.StreamResponse:
     task_type, event_id = body.get("task_type"), body.get("event_id")
     if not task_type or not event_id:
         return error(400, "task_type and event_id: required strings")
+    refusal = access_refusal(request, "host", task_type)
+    if refusal is not None:
+        return refusal
     if len(event_id) > MAX_ID_LENGTH:
         return error(400, f"event_id: longer than {MAX_ID_LENGTH} characters")
     if CONTROL.search(event_id):
@@ -86,7 +91,7 @@ async def post_session(request: web.Request) -> web.StreamResponse:
 
 
 async def get_approvals(request: web.Request) -> web.StreamResponse:
-    refusal = token_refusal(request)
+    refusal = access_refusal(request, "viewer", open_read=False)
     if refusal is not None:
         return refusal
     status = request.query.get("status", "pending")
@@ -97,7 +102,7 @@ async def get_approvals(request: web.Request) -> web.StreamResponse:
 
 
 async def get_approval(request: web.Request) -> web.StreamResponse:
-    refusal = token_refusal(request)
+    refusal = access_refusal(request, "viewer", open_read=False)
     if refusal is not None:
         return refusal
     row = await request.app[GATEWAY].store.approval(request.match_info["approval_id"])
@@ -111,14 +116,21 @@ def _settled(settled: Settled) -> web.Response:
 
 
 async def _decide(request: web.Request, verb: str) -> web.StreamResponse:
-    refusal = token_refusal(request)
+    refusal = access_refusal(request, "approver")
     if refusal is not None:
         return refusal
     body = await _object(request, {"actor", "reason"})
     if isinstance(body, web.Response):
         return body
     approval_id = request.match_info["approval_id"]
-    approvals = request.app[GATEWAY].approvals
+    gateway = request.app[GATEWAY]
+    row = await gateway.store.approval(approval_id)
+    if row is None:
+        return error(404, "no such approval")
+    refusal = access_refusal(request, "approver", row.task_type)
+    if refusal is not None:
+        return refusal
+    approvals = gateway.approvals
     actor = actor_of(request, body)
     reason = reason_of(body, "")
     try:
