@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from shadow.api import api_routes
+from shadow.cases_api import cases_routes
 from shadow.gateway.api import gateway_routes
 from shadow.gateway.mcp import mcp_routes
 from shadow.sources.mirror import mirror_routes
@@ -21,6 +22,7 @@ __all__ = ["routes"]
 def routes() -> list[web.RouteDef]:
     """Every route of the API port: the agent-facing MCP endpoint (``/mcp/...``), live
     sessions and approvals (``/v1/sessions``, ``/v1/approvals``), ingest, evidence,
-    autonomy, routing, health, metrics and the OpenAPI document (:mod:`shadow.api`), and
-    the mirror target (``/v1/mirror/...``)."""
-    return [*mcp_routes(), *gateway_routes(), *api_routes(), *mirror_routes()]
+    autonomy, routing, health, metrics and the OpenAPI document (:mod:`shadow.api`), one
+    case (``/v1/cases/{event_id}``, :mod:`shadow.cases_api`), and the mirror target
+    (``/v1/mirror/...``)."""
+    return [*mcp_routes(), *gateway_routes(), *api_routes(), *cases_routes(), *mirror_routes()]

@@ -21,6 +21,7 @@ Why a package: the store is one pipeline stage that owns every DuckDB call (no m
 outside ``shadow.store`` imports duckdb, and every call runs on the store's one thread), but
 as one module it outgrew our size guide, so its SQL is split by the tables it owns:
 :mod:`~shadow.store.base` (connection, thread, transactions, migrations),
+:mod:`~shadow.store.cases` (one case, whole: what ``GET /v1/cases/{event_id}`` shows),
 :mod:`~shadow.store.handling` (how each item was routed: the evidence's independence),
 :mod:`~shadow.store.ingest`, :mod:`~shadow.store.joins`, :mod:`~shadow.store.ladder`,
 :mod:`~shadow.store.outbox`, :mod:`~shadow.store.gateway` (tool calls and held approvals),
@@ -31,6 +32,7 @@ from, and how far each partition may be committed) and :mod:`~shadow.store.reten
 
 from __future__ import annotations
 
+from shadow.store.cases import CasePart, CaseView
 from shadow.store.gateway import ApprovalRow, GatewayPart, ToolCallRow
 from shadow.store.handling import HandlingPart, Routed
 from shadow.store.ingest import IngestPart
@@ -43,6 +45,7 @@ from shadow.store.retention import Purged, RetentionPart
 
 __all__ = [
     "ApprovalRow",
+    "CaseView",
     "DeadLetter",
     "JoinRow",
     "Purged",
@@ -57,6 +60,7 @@ __all__ = [
 
 
 class Store(
+    CasePart,
     GatewayPart,
     HandlingPart,
     IngestPart,

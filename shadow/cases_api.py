@@ -1,0 +1,117 @@
+"""One case, whole, over HTTP (docs/api.md, "One case"): ``GET /v1/cases/{event_id}``.
+
+The answer is :meth:`shadow.store.CaseView.to_json` (one store call,
+:meth:`shadow.store.cases.CasePart.case`) with the policy in force applied once more
+(:func:`redacted`): the event's payload without the task type's ``redact`` paths, and every
+action's and tool call's arguments without the ``tools.redact`` paths of its tool. What the
+store holds is redacted on the way in already (the store's module docstring says where), so
+this only matters for what the way in does not cover: the actions an agent's answer listed
+(stored as it answered them) and records stored before the policy redacted a field.
+
+**Who may read it.** A credential with the ``viewer`` role (every role that reads). In the
+simple mode (no tokens file) the admin token, as for ``GET /v1/approvals``: a case shows
+payloads, decisions and tool call arguments, not aggregates, so it is not one of the open
+reads.
+
+The event id is the path's last segment, percent-decoded. One over
+:data:`~shadow.checks.MAX_ID_LENGTH` characters, or with a control character or a lone
+surrogate (:func:`~shadow.checks.text_problem`, as ``GET /v1/route`` checks its
+``event_id``), is a 400; an id the store holds nothing about is a 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from shadow.checks import MAX_ID_LENGTH, text_problem
+from shadow.credentials import access_refusal, refused_text
+from shadow.keys import INTAKE, PIPELINE
+from shadow.policy import Policy
+from shadow.server import error
+from shadow.tools_policy import redact_args
+
+__all__ = ["cases_routes", "redacted"]
+
+
+def _tool_paths(policy: Policy, task_type: str | None, tool: object) -> tuple[str, ...]:
+    """The ``tools.redact`` paths of ``tool`` in ``task_type``'s policy; every task type's
+    (and the default's) for a task type the policy does not configure."""
+    if not isinstance(tool, str):
+        return ()
+    found = policy.task_types.get(task_type) if task_type is not None else None
+    owners = [found] if found is not None else [*policy.task_types.values(), policy.default]
+    paths: set[str] = set()
+    for owner in owners:
+        if owner is not None and owner.tools is not None:
+            paths.update(owner.tools.redacted_paths(tool))
+    return tuple(sorted(paths))
+
+
+def _actions(policy: Policy, task_type: str | None, actions: Any) -> Any:
+    if not isinstance(actions, list):
+        return actions
+    out: list[Any] = []
+    for action in actions:
+        if isinstance(action, dict) and isinstance(action.get("args"), dict):
+            paths = _tool_paths(policy, task_type, action.get("tool"))
+            action = {**action, "args": redact_args(action["args"], paths)}
+        out.append(action)
+    return out
+
+
+def redacted(case: dict[str, Any], policy: Policy) -> dict[str, Any]:
+    """``case`` (a :meth:`~shadow.store.CaseView.to_json` document) without a field
+    ``policy`` redacts: the event payload's ``redact`` paths (its task type's, or every task
+    type's when the policy does not configure it, as for dead letters), and the
+    ``tools.redact`` paths of each action (decisions' ``actions`` and ``declared_actions``,
+    outcomes' ``actions``) and tool call. Returns a new document; ``case`` is unchanged."""
+    out = dict(case)
+    own = case.get("task_type")
+    event = case.get("event")
+    if event is not None:
+        record = policy.redact_record(
+            {"task_type": event["task_type"], "payload": event["payload"]}
+        )
+        out["event"] = {**event, "payload": record["payload"]}
+    out["decisions"] = [
+        {
+            **d,
+            "actions": _actions(policy, d["task_type"], d["actions"]),
+            "declared_actions": _actions(policy, d["task_type"], d["declared_actions"]),
+        }
+        for d in case["decisions"]
+    ]
+    out["outcomes"] = [
+        {**o, "actions": _actions(policy, own, o["actions"])} for o in case["outcomes"]
+    ]
+    out["tool_calls"] = [
+        {**c, "args": redact_args(c["args"], _tool_paths(policy, c["task_type"], c["tool"]))}
+        if isinstance(c["args"], dict)
+        else c
+        for c in case["tool_calls"]
+    ]
+    return out
+
+
+async def get_case(request: web.Request) -> web.StreamResponse:
+    """Everything about one case (module docstring)."""
+    refusal = access_refusal(request, "viewer", open_read=False)
+    if refusal is not None:
+        return refusal
+    event_id = request.match_info["event_id"]
+    if len(event_id) > MAX_ID_LENGTH:
+        return error(400, f"event_id: longer than {MAX_ID_LENGTH} characters")
+    problem = text_problem(event_id, "event_id", ident=True)
+    if problem is not None:
+        return refused_text(problem)
+    case = await request.app[PIPELINE].store.case(event_id)
+    if case is None:
+        return error(404, f"unknown event id {event_id!r}: the store holds nothing about it")
+    return web.json_response(redacted(case.to_json(), request.app[INTAKE].policy))
+
+
+def cases_routes() -> list[web.RouteDef]:
+    """``GET /v1/cases/{event_id}``; :func:`shadow.routes.routes` lists it with the rest."""
+    return [web.get("/v1/cases/{event_id}", get_case)]
