@@ -428,6 +428,206 @@ def _gateway_paths() -> dict[str, Any]:
     }
 
 
+def _obj(required: list[str], nullable: bool = False, **props: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "required": required, "properties": props}
+    if nullable:
+        out["nullable"] = True
+    return out
+
+
+def _class_property() -> dict[str, Any]:
+    """``class`` (a keyword in Python, so not a keyword argument)."""
+    return {"class": {"type": "string", "enum": ["read", "write"], "nullable": True}}
+
+
+def _case() -> dict[str, Any]:
+    """The answer of ``GET /v1/cases/{event_id}`` (docs/api.md, One case)."""
+    text, maybe = {"type": "string"}, {"type": "string", "nullable": True}
+    at, number = {"type": "string", "format": "date-time"}, {"type": "number", "nullable": True}
+    flag = {"type": "boolean"}
+    actions = {"type": "array", "items": {"type": "object", "required": ["tool", "args"]}}
+    handled = {"type": "string", "enum": HANDLED_BY}
+    fields = _obj(
+        ["path", "match", "matched", "critical", "reason"],
+        path=text,
+        match=text,
+        matched=flag,
+        critical=flag,
+        reason=text,
+        distance={"type": "integer"},
+    )
+    return _obj(
+        [
+            "event_id",
+            "task_type",
+            "event",
+            "decisions",
+            "outcomes",
+            "comparisons",
+            "handling",
+            "tool_calls",
+            "tool_calls_total",
+            "adjudications",
+        ],
+        event_id=text,
+        task_type=maybe,
+        event=_obj(
+            [
+                "event_id",
+                "task_type",
+                "payload",
+                "occurred_at",
+                "segment",
+                "source",
+                "received_at",
+                "awaiting_agent",
+                "expired",
+            ],
+            nullable=True,
+            event_id=text,
+            task_type=text,
+            payload={"type": "object"},
+            occurred_at=maybe,
+            segment=maybe,
+            source=text,
+            received_at=at,
+            awaiting_agent=flag,
+            expired=flag,
+        ),
+        decisions={
+            "type": "array",
+            "items": _obj(
+                [
+                    "agent_version",
+                    "task_type",
+                    "decision",
+                    "actions",
+                    "declared_actions",
+                    "actions_captured",
+                    "confidence",
+                    "error",
+                    "latency_ms",
+                    "usage",
+                    "received_at",
+                ],
+                agent_version=text,
+                task_type=text,
+                decision={"type": "object", "nullable": True},
+                actions=actions,
+                declared_actions={**actions, "nullable": True},
+                actions_captured=flag,
+                confidence=number,
+                error=maybe,
+                latency_ms=number,
+                usage=_obj(
+                    ["input_tokens", "output_tokens", "cost_usd"],
+                    input_tokens={"type": "integer"},
+                    output_tokens={"type": "integer"},
+                    cost_usd={"type": "number"},
+                ),
+                received_at=at,
+            ),
+        },
+        outcomes={
+            "type": "array",
+            "items": _obj(
+                [
+                    "revision",
+                    "current",
+                    "decision",
+                    "actions",
+                    "decided_by",
+                    "decided_at",
+                    "handled_by",
+                    "source",
+                    "received_at",
+                    "expired",
+                ],
+                revision={"type": "integer", "minimum": 1},
+                current=flag,
+                decision={"type": "object"},
+                actions=actions,
+                decided_by=maybe,
+                decided_at=maybe,
+                handled_by={**handled, "nullable": True},
+                source=text,
+                received_at=at,
+                expired=flag,
+            ),
+        },
+        comparisons={
+            "type": "array",
+            "items": _obj(
+                [
+                    "agent_version",
+                    "task_type",
+                    "verdict",
+                    "critical",
+                    "handled_by",
+                    "outcome_revision",
+                    "compared_at",
+                    "fields",
+                ],
+                agent_version=text,
+                task_type=text,
+                verdict={"type": "string", "enum": ["agree", "disagree", "agent_error", "expired"]},
+                critical=flag,
+                handled_by=handled,
+                outcome_revision={"type": "integer", "nullable": True},
+                compared_at=at,
+                fields={"type": "array", "items": fields},
+            ),
+        },
+        handling=_obj(
+            ["task_type", "handled_by", "level", "routed_at"],
+            nullable=True,
+            task_type=text,
+            handled_by=handled,
+            level=text,
+            routed_at=at,
+        ),
+        tool_calls={
+            "type": "array",
+            "items": _obj(
+                [
+                    "id",
+                    "called_at",
+                    "task_type",
+                    "shadow",
+                    "level",
+                    "tool",
+                    "upstream",
+                    "class",
+                    "outcome",
+                    "latency_ms",
+                    "error",
+                    "args",
+                    "approval_id",
+                ],
+                id={"type": "integer"},
+                called_at=at,
+                task_type=text,
+                shadow=flag,
+                level=text,
+                tool=text,
+                upstream=maybe,
+                outcome=text,
+                latency_ms={"type": "number"},
+                error=maybe,
+                args={"type": "object"},
+                approval_id=maybe,
+                **_class_property(),
+            ),
+        },
+        tool_calls_total={"type": "integer", "minimum": 0},
+        adjudications={
+            "type": "array",
+            "maxItems": 0,
+            "description": "always empty: adjudications come with the review queue",
+        },
+    )
+
+
 def openapi_spec() -> dict[str, Any]:
     """The API description (a fresh dict each call)."""
     ok_obj = _resp("ok", {"type": "object"})
@@ -542,6 +742,26 @@ def openapi_spec() -> dict[str, Any]:
                 "get": {
                     "summary": "The server's own walk of the audit log's hash chain",
                     "responses": {"200": _resp("the chain's state", _ref("ChainState"))},
+                },
+            },
+            "/v1/cases/{event_id}": {
+                "parameters": [{"name": "event_id", "in": "path", "required": True, "schema": _ID}],
+                "get": {
+                    "summary": "Everything about one case: the event (redacted), each agent "
+                    "version's decision with latency and cost, every outcome revision, the "
+                    "per-field diff, how it was handled, the gateway's tool calls",
+                    "description": "adjudications is always empty until the review queue "
+                    "exists. Needs the viewer role; in the simple mode the admin token (a "
+                    "case shows payloads and tool call arguments).",
+                    "security": _ADMIN,
+                    "responses": {
+                        "200": _resp("the case (docs/api.md, One case)", _case()),
+                        "400": _resp(
+                            "event_id over 256 characters or with control characters", _ERR
+                        ),
+                        **_TOKEN_ERRORS,
+                        "404": _resp("the store holds nothing about this event id", _ERR),
+                    },
                 },
             },
             "/v1/freeze": {"post": _write("Send every task type to L0", _ref("WriteBody"))},
