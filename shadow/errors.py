@@ -182,7 +182,13 @@ class AgentError(ShadowError):
 
 class UpstreamError(ShadowError):
     """An upstream MCP server of the tool gateway could not be reached, or answered a
-    request with a protocol error (the SDK's and httpx2's errors are translated into it)."""
+    request with a protocol error (the SDK's and httpx2's errors are translated into it).
+    ``sent``: ``False`` when the request never left (no connection), ``True`` when it may
+    have reached the upstream."""
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class NotForwarded(ShadowError):

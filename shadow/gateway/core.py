@@ -64,8 +64,9 @@ _AUDITS_PER_SESSION = 20
 class CallRefused(Exception):
     """A tools/call answered with a JSON-RPC error (``code``, ``message``)."""
 
-    def __init__(self, message: str, code: int = REFUSED) -> None:
+    def __init__(self, message: str, code: int = REFUSED, *, sent: bool = False) -> None:
         self.code = code
+        self.sent = sent  # the request may have reached the upstream
         super().__init__(message)
 
 
@@ -427,7 +428,11 @@ class Gateway:
             record("refused", entry, cls, verdict.reason)
             raise CallRefused(verdict.reason)
         if verdict.action == "forward" and cls == "read":
-            result = await self._send(grant, entry, args, None)
+            try:
+                result = await self._send(grant, entry, args, None)
+            except CallRefused as exc:  # an unanswered read is recorded too
+                record("forwarded" if exc.sent else "failed", entry, cls, str(exc))
+                raise
             record("forwarded", entry, cls, None)
             return result
         if session is None:
@@ -449,9 +454,9 @@ class Gateway:
             session.seen.pop(key, None)  # nothing happened: a retry decides afresh
             if not write.answer.done():
                 write.answer.cancel()
-            if isinstance(exc, CallRefused):  # the last check before sending refused it
+            if isinstance(exc, CallRefused):  # refused at the last check, or not sent
                 row["level"] = str(self.ladder.level(task_type))
-                record("refused", entry, cls, str(exc))
+                record("refused" if exc.code == REFUSED else "failed", entry, cls, str(exc))
             raise
         if answer[0] == "approval":
             write.approval_id = answer[1]
@@ -501,8 +506,8 @@ class Gateway:
         try:
             result = await self._send(grant, entry, args, cls)
         except CallRefused as exc:
-            if exc.code == REFUSED:
-                raise  # not sent: nothing to attach a retry to
+            if not exc.sent:
+                raise  # not sent: nothing to attach a retry to (it is decided afresh)
             return "error", (exc.code, str(exc))
         return "result", result
 
@@ -528,13 +533,16 @@ class Gateway:
         except NotForwarded as exc:
             raise CallRefused(str(exc)) from None
         except UpstreamError as exc:
-            raise CallRefused(str(exc), code=INTERNAL) from None
+            if not exc.sent:
+                raise CallRefused(f"{exc}; not sent", code=INTERNAL) from None
+            raise CallRefused(str(exc), code=INTERNAL, sent=True) from None
         size = len(fastjson.dumps(result).encode())
         if size > self.max_result_bytes:
             raise CallRefused(
                 f"upstream {entry.upstream}: {entry.name}'s result is {size} bytes, over "
                 f"gateway_max_result_bytes ({self.max_result_bytes})",
                 code=INTERNAL,
+                sent=True,
             )
         return result
 

@@ -165,8 +165,12 @@ class UpstreamClient:
     ) -> dict[str, Any]:
         """The upstream's ``CallToolResult`` for ``name`` as a JSON object. ``guard`` is
         called right before the request is sent, after the connection is ready (it raises
-        to stop the call: the last check of a write's level)."""
-        client = await self._session()
+        to stop the call: the last check of a write's level). An upstream that cannot be
+        reached raises :class:`UpstreamError` with ``sent=False``: nothing left."""
+        try:
+            client = await self._session()
+        except UpstreamError as exc:
+            raise UpstreamError(str(exc), sent=False) from None
         if guard is not None:
             guard()
         try:
