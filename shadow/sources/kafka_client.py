@@ -222,22 +222,34 @@ async def stop_client(
       the shutdown goes on (a real cancellation of the caller still propagates)."""
     if isinstance(client, AIOKafkaProducer):
         await _flush_within(client, who, within)
+    # stop() is never cancelled half-way (that would leave its sockets and tasks to the
+    # garbage collector): past the bound its connections are closed under it, which fails
+    # the requests it waits on, and it finishes its own cleanup.
+    stopping = asyncio.ensure_future(client.stop())
     try:
-        async with asyncio.timeout(within):
-            await client.stop()
-    except TimeoutError:
-        log.warning(
-            "%s: the Kafka client did not stop within %gs (broker unreachable?); its "
-            "connections are closed",
-            who,
-            within,
-        )
-        inner = getattr(client, "_client", None)
-        if inner is not None:
-            await inner.close()
+        done, _ = await asyncio.wait({stopping}, timeout=within)
+        if not done:
+            log.warning(
+                "%s: the Kafka client did not stop within %gs (broker unreachable?); its "
+                "connections are closed",
+                who,
+                within,
+            )
+            inner = getattr(client, "_client", None)
+            if inner is not None:
+                await inner.close()
+            done, _ = await asyncio.wait({stopping}, timeout=within)
+            if not done:
+                log.error("%s: the Kafka client still did not stop; abandoned", who)
+                stopping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stopping
+                return
+        await stopping
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
+            stopping.cancel()
             raise
         log.warning("%s: the Kafka client stopped with its own fetch cancelled", who)
 
