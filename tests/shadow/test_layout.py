@@ -56,6 +56,7 @@ TASKS_ELSEWHERE = {
     "gateway/catalog.py": "one listing shared by the calls that await it",
     "handling.py": "the group commit's writer: every waiting route gets its failure",
     "agent/runner.py": "a batch's calls, awaited by the batch",
+    "sources/kafka_client.py": "a shutdown's own client.stop(), awaited right there",
     "demo/backoffice.py": "the demo's own MCP server",
     "demo_run.py": "the demo's own loop",
 }
