@@ -94,7 +94,9 @@ def check_pod(spec: Manifest, docs: list[Manifest]) -> None:
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-    assert set(mounts) == {"/etc/shadow", "/var/lib/shadow", "/tmp"}
+    # /etc/shadow-auth: the tokens file, only with auth.* (tests/helm/test_auth.py).
+    assert set(mounts) - {"/etc/shadow-auth"} == {"/etc/shadow", "/var/lib/shadow", "/tmp"}
+    assert not [m for m in c["volumeMounts"] if "subPath" in m]  # a subPath is never updated
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert set(mounts.values()) <= set(volumes)
     assert "emptyDir" in volumes[mounts["/tmp"]]

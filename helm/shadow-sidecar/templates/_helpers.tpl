@@ -63,6 +63,44 @@ app.kubernetes.io/component: shadow-sidecar
 {{- .Values.adminToken.existingSecret | default (include "shadow-sidecar.fullname" .) }}
 {{- end }}
 
+{{/*
+The tokens file (auth.tokensFile.existingSecret, or auth.tokens rendered into the Secret
+<fullname>-tokens), mounted as a directory at /etc/shadow-auth (never with subPath: Kubernetes
+swaps a mounted Secret's files in place only without it, and the sidecar re-reads the file on
+change). "shadow-sidecar.tokensFile" is its path, empty without one; it refuses both sources
+at once and an inline name or digest used twice (the sidecar would refuse that file).
+*/}}
+{{- define "shadow-sidecar.tokensFile" -}}
+{{- $auth := .Values.auth | default dict }}
+{{- $existing := dig "tokensFile" "existingSecret" "" $auth }}
+{{- $inline := $auth.tokens | default list }}
+{{- if and $existing $inline }}
+{{- fail "auth.tokensFile.existingSecret and auth.tokens: set one of them, not both" }}
+{{- end }}
+{{- $names := dict }}
+{{- $digests := dict }}
+{{- range $i, $t := $inline }}
+{{- if hasKey $names (toString $t.name) }}
+{{- fail (printf "auth.tokens[%d].name: %q is used twice; names are audit actors" $i $t.name) }}
+{{- end }}
+{{- if hasKey $digests (toString $t.sha256) }}
+{{- fail (printf "auth.tokens[%d].sha256: the same secret as %q" $i (get $digests (toString $t.sha256))) }}
+{{- end }}
+{{- $_ := set $names (toString $t.name) true }}
+{{- $_ := set $digests (toString $t.sha256) (toString $t.name) }}
+{{- end }}
+{{- if or $existing $inline }}/etc/shadow-auth/tokens.yaml{{ end }}
+{{- end }}
+
+{{- define "shadow-sidecar.tokensSecret" -}}
+{{- dig "tokensFile" "existingSecret" "" (.Values.auth | default dict) | default (printf "%s-tokens" (include "shadow-sidecar.fullname" .)) }}
+{{- end }}
+
+{{- define "shadow-sidecar.tokensKey" -}}
+{{- $file := dig "tokensFile" dict (.Values.auth | default dict) }}
+{{- if $file.existingSecret }}{{ $file.existingSecretKey | default "tokens.yaml" }}{{ else }}tokens.yaml{{ end }}
+{{- end }}
+
 {{- define "shadow-sidecar.dataClaim" -}}
 {{- .Values.persistence.existingClaim | default (printf "%s-data" (include "shadow-sidecar.fullname" .)) }}
 {{- end }}
@@ -126,6 +164,15 @@ The sidecar container. Include it in a pod's `containers:` list:
         secretKeyRef:
           name: {{ include "shadow-sidecar.tokenSecret" . }}
           key: {{ .Values.adminToken.existingSecretKey }}
+    {{- end }}
+    {{- with include "shadow-sidecar.tokensFile" . }}
+    # Named credentials and their roles (docs/api.md); re-read within a second of a change.
+    - name: SHADOW_TOKENS_FILE
+      value: {{ . | quote }}
+    {{- end }}
+    {{- if dig "metricsOpen" false (.Values.auth | default dict) }}
+    - name: SHADOW_METRICS_OPEN
+      value: "true"
     {{- end }}
     {{- if .Values.kafka.enabled }}
     {{- with get . "shadowKafkaRole" }}
@@ -203,10 +250,17 @@ The sidecar container. Include it in a pod's `containers:` list:
       mountPath: /var/lib/shadow
     - name: shadow-tmp
       mountPath: /tmp
+    {{- if include "shadow-sidecar.tokensFile" . }}
+    # The whole directory, never a subPath: only then does Kubernetes update the file in place.
+    - name: shadow-tokens
+      mountPath: /etc/shadow-auth
+      readOnly: true
+    {{- end }}
 {{- end }}
 
 {{/*
-The volumes the sidecar container mounts. Include it in the pod's `volumes:` list:
+The volumes the sidecar container mounts (shadow-tokens only with a tokens file). Include it
+in the pod's `volumes:` list:
   volumes:
     {{- include "shadow-sidecar.volumes" (index .Subcharts "shadow-sidecar") | nindent 4 }}
 */}}
@@ -229,4 +283,12 @@ The volumes the sidecar container mounts. Include it in the pod's `volumes:` lis
 - name: shadow-tmp
   emptyDir:
     sizeLimit: 1Gi
+{{- if include "shadow-sidecar.tokensFile" . }}
+- name: shadow-tokens
+  secret:
+    secretName: {{ include "shadow-sidecar.tokensSecret" . }}
+    items:
+      - key: {{ include "shadow-sidecar.tokensKey" . }}
+        path: tokens.yaml
+{{- end }}
 {{- end }}
