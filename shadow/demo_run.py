@@ -11,6 +11,12 @@ and autonomy table, the tool calls per task type (reads forwarded, writes captur
 comparisons made on captured writes) and what the back office received: a write there would
 mean the gateway let a shadow write through, and the demo then exits 1. ``--serve`` keeps the
 API, ``/metrics`` and the back office up afterwards.
+
+With ``--serve`` the sidecar runs with named credentials (:mod:`shadow.roles`): a tokens file
+in the demo's temporary directory holds the sha256 of a ``viewer`` token ``demo-viewer`` and
+an ``admin`` token ``demo-admin``, whose secrets are printed once at the end, next to the
+console's URL (``/ui/``), and kept nowhere. The demo posts its own traffic with the admin
+token; ``/metrics`` stays open, as it was.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import argparse
 import asyncio
 import json
 import tempfile
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +52,49 @@ from shadow.demo.backoffice import BackOffice, tool_agent
 from shadow.gateway import GATEWAY
 from shadow.pipeline import Pipeline
 from shadow.policy import parse_policy
+from shadow.roles import add_token
 from shadow.server import Listener
 
-__all__ = ["AGENT", "report_back_office", "run_demo"]
+__all__ = ["AGENT", "DemoTokens", "report_back_office", "run_demo"]
 
 BATCH = 250
 # The demo's agent: the reference agent working a share of its cases through its tools.
 AGENT = "shadow.demo.backoffice:tool_agent"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoTokens:
+    """The credentials of a served demo: the tokens file (digests only) and the two secrets,
+    which exist only in this process and on the demo's output."""
+
+    file: Path
+    viewer: str
+    admin: str
+
+    @classmethod
+    def create(cls, directory: Path) -> DemoTokens:
+        """A fresh tokens file in ``directory`` with ``demo-viewer`` and ``demo-admin``."""
+        file = directory / "tokens.yaml"
+        viewer = add_token(file, "demo-viewer", ["viewer"])
+        admin = add_token(file, "demo-admin", ["admin"])
+        return cls(file, viewer, admin)
+
+    def print(self, url: str, console: Console) -> None:
+        """The console's URL and each token with what it may do."""
+        say = partial(console.print, markup=False, highlight=False, soft_wrap=True)
+        say(f"Console: {url}/ui/ (sign in by pasting a token)")
+        say(
+            f"Tokens, shown only now ({self.file} keeps their sha256; send one as "
+            "'Authorization: Bearer <token>', or as SHADOW_TOKEN to the shadow CLI):"
+        )
+        say(
+            "  viewer token (demo-viewer: reads the agreement, levels, cases and audit log; "
+            f"every write refused): {self.viewer}"
+        )
+        say(
+            "  admin token (demo-admin: may do everything: set levels, approve, freeze, "
+            f"ingest): {self.admin}"
+        )
 
 
 async def run_demo(args: argparse.Namespace, console: Console) -> int:
@@ -60,7 +104,15 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
     late = DEFAULT_LATE_SHARE if args.late_share is None else args.late_share
     if not 0.0 <= late < 1.0:
         raise UsageError("--late-share must be at least 0 and below 1")
-    db = args.db or str(Path(tempfile.mkdtemp(prefix="shadow-demo-")) / "demo.duckdb")
+    db: str = args.db
+    tokens: DemoTokens | None = None
+    if args.db is None or args.serve:
+        workdir = Path(tempfile.mkdtemp(prefix="shadow-demo-"))
+        db = args.db or str(workdir / "demo.duckdb")
+        if args.serve:
+            # Served, the sidecar runs with named credentials (a tokens file); the demo's own
+            # traffic goes in with the admin token.
+            tokens = DemoTokens.create(workdir)
     port = args.port if args.serve else 0
     cases = generate(n_events, seed=args.seed, late_share=late)
     async with BackOffice(cases) as backoffice:
@@ -71,6 +123,8 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             port=port,
             agent_concurrency=4,
             expire_interval=3600.0,
+            tokens_file=None if tokens is None else tokens.file,
+            metrics_open=None if tokens is None else True,
         )
         policy = parse_policy(demo_policy(backoffice.url), source="shadow.demo policy")
         app = build_app(settings, policy=policy)
@@ -78,7 +132,8 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         await listener.start()
         try:
             url = f"http://{settings.host}:{listener.port}"
-            await _run(app, url, db, cases, late, args, console)
+            token = None if tokens is None else tokens.admin
+            await _run(app, url, token, db, cases, late, args, console)
             if not await _tools_report(app, backoffice, console):
                 return 1
             console.print(
@@ -87,6 +142,8 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             )
             if args.serve:
                 console.print(f"Serving the API and /metrics on {url} (Ctrl-C to stop).")
+                if tokens is not None:
+                    tokens.print(url, console)
                 await asyncio.Event().wait()
         finally:
             await listener.close()
@@ -96,6 +153,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
 async def _run(
     app: web.Application,
     url: str,
+    token: str | None,
     db: str,
     cases: list[DemoCase],
     late: float,
@@ -127,7 +185,7 @@ async def _run(
         bar = progress.add_task("comparisons", total=len(cases))
         start = pipeline.comparisons
         async with aiohttp.ClientSession() as session:
-            feeding = asyncio.create_task(_feed(session, url, cases, pipeline))
+            feeding = asyncio.create_task(_feed(session, url, token, cases, pipeline))
             while not feeding.done():
                 progress.update(bar, completed=pipeline.comparisons - start)
                 await asyncio.sleep(0.1)
@@ -195,11 +253,14 @@ def report_back_office(backoffice: BackOffice, console: Console) -> bool:
     return True
 
 
-async def _post(session: aiohttp.ClientSession, url: str, records: list[dict[str, Any]]) -> None:
+async def _post(
+    session: aiohttp.ClientSession, url: str, token: str | None, records: list[dict[str, Any]]
+) -> None:
     body = "\n".join(json.dumps(r) for r in records).encode()
-    async with session.post(
-        url, data=body, headers={"Content-Type": "application/x-ndjson"}
-    ) as resp:
+    headers = {"Content-Type": "application/x-ndjson"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with session.post(url, data=body, headers=headers) as resp:
         if resp.status != 202:
             raise UsageError(
                 f"demo ingest refused a batch: HTTP {resp.status}: {(await resp.text())[:300]}"
@@ -207,7 +268,11 @@ async def _post(session: aiohttp.ClientSession, url: str, records: list[dict[str
 
 
 async def _feed(
-    session: aiohttp.ClientSession, url: str, cases: list[DemoCase], pipeline: Pipeline
+    session: aiohttp.ClientSession,
+    url: str,
+    token: str | None,
+    cases: list[DemoCase],
+    pipeline: Pipeline,
 ) -> None:
     """Post the back office's records in arrival order: events as work happens, outcomes
     when the humans decide (minutes to days later), in NDJSON batches. Each batch waits for
@@ -221,7 +286,7 @@ async def _feed(
         events = [r for r in chunk if r["kind"] == "event"]
         outcomes = [r for r in chunk if r["kind"] == "outcome"]
         if events:
-            await _post(session, f"{url}/v1/events", events)
+            await _post(session, f"{url}/v1/events", token, events)
         if outcomes:
-            await _post(session, f"{url}/v1/outcomes", outcomes)
+            await _post(session, f"{url}/v1/outcomes", token, outcomes)
         await pipeline.drain()

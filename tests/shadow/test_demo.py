@@ -1,25 +1,37 @@
 """The synthetic back office of ``shadow demo``: valid records, determinism, and the outcome
 targets of a default run, checked offline with the engine's pure pieces (policy, diff,
-bounds, ladder): no store, no HTTP."""
+bounds, ladder): no store, no HTTP. Last, ``shadow demo --serve`` for real: its printed
+tokens against its own API on a free loopback port."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import io
 import json
+import re
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import yaml
+from rich.console import Console
 
 from shadow import demo, promotion
+from shadow.cli import _parser
+from shadow.demo_run import run_demo
 from shadow.diff import Differ
 from shadow.errors import ValidationError
 from shadow.model import Evidence, Level, Outcome, ShadowDecision, WorkEvent
 from shadow.policy import AutonomyMode, Policy, parse_policy
 from shadow.promotion import LadderState, Move
+from shadow.roles import digest, parse_tokens
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 EVALUATE_EVERY = 25
@@ -384,3 +396,82 @@ def test_the_late_phase_changes_only_late_refund_decisions() -> None:
     assert 0.12 <= disagree / len(refunds) <= 0.35
     with pytest.raises(ValueError, match="late_share"):
         demo.generate(10, late_share=1.0)
+
+
+# -- shadow demo --serve: the console URL and the tokens it prints -----------------------------
+
+
+async def served_demo(
+    console: Console, out: io.StringIO, db: Path
+) -> tuple[asyncio.Task[int], str]:
+    """``shadow demo --serve --port 0`` in this loop; its output once it says it serves."""
+    args = _parser().parse_args(
+        ["demo", "--events", "40", "--serve", "--port", "0", "--no-progress", "--db", str(db)]
+    )
+    task = asyncio.create_task(run_demo(args, console))
+    for _ in range(600):
+        if "admin token" in out.getvalue() or task.done():
+            break
+        await asyncio.sleep(0.1)
+    assert not task.done(), out.getvalue()
+    return task, out.getvalue()
+
+
+async def test_serve_prints_the_console_and_a_viewer_and_an_admin_token(tmp_path: Path) -> None:
+    out = io.StringIO()
+    task, text = await served_demo(Console(file=out, width=120), out, tmp_path / "demo.duckdb")
+    made: list[Path] = []
+    try:
+        (url,) = re.findall(r"^Serving the API and /metrics on (http://\S+) \(Ctrl-C", text, re.M)
+        assert f"Console: {url}/ui/ " in text
+        (viewer,) = re.findall(r"^  viewer token \(demo-viewer: .*\): (\S+)$", text, re.M)
+        (admin,) = re.findall(r"^  admin token \(demo-admin: .*\): (\S+)$", text, re.M)
+        (file,) = re.findall(r"^Tokens, shown only now \((\S+) keeps their sha256", text, re.M)
+        # The secrets are printed, never stored: the file has their digests only.
+        made.append(Path(file).parent)  # the demo's own temporary directory
+        stored = await asyncio.to_thread(Path(file).read_text)
+        assert viewer not in stored
+        assert admin not in stored
+        book = parse_tokens(yaml.safe_load(stored), file)
+        assert {c.name: c.roles for c in book.values()} == {
+            "demo-viewer": frozenset({"viewer"}),
+            "demo-admin": frozenset({"admin"}),
+        }
+        assert set(book) == {digest(viewer), digest(admin)}
+
+        async with aiohttp.ClientSession() as http:
+
+            async def status(method: str, path: str, token: str | None) -> int:
+                headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+                body = {"reason": "demo test"} if method == "POST" else None
+                async with http.request(method, url + path, json=body, headers=headers) as r:
+                    return r.status
+
+            # The viewer reads, and is refused every write.
+            assert await status("GET", "/v1/agreement", viewer) == 200
+            assert await status("POST", "/v1/freeze", viewer) == 403
+            assert await status("PUT", "/v1/autonomy/refund_request", viewer) == 403
+            # Nobody else reads: an unknown token, or none, is 401.
+            assert await status("GET", "/v1/agreement", "not-a-demo-token") == 401
+            assert await status("GET", "/v1/agreement", None) == 401
+            assert await status("POST", "/v1/freeze", "not-a-demo-token") == 401
+            # The admin writes, as demo-admin; /metrics stays open as it always was.
+            assert await status("POST", "/v1/freeze", admin) == 200
+            assert await status("POST", "/v1/unfreeze", admin) == 200
+            assert await status("GET", "/metrics", None) == 200
+            headers = {"Authorization": f"Bearer {viewer}"}
+            async with http.get(f"{url}/v1/audit?limit=1000", headers=headers) as resp:
+                entries = (await resp.json())["entries"]
+            assert {(e["action"], e["actor"]) for e in entries} >= {
+                ("freeze", "demo-admin"),
+                ("unfreeze", "demo-admin"),
+            }
+        # The demo's own traffic went in with the admin token: all 40 cases compared.
+        assert "Demo back office:" in text
+        assert sum(int(n) for n in re.findall(r"│\s+L\d \│\s+(\d+) │", text)) == 40
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for directory in made:
+            shutil.rmtree(directory)
