@@ -1,102 +1,45 @@
 """The HTML report: one self-contained file rendered from the JSON document.
 
-Contract: no network access and no script. Styles are one inline ``<style>`` block, charts
-are inline SVG, and nothing references another file or URL (a strict
-``Content-Security-Policy`` meta tag says so to the browser too), so the file can be
-mailed, archived as a CI artifact or opened offline. Every text from the history or the
-agent is HTML-escaped.
+Contract: no network access and no script (the page, its style and its charts are
+:mod:`shadow.report_html`'s, shared with the live evidence report of ``shadow report``, so
+the two look alike). Every text from the history or the agent is HTML-escaped.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from html import escape
+from collections.abc import Mapping
 from typing import Any
+
+from shadow.report_html import (
+    ChartRow,
+    acceptance_text,
+    agreement_chart,
+    bars,
+    page,
+    pct,
+    table,
+)
+from shadow.report_html import e as _e
 
 __all__ = ["render_html"]
 
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d232a}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
-h3{font-size:15px;margin:16px 0 6px}.meta{color:#555}.badge{padding:2px 8px;border-radius:10px}
-.ok{background:#d8f3dc}.bad{background:#ffd6d6}.warn{background:#fff1c1}
-table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:3px 8px}
-th{background:#f5f6f8;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
-pre{background:#f7f7f9;padding:8px;overflow:auto;max-height:240px;font-size:12px}
-svg text{font:12px system-ui,sans-serif;fill:#1d232a}.cm td{min-width:32px;text-align:right}
-"""
-_W = 640  # chart width
-_LABEL = 170  # left margin for labels
 
-
-def _e(value: object) -> str:
-    return escape("-" if value is None else str(value))
-
-
-def _pct(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value * 100:.{digits}f}%"
-
-
-def _agreement_chart(tasks: Mapping[str, Any]) -> str:
-    """One row per task type: bar = agreement, whisker = [lower, upper], ticks = gates,
-    a diamond = the baseline's agreement."""
-    rows = list(tasks.items())
-    h = 28 * len(rows) + 30
-    span = _W - _LABEL - 20
-    out = [f'<svg role="img" aria-label="agreement per task type" width="{_W}" height="{h}">']
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        x = _LABEL + span * tick
-        out.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{h - 20}" stroke="#eee"/>')
-        out.append(f'<text x="{x:.1f}" y="{h - 5}" text-anchor="middle">{tick:.0%}</text>')
-    for i, (name, t) in enumerate(rows):
-        y = 8 + 28 * i
-        ag = t.get("agreement") or 0.0
-        out.append(f'<text x="{_LABEL - 8}" y="{y + 13}" text-anchor="end">{_e(name)}</text>')
-        out.append(
-            f'<rect x="{_LABEL}" y="{y}" width="{span * ag:.1f}" height="18" fill="#5b8def">'
-            f"<title>{_e(name)}: {_pct(t.get('agreement'))}</title></rect>"
-        )
-        lo, hi = _LABEL + span * t["lower"], _LABEL + span * t["upper"]
-        out.append(
-            f'<line x1="{lo:.1f}" y1="{y + 9}" x2="{hi:.1f}" y2="{y + 9}" stroke="#1d232a" '
-            'stroke-width="2"/>'
-        )
-        for level, g in t["gates"]["levels"].items():
-            gx = _LABEL + span * g["agreement"]
-            color = "#2a9d48" if g["met"] else "#c0392b"
-            out.append(
-                f'<line x1="{gx:.1f}" y1="{y - 2}" x2="{gx:.1f}" y2="{y + 20}" stroke="{color}" '
-                f'stroke-dasharray="3,2"><title>gate {_e(level)} {g["agreement"]}</title></line>'
-            )
-        base = t.get("baseline")
-        if base and base.get("agreement") is not None:
-            bx = _LABEL + span * base["agreement"]
-            out.append(
-                f'<polygon points="{bx:.1f},{y + 3} {bx + 6:.1f},{y + 9} {bx:.1f},{y + 15} '
-                f'{bx - 6:.1f},{y + 9}" fill="#f4a261" stroke="#1d232a">'
-                f"<title>baseline {_pct(base['agreement'])}</title></polygon>"
-            )
-    out.append("</svg>")
-    return "".join(out)
-
-
-def _bars(rows: Sequence[tuple[str, float, str]], *, label: str) -> str:
-    """Horizontal bars scaled to the largest value; ``rows`` = (name, value, shown text)."""
-    if not rows:
-        return "<p>nothing to show</p>"
-    top = max(v for _, v, _ in rows) or 1.0
-    span = _W - _LABEL - 90
-    h = 22 * len(rows) + 6
-    out = [f'<svg role="img" aria-label="{_e(label)}" width="{_W}" height="{h}">']
-    for i, (name, value, text) in enumerate(rows):
-        y = 4 + 22 * i
-        w = span * value / top
-        out.append(f'<text x="{_LABEL - 8}" y="{y + 12}" text-anchor="end">{_e(name)}</text>')
-        out.append(f'<rect x="{_LABEL}" y="{y}" width="{w:.1f}" height="15" fill="#e76f51"/>')
-        out.append(f'<text x="{_LABEL + w + 6:.1f}" y="{y + 12}">{_e(text)}</text>')
-    out.append("</svg>")
-    return "".join(out)
+def _chart_row(name: str, t: Mapping[str, Any]) -> ChartRow:
+    """Bar = agreement, whisker = [lower, upper], ticks = gates, diamond = the baseline's
+    agreement."""
+    base = t.get("baseline")
+    marker = None
+    if base and base.get("agreement") is not None:
+        marker = (base["agreement"], f"baseline {pct(base['agreement'])}")
+    return ChartRow(
+        name,
+        t.get("agreement"),
+        t["lower"],
+        t["upper"],
+        [(level, g["agreement"], g["met"]) for level, g in t["gates"]["levels"].items()],
+        marker,
+    )
 
 
 def _confusion(path: str, cm: Mapping[str, Any]) -> str:
@@ -119,27 +62,17 @@ def _confusion(path: str, cm: Mapping[str, Any]) -> str:
     )
 
 
-def _acceptance(acc: Mapping[str, Any] | None) -> str:
-    """``agent 98.00% of 50, assisted -`` from an ``acceptance`` entry (``-``: none)."""
-    parts = [
-        f"{h} {_pct(a['agreement'])} of {a['n']}"
-        for h, a in (acc or {}).items()
-        if a and a.get("n")
-    ]
-    return ", ".join(parts) or "-"
-
-
 def _task(name: str, t: Mapping[str, Any]) -> str:
     parts = [f'<h2 id="t-{_e(name)}">{_e(name)}</h2>']
     parts.append(
         f"<p>Evidence (blind outcomes): n {t['n']}, agree {t['agree']} "
-        f"({_pct(t['agreement'])}), anytime-valid bounds "
-        f"[{_pct(t['lower'])}, {_pct(t['upper'])}], critical misses {t['critical']}, "
+        f"({pct(t['agreement'])}), anytime-valid bounds "
+        f"[{pct(t['lower'])}, {pct(t['upper'])}], critical misses {t['critical']}, "
         f"agent errors {t['errors']}; agent {_e(t.get('agent_version'))}</p>"
     )
     parts.append(
         f"<p>Acceptance (not evidence: items the agent handled, or decided by a human shown "
-        f"its proposal): {_e(_acceptance(t.get('acceptance')))}</p>"
+        f"its proposal): {_e(acceptance_text(t.get('acceptance')))}</p>"
     )
     gates = t["gates"]
     rows = "".join(
@@ -162,7 +95,7 @@ def _task(name: str, t: Mapping[str, Any]) -> str:
         for p, f in t["fields"].items()
         if f["mismatches"]
     ][:15]
-    parts.append("<h3>Disagreement by field</h3>" + _bars(fields, label=f"{name} fields"))
+    parts.append("<h3>Disagreement by field</h3>" + bars(fields, label=f"{name} fields"))
     for path, cm in t["confusion"].items():
         parts.append(_confusion(path, cm))
     lat = t["latency_ms"]
@@ -172,7 +105,7 @@ def _task(name: str, t: Mapping[str, Any]) -> str:
         if lat.get(k) is not None
     ]
     parts.append(
-        f"<h3>Latency ({lat['count']} timed answers)</h3>" + _bars(lat_rows, label="latency")
+        f"<h3>Latency ({lat['count']} timed answers)</h3>" + bars(lat_rows, label="latency")
     )
     usage = t["usage"]
     parts.append(
@@ -205,6 +138,7 @@ def _cases(doc: Mapping[str, Any]) -> str:
 def render_html(doc: Mapping[str, Any]) -> str:
     tasks: Mapping[str, Any] = doc["task_types"]
     agent = doc["agent"]
+    version = agent.get("agent_version")
     h = doc["history"]
     state = (
         '<span class="badge ok">complete</span>'
@@ -243,9 +177,9 @@ def render_html(doc: Mapping[str, Any]) -> str:
         cells = [
             t["n"],
             t["agree"],
-            _pct(t["agreement"]),
-            _pct(t["lower"]),
-            _pct(t["upper"]),
+            pct(t["agreement"]),
+            pct(t["lower"]),
+            pct(t["upper"]),
             t["critical"],
             t["errors"],
         ]
@@ -253,15 +187,9 @@ def render_html(doc: Mapping[str, Any]) -> str:
             f'<tr><td><a href="#t-{_e(name)}">{_e(name)}</a></td>'
             + "".join(f"<td class=num>{_e(c)}</td>" for c in cells)
             + f"<td>{_e(t['gates']['cleared'])}</td><td>{_e(delta)}</td>"
-            + f"<td>{_e(_acceptance(t.get('acceptance')))}</td></tr>"
+            + f"<td>{_e(acceptance_text(t.get('acceptance')))}</td></tr>"
         )
-    summary = (
-        "<table><tr>"
-        + "".join(f"<th>{c}</th>" for c in head_cols)
-        + "</tr>"
-        + "".join(rows)
-        + "</table>"
-    )
+    summary = table(head_cols, rows)
     body = [
         f"<h1>Replay report: {_e(agent.get('agent_version'))}</h1>",
         f'<p class="meta">{state} agent {_e(agent.get("spec"))}; history {_e(h["path"])} '
@@ -274,13 +202,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
         "the agent handled or a human decided with its proposal shown are acceptance, "
         "reported beside it.</p>",
         summary,
-        _agreement_chart(tasks),
+        agreement_chart([_chart_row(name, t) for name, t in tasks.items()]),
         *(_task(name, t) for name, t in tasks.items()),
     ]
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        "style-src 'unsafe-inline'; img-src data:\">"
-        f"<title>Replay report: {_e(agent.get('agent_version'))}</title>"
-        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
-    )
+    return page(f"Replay report: {'-' if version is None else version}", body)

@@ -1,4 +1,5 @@
-"""The ``shadow`` command: run, demo, status, autonomy, audit (names are a contract; DESIGN.md).
+"""The ``shadow`` command: run, demo, status, report, autonomy, audit (names are a contract;
+DESIGN.md).
 
 This is the entry point: it is the only place that reads the environment (through
 :func:`shadow.config.load_settings`) and the only place that turns errors into exit codes.
@@ -29,6 +30,7 @@ from shadow.audit_verify import add_audit_command
 from shadow.console import UsageError, agreement_table, listen
 from shadow.console import fmt as _fmt
 from shadow.errors import ShadowError, StoreInUseError
+from shadow.report_cli import add_report_command
 from shadow.token_cli import add_token_command
 
 if TYPE_CHECKING:
@@ -131,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         f.add_argument("--reason", default="")
         f.add_argument("--actor", default=None)
     add_audit_command(sub, url_help=URL_HELP)
+    add_report_command(sub, url_help=URL_HELP)
     add_token_command(sub)
     ap = sub.add_parser("approvals", help="tool writes held for approval: list, approve, reject")
     ap.add_argument("--url", help=URL_HELP)
@@ -206,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command in ("autonomy", "approvals"):
             _check_text(args)
-        asks = ("status", "autonomy", "approvals", "audit")
+        asks = ("status", "autonomy", "approvals", "audit", "report")
         if args.command in asks and not getattr(args, "db", None):
             args.url = _sidecar_url(args.url)
         plugin = getattr(args, "plugin", None)

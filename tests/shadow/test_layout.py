@@ -1,6 +1,7 @@
 """Architecture rules of ``shadow`` that a refactor could silently break (STYLE.md): only
 the store package imports duckdb, and the pure core (diff, promotion, statistics, model,
-checks, policy) imports no I/O library, so it stays a set of plain functions over values."""
+checks, policy, the live report's document and HTML) imports no I/O library, so it stays a
+set of plain functions over values."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ PURE = [
     "policy.py",
     "joiner.py",
     "mirror.py",
+    "report.py",
+    "report_html.py",
 ]
 
 
