@@ -1,4 +1,5 @@
-"""One case, whole, over HTTP (docs/api.md, "One case"): ``GET /v1/cases/{event_id}``.
+"""One case, whole, over HTTP (docs/api.md, "One case"): ``GET /v1/cases/{event_id}``; and
+the dead letters, page by page: ``GET /v1/dead-letters?before=ID&limit=N``.
 
 The answer is :meth:`shadow.store.CaseView.to_json` (one store call,
 :meth:`shadow.store.cases.CasePart.case`) with the policy in force applied once more
@@ -12,6 +13,9 @@ this only matters for what the way in does not cover: the actions an agent's ans
 simple mode (no tokens file) the admin token, as for ``GET /v1/approvals``: a case shows
 payloads, decisions and tool call arguments, not aggregates, so it is not one of the open
 reads.
+
+Dead letters need the same credential (they keep what a refused record held, redacted as
+the policy says: ``SHADOW_DEAD_LETTER_RAW_PREFIX``).
 
 The event id is the path's last segment, percent-decoded. One over
 :data:`~shadow.checks.MAX_ID_LENGTH` characters, or with a control character or a lone
@@ -32,7 +36,7 @@ from shadow.policy import Policy
 from shadow.server import error
 from shadow.tools_policy import redact_args
 
-__all__ = ["cases_routes", "redacted"]
+__all__ = ["DEAD_LETTER_PAGE", "MAX_DEAD_LETTER_PAGE", "cases_routes", "redacted"]
 
 
 def _tool_paths(policy: Policy, task_type: str | None, tool: object) -> tuple[str, ...]:
@@ -112,6 +116,49 @@ async def get_case(request: web.Request) -> web.StreamResponse:
     return web.json_response(redacted(case.to_json(), request.app[INTAKE].policy))
 
 
+DEAD_LETTER_PAGE = 100  # GET /v1/dead-letters' default limit
+MAX_DEAD_LETTER_PAGE = 1000
+
+
+def _whole(request: web.Request, name: str, low: int, high: int) -> int | None:
+    """The query parameter ``name`` as a whole number in ``low..high`` (``None`` when
+    absent); raises a JSON 400 otherwise."""
+    text = request.query.get(name)
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        refusal = error(400, f"{name} must be a whole number between {low} and {high}")
+        raise web.HTTPBadRequest(text=refusal.text, content_type="application/json")
+    return value
+
+
+async def get_dead_letters(request: web.Request) -> web.StreamResponse:
+    """The dead letters, newest first: ``{"dead_letters": [...], "total", "next"}``, those
+    with ids below ``before`` (default: all), at most ``limit`` (1-1000, default 100);
+    ``next`` is the ``before`` of the next page (``null`` on the last)."""
+    refusal = access_refusal(request, "viewer", open_read=False)
+    if refusal is not None:
+        return refusal
+    before = _whole(request, "before", 1, 2**63 - 1)
+    size = _whole(request, "limit", 1, MAX_DEAD_LETTER_PAGE) or DEAD_LETTER_PAGE
+    letters, total = await request.app[PIPELINE].store.dead_letter_page(before=before, limit=size)
+    return web.json_response(
+        {
+            "dead_letters": letters,
+            "total": total,
+            "next": letters[-1]["id"] if len(letters) == size else None,
+        }
+    )
+
+
 def cases_routes() -> list[web.RouteDef]:
-    """``GET /v1/cases/{event_id}``; :func:`shadow.routes.routes` lists it with the rest."""
-    return [web.get("/v1/cases/{event_id}", get_case)]
+    """``GET /v1/cases/{event_id}`` and ``GET /v1/dead-letters``; :func:`shadow.routes.
+    routes` lists them with the rest."""
+    return [
+        web.get("/v1/cases/{event_id}", get_case),
+        web.get("/v1/dead-letters", get_dead_letters),
+    ]

@@ -27,18 +27,21 @@ from aiohttp import web
 from shadow.checks import CONTROL, text_problem
 from shadow.ingest_auth import TOKEN_HEADER
 from shadow.keys import KEYRING
-from shadow.roles import Credential
+from shadow.roles import Credential, Keyring
 from shadow.server import error
 
 __all__ = [
+    "ALL",
     "MAX_ACTOR_CHARS",
     "MAX_REASON_CHARS",
     "access_refusal",
     "actor_of",
     "credential_of",
+    "grant",
     "reason_of",
     "refused_text",
     "requires",
+    "role_problem",
 ]
 
 MAX_ACTOR_CHARS = 200
@@ -108,15 +111,37 @@ def access_refusal(
             f"{what}: this needs a credential with the {role} role; send "
             "'Authorization: Bearer <token>'",
         )
+    return grant(request, found, role, task_type)
+
+
+def role_problem(
+    keyring: Keyring, found: Credential, role: str, task_type: str | object | None = None
+) -> str | None:
+    """Why ``found`` may not do what ``role`` may (on ``task_type``, as for
+    :func:`access_refusal`), counted as a 403 in ``shadow_auth_refusals_total``; ``None``
+    when it may. The one check behind the API's bearer tokens and the console's sessions
+    (:mod:`shadow.ui`)."""
     if not found.has(role):
         keyring.refused(role, 403)
         held = ", ".join(sorted(found.roles))
-        return error(403, f"{found.name} has the role(s) {held}; this needs {role}")
+        return f"{found.name} has the role(s) {held}; this needs {role}"
     if task_type is not None and not found.acts_on(None if task_type is ALL else str(task_type)):
         keyring.refused(role, 403)
         limited = ", ".join(sorted(found.task_types or ()))
         target = "every task type" if task_type is ALL else f"task type {task_type}"
-        return error(403, f"{found.name} acts only on {limited}; this acts on {target}")
+        return f"{found.name} acts only on {limited}; this acts on {target}"
+    return None
+
+
+def grant(
+    request: web.Request, found: Credential, role: str, task_type: str | object | None = None
+) -> web.Response | None:
+    """:func:`role_problem` for a credential already identified (by a bearer token, or by
+    a console session): the 403 when it may not, else ``None`` with the credential kept on
+    the request (:func:`credential_of`)."""
+    problem = role_problem(request.app[KEYRING], found, role, task_type)
+    if problem is not None:
+        return error(403, problem)
     request[_CREDENTIAL] = found
     return None
 

@@ -440,6 +440,43 @@ def _class_property() -> dict[str, Any]:
     return {"class": {"type": "string", "enum": ["read", "write"], "nullable": True}}
 
 
+def _dead_letters() -> dict[str, Any]:
+    """The answer of ``GET /v1/dead-letters`` (docs/api.md, Dead letters)."""
+    maybe = {"type": "string", "nullable": True}
+    letter = {
+        "type": "object",
+        "required": [
+            "id",
+            "recorded_at",
+            "source",
+            "kind",
+            "reason",
+            "event_id",
+            "location",
+            "raw",
+        ],
+        "properties": {
+            "id": {"type": "integer"},
+            "recorded_at": {"type": "string", "format": "date-time"},
+            "source": {"type": "string"},
+            "kind": {"type": "string"},
+            "reason": {"type": "string"},
+            "event_id": maybe,
+            "location": maybe,
+            "raw": maybe,
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["dead_letters", "total", "next"],
+        "properties": {
+            "dead_letters": {"type": "array", "items": letter},
+            "total": {"type": "integer", "minimum": 0},
+            "next": {"type": "integer", "nullable": True},
+        },
+    }
+
+
 def _case() -> dict[str, Any]:
     """The answer of ``GET /v1/cases/{event_id}`` (docs/api.md, One case)."""
     text, maybe = {"type": "string"}, {"type": "string", "nullable": True}
@@ -761,6 +798,35 @@ def openapi_spec() -> dict[str, Any]:
                         ),
                         **_TOKEN_ERRORS,
                         "404": _resp("the store holds nothing about this event id", _ERR),
+                    },
+                },
+            },
+            "/v1/dead-letters": {
+                "get": {
+                    "summary": "The dead letters, newest first, a page at a time (pass next "
+                    "as before for the next page; null on the last)",
+                    "description": "Records that could not be taken, with why. Needs the "
+                    "viewer role; in the simple mode the admin token (a dead letter keeps "
+                    "what the refused record held, redacted as the policy says).",
+                    "security": _ADMIN,
+                    "parameters": [
+                        {
+                            "name": "before",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                    ],
+                    "responses": {
+                        "200": _resp("dead letters with ids below before", _dead_letters()),
+                        "400": _resp("bad before or limit", _ERR),
+                        **_TOKEN_ERRORS,
                     },
                 },
             },

@@ -229,8 +229,13 @@ class Keyring:
         """The credential whose secret this is, or ``None``."""
         if not secret:
             return None
+        return self.by_digest(digest(secret))
+
+    def by_digest(self, key: str) -> Credential | None:
+        """The credential whose secret has the sha256 digest ``key`` (a console session
+        keeps the digest, never the secret, and is re-resolved on every request: a token
+        revoked from the tokens file ends its sessions), or ``None``."""
         self._refresh()
-        key = digest(secret)
         return self._file.get(key) or self._fixed.get(key)
 
     def refused(self, role: str, status: int) -> None:

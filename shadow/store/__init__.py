@@ -22,6 +22,8 @@ outside ``shadow.store`` imports duckdb, and every call runs on the store's one 
 as one module it outgrew our size guide, so its SQL is split by the tables it owns:
 :mod:`~shadow.store.base` (connection, thread, transactions, migrations),
 :mod:`~shadow.store.cases` (one case, whole: what ``GET /v1/cases/{event_id}`` shows),
+:mod:`~shadow.store.console` (the console's reads: evidence over time, disagreements, dead
+letters page by page),
 :mod:`~shadow.store.handling` (how each item was routed: the evidence's independence),
 :mod:`~shadow.store.ingest`, :mod:`~shadow.store.joins`, :mod:`~shadow.store.ladder`,
 :mod:`~shadow.store.outbox`, :mod:`~shadow.store.gateway` (tool calls and held approvals),
@@ -33,6 +35,7 @@ from, and how far each partition may be committed) and :mod:`~shadow.store.reten
 from __future__ import annotations
 
 from shadow.store.cases import CasePart, CaseView
+from shadow.store.console import ConsolePart, Disagreement, FieldMisses, SeriesPoint
 from shadow.store.gateway import ApprovalRow, GatewayPart, ToolCallRow
 from shadow.store.handling import HandlingPart, Routed
 from shadow.store.ingest import IngestPart
@@ -47,6 +50,8 @@ __all__ = [
     "ApprovalRow",
     "CaseView",
     "DeadLetter",
+    "Disagreement",
+    "FieldMisses",
     "JoinRow",
     "Purged",
     "PutResult",
@@ -54,6 +59,7 @@ __all__ = [
     "ReplayEvidence",
     "Reversal",
     "Routed",
+    "SeriesPoint",
     "Store",
     "ToolCallRow",
 ]
@@ -61,6 +67,7 @@ __all__ = [
 
 class Store(
     CasePart,
+    ConsolePart,
     GatewayPart,
     HandlingPart,
     IngestPart,
