@@ -41,6 +41,7 @@ from shadow.keys import (
     PIPELINE,
     READINESS,
     REGISTRY,
+    REVIEW,
     SETTINGS,
     STARTUP,
 )
@@ -48,6 +49,7 @@ from shadow.ladder import Ladder
 from shadow.metrics import Metrics, auth_refusals
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
+from shadow.review import ReviewQueue
 from shadow.roles import Keyring
 from shadow.routes import routes
 from shadow.server import (
@@ -261,6 +263,7 @@ def build_app(
                     app[LADDER] = pipeline.ladder
                     app[INTAKE] = pipeline.intake
                     app[HANDLING] = pipeline.handling
+                    app[REVIEW] = ReviewQueue(store, resolved, pipeline.ladder, clock)
                     files = supervisor.group("files")
                     for _, path in specs:
                         files.spawn(

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shadow import promotion
+from shadow.adjudicated import adjudicated
 from shadow.model import Evidence, Handling, Level
 from shadow.policy import Gate, Policy
 from shadow.promotion import LadderState
@@ -47,11 +48,16 @@ def agreement_document(
     versions: Mapping[str, str],
     frozen: bool,
     acceptance: Sequence[tuple[str, str, str, int, int]] = (),
+    reviewers: Mapping[tuple[str, str], tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """The ``GET /v1/agreement`` document (also ``shadow status --json``): the evidence of
     the current agent version of each configured task type, and beside it (never in it)
     its ``acceptance``: the agreement of the items the agent handled or a human decided
-    with its proposal shown, from ``(task_type, version, handled_by, n, agree)`` rows."""
+    with its proposal shown, from ``(task_type, version, handled_by, n, agree)`` rows. Its
+    ``adjudicated`` block is the agreement corrected by the reviewers' verdicts
+    (:mod:`shadow.adjudicated`), with ``reviewer_agreement`` from ``reviewers``: per
+    ``(task_type, version)``, (cases with two or more blind reviews, of those the cases all
+    reviewers judged alike)."""
     accepted: dict[tuple[str, str], dict[str, Any]] = {}
     for task_type, of_version, handled_by, n, agree in acceptance:
         accepted.setdefault((task_type, of_version), {})[handled_by] = {
@@ -78,6 +84,7 @@ def agreement_document(
                 "agreement": gate.agreement,
                 "min_samples": gate.min_samples,
                 "max_critical": gate.max_critical,
+                "evidence": gate.evidence,
                 "met": promotion.gate_status(gate, judged).met,
                 "agreements_needed": agreements_needed(judged.agree, judged.n, gate, snap.alpha),
                 "since_drift_demotion": judged is not snap,
@@ -94,6 +101,7 @@ def agreement_document(
                 )
                 for h in (Handling.AGENT, Handling.ASSISTED)
             },
+            "adjudicated": _adjudicated(snap, ev, (reviewers or {}).get((name, version or ""))),
             "next_gate": next_gate,
             "proposal": state.proposal.to_json() if state.proposal else None,
             "last_decision": state.decided.to_json() if state.decided else None,
@@ -102,3 +110,17 @@ def agreement_document(
             "mode": task.autonomy.mode.value,
         }
     return {"frozen": frozen, "task_types": out}
+
+
+def _adjudicated(
+    snap: promotion.Snapshot, ev: Evidence, pair: tuple[int, int] | None
+) -> dict[str, Any]:
+    """The ``adjudicated`` block of one task type (docs/api.md)."""
+    reviewed = promotion.reviewed_of(ev)
+    found = adjudicated(ev.n, ev.agree, ev.disagree, reviewed, snap.alpha)
+    body = found.to_json(reviewed)
+    cases, alike = pair if pair is not None else (0, 0)
+    body["reviewer_agreement"] = (
+        {"cases": cases, "agree": alike, "rate": round(alike / cases, 4)} if cases else None
+    )
+    return body

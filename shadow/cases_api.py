@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from shadow.checks import MAX_ID_LENGTH, text_problem
-from shadow.credentials import access_refusal, refused_text
+from shadow.credentials import access_refusal, credential_of, refused_text
 from shadow.keys import INTAKE, PIPELINE
 from shadow.policy import Policy
 from shadow.server import error
@@ -113,7 +113,19 @@ async def get_case(request: web.Request) -> web.StreamResponse:
     case = await request.app[PIPELINE].store.case(event_id)
     if case is None:
         return error(404, f"unknown event id {event_id!r}: the store holds nothing about it")
-    return web.json_response(redacted(case.to_json(), request.app[INTAKE].policy))
+    doc = redacted(case.to_json(), request.app[INTAKE].policy)
+    found = credential_of(request)
+    judged = doc["adjudications"]
+    if (
+        found is not None
+        and "reviewer" in found.roles
+        and "admin" not in found.roles
+        and not any(a["reviewer"] == found.name for a in judged)
+    ):
+        # Other reviewers' verdicts stay hidden until this reviewer's own is in.
+        doc["adjudications"] = []
+        doc["adjudications_hidden"] = len(judged)
+    return web.json_response(doc)
 
 
 DEAD_LETTER_PAGE = 100  # GET /v1/dead-letters' default limit

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from shadow.intake import Intake
     from shadow.ladder import Ladder
     from shadow.pipeline import Pipeline
+    from shadow.review import ReviewQueue
     from shadow.roles import Keyring
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "PIPELINE",
     "READINESS",
     "REGISTRY",
+    "REVIEW",
     "SETTINGS",
     "STARTUP",
 ]
@@ -53,6 +55,8 @@ REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("metrics_registry")
 AUTH: web.AppKey[IngestAuth] = web.AppKey("ingest_auth")
 # Every credential and its roles (shadow.roles); shadow.credentials checks requests with it.
 KEYRING: web.AppKey[Keyring] = web.AppKey("keyring")
+# The review queue: blind claims and reviewers' verdicts (shadow.review).
+REVIEW: web.AppKey[ReviewQueue] = web.AppKey("review")
 # The tool gateway: the MCP endpoint, live sessions and approvals.
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 # Source health checks (Kafka): each returns why the sidecar is not ready, or None.

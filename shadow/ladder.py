@@ -252,14 +252,15 @@ class Ladder:
         for name, task in self.policy.task_types.items():
             if not task.autonomy.two_person:
                 continue
-            for _, entry in await self.store.audit_log(task_type=name, limit=50):
+            # Only first approvals and level changes: the gateway's refusals and reviewers'
+            # verdicts, however many, never hide a first approval still waiting.
+            for _, entry in await self.store.audit_log(
+                task_type=name, limit=1, action_or_move=PARTIAL_ACTION
+            ):
                 if entry.action == PARTIAL_ACTION:
                     partial = Partial.from_entry(entry)
                     if partial is not None:
                         self._partials[name] = partial
-                    break
-                if entry.to_level is not None:
-                    break  # a change since voids any earlier first approval
 
     async def _read_states(self) -> None:
         stored = await self.store.ladder_states()
@@ -410,8 +411,9 @@ class Ladder:
         evidence = await self.store.evidence()
         versions = await self.store.current_versions()
         acceptance = await self.store.acceptance()
+        reviewers = await self.store.reviewer_agreement()
         doc = agreement_document(
-            self.policy, self._states, evidence, versions, self._frozen, acceptance
+            self.policy, self._states, evidence, versions, self._frozen, acceptance, reviewers
         )
         return self._with_partials(doc)
 

@@ -513,10 +513,22 @@ class Evidence:
     agree: int = 0
     critical: int = 0
     errors: int = 0
+    # The reviewed sample (blind review queue, shadow.review): cases drawn from the
+    # agreements and from the disagreements, and how many of each the reviewers found
+    # acceptable for the agent (shadow.adjudicated turns them into the adjudicated bound).
+    reviewed_agree: int = 0
+    acceptable_agree: int = 0
+    reviewed_disagree: int = 0
+    acceptable_disagree: int = 0
 
     @property
     def agreement(self) -> float | None:
         return self.agree / self.n if self.n else None
+
+    @property
+    def disagree(self) -> int:
+        """Comparisons the agent answered and a human decided otherwise (not its errors)."""
+        return self.n - self.agree - self.errors
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from shadow.model import MAX_DEPTH, MAX_ID_LENGTH, TASK_TYPE_PATTERN, Handling
+from shadow.review import BLIND_VERDICTS, MAX_NOTE
+from shadow.review_policy import VERDICTS
 
 __all__ = ["openapi_spec"]
 
@@ -657,12 +659,171 @@ def _case() -> dict[str, Any]:
             ),
         },
         tool_calls_total={"type": "integer", "minimum": 0},
-        adjudications={
-            "type": "array",
-            "maxItems": 0,
-            "description": "always empty: adjudications come with the review queue",
+        adjudications={"type": "array", "items": _adjudication()},
+        adjudications_hidden={
+            "type": "integer",
+            "minimum": 0,
+            "description": "a reviewer who has not judged the case yet sees none of the "
+            "others' verdicts, only how many there are",
         },
     )
+
+
+def _adjudication() -> dict[str, Any]:
+    """One reviewer's verdict on a case (docs/api.md, Review)."""
+    text, maybe = {"type": "string"}, {"type": "string", "nullable": True}
+    return _obj(
+        [
+            "id",
+            "event_id",
+            "task_type",
+            "agent_version",
+            "reviewer",
+            "verdict",
+            "reason",
+            "note",
+            "blind",
+            "stratum",
+            "acceptable",
+            "at",
+        ],
+        id={"type": "integer"},
+        event_id=text,
+        task_type=text,
+        agent_version=text,
+        reviewer=text,
+        verdict={"type": "string", "enum": list(VERDICTS)},
+        reason=text,
+        note=text,
+        blind={"type": "boolean"},
+        stratum=maybe,
+        acceptable={"type": "boolean"},
+        at={"type": "string", "format": "date-time"},
+    )
+
+
+def _review_paths() -> dict[str, Any]:
+    """The review queue's routes (shadow.review_api)."""
+    decision = _obj(
+        ["decision", "actions"],
+        decision={"type": "object", "nullable": True},
+        actions={"type": "array", "items": {"type": "object"}},
+    )
+    task = {
+        "name": "task_type",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "pattern": TASK_TYPE_PATTERN},
+    }
+    note = {"type": "string", "maxLength": MAX_NOTE}
+    answered = _obj(
+        ["adjudication", "others"],
+        adjudication=_adjudication(),
+        others={"type": "array", "items": _adjudication()},
+        a_was={"type": "string", "enum": ["agent", "human"]},
+    )
+    refusals = {
+        "400": _resp("a bad verdict, reason or note (nothing stored)", _ERR),
+        **_TOKEN_ERRORS,
+        "409": _resp("you already gave another verdict on this case", _ERR),
+    }
+    return {
+        "/v1/review/next": {
+            "get": {
+                "summary": "Claim a case to review, blind: the two decisions as a and b in "
+                "random order; nothing names the agent, the human or the agent version",
+                "description": "Asking again while holding an open claim answers the same "
+                "claim. Needs the reviewer role (on task_type when given).",
+                "security": _ADMIN,
+                "parameters": [task],
+                "responses": {
+                    "200": _resp(
+                        "a claimed case",
+                        _obj(
+                            ["claim", "expires_at", "event", "a", "b"],
+                            claim={"type": "string"},
+                            expires_at={"type": "string", "format": "date-time"},
+                            task_type={"type": "string"},
+                            event={"type": "object"},
+                            a=decision,
+                            b=decision,
+                            reason_codes={"type": "array", "items": {"type": "string"}},
+                            remaining={"type": "integer", "minimum": 0},
+                        ),
+                    ),
+                    "204": {"description": "nothing is left to review"},
+                    "400": _resp("task_type with control characters or too long", _ERR),
+                    **_TOKEN_ERRORS,
+                    "404": _resp("unknown task type", _ERR),
+                },
+            }
+        },
+        "/v1/review/stats": {
+            "get": {
+                "summary": "Per task type: open claims, cases left for the caller, and the "
+                "adjudicated estimate",
+                "security": _ADMIN,
+                "parameters": [task],
+                "responses": {
+                    "200": _resp("ok", {"type": "object", "required": ["task_types"]}),
+                    "400": _resp("task_type with control characters or too long", _ERR),
+                    **_TOKEN_ERRORS,
+                    "404": _resp("unknown task type", _ERR),
+                },
+            }
+        },
+        "/v1/review/{claim}": {
+            "parameters": [{"name": "claim", "in": "path", "required": True, "schema": _ID}],
+            "post": {
+                "summary": "Answer a claim: which of a and b was right; the server maps it "
+                "back to agent and human (the same answer again is answered again)",
+                "security": _ADMIN,
+                "requestBody": {
+                    "required": True,
+                    "content": _json(
+                        _obj(
+                            ["verdict", "reason"],
+                            verdict={"type": "string", "enum": list(BLIND_VERDICTS)},
+                            reason={"type": "string"},
+                            note=note,
+                        )
+                    ),
+                },
+                "responses": {
+                    "200": _resp("stored (or the same answer again)", answered),
+                    **refusals,
+                    "404": _resp("unknown claim, or another reviewer's", _ERR),
+                    "410": _resp("the claim expired before it was answered", _ERR),
+                },
+            },
+        },
+        "/v1/cases/{event_id}/adjudication": {
+            "parameters": [{"name": "event_id", "in": "path", "required": True, "schema": _ID}],
+            "post": {
+                "summary": "A direct (not blind) verdict on a case: shown on the case, never "
+                "evidence (it is not a random sample)",
+                "security": _ADMIN,
+                "requestBody": {
+                    "required": True,
+                    "content": _json(
+                        _obj(
+                            ["verdict", "reason"],
+                            verdict={"type": "string", "enum": list(VERDICTS)},
+                            reason={"type": "string"},
+                            note=note,
+                            agent_version={"type": "string"},
+                        )
+                    ),
+                },
+                "responses": {
+                    "200": _resp("the same verdict again", answered),
+                    "201": _resp("stored", answered),
+                    **refusals,
+                    "404": _resp("the store holds nothing about this event id", _ERR),
+                },
+            },
+        },
+    }
 
 
 def openapi_spec() -> dict[str, Any]:
@@ -787,9 +948,9 @@ def openapi_spec() -> dict[str, Any]:
                     "summary": "Everything about one case: the event (redacted), each agent "
                     "version's decision with latency and cost, every outcome revision, the "
                     "per-field diff, how it was handled, the gateway's tool calls",
-                    "description": "adjudications is always empty until the review queue "
-                    "exists. Needs the viewer role; in the simple mode the admin token (a "
-                    "case shows payloads and tool call arguments).",
+                    "description": "Needs the viewer role; in the simple mode the admin token (a "
+                    "case shows payloads and tool call arguments). A reviewer who has not "
+                    "judged the case sees adjudications_hidden instead of the others' verdicts.",
                     "security": _ADMIN,
                     "responses": {
                         "200": _resp("the case (docs/api.md, One case)", _case()),
@@ -887,6 +1048,7 @@ def openapi_spec() -> dict[str, Any]:
             },
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok_obj}}},
             **_gateway_paths(),
+            **_review_paths(),
         },
         "components": {
             "schemas": _SCHEMAS,

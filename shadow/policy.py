@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -38,6 +38,7 @@ from shadow.drift import DEFAULT_MARGIN, DEFAULT_THRESHOLD, Drift
 from shadow.errors import FieldError, PolicyError
 from shadow.mirror import MirrorRule, parse_rules
 from shadow.model import JSONObject, Level, content_hash
+from shadow.review_policy import ReviewPolicy, parse_review
 from shadow.tools_policy import (
     TaskTools,
     Upstream,
@@ -73,6 +74,9 @@ def stable_fraction(key: str, salt: str = "") -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+GateEvidence = Literal["agreement", "adjudicated"]
+
+
 class AutonomyMode(enum.StrEnum):
     AUTO = "auto"  # promotions are applied
     PROPOSE = "propose"  # promotions wait for an operator's approval
@@ -94,6 +98,9 @@ class Gate:
     # Demotion counts critical misses among this many recent blind comparisons at the level
     # (None: the gate's min_samples); max_critical keeps its lifetime meaning at promotion.
     critical_window: int | None = None
+    # Which bound the gate judges: raw blind ``agreement``, or the ``adjudicated`` estimate
+    # (agreement corrected by the reviewers' verdicts, shadow.adjudicated).
+    evidence: GateEvidence = "agreement"
 
     @property
     def window(self) -> int:
@@ -146,6 +153,7 @@ class TaskPolicy:
     # decisions and outcomes are re-scored, shadow.joiner.Joiner.new_epochs).
     compare_hash: str = ""
     tools: TaskTools | None = None  # the tool gateway's rules (shadow.tools_policy)
+    review: ReviewPolicy = field(default_factory=ReviewPolicy)  # shadow.review_policy
 
     def sampled(self, event_id: str) -> bool:
         """Whether ``event_id`` is mirrored to the agent (``sample_rate``, stable hash)."""
@@ -416,7 +424,9 @@ class _Parser(CompareParser):
         )
 
     def task(self, name: str, body: object, path: str) -> TaskPolicy:
-        m = self.mapping(body, path, {"sample_rate", "redact", "compare", "autonomy", "tools"})
+        m = self.mapping(
+            body, path, {"sample_rate", "redact", "compare", "autonomy", "tools", "review"}
+        )
         sample_rate = self.number(m, "sample_rate", path, 1.0, 0.0, 1.0)
         redact_raw = m.get("redact", [])
         redact: list[str] = []
@@ -439,8 +449,17 @@ class _Parser(CompareParser):
         rules = m.get("compare")
         compare_digest = content_hash(rules if isinstance(rules, dict) else {})
         tools = parse_task_tools(m.get("tools"), f"{path}.tools", self.fail)
+        review = parse_review(m.get("review"), f"{path}.review", self.fail)
         return TaskPolicy(
-            name, sample_rate, tuple(redact), compare, autonomy, digest, compare_digest, tools
+            name,
+            sample_rate,
+            tuple(redact),
+            compare,
+            autonomy,
+            digest,
+            compare_digest,
+            tools,
+            review,
         )
 
     def autonomy(self, raw: object, path: str) -> AutonomyPolicy:
@@ -552,7 +571,9 @@ class _Parser(CompareParser):
                 self.fail(gpath, "L0 is where every task type starts; gates begin at L1")
                 continue
             g = self.mapping(
-                body, gpath, {"agreement", "min_samples", "max_critical", "critical_window"}
+                body,
+                gpath,
+                {"agreement", "min_samples", "max_critical", "critical_window", "evidence"},
             )
             if "agreement" not in g:
                 self.fail(f"{gpath}.agreement", "required; e.g. agreement: 0.95")
@@ -560,7 +581,14 @@ class _Parser(CompareParser):
             min_samples = self.count(g, "min_samples", gpath, 0)
             max_critical = self.count(g, "max_critical", gpath, None)
             window = self.count(g, "critical_window", gpath, None)
-            gates[level] = Gate(level, agreement, min_samples or 0, max_critical, window)
+            evidence = g.get("evidence", "agreement")
+            if evidence not in ("agreement", "adjudicated"):
+                self.fail(
+                    f"{gpath}.evidence",
+                    f"unknown evidence {evidence!r}; use agreement or adjudicated",
+                )
+                evidence = "agreement"
+            gates[level] = Gate(level, agreement, min_samples or 0, max_critical, window, evidence)
         ordered = sorted(gates.values(), key=lambda x: x.level)
         for lower, upper in itertools.pairwise(ordered):
             if upper.agreement < lower.agreement:

@@ -17,23 +17,40 @@ A proposal that an operator rejected is not made again for the same step and age
 until the evidence has grown by the gate's ``min_samples``, or an operator asks
 (``reconsider``). The operators' moves themselves are in :mod:`shadow.moves`.
 
-Every result carries a reason and an evidence :class:`Snapshot` for the audit log. Nothing
-here reads a clock: ``now`` is an argument.
+A gate with ``evidence: adjudicated`` judges the adjudicated bounds (the agreement corrected
+by reviewers' verdicts, :mod:`shadow.adjudicated`) in place of the raw ones, for promotion
+and for the upper-bound demotion alike.
+
+Every result carries a reason and an evidence :class:`Snapshot` for the audit log. The values
+it decides over are in :mod:`shadow.ladder_state` (re-exported here). Nothing here reads a
+clock: ``now`` is an argument.
 """
 
 from __future__ import annotations
 
-import enum
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from shadow.errors import AutonomyError
+from shadow.ladder_state import (
+    Answer,
+    Decided,
+    Hold,
+    LadderState,
+    Move,
+    Proposal,
+    ProposalRef,
+    Recent,
+    Reviewed,
+    Snapshot,
+    Step,
+    make_snapshot,
+    reviewed_of,
+    snapshot,
+)
 from shadow.model import Evidence, Level
 from shadow.policy import AutonomyMode, Gate, TaskPolicy
-from shadow.stats import lower_bound, upper_bound
 
 __all__ = [
     "Answer",
@@ -44,12 +61,14 @@ __all__ = [
     "Proposal",
     "ProposalRef",
     "Recent",
+    "Reviewed",
     "Snapshot",
     "Step",
     "agreement_fields",
     "decide",
     "gate_snapshot",
     "gate_status",
+    "reviewed_of",
     "snap_for",
     "snapshot",
     "stale_proposal",
@@ -76,313 +95,6 @@ def agreement_fields(
 CARRY_OVER_MAX = Level.L2
 
 
-class Move(enum.StrEnum):
-    STAY = "stay"
-    PROMOTE = "promote"
-    PROPOSE = "propose"
-    DEMOTE = "demote"
-    DROP_PROPOSAL = "drop_proposal"
-    REBIND = "rebind"
-    APPROVE = "approve"
-    REJECT = "reject"
-    RECONSIDER = "reconsider"  # an operator lifts a rejection's hold on new proposals
-    MANUAL_SET = "manual_set"
-    FREEZE = "freeze"
-    UNFREEZE = "unfreeze"
-    FOLLOW = "follow"  # a Kafka replica applies the promoter's published level
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The evidence behind a decision, as recorded in the audit log."""
-
-    agent_version: str | None
-    n: int
-    agree: int
-    critical: int
-    errors: int
-    lower: float
-    upper: float
-    alpha: float
-    policy_hash: str
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Snapshot:
-        return cls(
-            agent_version=obj.get("agent_version"),
-            n=int(obj["n"]),
-            agree=int(obj["agree"]),
-            critical=int(obj["critical"]),
-            errors=int(obj["errors"]),
-            lower=float(obj["lower"]),
-            upper=float(obj["upper"]),
-            alpha=float(obj["alpha"]),
-            policy_hash=str(obj["policy_hash"]),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "agent_version": self.agent_version,
-            "n": self.n,
-            "agree": self.agree,
-            "agreement": round(self.agree / self.n, 6) if self.n else None,
-            "critical": self.critical,
-            "errors": self.errors,
-            "lower": self.lower,
-            "upper": self.upper,
-            "alpha": self.alpha,
-            "policy_hash": self.policy_hash,
-        }
-
-
-def snapshot(evidence: Evidence | None, policy: TaskPolicy, version: str | None) -> Snapshot:
-    ev = evidence or Evidence(policy.name, version or "")
-    alpha = policy.autonomy.alpha
-    return Snapshot(
-        agent_version=version,
-        n=ev.n,
-        agree=ev.agree,
-        critical=ev.critical,
-        errors=ev.errors,
-        lower=lower_bound(ev.agree, ev.n, alpha),
-        upper=upper_bound(ev.agree, ev.n, alpha),
-        alpha=alpha,
-        policy_hash=policy.hash,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Proposal:
-    """A promotion waiting for an operator (``mode: propose``). ``id`` names it for the
-    operator's answer: it is derived from what was proposed, when, on which evidence, so a
-    later proposal for the same levels (after a rejection, a freeze) has another id."""
-
-    to_level: Level
-    agent_version: str | None
-    proposed_at: datetime
-    evidence: Snapshot
-    from_level: Level
-    id: str
-
-    @classmethod
-    def make(
-        cls,
-        task_type: str,
-        from_level: Level,
-        to_level: Level,
-        agent_version: str | None,
-        proposed_at: datetime,
-        evidence: Snapshot,
-    ) -> Proposal:
-        key = "\x1f".join(
-            [
-                task_type,
-                str(from_level),
-                str(to_level),
-                agent_version or "",
-                proposed_at.isoformat(),
-                str(evidence.n),
-                str(evidence.agree),
-            ]
-        )
-        pid = "p-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-        return cls(to_level, agent_version, proposed_at, evidence, from_level, pid)
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any], task_type: str = "") -> Proposal:
-        to_level = Level.parse(obj["to_level"])
-        # Proposals stored before ids existed: one level up, id derived the same way.
-        from_level = Level.parse(obj["from_level"]) if obj.get("from_level") else None
-        made = cls.make(
-            task_type,
-            from_level if from_level is not None else Level(max(to_level - 1, 0)),
-            to_level,
-            obj.get("agent_version"),
-            datetime.fromisoformat(obj["proposed_at"]),
-            Snapshot.from_json(obj["evidence"]),
-        )
-        return replace(made, id=str(obj["id"])) if obj.get("id") else made
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "from_level": str(self.from_level),
-            "to_level": str(self.to_level),
-            "agent_version": self.agent_version,
-            "proposed_at": self.proposed_at.isoformat(),
-            "evidence": self.evidence.to_json(),
-        }
-
-
-class Answer(enum.StrEnum):
-    """An operator's answer to a proposal."""
-
-    APPROVED = "approved"
-    REJECTED = "rejected"
-
-
-@dataclass(frozen=True, slots=True)
-class Decided:
-    """The operator's last answer to a proposal: what it was, the verdict, who, and the
-    evidence count then (a rejection holds new proposals for the same step and agent
-    version until ``n`` has grown by the gate's ``min_samples``)."""
-
-    proposal_id: str
-    from_level: Level
-    to_level: Level
-    agent_version: str | None
-    verdict: Answer
-    actor: str
-    n: int
-    at: datetime
-    reason: str = ""
-
-    @classmethod
-    def of(
-        cls,
-        proposal: Proposal,
-        agent_version: str | None,
-        verdict: Answer,
-        actor: str,
-        n: int,
-        at: datetime,
-        reason: str = "",
-    ) -> Decided:
-        """The answer ``verdict`` to ``proposal``."""
-        return cls(
-            proposal.id,
-            proposal.from_level,
-            proposal.to_level,
-            agent_version,
-            verdict,
-            actor,
-            n,
-            at,
-            reason,
-        )
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Decided:
-        return cls(
-            proposal_id=str(obj["proposal_id"]),
-            from_level=Level.parse(obj["from_level"]),
-            to_level=Level.parse(obj["to_level"]),
-            agent_version=obj.get("agent_version"),
-            verdict=Answer(obj["verdict"]),
-            actor=str(obj["actor"]),
-            n=int(obj["n"]),
-            at=datetime.fromisoformat(obj["at"]),
-            reason=str(obj.get("reason") or ""),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "proposal_id": self.proposal_id,
-            "from_level": str(self.from_level),
-            "to_level": str(self.to_level),
-            "agent_version": self.agent_version,
-            "verdict": self.verdict.value,
-            "actor": self.actor,
-            "n": self.n,
-            "at": self.at.isoformat(),
-            "reason": self.reason,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ProposalRef:
-    """What an operator's approval or rejection names: a proposal id, or its levels
-    (``to_level``, and optionally ``from_level``)."""
-
-    proposal_id: str | None = None
-    to_level: Level | None = None
-    from_level: Level | None = None
-
-    def __post_init__(self) -> None:
-        if self.proposal_id is None and self.to_level is None:
-            raise AutonomyError("name the proposal: its id, or the level it promotes to")
-
-    def matches(self, proposal_id: str, from_level: Level, to_level: Level) -> bool:
-        if self.proposal_id is not None and self.proposal_id != proposal_id:
-            return False
-        if self.to_level is not None and self.to_level != to_level:
-            return False
-        return self.from_level is None or self.from_level == from_level
-
-    def __str__(self) -> str:
-        parts = []
-        if self.proposal_id is not None:
-            parts.append(self.proposal_id)
-        if self.to_level is not None:
-            start = f"{self.from_level} -> " if self.from_level is not None else "-> "
-            parts.append(f"{start}{self.to_level}")
-        return " ".join(parts)
-
-
-@dataclass(frozen=True, slots=True)
-class Recent:
-    """The blind evidence of the current level, as the drift rules see it: the detector's
-    statistic (:class:`shadow.drift.Drift`), how many comparisons fed it, and the critical
-    misses among the last ``Gate.window`` of them."""
-
-    statistic: float = 0.0
-    n: int = 0
-    critical: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """A drift demotion from ``level``: promotion back to ``level`` (or above) counts only
-    the evidence gathered since (``n``, ``agree``, ``critical`` were the totals then)."""
-
-    level: Level
-    n: int
-    agree: int
-    critical: int
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Hold:
-        return cls(
-            Level.parse(obj["level"]), int(obj["n"]), int(obj["agree"]), int(obj["critical"])
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "level": str(self.level),
-            "n": self.n,
-            "agree": self.agree,
-            "critical": self.critical,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class LadderState:
-    """Where one task type stands. ``agent_version`` is the version the level applies to."""
-
-    task_type: str
-    level: Level
-    agent_version: str | None = None
-    proposal: Proposal | None = None
-    updated_at: datetime | None = None
-    decided: Decided | None = None
-    hold: Hold | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """The result of a decision: the move, the new state, why, and the evidence."""
-
-    move: Move
-    before: LadderState
-    after: LadderState
-    reason: str
-    evidence: Snapshot
-
-    @property
-    def changed(self) -> bool:
-        return self.move is not Move.STAY
-
-
 @dataclass(frozen=True, slots=True)
 class GateStatus:
     gate: Gate
@@ -390,13 +102,18 @@ class GateStatus:
     missing: str  # empty when met; otherwise what is missing, for humans
 
 
+def _bound_name(gate: Gate) -> str:
+    return "adjudicated lower bound" if gate.evidence == "adjudicated" else "lower bound"
+
+
 def gate_status(gate: Gate, snap: Snapshot) -> GateStatus:
     """Whether ``snap`` meets ``gate``: min_samples, lower bound and critical limit."""
     missing: list[str] = []
     if snap.n < gate.min_samples:
         missing.append(f"n {snap.n} < min_samples {gate.min_samples}")
-    if snap.lower < gate.agreement:
-        missing.append(f"lower bound {snap.lower:.4f} < {gate.agreement}")
+    lower, _ = snap.bounds(gate)
+    if lower < gate.agreement:
+        missing.append(f"{_bound_name(gate)} {lower:.4f} < {gate.agreement}")
     if gate.max_critical is not None and snap.critical > gate.max_critical:
         missing.append(f"critical misses {snap.critical} > {gate.max_critical}")
     return GateStatus(gate, not missing, "; ".join(missing))
@@ -446,7 +163,7 @@ def decide(
         to_level, reason, drifted = demotion
         hold = state.hold if version == state.agent_version else None
         if drifted:
-            hold = Hold(state.level, snap.n, snap.agree, snap.critical)
+            hold = Hold(state.level, snap.n, snap.agree, snap.critical, snap.errors, snap.reviewed)
         return step(
             Move.DEMOTE,
             reason,
@@ -482,7 +199,7 @@ def decide(
             return step(Move.REBIND, f"{rebind}; {why}", agent_version=version)
         return step(Move.STAY, why)
     met = (
-        f"gate {target} met: lower bound {snap.lower:.4f} >= {gate.agreement}, "
+        f"gate {target} met: {_bound_name(gate)} {snap.bounds(gate)[0]:.4f} >= {gate.agreement}, "
         f"n {snap.n} >= {gate.min_samples}, critical {snap.critical}"
     )
     cleared = state.hold if state.hold is not None and target < state.hold.level else None
@@ -561,14 +278,16 @@ def _demotion(
                 ),
                 False,
             )
-    if snap.upper < gate.agreement:
+    upper = snap.bounds(gate)[1]
+    if upper < gate.agreement:
         to = Level.L0
         for lower in range(level - 1, 0, -1):
             g = auto.gate_for(Level(lower))
-            if g is not None and snap.upper >= g.agreement:
+            if g is not None and snap.bounds(g)[1] >= g.agreement:
                 to = Level(lower)
                 break
-        return to, f"upper bound {snap.upper:.4f} < {level} gate {gate.agreement}", False
+        what = "adjudicated upper bound" if gate.evidence == "adjudicated" else "upper bound"
+        return to, f"{what} {upper:.4f} < {level} gate {gate.agreement}", False
     drift = auto.drift(level)
     if recent is not None and drift is not None and drift.alarmed(recent.statistic):
         return (
@@ -593,15 +312,29 @@ def gate_snapshot(
         return snap
     n = max(snap.n - hold.n, 0)
     agree = min(max(snap.agree - hold.agree, 0), n)
-    alpha = policy.autonomy.alpha
-    return replace(
-        snap,
-        n=n,
-        agree=agree,
-        critical=max(snap.critical - hold.critical, 0),
-        errors=snap.errors,
-        lower=lower_bound(agree, n, alpha),
-        upper=upper_bound(agree, n, alpha),
+    errors = min(max(snap.errors - hold.errors, 0), n - agree)
+    now, then = snap.reviewed, hold.reviewed
+
+    def since(a: int, b: int, cap: int) -> int:
+        return min(max(a - b, 0), cap)
+
+    ra = since(now.reviewed_agree, then.reviewed_agree, now.reviewed_agree)
+    rd = since(now.reviewed_disagree, then.reviewed_disagree, now.reviewed_disagree)
+    reviewed = Reviewed(
+        ra,
+        since(now.acceptable_agree, then.acceptable_agree, ra),
+        rd,
+        since(now.acceptable_disagree, then.acceptable_disagree, rd),
+    )
+    return make_snapshot(
+        snap.agent_version,
+        n,
+        agree,
+        max(snap.critical - hold.critical, 0),
+        errors,
+        reviewed,
+        policy.autonomy.alpha,
+        snap.policy_hash,
     )
 
 

@@ -14,6 +14,7 @@ from shadow.api import api_routes
 from shadow.cases_api import cases_routes
 from shadow.gateway.api import gateway_routes
 from shadow.gateway.mcp import mcp_routes
+from shadow.review_api import review_routes
 from shadow.sources.mirror import mirror_routes
 
 __all__ = ["routes"]
@@ -23,6 +24,14 @@ def routes() -> list[web.RouteDef]:
     """Every route of the API port: the agent-facing MCP endpoint (``/mcp/...``), live
     sessions and approvals (``/v1/sessions``, ``/v1/approvals``), ingest, evidence,
     autonomy, routing, health, metrics and the OpenAPI document (:mod:`shadow.api`), one
-    case (``/v1/cases/{event_id}``, :mod:`shadow.cases_api`), and the mirror target
+    case (``/v1/cases/{event_id}``, :mod:`shadow.cases_api`), the review queue (``/v1/review/...``
+    and a case's adjudication, :mod:`shadow.review_api`), and the mirror target
     (``/v1/mirror/...``)."""
-    return [*mcp_routes(), *gateway_routes(), *api_routes(), *cases_routes(), *mirror_routes()]
+    return [
+        *mcp_routes(),
+        *gateway_routes(),
+        *api_routes(),
+        *cases_routes(),
+        *review_routes(),
+        *mirror_routes(),
+    ]

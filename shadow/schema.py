@@ -328,6 +328,51 @@ _V11 = [
     "ALTER TABLE audit_log ADD COLUMN entry_hash VARCHAR",
 ]
 
+# v12: the review queue (shadow.review). ``review_claims``: a case drawn for one reviewer,
+# which decision was shown as A (the other is B), and until when it is theirs. ``adjudications``:
+# every verdict, blind (from a claim) or direct (on a case page), with the comparison's
+# verdict when it was made (``stratum``), the outcome revision it judged, and whether it
+# found the agent's decision acceptable under the policy then in force. One per reviewer per
+# (event, agent version). Only blind ones on the still-current comparison are evidence.
+_V12 = [
+    """
+    CREATE TABLE review_claims (
+        claim         VARCHAR PRIMARY KEY,
+        task_type     VARCHAR NOT NULL,
+        event_id      VARCHAR NOT NULL,
+        agent_version VARCHAR NOT NULL,
+        outcome_hash  VARCHAR,
+        stratum       VARCHAR NOT NULL,       -- agree | disagree
+        reviewer      VARCHAR NOT NULL,
+        a_is          VARCHAR NOT NULL,       -- agent | human
+        claimed_at    TIMESTAMPTZ NOT NULL,
+        expires_at    TIMESTAMPTZ NOT NULL,
+        answered_at   TIMESTAMPTZ
+    )
+    """,
+    "CREATE INDEX review_claims_case ON review_claims (event_id, agent_version)",
+    "CREATE SEQUENCE adjudication_seq",
+    """
+    CREATE TABLE adjudications (
+        id            BIGINT PRIMARY KEY DEFAULT nextval('adjudication_seq'),
+        recorded_at   TIMESTAMPTZ NOT NULL,
+        task_type     VARCHAR NOT NULL,
+        event_id      VARCHAR NOT NULL,
+        agent_version VARCHAR NOT NULL,
+        outcome_hash  VARCHAR,
+        reviewer      VARCHAR NOT NULL,
+        verdict       VARCHAR NOT NULL,       -- agent_right|human_right|both_acceptable|unclear
+        reason        VARCHAR NOT NULL,
+        note          VARCHAR NOT NULL,
+        blind         BOOLEAN NOT NULL,
+        stratum       VARCHAR,                -- agree | disagree | agent_error | null (none yet)
+        acceptable    BOOLEAN NOT NULL,
+        claim         VARCHAR,
+        UNIQUE (event_id, agent_version, reviewer)
+    )
+    """,
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -340,6 +385,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (9, _V9),
     (10, _V10),
     (11, _V11),
+    (12, _V12),
 ]
 
 AUDIT_CHAIN_VERSION = 11  # the migration after which the store chains the existing rows

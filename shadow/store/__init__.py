@@ -45,10 +45,13 @@ from shadow.store.outbox import OutboxPart
 from shadow.store.positions import PositionPart
 from shadow.store.records import DeadLetter, JoinRow, PutResult, PutStatus, ReplayEvidence, Reversal
 from shadow.store.retention import Purged, RetentionPart
+from shadow.store.review import AdjudicationRow, ClaimRow, ReviewConflict, ReviewPart, ReviewRefused
 
 __all__ = [
+    "AdjudicationRow",
     "ApprovalRow",
     "CaseView",
+    "ClaimRow",
     "DeadLetter",
     "Disagreement",
     "FieldMisses",
@@ -58,6 +61,8 @@ __all__ = [
     "PutStatus",
     "ReplayEvidence",
     "Reversal",
+    "ReviewConflict",
+    "ReviewRefused",
     "Routed",
     "SeriesPoint",
     "Store",
@@ -76,6 +81,7 @@ class Store(
     OutboxPart,
     PositionPart,
     RetentionPart,
+    ReviewPart,
 ):
     """Async facade over one DuckDB file. Use as ``async with Store(path) as store``.
 

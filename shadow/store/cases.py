@@ -3,9 +3,10 @@
 
 A case is the event, each agent version's decision (with its latency and cost), the outcome
 revisions, the comparisons with their per-field results, the sidecar's routing record
-(``handling``) and the tool calls the gateway recorded. :meth:`CasePart.case` reads them in
-one call on the store's thread: no write can run between its queries (every DuckDB call
-runs on that one thread), so the parts agree with each other.
+(``handling``), the tool calls the gateway recorded and the reviewers' adjudications.
+:meth:`CasePart.case` reads them in one call on the store's thread: no write can run
+between its queries (every DuckDB call runs on that one thread), so the parts agree with
+each other.
 
 **Redaction.** The event's payload is read as stored, and it is stored already redacted:
 :meth:`shadow.intake.Intake.submit_events` replaces each payload with
@@ -26,6 +27,7 @@ from typing import Any
 
 from shadow.fastjson import loads
 from shadow.store.base import StoreBase
+from shadow.store.review import ADJUDICATION_COLUMNS, adjudication_row
 
 __all__ = ["MAX_CASE_TOOL_CALLS", "CasePart", "CaseView"]
 
@@ -50,10 +52,11 @@ class CaseView:
     handling: JSON | None
     tool_calls: tuple[JSON, ...]
     tool_calls_total: int
+    adjudications: tuple[JSON, ...] = ()  # reviewers' verdicts, oldest first
 
     def to_json(self) -> JSON:
-        """The answer of ``GET /v1/cases/{event_id}`` (docs/api.md). ``adjudications`` is
-        always empty: reviewers' adjudications come with the review queue."""
+        """The answer of ``GET /v1/cases/{event_id}`` (docs/api.md); the route hides the
+        ``adjudications`` from a reviewer who has not judged the case yet."""
         return {
             "event_id": self.event_id,
             "task_type": self.task_type,
@@ -64,7 +67,7 @@ class CaseView:
             "handling": None if self.handling is None else dict(self.handling),
             "tool_calls": [dict(t) for t in self.tool_calls],
             "tool_calls_total": self.tool_calls_total,
-            "adjudications": [],
+            "adjudications": [dict(a) for a in self.adjudications],
         }
 
 
@@ -179,6 +182,17 @@ class CasePart(StoreBase):
             item["called_at"] = _at(item["called_at"])
             item["args"] = loads(item["args"])
             calls.append(item)
+        judged = tuple(
+            row.to_json()
+            for row in (
+                adjudication_row(r)
+                for r in con.execute(
+                    f"SELECT {ADJUDICATION_COLUMNS} FROM adjudications WHERE event_id = ? "
+                    "ORDER BY id",
+                    [event_id],
+                ).fetchall()
+            )
+        )
         if (
             event is None
             and not outcomes
@@ -199,6 +213,7 @@ class CasePart(StoreBase):
             handling=handling,
             tool_calls=tuple(calls),
             tool_calls_total=total,
+            adjudications=judged,
         )
 
 

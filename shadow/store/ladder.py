@@ -23,6 +23,7 @@ from shadow.store.outbox import change_record, insert_changes, record_followed
 from shadow.store.records import (
     _stamp,
 )
+from shadow.store.review import review_counts
 
 # Decisions a version may be silent for and still be the current one (current_versions).
 ACTIVE_WINDOW = 1000
@@ -32,14 +33,19 @@ class LadderPart(StoreBase):
     # -- evidence and autonomy ------------------------------------------------------------
 
     async def evidence(self) -> dict[str, dict[str, Evidence]]:
-        """``{task_type: {agent_version: Evidence}}`` from the ``agreement`` view."""
+        """``{task_type: {agent_version: Evidence}}`` from the ``agreement`` view, with the
+        reviewed sample's counts (:func:`shadow.store.review.review_counts`)."""
 
         def q() -> dict[str, dict[str, Evidence]]:
             out: dict[str, dict[str, Evidence]] = {}
+            reviewed = review_counts(self.con)
             for tt, ver, n, agree, critical, errors, _expired in self.con.execute(
                 "SELECT * FROM agreement"
             ).fetchall():
-                out.setdefault(tt, {})[ver] = Evidence(tt, ver, n, agree, critical, errors)
+                counts = reviewed.get((tt, ver), (0, 0, 0, 0, 0, 0))
+                out.setdefault(tt, {})[ver] = Evidence(
+                    tt, ver, n, agree, critical, errors, *counts[:4]
+                )
             return out
 
         return await self._run(q)
@@ -249,19 +255,27 @@ class LadderPart(StoreBase):
         return await self._run(lambda: self._frozen(self.con))
 
     async def audit_log(
-        self, *, task_type: str | None = None, limit: int = 100
+        self,
+        *,
+        task_type: str | None = None,
+        limit: int = 100,
+        action_or_move: str | None = None,
     ) -> list[tuple[int, AuditEntry]]:
-        """Newest first, as ``(id, entry)``."""
+        """Newest first, as ``(id, entry)``; with ``action_or_move``, only the entries with
+        that action or a level change."""
 
         def q() -> list[tuple[int, AuditEntry]]:
             sql = (
                 "SELECT id, recorded_at, task_type, actor, action, from_level, to_level, reason, "
-                "evidence, policy_hash FROM audit_log "
+                "evidence, policy_hash FROM audit_log WHERE true "
             )
             params: list[Any] = []
             if task_type is not None:
-                sql += "WHERE task_type = ? "
+                sql += "AND task_type = ? "
                 params.append(task_type)
+            if action_or_move is not None:
+                sql += "AND (action = ? OR to_level IS NOT NULL) "
+                params.append(action_or_move)
             sql += "ORDER BY id DESC LIMIT ?"
             params.append(limit)
             out = []

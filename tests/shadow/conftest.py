@@ -20,6 +20,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -281,10 +282,13 @@ async def sidecar(tmp_path: Path, no_shadow_env: None) -> AsyncIterator[SidecarF
     127.0.0.1:0 with a tmp DuckDB file; everything is torn down after the test."""
     started: list[tuple[Listener, aiohttp.ClientSession]] = []
 
-    async def start(*, policy: str = POLICY, **overrides: Any) -> Sidecar:
+    async def start(
+        *, policy: str = POLICY, clock: Callable[[], datetime] | None = None, **overrides: Any
+    ) -> Sidecar:
         settings = clean_settings(tmp_path, f"sidecar{len(started)}", **overrides)
         parsed = parse_policy(policy)
-        app = build_app(settings, policy=parsed, registry=CollectorRegistry())
+        extra: dict[str, Any] = {} if clock is None else {"clock": clock}
+        app = build_app(settings, policy=parsed, registry=CollectorRegistry(), **extra)
         sock = socket.create_server(("127.0.0.1", 0))
         listener = Listener(app, sock, settings, access_log=None, shutdown_timeout=1.0)
         await listener.start()

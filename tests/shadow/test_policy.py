@@ -525,3 +525,70 @@ def test_actions_order_changes_the_compare_hash() -> None:
         "refund"
     ]
     assert len({base.compare_hash, ordered.compare_hash, per_tool.compare_hash}) == 3
+
+
+def review_policy_of(review: Any) -> Any:
+    body: dict[str, Any] = {"task_types": {"t": {"review": review}}}
+    return parse_policy(json.dumps(body)).task_types["t"].review
+
+
+def test_review_keys_have_defaults_and_parse() -> None:
+    default = review_policy_of(None)
+    assert "human_error" in default.reason_codes
+    assert default.not_against_agent == frozenset()
+    assert (default.claim_ttl, default.agreement_share, default.reviews_per_case) == (900, 0.05, 1)
+    custom = review_policy_of(
+        {
+            "reason_codes": ["wrong", "changed"],
+            "not_against_agent": ["changed"],
+            "claim_ttl": "90s",
+            "agreement_share": 0.2,
+            "reviews_per_case": 3,
+        }
+    )
+    assert custom.reason_codes == ("wrong", "changed")
+    assert custom.acceptable("human_right", "changed")
+    assert not custom.acceptable("human_right", "wrong")
+    assert custom.acceptable("both_acceptable", "wrong")
+    assert not custom.acceptable("unclear", "changed")
+    assert (custom.claim_ttl, custom.agreement_share, custom.reviews_per_case) == (90, 0.2, 3)
+    assert review_policy_of({"claim_ttl": "1h"}).claim_ttl == 3600
+    assert review_policy_of({"claim_ttl": 30}).claim_ttl == 30
+
+
+@pytest.mark.parametrize(
+    ("review", "path", "says"),
+    [
+        ({"reason": []}, "task_types.t.review.reason", "unknown key"),
+        ({"reason_codes": []}, "task_types.t.review.reason_codes", "non-empty list"),
+        ({"reason_codes": ["a b"]}, "task_types.t.review.reason_codes[0]", "is not a code"),
+        ({"reason_codes": ["x", "x"]}, "task_types.t.review.reason_codes[1]", "listed twice"),
+        ({"not_against_agent": ["nope"]}, "task_types.t.review.not_against_agent[0]", "not one"),
+        ({"not_against_agent": "other"}, "task_types.t.review.not_against_agent", "list"),
+        ({"claim_ttl": "15 minutes"}, "task_types.t.review.claim_ttl", "duration"),
+        ({"claim_ttl": 0}, "task_types.t.review.claim_ttl", "duration"),
+        ({"claim_ttl": True}, "task_types.t.review.claim_ttl", "duration"),
+        ({"agreement_share": 1.5}, "task_types.t.review.agreement_share", "[0, 1]"),
+        ({"reviews_per_case": 0}, "task_types.t.review.reviews_per_case", "1 to 5"),
+        ({"reviews_per_case": 2.0}, "task_types.t.review.reviews_per_case", "1 to 5"),
+        ([1], "task_types.t.review", "mapping"),
+    ],
+)
+def test_a_wrong_review_key_is_named(review: Any, path: str, says: str) -> None:
+    with pytest.raises(PolicyError) as exc:
+        review_policy_of(review)
+    found = {p.path: p.message for p in exc.value.problems}
+    assert path in found, found
+    assert says in found[path]
+
+
+def test_a_gate_judges_agreement_or_the_adjudicated_estimate() -> None:
+    def gate(**extra: Any) -> Any:
+        gates = {"L1": {"agreement": 0.9, "min_samples": 10, **extra}}
+        body = {"task_types": {"t": {"autonomy": {"gates": gates}}}}
+        return parse_policy(json.dumps(body)).task_types["t"].autonomy.gates[Level.L1]
+
+    assert gate().evidence == "agreement"
+    assert gate(evidence="adjudicated").evidence == "adjudicated"
+    with pytest.raises(PolicyError, match=r"gates.L1.evidence: unknown evidence 'reviewed'"):
+        gate(evidence="reviewed")

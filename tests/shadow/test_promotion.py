@@ -294,3 +294,58 @@ def test_a_new_version_drops_the_hold() -> None:
     step = promotion.decide(held, evidence, "v2", policy, frozen=False, now=NOW)
     assert step.move is Move.PROMOTE  # v2's own evidence clears L3
     assert step.after.hold is None
+
+
+def adjudicated_task() -> TaskPolicy:
+    text = """
+task_types:
+  refund:
+    autonomy:
+      ceiling: L2
+      mode: auto
+      gates:
+        L1: {agreement: 0.70, min_samples: 50, evidence: adjudicated}
+        L2: {agreement: 0.90, min_samples: 100, evidence: adjudicated}
+"""
+    return parse_policy(text).task_types["refund"]
+
+
+def reviewed(n: int, agree: int, ra: int, aa: int, rd: int, ad: int) -> dict[str, Evidence]:
+    return {"v1": Evidence("refund", "v1", n, agree, 0, 0, ra, aa, rd, ad)}
+
+
+def test_an_adjudicated_gate_judges_the_adjudicated_bound_not_the_raw_one() -> None:
+    policy = adjudicated_task()
+    # Raw agreement 0.5: far below 0.70. Unreviewed, the adjudicated lower bound is 0.
+    step = decide(state(), reviewed(60, 30, 0, 0, 0, 0), policy)
+    assert step.move is Move.STAY
+    assert "adjudicated lower bound 0.0000 < 0.7" in step.reason
+    # Every case reviewed, the humans wrong on every disagreement: the gate is met.
+    step = decide(state(), reviewed(60, 30, 30, 30, 30, 30), policy)
+    assert step.move is Move.PROMOTE
+    assert "adjudicated lower bound" in step.reason
+    assert step.evidence.adj_lower >= 0.70 > step.evidence.lower
+    audited = step.evidence.to_json()["adjudicated"]
+    assert audited["reviewed"] == {"agree": 30, "disagree": 30}
+    assert promotion.Snapshot.from_json(step.evidence.to_json()) == step.evidence
+
+
+def test_an_adjudicated_gate_demotes_on_the_adjudicated_upper_bound() -> None:
+    policy = adjudicated_task()
+    # At L1, the reviewers found the agent wrong on every reviewed case.
+    step = decide(state(Level.L1), reviewed(400, 360, 100, 0, 40, 0), policy)
+    assert step.move is Move.DEMOTE
+    assert "adjudicated upper bound" in step.reason
+    # The raw agreement (0.9) alone would have kept L1.
+    assert step.evidence.upper >= 0.70
+
+
+def test_audit_entries_and_holds_from_before_the_review_queue_still_read() -> None:
+    old = promotion.snapshot(ev(100, 95)["v1"], task(), "v1").to_json()
+    del old["adjudicated"]
+    snap = promotion.Snapshot.from_json(old)
+    assert (snap.adj_lower, snap.adj_upper) == (0.0, 1.0)
+    assert snap.reviewed == promotion.Reviewed()
+    hold = promotion.Hold.from_json({"level": "L2", "n": 10, "agree": 9, "critical": 0})
+    assert hold.errors == 0
+    assert hold.reviewed == promotion.Reviewed()

@@ -17,7 +17,7 @@ import yaml
 from shadow.app import build_app
 from shadow.errors import ConfigError, PolicyError
 from shadow.ladder import Ladder
-from shadow.model import Level
+from shadow.model import AuditEntry, Level
 from shadow.policy import parse_policy
 from shadow.roles import digest
 from shadow.store import Store
@@ -204,6 +204,30 @@ async def test_the_first_approval_survives_a_restart(
         third = Ladder(store, policy, clock)
         await third.load()
         assert third.agreement()["task_types"]["appeal"]["partial_approval"] is None
+
+
+async def test_a_first_approval_is_found_behind_any_number_of_other_audit_entries(
+    tmp_path: Path, clock: FakeClock, no_shadow_env: None
+) -> None:
+    """The gateway's refusals and reviewers' verdicts are audited for the same task type;
+    however many follow a first approval, a restart still finds it waiting."""
+    policy = parse_policy(POLICY)
+    async with Store(tmp_path / "s.duckdb") as store:
+        ladder = Ladder(store, policy, clock)
+        await ladder.load()
+        first = await ladder.set_level("appeal", Level.L2, actor="lead-1", reason="pilot")
+        assert first.partial is not None
+        noise = [
+            AuditEntry(clock(), "appeal", "agent", "tool_refused", None, None, f"call {i}")
+            for i in range(120)
+        ]
+        await store.put_gateway_audits(noise)
+    async with Store(tmp_path / "s.duckdb") as store:
+        again = Ladder(store, policy, clock)
+        await again.load()
+        waiting = again.agreement()["task_types"]["appeal"]["partial_approval"]
+        assert waiting is not None
+        assert waiting["by"] == "lead-1"
 
 
 def test_the_rule_without_named_credentials_is_refused_at_start(tmp_path: Path) -> None:

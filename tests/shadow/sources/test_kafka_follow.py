@@ -126,6 +126,16 @@ async def test_a_replica_follows_promotions_sets_and_freezes(
         res = await b.request(method, path, json_body=body, headers=b.admin)
         assert res.status == 409, (path, res.body)
         assert "autonomy levels are owned by the promoter" in res.body["error"]
+    # So are the review queue's claims and verdicts: the promoter decides on its own store.
+    verdicts: list[tuple[str, str, dict[str, str] | None]] = [
+        ("GET", "/v1/review/next", None),
+        ("POST", "/v1/review/c-any", {"verdict": "a_right", "reason": "other"}),
+        ("POST", "/v1/cases/r-0/adjudication", {"verdict": "agent_right", "reason": "other"}),
+    ]
+    for method, path, verdict in verdicts:
+        res = await b.request(method, path, json_body=verdict, headers=b.admin)
+        assert res.status == 409, (path, res.body)
+        assert "the review queue is the promoter's" in res.body["error"]
     assert await levels(b) == (False, promoted)
 
     # An operator's set on the promoter: the replica routes to the agent at L2.
