@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 from aiohttp import web
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shadow.api import PIPELINE
 from shadow.app import build_app
+from shadow.client import AsyncClient, ShadowAPIError
 from shadow.config import load_settings
 from shadow.console import UsageError, agreement_table, listen
 from shadow.demo import (
@@ -184,8 +182,8 @@ async def _run(
     with progress:
         bar = progress.add_task("comparisons", total=len(cases))
         start = pipeline.comparisons
-        async with aiohttp.ClientSession() as session:
-            feeding = asyncio.create_task(_feed(session, url, token, cases, pipeline))
+        async with AsyncClient(url, token=token, retries=0) as client:
+            feeding = asyncio.create_task(_feed(client, cases, pipeline))
             while not feeding.done():
                 progress.update(bar, completed=pipeline.comparisons - start)
                 await asyncio.sleep(0.1)
@@ -253,40 +251,26 @@ def report_back_office(backoffice: BackOffice, console: Console) -> bool:
     return True
 
 
-async def _post(
-    session: aiohttp.ClientSession, url: str, token: str | None, records: list[dict[str, Any]]
-) -> None:
-    body = "\n".join(json.dumps(r) for r in records).encode()
-    headers = {"Content-Type": "application/x-ndjson"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    async with session.post(url, data=body, headers=headers) as resp:
-        if resp.status != 202:
-            raise UsageError(
-                f"demo ingest refused a batch: HTTP {resp.status}: {(await resp.text())[:300]}"
-            )
-
-
-async def _feed(
-    session: aiohttp.ClientSession,
-    url: str,
-    token: str | None,
-    cases: list[DemoCase],
-    pipeline: Pipeline,
-) -> None:
+async def _feed(client: AsyncClient, cases: list[DemoCase], pipeline: Pipeline) -> None:
     """Post the back office's records in arrival order: events as work happens, outcomes
     when the humans decide (minutes to days later), in NDJSON batches. Each batch waits for
     the agent and the joins of the one before, as a sidecar keeps up with a back office
     whose work arrives over days: the ladder then decides on the evidence in the order it
     was made, so every run tells the same story (a faster poster would leave the agent's
-    work to pile up and the ladder to judge it all at the end)."""
+    work to pile up and the ladder to judge it all at the end). It posts with the client a
+    host system would use (:mod:`shadow.client`); a refused record stops the demo."""
     stream = timeline(cases)
     for i in range(0, len(stream), BATCH):
         chunk = stream[i : i + BATCH]
         events = [r for r in chunk if r["kind"] == "event"]
         outcomes = [r for r in chunk if r["kind"] == "outcome"]
-        if events:
-            await _post(session, f"{url}/v1/events", token, events)
-        if outcomes:
-            await _post(session, f"{url}/v1/outcomes", token, outcomes)
+        try:
+            for sent in (
+                await client.send_events(events) if events else None,
+                await client.send_outcomes(outcomes) if outcomes else None,
+            ):
+                if sent is not None and sent.errors:
+                    raise UsageError(f"demo ingest refused a record: {sent.errors[0]}")
+        except ShadowAPIError as exc:
+            raise UsageError(f"demo ingest refused a batch: {exc}") from None
         await pipeline.drain()
