@@ -146,12 +146,16 @@ def build_app(
     clock: Callable[[], datetime] = utc_now,
     environ: Mapping[str, str] | None = None,
     open_store: Callable[[str], Store] = Store,
+    transport: AgentTransport | None = None,
 ) -> web.Application:
     """The sidecar as an aiohttp application. Raises ConfigError/PolicyError up front.
 
     ``environ`` resolves the policy's ``env:NAME`` upstream headers (the process
     environment by default: this is the composition root). ``open_store`` makes the store
-    from ``settings.db`` (a seam: tests wrap the real store). The mirror listener and the
+    from ``settings.db`` (a seam: tests wrap the real store). ``transport`` is the agent's
+    transport when the caller built it (``shadow agent check`` wraps the one
+    ``settings.agent`` names, to see each raw answer); used only with ``settings.agent``
+    set, and closed with the app. The mirror listener and the
     proxy are separate applications on their own sockets (:func:`side_apps`), sharing this
     one's intake through its mirror sink."""
     if policy is None:
@@ -196,9 +200,8 @@ def build_app(
     sink = MirrorSink(settings, resolved, auth)
     app[MIRROR] = sink
     # Resolved now, so a bad --agent is refused before anything listens or touches the DB.
-    transport = (
-        load_agent(settings.agent, timeout=settings.agent_timeout) if settings.agent else None
-    )
+    if transport is None and settings.agent:
+        transport = load_agent(settings.agent, timeout=settings.agent_timeout)
     env = environ if environ is not None else os.environ
     upstreams = build_gateway(resolved, settings, env)  # a missing env:NAME is refused now
     app[STARTUP] = describe_gateway(resolved)

@@ -1,5 +1,5 @@
-"""The ``shadow`` command: run, demo, status, report, autonomy, audit (names are a contract;
-DESIGN.md).
+"""The ``shadow`` command: run, demo, status, report, autonomy, audit, agent (names are a
+contract; DESIGN.md).
 
 This is the entry point: it is the only place that reads the environment (through
 :func:`shadow.config.load_settings`) and the only place that turns errors into exit codes.
@@ -26,6 +26,7 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
+from shadow.agent_check_cli import add_check_command
 from shadow.audit_verify import add_audit_command
 from shadow.console import UsageError, agreement_table, listen
 from shadow.console import fmt as _fmt
@@ -135,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     add_audit_command(sub, url_help=URL_HELP)
     add_report_command(sub, url_help=URL_HELP)
     add_token_command(sub)
+    # `shadow agent ...`: commands for agent authors, one subcommand each.
+    agent = sub.add_parser("agent", help="for agent authors: check an agent against the contract")
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True, parser_class=_Parser)
+    add_check_command(agent_sub)
     ap = sub.add_parser("approvals", help="tool writes held for approval: list, approve, reject")
     ap.add_argument("--url", help=URL_HELP)
     ap_sub = ap.add_subparsers(dest="action", required=True, parser_class=_Parser)

@@ -1,7 +1,7 @@
 """Architecture rules of ``shadow`` that a refactor could silently break (STYLE.md): only
 the store package imports duckdb, and the pure core (diff, promotion, statistics, model,
-checks, policy, the live report's document and HTML) imports no I/O library, so it stays a
-set of plain functions over values."""
+checks, policy, the live report's document and HTML, the agent check's judgement) imports
+no I/O library, so it stays a set of plain functions over values."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ PURE = [
     "mirror.py",
     "report.py",
     "report_html.py",
+    "agent_check.py",
 ]
 
 
