@@ -30,18 +30,26 @@ typecheck: install
 	$(BIN)/mypy shadow replay tests dashboards
 
 # Test-only system tools (Prometheus, promtool, Chromium, nginx, Node.js and npm), installed
-# when missing and possible; then the TypeScript SDK agent's packages (tests/clients/ts), from
-# its committed lockfile, whenever node_modules is older than the lockfile. Without npm the
-# tests that need it are skipped (and fail under CI=true).
+# when missing and possible; then the test-only npm packages, each from its committed lockfile
+# whenever its node_modules is older than the lockfile: the TypeScript SDK agent's
+# (tests/clients/ts) and axe-core, the console tests' accessibility engine
+# (tests/shadow/ui/axe). Without npm the tests that need them are skipped (and fail under
+# CI=true).
 TS_AGENT := tests/clients/ts
+CONSOLE_AXE := tests/shadow/ui/axe
+NPM_DIRS := $(TS_AGENT) $(CONSOLE_AXE)
 
 tools:
 	./.ci/system-tools
 	@if ! command -v npm >/dev/null 2>&1; then \
-	    echo "warning: npm not found; $(TS_AGENT) is not installed" >&2; \
-	elif [ ! $(TS_AGENT)/node_modules/.package-lock.json -nt $(TS_AGENT)/package-lock.json ]; then \
-	    echo "npm ci in $(TS_AGENT)"; \
-	    npm ci --prefix $(TS_AGENT) --no-audit --no-fund --loglevel=error; \
+	    echo "warning: npm not found; $(NPM_DIRS) are not installed" >&2; \
+	else \
+	    for dir in $(NPM_DIRS); do \
+	        if [ ! $$dir/node_modules/.package-lock.json -nt $$dir/package-lock.json ]; then \
+	            echo "npm ci in $$dir"; \
+	            npm ci --prefix $$dir --no-audit --no-fund --loglevel=error || exit 1; \
+	        fi; \
+	    done; \
 	fi
 
 pytest: install tools

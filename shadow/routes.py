@@ -16,8 +16,9 @@ from shadow.gateway.api import gateway_routes
 from shadow.gateway.mcp import mcp_routes
 from shadow.review_api import review_routes
 from shadow.sources.mirror import mirror_routes
+from shadow.ui import ui_routes
 
-__all__ = ["routes"]
+__all__ = ["console_routes", "routes"]
 
 
 def routes() -> list[web.RouteDef]:
@@ -35,3 +36,10 @@ def routes() -> list[web.RouteDef]:
         *review_routes(),
         *mirror_routes(),
     ]
+
+
+def console_routes() -> list[web.RouteDef]:
+    """The console's pages and forms (``/ui/...``, :mod:`shadow.ui`, docs/console.md):
+    HTML for people, served beside the API but not part of it (not in the OpenAPI
+    document; its actions call the same services under the same roles)."""
+    return ui_routes()

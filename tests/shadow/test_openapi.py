@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from shadow.openapi import openapi_spec
-from shadow.routes import routes
+from shadow.routes import console_routes, routes
 from tests.shadow.conftest import (
     ADMIN_TOKEN,
     AgentServerFactory,
@@ -39,11 +39,18 @@ METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
 def registered_routes(app: web.Application) -> set[tuple[str, str]]:
+    """The API's routes as served: every route but the console's HTML pages and forms
+    (``/ui/...``, shadow.routes.console_routes; docs/console.md), which are not the API."""
+    pages = web.Application()
+    pages.add_routes(console_routes())
+    console = {r.resource.canonical for r in pages.router.routes() if r.resource is not None}
     out: set[tuple[str, str]] = set()
     for route in app.router.routes():
         if route.method == "HEAD":
             continue
         assert route.resource is not None
+        if route.resource.canonical in console:
+            continue
         out.add((route.method.lower(), route.resource.canonical))
     return out
 
