@@ -51,7 +51,7 @@ from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
 from shadow.review import ReviewQueue
 from shadow.roles import Keyring
-from shadow.routes import routes
+from shadow.routes import console_routes, routes
 from shadow.server import (
     LISTEN_URL,
     expect_continue,
@@ -65,6 +65,7 @@ from shadow.sources.kafka_stack import KafkaStack
 from shadow.sources.mirror import MIRROR, MirrorSink, build_mirror_app
 from shadow.store import Store
 from shadow.supervisor import SUPERVISOR, Supervisor
+from shadow.ui import SESSIONS, Sessions, console_headers
 
 __all__ = [
     "GC_THRESHOLDS",
@@ -189,7 +190,13 @@ def build_app(
     app[READINESS].append(keyring.not_ready)
     auth = IngestAuth.from_settings(settings, keyring)
     app[AUTH] = auth
-    app.add_routes(with_expect_handler(routes(), expect_continue(settings.max_body_bytes)))
+    app.add_routes(
+        with_expect_handler(
+            [*routes(), *console_routes()], expect_continue(settings.max_body_bytes)
+        )
+    )
+    app[SESSIONS] = Sessions()  # the console's sign-in sessions (shadow.ui)
+    app.on_response_prepare.append(console_headers)
     resolved: Policy = policy
     two_person = sorted(n for n, t in policy.task_types.items() if t.autonomy.two_person)
     if two_person and settings.tokens_file is None:
