@@ -66,6 +66,7 @@ TASKS_ELSEWHERE = {
     "sources/kafka_client.py": "a shutdown's own client.stop(), awaited right there",
     "demo/backoffice.py": "the demo's own MCP server",
     "demo_run.py": "the demo's own loop",
+    "kit/mcp.py": "an agent's case session, closed and awaited before the case is answered",
 }
 
 
