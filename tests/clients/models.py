@@ -6,12 +6,17 @@ The script is a refund agent's: read the order (``get_order``), refund its amoun
 (``returns``, by tool name) so the test can check what the framework handed the model; a
 tool error the framework turns into a message for the model fails the script at once, with
 that message (a model would "self-correct", hiding the gateway's answer).
+
+Every turn reports the same usage, as a provider would: :data:`TURN_INPUT_TOKENS` and
+:data:`TURN_OUTPUT_TOKENS` (and, where the framework carries a cost, pydantic-ai,
+:data:`TURN_COST_USD`), so a test knows the usage of a run of :data:`TURNS` turns exactly.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from decimal import Decimal
 from typing import Any, cast
 
 from agents.agent_output import AgentOutputSchemaBase
@@ -22,12 +27,19 @@ from agents.model_settings import ModelSettings
 from agents.models.interface import Model, ModelTracing
 from agents.tool import Tool
 from agents.usage import Usage
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
 from openai.types.responses import (
     ResponseFunctionToolCall,
     ResponseOutputMessage,
     ResponseOutputText,
 )
 from openai.types.responses.response_prompt_param import ResponsePromptParam
+from pydantic import ConfigDict
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -38,10 +50,25 @@ from pydantic_ai.messages import (
     ToolReturnPart,
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.usage import RequestUsage
 
-__all__ = ["DECISION", "RefundScript", "ScriptedAgentsModel", "scripted_function_model"]
+__all__ = [
+    "DECISION",
+    "TURNS",
+    "TURN_COST_USD",
+    "TURN_INPUT_TOKENS",
+    "TURN_OUTPUT_TOKENS",
+    "RefundScript",
+    "ScriptedAgentsModel",
+    "ScriptedChatModel",
+    "scripted_function_model",
+]
 
 DECISION = "approve"
+TURN_INPUT_TOKENS = 120
+TURN_OUTPUT_TOKENS = 15
+TURN_COST_USD = Decimal("0.0004")
+TURNS = 3  # read the order, refund it, answer
 
 
 class RefundScript:
@@ -80,7 +107,8 @@ def _structured(content: Any) -> Any:
 
 
 def scripted_function_model(script: RefundScript) -> FunctionModel:
-    """pydantic-ai's ``FunctionModel`` playing ``script``."""
+    """pydantic-ai's ``FunctionModel`` playing ``script``. With a structured output type,
+    the answer is its output tool's call with ``{"action": DECISION}``."""
 
     def turn(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         script.offered.append(sorted(t.name for t in info.function_tools))
@@ -93,9 +121,15 @@ def scripted_function_model(script: RefundScript) -> FunctionModel:
                 if isinstance(part, ToolReturnPart):
                     script.returns[part.tool_name] = _structured(part.content)
         step = script.next_call()
+        usage = RequestUsage(
+            input_tokens=TURN_INPUT_TOKENS, output_tokens=TURN_OUTPUT_TOKENS, cost=TURN_COST_USD
+        )
+        if step is None and info.output_tools:
+            answer = ToolCallPart(info.output_tools[0].name, {"action": DECISION})
+            return ModelResponse(parts=[answer], usage=usage)
         if step is None:
-            return ModelResponse(parts=[TextPart(DECISION)])
-        return ModelResponse(parts=[ToolCallPart(step[0], step[1])])
+            return ModelResponse(parts=[TextPart(DECISION)], usage=usage)
+        return ModelResponse(parts=[ToolCallPart(step[0], step[1])], usage=usage)
 
     return FunctionModel(turn, model_name="refund-script")
 
@@ -145,7 +179,7 @@ class ScriptedAgentsModel(Model):
                 status="completed",
                 content=[text],
             )
-            return AgentsResponse(output=[message], usage=Usage(), response_id=None)
+            return AgentsResponse(output=[message], usage=_agents_usage(), response_id=None)
         call = ResponseFunctionToolCall(
             type="function_call",
             id=f"fc-{self._serial}",
@@ -154,7 +188,7 @@ class ScriptedAgentsModel(Model):
             arguments=json.dumps(step[1]),
             status="completed",
         )
-        return AgentsResponse(output=[call], usage=Usage(), response_id=None)
+        return AgentsResponse(output=[call], usage=_agents_usage(), response_id=None)
 
     def stream_response(
         self,
@@ -171,3 +205,79 @@ class ScriptedAgentsModel(Model):
         prompt: ResponsePromptParam | None,
     ) -> AsyncIterator[TResponseStreamEvent]:
         raise NotImplementedError("the tests run the agent without streaming")
+
+
+def _agents_usage() -> Usage:
+    return Usage(
+        requests=1,
+        input_tokens=TURN_INPUT_TOKENS,
+        output_tokens=TURN_OUTPUT_TOKENS,
+        total_tokens=TURN_INPUT_TOKENS + TURN_OUTPUT_TOKENS,
+    )
+
+
+# -- LangChain --------------------------------------------------------------------------------
+
+
+class ScriptedChatModel(BaseChatModel):
+    """A LangChain chat model playing ``script``: tool calls as ``AIMessage.tool_calls``
+    (``bind_tools`` records the tools offered and returns the model itself), the answer as
+    the message's text; each message carries ``usage_metadata``. A ``ToolMessage`` with
+    ``status="error"`` fails the script."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    script: RefundScript
+    serial: int = 0
+
+    @property
+    def _llm_type(self) -> str:
+        return "refund-script"
+
+    def bind_tools(
+        self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        self.script.offered.append(sorted(getattr(t, "name", "") for t in tools))
+        return self
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return self._turn(messages)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return self._turn(messages)
+
+    def _turn(self, messages: list[BaseMessage]) -> ChatResult:
+        names: dict[str, str] = {}
+        for message in messages:
+            if isinstance(message, AIMessage):
+                names.update({str(c["id"]): c["name"] for c in message.tool_calls})
+            elif isinstance(message, ToolMessage):
+                if message.status == "error":
+                    raise AssertionError(f"a tool call failed: {message.content}")
+                name = names[message.tool_call_id]
+                self.script.returns[name] = _structured(message.content)
+        step = self.script.next_call()
+        self.serial += 1
+        usage = UsageMetadata(
+            input_tokens=TURN_INPUT_TOKENS,
+            output_tokens=TURN_OUTPUT_TOKENS,
+            total_tokens=TURN_INPUT_TOKENS + TURN_OUTPUT_TOKENS,
+        )
+        if step is None:
+            answer = AIMessage(content=DECISION, usage_metadata=usage)
+        else:
+            call = {"name": step[0], "args": step[1], "id": f"call-{self.serial}"}
+            answer = AIMessage(content="", tool_calls=[call], usage_metadata=usage)
+        return ChatResult(generations=[ChatGeneration(message=answer)])
