@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shadow.agent_check_cli import add_check_command
+from shadow.agent_serve_cli import add_serve_command
 from shadow.audit_verify import add_audit_command
 from shadow.console import UsageError, agreement_table, listen
 from shadow.console import fmt as _fmt
@@ -137,9 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     add_report_command(sub, url_help=URL_HELP)
     add_token_command(sub)
     # `shadow agent ...`: commands for agent authors, one subcommand each.
-    agent = sub.add_parser("agent", help="for agent authors: check an agent against the contract")
+    agent = sub.add_parser(
+        "agent", help="for agent authors: check an agent against the contract, serve a kit agent"
+    )
     agent_sub = agent.add_subparsers(dest="agent_command", required=True, parser_class=_Parser)
     add_check_command(agent_sub)
+    add_serve_command(agent_sub)
     ap = sub.add_parser("approvals", help="tool writes held for approval: list, approve, reject")
     ap.add_argument("--url", help=URL_HELP)
     ap_sub = ap.add_subparsers(dest="action", required=True, parser_class=_Parser)
