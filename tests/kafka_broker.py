@@ -299,7 +299,10 @@ class Broker:
                 await self._list_topics()
                 return
             except BrokerNotAnswering as e:
-                last = f"ApiVersions on port {self.port}: {e}"
+                # Something that answered, but not as Kafka, says more than a later probe
+                # cut short by the deadline (on a loaded machine the last one often is).
+                if "no ApiVersions answer" not in str(e) or "not a Kafka" not in last:
+                    last = f"ApiVersions on port {self.port}: {e}"
             except (KafkaError, OSError) as e:
                 last = f"metadata via {self.bootstrap}: {type(e).__name__}: {e}"
             await asyncio.sleep(0.05)
