@@ -39,8 +39,21 @@ TS_AGENT := tests/clients/ts
 CONSOLE_AXE := tests/shadow/ui/axe
 NPM_DIRS := $(TS_AGENT) $(CONSOLE_AXE)
 
+# Arize Phoenix, the tracing backend the tracing tests send traces to
+# (tests/shadow/gateway/test_gateway_tracing.py), in a virtualenv of its own: its many
+# dependencies stay out of the sidecar's. Made when missing; without it that test is skipped
+# (and fails under CI=true).
+PHOENIX_VENV := .venv-phoenix
+PHOENIX_SPEC := arize-phoenix>=20.26,<21
+
 tools:
 	./.ci/system-tools
+	@if [ ! -x $(PHOENIX_VENV)/bin/phoenix ]; then \
+	    echo "installing $(PHOENIX_SPEC) in $(PHOENIX_VENV)"; \
+	    $(PYTHON) -m venv $(PHOENIX_VENV) && \
+	    $(PHOENIX_VENV)/bin/python -m pip install --quiet --upgrade pip && \
+	    $(PHOENIX_VENV)/bin/python -m pip install --quiet '$(PHOENIX_SPEC)' || exit 1; \
+	fi
 	@if ! command -v npm >/dev/null 2>&1; then \
 	    echo "warning: npm not found; $(NPM_DIRS) are not installed" >&2; \
 	else \
@@ -79,6 +92,7 @@ bench: bench-stats tools
 	$(BIN)/python tests/bench/bench_kafka.py
 	$(BIN)/python tests/bench/bench_replay.py
 	$(BIN)/python -m tests.bench.bench_mirror
+	$(BIN)/python -m tests.bench.bench_tracing
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(PHOENIX_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -44,9 +44,10 @@ from shadow.keys import (
     REVIEW,
     SETTINGS,
     STARTUP,
+    TRACER,
 )
 from shadow.ladder import Ladder
-from shadow.metrics import Metrics, auth_refusals
+from shadow.metrics import Metrics, auth_refusals, trace_counters
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, load_policy
 from shadow.review import ReviewQueue
@@ -65,6 +66,7 @@ from shadow.sources.kafka_stack import KafkaStack
 from shadow.sources.mirror import MIRROR, MirrorSink, build_mirror_app
 from shadow.store import Store
 from shadow.supervisor import SUPERVISOR, Supervisor
+from shadow.tracing import NO_TRACING, Tracer, build_tracer
 from shadow.ui import SESSIONS, Sessions, console_headers
 
 __all__ = [
@@ -119,9 +121,11 @@ def build_runner(
     *,
     transport: AgentTransport | None = None,
     tools: ToolSessions | None = None,
+    tracer: Tracer = NO_TRACING,
 ) -> AgentRunner | None:
     """The agent runner for ``settings.agent`` (``None`` without an agent); ``transport``
-    when already loaded, ``tools`` the tool gateway (each attempt's shadow session)."""
+    when already loaded, ``tools`` the tool gateway (each attempt's shadow session),
+    ``tracer`` the case traces (each call an ``invoke_agent`` span)."""
     if not settings.agent:
         return None
     if transport is None:
@@ -136,6 +140,7 @@ def build_runner(
         ),
         default_version=settings.agent_version,
         tools=tools,
+        tracer=tracer,
     )
 
 
@@ -206,10 +211,18 @@ def build_app(
         )
     sink = MirrorSink(settings, resolved, auth)
     app[MIRROR] = sink
+    env = environ if environ is not None else os.environ
+    # OpenTelemetry traces, one per case (shadow.tracing): off unless env's OTEL_* variables
+    # name an OTLP endpoint; a bad one is refused now.
+    tracer = build_tracer(env, trace_counters(metrics_registry))
+    app[TRACER] = tracer
     # Resolved now, so a bad --agent is refused before anything listens or touches the DB.
     if transport is None and settings.agent:
-        transport = load_agent(settings.agent, timeout=settings.agent_timeout)
-    env = environ if environ is not None else os.environ
+        transport = load_agent(
+            settings.agent,
+            timeout=settings.agent_timeout,
+            traceparent=tracer.traceparent if tracer.enabled else None,
+        )
     upstreams = build_gateway(resolved, settings, env)  # a missing env:NAME is refused now
     app[STARTUP] = describe_gateway(resolved)
 
@@ -248,8 +261,9 @@ def build_app(
                     clock,
                     base,
                     supervisor=supervisor,
+                    tracer=tracer,
                 )
-                runner = build_runner(settings, transport=transport, tools=gateway)
+                runner = build_runner(settings, transport=transport, tools=gateway, tracer=tracer)
                 pipeline = Pipeline(
                     settings=settings,
                     policy=resolved,
@@ -260,10 +274,12 @@ def build_app(
                     observers=kafka.observers,
                     supervisor=supervisor,
                     ladder=ladder,
+                    tracer=tracer,
                 )
                 app[GATEWAY] = gateway
                 app[ON_FREEZE].append(gateway.frozen)
                 async with (
+                    tracer.exporting(supervisor.group("tracing")),  # the last to close
                     gateway,
                     pipeline,
                     kafka.running(pipeline, supervisor.group("kafka")),

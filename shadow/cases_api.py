@@ -14,6 +14,11 @@ simple mode (no tokens file) the admin token, as for ``GET /v1/approvals``: a ca
 payloads, decisions and tool call arguments, not aggregates, so it is not one of the open
 reads.
 
+**Its trace.** ``trace_id`` is the case's OpenTelemetry trace (:mod:`shadow.tracing`): the
+one kept with its newest comparison, else, while tracing is on, the one its agent call is
+written into; ``trace_url`` is ``SHADOW_TRACE_URL`` with ``{trace_id}`` filled in. Both are
+``null`` without a trace (tracing off, the case not sampled, never sent to the agent).
+
 Dead letters need the same credential (they keep what a refused record held, redacted as
 the policy says: ``SHADOW_DEAD_LETTER_RAW_PREFIX``).
 
@@ -31,10 +36,11 @@ from aiohttp import web
 
 from shadow.checks import MAX_ID_LENGTH, text_problem
 from shadow.credentials import access_refusal, credential_of, refused_text
-from shadow.keys import INTAKE, PIPELINE
+from shadow.keys import INTAKE, PIPELINE, SETTINGS, TRACER
 from shadow.policy import Policy
 from shadow.server import error
 from shadow.tools_policy import redact_args
+from shadow.tracing import trace_url
 
 __all__ = ["DEAD_LETTER_PAGE", "MAX_DEAD_LETTER_PAGE", "cases_routes", "redacted"]
 
@@ -99,6 +105,19 @@ def redacted(case: dict[str, Any], policy: Policy) -> dict[str, Any]:
     return out
 
 
+def _trace_of(request: web.Request, doc: dict[str, Any]) -> str | None:
+    """The case's trace id: the newest comparison's (kept with it when it was made), else,
+    while tracing is on, the trace its event or decision is being written into now
+    (:mod:`shadow.tracing`); ``None`` when there is none."""
+    for comparison in reversed(doc["comparisons"]):
+        if comparison.get("trace_id"):
+            return str(comparison["trace_id"])
+    event = doc["event"]
+    if not doc["decisions"] and not (event is not None and event["awaiting_agent"]):
+        return None  # never sent to the agent: no trace
+    return request.app[TRACER].trace_id(doc["event_id"])
+
+
 async def get_case(request: web.Request) -> web.StreamResponse:
     """Everything about one case (module docstring)."""
     refusal = access_refusal(request, "viewer", open_read=False)
@@ -114,6 +133,8 @@ async def get_case(request: web.Request) -> web.StreamResponse:
     if case is None:
         return error(404, f"unknown event id {event_id!r}: the store holds nothing about it")
     doc = redacted(case.to_json(), request.app[INTAKE].policy)
+    doc["trace_id"] = _trace_of(request, doc)
+    doc["trace_url"] = trace_url(request.app[SETTINGS].trace_url, doc["trace_id"])
     found = credential_of(request)
     judged = doc["adjudications"]
     if (

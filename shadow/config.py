@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         description="base URL agents reach this sidecar at, for tools URLs: http(s)://HOST"
         "[:PORT][/PATH], no query or fragment (default: the address it listens on)",
     )
+    trace_url: str | None = Field(
+        None,
+        description="a link to a case's trace in the tracing backend, with {trace_id} where "
+        "its id goes (Phoenix, Grafana Tempo, Langfuse...): shown in GET /v1/cases/... and "
+        "the replay report; tracing itself is configured by the OTEL_* variables",
+    )
     gateway_secret: SecretStr | None = Field(
         None,
         description="HMAC key of tools URL capabilities, at least "
@@ -332,6 +338,19 @@ class Settings(BaseSettings):
     @classmethod
     def _public_url(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value)
+
+    @field_validator("trace_url")
+    @classmethod
+    def _trace_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "{trace_id}" not in value:
+            raise ValueError(
+                f"{value[:100]!r}: a link template needs {{trace_id}} where the trace id goes, "
+                "e.g. http://phoenix:6006/projects/shadow/traces/{trace_id}"
+            )
+        _http_url(value.replace("{trace_id}", "0").split("?")[0].split("#")[0])
+        return value
 
     @field_validator("gateway_secret")
     @classmethod

@@ -23,6 +23,7 @@ outcomes that may complete a join.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -34,6 +35,7 @@ from shadow.metrics import Metrics
 from shadow.model import Outcome, WorkEvent
 from shadow.policy import Policy
 from shadow.store import DeadLetter, PutStatus, Store
+from shadow.tracing import NO_TRACING, Tracer
 
 __all__ = ["IngestResult", "Intake", "IntakeHooks"]
 
@@ -68,7 +70,8 @@ class IntakeHooks(Protocol):
 class Intake:
     """See the module docstring. ``samples`` is false without an agent (nothing is flagged
     for it); ``raw_prefix`` is how many characters of an unparseable record a dead letter
-    keeps."""
+    keeps; ``tracer`` gets an ingest span for each sampled event stored (the root of its
+    case's trace, :mod:`shadow.tracing`)."""
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class Intake:
         raw_prefix: int,
         samples: bool,
         hooks: IntakeHooks,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self.policy = policy
         self.raw_prefix = raw_prefix
@@ -88,6 +92,7 @@ class Intake:
         self._clock = clock
         self._samples = samples
         self._hooks = hooks
+        self._tracer = tracer
 
     async def submit_events(
         self,
@@ -132,6 +137,7 @@ class Intake:
             keep.append((i, replace(event, payload=task.redact_payload(event.payload))))
             needs.append(self._samples and task.sampled(event.event_id))
         if keep:
+            began = time.time_ns()
             put = await self._store.put_events(
                 [e for _, e in keep],
                 source=source,
@@ -148,6 +154,7 @@ class Intake:
                 elif need and r.status is PutStatus.STORED:
                     fresh.append(stored)
             if fresh:
+                self._tracer.ingested(fresh, source=source, start_ns=began)
                 self._hooks.events_stored(fresh)
         if rejected:
             await self._store.put_dead_letters(rejected, now=self._clock())

@@ -12,7 +12,7 @@ audited by the store).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from shadow.diff import Differ
@@ -98,11 +98,15 @@ class Joiner:
         *,
         batch: int = 5000,
         before: Callable[[], Awaitable[None]] | None = None,
+        trace_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self.store = store
         # Run before each join: the routing records still in memory reach the store first
         # (shadow.handling), so each comparison is labelled with how its item was handled.
         self.before = before
+        # The case's trace id (shadow.tracing), kept with each comparison it makes; None:
+        # tracing off.
+        self.trace_of = trace_of
         self.policy = policy
         self.clock = clock
         self.batch = batch
@@ -130,6 +134,9 @@ class Joiner:
             if not rows:
                 return report
             comparisons = [compare(r, self.differ_for(r.task_type)) for r in rows]
+            if self.trace_of is not None:
+                trace_of = self.trace_of
+                comparisons = [replace(c, trace_id=trace_of(c.event_id)) for c in comparisons]
             report.conflicts += [r.task_type for r in rows if r.handling_conflict]
             report.reversals += await self.store.put_comparisons(comparisons, now=self.clock())
             report.comparisons += comparisons

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from shadow.pipeline import Pipeline
     from shadow.review import ReviewQueue
     from shadow.roles import Keyring
+    from shadow.tracing import Tracer
 
 __all__ = [
     "AUTH",
@@ -44,6 +45,7 @@ __all__ = [
     "REVIEW",
     "SETTINGS",
     "STARTUP",
+    "TRACER",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -66,3 +68,5 @@ READINESS: web.AppKey[list[Callable[[], str | None]]] = web.AppKey("readiness")
 STARTUP: web.AppKey[list[str]] = web.AppKey("startup_lines")
 # Run after a freeze with (actor, reason): the tool gateway refuses the writes it holds.
 ON_FREEZE: web.AppKey[list[Callable[[str, str], Awaitable[None]]]] = web.AppKey("on_freeze")
+# OpenTelemetry traces (shadow.tracing): the case view shows a case's trace id with it.
+TRACER: web.AppKey[Tracer] = web.AppKey("tracer")

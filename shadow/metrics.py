@@ -14,6 +14,7 @@ process did since it started.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -23,7 +24,16 @@ from shadow.policy import Policy
 from shadow.promotion import LadderState, Move, Step
 from shadow.stats import lower_bound, upper_bound
 
-__all__ = ["DEAD_LETTER_REASONS", "KINDS", "OTHER", "UNSTORABLE_TABLES", "Metrics"]
+__all__ = [
+    "DEAD_LETTER_REASONS",
+    "KINDS",
+    "OTHER",
+    "UNSTORABLE_TABLES",
+    "Metrics",
+    "TraceCounters",
+    "auth_refusals",
+    "trace_counters",
+]
 
 OTHER = "other"
 KINDS = ("event", "outcome", "comparison", "autonomy")
@@ -58,6 +68,38 @@ def auth_refusals(registry: CollectorRegistry) -> Counter:
         "400 another actor named), by role and status",
         ["role", "status"],
         registry=registry,
+    )
+
+
+
+@dataclass(frozen=True, slots=True)
+class TraceCounters:
+    """Spans exported and dropped (shadow.tracing). Built with the app, before the store
+    opens (the tracer is made with the agent's transport, which sends its ``traceparent``)."""
+
+    exported: Counter
+    dropped: Counter
+
+
+def trace_counters(registry: CollectorRegistry) -> TraceCounters:
+    """The tracing exporter's counters: spans a backend took, and spans dropped by reason
+    (``queue_full``, ``export_failed``, ``shutdown``; all exported at 0 from the start)."""
+    dropped = Counter(
+        "shadow_trace_spans_dropped",
+        "Trace spans dropped instead of exported (queue_full, export_failed, shutdown); the "
+        "pipeline never waits for the tracing backend",
+        ["reason"],
+        registry=registry,
+    )
+    for reason in ("queue_full", "export_failed", "shutdown"):
+        dropped.labels(reason)
+    return TraceCounters(
+        Counter(
+            "shadow_trace_spans_exported",
+            "Trace spans the OTLP backend accepted",
+            registry=registry,
+        ),
+        dropped,
     )
 
 

@@ -487,6 +487,8 @@ class Comparison:
     critical_miss: bool = False
     outcome_hash: str | None = None
     handled_by: Handling = Handling.BLIND  # only blind comparisons are evidence
+    # The case's trace (shadow.tracing; 32 hex digits) when tracing was on as it was made.
+    trace_id: str | None = None
 
     @property
     def evidence(self) -> bool:

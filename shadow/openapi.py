@@ -486,6 +486,7 @@ def _case() -> dict[str, Any]:
     flag = {"type": "boolean"}
     actions = {"type": "array", "items": {"type": "object", "required": ["tool", "args"]}}
     handled = {"type": "string", "enum": HANDLED_BY}
+    trace = {"type": "string", "nullable": True, "pattern": "^[0-9a-f]{32}$"}
     fields = _obj(
         ["path", "match", "matched", "critical", "reason"],
         path=text,
@@ -507,6 +508,8 @@ def _case() -> dict[str, Any]:
             "tool_calls",
             "tool_calls_total",
             "adjudications",
+            "trace_id",
+            "trace_url",
         ],
         event_id=text,
         task_type=maybe,
@@ -606,6 +609,7 @@ def _case() -> dict[str, Any]:
                     "outcome_revision",
                     "compared_at",
                     "fields",
+                    "trace_id",
                 ],
                 agent_version=text,
                 task_type=text,
@@ -615,6 +619,7 @@ def _case() -> dict[str, Any]:
                 outcome_revision={"type": "integer", "nullable": True},
                 compared_at=at,
                 fields={"type": "array", "items": fields},
+                trace_id={**trace, "description": "the case's trace when tracing was on"},
             ),
         },
         handling=_obj(
@@ -660,6 +665,16 @@ def _case() -> dict[str, Any]:
         },
         tool_calls_total={"type": "integer", "minimum": 0},
         adjudications={"type": "array", "items": _adjudication()},
+        trace_id={
+            **trace,
+            "description": "the case's OpenTelemetry trace: its newest comparison's, else the "
+            "one being written while tracing is on; null without one",
+        },
+        trace_url={
+            "type": "string",
+            "nullable": True,
+            "description": "SHADOW_TRACE_URL with the trace id filled in",
+        },
         adjudications_hidden={
             "type": "integer",
             "minimum": 0,

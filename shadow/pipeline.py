@@ -44,6 +44,7 @@ from shadow.policy import Policy
 from shadow.promotion import LadderState
 from shadow.store import Store
 from shadow.supervisor import Supervisor
+from shadow.tracing import NO_TRACING, Tracer
 
 __all__ = ["Pipeline", "PipelineObserver"]
 
@@ -78,8 +79,12 @@ class Pipeline:
         scan_every: float = 1.0,
         supervisor: Supervisor | None = None,
         ladder: Ladder | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self.settings = settings
+        # The case's trace (shadow.tracing): ingest spans from the intake, each comparison's
+        # trace id kept by the joiner, the verdict as the evaluation event after each join.
+        self.tracer = tracer
         self.policy = policy
         self.store = store
         self.agent = agent
@@ -101,6 +106,7 @@ class Pipeline:
             raw_prefix=prefix,
             samples=agent is not None,
             hooks=self,
+            tracer=tracer,
         )
         # How items were handled, from the routing answers (GET /v1/route): whether their
         # outcomes are evidence. Written before each join.
@@ -115,6 +121,7 @@ class Pipeline:
             clock,
             batch=max(settings.batch_size, 1000),
             before=self.handling.flush,
+            trace_of=tracer.trace_id if tracer.enabled else None,
         )
         # The one owner of autonomy (the composition root builds it first: the tool gateway
         # reads it too).
@@ -371,6 +378,7 @@ class Pipeline:
         for task_type in report.conflicts:
             self.metrics.handling_conflicts.labels(self.metrics.task_label(task_type)).inc()
         self.comparisons += len(report.comparisons)
+        self.tracer.evaluated(report.comparisons)
         if report.comparisons:
             for observer in self.observers:
                 observer.comparisons_stored(report.comparisons)

@@ -373,6 +373,11 @@ _V12 = [
     """,
 ]
 
+# v13: the case's OpenTelemetry trace id (shadow.tracing: 32 hex digits, derived from the
+# event id) kept with each comparison made while tracing was on, so the case view and the
+# replay report can link the trace; NULL for comparisons made with tracing off.
+_V13 = ["ALTER TABLE comparisons ADD COLUMN trace_id VARCHAR"]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -386,6 +391,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (10, _V10),
     (11, _V11),
     (12, _V12),
+    (13, _V13),
 ]
 
 AUDIT_CHAIN_VERSION = 11  # the migration after which the store chains the existing rows

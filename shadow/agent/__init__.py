@@ -50,6 +50,8 @@ translated in :class:`HttpAgent`); bad specs and knobs raise
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from shadow.agent.base import AgentTransport
 from shadow.agent.breaker import CircuitBreaker
 from shadow.agent.http import HttpAgent
@@ -68,11 +70,14 @@ __all__ = [
 ]
 
 
-def load_agent(spec: str, *, timeout: float) -> AgentTransport:
-    """``http(s)://...`` -> :class:`HttpAgent`; ``pkg.mod:fn`` -> :class:`CallableAgent`."""
+def load_agent(
+    spec: str, *, timeout: float, traceparent: Callable[[str], str | None] | None = None
+) -> AgentTransport:
+    """``http(s)://...`` -> :class:`HttpAgent` (sending ``traceparent(event_id)`` as the W3C
+    header when given); ``pkg.mod:fn`` -> :class:`CallableAgent`."""
     text = spec.strip()
     if text.lower().startswith(("http://", "https://")):
-        return HttpAgent(text, timeout=timeout)
+        return HttpAgent(text, timeout=timeout, traceparent=traceparent)
     if ":" in text and "://" not in text:
         return CallableAgent(text, timeout=timeout)
     raise ConfigError(f"agent must be an http(s) URL or module:callable, got {spec!r}")

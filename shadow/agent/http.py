@@ -4,7 +4,7 @@ translated into :class:`~shadow.errors.AgentError`."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -21,6 +21,9 @@ class HttpAgent:
     Owns an ``aiohttp.ClientSession`` (created on first use, closed by :meth:`close`) unless
     ``session`` is passed, which then stays the caller's to close. Redirects are not followed
     (a 3xx is a failed call): shadow traffic goes to the configured agent and nowhere else.
+    ``traceparent(event_id)`` gives the W3C ``traceparent`` header of the case's
+    ``invoke_agent`` span (:meth:`shadow.tracing.Tracer.traceparent`; ``None``: no header),
+    so an instrumented agent's own spans join the case's trace.
     """
 
     def __init__(
@@ -30,6 +33,7 @@ class HttpAgent:
         timeout: float,
         max_response_bytes: int = 1_048_576,
         session: aiohttp.ClientSession | None = None,
+        traceparent: Callable[[str], str | None] | None = None,
     ) -> None:
         parsed = URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -42,6 +46,7 @@ class HttpAgent:
         self._session = session
         self._owns_session = session is None
         self._closed = False
+        self._traceparent = traceparent
 
     async def __aenter__(self) -> Self:
         return self
@@ -78,6 +83,10 @@ class HttpAgent:
         }
         if request.get("tools_url"):
             headers["X-Shadow-Tools-Url"] = str(request["tools_url"])
+        if self._traceparent is not None:
+            parent = self._traceparent(headers["X-Shadow-Event-Id"])
+            if parent is not None:
+                headers["traceparent"] = parent
         session = self._client()
         try:
             async with session.post(

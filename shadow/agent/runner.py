@@ -15,6 +15,7 @@ from shadow.agent.breaker import CircuitBreaker
 from shadow.agent.inproc import CallableAgent
 from shadow.errors import AgentError, ConfigError, ValidationError
 from shadow.model import ShadowDecision, WorkEvent
+from shadow.tracing import NO_TRACING, Tracer
 
 
 class ToolSessions(Protocol):
@@ -48,6 +49,7 @@ class AgentRunner:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         tools: ToolSessions | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"agent concurrency must be at least 1, got {concurrency}")
@@ -68,6 +70,8 @@ class AgentRunner:
         # runner as soon as the agent has answered, the writes captured through it becoming
         # the decision's actions. The runner owns the session from open to close.
         self._tools = tools
+        # Each settled decision is the case's ``invoke_agent`` span (shadow.tracing).
+        self._tracer = tracer
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -379,9 +383,13 @@ class AgentRunner:
         self, event: WorkEvent, answer: Mapping[str, Any] | None, reason: str, latency_ms: float
     ) -> ShadowDecision:
         """The decision for an answer (validated) or a failure; the breaker learns which;
-        the case's tool session closes here (its captured writes are the actions)."""
+        the case's tool session closes here (its captured writes are the actions), and the
+        call becomes the case's ``invoke_agent`` span."""
         decision = self._decision(event, answer, reason, latency_ms)
-        return self._tools.settle(event, decision) if self._tools is not None else decision
+        if self._tools is not None:
+            decision = self._tools.settle(event, decision)
+        self._tracer.agent_called(event, decision)
+        return decision
 
     def _decision(
         self, event: WorkEvent, answer: Mapping[str, Any] | None, reason: str, latency_ms: float

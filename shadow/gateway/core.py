@@ -50,6 +50,7 @@ from shadow.policy import Policy
 from shadow.store import ApprovalRow, Store
 from shadow.supervisor import Supervisor
 from shadow.tools_policy import TaskTools, ToolClass, redact_args
+from shadow.tracing import NO_TRACING, McpRequest, Tracer
 
 __all__ = ["CallRefused", "Gateway", "ToolEntry", "describe_gateway"]
 
@@ -132,8 +133,11 @@ class Gateway:
         max_result_bytes: int = 4 * 1024 * 1024,
         monotonic: Callable[[], float] = time.monotonic,
         supervisor: Supervisor | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self.policy = policy
+        # Each tools/call answered is a span of its case's trace (shadow.tracing).
+        self.tracer = tracer
         self.ladder = ladder
         self.store = store
         self.metrics = metrics
@@ -178,6 +182,7 @@ class Gateway:
         clock: Callable[[], datetime],
         base_url: str,
         supervisor: Supervisor | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> Gateway:
         """The gateway ``shadow run`` wires (knobs from ``settings.gateway_*``)."""
         secret = settings.gateway_secret
@@ -196,6 +201,7 @@ class Gateway:
             class_ttl=settings.gateway_class_ttl,
             max_result_bytes=settings.gateway_max_result_bytes,
             supervisor=supervisor,
+            tracer=tracer,
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -382,11 +388,63 @@ class Gateway:
         return "result", result
 
     async def call_tool(
-        self, grant: Grant, name: str, args: dict[str, Any], *, repeat: str | None = None
+        self,
+        grant: Grant,
+        name: str,
+        args: dict[str, Any],
+        *,
+        repeat: str | None = None,
+        request: McpRequest | None = None,
     ) -> dict[str, Any]:
         """The result of one tools/call; CallRefused for an error answer. ``repeat`` is the
         client's repeat key (``_meta["io.shadow/repeat"]``): identical writes with distinct
-        keys are distinct writes."""
+        keys are distinct writes. With tracing on, the call is a ``tools/call {tool}`` span
+        of its case (``request``: the MCP request's id, session and ``traceparent``), whose
+        ``error.type`` is ``tool_error`` for a result with ``isError``, else the code of an
+        error answer."""
+        if not self.tracer.enabled:
+            return await self._call_tool(grant, name, args, repeat, None)
+        start = time.time_ns()
+        seen: dict[str, Any] = {}
+        error_type: str | None = None
+        error: str | None = None
+        try:
+            result = await self._call_tool(grant, name, args, repeat, seen)
+        except CallRefused as exc:
+            error_type, error = str(exc.code), str(exc)
+            raise
+        except BaseException as exc:  # the client went away, or a bug: still the case's
+            error_type, error = type(exc).__name__, str(exc) or type(exc).__name__
+            raise
+        else:
+            if result.get("isError") is True:
+                error_type, error = "tool_error", "the tool answered with isError: true"
+            return result
+        finally:
+            self.tracer.tool_called(
+                task_type=grant.task_type,
+                event_id=grant.event_id,
+                shadow=grant.shadow,
+                tool=name[:200],
+                start_ns=start,
+                outcome=seen.get("outcome", "unanswered"),
+                tool_class=seen.get("class"),
+                upstream=seen.get("upstream"),
+                level=seen.get("level", str(self.ladder.level(grant.task_type))),
+                error_type=error_type,
+                error=error,
+                request=request,
+            )
+
+    async def _call_tool(
+        self,
+        grant: Grant,
+        name: str,
+        args: dict[str, Any],
+        repeat: str | None,
+        seen: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """:meth:`call_tool`'s work; ``seen`` (tracing on) gets what the call's row says."""
         start = time.perf_counter()
         task_type = grant.task_type
         rules = self.rules(task_type)
@@ -412,6 +470,13 @@ class Gateway:
             self.calls.record(
                 row, outcome, entry, cls, error, time.perf_counter() - start, approval_id
             )
+            if seen is not None:
+                seen.update(
+                    outcome=outcome,
+                    upstream=None if entry is None else entry.upstream,
+                    level=row["level"],
+                )
+                seen["class"] = cls
 
         entry = None if rules is None else await self.catalog.entry(task_type, rules, name)
         if rules is None or entry is None:

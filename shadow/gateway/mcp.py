@@ -40,6 +40,7 @@ from shadow.checks import json_problem, text_problem
 from shadow.gateway.capability import Grant
 from shadow.gateway.core import CallRefused, Gateway
 from shadow.keys import GATEWAY, SETTINGS
+from shadow.tracing import McpRequest
 
 __all__ = [
     "HANDSHAKE_VERSIONS",
@@ -220,7 +221,25 @@ async def _post(request: web.Request) -> web.Response:
                 400,
             )
         version = found
-    return await _dispatch(request.app[GATEWAY], grant, rid, method, params, version)
+    traced = _traced(request, rid, meta, version)
+    return await _dispatch(request.app[GATEWAY], grant, rid, method, params, version, traced)
+
+
+def _traced(request: web.Request, rid: Any, meta: Any, version: str) -> McpRequest | None:
+    """What a tools/call span records of the request (tracing on): its id, MCP session and
+    protocol version, and the caller's ``traceparent`` (``params._meta``, as the MCP
+    semantic conventions propagate it, else the HTTP header)."""
+    if not request.app[GATEWAY].tracer.enabled:
+        return None
+    parent = meta.get("traceparent") if isinstance(meta, dict) else None
+    if not isinstance(parent, str):
+        parent = request.headers.get("traceparent")
+    return McpRequest(
+        str(rid),
+        request.headers.get("Mcp-Session-Id"),
+        version,
+        parent,
+    )
 
 
 # The strings of a request that are identifiers (control characters refused, not only NUL
@@ -306,7 +325,13 @@ def _initialize(
 
 
 async def _dispatch(
-    gateway: Gateway, grant: Grant, rid: Any, method: str, params: dict[str, Any], version: str
+    gateway: Gateway,
+    grant: Grant,
+    rid: Any,
+    method: str,
+    params: dict[str, Any],
+    version: str,
+    traced: McpRequest | None = None,
 ) -> web.Response:
     modern = version in MODERN_VERSIONS
     result: dict[str, Any]
@@ -350,7 +375,7 @@ async def _dispatch(
                     f"params._meta.{REPEAT_META}: longer than {MAX_REPEAT_CHARS} characters",
                 )
         try:
-            result = await gateway.call_tool(grant, name, args, repeat=repeat)
+            result = await gateway.call_tool(grant, name, args, repeat=repeat, request=traced)
         except CallRefused as exc:
             return _error(rid, exc.code, str(exc))
     else:

@@ -145,11 +145,13 @@ class CasePart(StoreBase):
                 "outcome_revision": _revision_of(digest, outcome_rows),
                 "compared_at": _at(compared),
                 "fields": loads(fields),
+                "trace_id": trace,
             }
-            for version, task_type, verdict, critical, handled, digest, compared, fields in (
+            for version, task_type, verdict, critical, handled, digest, compared, fields, trace in (
                 con.execute(
                     "SELECT agent_version, task_type, verdict, critical, handled_by, "
-                    "outcome_hash, compared_at, fields FROM comparisons WHERE event_id = ? "
+                    "outcome_hash, compared_at, fields, trace_id FROM comparisons "
+                    "WHERE event_id = ? "
                     "ORDER BY compared_at, agent_version",
                     [event_id],
                 ).fetchall()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -185,15 +186,23 @@ class JoinPart(StoreBase):
         keys = [f"{c.event_id}\x00{c.agent_version}" for c in comparisons]
         # A join on both key columns: cheaper than comparing a concatenation of them, which
         # builds a string for every stored row.
-        before: dict[str, tuple[Verdict, str | None]] = {
-            f"{eid}\x00{ver}": (Verdict(v), digest)
-            for eid, ver, v, digest in self.con.execute(
-                "SELECT c.event_id, c.agent_version, c.verdict, c.outcome_hash FROM comparisons c "
-                "JOIN (SELECT unnest(?::VARCHAR[]) AS event_id, unnest(?::VARCHAR[]) AS ver) k "
-                "ON c.event_id = k.event_id AND c.agent_version = k.ver",
-                [[c.event_id for c in comparisons], [c.agent_version for c in comparisons]],
-            ).fetchall()
-        }
+        traces: dict[str, str] = {}
+        before: dict[str, tuple[Verdict, str | None]] = {}
+        for eid, ver, v, digest, trace in self.con.execute(
+            "SELECT c.event_id, c.agent_version, c.verdict, c.outcome_hash, c.trace_id "
+            "FROM comparisons c "
+            "JOIN (SELECT unnest(?::VARCHAR[]) AS event_id, unnest(?::VARCHAR[]) AS ver) k "
+            "ON c.event_id = k.event_id AND c.agent_version = k.ver",
+            [[c.event_id for c in comparisons], [c.agent_version for c in comparisons]],
+        ).fetchall():
+            before[f"{eid}\x00{ver}"] = (Verdict(v), digest)
+            if trace is not None:
+                traces[f"{eid}\x00{ver}"] = trace
+        if traces:  # a re-score or a folded comparison keeps the trace it was made in
+            comparisons = [
+                replace(c, trace_id=traces[k]) if c.trace_id is None and k in traces else c
+                for c, k in zip(comparisons, keys, strict=True)
+            ]
         kept = [
             (c, k)
             for c, k in zip(comparisons, keys, strict=True)
@@ -216,7 +225,7 @@ class JoinPart(StoreBase):
                 "INSERT OR REPLACE INTO comparisons SELECT unnest(?::VARCHAR[]), "
                 "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
                 "unnest(?::BOOLEAN[]), unnest(?::VARCHAR[])::JSON, unnest(?::VARCHAR[]), "
-                "?::TIMESTAMPTZ, unnest(?::VARCHAR[])",
+                "?::TIMESTAMPTZ, unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
                 [
                     [c.event_id for c in comparisons],
                     [c.agent_version for c in comparisons],
@@ -227,6 +236,7 @@ class JoinPart(StoreBase):
                     [c.outcome_hash for c in comparisons],
                     now,
                     [c.handled_by.value for c in comparisons],
+                    [c.trace_id for c in comparisons],
                 ],
             )
             # The sidecar's own routing record wins over the label a comparison came with
@@ -283,7 +293,7 @@ class JoinPart(StoreBase):
                 tx.execute(
                     "INSERT INTO comparisons SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
                     "unnest(?::VARCHAR[]), 'expired', false, '[]'::JSON, NULL, ?::TIMESTAMPTZ, "
-                    "'blind'",
+                    "'blind', NULL",
                     [_col(stale, 0), _col(stale, 1), _col(stale, 2), now],
                 )
                 tx.execute(

@@ -279,15 +279,22 @@ def no_shadow_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 async def sidecar(tmp_path: Path, no_shadow_env: None) -> AsyncIterator[SidecarFactory]:
     """``await sidecar(policy=TEXT, agent=URL, **settings)`` serves the real app on
-    127.0.0.1:0 with a tmp DuckDB file; everything is torn down after the test."""
+    127.0.0.1:0 with a tmp DuckDB file (``environ=``: build_app's environment instead of the
+    process's); everything is torn down after the test."""
     started: list[tuple[Listener, aiohttp.ClientSession]] = []
 
     async def start(
-        *, policy: str = POLICY, clock: Callable[[], datetime] | None = None, **overrides: Any
+        *,
+        policy: str = POLICY,
+        clock: Callable[[], datetime] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
     ) -> Sidecar:
         settings = clean_settings(tmp_path, f"sidecar{len(started)}", **overrides)
         parsed = parse_policy(policy)
         extra: dict[str, Any] = {} if clock is None else {"clock": clock}
+        if environ is not None:  # the composition root's environment (OTEL_*, env:NAME)
+            extra["environ"] = environ
         app = build_app(settings, policy=parsed, registry=CollectorRegistry(), **extra)
         sock = socket.create_server(("127.0.0.1", 0))
         listener = Listener(app, sock, settings, access_log=None, shutdown_timeout=1.0)

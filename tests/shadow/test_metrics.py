@@ -10,7 +10,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from shadow.demo import DEMO_POLICY
 from shadow.errors import Reason
-from shadow.metrics import DEAD_LETTER_REASONS, OTHER, Metrics, auth_refusals
+from shadow.metrics import DEAD_LETTER_REASONS, OTHER, Metrics, auth_refusals, trace_counters
 from shadow.policy import parse_policy
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -22,9 +22,11 @@ def metrics() -> Metrics:
 
 def exported(m: Metrics) -> dict[str, tuple[str, tuple[str, ...]]]:
     """name as scraped -> (type, label names), for every metric the object defines, and
-    the one the app defines before the store opens (credential refusals)."""
+    those the app defines before the store opens (credential refusals, tracing)."""
     out: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for value in [*vars(m).values(), auth_refusals(CollectorRegistry())]:
+    tracing = trace_counters(CollectorRegistry())
+    early = [auth_refusals(CollectorRegistry()), tracing.exported, tracing.dropped]
+    for value in [*vars(m).values(), *early]:
         if isinstance(value, MetricWrapperBase):
             kind = str(value._type)
             name = value._name + ("_total" if kind == "counter" else "")
