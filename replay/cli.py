@@ -318,7 +318,9 @@ def _write_outputs(doc: dict[str, Any], args: argparse.Namespace) -> None:
     if args.json_out:
         _atomic_write(Path(args.json_out), json.dumps(doc, indent=2, sort_keys=False) + "\n")
     if args.html_out:
-        _atomic_write(Path(args.html_out), render_html(doc))
+        # An entry point reads the environment: the live sidecar's trace link template.
+        link = os.environ.get("SHADOW_TRACE_URL") or None
+        _atomic_write(Path(args.html_out), render_html(doc, trace_link=link))
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -62,7 +62,7 @@ def _confusion(path: str, cm: Mapping[str, Any]) -> str:
     )
 
 
-def _task(name: str, t: Mapping[str, Any]) -> str:
+def _task(name: str, t: Mapping[str, Any], trace_link: str | None = None) -> str:
     parts = [f'<h2 id="t-{_e(name)}">{_e(name)}</h2>']
     parts.append(
         f"<p>Evidence (blind outcomes): n {t['n']}, agree {t['agree']} "
@@ -122,6 +122,9 @@ def _task(name: str, t: Mapping[str, Any]) -> str:
             for ex in examples:
                 text = json.dumps(ex, indent=2, ensure_ascii=False)
                 parts.append(f"<pre>{_e(text)}</pre>")
+                if trace_link is not None and ex.get("trace_id"):
+                    url = trace_link.replace("{trace_id}", str(ex["trace_id"]))
+                    parts.append(f'<p><a href="{_e(url)}">the live case\'s trace</a></p>')
     return "".join(parts)
 
 
@@ -135,7 +138,9 @@ def _cases(doc: Mapping[str, Any]) -> str:
     )
 
 
-def render_html(doc: Mapping[str, Any]) -> str:
+def render_html(doc: Mapping[str, Any], *, trace_link: str | None = None) -> str:
+    """The page for ``doc``. ``trace_link`` is a link template with ``{trace_id}``
+    (``SHADOW_TRACE_URL``): an example case whose live comparison kept its trace links it."""
     tasks: Mapping[str, Any] = doc["task_types"]
     agent = doc["agent"]
     version = agent.get("agent_version")
@@ -203,6 +208,6 @@ def render_html(doc: Mapping[str, Any]) -> str:
         "reported beside it.</p>",
         summary,
         agreement_chart([_chart_row(name, t) for name, t in tasks.items()]),
-        *(_task(name, t) for name, t in tasks.items()),
+        *(_task(name, t, trace_link) for name, t in tasks.items()),
     ]
     return page(f"Replay report: {'-' if version is None else version}", body)

@@ -42,11 +42,14 @@ class Case:
     answer, from a sidecar DuckDB history's ``handling`` table; ``None``: never routed, or a
     JSONL/Parquet history). With the outcome's own ``handled_by`` it decides whether the
     case is evidence, by the live rule (:attr:`shadow.store.JoinRow.handled_by`): the
-    record, else what the outcome states, else blind."""
+    record, else what the outcome states, else blind. ``trace_id`` is the case's live
+    OpenTelemetry trace (a sidecar history whose comparison kept one: shadow.tracing), shown
+    with the report's example cases."""
 
     event: WorkEvent
     outcome: Outcome
     recorded: Handling | None = None
+    trace_id: str | None = None
 
     @property
     def event_id(self) -> str:

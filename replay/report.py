@@ -234,7 +234,8 @@ class TaskStats:
         key = case.event_id
         if len(into) >= self.examples and key >= into[-1][0]:
             return
-        bisect.insort(into, (key, {"event_id": key, **body}), key=lambda kv: kv[0])
+        traced = {"trace_id": case.trace_id} if case.trace_id is not None else {}
+        bisect.insort(into, (key, {"event_id": key, **traced, **body}), key=lambda kv: kv[0])
         del into[self.examples :]
 
     @property

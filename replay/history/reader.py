@@ -86,6 +86,7 @@ class History:
         # handling table (the sidecar's routing records); older files have neither.
         self._stated = False
         self._routed = False
+        self._traced = False
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -159,7 +160,7 @@ class History:
         cols: dict[str, set[str]] = {}
         for table, column in self._con.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
-            "WHERE table_name IN ('events', 'outcomes', 'decisions', 'handling')"
+            "WHERE table_name IN ('events', 'outcomes', 'decisions', 'handling', 'comparisons')"
         ).fetchall():
             cols.setdefault(table, set()).add(column)
         need = {
@@ -190,6 +191,8 @@ class History:
         self._has_decisions = "decisions" in cols
         self._stated = "handled_by" in cols["outcomes"]
         self._routed = {"event_id", "handled_by"} <= cols.get("handling", set())
+        # Schema v13 on: the live comparisons' trace ids (shadow.tracing), for the examples.
+        self._traced = "trace_id" in cols.get("comparisons", set())
 
     def _check_parquet(self) -> None:
         src = f"read_parquet({_sql_str(str(self.path))}, file_row_number=true)"
@@ -266,7 +269,8 @@ class History:
         """Columns: row numbers (event, outcome; NULL for the sidecar file), the event's
         five columns, the outcome's five (``handled_by``: what the outcome states), and for
         the sidecar file the sidecar's routing record (``handling.handled_by``, the live
-        join's ``h.handled_by``), ordered by event_id."""
+        join's ``h.handled_by``) and its comparisons' trace id (shadow.tracing), ordered by
+        event_id."""
         rules = []
         if self.selection.task_types is not None:
             rules.append("task_type IN (SELECT unnest(?::VARCHAR[]))")
@@ -280,10 +284,17 @@ class History:
             stated = "o.handled_by" if self._stated else "NULL"
             recorded = "h.handled_by" if self._routed else "NULL"
             routing = " LEFT JOIN handling h ON h.event_id = e.event_id" if self._routed else ""
+            traced = "t.trace_id" if self._traced else "NULL"
+            if self._traced:
+                routing += (
+                    " LEFT JOIN (SELECT event_id, max(trace_id) AS trace_id FROM comparisons "
+                    "GROUP BY event_id) t ON t.event_id = e.event_id"
+                )
             return (
                 "SELECT NULL, NULL, e.event_id, e.task_type, CAST(e.payload AS VARCHAR), "
                 "e.occurred_at, e.segment, CAST(o.decision AS VARCHAR), "
-                f"CAST(o.actions AS VARCHAR), o.decided_by, o.decided_at, {stated}, {recorded} "
+                f"CAST(o.actions AS VARCHAR), o.decided_by, o.decided_at, {stated}, {recorded}, "
+                f"{traced} "
                 "FROM events e JOIN outcomes o ON o.event_id = e.event_id AND o.is_current"
                 + routing
                 + where.replace("task_type", "e.task_type").replace("(event_id)", "(e.event_id)")
@@ -442,7 +453,7 @@ def _stored_cases(rows: Sequence[tuple[Any, ...]], path: Path) -> list[Case]:
     decisions = _json_column([r[7] for r in rows])
     out = []
     for row, payload, decision in zip(rows, payloads, decisions, strict=True):
-        _, _, eid, tt, _, occurred, segment, _, actions, by, at, stated, recorded = row
+        _, _, eid, tt, _, occurred, segment, _, actions, by, at, stated, recorded, trace = row
         acts = () if actions == "[]" else as_actions(loads(actions))
         outcome = Outcome(eid, decision, acts, by, at, _handling(stated, path, "outcomes", eid))
         out.append(
@@ -450,6 +461,7 @@ def _stored_cases(rows: Sequence[tuple[Any, ...]], path: Path) -> list[Case]:
                 WorkEvent(eid, tt, payload, occurred, segment),
                 outcome,
                 _handling(recorded, path, "handling", eid),
+                trace,
             )
         )
     return out

@@ -3,6 +3,7 @@ it renders the numbers, logs no console error and asks the network for nothing."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -12,8 +13,12 @@ import pytest
 
 from replay.html import render_html
 from shadow.cli import main
+from shadow.model import Comparison, Verdict
+from shadow.store import Store
+from shadow.tracing import case_ids
 from tests.conftest import require_tool
 from tests.replay import data
+from tests.replay.conftest import NOW, write_sidecar_history
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -130,3 +135,37 @@ def test_html_escapes_history_text(tmp_path: Path) -> None:
     assert problems == []
     assert network == []
     assert "<script>alert(1)</script>" in text
+
+
+async def test_example_cases_carry_their_live_trace_and_link_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sidecar history whose comparisons kept their trace ids (tracing on live, schema
+    v13): each example case of the report names its trace, and the page links it with
+    SHADOW_TRACE_URL."""
+    db = await write_sidecar_history(tmp_path / "sidecar.duckdb")
+    traced = {
+        f"rf-{i:03d}": case_ids("shadow-sidecar", f"rf-{i:03d}")[0].hex() for i in range(30, 60)
+    }
+    async with Store(db) as store:
+        await store.put_comparisons(
+            [
+                Comparison(eid, "refund", "live@1", Verdict.AGREE, trace_id=trace)
+                for eid, trace in traced.items()
+            ],
+            now=NOW,
+        )
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(data.POLICY)
+    out, html = tmp_path / "r.json", tmp_path / "r.html"
+    monkeypatch.setenv("SHADOW_TRACE_URL", "http://phoenix.test/projects/p/traces/{trace_id}")
+    args = ["replay", "--history", str(db), "--config", str(policy), "--no-progress"]
+    args += ["--agent", "tests.replay.data:candidate", "--cache", str(tmp_path / "c.duckdb")]
+    assert await asyncio.to_thread(main, [*args, "--json", str(out), "--html", str(html)]) == 0
+    capsys.readouterr()
+    examples = json.loads(out.read_text())["task_types"]["refund"]["critical_examples"]
+    assert examples
+    for example in examples:
+        assert example["trace_id"] == traced[example["event_id"]]
+        link = f"http://phoenix.test/projects/p/traces/{example['trace_id']}"
+        assert f'<a href="{link}">' in html.read_text()
