@@ -26,7 +26,8 @@ Not cached
     Failed calls (HTTP errors, timeouts, invalid answers): the next run retries them.
 Bounded work
     At most ``concurrency`` calls in flight (the :class:`~shadow.agent.AgentRunner`
-    semaphore) and at most ``rate`` call starts per second (``None``: no limit). Setting
+    semaphore) and at most ``rate`` call starts per second (``None``: no limit; a
+    :class:`RateLimiter` with a shared slot makes it one limit over several processes). Setting
     ``stop`` ends a batch early: calls in flight are cancelled, answers already received
     are cached and returned, the rest come back as ``None``.
 """
@@ -52,6 +53,7 @@ __all__ = [
     "AnswerStore",
     "CachedAgent",
     "RateLimiter",
+    "SharedSlot",
     "VersionChanged",
     "agent_key",
     "request_hash",
@@ -111,8 +113,26 @@ def request_hash(event: WorkEvent) -> str:
     return hash_text(canonical_request(event))
 
 
+class SharedSlot(Protocol):
+    """A float several processes share, with its lock: ``multiprocessing``'s
+    ``ctx.Value("d", 0.0)``."""
+
+    value: float
+
+    def get_lock(self) -> Any: ...
+
+
 class RateLimiter:
-    """Spaces call starts at least ``1/rate`` seconds apart (``rate=None``: no limit)."""
+    """Spaces call starts at least ``1/rate`` seconds apart (``rate=None``: no limit).
+
+    Each :meth:`acquire` reserves the next free start time (``max(now, next)``) and moves
+    ``next`` on by ``1/rate``, then sleeps until its start; idle time is not saved up as a
+    burst. With ``shared`` (a :class:`SharedSlot`) the next free start lives there instead,
+    reserved under its lock (nothing sleeps holding it), so every limiter given the same
+    slot, in any process, draws from *one* limit: the workers of a sharded run together
+    start at most ``rate`` calls per second. Their ``clock`` must then be one clock for
+    all of them: ``time.monotonic`` is (system-wide on Linux, macOS and Windows).
+    """
 
     def __init__(
         self,
@@ -120,24 +140,35 @@ class RateLimiter:
         *,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        shared: SharedSlot | None = None,
     ) -> None:
         if rate is not None and not rate > 0:
             raise ValueError(f"rate must be a positive number of calls per second, got {rate}")
         self._gap = 1.0 / rate if rate else 0.0
         self._clock = clock
         self._sleep = sleep
+        self._shared = shared
         self._next = 0.0
 
     @property
     def limited(self) -> bool:
         return bool(self._gap)
 
+    def _reserve(self, now: float) -> float:
+        if self._shared is None:
+            start = max(now, self._next)
+            self._next = start + self._gap
+            return start
+        with self._shared.get_lock():
+            start = max(now, self._shared.value)
+            self._shared.value = start + self._gap
+        return start
+
     async def acquire(self) -> None:
         if not self._gap:
             return
         now = self._clock()
-        start = max(now, self._next)
-        self._next = start + self._gap
+        start = self._reserve(now)
         if start > now:
             await self._sleep(start - now)
 
@@ -162,15 +193,18 @@ class CachedAgent:
         declared_version: str | None = None,
         refresh: bool = False,
         rate: float | None = None,
+        limiter: RateLimiter | None = None,
         clock: Callable[[], float],
         now: Callable[[], datetime],
     ) -> None:
+        """``limiter``: a :class:`RateLimiter` to share (a sharded run's workers share one
+        limit); else one of ``rate`` calls per second is made on ``clock``."""
         self.runner = runner
         self.cache = cache
         self.key = agent_key(spec, declared_version)
         self.declared = declared_version
         self.refresh = refresh
-        self.limiter = RateLimiter(rate, clock=clock)
+        self.limiter = limiter if limiter is not None else RateLimiter(rate, clock=clock)
         self.now = now
         self.stats = CallStats()
         self.expected: str | None = declared_version

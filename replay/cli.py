@@ -7,8 +7,9 @@ Registered with ``shadow``'s CLI through the ``shadow.commands`` entry point
         [--baseline REPORT.json | --baseline-version VERSION] [--json OUT.json]
         [--html OUT.html] [--fail-if-worse] ...
 
-Exit codes: 0 done (no regression, or no ``--fail-if-worse``); 1 the candidate is
-significantly worse than the baseline on some task type and ``--fail-if-worse`` is set;
+Exit codes: 0 done (no regression, or no ``--fail-if-worse``); 1 the regression gate
+failed (:func:`replay.gate.compare_reports`: agreement, critical-miss rate or a segment
+significantly worse on some task type) and ``--fail-if-worse`` is set;
 2 a usage or input error (one line on stderr, from ``shadow``'s CLI); 130 interrupted
 (Ctrl-C / SIGTERM): the reports written hold the cases scored so far (``complete:
 false``) and the cache lets the next run resume. The options are documented in
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from replay.errors import ReplayError
+from replay.gate import SEGMENT_MIN_CASES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["EXIT_INTERRUPTED", "EXIT_WORSE", "register", "run"]
 
 EXIT_WORSE = 1
+# Left out of the report entry recorded as replay evidence: examples and per-case results.
+_NOT_RECORDED = frozenset({"critical_examples", "error_examples", "cases", "case_segments"})
 EXIT_INTERRUPTED = 130
 DEFAULT_CACHE = ".shadow-replay/cache.duckdb"
 
@@ -60,13 +64,21 @@ def register(sub: Any) -> None:
         "--fail-if-worse", action="store_true", help="exit 1 if significantly worse (CI gate)"
     )
     p.add_argument("--alpha", type=float, default=0.05, help="regression test level (0.05)")
+    p.add_argument(
+        "--segment-min-cases",
+        type=int,
+        default=SEGMENT_MIN_CASES,
+        help=f"cases a segment needs to be tested on its own ({SEGMENT_MIN_CASES})",
+    )
     p.add_argument("--task-type", action="append", help="only this task type (repeatable)")
     p.add_argument("--since", help="cases at or after this ISO-8601 time")
     p.add_argument("--until", help="cases before this ISO-8601 time")
     p.add_argument("--sample", type=float, default=1.0, help="stable fraction of cases (0, 1]")
     p.add_argument("--limit", type=int, help="at most this many cases (event_id order)")
     p.add_argument("--concurrency", type=int, default=8, help="agent calls in flight (8)")
-    p.add_argument("--rate", type=float, help="at most this many agent calls per second")
+    p.add_argument(
+        "--rate", type=float, help="at most this many agent calls per second (all workers)"
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per agent call (30)")
     p.add_argument("--retries", type=int, default=2, help="retries after transport errors")
     p.add_argument("--agent-version", help="declare the agent's version (the cache key)")
@@ -78,7 +90,7 @@ def register(sub: Any) -> None:
         "--workers",
         type=int,
         default=1,
-        help="processes (1); more split the history by event_id (no --limit or --rate)",
+        help="processes (1); more split the history by event_id (no --limit)",
     )
     p.add_argument("--examples", type=int, default=5, help="example cases per task type (5)")
     p.add_argument(
@@ -111,8 +123,8 @@ def _time(text: str | None, name: str) -> datetime | None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.workers > 1 and (args.limit is not None or args.rate is not None):
-        raise ReplayError("--workers cannot be combined with --limit or --rate")
+    if args.workers > 1 and args.limit is not None:
+        raise ReplayError("--workers cannot be combined with --limit")
     if args.fail_if_worse and not (args.baseline or args.baseline_version):
         raise ReplayError("--fail-if-worse needs --baseline REPORT.json or --baseline-version")
     for name, ok in (
@@ -126,6 +138,7 @@ def _check(args: argparse.Namespace) -> None:
         ("limit", args.limit is None or args.limit >= 1),
         ("rate", args.rate is None or args.rate > 0),
         ("workers", args.workers >= 1),
+        ("segment-min-cases", args.segment_min_cases >= 1),
     ):
         if not ok:
             raise ReplayError(f"--{name}: {getattr(args, name.replace('-', '_'))} is out of range")
@@ -222,6 +235,7 @@ async def _replay(args: argparse.Namespace, console: Console) -> int:
                 refresh=args.refresh_cache,
                 batch=args.batch_size,
                 examples=args.examples,
+                rate=args.rate,
             )
             with (
                 _interrupts(stop, console),
@@ -288,7 +302,9 @@ async def _replay(args: argparse.Namespace, console: Console) -> int:
         },
     )
     if baseline_doc is not None:
-        doc["regression"] = compare_reports(doc, baseline_doc, alpha=args.alpha)
+        doc["regression"] = compare_reports(
+            doc, baseline_doc, alpha=args.alpha, segment_min=args.segment_min_cases
+        )
         doc["baseline"] = {
             "source": args.baseline or f"store:{args.baseline_version}",
             "agent_version": baseline_doc.get("agent", {}).get("agent_version"),
@@ -348,7 +364,7 @@ async def _record(doc: dict[str, Any], args: argparse.Namespace, policy: Any) ->
             lower=t["lower"],
             upper=t["upper"],
             policy_hash=policy.task_types[name].hash if name in policy.task_types else None,
-            report={k: v for k, v in t.items() if k not in ("critical_examples", "error_examples")},
+            report={k: v for k, v in t.items() if k not in _NOT_RECORDED},
         )
         for name, t in doc["task_types"].items()
     ]

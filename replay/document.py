@@ -2,8 +2,9 @@
 
 The schema (``shadow-replay-report/1``) is documented field by field in docs/replay.md;
 additions are allowed, renames are not. Reading a baseline accepts any document with that
-schema name whose task type entries carry integer ``n`` and ``agree``; anything else is
-a :class:`~replay.errors.ReplayError` naming the file and the field.
+schema name whose task type entries carry integer ``n`` and ``agree`` (and, when present,
+well-formed per-case results: ``cases``, ``case_segments``, ``segments``); anything else
+is a :class:`~replay.errors.ReplayError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from replay.cases import CODES
 from replay.errors import ReplayError
 from replay.model import Selection, most_common_version
 from replay.report import SCHEMA, totals_entry
@@ -96,6 +98,42 @@ def load_report(path: str | Path) -> dict[str, Any]:
                 )
         if entry["agree"] > entry["n"]:
             raise ReplayError(f"baseline {where}: task_types.{name}: agree exceeds n")
+        problem = _per_case_problem(entry)
+        if problem is not None:
+            raise ReplayError(f"baseline {where}: task_types.{name}.{problem}")
     if doc.get("complete") is False:
         raise ReplayError(f"baseline {where} is a partial report (complete: false); re-run it")
     return doc
+
+
+def _per_case_problem(entry: Mapping[str, Any]) -> str | None:
+    """What is wrong with a baseline entry's per-case results (optional: reports written
+    before them have none, and are compared unpaired), as ``field: problem``."""
+    cases = entry.get("cases")
+    if cases is not None:
+        if not isinstance(cases, dict):
+            return "cases: expected an object of event_id -> result code"
+        for event_id, code in cases.items():
+            if code not in CODES:
+                return f"cases.{event_id}: expected one of {''.join(sorted(CODES))}, got {code!r}"
+        if len(cases) != entry["n"]:
+            return f"cases: {len(cases)} results for n = {entry['n']}"
+    members = entry.get("case_segments")
+    if members is not None and not (
+        isinstance(members, dict)
+        and all(
+            isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+            for ids in members.values()
+        )
+    ):
+        return "case_segments: expected an object of segment -> [event_id, ...]"
+    segments = entry.get("segments")
+    if segments is not None:
+        if not isinstance(segments, dict):
+            return "segments: expected an object of segment -> figures"
+        for seg, figures in segments.items():
+            for key in ("n", "agree"):
+                value = figures.get(key) if isinstance(figures, dict) else None
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    return f"segments.{seg}.{key}: expected a whole number >= 0"
+    return None

@@ -90,6 +90,23 @@ def _task(name: str, t: Mapping[str, Any], trace_link: str | None = None) -> str
     if base:
         cls = "bad" if base["significantly_worse"] else "ok"
         parts.append(f'<p>Baseline: <span class="badge {cls}">{_e(base["statement"])}</span></p>')
+        crit = base.get("critical_miss")
+        if crit:
+            cls = "bad" if crit["significantly_worse"] else "ok"
+            parts.append(
+                f'<p>Critical misses: <span class="badge {cls}">{_e(crit["statement"])}</span></p>'
+            )
+        segments = base.get("segments") or {}
+        if segments:
+            rows = "".join(
+                f"<tr><td>{_e(seg)}</td><td>{'worse' if e['significantly_worse'] else '-'}</td>"
+                f"<td>{_e(e['statement'])}</td></tr>"
+                for seg, e in segments.items()
+            )
+            parts.append(
+                "<h3>Segments vs baseline</h3><table><tr><th>segment</th><th>regression</th>"
+                f"<th>test</th></tr>{rows}</table>"
+            )
     fields = [
         (p, float(f["mismatches"]), f"{f['mismatches']}/{f['compared']} ({f['rate']:.1%})")
         for p, f in t["fields"].items()
@@ -153,9 +170,10 @@ def render_html(doc: Mapping[str, Any], *, trace_link: str | None = None) -> str
     reg = doc.get("regression")
     verdict = ""
     if reg is not None:
+        reasons = "".join(f"<li>{_e(f['reason'])}</li>" for f in reg.get("failures", ()))
         verdict = (
             f'<p><span class="badge bad">Regression vs baseline on {_e(", ".join(reg["worse"]))}'
-            "</span></p>"
+            f"</span></p><ul>{reasons}</ul>"
             if reg["regression"]
             else '<p><span class="badge ok">No significant regression vs baseline</span></p>'
         )

@@ -1,9 +1,11 @@
 """The replay report: per task type tallies, and the JSON document built from them.
 
 :class:`TaskStats` takes one scored case at a time (:meth:`TaskStats.add`) and keeps only
-bounded state besides one latency float per answer: counts, per-field tallies, a capped
-confusion matrix per categorical field and the first ``examples`` critical misses and
-agent errors *by event_id* (so the examples do not depend on the order answers arrived).
+bounded state besides one latency float per answer and one compact result per blind case
+(:class:`~replay.cases.CaseLog`: event_id, result code, segment; what a later run pairs
+with): counts, per-field tallies, a capped confusion matrix per categorical field and the
+first ``examples`` critical misses and agent errors *by event_id* (so the examples do not
+depend on the order answers arrived).
 
 The JSON document (schema ``shadow-replay-report/1``, documented in docs/replay.md) is a
 plain dict; every per-task-type entry carries the ``GET /v1/agreement`` names ``n``,
@@ -31,6 +33,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from replay.cases import AGREE, CRITICAL, DISAGREE, ERROR, CaseLog
 from replay.gate import gate_entry
 from replay.model import Case, most_common_version
 from shadow.diff import normalize_text
@@ -155,6 +158,8 @@ class TaskStats:
         self.not_categorical: set[str] = set()
         self.critical_examples: list[tuple[str, dict[str, Any]]] = []
         self.error_examples: list[tuple[str, dict[str, Any]]] = []
+        # Each blind case's result and segment: what a later run pairs with (replay.gate).
+        self.cases = CaseLog()
 
     @property
     def compared_cases(self) -> int:
@@ -177,14 +182,19 @@ class TaskStats:
                 self.accepted_agree[c.handled_by] += 1
             return
         self.n += 1
+        segment = case.event.segment
         if c.verdict is Verdict.AGENT_ERROR:
             self.errors += 1
+            self.cases.add(case.event_id, ERROR, segment)
             self._example(self.error_examples, case, {"error": d.error})
             return
         if c.verdict is Verdict.AGREE:
             self.agree += 1
+            code = AGREE
         else:
             self.disagree += 1
+            code = CRITICAL if c.critical_miss else DISAGREE
+        self.cases.add(case.event_id, code, segment)
         for f in c.fields:
             self.compared[f.path] += 1
             if not f.matched:
@@ -263,6 +273,7 @@ class TaskStats:
             mine.update(theirs)
         self.latencies.extend(other.latencies)
         self.costs.extend(other.costs)
+        self.cases.merge(other.cases)
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         for path, _, _ in self._categorical:
@@ -304,6 +315,7 @@ class TaskStats:
                 self.compared.items(), key=lambda kv: (-self.mismatched[kv[0]], kv[0])
             )
         }
+        cases, case_segments, segments = self.cases.to_json()
         return {
             "agent_version": version,
             **agreement_fields(
@@ -322,7 +334,10 @@ class TaskStats:
                 "cost_usd": round(self.cost_usd, 6),
             },
             "gates": gate_entry(self.task, snap),
+            "segments": segments,
             "latency_ms": percentiles(self.latencies),
+            "cases": cases,
+            "case_segments": case_segments,
         }
 
     def _matrix(self, path: str) -> dict[str, Any]:

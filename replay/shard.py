@@ -27,9 +27,14 @@ Stop
     Setting ``stop`` (Ctrl-C) is relayed to the workers, which ignore SIGINT themselves and
     end like a single run (answers in flight cancelled, answers received cached and scored);
     the merged result then says ``complete: False`` and covers exactly the cases scored.
+Rate
+    ``rate`` is one limit for the whole run, not one per worker: the workers' limiters share
+    the next free start time in one ``multiprocessing`` double (:class:`~replay.cache.
+    RateLimiter` with a shared slot, on the system-wide monotonic clock), so together they
+    start at most ``rate`` agent calls per second.
 Limits
-    No ``limit`` (the first N cases in ``event_id`` order is a rule over the whole history)
-    and no ``rate`` (it would be per worker). Progress is the workers' scored counts, polled.
+    No ``limit`` (the first N cases in ``event_id`` order is a rule over the whole history).
+    Progress is the workers' scored counts, polled.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
-from replay.cache import CachedAgent, CallStats
+from replay.cache import CachedAgent, CallStats, RateLimiter
 from replay.errors import HistoryError, ReplayError
 from replay.history import History, ResponseCache, decode_answers, encode_answers
 from replay.model import Selection, most_common_version
@@ -79,6 +84,7 @@ class ShardJob:
     refresh: bool = False
     batch: int = 500
     examples: int = 5
+    rate: float | None = None  # agent calls started per second, over all the workers
     shard: int = 0
     shards: int = 1
     expected: str | None = None
@@ -132,10 +138,10 @@ class _RemoteCache:
         return found
 
 
-def _worker_main(job: ShardJob, conn: Connection, stop: Any, scored: Any) -> None:
+def _worker_main(job: ShardJob, conn: Connection, stop: Any, scored: Any, slot: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent relays Ctrl-C through ``stop``
     try:
-        outcome = asyncio.run(_work(job, conn, stop, scored))
+        outcome = asyncio.run(_work(job, conn, stop, scored, slot))
     except BaseException as exc:  # reported to the parent, which raises it
         conn.send(("failed", exc if isinstance(exc, ReplayError) else _describe(exc)))
     else:
@@ -148,7 +154,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def _work(job: ShardJob, conn: Connection, stop_flag: Any, scored: Any) -> _Outcome:
+async def _work(
+    job: ShardJob, conn: Connection, stop_flag: Any, scored: Any, slot: Any
+) -> _Outcome:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     done = threading.Event()
@@ -188,6 +196,7 @@ async def _work(job: ShardJob, conn: Connection, stop_flag: Any, scored: Any) ->
                 spec=job.agent,
                 declared_version=job.declared_version,
                 refresh=job.refresh,
+                limiter=RateLimiter(job.rate, clock=time.monotonic, shared=slot),
                 clock=time.monotonic,
                 now=lambda: datetime.now(UTC),
             )
@@ -226,6 +235,7 @@ async def run_sharded(
     # process dies).
     # scored cases, agent calls and cache hits, summed over the workers
     stop_flag, scored = ctx.Value("b", 0), ctx.Array("q", 3)
+    slot = ctx.Value("d", 0.0)  # the next free call start (time.monotonic) of --rate
     expected: str | None = None
     rounds = 0
     async with ResponseCache(job.cache) as cache:
@@ -237,7 +247,7 @@ async def run_sharded(
             relay = _Relay(stop, stop_flag, scored, progress, live)
             polling = asyncio.ensure_future(relay.run())
             try:
-                outcomes = await _round(ctx, jobs, cache, stop_flag, scored)
+                outcomes = await _round(ctx, jobs, cache, stop_flag, scored, slot)
             finally:
                 polling.cancel()
                 relay.poll()
@@ -263,7 +273,7 @@ async def run_sharded(
 
 
 async def _round(
-    ctx: Any, jobs: list[ShardJob], cache: ResponseCache, stop_flag: Any, scored: Any
+    ctx: Any, jobs: list[ShardJob], cache: ResponseCache, stop_flag: Any, scored: Any, slot: Any
 ) -> list[_Outcome]:
     """Start one worker per job, serve their cache requests, collect their outcomes."""
     procs = []
@@ -273,7 +283,7 @@ async def _round(
             mine, theirs = ctx.Pipe()
             proc = ctx.Process(
                 target=_worker_main,
-                args=(job, theirs, stop_flag, scored),
+                args=(job, theirs, stop_flag, scored, slot),
                 name=f"replay-shard-{job.shard}",
                 daemon=True,
             )

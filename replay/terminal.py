@@ -176,7 +176,13 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
         )
     reg = doc.get("regression")
     if reg is not None:
+        for name, t in doc["task_types"].items():
+            b = t.get("baseline")
+            if b is not None:
+                console.print(f"  {name} vs baseline: {b['statement']}", markup=False)
         if reg["regression"]:
             console.print(f"[red]REGRESSION[/red] vs baseline on: {', '.join(reg['worse'])}")
+            for failure in reg.get("failures", ()):
+                console.print(f"  - {failure['reason']}", markup=False)
         else:
             console.print("no significant regression vs the baseline")

@@ -172,8 +172,9 @@ def test_fail_if_worse_gates_on_a_significant_regression(
 def test_workers_give_the_single_process_report(
     capsys: pytest.CaptureFixture[str], jsonl_history: Path, policy_file: Path, tmp_path: Path
 ) -> None:
-    one, two = tmp_path / "one.json", tmp_path / "two.json"
-    for out, extra in ((one, ()), (two, ("--workers", "2"))):
+    one, two, rated = tmp_path / "one.json", tmp_path / "two.json", tmp_path / "rated.json"
+    runs = ((one, ()), (two, ("--workers", "2")), (rated, ("--workers", "2", "--rate", "1000")))
+    for out, extra in runs:
         cache = str(tmp_path / f"{out.stem}.duckdb")
         code, _, err = replay(
             capsys,
@@ -191,6 +192,8 @@ def test_workers_give_the_single_process_report(
     assert deterministic_view(doc_two) == deterministic_view(doc_one)
     assert doc_two["run"]["agent_calls"] == 100
     assert doc_two["run"]["cache_hits"] == 0
+    # --rate with --workers: one limit over the workers (tests/replay/test_shard.py).
+    assert deterministic_view(json.loads(rated.read_text())) == deterministic_view(doc_one)
 
 
 async def run_cli(*argv: str, cwd: Path) -> asyncio.subprocess.Process:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,30 @@ async def test_a_stopped_sharded_run_resumes_without_asking_twice(
         assert r.headers["X-Shadow-Mode"] == "true"
         assert r.body["shadow"] is True
         assert "email" not in r.body["payload"].get("customer", {})
+
+
+async def test_rate_is_one_limit_over_all_the_workers(
+    agent_server: AgentServerFactory, tmp_path: Path, jsonl_history: Path
+) -> None:
+    """``--rate`` with ``--workers``: the workers share one limit. Measured loosely at the
+    agent (arrival times; the exact schedule is test_gate's, on an injected clock): at 50
+    calls/s two workers with a limit each would send ~50 calls in half a second; sharing
+    one, ~25. The report is the single run's."""
+    arrived: list[float] = []
+
+    def answer(body: dict[str, Any]) -> Reply:
+        arrived.append(time.monotonic())
+        return Reply(*data.candidate_answer(body))
+
+    server = await agent_server(answer)
+    result, stats = await run_sharded(
+        job(jsonl_history, server.url, tmp_path / "c.duckdb", rate=50.0), 2
+    )
+    assert stats.calls == len(arrived) == 100
+    busiest = max(sum(t <= u < t + 0.5 for u in arrived) for t in arrived)
+    assert busiest <= 25 + 7, busiest  # 7: arrival jitter, never the second worker's 25
+    single = await single_view(jsonl_history, server.url, tmp_path / "single.duckdb")
+    assert doc_of(result, jsonl_history) == single
 
 
 async def test_limit_is_refused(tmp_path: Path, jsonl_history: Path) -> None:
