@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -247,6 +247,7 @@ def build_app(
                     metrics=metrics,
                     observers=kafka.observers,
                     decides=kafka.promote,
+                    join_ttl=timedelta(seconds=settings.join_ttl),
                 )
                 base = settings.public_url or app.get(
                     LISTEN_URL, f"http://{settings.host}:{settings.port}"

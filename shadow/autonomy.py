@@ -9,6 +9,7 @@ from typing import Any
 
 from shadow import promotion
 from shadow.adjudicated import adjudicated
+from shadow.join_health import JoinHealth, evidence_fields
 from shadow.model import Evidence, Handling, Level
 from shadow.policy import Gate, Policy
 from shadow.promotion import LadderState
@@ -49,6 +50,7 @@ def agreement_document(
     frozen: bool,
     acceptance: Sequence[tuple[str, str, str, int, int]] = (),
     reviewers: Mapping[tuple[str, str], tuple[int, int]] | None = None,
+    health: Mapping[str, JoinHealth] | None = None,
 ) -> dict[str, Any]:
     """The ``GET /v1/agreement`` document (also ``shadow status --json``): the evidence of
     the current agent version of each configured task type, and beside it (never in it)
@@ -58,6 +60,8 @@ def agreement_document(
     (:mod:`shadow.adjudicated`), with ``reviewer_agreement`` from ``reviewers``: per
     ``(task_type, version)``, (cases with two or more blind reviews, of those the cases all
     reviewers judged alike)."""
+    # ``health``: each task type's join health (shadow.join_health), reported with its
+    # evidence_state and evidence_reason (the policy's min_outcome_coverage).
     accepted: dict[tuple[str, str], dict[str, Any]] = {}
     for task_type, of_version, handled_by, n, agree in acceptance:
         accepted.setdefault((task_type, of_version), {})[handled_by] = {
@@ -108,6 +112,7 @@ def agreement_document(
             "hold": state.hold.to_json() if state.hold else None,
             "ceiling": str(task.autonomy.ceiling),
             "mode": task.autonomy.mode.value,
+            **evidence_fields((health or {}).get(name), task.min_outcome_coverage),
         }
     return {"frozen": frozen, "task_types": out}
 

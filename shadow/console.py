@@ -46,13 +46,16 @@ def fmt(value: object, digits: int = 4) -> str:
 
 
 def agreement_table(doc: dict[str, Any], title: str = "Agreement and autonomy") -> Table:
-    """The per-task-type table of ``shadow status`` and ``shadow demo``."""
+    """The per-task-type table of ``shadow status`` and ``shadow demo``. A task type whose
+    evidence is invalid (join health, :mod:`shadow.join_health`) needs ``valid evidence``,
+    and the table's caption says why."""
     frozen = " (FROZEN: every task type held at L0)" if doc.get("frozen") else ""
     table = Table(title=title + frozen)
     for col in ("task type", "level", "n", "agree", "lower", "upper", "crit", "err"):
         table.add_column(col, justify="left" if col == "task type" else "right", no_wrap=True)
     table.add_column("next gate", no_wrap=True)
     table.add_column("needs", justify="right")
+    invalid: list[str] = []
     for name, t in doc["task_types"].items():
         gate = t.get("next_gate")
         if gate is None:
@@ -66,6 +69,9 @@ def agreement_table(doc: dict[str, Any], title: str = "Agreement and autonomy") 
             needs = "-" if gate["met"] else (f"+{k} agreeing" if k is not None else "out of reach")
             if gate.get("max_critical") is not None and t["critical"] > gate["max_critical"]:
                 needs = "critical misses"
+        if t.get("evidence_state") == "invalid":  # join health (shadow.join_health)
+            needs = "valid evidence"
+            invalid.append(f"{name}: evidence invalid, no promotion: {t.get('evidence_reason')}")
         level = t["level"] + (f" → {t['proposal']['to_level']}?" if t.get("proposal") else "")
         table.add_row(
             name,
@@ -79,4 +85,6 @@ def agreement_table(doc: dict[str, Any], title: str = "Agreement and autonomy") 
             gate_text,
             needs,
         )
+    if invalid:
+        table.caption = "\n".join(invalid)
     return table

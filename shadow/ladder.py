@@ -29,12 +29,14 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from shadow import moves, promotion
 from shadow.autonomy import agreement_document
+from shadow.config import DEFAULT_JOIN_TTL_S
 from shadow.errors import AutonomyError, SecondApproverRequired
+from shadow.join_health import JoinHealth, invalid_reason
 from shadow.metrics import Metrics
 from shadow.model import AuditEntry, Comparison, Evidence, Handling, Level, Verdict
 from shadow.policy import Policy, TaskPolicy
@@ -206,6 +208,7 @@ class Ladder:
         metrics: Metrics | None = None,
         observers: Sequence[LadderObserver] = (),
         decides: bool = True,
+        join_ttl: timedelta = timedelta(seconds=DEFAULT_JOIN_TTL_S),
     ) -> None:
         self.store = store
         self.policy = policy
@@ -227,6 +230,10 @@ class Ladder:
         }
         self._stale: set[str] = set()  # task types whose folded evidence changed label
         self._partials: dict[str, Partial] = {}  # two-person moves waiting for a second
+        # Join health per task type (shadow.join_health) as of its last read: at load, on
+        # evaluate(health=True) (the pipeline's expiry pass) and before an operator's move.
+        self.join_ttl = join_ttl
+        self._health: dict[str, JoinHealth] = {}
 
     def _task(self, task_type: str) -> TaskPolicy:
         task = self.policy.task_types.get(task_type)
@@ -244,6 +251,7 @@ class Ladder:
             await self._read_evidence()
             await self._read_recent()
             await self._read_partials()
+            await self._read_health()
 
     async def _read_partials(self) -> None:
         """The first approvals still waiting: a task type's newest audit entry that is one,
@@ -273,6 +281,20 @@ class Ladder:
     async def _read_evidence(self) -> None:
         self._evidence = await self.store.evidence()
         self._versions = await self.store.current_versions()
+
+    async def _health_now(self) -> dict[str, JoinHealth]:
+        return await self.store.join_health(
+            self.policy.task_types, now=self.clock(), ttl=self.join_ttl
+        )
+
+    async def _read_health(self) -> None:
+        self._health = await self._health_now()
+
+    def invalid(self, task_type: str) -> str | None:
+        """Why ``task_type``'s evidence is invalid (``min_outcome_coverage``, as of the
+        last join-health read), or ``None`` while it is valid: nothing is promoted then."""
+        task = self._task(task_type)
+        return invalid_reason(self._health.get(task_type), task.min_outcome_coverage)
 
     def _counted(self, name: str, version: str | None) -> int:
         ev = self._evidence.get(name, {}).get(version or "")
@@ -400,20 +422,33 @@ class Ladder:
         memory: the evidence as of the last decision."""
         return self._with_partials(
             agreement_document(
-                self.policy, self._states, self._evidence, self._versions, self._frozen
+                self.policy,
+                self._states,
+                self._evidence,
+                self._versions,
+                self._frozen,
+                health=self._health,
             )
         )
 
     async def current_agreement(self) -> dict[str, Any]:
         """The agreement document on the store's evidence now (``GET /v1/agreement``: a
         comparison stored a moment ago is in it even before the next decision), with the
-        acceptance beside it and the states from memory. Memory is not changed."""
+        acceptance and the join health of the moment beside it and the states from
+        memory. Memory is not changed (the ladder decides on its own join-health read)."""
         evidence = await self.store.evidence()
         versions = await self.store.current_versions()
         acceptance = await self.store.acceptance()
         reviewers = await self.store.reviewer_agreement()
         doc = agreement_document(
-            self.policy, self._states, evidence, versions, self._frozen, acceptance, reviewers
+            self.policy,
+            self._states,
+            evidence,
+            versions,
+            self._frozen,
+            acceptance,
+            reviewers,
+            health=await self._health_now(),
         )
         return self._with_partials(doc)
 
@@ -457,20 +492,27 @@ class Ladder:
         states = self.states()
         if self.metrics is not None:
             self.metrics.evidence(self._evidence)
+            self.metrics.join_health(
+                self._health, {name: self.invalid(name) for name in self._health}
+            )
             self.metrics.ladder(states, self._frozen)
         for observer in self._observers:
             observer.ladder(states)
 
-    async def evaluate(self) -> list[Step]:
+    async def evaluate(self, *, health: bool = False) -> list[Step]:
         """Re-decide every configured task type on fresh evidence; apply, audit and count
         what changed, and announce the result. A ladder that only follows re-reads the
-        levels instead (its promoter decides)."""
+        levels instead (its promoter decides). ``health``: read the join health first
+        (it moves with time, not with each comparison: the pipeline asks after each
+        expiry pass, so the per-batch evaluations stay cheap)."""
         if not self.decides:
             await self.reload()
             return []
         async with self._lock:
             await self._read_evidence()
             await self._check_recent()
+            if health:
+                await self._read_health()
             steps = await self._evaluate()
             self.announce()
             return steps
@@ -492,6 +534,7 @@ class Ladder:
                 frozen=frozen,
                 now=now,
                 recent=self._recent[name].view(),
+                invalid=self.invalid(name),
             )
             for name, state in states.items()
         ]
@@ -513,6 +556,7 @@ class Ladder:
         self._task(task_type)
         async with self._lock:
             await self._read_evidence()
+            await self._read_health()
             inputs = self._inputs()
             step = move(inputs[0][task_type], inputs)
             if not step.changed:
@@ -589,7 +633,11 @@ class Ladder:
                 return proposal.id if proposal is not None else f"approve {state.level}->{target}"
             _, evidence, versions, _ = inputs
             earned = promotion.earned_level(
-                state, evidence.get(task.name, {}), versions.get(task.name), task
+                state,
+                evidence.get(task.name, {}),
+                versions.get(task.name),
+                task,
+                invalid=self.invalid(task.name),
             )
             if target <= earned or target <= state.level:
                 return None  # the evidence earned it, or it is not a raise
@@ -609,7 +657,8 @@ class Ladder:
         """Approve the pending proposal ``ref`` names (409 when it is not the pending one;
         a no-op when it is the one approved last). To a level in ``autonomy.two_person``
         the first approval is recorded (:class:`Partial`) and a second, different approver
-        applies it."""
+        applies it. Refused (:class:`AutonomyError`) while the task type's evidence is
+        invalid (join health, read afresh for the move)."""
         task = self._task(task_type)
 
         def move(state: LadderState, inputs: _Inputs) -> Step:
@@ -626,8 +675,18 @@ class Ladder:
                 reason=reason,
             )
 
+        def checked(state: LadderState, inputs: _Inputs) -> Step:
+            step = move(state, inputs)
+            invalid = self.invalid(task_type)
+            if step.move is Move.APPROVE and invalid:
+                raise AutonomyError(
+                    f"cannot approve {step.after.level} for {task_type}: the evidence is "
+                    f"invalid: {invalid}"
+                )
+            return step
+
         return await self._operator_move(
-            task_type, actor, move, two_person=self._needs_two(task), approver=approver
+            task_type, actor, checked, two_person=self._needs_two(task), approver=approver
         )
 
     async def reject(

@@ -13,12 +13,14 @@ process did since it started.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from shadow.errors import Reason
+from shadow.join_health import JoinHealth
 from shadow.model import Comparison, Evidence, Handling, ShadowDecision
 from shadow.policy import Policy
 from shadow.promotion import LadderState, Move, Step
@@ -69,6 +71,7 @@ def auth_refusals(registry: CollectorRegistry) -> Counter:
         ["role", "status"],
         registry=registry,
     )
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +236,39 @@ class Metrics:
             "shadow_gate_min_samples",
             "Minimum comparisons a level's gate requires",
             ["task_type", "level"],
+            registry=r,
+        )
+        self.outcome_coverage = Gauge(
+            "shadow_outcome_coverage_ratio",
+            "Share of the latest sampled events past their join TTL whose outcome arrived "
+            "within it (no series until one is judged)",
+            ["task_type"],
+            registry=r,
+        )
+        self.coverage_events = Gauge(
+            "shadow_outcome_coverage_events",
+            "Sampled events of the join-health window, by state: covered, missing (no "
+            "outcome within the join TTL), pending (still inside it)",
+            ["task_type", "state"],
+            registry=r,
+        )
+        self.unknown_outcomes = Gauge(
+            "shadow_unknown_outcomes",
+            "Of the latest outcomes past their join TTL, those whose event did not arrive "
+            "within it",
+            registry=r,
+        )
+        self.routed_unanswered = Gauge(
+            "shadow_routed_unanswered_items",
+            "Of the latest routed items past their join TTL, those with no outcome within it",
+            ["task_type"],
+            registry=r,
+        )
+        self.evidence_invalid = Gauge(
+            "shadow_evidence_invalid",
+            "1 while the task type's evidence is invalid (outcome coverage below "
+            "min_outcome_coverage): nothing is promoted",
+            ["task_type"],
             registry=r,
         )
         self.agent_latency = Histogram(
@@ -518,6 +554,29 @@ class Metrics:
             self.level.labels(self.task_label(name)).set(int(state.level))
             proposed = state.proposal.to_level if state.proposal else 0
             self.proposal.labels(self.task_label(name)).set(int(proposed))
+
+    def join_health(
+        self, health: Mapping[str, JoinHealth], invalid: Mapping[str, str | None]
+    ) -> None:
+        """Set the join-health gauges (:mod:`shadow.join_health`) from each task type's
+        health and why its evidence is invalid (``None``: valid)."""
+        unknown = 0
+        for name, h in health.items():
+            if name not in self.policy.task_types:
+                continue
+            coverage = h.coverage
+            if coverage is None:
+                with contextlib.suppress(KeyError):  # not judged: no series
+                    self.outcome_coverage.remove(name)
+            else:
+                self.outcome_coverage.labels(name).set(coverage)
+            for state, count in (("covered", h.covered), ("missing", h.missing)):
+                self.coverage_events.labels(name, state).set(count)
+            self.coverage_events.labels(name, "pending").set(h.pending)
+            self.routed_unanswered.labels(name).set(h.routed_unanswered)
+            self.evidence_invalid.labels(name).set(1 if invalid.get(name) else 0)
+            unknown = h.unknown_outcomes  # the sidecar's: the same for every task type
+        self.unknown_outcomes.set(unknown)
 
     def tool_call(
         self, task_type: str, tool: str, tool_class: str, outcome: str, seconds: float

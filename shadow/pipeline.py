@@ -128,7 +128,13 @@ class Pipeline:
         if ladder is None:
             # promote=False: a Kafka replica, whose ladder follows the promoter's levels.
             ladder = Ladder(
-                store, policy, clock, metrics=metrics, observers=self.observers, decides=promote
+                store,
+                policy,
+                clock,
+                metrics=metrics,
+                observers=self.observers,
+                decides=promote,
+                join_ttl=timedelta(seconds=settings.join_ttl),
             )
         self.ladder = ladder
         self.handling.on_relabelled.append(self.ladder.refold)
@@ -399,6 +405,8 @@ class Pipeline:
             await asyncio.sleep(self.settings.expire_interval)
             try:
                 await self.joiner.expire(ttl)
+                # Join health moves with time (events pass their TTL): re-decide on it.
+                await self.ladder.evaluate(health=True)
                 await self.purge()
                 await self.scrape()
                 self._group.recovered("expire")

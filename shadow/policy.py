@@ -154,6 +154,9 @@ class TaskPolicy:
     compare_hash: str = ""
     tools: TaskTools | None = None  # the tool gateway's rules (shadow.tools_policy)
     review: ReviewPolicy = field(default_factory=ReviewPolicy)  # shadow.review_policy
+    # Join health (shadow.join_health): below this share of sampled events with an outcome
+    # within the join TTL the evidence is invalid and nothing is promoted; None: off.
+    min_outcome_coverage: float | None = None
 
     def sampled(self, event_id: str) -> bool:
         """Whether ``event_id`` is mirrored to the agent (``sample_rate``, stable hash)."""
@@ -425,7 +428,17 @@ class _Parser(CompareParser):
 
     def task(self, name: str, body: object, path: str) -> TaskPolicy:
         m = self.mapping(
-            body, path, {"sample_rate", "redact", "compare", "autonomy", "tools", "review"}
+            body,
+            path,
+            {
+                "sample_rate",
+                "redact",
+                "compare",
+                "autonomy",
+                "tools",
+                "review",
+                "min_outcome_coverage",
+            },
         )
         sample_rate = self.number(m, "sample_rate", path, 1.0, 0.0, 1.0)
         redact_raw = m.get("redact", [])
@@ -450,6 +463,11 @@ class _Parser(CompareParser):
         compare_digest = content_hash(rules if isinstance(rules, dict) else {})
         tools = parse_task_tools(m.get("tools"), f"{path}.tools", self.fail)
         review = parse_review(m.get("review"), f"{path}.review", self.fail)
+        coverage = (
+            self.number(m, "min_outcome_coverage", path, 0.0, 0.0, 1.0)
+            if "min_outcome_coverage" in m
+            else None
+        )
         return TaskPolicy(
             name,
             sample_rate,
@@ -460,6 +478,7 @@ class _Parser(CompareParser):
             compare_digest,
             tools,
             review,
+            min_outcome_coverage=coverage,
         )
 
     def autonomy(self, raw: object, path: str) -> AutonomyPolicy:

@@ -128,6 +128,7 @@ def decide(
     frozen: bool,
     now: datetime,
     recent: Recent | None = None,
+    invalid: str | None = None,
 ) -> Step:
     """What should happen to ``state`` given the evidence per agent version.
 
@@ -137,6 +138,9 @@ def decide(
     drift detector can demote one level, and critical misses are counted over the gate's
     window instead of the whole history. After a drift demotion the lost level is re-earned
     only on evidence gathered since (:class:`Hold`).
+    ``invalid`` says why the task type's evidence is invalid (:mod:`shadow.join_health`):
+    then nothing is promoted or proposed and a pending proposal is dropped; demotions
+    still apply.
     """
     version = current_version if current_version is not None else state.agent_version
     snap = snap_for(state, evidence, current_version, policy)
@@ -172,6 +176,20 @@ def decide(
             proposal=None,
             hold=hold,
         )
+
+    if invalid:
+        why = f"evidence invalid: {invalid}"
+        if state.proposal is not None:
+            return step(
+                Move.DROP_PROPOSAL,
+                f"{why}; the proposal for {state.proposal.to_level} is dropped",
+                proposal=None,
+                agent_version=version,
+            )
+        if version is not None and version != state.agent_version:
+            rebind = f"agent version {state.agent_version} -> {version}"
+            return step(Move.REBIND, f"{rebind}; {why}", agent_version=version)
+        return step(Move.STAY, f"{why}; no promotion")
 
     if state.proposal is not None:
         drop = stale_proposal(state, state.proposal, snap, version, policy)
@@ -371,6 +389,7 @@ def earned_level(
     evidence: Mapping[str, Evidence],
     current_version: str | None,
     policy: TaskPolicy,
+    invalid: str | None = None,
 ) -> Level:
     """The highest level, up to the ceiling, whose gate and every gate below it the
     evidence meets now (after a drift demotion, judged on what was gathered since)."""
@@ -386,4 +405,5 @@ def earned_level(
         if not gate_status(gate, gate_snapshot(state, snap, level, version, policy)).met:
             break
         earned = level
-    return earned
+    # Invalid evidence (shadow.join_health) earns nothing above the level held now.
+    return min(earned, state.level) if invalid else earned

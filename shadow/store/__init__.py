@@ -25,6 +25,7 @@ as one module it outgrew our size guide, so its SQL is split by the tables it ow
 :mod:`~shadow.store.console` (the console's reads: evidence over time, disagreements, dead
 letters page by page),
 :mod:`~shadow.store.handling` (how each item was routed: the evidence's independence),
+:mod:`~shadow.store.health` (join health: outcome coverage and what failed to join),
 :mod:`~shadow.store.ingest`, :mod:`~shadow.store.joins`, :mod:`~shadow.store.ladder`,
 :mod:`~shadow.store.outbox`, :mod:`~shadow.store.gateway` (tool calls and held approvals),
 :mod:`~shadow.store.positions` (where Kafka records came
@@ -38,6 +39,7 @@ from shadow.store.cases import CasePart, CaseView
 from shadow.store.console import ConsolePart, Disagreement, FieldMisses, SeriesPoint
 from shadow.store.gateway import ApprovalRow, GatewayPart, ToolCallRow
 from shadow.store.handling import HandlingPart, Routed
+from shadow.store.health import HealthPart
 from shadow.store.ingest import IngestPart
 from shadow.store.joins import JoinPart
 from shadow.store.ladder import LadderPart
@@ -75,6 +77,7 @@ class Store(
     ConsolePart,
     GatewayPart,
     HandlingPart,
+    HealthPart,
     IngestPart,
     JoinPart,
     LadderPart,

@@ -82,6 +82,8 @@ def standing(
     held = _held_line(entry)
     if frozen:
         headline = "frozen: every task type is at L0 until an operator unfreezes"
+    elif entry.get("evidence_state") == "invalid":  # join health (shadow.join_health)
+        headline = f"evidence invalid, no promotion: {entry.get('evidence_reason')}"
     elif gate is None:
         top = "the top of the ladder" if entry["level"] == "L4" else "its ceiling"
         headline = f"at {top} ({entry['level']}, ceiling {entry['ceiling']})"

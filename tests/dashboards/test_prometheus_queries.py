@@ -9,7 +9,9 @@ L3, a falling lower bound, a demotion), a promotion waiting for approval (``mode
 propose``), tool calls through the gateway (the agent works a share of its cases through its
 shadow session's ``tools_url`` against the demo back office, an MCP server: reads forwarded,
 writes captured), and at L2 a live write held for approval that nobody decides, aged past
-the approvals alert's threshold by moving the sidecar's clock. Then every panel target,
+the approvals alert's threshold by moving the sidecar's clock, which also takes past their
+join TTL (10 minutes here) the claim appeals whose outcomes never came: their outcome coverage
+falls below the policy's minimum (invalid evidence). Then every panel target,
 annotation and variable query of both dashboards (with Grafana's variable substitution) and
 every recording and alerting expression is evaluated through ``/api/v1/query`` and must
 return at least one series; finally the sidecar is stopped and the "sidecar down" alert
@@ -72,7 +74,8 @@ SIDECAR_DOWN = "rules / shadow-sidecar.alerts / ShadowSidecarDown"
 def feed_policy(backoffice_url: str) -> Policy:
     """The demo policy with gates a few hundred events can clear: refunds climb to L3 (and
     hold L3 only while critical misses stay within 5); invoices wait for approval of L1. Its
-    tools are the demo back office at ``backoffice_url``."""
+    tools are the demo back office at ``backoffice_url``. Claim appeals need an outcome
+    coverage of 0.9 (``min_outcome_coverage``), which :func:`drive` breaks."""
     doc = yaml.safe_load(demo_policy(backoffice_url))
     refund = doc["task_types"]["refund_request"]["autonomy"]
     refund["gates"] = {
@@ -83,6 +86,7 @@ def feed_policy(backoffice_url: str) -> Policy:
     invoice = doc["task_types"]["invoice_match"]["autonomy"]
     invoice["mode"] = "propose"
     invoice["gates"]["L1"] = {"agreement": 0.70, "min_samples": 30}
+    doc["task_types"]["claim_appeal"]["min_outcome_coverage"] = 0.9
     return parse_policy(yaml.safe_dump(doc), source="dashboards feed policy")
 
 
@@ -234,6 +238,7 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
             expire_interval=3600.0,
             admin_token=ADMIN_TOKEN,
             gateway_approval_wait=0.2,
+            join_ttl=600.0,
         )
         clock = ShiftedClock()
         app = build_app(settings, policy=policy, registry=CollectorRegistry(), clock=clock)
@@ -252,6 +257,7 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
         await drive(prom, app, sidecar.url)
         assert backoffice.reads_received > 0
         await hold_a_write(prom, sidecar.url, clock)
+        await evidence_invalid(prom, app)
         assert backoffice.writes_received == 0  # captured in shadow, held live: none arrived
 
         fired: dict[str, list[dict[str, str]]] = {}
@@ -315,6 +321,7 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
             "ShadowKafkaLagGrowing": [("", "oc")],
             "ShadowDeadLetterSpike": [("", "http/conflict")],
             "ShadowToolApprovalsWaiting": [(sidecar.url, "refund_request")],
+            "ShadowEvidenceInvalid": [(sidecar.url, "claim_appeal")],
             "ShadowSidecarDown": [(sidecar.url, "")],
         }
 
@@ -352,6 +359,10 @@ async def drive(prom: Prometheus, app: web.Application, base: str) -> None:
             assert answer["results"] == {"conflict": 20}, answer
             AGENT.degraded = True
             await feed(session, base, timeline(generate(160, seed=8)))
+            # Claim appeals whose outcomes never come (the cases of another run, renamed).
+            claims = [c for c in generate(300, seed=9) if c.task_type == "claim_appeal"]
+            lost = [{**c.event, "event_id": f"lost-{i}"} for i, c in enumerate(claims[:40])]
+            await post(session, f"{base}/v1/events", lost)
             await settle(pipeline)
     finally:
         AGENT.degraded = False
@@ -391,6 +402,21 @@ async def hold_a_write(prom: Prometheus, base: str, clock: ShiftedClock) -> None
         return bool(await prom.query(expr))
 
     await poll(waiting, what="Prometheus to see the held write 20 minutes old", within=30.0)
+
+
+async def evidence_invalid(prom: Prometheus, app: web.Application) -> None:
+    """After ``hold_a_write`` moved the clock past the join TTL: the join health read as the
+    expiry pass reads it, the claim appeals' evidence invalid, seen by Prometheus."""
+    await app[PIPELINE].ladder.evaluate(health=True)
+    claims = app[PIPELINE].ladder.agreement()["task_types"]["claim_appeal"]
+    assert claims["evidence_state"] == "invalid", claims
+    assert claims["join_health"]["missing"] >= 40, claims
+
+    async def seen() -> bool:
+        expr = 'shadow_evidence_invalid{task_type="claim_appeal"} == 1'
+        return bool(await prom.query(expr))
+
+    await poll(seen, what="Prometheus to see the claims' evidence invalid", within=30.0)
 
 
 def all_queries() -> list[Query]:

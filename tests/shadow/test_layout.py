@@ -15,6 +15,7 @@ PURE = [
     "drift.py",
     "diff.py",
     "promotion.py",
+    "join_health.py",
     "ladder_state.py",
     "adjudicated.py",
     "review_policy.py",

@@ -592,3 +592,22 @@ def test_a_gate_judges_agreement_or_the_adjudicated_estimate() -> None:
     assert gate(evidence="adjudicated").evidence == "adjudicated"
     with pytest.raises(PolicyError, match=r"gates.L1.evidence: unknown evidence 'reviewed'"):
         gate(evidence="reviewed")
+
+
+def test_min_outcome_coverage_is_off_unless_set_and_within_0_and_1() -> None:
+    def coverage(**extra: Any) -> float | None:
+        body = {"task_types": {"t": {"compare": {"unlisted": "exact"}, **extra}}}
+        return parse_policy(json.dumps(body)).task_types["t"].min_outcome_coverage
+
+    assert coverage() is None
+    assert coverage(min_outcome_coverage=0.8) == 0.8
+    assert coverage(min_outcome_coverage=0) == 0.0
+    assert coverage(min_outcome_coverage=1) == 1.0
+    for bad, says in ((1.5, "out of range"), (-0.1, "out of range"), ("high", "expected a number")):
+        with pytest.raises(PolicyError, match=rf"task_types.t.min_outcome_coverage: .*{says}"):
+            coverage(min_outcome_coverage=bad)
+    # The key is part of the task type's rules: the policy hash changes with it.
+    body: dict[str, Any] = {"task_types": {"t": {}}}
+    plain = parse_policy(json.dumps(body)).task_types["t"].hash
+    body["task_types"]["t"]["min_outcome_coverage"] = 0.8
+    assert parse_policy(json.dumps(body)).task_types["t"].hash != plain
