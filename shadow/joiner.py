@@ -12,7 +12,7 @@ audited by the store).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from shadow.diff import Differ
@@ -25,9 +25,10 @@ __all__ = ["JoinReport", "Joiner", "compare", "declared_note"]
 _STRICT = CompareRules()
 
 
-def compare(row: JoinRow, differ: Differ) -> Comparison:
+def compare(row: JoinRow, differ: Differ, trace_id: str | None = None) -> Comparison:
     """The verdict for one joined pair. An agent error is a verdict of its own (it counts
-    against the agent, but is not a critical miss: nothing was done)."""
+    against the agent, but is not a critical miss: nothing was done). ``trace_id``: the
+    case's trace, kept with the comparison (shadow.tracing)."""
     d = row.decision
     if d.error is not None or d.decision is None:
         reason = d.error or "agent returned no decision"
@@ -40,6 +41,7 @@ def compare(row: JoinRow, differ: Differ) -> Comparison:
             critical_miss=False,
             outcome_hash=row.outcome_hash,
             handled_by=row.handled_by,
+            trace_id=trace_id,
         )
     result = differ(d.decision, row.outcome.decision, d.actions, row.outcome.actions)
     fields = result.fields
@@ -54,6 +56,7 @@ def compare(row: JoinRow, differ: Differ) -> Comparison:
         critical_miss=result.critical_miss,
         outcome_hash=row.outcome_hash,
         handled_by=row.handled_by,
+        trace_id=trace_id,
     )
 
 
@@ -133,10 +136,15 @@ class Joiner:
             rows = rows[: self.batch]
             if not rows:
                 return report
-            comparisons = [compare(r, self.differ_for(r.task_type)) for r in rows]
-            if self.trace_of is not None:
-                trace_of = self.trace_of
-                comparisons = [replace(c, trace_id=trace_of(c.event_id)) for c in comparisons]
+            trace_of = self.trace_of
+            comparisons = [
+                compare(
+                    r,
+                    self.differ_for(r.task_type),
+                    None if trace_of is None else trace_of(r.decision.event_id),
+                )
+                for r in rows
+            ]
             report.conflicts += [r.task_type for r in rows if r.handling_conflict]
             report.reversals += await self.store.put_comparisons(comparisons, now=self.clock())
             report.comparisons += comparisons

@@ -73,7 +73,6 @@ def auth_refusals(registry: CollectorRegistry) -> Counter:
     )
 
 
-
 @dataclass(frozen=True, slots=True)
 class TraceCounters:
     """Spans exported and dropped (shadow.tracing). Built with the app, before the store

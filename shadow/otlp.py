@@ -47,6 +47,7 @@ __all__ = [
     "encode_request",
     "encode_resource",
     "encode_scope",
+    "encode_span",
     "event_shape",
     "span_shape",
 ]
@@ -195,9 +196,10 @@ def event_shape(name: str, fixed: Iterable[tuple[str, AttrValue]] = ()) -> bytes
     return _delimited(2, _text(name)) + _attributes(3, fixed)
 
 
-def _span(s: Span) -> bytes:
-    """A ``Span`` message: trace_id 1, span_id 2, parent_span_id 4, name 5 and kind 6 (the
-    shape), start 7 and end 8 (fixed64), attributes 9, events 11, links 13, status 15."""
+def encode_span(s: Span) -> bytes:
+    """A ``Span`` message as the field ``ScopeSpans.spans``: trace_id 1, span_id 2,
+    parent_span_id 4, name 5 and kind 6 (the shape), start 7 and end 8 (fixed64),
+    attributes 9, events 11, links 13, status 15."""
     parts = [b"\x0a\x10", s.trace_id, b"\x12\x08", s.span_id]
     if s.parent_id:
         parts += (b"\x22\x08", s.parent_id)
@@ -227,10 +229,10 @@ def encode_scope(name: str, version: str) -> bytes:
     return _delimited(1, _text(name)) + _delimited(2, _text(version))
 
 
-def encode_request(resource: bytes, scope: bytes, spans: Sequence[Span]) -> bytes:
+def encode_request(resource: bytes, scope: bytes, spans: Sequence[bytes]) -> bytes:
     """An ``ExportTraceServiceRequest``: one ``ResourceSpans`` (resource 1, scope_spans 2)
-    holding one ``ScopeSpans`` (scope 1, spans 2)."""
-    scope_spans = _delimited(1, scope) + b"".join(_span(s) for s in spans)
+    holding one ``ScopeSpans`` (scope 1, spans 2: each :func:`encode_span`'s bytes)."""
+    scope_spans = _delimited(1, scope) + b"".join(spans)
     resource_spans = _delimited(1, resource) + _delimited(2, scope_spans)
     return _delimited(1, resource_spans)
 

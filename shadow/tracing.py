@@ -42,7 +42,8 @@ The spans (attribute names from the OpenTelemetry GenAI and MCP semantic convent
   cannot be changed once exported, so the event rides on this child span.
 
 **Exporting never blocks or fails the pipeline.** Spans go to a bounded queue; a full queue
-drops the new span; an export loop (supervised, on the event loop) sends batches of
+drops the new span; export loops (supervised, on the event loop; up to
+:data:`EXPORTS_IN_FLIGHT` requests in flight) send batches of
 ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` when that many wait or every ``OTEL_BSP_SCHEDULE_DELAY``;
 a batch the backend refuses or never answers is dropped. Every drop is counted in
 ``shadow_trace_spans_dropped_total{reason}`` (``queue_full``, ``export_failed``,
@@ -80,6 +81,7 @@ from shadow.otlp import (
     encode_request,
     encode_resource,
     encode_scope,
+    encode_span,
     event_shape,
     span_shape,
 )
@@ -105,6 +107,9 @@ EVALUATION_NAME = "human_agreement"
 _LOG_EVERY = 60.0  # seconds between two log lines about dropped spans
 _TEXT_LIMIT = 4096  # characters kept of an explanation or a status message
 SHUTDOWN_FLUSH_S = 5.0  # at most this long exporting what is left when the sidecar stops
+# Export loops, so up to this many requests are in flight: one at a time, a backend 50 ms
+# away takes at most ~10,000 spans/s (batches of 512), about what 3,500 cases/s make.
+EXPORTS_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +311,8 @@ class OtlpTracer:
             }
         )
         self._scope = encode_scope("shadow", _package_version())
-        self._queue: deque[Span] = deque()
+        # Spans encoded as they are made (bytes: small, and the export loops only join them).
+        self._queue: deque[bytes] = deque()
         # Encoded once per kind of span (name, kind, fixed attributes), by a key of what
         # varies: task types and sources are few, tool names are the agents' (capped).
         self._shapes: dict[tuple[object, ...], bytes] = {}
@@ -338,7 +344,7 @@ class OtlpTracer:
         if len(self._queue) >= self.config.max_queue:
             self._drop("queue_full", 1, "the export queue is full")
             return
-        self._queue.append(span)
+        self._queue.append(encode_span(span))
         if len(self._queue) == self.config.batch:
             self._wake.set()
 
@@ -592,7 +598,7 @@ class OtlpTracer:
 
     @contextlib.asynccontextmanager
     async def exporting(self, group: TaskGroup) -> AsyncIterator[None]:
-        """The export loop runs in ``group`` while inside. On exit: what is queued is
+        """The export loops run in ``group`` while inside. On exit: what is queued is
         exported for at most ``OTEL_BSP_EXPORT_TIMEOUT`` or :data:`SHUTDOWN_FLUSH_S`,
         whichever is shorter (a stopping sidecar does not wait on its tracing backend); what
         is still queued then is dropped (``shutdown``)."""
@@ -603,7 +609,8 @@ class OtlpTracer:
             self.config.service_name,
             "every case" if self.config.ratio >= 1 else f"{self.config.ratio:.0%} of cases",
         )
-        group.spawn("tracing", self._loop)
+        for i in range(EXPORTS_IN_FLIGHT):
+            group.spawn("tracing", self._loop, name=f"tracing-{i}")
         try:
             yield
         finally:

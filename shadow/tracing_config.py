@@ -16,7 +16,7 @@ specification defines them (``TRACES_`` ones win over the generic ones):
 - ``OTEL_SERVICE_NAME`` (default ``shadow-sidecar``), ``OTEL_RESOURCE_ATTRIBUTES``;
 - ``OTEL_TRACES_SAMPLER`` (``always_on`` default, ``always_off``, ``traceidratio``,
   ``parentbased_*`` of those, which act the same here) and ``OTEL_TRACES_SAMPLER_ARG``;
-- ``OTEL_BSP_MAX_QUEUE_SIZE`` (16384: above the specification's 2048, since the pipeline
+- ``OTEL_BSP_MAX_QUEUE_SIZE`` (65536: above the specification's 2048, since the pipeline
   makes a span per case for a whole store batch at once), ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``
   (512), ``OTEL_BSP_SCHEDULE_DELAY`` (5000 ms), ``OTEL_BSP_EXPORT_TIMEOUT`` (30000 ms: one
   export with its retries).
@@ -108,7 +108,7 @@ class TracingConfig:
         resource = _pairs(env, "OTEL_RESOURCE_ATTRIBUTES")
         service = env.get("OTEL_SERVICE_NAME", "").strip() or resource.get("service.name", "")
         service = service or DEFAULT_SERVICE_NAME
-        max_queue = _number(env, "OTEL_BSP_MAX_QUEUE_SIZE", 16384, 1, 10_000_000)
+        max_queue = _number(env, "OTEL_BSP_MAX_QUEUE_SIZE", 65536, 1, 10_000_000)
         batch = _number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, 1, 100_000)
         if batch > max_queue:
             raise ConfigError(

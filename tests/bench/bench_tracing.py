@@ -187,8 +187,9 @@ def no_op_cost(cases: int = 200_000) -> float:
 
 
 def span_costs(n: int = 20_000) -> tuple[float, float | None]:
-    """CPU microseconds per span, created and encoded: the sidecar's records and encoder,
-    and the OpenTelemetry SDK's tracer and OTLP encoder (``None`` when not installed)."""
+    """CPU microseconds per span, made and encoded into an export request: through the
+    sidecar's records and encoder, and through the OpenTelemetry SDK's tracer and OTLP
+    encoder (``None`` when the SDK is not installed)."""
     from prometheus_client import CollectorRegistry
 
     from shadow.metrics import trace_counters

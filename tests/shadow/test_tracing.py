@@ -23,7 +23,14 @@ from shadow.model import WorkEvent
 from shadow.otlp import STATUS_ERROR
 from shadow.policy import parse_policy
 from shadow.server import Listener
-from shadow.tracing import NO_TRACING, OtlpTracer, TracingConfig, build_tracer, case_ids
+from shadow.tracing import (
+    EXPORTS_IN_FLIGHT,
+    NO_TRACING,
+    OtlpTracer,
+    TracingConfig,
+    build_tracer,
+    case_ids,
+)
 from tests.otlp_sink import ReceivedSpan, Sink, otlp_sink
 from tests.shadow.conftest import (
     POLICY,
@@ -291,7 +298,7 @@ async def test_a_backend_that_never_answers_blocks_nothing(
         # Every case is compared while the backend holds the first export forever.
         await sc.pipeline.drain()
         assert await sc.pipeline.store.count("comparisons") == 50
-        assert sink.requests == 1
+        assert 1 <= sink.requests <= EXPORTS_IN_FLIGHT  # each export loop stuck in one
         assert dropped(sc, "queue_full") > 0
         assert metric(sc, "shadow_trace_spans_exported_total") == 0
         sink.release.set()  # the backend answers again: the sidecar stops without waiting
