@@ -83,6 +83,7 @@ dashboards: install
 
 bench-stats: install
 	$(BIN)/python tests/bench/bench_stats.py
+	$(BIN)/python -m tests.bench.bench_segments
 
 bench: bench-stats tools
 	$(BIN)/python tests/bench/bench_store.py

@@ -1,7 +1,9 @@
 """The *Agreement* dashboard (``shadow-agreement``): per task type and agent version —
 agreement over time, the anytime-valid bounds against each gate's threshold line, evidence,
 autonomy level as a state timeline with promotions and demotions as annotations, critical
-misses, top disagreeing fields, proposals waiting for approval."""
+misses, top disagreeing fields, proposals waiting for approval, and per segment (variable
+``$segment``: the declared segments and ``other``) agreement with its lower bound and whether
+a ``per_segment: route`` gate sends the segment to humans."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dashboards.panels import (
     LEVEL_COLORS,
     LEVELS,
     TASK,
+    TASK_SEGMENT,
     TASK_VERSION,
     bars,
     change_annotation,
@@ -39,7 +42,7 @@ def agreement() -> Dashboard:
         .refresh("1m")
         .timezone(common.TimeZoneUtc)
         .tooltip(model.DashboardCursorSync.CROSSHAIR)
-        .variables(variables(with_version=True))  # type: ignore[arg-type]
+        .variables(variables(with_version=True, with_segment=True))  # type: ignore[arg-type]
         .annotation(change_annotation("Promotions", "promote|approve|manual_set", "green"))
         .annotation(change_annotation("Demotions", "demote", "red"))
         .link(link("Pipeline health", "shadow-pipeline-health"))
@@ -176,6 +179,60 @@ def agreement() -> Dashboard:
                 query(
                     f"task_type:shadow_gate_agreement:next{{{TASK}}}",
                     "{{task_type}} next gate",
+                    "B",
+                    instant=True,
+                )
+            )
+        )
+        .with_row(Row("Segments"))
+        .with_panel(
+            dashed(".* lower")
+            .title("Agreement per segment")
+            .description(
+                "The current agent version's agreement per declared segment (and other), "
+                "with its anytime-valid lower bound (dashed). A gate with per_segment needs "
+                "every declared segment to pass on its own."
+            )
+            .unit("percentunit")
+            .max(1)
+            .span(16)
+            .height(8)
+            .with_target(
+                query(
+                    f"shadow_segment_agreement_ratio{{{TASK_SEGMENT}}}",
+                    "{{task_type}} {{segment}}",
+                    "A",
+                )
+            )
+            .with_target(
+                query(
+                    f"shadow_segment_agreement_lower_ratio{{{TASK_SEGMENT}}}",
+                    "{{task_type}} {{segment}} lower",
+                    "B",
+                )
+            )
+        )
+        .with_panel(
+            table.Panel()
+            .title("Segments sent to humans")
+            .description(
+                "1 for a declared segment a per_segment: route gate sends to humans (blind) "
+                "while the others keep the level; with each segment's evidence (n)."
+            )
+            .span(8)
+            .height(8)
+            .with_target(
+                query(
+                    f"shadow_segment_routed{{{TASK_SEGMENT}}}",
+                    "{{task_type}} {{segment}}",
+                    "A",
+                    instant=True,
+                )
+            )
+            .with_target(
+                query(
+                    f"shadow_segment_comparisons{{{TASK_SEGMENT}}}",
+                    "{{task_type}} {{segment}} n",
                     "B",
                     instant=True,
                 )

@@ -35,6 +35,7 @@ __all__ = [
 DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TASK = 'task_type=~"$task_type"'
 TASK_VERSION = 'task_type=~"$task_type", agent_version=~"$agent_version"'
+TASK_SEGMENT = 'task_type=~"$task_type", segment=~"$segment"'
 LEVELS = {str(i): f"L{i}" for i in range(5)}
 LEVEL_COLORS = {"0": "text", "1": "blue", "2": "purple", "3": "orange", "4": "green"}
 
@@ -44,7 +45,9 @@ def query(expr: str, legend: str, ref: str, *, instant: bool = False) -> Dataque
     return q.instant() if instant else q.range()
 
 
-def variables(*, with_version: bool) -> list[DatasourceVariable | QueryVariable]:
+def variables(
+    *, with_version: bool, with_segment: bool = False
+) -> list[DatasourceVariable | QueryVariable]:
     out: list[DatasourceVariable | QueryVariable] = [
         DatasourceVariable("datasource").label("Prometheus").type("prometheus")
     ]
@@ -64,6 +67,18 @@ def variables(*, with_version: bool) -> list[DatasourceVariable | QueryVariable]
             .label("Agent version")
             .datasource(DS)
             .query(f"label_values(shadow_evidence_comparisons{{{TASK}}}, agent_version)")
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .multi(True)
+            .include_all(True)
+            .sort(model.VariableSort.ALPHABETICAL_ASC)
+        )
+    if with_segment:
+        # The declared segments and "other" (shadow.segments): a bounded set of values.
+        out.append(
+            QueryVariable("segment")
+            .label("Segment")
+            .datasource(DS)
+            .query(f"label_values(shadow_segment_comparisons{{{TASK}}}, segment)")
             .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
             .multi(True)
             .include_all(True)

@@ -399,8 +399,15 @@ async def get_route(request: web.Request) -> web.Response:
     problem = text_problem(event_id, "event_id", ident=True)
     if problem is not None:
         return refused_text(problem)
+    segment = request.query.get("segment")
+    if segment is not None:
+        if len(segment) > MAX_ID_LENGTH:
+            return error(400, f"segment must be at most {MAX_ID_LENGTH} characters")
+        problem = text_problem(segment, "segment", ident=True)
+        if problem is not None:
+            return refused_text(problem)
     ladder = request.app[LADDER]
-    answer = ladder.route(name, event_id)
+    answer = ladder.route(name, event_id, segment)
     if request.method == "HEAD":
         return web.json_response(answer)
     handling = request.app[HANDLING]
@@ -411,7 +418,7 @@ async def get_route(request: web.Request) -> web.Response:
             )
         except StoreError as exc:
             return error(503, f"no route given: its record could not be stored ({exc}); retry")
-        again = ladder.route(name, event_id)
+        again = ladder.route(name, event_id, segment)
         if again == answer or attempt == _ROUTE_TRIES - 1:
             break  # (changed yet again: the answer recorded last stands)
         answer = again

@@ -11,9 +11,9 @@ from shadow import promotion
 from shadow.adjudicated import adjudicated
 from shadow.join_health import JoinHealth, evidence_fields
 from shadow.model import Evidence, Handling, Level
-from shadow.policy import Gate, Policy
+from shadow.policy import OTHER_SEGMENT, Gate, Policy, TaskPolicy
 from shadow.promotion import LadderState
-from shadow.stats import lower_bound
+from shadow.stats import lower_bound, upper_bound
 
 __all__ = ["agreement_document", "agreements_needed"]
 
@@ -50,6 +50,8 @@ def agreement_document(
     frozen: bool,
     acceptance: Sequence[tuple[str, str, str, int, int]] = (),
     reviewers: Mapping[tuple[str, str], tuple[int, int]] | None = None,
+    segments: Mapping[str, Mapping[str, Evidence]] | None = None,
+    routed: Mapping[str, frozenset[str]] | None = None,
     health: Mapping[str, JoinHealth] | None = None,
 ) -> dict[str, Any]:
     """The ``GET /v1/agreement`` document (also ``shadow status --json``): the evidence of
@@ -59,7 +61,10 @@ def agreement_document(
     ``adjudicated`` block is the agreement corrected by the reviewers' verdicts
     (:mod:`shadow.adjudicated`), with ``reviewer_agreement`` from ``reviewers``: per
     ``(task_type, version)``, (cases with two or more blind reviews, of those the cases all
-    reviewers judged alike)."""
+    reviewers judged alike). ``segments``: per task type, the current version's evidence
+    per segment label (its declared segments, then ``other``), reported as ``segments`` with
+    the task type's fields, ``routed_to_humans`` for a segment a ``per_segment: route`` gate
+    sends to humans (``routed``)."""
     # ``health``: each task type's join health (shadow.join_health), reported with its
     # evidence_state and evidence_reason (the policy's min_outcome_coverage).
     accepted: dict[tuple[str, str], dict[str, Any]] = {}
@@ -106,6 +111,9 @@ def agreement_document(
                 for h in (Handling.AGENT, Handling.ASSISTED)
             },
             "adjudicated": _adjudicated(snap, ev, (reviewers or {}).get((name, version or ""))),
+            "segments": _segments(
+                task, (segments or {}).get(name, {}), (routed or {}).get(name, frozenset())
+            ),
             "next_gate": next_gate,
             "proposal": state.proposal.to_json() if state.proposal else None,
             "last_decision": state.decided.to_json() if state.decided else None,
@@ -129,3 +137,27 @@ def _adjudicated(
         {"cases": cases, "agree": alike, "rate": round(alike / cases, 4)} if cases else None
     )
     return body
+
+
+def _segments(
+    task: TaskPolicy, found: Mapping[str, Evidence], routed: frozenset[str]
+) -> dict[str, Any]:
+    """The ``segments`` block of one task type: each declared segment (with no evidence
+    yet: zeros), then ``other`` when it has evidence."""
+    alpha = task.autonomy.alpha
+    names = [*task.segments, *([OTHER_SEGMENT] if OTHER_SEGMENT in found else [])]
+    out: dict[str, Any] = {}
+    for label in names:
+        ev = found.get(label) or Evidence(task.name, "")
+        out[label] = {
+            **promotion.agreement_fields(
+                ev.n,
+                ev.agree,
+                lower_bound(ev.agree, ev.n, alpha),
+                upper_bound(ev.agree, ev.n, alpha),
+                ev.critical,
+                ev.errors,
+            ),
+            "routed_to_humans": label in routed,
+        }
+    return out

@@ -41,6 +41,7 @@ from shadow.metrics import Metrics
 from shadow.model import AuditEntry, Comparison, Evidence, Handling, Level, Verdict
 from shadow.policy import Policy, TaskPolicy
 from shadow.promotion import LadderState, Move, ProposalRef, Recent, Step
+from shadow.segments import below_gate
 from shadow.store import Store
 
 __all__ = ["SYSTEM_ACTOR", "Ladder", "LadderObserver", "MoveResult"]
@@ -153,6 +154,7 @@ class Partial:
 
 
 PARTIAL_ACTION = "partial_approval"
+SEGMENT_ROUTING_ACTION = "segment_routing"  # a per_segment: route gate changed its segments
 
 
 class _Recent:
@@ -234,6 +236,11 @@ class Ladder:
         # evaluate(health=True) (the pipeline's expiry pass) and before an operator's move.
         self.join_ttl = join_ttl
         self._health: dict[str, JoinHealth] = {}
+        # Evidence per segment label (shadow.segments) and the declared segments per task type.
+        self._declared = {n: t.segments for n, t in policy.task_types.items() if t.segments}
+        self._segments: dict[str, dict[str, dict[str, Evidence]]] = {}
+        # Per task type, the declared segments a ``per_segment: route`` gate sends to humans.
+        self._routed: dict[str, frozenset[str]] = {}
 
     def _task(self, task_type: str) -> TaskPolicy:
         task = self.policy.task_types.get(task_type)
@@ -252,6 +259,7 @@ class Ladder:
             await self._read_recent()
             await self._read_partials()
             await self._read_health()
+            await self._route_segments(audit=False)
 
     async def _read_partials(self) -> None:
         """The first approvals still waiting: a task type's newest audit entry that is one,
@@ -281,6 +289,13 @@ class Ladder:
     async def _read_evidence(self) -> None:
         self._evidence = await self.store.evidence()
         self._versions = await self.store.current_versions()
+        self._segments = await self.store.segment_evidence(self._declared)
+
+    def segments_of(self, name: str) -> dict[str, Evidence]:
+        """The current agent version's evidence per segment label of ``name`` (as of the
+        last read): its declared segments and ``other``."""
+        version = self._versions.get(name) or self._states[name].agent_version
+        return self._segments.get(name, {}).get(version or "", {})
 
     async def _health_now(self) -> dict[str, JoinHealth]:
         return await self.store.join_health(
@@ -392,23 +407,30 @@ class Ladder:
         """The level in force for routing: L0 for every task type while frozen."""
         return Level.L0 if self._frozen else self.state(task_type).level
 
-    def route(self, task_type: str, event_id: str) -> dict[str, Any]:
+    def route(self, task_type: str, event_id: str, segment: str | None = None) -> dict[str, Any]:
         """Who handles ``event_id`` (``GET /v1/route``), and so whether its outcome will be
         evidence (``handled_by``). L0: a human, blind. L1: a human shown the agent's
         suggestion (assisted). L2: the agent proposes and a human approves (assisted).
         L3-L4: the agent acts. From L1 up, the items the audit sample picks (a stable hash
         of the event id, ``audit_rate`` per level) go to a human without the agent's
-        answer: blind, the evidence that keeps flowing after a promotion."""
+        answer: blind, the evidence that keeps flowing after a promotion. So do the items of a
+        ``segment`` a ``per_segment: route`` gate sends to humans (``segment_routed``, in the
+        answer when a segment is given)."""
         task = self._task(task_type)
         level = self.level(task_type)
         audit = level >= Level.L1 and task.audited(event_id, level)
+        # A segment a ``per_segment: route`` gate sends to humans: decided blind, as evidence.
+        routed = level >= Level.L1 and task.segment_of(segment) in self._routed.get(
+            task_type, frozenset()
+        )
+        audit = audit or routed
         if level == Level.L0 or audit:
             handled_by = Handling.BLIND
         elif level <= Level.L2:
             handled_by = Handling.ASSISTED
         else:
             handled_by = Handling.AGENT
-        return {
+        answer: dict[str, Any] = {
             "handler": "agent" if level >= Level.L2 and not audit else "human",
             "level": str(level),
             "audit": audit,
@@ -416,10 +438,14 @@ class Ladder:
             "suggestion": level == Level.L1 and not audit,
             "handled_by": handled_by.value,
         }
+        if segment is not None:
+            answer["segment_routed"] = routed
+        return answer
 
     def agreement(self) -> dict[str, Any]:
         """The agreement document for every configured task type (see DESIGN.md), from
         memory: the evidence as of the last decision."""
+        segments = {name: self.segments_of(name) for name in self._declared}
         return self._with_partials(
             agreement_document(
                 self.policy,
@@ -427,6 +453,8 @@ class Ladder:
                 self._evidence,
                 self._versions,
                 self._frozen,
+                segments=segments,
+                routed=self._routed,
                 health=self._health,
             )
         )
@@ -440,6 +468,13 @@ class Ladder:
         versions = await self.store.current_versions()
         acceptance = await self.store.acceptance()
         reviewers = await self.store.reviewer_agreement()
+        by_segment = await self.store.segment_evidence(self._declared)
+        segments = {
+            name: by_segment.get(name, {}).get(
+                versions.get(name) or self._states[name].agent_version or "", {}
+            )
+            for name in self._declared
+        }
         doc = agreement_document(
             self.policy,
             self._states,
@@ -448,6 +483,8 @@ class Ladder:
             self._frozen,
             acceptance,
             reviewers,
+            segments,
+            self._routed,
             health=await self._health_now(),
         )
         return self._with_partials(doc)
@@ -495,6 +532,9 @@ class Ladder:
             self.metrics.join_health(
                 self._health, {name: self.invalid(name) for name in self._health}
             )
+            self.metrics.segments(
+                {name: self.segments_of(name) for name in self._declared}, self._routed
+            )
             self.metrics.ladder(states, self._frozen)
         for observer in self._observers:
             observer.ladder(states)
@@ -535,11 +575,62 @@ class Ladder:
                 now=now,
                 recent=self._recent[name].view(),
                 invalid=self.invalid(name),
+                segments=self.segments_of(name),
             )
             for name, state in states.items()
         ]
         await self._apply(steps, SYSTEM_ACTOR)
+        await self._route_segments(audit=True)
         return steps
+
+    async def _route_segments(self, *, audit: bool) -> None:
+        """Which declared segments each task type's ``per_segment: route`` gate (of its
+        current level) sends to humans: those below the gate (:func:`shadow.segments.
+        below_gate`). A change is audited (``segment_routing``) when ``audit``; at load the
+        set is recomputed from the same evidence without a new entry."""
+        entries: list[AuditEntry] = []
+        for name, task in self.policy.task_types.items():
+            state = self._states[name]
+            gate = task.autonomy.gate_for(state.level)
+            routed: frozenset[str] = frozenset()
+            if not self._frozen and gate is not None and gate.per_segment == "route":
+                failing = below_gate(gate, task, self.segments_of(name), task.autonomy.alpha)
+                routed = frozenset(failing)
+            before = self._routed.get(name, frozenset())
+            self._routed[name] = routed
+            if audit and routed != before:
+                what = ", ".join(sorted(routed)) or "none"
+                entries.append(
+                    AuditEntry(
+                        at=self.clock(),
+                        task_type=name,
+                        actor=SYSTEM_ACTOR,
+                        action=SEGMENT_ROUTING_ACTION,
+                        from_level=None,
+                        to_level=None,
+                        reason=(
+                            f"segments sent to humans at {state.level}: {what} (below the "
+                            f"{state.level} gate; the other segments keep the level)"
+                        ),
+                        evidence={
+                            "routed": sorted(routed),
+                            "before": sorted(before),
+                            "segments": {
+                                k: {"n": v.n, "agree": v.agree}
+                                for k, v in self.segments_of(name).items()
+                            },
+                        },
+                        policy_hash=task.hash,
+                    )
+                )
+        if entries:
+            await self.store.append_audit(entries)
+            for entry in entries:
+                log.warning("%s: %s", entry.task_type, entry.reason)
+
+    def routed_segments(self, task_type: str) -> frozenset[str]:
+        """The declared segments of ``task_type`` sent to humans now (``per_segment: route``)."""
+        return self._routed.get(task_type, frozenset())
 
     async def _operator_move(
         self,
@@ -609,7 +700,7 @@ class Ladder:
             },
             policy_hash=self.policy.hash,
         )
-        await self.store.put_gateway_audits([entry])
+        await self.store.append_audit([entry])
         self._partials[name] = partial
         log.info(
             "autonomy move=partial_approval task_type=%s key=%s from=%s to=%s actor=%s "
@@ -637,6 +728,7 @@ class Ladder:
                 evidence.get(task.name, {}),
                 versions.get(task.name),
                 task,
+                self.segments_of(task.name),
                 invalid=self.invalid(task.name),
             )
             if target <= earned or target <= state.level:
@@ -673,6 +765,7 @@ class Ladder:
                 now=self.clock(),
                 actor=actor,
                 reason=reason,
+                segments=self.segments_of(task_type),
             )
 
         def checked(state: LadderState, inputs: _Inputs) -> Step:

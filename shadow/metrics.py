@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from shadow.errors import Reason
 from shadow.join_health import JoinHealth
 from shadow.model import Comparison, Evidence, Handling, ShadowDecision
-from shadow.policy import Policy
+from shadow.policy import OTHER_SEGMENT, Policy
 from shadow.promotion import LadderState, Move, Step
 from shadow.stats import lower_bound, upper_bound
 
@@ -182,6 +182,32 @@ class Metrics:
             "shadow_evidence_critical_misses",
             "Critical misses in the evidence",
             ["task_type", "agent_version"],
+            registry=r,
+        )
+        # Per segment label: a task type's declared segments and "other", so a flood of
+        # undeclared segment names never adds a series (shadow.segments).
+        self.segment_n = Gauge(
+            "shadow_segment_comparisons",
+            "Evidence comparisons per segment (the current agent version)",
+            ["task_type", "segment"],
+            registry=r,
+        )
+        self.segment_agreement = Gauge(
+            "shadow_segment_agreement_ratio",
+            "Observed agreement per segment (the current agent version)",
+            ["task_type", "segment"],
+            registry=r,
+        )
+        self.segment_lower = Gauge(
+            "shadow_segment_agreement_lower_ratio",
+            "Anytime-valid lower bound of agreement per segment",
+            ["task_type", "segment"],
+            registry=r,
+        )
+        self.segment_routed = Gauge(
+            "shadow_segment_routed",
+            "1 while a per_segment: route gate sends the segment's items to humans",
+            ["task_type", "segment"],
             registry=r,
         )
         self.level = Gauge(
@@ -538,6 +564,25 @@ class Metrics:
                 self.agreement.labels(*labels).set(ev.agree / ev.n if ev.n else 0.0)
                 self.lower.labels(*labels).set(lower_bound(ev.agree, ev.n, alpha))
                 self.upper.labels(*labels).set(upper_bound(ev.agree, ev.n, alpha))
+
+    def segments(
+        self, found: Mapping[str, Mapping[str, Evidence]], routed: Mapping[str, frozenset[str]]
+    ) -> None:
+        """Set the per-segment gauges: ``found`` per task type, the current version's evidence
+        per segment label; ``routed`` the segments sent to humans."""
+        for task_type, by_label in found.items():
+            task = self.policy.task_types.get(task_type)
+            if task is None:
+                continue
+            alpha = task.autonomy.alpha
+            for label in (*task.segments, OTHER_SEGMENT):
+                ev = by_label.get(label)
+                n, agree = (ev.n, ev.agree) if ev is not None else (0, 0)
+                self.segment_n.labels(task_type, label).set(n)
+                self.segment_agreement.labels(task_type, label).set(agree / n if n else 0.0)
+                self.segment_lower.labels(task_type, label).set(lower_bound(agree, n, alpha))
+                hot = label in routed.get(task_type, frozenset())
+                self.segment_routed.labels(task_type, label).set(1 if hot else 0)
 
     def acceptance(self, rows: Iterable[tuple[str, str, str, int, int]]) -> None:
         """Set the acceptance gauges from ``(task_type, version, handled_by, n, agree)``."""

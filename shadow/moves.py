@@ -68,8 +68,10 @@ def approve(
     now: datetime,
     actor: str,
     reason: str = "",
+    segments: Mapping[str, Evidence] | None = None,
 ) -> Step:
-    """Apply the pending proposal ``ref`` names if the evidence still supports it. Naming
+    """Apply the pending proposal ``ref`` names if the evidence still supports it (in every
+    declared segment, for a gate with ``per_segment``: ``segments``). Naming
     the proposal approved last (and still in effect) again is a no-op (``Move.STAY``)."""
     if frozen:
         raise AutonomyError("the sidecar is frozen; unfreeze before approving promotions")
@@ -80,7 +82,7 @@ def approve(
         assert d is not None
         return Step(Move.STAY, state, state, f"{d.proposal_id} was already approved", snap)
     version = current_version if current_version is not None else state.agent_version
-    stale = stale_proposal(state, proposal, snap, version, policy)
+    stale = stale_proposal(state, proposal, snap, version, policy, segments)
     if stale:
         raise AutonomyError(f"cannot approve {proposal.to_level} for {state.task_type}: {stale}")
     decided = Decided.of(proposal, version, Answer.APPROVED, actor, snap.n, now, reason)

@@ -1030,7 +1030,15 @@ def openapi_spec() -> dict[str, Any]:
                             "in": "query",
                             "required": True,
                             "schema": _ID,
-                        }
+                        },
+                        {
+                            "name": "segment",
+                            "in": "query",
+                            "required": False,
+                            "description": "the item's segment: a segment a per_segment: "
+                            "route gate sends to humans is routed to humans (segment_routed)",
+                            "schema": _ID,
+                        },
                     ],
                     "responses": {
                         "200": _resp("ok, and recorded", _ref("Route")),

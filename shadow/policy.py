@@ -49,6 +49,7 @@ from shadow.tools_policy import (
 )
 
 __all__ = [
+    "OTHER_SEGMENT",
     "REDACTED",
     "ActionsOrder",
     "ActionsRule",
@@ -67,6 +68,10 @@ __all__ = [
 ]
 
 
+MAX_SEGMENTS = 20
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
 def stable_fraction(key: str, salt: str = "") -> float:
     """A number in [0, 1) fixed by ``key`` (and ``salt``): the same event is always sampled
     (or routed to audit) the same way, on every replica and after every restart."""
@@ -75,12 +80,16 @@ def stable_fraction(key: str, salt: str = "") -> float:
 
 
 GateEvidence = Literal["agreement", "adjudicated"]
+PerSegment = Literal["each", "route"]
 
 
 class AutonomyMode(enum.StrEnum):
     AUTO = "auto"  # promotions are applied
     PROPOSE = "propose"  # promotions wait for an operator's approval
 
+
+OTHER_SEGMENT = "other"
+"""The segment label of every item whose segment a task type does not declare (or none)."""
 
 REDACTED = "[redacted]"
 """What a dead letter shows in place of a payload that is not an object (see
@@ -101,6 +110,10 @@ class Gate:
     # Which bound the gate judges: raw blind ``agreement``, or the ``adjudicated`` estimate
     # (agreement corrected by the reviewers' verdicts, shadow.adjudicated).
     evidence: GateEvidence = "agreement"
+    # Per declared segment (TaskPolicy.segments): ``each`` segment must pass on its own and
+    # one falling below demotes the task type; ``route`` sends a failing segment's items to
+    # humans while the others keep the level; None: segments are reported, not gated.
+    per_segment: PerSegment | None = None
 
     @property
     def window(self) -> int:
@@ -154,9 +167,16 @@ class TaskPolicy:
     compare_hash: str = ""
     tools: TaskTools | None = None  # the tool gateway's rules (shadow.tools_policy)
     review: ReviewPolicy = field(default_factory=ReviewPolicy)  # shadow.review_policy
+    # The segments evidence is kept for by name (metric labels, per-segment gates); the
+    # others are reported together as OTHER_SEGMENT.
+    segments: tuple[str, ...] = ()
     # Join health (shadow.join_health): below this share of sampled events with an outcome
     # within the join TTL the evidence is invalid and nothing is promoted; None: off.
     min_outcome_coverage: float | None = None
+
+    def segment_of(self, segment: str | None) -> str:
+        """The label ``segment`` is reported under: itself when declared, else ``other``."""
+        return segment if segment is not None and segment in self.segments else OTHER_SEGMENT
 
     def sampled(self, event_id: str) -> bool:
         """Whether ``event_id`` is mirrored to the agent (``sample_rate``, stable hash)."""
@@ -437,6 +457,7 @@ class _Parser(CompareParser):
                 "autonomy",
                 "tools",
                 "review",
+                "segments",
                 "min_outcome_coverage",
             },
         )
@@ -468,6 +489,14 @@ class _Parser(CompareParser):
             if "min_outcome_coverage" in m
             else None
         )
+        segments = self.segments(m.get("segments", []), f"{path}.segments")
+        if not segments:
+            for level, gate in autonomy.gates.items():
+                if gate.per_segment is not None:
+                    self.fail(
+                        f"{path}.autonomy.gates.{level}.per_segment",
+                        "needs declared segments: add segments: [eu, us] to the task type",
+                    )
         return TaskPolicy(
             name,
             sample_rate,
@@ -478,6 +507,7 @@ class _Parser(CompareParser):
             compare_digest,
             tools,
             review,
+            segments,
             min_outcome_coverage=coverage,
         )
 
@@ -539,6 +569,29 @@ class _Parser(CompareParser):
             two_person,
         )
 
+    def segments(self, raw: object, path: str) -> tuple[str, ...]:
+        """``segments: [eu, us]``: names (1-64 letters, digits, ``_``, ``-``, ``.``), no
+        duplicates, at most :data:`MAX_SEGMENTS`, never ``other`` (the rest's label)."""
+        if not isinstance(raw, list):
+            self.fail(path, "expected a list of segment names, e.g. [eu, us]")
+            return ()
+        if len(raw) > MAX_SEGMENTS:
+            self.fail(path, f"{len(raw)} segments; at most {MAX_SEGMENTS} (each is a label)")
+            return ()
+        found: list[str] = []
+        for i, name in enumerate(raw):
+            if not isinstance(name, str) or not _SEGMENT.match(name):
+                self.fail(
+                    f"{path}[{i}]", f"{name!r} is not a segment name: 1-64 of A-Z a-z 0-9 _ - ."
+                )
+            elif name == OTHER_SEGMENT:
+                self.fail(f"{path}[{i}]", "other is the label of every undeclared segment")
+            elif name in found:
+                self.fail(f"{path}[{i}]", f"{name!r} is listed twice")
+            else:
+                found.append(name)
+        return tuple(found)
+
     def levels_list(self, raw: object, path: str) -> frozenset[Level]:
         """A list of levels above L0 (``[L3, L4]``)."""
         if not isinstance(raw, list):
@@ -592,7 +645,14 @@ class _Parser(CompareParser):
             g = self.mapping(
                 body,
                 gpath,
-                {"agreement", "min_samples", "max_critical", "critical_window", "evidence"},
+                {
+                    "agreement",
+                    "min_samples",
+                    "max_critical",
+                    "critical_window",
+                    "evidence",
+                    "per_segment",
+                },
             )
             if "agreement" not in g:
                 self.fail(f"{gpath}.agreement", "required; e.g. agreement: 0.95")
@@ -607,7 +667,16 @@ class _Parser(CompareParser):
                     f"unknown evidence {evidence!r}; use agreement or adjudicated",
                 )
                 evidence = "agreement"
-            gates[level] = Gate(level, agreement, min_samples or 0, max_critical, window, evidence)
+            per_segment = g.get("per_segment")
+            if per_segment is not None and per_segment not in ("each", "route"):
+                self.fail(
+                    f"{gpath}.per_segment",
+                    f"unknown value {per_segment!r}; use each or route",
+                )
+                per_segment = None
+            gates[level] = Gate(
+                level, agreement, min_samples or 0, max_critical, window, evidence, per_segment
+            )
         ordered = sorted(gates.values(), key=lambda x: x.level)
         for lower, upper in itertools.pairwise(ordered):
             if upper.agreement < lower.agreement:

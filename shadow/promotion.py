@@ -51,6 +51,7 @@ from shadow.ladder_state import (
 )
 from shadow.model import Evidence, Level
 from shadow.policy import AutonomyMode, Gate, TaskPolicy
+from shadow.segments import below_gate, promotion_check
 
 __all__ = [
     "Answer",
@@ -128,6 +129,7 @@ def decide(
     frozen: bool,
     now: datetime,
     recent: Recent | None = None,
+    segments: Mapping[str, Evidence] | None = None,
     invalid: str | None = None,
 ) -> Step:
     """What should happen to ``state`` given the evidence per agent version.
@@ -137,12 +139,16 @@ def decide(
     evidence of the current level (drift statistic, recent critical misses): with it, the
     drift detector can demote one level, and critical misses are counted over the gate's
     window instead of the whole history. After a drift demotion the lost level is re-earned
-    only on evidence gathered since (:class:`Hold`).
+    only on evidence gathered since (:class:`Hold`). ``segments`` is the current version's
+    evidence per segment label (:mod:`shadow.segments`): a gate with ``per_segment`` needs
+    every declared segment to pass for a promotion, and with ``each`` a declared segment
+    below the current level's gate demotes.
     ``invalid`` says why the task type's evidence is invalid (:mod:`shadow.join_health`):
     then nothing is promoted or proposed and a pending proposal is dropped; demotions
     still apply.
     """
     version = current_version if current_version is not None else state.agent_version
+    by_segment: Mapping[str, Evidence] = segments or {}
     snap = snap_for(state, evidence, current_version, policy)
     auto = policy.autonomy
 
@@ -162,7 +168,9 @@ def decide(
             )
         return step(Move.STAY, "frozen")
 
-    demotion = _demotion(state, snap, version, policy, recent)
+    demotion = _demotion(state, snap, version, policy, recent) or _segment_demotion(
+        state, policy, by_segment, snap.alpha
+    )
     if demotion is not None:
         to_level, reason, drifted = demotion
         hold = state.hold if version == state.agent_version else None
@@ -192,7 +200,7 @@ def decide(
         return step(Move.STAY, f"{why}; no promotion")
 
     if state.proposal is not None:
-        drop = stale_proposal(state, state.proposal, snap, version, policy)
+        drop = stale_proposal(state, state.proposal, snap, version, policy, by_segment)
         if drop:
             return step(Move.DROP_PROPOSAL, drop, proposal=None, agent_version=version)
         return step(Move.STAY, f"proposal for {state.proposal.to_level} awaits approval")
@@ -208,7 +216,9 @@ def decide(
         why = f"no gate for {target}"
     else:
         status = gate_status(gate, snap)
-        why = "" if status.met else f"gate {target} not met: {status.missing}"
+        split = promotion_check(gate, policy, by_segment, snap.alpha)
+        missing = "; ".join(m for m in (status.missing, *split.missing) if m)
+        why = "" if status.met and split.met else f"gate {target} not met: {missing}"
         if snap is not full and not status.met:
             why += f" (on the evidence since the drift demotion from {target})"
     if why or target is None or gate is None:
@@ -251,6 +261,28 @@ def _rejection_hold(
         f"gate {target} met, but {d.actor} rejected {d.proposal_id} at n {d.n}; proposed "
         f"again once n >= {again} (now {snap.n}) or when an operator asks (reconsider)"
     )
+
+
+def _segment_demotion(
+    state: LadderState, policy: TaskPolicy, segments: Mapping[str, Evidence], alpha: float
+) -> tuple[Level, str, bool] | None:
+    """A declared segment below the current level's gate (``per_segment: each``): down to the
+    highest level whose gate every failing segment still plausibly meets."""
+    auto = policy.autonomy
+    gate = auto.gate_for(state.level)
+    if gate is None or gate.per_segment != "each":
+        return None
+    failing = below_gate(gate, policy, segments, alpha)
+    if not failing:
+        return None
+    to = Level.L0
+    for lower in range(state.level - 1, 0, -1):
+        g = auto.gate_for(Level(lower))
+        if g is not None and all(up >= g.agreement for up in failing.values()):
+            to = Level(lower)
+            break
+    worst = ", ".join(f"{name} upper bound {up:.4f}" for name, up in sorted(failing.items()))
+    return to, f"segment below the {state.level} gate {gate.agreement}: {worst}", False
 
 
 def _demotion(
@@ -357,7 +389,12 @@ def gate_snapshot(
 
 
 def stale_proposal(
-    state: LadderState, proposal: Proposal, snap: Snapshot, version: str | None, policy: TaskPolicy
+    state: LadderState,
+    proposal: Proposal,
+    snap: Snapshot,
+    version: str | None,
+    policy: TaskPolicy,
+    segments: Mapping[str, Evidence] | None = None,
 ) -> str | None:
     if proposal.to_level != state.level + 1:
         return f"proposal for {proposal.to_level} no longer follows {state.level}"
@@ -369,8 +406,10 @@ def stale_proposal(
     if gate is None:
         return f"no gate for {proposal.to_level} any more"
     status = gate_status(gate, gate_snapshot(state, snap, proposal.to_level, version, policy))
-    if not status.met:
-        return f"evidence no longer supports {proposal.to_level}: {status.missing}"
+    split = promotion_check(gate, policy, segments or {}, snap.alpha)
+    if not status.met or not split.met:
+        missing = "; ".join(m for m in (status.missing, *split.missing) if m)
+        return f"evidence no longer supports {proposal.to_level}: {missing}"
     return None
 
 
@@ -389,10 +428,12 @@ def earned_level(
     evidence: Mapping[str, Evidence],
     current_version: str | None,
     policy: TaskPolicy,
+    segments: Mapping[str, Evidence] | None = None,
     invalid: str | None = None,
 ) -> Level:
     """The highest level, up to the ceiling, whose gate and every gate below it the
-    evidence meets now (after a drift demotion, judged on what was gathered since)."""
+    evidence meets now (after a drift demotion, judged on what was gathered since; a gate
+    with ``per_segment`` in every declared segment too)."""
     version = current_version if current_version is not None else state.agent_version
     snap = snap_for(state, evidence, current_version, policy)
     earned = Level.L0
@@ -403,6 +444,8 @@ def earned_level(
         if gate is None:
             break
         if not gate_status(gate, gate_snapshot(state, snap, level, version, policy)).met:
+            break
+        if not promotion_check(gate, policy, segments or {}, snap.alpha).met:
             break
         earned = level
     # Invalid evidence (shadow.join_health) earns nothing above the level held now.

@@ -378,6 +378,15 @@ _V12 = [
 # replay report can link the trace; NULL for comparisons made with tracing off.
 _V13 = ["ALTER TABLE comparisons ADD COLUMN trace_id VARCHAR"]
 
+# v14: the segment of each comparison's case (its event's ``segment``), kept with the
+# comparison so per-segment evidence (shadow.segments) survives retention deleting events;
+# filled from the events already stored.
+_V14 = [
+    "ALTER TABLE comparisons ADD COLUMN segment VARCHAR",
+    "UPDATE comparisons SET segment = e.segment FROM events e "
+    "WHERE comparisons.event_id = e.event_id",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -392,6 +401,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (11, _V11),
     (12, _V12),
     (13, _V13),
+    (14, _V14),
 ]
 
 AUDIT_CHAIN_VERSION = 11  # the migration after which the store chains the existing rows

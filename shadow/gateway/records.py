@@ -63,7 +63,7 @@ class CallLog:
         """Write the audit entries and call rows recorded so far."""
         audits, self._audits = self._audits, []
         try:
-            await self._store.put_gateway_audits(audits)
+            await self._store.append_audit(audits)
         except BaseException:
             self._audits[:0] = audits
             raise

@@ -245,8 +245,9 @@ class GatewayPart(StoreBase):
 
         return await self._run(q)
 
-    async def put_gateway_audits(self, entries: Sequence[AuditEntry]) -> None:
-        """Append the gateway's own audit entries (calls refused off the allowlist)."""
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Append audit entries that record no level change of their own (the gateway's calls
+        refused off the allowlist, first approvals, segments routed to humans), chained."""
         if not entries:
             return
 

@@ -8,6 +8,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import duckdb
+
 from shadow.fastjson import dumps, loads
 from shadow.model import (
     AuditEntry,
@@ -225,7 +227,7 @@ class JoinPart(StoreBase):
                 "INSERT OR REPLACE INTO comparisons SELECT unnest(?::VARCHAR[]), "
                 "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
                 "unnest(?::BOOLEAN[]), unnest(?::VARCHAR[])::JSON, unnest(?::VARCHAR[]), "
-                "?::TIMESTAMPTZ, unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
+                "?::TIMESTAMPTZ, unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), NULL",
                 [
                     [c.event_id for c in comparisons],
                     [c.agent_version for c in comparisons],
@@ -239,6 +241,7 @@ class JoinPart(StoreBase):
                     [c.trace_id for c in comparisons],
                 ],
             )
+            self._segment_from_events(tx, [c.event_id for c in comparisons])
             # The sidecar's own routing record wins over the label a comparison came with
             # (a replica's, folded from the comparisons topic).
             tx.execute(
@@ -278,6 +281,17 @@ class JoinPart(StoreBase):
         outcome still completes an expired join (it is re-compared)."""
         return await self._run(self._expire, now - ttl, now)
 
+    @staticmethod
+    def _segment_from_events(tx: duckdb.DuckDBPyConnection, event_ids: list[str]) -> None:
+        """Copy each case's event ``segment`` onto its comparisons (schema v14), so the
+        per-segment evidence outlives the events retention deletes."""
+        tx.execute(
+            "UPDATE comparisons SET segment = e.segment FROM events e "
+            "WHERE comparisons.event_id = e.event_id "
+            "AND e.event_id IN (SELECT unnest(?::VARCHAR[]))",
+            [event_ids],
+        )
+
     def _expire(self, cutoff: datetime, now: datetime) -> tuple[int, int]:
         with self._tx() as tx:
             stale = tx.execute(
@@ -293,9 +307,10 @@ class JoinPart(StoreBase):
                 tx.execute(
                     "INSERT INTO comparisons SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
                     "unnest(?::VARCHAR[]), 'expired', false, '[]'::JSON, NULL, ?::TIMESTAMPTZ, "
-                    "'blind', NULL",
+                    "'blind', NULL, NULL",
                     [_col(stale, 0), _col(stale, 1), _col(stale, 2), now],
                 )
+                self._segment_from_events(tx, _col(stale, 0))
                 tx.execute(
                     "UPDATE events SET expired = true WHERE event_id IN "
                     "(SELECT unnest(?::VARCHAR[]))",

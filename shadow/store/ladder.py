@@ -50,6 +50,41 @@ class LadderPart(StoreBase):
 
         return await self._run(q)
 
+    async def segment_evidence(
+        self, declared: Mapping[str, Sequence[str]]
+    ) -> dict[str, dict[str, dict[str, Evidence]]]:
+        """``{task_type: {agent_version: {segment: Evidence}}}`` over the blind comparisons
+        (as the ``agreement`` view counts them), by the segment of each case's event (kept
+        with the comparison, schema v14, so it outlives the event): a
+        segment ``declared`` for its task type is its own label, every other (and none) is
+        ``other``. The folding happens in the query, so a flood of undeclared segment names
+        never makes more than one row per declared segment and ``other``."""
+        pairs = [(t, seg) for t, segs in declared.items() for seg in segs]
+
+        def q() -> dict[str, dict[str, dict[str, Evidence]]]:
+            out: dict[str, dict[str, dict[str, Evidence]]] = {}
+            rows = self.con.execute(
+                "WITH d AS (SELECT unnest(?::VARCHAR[]) AS task_type, "
+                "unnest(?::VARCHAR[]) AS segment) "
+                "SELECT c.task_type, c.agent_version, coalesce(d.segment, 'other') AS label, "
+                "count(*) FILTER (WHERE c.verdict IN ('agree', 'disagree', 'agent_error')), "
+                "count(*) FILTER (WHERE c.verdict = 'agree'), "
+                "count(*) FILTER (WHERE c.critical), "
+                "count(*) FILTER (WHERE c.verdict = 'agent_error') "
+                "FROM comparisons c "
+                "LEFT JOIN d ON d.task_type = c.task_type AND d.segment = c.segment "
+                "WHERE c.handled_by = 'blind' "
+                "GROUP BY c.task_type, c.agent_version, label",
+                [[p[0] for p in pairs], [p[1] for p in pairs]],
+            ).fetchall()
+            for tt, ver, label, n, agree, critical, errors in rows:
+                out.setdefault(tt, {}).setdefault(ver, {})[label] = Evidence(
+                    tt, ver, int(n), int(agree), int(critical), int(errors)
+                )
+            return out
+
+        return await self._run(q)
+
     async def current_versions(self) -> dict[str, str]:
         """The current agent version per task type: of the versions that made at least one
         of the task type's last :data:`ACTIVE_WINDOW` decisions, the one introduced last

@@ -86,6 +86,8 @@ def test_dashboards_have_their_panels_and_variables() -> None:
         "Critical misses",
         "Top disagreeing fields",
         "Proposals waiting for approval",
+        "Agreement per segment",
+        "Segments sent to humans",
         "Ingest rate by source",
         "Agent latency p50 / p95 / p99",
         "Agent errors",
@@ -101,7 +103,7 @@ def test_dashboards_have_their_panels_and_variables() -> None:
         "Oldest approval waiting",
     }
     names = [v["name"] for v in agreement["templating"]["list"]]
-    assert names == ["datasource", "task_type", "agent_version"]
+    assert names == ["datasource", "task_type", "agent_version", "segment"]
     assert {a["name"] for a in agreement["annotations"]["list"]} == {"Promotions", "Demotions"}
     for d in (agreement, health):
         for p in d["panels"]:

@@ -83,6 +83,8 @@ def feed_policy(backoffice_url: str) -> Policy:
         "L2": {"agreement": 0.85, "min_samples": 40},
         "L3": {"agreement": 0.90, "min_samples": 80, "max_critical": 5},
     }
+    # The demo's invoices come from us and eu: kept apart as segments (shadow.segments).
+    doc["task_types"]["invoice_match"]["segments"] = ["us", "eu"]
     invoice = doc["task_types"]["invoice_match"]["autonomy"]
     invoice["mode"] = "propose"
     invoice["gates"]["L1"] = {"agreement": 0.70, "min_samples": 30}

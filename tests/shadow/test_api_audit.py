@@ -40,7 +40,7 @@ async def busy(sc: Sidecar) -> int:
         await sc.post("/v1/freeze", json_body={"reason": "incident"}, headers=admin)
     ).status == 200
     assert (await sc.post("/v1/unfreeze", json_body={}, headers=admin)).status == 200
-    await sc.app[LADDER].store.put_gateway_audits(
+    await sc.app[LADDER].store.append_audit(
         [
             AuditEntry(
                 at=datetime(2026, 5, 1, 12, 0, 0, n, tzinfo=UTC),

@@ -96,7 +96,7 @@ async def build_log(store: Store, clock: FakeClock, rounds: int) -> None:
             )
             await store.apply_steps([step], actor="ops/jane")
             state = step.after
-        await store.put_gateway_audits(
+        await store.append_audit(
             [gateway_entry(clock.advance(seconds=1), r * 10 + k) for k in range(1 + r % 3)]
         )
         epoch = {"epoch": r, "compare_hash": "c", "policy_hash": task.hash}
@@ -446,7 +446,7 @@ async def test_an_old_store_is_chained_once_when_it_opens(
 
     # the chain goes on from the backfilled head, and reopening does not chain again
     async with Store(path) as store:
-        await store.put_gateway_audits([gateway_entry(datetime(2026, 2, 1, tzinfo=UTC), 1)])
+        await store.append_audit([gateway_entry(datetime(2026, 2, 1, tzinfo=UTC), 1)])
     (new_prev,) = rows(path, "SELECT prev_hash FROM audit_log WHERE id = 5")
     assert new_prev[0] == hashes[-1][1]
     assert rows(path, "SELECT prev_hash, entry_hash FROM audit_log WHERE id < 5 ORDER BY id") == (
@@ -472,7 +472,7 @@ async def test_lone_surrogates_and_control_characters_hash_and_verify(
     odd = "ops/\ud800x\x00\x01\x1f\x7f\u2028\udfff"
     at = datetime(2026, 3, 1, 8, 0, 0, 999999, tzinfo=UTC)
     async with Store(path) as store:
-        await store.put_gateway_audits(
+        await store.append_audit(
             [
                 gateway_entry(
                     at,
@@ -519,7 +519,7 @@ async def test_the_instant_hashed_is_the_instant_that_reads_back(
 ) -> None:
     path = tmp_path / "s.duckdb"
     async with Store(path) as store:
-        await store.put_gateway_audits([gateway_entry(at, 1)])
+        await store.append_audit([gateway_entry(at, 1)])
         (entry,) = await store.audit_entries()
     assert entry.recorded_at == utc_instant(at)
     assert entry.recorded_at.utcoffset() == timedelta(0)
@@ -541,7 +541,7 @@ async def test_a_read_only_store_cannot_write(logged: Path) -> None:
     before = rows(logged, "SELECT count(*) FROM audit_log")
     async with Store(logged, read_only=True) as store:
         with pytest.raises(StoreError, match="read-only"):
-            await store.put_gateway_audits([gateway_entry(datetime(2026, 6, 1, tzinfo=UTC), 1)])
+            await store.append_audit([gateway_entry(datetime(2026, 6, 1, tzinfo=UTC), 1)])
     assert rows(logged, "SELECT count(*) FROM audit_log") == before
 
 

@@ -221,7 +221,7 @@ async def test_a_first_approval_is_found_behind_any_number_of_other_audit_entrie
             AuditEntry(clock(), "appeal", "agent", "tool_refused", None, None, f"call {i}")
             for i in range(120)
         ]
-        await store.put_gateway_audits(noise)
+        await store.append_audit(noise)
     async with Store(tmp_path / "s.duckdb") as store:
         again = Ladder(store, policy, clock)
         await again.load()
