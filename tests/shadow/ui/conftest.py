@@ -59,6 +59,7 @@ task_types:
       unlisted: ignore
     review:
       claim_ttl: 10m
+      agreement_share: 0   # the keyboard test reviews disagreements only (no chance draw)
     autonomy:
       start: L0
       ceiling: L4
