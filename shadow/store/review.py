@@ -21,7 +21,7 @@ the majority of its reviews decides; a tie is not acceptable (conservative).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -265,6 +265,21 @@ class ReviewPart(StoreBase):
             f"{sql} ORDER BY c.event_id LIMIT 1 OFFSET ?", [*params, offset]
         ).fetchone()
 
+    def _remaining(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        task_type: str,
+        version: str,
+        reviewer: str,
+        now: datetime,
+        per_case: int,
+    ) -> int:
+        """How many cases of both strata are still eligible for ``reviewer``."""
+        return sum(
+            int(self._eligible(con, task_type, version, s, reviewer, now, per_case, count=True))
+            for s in ("agree", "disagree")
+        )
+
     def _draw(
         self,
         task_type: str,
@@ -321,25 +336,11 @@ class ReviewPart(StoreBase):
                 )
                 tx.execute(
                     f"INSERT INTO review_claims ({_CLAIM_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?::TIMESTAMPTZ, ?::TIMESTAMPTZ, NULL)",
-                    [
-                        claim.claim,
-                        task_type,
-                        event_id,
-                        version,
-                        digest,
-                        stratum,
-                        reviewer,
-                        a_is,
-                        now,
-                        expires_at,
-                    ],
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?::TIMESTAMPTZ, ?::TIMESTAMPTZ, ?::TIMESTAMPTZ)",
+                    list(astuple(claim)),
                 )
             shown = self._shown(tx, claim)
-            remaining = sum(
-                int(self._eligible(tx, task_type, version, s, reviewer, now, per_case, count=True))
-                for s in ("agree", "disagree")
-            )
+            remaining = self._remaining(tx, task_type, version, reviewer, now, per_case)
         event, agent, human = shown
         return Drawn(claim, event, agent, human, remaining)
 
@@ -601,14 +602,7 @@ class ReviewPart(StoreBase):
                 "AND expires_at > ?",
                 [task_type, now],
             ).fetchone()
-            remaining = sum(
-                int(
-                    self._eligible(
-                        con, task_type, agent_version, s, reviewer, now, per_case, count=True
-                    )
-                )
-                for s in ("agree", "disagree")
-            )
+            remaining = self._remaining(con, task_type, agent_version, reviewer, now, per_case)
             return (int(found[0]) if found else 0), remaining
 
         return await self._run(q)
