@@ -45,32 +45,6 @@ from shadow.tracing import trace_url
 __all__ = ["DEAD_LETTER_PAGE", "MAX_DEAD_LETTER_PAGE", "cases_routes", "redacted"]
 
 
-def _tool_paths(policy: Policy, task_type: str | None, tool: object) -> tuple[str, ...]:
-    """The ``tools.redact`` paths of ``tool`` in ``task_type``'s policy; every task type's
-    (and the default's) for a task type the policy does not configure."""
-    if not isinstance(tool, str):
-        return ()
-    found = policy.task_types.get(task_type) if task_type is not None else None
-    owners = [found] if found is not None else [*policy.task_types.values(), policy.default]
-    paths: set[str] = set()
-    for owner in owners:
-        if owner is not None and owner.tools is not None:
-            paths.update(owner.tools.redacted_paths(tool))
-    return tuple(sorted(paths))
-
-
-def _actions(policy: Policy, task_type: str | None, actions: Any) -> Any:
-    if not isinstance(actions, list):
-        return actions
-    out: list[Any] = []
-    for action in actions:
-        if isinstance(action, dict) and isinstance(action.get("args"), dict):
-            paths = _tool_paths(policy, task_type, action.get("tool"))
-            action = {**action, "args": redact_args(action["args"], paths)}
-        out.append(action)
-    return out
-
-
 def redacted(case: dict[str, Any], policy: Policy) -> dict[str, Any]:
     """``case`` (a :meth:`~shadow.store.CaseView.to_json` document) without a field
     ``policy`` redacts: the event payload's ``redact`` paths (its task type's, or every task
@@ -88,16 +62,16 @@ def redacted(case: dict[str, Any], policy: Policy) -> dict[str, Any]:
     out["decisions"] = [
         {
             **d,
-            "actions": _actions(policy, d["task_type"], d["actions"]),
-            "declared_actions": _actions(policy, d["task_type"], d["declared_actions"]),
+            "actions": policy.redact_actions(d["task_type"], d["actions"]),
+            "declared_actions": policy.redact_actions(d["task_type"], d["declared_actions"]),
         }
         for d in case["decisions"]
     ]
     out["outcomes"] = [
-        {**o, "actions": _actions(policy, own, o["actions"])} for o in case["outcomes"]
+        {**o, "actions": policy.redact_actions(own, o["actions"])} for o in case["outcomes"]
     ]
     out["tool_calls"] = [
-        {**c, "args": redact_args(c["args"], _tool_paths(policy, c["task_type"], c["tool"]))}
+        {**c, "args": redact_args(c["args"], policy.tool_redact_paths(c["task_type"], c["tool"]))}
         if isinstance(c["args"], dict)
         else c
         for c in case["tool_calls"]

@@ -45,6 +45,7 @@ from shadow.tools_policy import (
     deep_copy,
     parse_task_tools,
     parse_upstreams,
+    redact_args,
     remove_paths,
 )
 
@@ -248,6 +249,32 @@ class Policy:
     # A record that could not be taken is kept (dead letters, the dead-letter topic) only in a
     # form that holds none of the fields the policy redacts. Such a record was never
     # validated, so the rules below assume nothing about its shape.
+
+    def tool_redact_paths(self, task_type: str | None, tool: object) -> tuple[str, ...]:
+        """The ``tools.redact`` paths of ``tool`` in ``task_type``'s policy; every task
+        type's (and the default's) for a task type the policy does not configure."""
+        if not isinstance(tool, str):
+            return ()
+        found = self.task_types.get(task_type) if task_type is not None else None
+        owners = [found] if found is not None else [*self.task_types.values(), self.default]
+        paths: set[str] = set()
+        for owner in owners:
+            if owner is not None and owner.tools is not None:
+                paths.update(owner.tools.redacted_paths(tool))
+        return tuple(sorted(paths))
+
+    def redact_actions(self, task_type: str | None, actions: Any) -> Any:
+        """``actions`` (a list of ``{"tool", "args"}``) without each tool's ``tools.redact``
+        paths (:meth:`tool_redact_paths`); anything that is not a list is returned as is."""
+        if not isinstance(actions, list):
+            return actions
+        out: list[Any] = []
+        for action in actions:
+            if isinstance(action, dict) and isinstance(action.get("args"), dict):
+                paths = self.tool_redact_paths(task_type, action.get("tool"))
+                action = {**action, "args": redact_args(action["args"], paths)}
+            out.append(action)
+        return out
 
     def redact_paths(self, task_type: object) -> tuple[str, ...]:
         """The redact paths for a record naming ``task_type``: that task type's own when it

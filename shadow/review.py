@@ -35,7 +35,6 @@ from shadow.policy import Policy, TaskPolicy
 from shadow.review_policy import VERDICTS
 from shadow.store import ReviewRefused, Store
 from shadow.store.review import AdjudicationRow, Drawn
-from shadow.tools_policy import redact_args
 
 __all__ = ["BLIND_VERDICTS", "MAX_NOTE", "ReviewInputError", "ReviewQueue"]
 
@@ -52,24 +51,6 @@ class ReviewInputError(ValueError):
         super().__init__(f"{path}: {message}")
         self.path = path
         self.message = message
-
-
-def _actions(task: TaskPolicy | None, actions: Any) -> list[Any]:
-    """``actions`` without the ``tools.redact`` paths of each one's tool."""
-    if not isinstance(actions, list):
-        return []
-    out: list[Any] = []
-    for action in actions:
-        if isinstance(action, dict) and isinstance(action.get("args"), dict):
-            tool = action.get("tool")
-            paths = (
-                task.tools.redacted_paths(tool)
-                if task is not None and task.tools is not None and isinstance(tool, str)
-                else ()
-            )
-            action = {**action, "args": redact_args(action["args"], tuple(paths))}
-        out.append(action)
-    return out
 
 
 class ReviewQueue:
@@ -149,11 +130,11 @@ class ReviewQueue:
         task = self.task(claim.task_type)
         agent = {
             "decision": drawn.agent["decision"],
-            "actions": _actions(task, drawn.agent["actions"]),
+            "actions": self.policy.redact_actions(claim.task_type, drawn.agent["actions"]),
         }
         human = {
             "decision": drawn.human["decision"],
-            "actions": _actions(task, drawn.human["actions"]),
+            "actions": self.policy.redact_actions(claim.task_type, drawn.human["actions"]),
         }
         a, b = (agent, human) if claim.a_is == "agent" else (human, agent)
         event = dict(drawn.event)
