@@ -50,6 +50,7 @@ from shadow.tools_policy import (
 )
 
 __all__ = [
+    "BUDGET_KEYS",
     "OTHER_SEGMENT",
     "REDACTED",
     "ActionsOrder",
@@ -83,6 +84,13 @@ def stable_fraction(key: str, salt: str = "") -> float:
 GateEvidence = Literal["agreement", "adjudicated"]
 PerSegment = Literal["each", "route"]
 
+# The budget keys a gate may state, with the largest value each accepts.
+BUDGET_KEYS: dict[str, float] = {
+    "max_cost_usd_per_decision": 1e6,
+    "max_latency_ms_p95": 86_400_000.0,
+    "max_error_rate": 1.0,
+}
+
 
 class AutonomyMode(enum.StrEnum):
     AUTO = "auto"  # promotions are applied
@@ -115,6 +123,12 @@ class Gate:
     # one falling below demotes the task type; ``route`` sends a failing segment's items to
     # humans while the others keep the level; None: segments are reported, not gated.
     per_segment: PerSegment | None = None
+    # Budgets (shadow.budgets): a promotion to this level needs an upper confidence bound
+    # within each stated budget; None: not budgeted. Mean cost per decision in USD, the 95th
+    # percentile of the agent's latency in ms, and the share of its decisions that failed.
+    max_cost_usd_per_decision: float | None = None
+    max_latency_ms_p95: float | None = None
+    max_error_rate: float | None = None
 
     @property
     def window(self) -> int:
@@ -679,6 +693,7 @@ class _Parser(CompareParser):
                     "critical_window",
                     "evidence",
                     "per_segment",
+                    *BUDGET_KEYS,
                 },
             )
             if "agreement" not in g:
@@ -701,8 +716,20 @@ class _Parser(CompareParser):
                     f"unknown value {per_segment!r}; use each or route",
                 )
                 per_segment = None
+            budgets = {
+                key: self.number(g, key, gpath, 0.0, 0.0, high, open_low=True)
+                for key, high in BUDGET_KEYS.items()
+                if key in g
+            }
             gates[level] = Gate(
-                level, agreement, min_samples or 0, max_critical, window, evidence, per_segment
+                level,
+                agreement,
+                min_samples or 0,
+                max_critical,
+                window,
+                evidence=evidence,
+                per_segment=per_segment,
+                **budgets,
             )
         ordered = sorted(gates.values(), key=lambda x: x.level)
         for lower, upper in itertools.pairwise(ordered):
