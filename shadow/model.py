@@ -489,6 +489,11 @@ class Comparison:
     handled_by: Handling = Handling.BLIND  # only blind comparisons are evidence
     # The case's trace (shadow.tracing; 32 hex digits) when tracing was on as it was made.
     trace_id: str | None = None
+    # The segment of the case's event as the store keeps it with the comparison (schema v14):
+    # set on comparisons read back from the store (the comparisons topic carries it, so a
+    # promoter that never saw the events keeps per-segment evidence); the joiner leaves it
+    # None and the store takes it from the event.
+    segment: str | None = None
 
     @property
     def evidence(self) -> bool:

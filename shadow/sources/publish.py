@@ -90,6 +90,7 @@ __all__ = [
 log = logging.getLogger("shadow.kafka.publish")
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+_TRACE_ID = re.compile("[0-9a-f]{32}")
 
 _RETRY_S = 1.0
 _POLL_S = 1.0
@@ -106,6 +107,8 @@ def comparison_json(c: Comparison) -> dict[str, Any]:
         "outcome_hash": c.outcome_hash,
         "fields": [f.to_json() for f in c.fields],
         "handled_by": c.handled_by.value,
+        "segment": c.segment,
+        "trace_id": c.trace_id,
     }
 
 
@@ -162,7 +165,18 @@ def comparison_from_json(obj: Mapping[str, Any]) -> Comparison:
         outcome_hash=obj.get("outcome_hash"),
         # Records from sidecars before independent evidence carry none: they were blind.
         handled_by=Handling(obj.get("handled_by", "blind")),
+        # Records from sidecars before these fields carry neither.
+        trace_id=_trace_id(obj.get("trace_id")),
+        segment=None if obj.get("segment") is None else _text(obj["segment"]),
     )
+
+
+def _trace_id(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _TRACE_ID.fullmatch(value):
+        raise ValueError(f"trace_id must be 32 lowercase hex digits, got {brief(value)}")
+    return value
 
 
 def _encode(value: Mapping[str, Any]) -> bytes:

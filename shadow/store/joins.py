@@ -189,9 +189,11 @@ class JoinPart(StoreBase):
         # A join on both key columns: cheaper than comparing a concatenation of them, which
         # builds a string for every stored row.
         traces: dict[str, str] = {}
+        segments: dict[str, str] = {}
         before: dict[str, tuple[Verdict, str | None]] = {}
-        for eid, ver, v, digest, trace in self.con.execute(
-            "SELECT c.event_id, c.agent_version, c.verdict, c.outcome_hash, c.trace_id "
+        for eid, ver, v, digest, trace, segment in self.con.execute(
+            "SELECT c.event_id, c.agent_version, c.verdict, c.outcome_hash, c.trace_id, "
+            "c.segment "
             "FROM comparisons c "
             "JOIN (SELECT unnest(?::VARCHAR[]) AS event_id, unnest(?::VARCHAR[]) AS ver) k "
             "ON c.event_id = k.event_id AND c.agent_version = k.ver",
@@ -200,9 +202,17 @@ class JoinPart(StoreBase):
             before[f"{eid}\x00{ver}"] = (Verdict(v), digest)
             if trace is not None:
                 traces[f"{eid}\x00{ver}"] = trace
-        if traces:  # a re-score or a folded comparison keeps the trace it was made in
+            if segment is not None:
+                segments[f"{eid}\x00{ver}"] = segment
+        if traces or segments:
+            # A re-score or a folded comparison keeps the trace it was made in, and the
+            # segment it was stored with (its event may be gone: retention).
             comparisons = [
-                replace(c, trace_id=traces[k]) if c.trace_id is None and k in traces else c
+                replace(
+                    c,
+                    trace_id=c.trace_id if c.trace_id is not None else traces.get(k),
+                    segment=c.segment if c.segment is not None else segments.get(k),
+                )
                 for c, k in zip(comparisons, keys, strict=True)
             ]
         kept = [
@@ -227,7 +237,7 @@ class JoinPart(StoreBase):
                 "INSERT OR REPLACE INTO comparisons SELECT unnest(?::VARCHAR[]), "
                 "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
                 "unnest(?::BOOLEAN[]), unnest(?::VARCHAR[])::JSON, unnest(?::VARCHAR[]), "
-                "?::TIMESTAMPTZ, unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), NULL",
+                "?::TIMESTAMPTZ, unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
                 [
                     [c.event_id for c in comparisons],
                     [c.agent_version for c in comparisons],
@@ -239,8 +249,10 @@ class JoinPart(StoreBase):
                     now,
                     [c.handled_by.value for c in comparisons],
                     [c.trace_id for c in comparisons],
+                    [c.segment for c in comparisons],
                 ],
             )
+            # The sidecar's own event wins over the segment a comparison came with.
             self._segment_from_events(tx, [c.event_id for c in comparisons])
             # The sidecar's own routing record wins over the label a comparison came with
             # (a replica's, folded from the comparisons topic).

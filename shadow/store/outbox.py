@@ -93,7 +93,7 @@ class OutboxPart(StoreBase):
         def q() -> list[Comparison]:
             rows = self.con.execute(
                 "SELECT c.event_id, c.task_type, c.agent_version, c.verdict, c.critical, "
-                "c.fields, c.outcome_hash, c.handled_by FROM comparisons c "
+                "c.fields, c.outcome_hash, c.handled_by, c.trace_id, c.segment FROM comparisons c "
                 "LEFT JOIN published_comparisons p ON p.event_id = c.event_id "
                 "AND p.agent_version = c.agent_version "
                 "WHERE p.event_id IS NULL OR p.verdict <> c.verdict "
@@ -111,6 +111,8 @@ class OutboxPart(StoreBase):
                     bool(r[4]),
                     r[6],
                     Handling(r[7]),
+                    trace_id=r[8],
+                    segment=r[9],
                 )
                 for r in rows
             ]

@@ -6,6 +6,8 @@ level (``route``), the agreement document and the metrics keep the declared segm
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,14 +16,15 @@ import pytest
 import yaml
 
 from shadow import promotion
-from shadow.model import Evidence, Level, WorkEvent
+from shadow.model import Comparison, Evidence, Level, Verdict, WorkEvent
 from shadow.policy import TaskPolicy, parse_policy
 from shadow.promotion import LadderState, Move
 from shadow.roles import digest
 from shadow.segments import below_gate, promotion_check
+from shadow.sources.publish import comparison_from_json, comparison_json
 from shadow.stats import lower_bound
 from shadow.store import Store
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, StoreFactory
 from tests.shadow.conftest import AgentServerFactory, Sidecar, SidecarFactory, metric
 from tests.shadow.test_api_autonomy import answer
 from tests.shadow.test_store import AGENT, TASK, dec, join_all, oc
@@ -295,3 +298,72 @@ async def test_segment_evidence_outlives_the_events_retention_deletes(
     assert after == before
     counts = {k: v.n for k, v in after[TASK][AGENT].items()}
     assert counts == {"eu": 3, "other": 2}
+
+
+async def test_a_promoter_that_never_saw_the_events_keeps_the_segments_of_the_topic(
+    store: Store, store_factory: StoreFactory, clock: FakeClock
+) -> None:
+    """Kafka replicas publish their comparisons and the promoter folds them into its own
+    store, which has none of the events: each comparison carries its segment (and trace id)
+    on the topic, so the promoter's per-segment evidence is the replica's."""
+    t0 = clock()
+    events = [
+        WorkEvent(f"e{i}", TASK, {"amount": 1}, segment="eu" if i < 3 else "us") for i in range(5)
+    ]
+    await store.put_events(events, source="k", now=t0)
+    await store.put_decisions([(dec(f"e{i}"), TASK) for i in range(5)], now=t0)
+    await store.put_outcomes([oc(f"e{i}") for i in range(5)], source="k", now=t0)
+    await join_all(store, t0)
+    outbox = await store.unpublished_comparisons()
+    assert {c.segment for c in outbox} == {"eu", "us"}
+    records = [json.loads(json.dumps(comparison_json(c))) for c in outbox]
+    assert all("segment" in r and "trace_id" in r for r in records)
+    promoter = await store_factory("promoter.duckdb")
+    await promoter.put_comparisons(
+        [comparison_from_json(r) for r in records], now=t0, actor="promoter", published=True
+    )
+    declared = {TASK: ("eu", "us")}
+    assert await promoter.segment_evidence(declared) == await store.segment_evidence(declared)
+    assert await promoter.count("events") == 0
+
+
+async def test_a_rescore_after_retention_keeps_the_segment(store: Store, clock: FakeClock) -> None:
+    t0 = clock()
+    await store.put_events([WorkEvent("e1", TASK, {"amount": 1}, segment="eu")], source="k", now=t0)
+    await store.put_decisions([(dec("e1"), TASK)], now=t0)
+    await store.put_outcomes([oc("e1")], source="k", now=t0)
+    await join_all(store, t0)
+    clock.advance(days=3)
+    await store.purge(cutoff=clock() - timedelta(days=1))
+    (kept,) = await store.unpublished_comparisons()
+    # The joiner's comparison carries no segment: the store keeps the one it had.
+    await store.put_comparisons([replace(kept, segment=None)], now=clock())
+    evidence = await store.segment_evidence({TASK: ("eu",)})
+    assert {k: v.n for k, v in evidence[TASK][AGENT].items()} == {"eu": 1}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("segment", "e\x01u", "control characters"),
+        ("segment", "", "non-empty"),
+        ("segment", 7, "non-empty string"),
+        ("segment", "x" * 10_000, "too long"),
+        ("trace_id", "not-a-trace", "32 lowercase hex"),
+        ("trace_id", "A" * 32, "32 lowercase hex"),
+        ("trace_id", 12, "32 lowercase hex"),
+    ],
+)
+def test_a_hostile_segment_or_trace_id_on_the_topic_is_refused(
+    field: str, value: object, says: str
+) -> None:
+    record = comparison_json(Comparison("e1", TASK, AGENT, Verdict.AGREE, (), False, "h"))
+    with pytest.raises(ValueError, match=says):
+        comparison_from_json({**record, field: value})
+
+
+def test_records_from_sidecars_before_the_segment_still_fold() -> None:
+    record = comparison_json(Comparison("e1", TASK, AGENT, Verdict.AGREE, (), False, "h"))
+    del record["segment"], record["trace_id"]
+    c = comparison_from_json(record)
+    assert (c.segment, c.trace_id) == (None, None)
