@@ -12,15 +12,31 @@ Result codes (the report's ``cases`` field, documented in docs/replay.md)::
     d   disagree, no critical field missed
     c   critical miss (a disagreement on a ``critical: true`` field)
     e   agent error (counts as not agreeing, as in GET /v1/agreement)
+
+:class:`CostLog` keeps the agent's reported cost of *every* answered case (evidence and
+acceptance: cost describes the answer, not the human), as compactly: the report's
+``case_costs`` (``{event_id: cost_usd}``), which the cost regression pairs on, and the
+figures the cost budget is judged on (:meth:`CostLog.figures`).
 """
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["AGREE", "CODES", "CRITICAL", "DISAGREE", "ERROR", "CaseLog", "segment_entry"]
+__all__ = [
+    "AGREE",
+    "CODES",
+    "CRITICAL",
+    "DISAGREE",
+    "ERROR",
+    "CaseLog",
+    "CostLog",
+    "cost_figures",
+    "segment_entry",
+]
 
 AGREE, DISAGREE, CRITICAL, ERROR = "a", "d", "c", "e"
 CODES = frozenset((AGREE, DISAGREE, CRITICAL, ERROR))
@@ -115,3 +131,58 @@ class CaseLog:
             {names[j]: members[j] for j in by_name},
             {names[j]: segment_entry(seg_codes[j]) for j in by_name},
         )
+
+
+class CostLog:
+    """Each answered case's cost in USD (NaN: unknown); see the module doc."""
+
+    __slots__ = ("_costs", "_ids", "_lengths")
+
+    def __init__(self) -> None:
+        self._ids = bytearray()
+        self._lengths = array("I")
+        self._costs = array("d")
+
+    def __len__(self) -> int:
+        return len(self._costs)
+
+    def add(self, event_id: str, cost_usd: float) -> None:
+        raw = event_id.encode()
+        self._ids += raw
+        self._lengths.append(len(raw))
+        self._costs.append(cost_usd)
+
+    def merge(self, other: CostLog) -> None:
+        self._ids += other._ids
+        self._lengths.extend(other._lengths)
+        self._costs.extend(other._costs)
+
+    @property
+    def costs(self) -> array[float]:
+        return self._costs
+
+    def to_json(self) -> dict[str, float | None] | None:
+        """``{event_id: cost_usd}`` sorted by event_id (``null``: unknown); ``None`` when no
+        answer reported a cost (nothing to pair, and no need to write a zero per case)."""
+        if not any(x > 0 for x in self._costs):  # NaN > 0 is False
+            return None
+        ids: list[str] = []
+        at = 0
+        for length in self._lengths:
+            ids.append(self._ids[at : at + length].decode())
+            at += length
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        costs = self._costs
+        return {ids[k]: None if math.isnan(costs[k]) else costs[k] for k in order}
+
+
+def cost_figures(costs: array[float] | list[float]) -> dict[str, float | int]:
+    """``{n, mean, variance, max}`` of some costs: exact sums (:func:`math.fsum`), so the
+    figures do not depend on the order the costs were added in; ``variance`` is the sample
+    variance (denominator ``n - 1``; 0 below two costs)."""
+    n = len(costs)
+    if n == 0:
+        return {"n": 0, "mean": 0.0, "variance": 0.0, "max": 0.0}
+    mean = math.fsum(costs) / n
+    variance = math.fsum((x - mean) ** 2 for x in costs) / (n - 1) if n > 1 else 0.0
+    return {"n": n, "mean": mean, "variance": variance, "max": max(costs)}

@@ -8,8 +8,9 @@ Registered with ``shadow``'s CLI through the ``shadow.commands`` entry point
         [--html OUT.html] [--fail-if-worse] ...
 
 Exit codes: 0 done (no regression, or no ``--fail-if-worse``); 1 the regression gate
-failed (:func:`replay.gate.compare_reports`: agreement, critical-miss rate or a segment
-significantly worse on some task type) and ``--fail-if-worse`` is set;
+failed (:func:`replay.gate.compare_reports`: agreement, critical-miss rate, error rate,
+mean cost or a segment significantly worse on some task type, or a budget of the policy
+clearly exceeded, :mod:`replay.budgets`) and ``--fail-if-worse`` is set;
 2 a usage or input error (one line on stderr, from ``shadow``'s CLI); 130 interrupted
 (Ctrl-C / SIGTERM): the reports written hold the cases scored so far (``complete:
 false``) and the cache lets the next run resume. The options are documented in
@@ -42,7 +43,9 @@ __all__ = ["EXIT_INTERRUPTED", "EXIT_WORSE", "register", "run"]
 
 EXIT_WORSE = 1
 # Left out of the report entry recorded as replay evidence: examples and per-case results.
-_NOT_RECORDED = frozenset({"critical_examples", "error_examples", "cases", "case_segments"})
+_NOT_RECORDED = frozenset(
+    {"critical_examples", "error_examples", "cases", "case_segments", "case_costs"}
+)
 EXIT_INTERRUPTED = 130
 DEFAULT_CACHE = ".shadow-replay/cache.duckdb"
 

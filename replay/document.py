@@ -3,8 +3,8 @@
 The schema (``shadow-replay-report/1``) is documented field by field in docs/replay.md;
 additions are allowed, renames are not. Reading a baseline accepts any document with that
 schema name whose task type entries carry integer ``n`` and ``agree`` (and, when present,
-well-formed per-case results: ``cases``, ``case_segments``, ``segments``); anything else
-is a :class:`~replay.errors.ReplayError` naming the file and the field.
+well-formed per-case results: ``cases``, ``case_segments``, ``segments``, ``case_costs``);
+anything else is a :class:`~replay.errors.ReplayError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from replay.budgets import judge_budgets
 from replay.cases import CODES
 from replay.errors import ReplayError
 from replay.model import Selection, most_common_version
@@ -24,7 +25,7 @@ from shadow.policy import Policy
 __all__ = ["DETERMINISTIC_SKIP", "build_document", "deterministic_view", "load_report"]
 
 # Keys that depend on timing or on the process, left out when two runs are compared.
-DETERMINISTIC_SKIP = frozenset({"run", "latency_ms", "latency_p95_ms"})
+DETERMINISTIC_SKIP = frozenset({"run", "latency_ms", "latency_p95_ms", "latency_ms_p95"})
 
 
 def build_document(
@@ -38,6 +39,7 @@ def build_document(
     run: Mapping[str, Any],
 ) -> dict[str, Any]:
     tasks = {name: stats.entry() for name, stats in result.tasks.items()}
+    budgets = judge_budgets(result.tasks, tasks, alpha=alpha)
     versions: dict[str, int] = {}
     for stats in result.tasks.values():
         for v, k in stats.versions.items():
@@ -55,6 +57,7 @@ def build_document(
         "alpha": alpha,
         "totals": totals_entry(result.tasks, alpha),
         "task_types": tasks,
+        "budgets": budgets,
         "baseline": None,
         "regression": None,
         "run": dict(run),
@@ -127,6 +130,17 @@ def _per_case_problem(entry: Mapping[str, Any]) -> str | None:
         )
     ):
         return "case_segments: expected an object of segment -> [event_id, ...]"
+    costs = entry.get("case_costs")
+    if costs is not None:
+        if not isinstance(costs, dict):
+            return "case_costs: expected an object of event_id -> cost_usd"
+        for event_id, cost in costs.items():
+            if cost is not None and (
+                isinstance(cost, bool)
+                or not isinstance(cost, int | float)
+                or not 0 <= cost < float("inf")
+            ):
+                return f"case_costs.{event_id}: expected a cost in USD >= 0 or null, got {cost!r}"
     segments = entry.get("segments")
     if segments is not None:
         if not isinstance(segments, dict):

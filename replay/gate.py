@@ -20,11 +20,27 @@ Regression gate (``--baseline``; ``--fail-if-worse`` exits 1 on it)
     critical-miss rate
         The same test with right = no critical miss (an agent error is not one), at the
         same level ``alpha / m``.
+    error rate
+        The same test with right = no agent error (``errors / n``, the blind cases), at the
+        same level ``alpha / m``.
+    mean cost
+        When both reports carry per-case costs (``case_costs``) and the task type has a
+        cost range ``[0, M]`` (``cost_ceiling_usd``, or 10 x its largest cost budget; none:
+        not compared): empirical-Bernstein (Maurer and Pontil) lower bound of the mean
+        increase, paired on the cases both costed (differences in ``[-M, M]``), else the
+        candidate's lower bound less the baseline's upper bound (each at half the level);
+        worse when it is above 0, at level ``alpha / m``. Valid for every cost distribution
+        in the range, not only asymptotically; a cost above ``M`` on either side: not
+        compared (the candidate's fails its cost budget).
     segments
         Agreement within each segment of the events (their ``segment``) that has at least
         ``segment_min`` cases (paired: paired cases; unpaired: on each side), paired when
         the task type is, at level ``alpha / s``, ``s`` = (task type, segment) pairs tested
         (Bonferroni across segments).
+
+    budgets
+        The candidate's own budgets (:mod:`replay.budgets`, no baseline needed; the
+        report's ``budgets`` block): each failure is added to ``regression.failures``.
 
     Each family keeps its chance of failing a run in which nothing got worse under
     ``alpha``. The replay is a fixed sample analysed once, so fixed-sample tests are valid
@@ -39,7 +55,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from replay.cases import AGREE, CRITICAL
+from replay.bounds import bernstein_width
+from replay.cases import AGREE, CRITICAL, ERROR, cost_figures
 from replay.significance import mcnemar_midp, two_proportion_z
 from shadow.model import Level
 from shadow.policy import TaskPolicy
@@ -57,8 +74,9 @@ __all__ = [
 
 TEST_NAME = (
     "one-sided mid-p McNemar test on the cases both reports scored (paired), else pooled "
-    "two-proportion z-test; agreement and critical-miss rate Bonferroni over task types, "
-    "segments Bonferroni over segments"
+    "two-proportion z-test; agreement, critical-miss rate and error rate Bonferroni over task "
+    "types, segments Bonferroni over segments; mean cost empirical Bernstein on costs in "
+    "[0, M], Bonferroni over task types"
 )
 SEGMENT_MIN_CASES = 30  # a segment with fewer cases (on a side, or paired) is not tested
 _FIRST = 5  # event ids shown of the cases only one side scored
@@ -103,6 +121,10 @@ def _agrees(code: str) -> bool:
 
 def _no_critical(code: str) -> bool:
     return code != CRITICAL
+
+
+def _no_error(code: str) -> bool:
+    return code != ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +279,8 @@ def compare_task(
         "significantly_better": better,
         "statement": statement,
         "critical_miss": _critical_test(cand, base, cc, bc, shared, alpha=alpha, m=m),
+        "error_rate": _critical_test(cand, base, cc, bc, shared, alpha=alpha, m=m, what=_ERRORS),
+        "cost": _cost_test(cand, base, alpha=alpha, m=m),
     }
 
 
@@ -269,6 +293,21 @@ def _only_text(only: Mapping[str, Any] | None) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Rate:
+    """A bad outcome whose rate (``key`` / n) the regression gate tests: its report count,
+    its name in the statements and the result codes that are *not* it."""
+
+    key: str
+    label: str  # "critical-miss"
+    plural: str  # "critical misses"
+    right: Callable[[str], bool]
+
+
+_CRITICAL = _Rate("critical", "critical-miss", "critical misses", _no_critical)
+_ERRORS = _Rate("errors", "error", "agent errors", _no_error)
+
+
 def _critical_test(
     cand: Mapping[str, Any],
     base: Mapping[str, Any],
@@ -278,10 +317,12 @@ def _critical_test(
     *,
     alpha: float,
     m: int,
+    what: _Rate = _CRITICAL,
 ) -> dict[str, Any]:
-    """One-sided: is the candidate's critical-miss rate (critical / n) higher?"""
+    """One-sided: is the candidate's rate of ``what`` (critical misses, or agent errors:
+    ``what.key`` / n) higher?"""
     level = alpha / max(m, 1)
-    r_c, r_b = _rate(cand, "critical"), _rate(base, "critical")
+    r_c, r_b = _rate(cand, what.key), _rate(base, what.key)
     out: dict[str, Any] = {
         "candidate_rate": None if r_c is None else round(r_c, 6),
         "baseline_rate": None if r_b is None else round(r_b, 6),
@@ -292,11 +333,11 @@ def _critical_test(
             "test": None,
             "p_worse": 0.5,
             "significantly_worse": False,
-            "statement": "not compared: no comparisons (or no critical count) on one side",
+            "statement": f"not compared: no comparisons (or no {what.key} count) on one side",
         }
-    head = f"critical-miss rate {r_c:.4f} vs {r_b:.4f} ({(r_c - r_b) * 100:+.2f} pp)"
+    head = f"{what.label} rate {r_c:.4f} vs {r_b:.4f} ({(r_c - r_b) * 100:+.2f} pp)"
     if cc is not None and bc is not None and shared:
-        p = pair(cc, bc, shared, _no_critical)
+        p = pair(cc, bc, shared, what.right)
         worse = p.p_worse < level
         verdict = "significantly worse" if worse else "no significant increase"
         return {
@@ -305,16 +346,16 @@ def _critical_test(
             **p.to_json(),
             "significantly_worse": worse,
             "statement": (
-                f"{head}: {verdict} (paired on {p.pairs} cases: {p.worse} critical misses "
+                f"{head}: {verdict} (paired on {p.pairs} cases: {p.worse} {what.plural} "
                 f"only in the candidate, {p.better} only in the baseline, one-sided mid-p = "
                 f"{p.p_worse:.4g}, {_level_text(alpha, m, level)})"
             ),
         }
     n_c, n_b = int(cand["n"]), int(base["n"])
-    k_c, k_b = int(cand["critical"]), int(base["critical"])
-    # The z-test of the rates of cases *without* a critical miss: lower is worse.
+    k_c, k_b = int(cand[what.key]), int(base[what.key])
+    # The z-test of the rates of cases *without* one: lower is worse.
     z_ok, p_worse = two_proportion_z(n_c - k_c, n_c, n_b - k_b, n_b)
-    z = -z_ok  # as a z of the critical-miss rates: positive when the candidate's is higher
+    z = -z_ok  # as a z of the rates: positive when the candidate's is higher
     worse = p_worse < level
     verdict = "significantly worse" if worse else "no significant increase"
     return {
@@ -325,6 +366,90 @@ def _critical_test(
         "significantly_worse": worse,
         "statement": (
             f"{head}: {verdict} (z = {z:.2f}, one-sided p = {p_worse:.4g}, "
+            f"{_level_text(alpha, m, level)})"
+        ),
+    }
+
+
+def _costs(entry: Mapping[str, Any]) -> Mapping[str, float | None] | None:
+    found = entry.get("case_costs")
+    return found if isinstance(found, Mapping) else None
+
+
+def _cost_range(entry: Mapping[str, Any]) -> float | None:
+    budgets = entry.get("budgets")
+    value = budgets.get("cost_range_usd") if isinstance(budgets, Mapping) else None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def _cost_test(
+    cand: Mapping[str, Any], base: Mapping[str, Any], *, alpha: float, m: int
+) -> dict[str, Any]:
+    """One-sided: is the candidate's mean cost per answer higher? Empirical-Bernstein bounds
+    (:mod:`replay.bounds`) on costs in ``[0, M]`` (``M`` the task type's cost range,
+    :mod:`replay.budgets`): paired on the cases both reports costed (differences in
+    ``[-M, M]``), else the candidate's lower bound against the baseline's upper bound, each
+    at half the level. Worse when the lower bound of the increase is above 0."""
+    level = alpha / max(m, 1)
+    ceiling = _cost_range(cand)
+    cc, bc = _costs(cand), _costs(base)
+    out: dict[str, Any] = {"test": None, "range_usd": ceiling, "significantly_worse": False}
+    if ceiling is None:
+        return {
+            **out,
+            "statement": "not compared: no cost range (the policy states no cost budget "
+            "and no cost_ceiling_usd)",
+        }
+    if cc is None or bc is None:
+        return {**out, "statement": "not compared: no per-case costs on one side"}
+    known_c = {k: v for k, v in cc.items() if v is not None}
+    known_b = {k: v for k, v in bc.items() if v is not None}
+    above = sum(v > ceiling for v in known_c.values()) + sum(v > ceiling for v in known_b.values())
+    if above:
+        return {
+            **out,
+            "statement": f"not compared: {above} costs above the range ${ceiling:.4f}",
+        }
+    shared = [k for k in known_c if k in known_b]
+    if shared:
+        diffs = [known_c[k] - known_b[k] for k in shared]
+        fig = cost_figures(diffs)
+        n = len(shared)
+        mean_c = cost_figures([known_c[k] for k in shared])["mean"]
+        mean_b = cost_figures([known_b[k] for k in shared])["mean"]
+        increase = float(fig["mean"])
+        lower = increase - bernstein_width(n, float(fig["variance"]), 2.0 * ceiling, level)
+        how = f"paired on {n} cases"
+        test = "paired"
+    else:
+        fc, fb = cost_figures(list(known_c.values())), cost_figures(list(known_b.values()))
+        n_c, n_b = int(fc["n"]), int(fb["n"])
+        if n_c < 2 or n_b < 2:
+            return {**out, "statement": "not compared: fewer than 2 costed answers on one side"}
+        mean_c, mean_b = fc["mean"], fb["mean"]
+        increase = float(mean_c) - float(mean_b)
+        lower = (
+            increase
+            - bernstein_width(n_c, float(fc["variance"]), ceiling, level / 2.0)
+            - bernstein_width(n_b, float(fb["variance"]), ceiling, level / 2.0)
+        )
+        how = f"unpaired on {n_c} and {n_b} answers"
+        test = "unpaired"
+    worse = lower > 0.0
+    verdict = "significantly higher" if worse else "no significant increase"
+    rel = f" ({increase / float(mean_b) * 100:+.0f}%)" if mean_b else ""
+    return {
+        **out,
+        "test": test,
+        "candidate_mean": round(float(mean_c), 6),
+        "baseline_mean": round(float(mean_b), 6),
+        "increase": round(increase, 6),
+        "lower": round(lower, 6),
+        "significantly_worse": worse,
+        "statement": (
+            f"mean cost ${float(mean_c):.4f} vs ${float(mean_b):.4f} per answer{rel}: {verdict} "
+            f"({how}: empirical-Bernstein lower bound of the increase ${lower:.4f}"
+            f"{' > 0' if worse else ''}, costs in [0, ${ceiling:.4f}], "
             f"{_level_text(alpha, m, level)})"
         ),
     }
@@ -428,10 +553,9 @@ def compare_reports(
         cand_tasks[name]["baseline"] = entry
         if entry["significantly_worse"]:
             failures.append(_failure(name, "agreement", None, entry["statement"]))
-        if entry["critical_miss"]["significantly_worse"]:
-            failures.append(
-                _failure(name, "critical_miss", None, entry["critical_miss"]["statement"])
-            )
+        for gate in ("critical_miss", "error_rate", "cost"):
+            if entry[gate]["significantly_worse"]:
+                failures.append(_failure(name, gate, None, entry[gate]["statement"]))
         segments[name] = _segment_tests(cand_tasks[name], base_tasks[name], min_cases=segment_min)
     s = sum(e["tested"] for per in segments.values() for e in per.values())
     for name, per in segments.items():
@@ -440,7 +564,12 @@ def compare_reports(
             if e["significantly_worse"]:
                 failures.append(_failure(name, "segment", seg, e["statement"]))
         cand_tasks[name]["baseline"]["segments"] = per
-    worse = [t for t in shared if any(f["task_type"] == t for f in failures)]
+    # The candidate's own budgets (replay.budgets): no baseline needed, judged on every task
+    # type it replayed.
+    budgets = candidate.get("budgets")
+    if isinstance(budgets, Mapping):
+        failures.extend(budgets.get("failures") or ())
+    worse = [t for t in cand_tasks if any(f["task_type"] == t for f in failures)]
     return {
         "test": TEST_NAME,
         "alpha": alpha,

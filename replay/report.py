@@ -1,10 +1,11 @@
 """The replay report: per task type tallies, and the JSON document built from them.
 
 :class:`TaskStats` takes one scored case at a time (:meth:`TaskStats.add`) and keeps only
-bounded state besides one latency float per answer and one compact result per blind case
+bounded state besides one latency float per answer, one compact result per blind case
 (:class:`~replay.cases.CaseLog`: event_id, result code, segment; what a later run pairs
-with): counts, per-field tallies, a capped confusion matrix per categorical field and the
-first ``examples`` critical misses and agent errors *by event_id* (so the examples do not
+with) and one cost per answer (:class:`~replay.cases.CostLog`): counts, per-field
+tallies, a capped confusion matrix per categorical field and the first ``examples``
+critical misses and agent errors *by event_id* (so the examples do not
 depend on the order answers arrived).
 
 The JSON document (schema ``shadow-replay-report/1``, documented in docs/replay.md) is a
@@ -21,7 +22,8 @@ Evidence and acceptance follow the live rule: only a comparison whose item was h
 examples and the gates count. The comparisons of items the agent handled or a human decided
 with its proposal shown are ``acceptance``, with ``GET /v1/agreement``'s shape (``agent``
 and ``assisted``, each ``{n, agree, agreement}``). ``agent_versions``, ``usage`` and
-``latency_ms`` describe the agent's answers, so they cover every compared case.
+``latency_ms`` describe the agent's answers, so they cover every compared case, and so do
+the budget gates (:mod:`replay.budgets`) and ``case_costs``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from replay.cases import AGREE, CRITICAL, DISAGREE, ERROR, CaseLog
+from replay.cases import AGREE, CRITICAL, DISAGREE, ERROR, CaseLog, CostLog
 from replay.gate import gate_entry
 from replay.model import Case, most_common_version
 from shadow.diff import normalize_text
@@ -160,6 +162,10 @@ class TaskStats:
         self.error_examples: list[tuple[str, dict[str, Any]]] = []
         # Each blind case's result and segment: what a later run pairs with (replay.gate).
         self.cases = CaseLog()
+        # Every answer's cost and whether it failed (evidence and acceptance alike): what the
+        # budget gates judge (replay.budgets) and the cost regression pairs on.
+        self.case_costs = CostLog()
+        self.answer_errors = 0
 
     @property
     def compared_cases(self) -> int:
@@ -174,6 +180,11 @@ class TaskStats:
         self.output_tokens += d.usage.output_tokens
         if d.usage.cost_usd:
             self.costs.append(d.usage.cost_usd)
+        # A cost the agent did not report and nothing priced is unknown (NaN), never 0.
+        unknown = getattr(d.usage, "cost_source", "reported") == "unknown"
+        self.case_costs.add(case.event_id, math.nan if unknown else d.usage.cost_usd)
+        if c.verdict is Verdict.AGENT_ERROR:
+            self.answer_errors += 1
         if not c.evidence:
             # The outcome echoes the agent (or a human anchored by its proposal): counted
             # beside the evidence, as the live acceptance view does, never in it.
@@ -274,6 +285,8 @@ class TaskStats:
         self.latencies.extend(other.latencies)
         self.costs.extend(other.costs)
         self.cases.merge(other.cases)
+        self.case_costs.merge(other.case_costs)
+        self.answer_errors += other.answer_errors
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         for path, _, _ in self._categorical:
@@ -338,6 +351,7 @@ class TaskStats:
             "latency_ms": percentiles(self.latencies),
             "cases": cases,
             "case_segments": case_segments,
+            "case_costs": self.case_costs.to_json(),
         }
 
     def _matrix(self, path: str) -> dict[str, Any]:
