@@ -9,6 +9,7 @@ from typing import Any
 
 from shadow import promotion
 from shadow.adjudicated import adjudicated
+from shadow.budgets import BudgetEvidence, budgets_block, judge, projected_daily_cost
 from shadow.join_health import JoinHealth, evidence_fields
 from shadow.model import Evidence, Handling, Level
 from shadow.policy import OTHER_SEGMENT, Gate, Policy, TaskPolicy
@@ -53,6 +54,7 @@ def agreement_document(
     segments: Mapping[str, Mapping[str, Evidence]] | None = None,
     routed: Mapping[str, frozenset[str]] | None = None,
     health: Mapping[str, JoinHealth] | None = None,
+    budgets: Mapping[str, BudgetEvidence] | None = None,
 ) -> dict[str, Any]:
     """The ``GET /v1/agreement`` document (also ``shadow status --json``): the evidence of
     the current agent version of each configured task type, and beside it (never in it)
@@ -80,6 +82,7 @@ def agreement_document(
         version = versions.get(name) or state.agent_version
         ev = evidence.get(name, {}).get(version or "") or Evidence(name, version or "")
         snap = promotion.snapshot(ev, task, version)
+        spent = (budgets or {}).get(name)  # shadow.budgets: the current version's decisions
         target = Level(state.level + 1) if state.level < Level.L4 else None
         gate = (
             task.autonomy.gate_for(target) if target and target <= task.autonomy.ceiling else None
@@ -97,6 +100,8 @@ def agreement_document(
                 "met": promotion.gate_status(gate, judged).met,
                 "agreements_needed": agreements_needed(judged.agree, judged.n, gate, snap.alpha),
                 "since_drift_demotion": judged is not snap,
+                "budgets_met": judge(gate, task, spent).met,
+                "budgets_missing": list(judge(gate, task, spent).missing),
             }
         out[name] = {
             "level": str(state.level),
@@ -115,6 +120,13 @@ def agreement_document(
                 task, (segments or {}).get(name, {}), (routed or {}).get(name, frozenset())
             ),
             "next_gate": next_gate,
+            "budgets": budgets_block(
+                task,
+                gate or task.autonomy.gate_for(state.level),
+                task.autonomy.gate_for(state.level),
+                spent,
+            ),
+            "projected_daily_cost": projected_daily_cost(task, spent),
             "proposal": state.proposal.to_json() if state.proposal else None,
             "last_decision": state.decided.to_json() if state.decided else None,
             "hold": state.hold.to_json() if state.hold else None,

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from shadow import moves, promotion
 from shadow.autonomy import agreement_document
+from shadow.budgets import BudgetEvidence
 from shadow.config import DEFAULT_JOIN_TTL_S
 from shadow.errors import AutonomyError, SecondApproverRequired
 from shadow.join_health import JoinHealth, invalid_reason
@@ -241,6 +242,9 @@ class Ladder:
         self._segments: dict[str, dict[str, dict[str, Evidence]]] = {}
         # Per task type, the declared segments a ``per_segment: route`` gate sends to humans.
         self._routed: dict[str, frozenset[str]] = {}
+        # Per task type, its current version's budget evidence (shadow.budgets), read with
+        # the evidence: one query per evaluation.
+        self._budgets: dict[str, BudgetEvidence] = {}
 
     def _task(self, task_type: str) -> TaskPolicy:
         task = self.policy.task_types.get(task_type)
@@ -290,12 +294,35 @@ class Ladder:
         self._evidence = await self.store.evidence()
         self._versions = await self.store.current_versions()
         self._segments = await self.store.segment_evidence(self._declared)
+        self._budgets = await self._budgets_now(self._versions)
 
     def segments_of(self, name: str) -> dict[str, Evidence]:
         """The current agent version's evidence per segment label of ``name`` (as of the
         last read): its declared segments and ``other``."""
         version = self._versions.get(name) or self._states[name].agent_version
         return self._segments.get(name, {}).get(version or "", {})
+
+    async def _budgets_now(self, versions: Mapping[str, str]) -> dict[str, BudgetEvidence]:
+        """Every task type's budget evidence for its current agent version (one query)."""
+        wanted = {
+            name: (
+                versions.get(name) or self._states[name].agent_version,
+                task.cost_ceiling(),
+                sorted(
+                    {
+                        g.max_latency_ms_p95
+                        for g in task.autonomy.gates.values()
+                        if g.max_latency_ms_p95 is not None
+                    }
+                ),
+            )
+            for name, task in self.policy.task_types.items()
+        }
+        return await self.store.budget_evidence(wanted, now=self.clock())
+
+    def budgets_of(self, name: str) -> BudgetEvidence | None:
+        """``name``'s budget evidence as of the last read (``None`` before the first)."""
+        return self._budgets.get(name)
 
     async def _health_now(self) -> dict[str, JoinHealth]:
         return await self.store.join_health(
@@ -456,6 +483,7 @@ class Ladder:
                 segments=segments,
                 routed=self._routed,
                 health=self._health,
+                budgets=self._budgets,
             )
         )
 
@@ -469,6 +497,7 @@ class Ladder:
         acceptance = await self.store.acceptance()
         reviewers = await self.store.reviewer_agreement()
         by_segment = await self.store.segment_evidence(self._declared)
+        budgets = await self._budgets_now(versions)
         segments = {
             name: by_segment.get(name, {}).get(
                 versions.get(name) or self._states[name].agent_version or "", {}
@@ -486,6 +515,7 @@ class Ladder:
             segments,
             self._routed,
             health=await self._health_now(),
+            budgets=budgets,
         )
         return self._with_partials(doc)
 
@@ -535,6 +565,7 @@ class Ladder:
             self.metrics.segments(
                 {name: self.segments_of(name) for name in self._declared}, self._routed
             )
+            self.metrics.budgets(states, self._budgets)
             self.metrics.ladder(states, self._frozen)
         for observer in self._observers:
             observer.ladder(states)
@@ -576,6 +607,7 @@ class Ladder:
                 recent=self._recent[name].view(),
                 invalid=self.invalid(name),
                 segments=self.segments_of(name),
+                budgets=self.budgets_of(name),
             )
             for name, state in states.items()
         ]
@@ -730,6 +762,7 @@ class Ladder:
                 task,
                 self.segments_of(task.name),
                 invalid=self.invalid(task.name),
+                budgets=self.budgets_of(task.name),
             )
             if target <= earned or target <= state.level:
                 return None  # the evidence earned it, or it is not a raise
@@ -766,6 +799,7 @@ class Ladder:
                 actor=actor,
                 reason=reason,
                 segments=self.segments_of(task_type),
+                budgets=self.budgets_of(task_type),
             )
 
         def checked(state: LadderState, inputs: _Inputs) -> Step:

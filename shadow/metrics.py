@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from shadow.budgets import BUDGET_NAMES, BudgetEvidence, judge, judged_gate, projected_daily_cost
 from shadow.errors import Reason
 from shadow.join_health import JoinHealth
 from shadow.model import Comparison, Evidence, Handling, ShadowDecision
@@ -208,6 +209,42 @@ class Metrics:
             "shadow_segment_routed",
             "1 while a per_segment: route gate sends the segment's items to humans",
             ["task_type", "segment"],
+            registry=r,
+        )
+        # Budgets (shadow.budgets), per task type and budget name (cost_usd_per_decision,
+        # latency_ms_p95, error_rate): bounded labels. The gate judged is the next one (the
+        # promotion's), else the current level's; exceeded is judged at the current level's.
+        self.budget_limit = Gauge(
+            "shadow_budget_limit",
+            "A budget of the gate judged (USD per decision, p95 ms, or error rate)",
+            ["task_type", "budget"],
+            registry=r,
+        )
+        self.budget_upper = Gauge(
+            "shadow_budget_upper",
+            "Upper confidence bound judged against the budget (mean USD; error rate; for "
+            "latency_ms_p95 the share of decisions slower than the limit, met at <= 0.05)",
+            ["task_type", "budget"],
+            registry=r,
+        )
+        self.budget_burn = Gauge(
+            "shadow_budget_burn_ratio",
+            "Upper confidence bound over the budget (>= 1: not met)",
+            ["task_type", "budget"],
+            registry=r,
+        )
+        self.budget_exceeded = Gauge(
+            "shadow_budget_exceeded",
+            "1 while a budget of the current level's gate is clearly exceeded (its lower bound "
+            "above it)",
+            ["task_type", "budget"],
+            registry=r,
+        )
+        self.projected_cost = Gauge(
+            "shadow_projected_daily_cost_usd",
+            "Events of the last 24 h times the cost per decision (agent: its mean known cost; "
+            "human: human_cost_usd_per_decision)",
+            ["task_type", "who"],
             registry=r,
         )
         self.level = Gauge(
@@ -583,6 +620,45 @@ class Metrics:
                 self.segment_lower.labels(task_type, label).set(lower_bound(agree, n, alpha))
                 hot = label in routed.get(task_type, frozenset())
                 self.segment_routed.labels(task_type, label).set(1 if hot else 0)
+
+    def budgets(
+        self, states: Mapping[str, LadderState], found: Mapping[str, BudgetEvidence]
+    ) -> None:
+        """Set the budget gauges and the projected daily cost (:mod:`shadow.budgets`) from
+        each task type's state and its current version's budget evidence; a budget the gate
+        judged does not state, or a cost not known, has no series."""
+        for name, state in states.items():
+            task = self.policy.task_types.get(name)
+            if task is None:
+                continue
+            ev = found.get(name)
+            gate = judged_gate(task, state.level)
+            judged = judge(gate, task, ev) if gate is not None else None
+            current = task.autonomy.gate_for(state.level)
+            over = {r.name for r in judge(current, task, ev).exceeded} if current else set()
+            for budget in BUDGET_NAMES:
+                result = judged.get(budget) if judged is not None else None
+                if result is None:
+                    for gauge in (self.budget_limit, self.budget_upper, self.budget_burn):
+                        with contextlib.suppress(KeyError):
+                            gauge.remove(name, budget)
+                else:
+                    self.budget_limit.labels(name, budget).set(result.limit)
+                    self.budget_upper.labels(name, budget).set(result.upper)
+                    if result.burn is None:
+                        with contextlib.suppress(KeyError):
+                            self.budget_burn.remove(name, budget)
+                    else:
+                        self.budget_burn.labels(name, budget).set(result.burn)
+                self.budget_exceeded.labels(name, budget).set(1 if budget in over else 0)
+            projected = projected_daily_cost(task, ev)
+            for who, key in (("agent", "agent_usd"), ("human", "human_usd")):
+                value = projected[key]
+                if value is None:
+                    with contextlib.suppress(KeyError):
+                        self.projected_cost.remove(name, who)
+                else:
+                    self.projected_cost.labels(name, who).set(value)
 
     def acceptance(self, rows: Iterable[tuple[str, str, str, int, int]]) -> None:
         """Set the acceptance gauges from ``(task_type, version, handled_by, n, agree)``."""

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import orjson
 
@@ -37,6 +37,13 @@ from shadow.checks import (
 )
 from shadow.errors import FieldError, Reason
 
+# How a decision's cost is known (shadow.budgets): reported by the agent, priced from the
+# policy's price table, or unknown.
+CostSource = Literal["reported", "priced", "unknown"]
+# The largest token count and cost an agent's usage may state (beyond: an invalid answer).
+MAX_TOKENS = 1e15
+MAX_COST_USD = 1e9
+
 __all__ = [
     "MAX_DEPTH",
     "MAX_ID_LENGTH",
@@ -45,6 +52,7 @@ __all__ = [
     "Action",
     "AuditEntry",
     "Comparison",
+    "CostSource",
     "Evidence",
     "FieldResult",
     "JSONObject",
@@ -310,13 +318,23 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    # The model that answered (``usage.model``, optional): its price (the policy's
+    # ``prices``) costs the tokens when the agent reports no ``cost_usd``.
+    model: str | None = None
+    # How ``cost_usd`` is known (shadow.budgets): ``reported`` by the agent, ``priced`` from
+    # the policy's price table, or ``unknown`` (no cost reported and none could be priced:
+    # ``cost_usd`` is then 0 and means nothing; a cost budget cannot be met on it).
+    cost_source: CostSource = "reported"
 
     def to_json(self) -> JSONObject:
-        return {
+        out: JSONObject = {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost_usd": self.cost_usd,
         }
+        if self.model is not None:
+            out["model"] = self.model
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,11 +376,22 @@ class ShadowDecision:
         raw_usage = c.obj.get("usage")
         if raw_usage is not None:
             u = Check(raw_usage, "usage")
-            tokens_in = u.number("input_tokens", low=0)
-            tokens_out = u.number("output_tokens", low=0)
-            cost = u.number("cost_usd", low=0)
-            usage = Usage(int(tokens_in or 0), int(tokens_out or 0), cost or 0.0)
+            tokens_in = u.number("input_tokens", low=0, high=MAX_TOKENS)
+            tokens_out = u.number("output_tokens", low=0, high=MAX_TOKENS)
+            cost = u.number("cost_usd", low=0, high=MAX_COST_USD)
+            model = u.optional_str("model")
+            # No cost_usd: unknown until the policy's price table prices the tokens
+            # (shadow.budgets.price), never silently 0.
+            usage = Usage(
+                int(tokens_in or 0),
+                int(tokens_out or 0),
+                cost or 0.0,
+                model,
+                "reported" if cost is not None else "unknown",
+            )
             c.errors.extend(FieldError(f"usage.{e.path}".rstrip("."), e.message) for e in u.errors)
+        else:
+            usage = Usage(cost_source="unknown")
         c.done()
         return cls(
             event_id,
@@ -412,6 +441,7 @@ class ShadowDecision:
                 int(usage.get("input_tokens", 0)),
                 int(usage.get("output_tokens", 0)),
                 float(usage.get("cost_usd", 0.0)),
+                usage.get("model"),
             ),
             latency_ms=obj.get("latency_ms"),
             error=obj.get("error"),

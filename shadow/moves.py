@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 
+from shadow.budgets import BudgetEvidence
 from shadow.errors import AutonomyError
 from shadow.model import Evidence, Level
 from shadow.policy import TaskPolicy
@@ -69,6 +70,7 @@ def approve(
     actor: str,
     reason: str = "",
     segments: Mapping[str, Evidence] | None = None,
+    budgets: BudgetEvidence | None = None,
 ) -> Step:
     """Apply the pending proposal ``ref`` names if the evidence still supports it (in every
     declared segment, for a gate with ``per_segment``: ``segments``). Naming
@@ -82,7 +84,7 @@ def approve(
         assert d is not None
         return Step(Move.STAY, state, state, f"{d.proposal_id} was already approved", snap)
     version = current_version if current_version is not None else state.agent_version
-    stale = stale_proposal(state, proposal, snap, version, policy, segments)
+    stale = stale_proposal(state, proposal, snap, version, policy, segments, budgets=budgets)
     if stale:
         raise AutonomyError(f"cannot approve {proposal.to_level} for {state.task_type}: {stale}")
     decided = Decided.of(proposal, version, Answer.APPROVED, actor, snap.n, now, reason)

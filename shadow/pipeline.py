@@ -27,11 +27,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
 
 from shadow.agent import AgentRunner
+from shadow.budgets import price
 from shadow.config import DEFAULT_DEAD_LETTER_RAW_PREFIX, Settings
 from shadow.errors import ShadowError
 from shadow.handling import HandlingLog
@@ -334,6 +336,8 @@ class Pipeline:
                         batch.append(self._results.get_nowait())
                     except asyncio.QueueEmpty:
                         break
+                # Tokens without a cost are priced now, from the policy's price table.
+                batch = [(e, self._priced(e.task_type, d)) for e, d in batch]
                 await self.store.put_decisions(
                     [(d, e.task_type) for e, d in batch], now=self.clock()
                 )
@@ -351,6 +355,15 @@ class Pipeline:
                 await asyncio.sleep(1.0)
             finally:
                 self._busy -= 1
+
+    def _priced(self, task_type: str, decision: ShadowDecision) -> ShadowDecision:
+        """``decision`` with its cost priced (shadow.budgets.price) when the agent reported
+        tokens but no cost: by its usage's model, else the task type's ``model``."""
+        if decision.usage.cost_source != "unknown":
+            return decision
+        task = self.policy.for_task(task_type)
+        usage = price(decision.usage, task.model if task else None, self.policy.prices)
+        return decision if usage is decision.usage else replace(decision, usage=usage)
 
     def _breaker_gauge(self) -> None:
         if self.agent is not None:

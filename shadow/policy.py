@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
+from shadow.checks import text_problem
 from shadow.compare_rules import (
     ActionsOrder,
     ActionsRule,
@@ -62,6 +63,7 @@ __all__ = [
     "Gate",
     "MatchKind",
     "Policy",
+    "Price",
     "TaskPolicy",
     "ToolRule",
     "load_policy",
@@ -90,6 +92,24 @@ BUDGET_KEYS: dict[str, float] = {
     "max_latency_ms_p95": 86_400_000.0,
     "max_error_rate": 1.0,
 }
+# What a gate's budget clearly exceeded at the current level does (``autonomy.budgets``):
+# demote to the highest level whose budgets are not clearly exceeded, or only alert.
+BudgetMode = Literal["demote", "alert"]
+# The largest price per million tokens, human cost and cost ceiling the policy accepts (USD).
+MAX_PRICE_USD = 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A model's price (the top-level ``prices``), USD per million tokens."""
+
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (
+            input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok
+        ) / 1e6
 
 
 class AutonomyMode(enum.StrEnum):
@@ -150,6 +170,9 @@ class AutonomyPolicy:
     # The levels an approval to, or a manual set to above what the evidence earned, needs two
     # different approvers for (shadow.ladder; needs a tokens file).
     two_person: frozenset[Level] = frozenset()
+    # A budget of the current level's gate clearly exceeded (shadow.budgets): ``demote``
+    # or only ``alert`` (the shadow_budget_exceeded gauge and its alert).
+    budgets: BudgetMode = "demote"
 
     def audit_rate_at(self, level: Level) -> float:
         """The share of items at ``level`` sent to a human who does not see the agent's
@@ -188,6 +211,25 @@ class TaskPolicy:
     # Join health (shadow.join_health): below this share of sampled events with an outcome
     # within the join TTL the evidence is invalid and nothing is promoted; None: off.
     min_outcome_coverage: float | None = None
+    # Costs (shadow.budgets): the model whose price (Policy.prices) costs a decision's tokens
+    # when its usage names none and reports no cost; the largest cost one decision may have
+    # for the cost bound (None: 10 x the largest max_cost_usd_per_decision of the gates);
+    # what a human decision costs (projected daily cost; None: not stated).
+    model: str | None = None
+    cost_ceiling_usd: float | None = None
+    human_cost_usd_per_decision: float | None = None
+
+    def cost_ceiling(self) -> float | None:
+        """The cost bound's range [0, M]: ``cost_ceiling_usd``, else 10 x the largest cost
+        budget of the gates; ``None`` when no gate states one."""
+        if self.cost_ceiling_usd is not None:
+            return self.cost_ceiling_usd
+        stated = [
+            g.max_cost_usd_per_decision
+            for g in self.autonomy.gates.values()
+            if g.max_cost_usd_per_decision is not None
+        ]
+        return 10.0 * max(stated) if stated else None
 
     def segment_of(self, segment: str | None) -> str:
         """The label ``segment`` is reported under: itself when declared, else ``other``."""
@@ -247,6 +289,8 @@ class Policy:
     text: str = ""  # the YAML it was parsed from (stored with the evidence)
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)  # top-level ``tools``
     mirror: tuple[MirrorRule, ...] = ()  # the ``mirror:`` rules (shadow.mirror)
+    # The top-level ``prices``: per model, what its tokens cost (shadow.budgets.price).
+    prices: Mapping[str, Price] = field(default_factory=dict)
 
     def for_task(self, task_type: str) -> TaskPolicy | None:
         """The policy for ``task_type``; the default policy for unknown ones when
@@ -433,11 +477,13 @@ class _Parser(CompareParser):
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[FieldError] = []
+        self._prices: dict[str, Price] = {}  # the top-level prices, parsed first
 
     # -- sections --------------------------------------------------------------------------
 
     def policy(self, raw: object) -> Policy:
-        top = self.mapping(raw, "", {"defaults", "task_types", "tools", "mirror"})
+        top = self.mapping(raw, "", {"defaults", "task_types", "tools", "mirror", "prices"})
+        prices = self.prices(top.get("prices"), "prices")
         if raw is None or not top.get("task_types"):
             self.fail("task_types", "required; add at least one task type under task_types")
         defaults = self.mapping(top.get("defaults"), "defaults", {"unknown_task_types", "policy"})
@@ -485,7 +531,34 @@ class _Parser(CompareParser):
             hash=content_hash(raw if isinstance(raw, dict) else {}),
             upstreams=upstreams,
             mirror=mirror,
+            prices=prices,
         )
+
+    def prices(self, raw: object, path: str) -> dict[str, Price]:
+        """``prices: {MODEL: {input_usd_per_mtok: X, output_usd_per_mtok: Y}}``."""
+        out: dict[str, Price] = {}
+        if raw is None:
+            return out
+        if not isinstance(raw, dict):
+            self.fail(path, "expected a mapping of model name to its price per million tokens")
+            return out
+        for name, body in raw.items():
+            where = f"{path}.{name}"
+            if not isinstance(name, str) or text_problem(name, ident=True) is not None:
+                self.fail(where, "model names must be text without control characters")
+                continue
+            keys = {"input_usd_per_mtok", "output_usd_per_mtok"}
+            m = self.mapping(body, where, keys)
+            if not isinstance(body, dict):
+                continue
+            for key in sorted(keys - set(m)):
+                self.fail(f"{where}.{key}", "required; USD per million tokens, e.g. 3.0")
+            out[name] = Price(
+                self.number(m, "input_usd_per_mtok", where, 0.0, 0.0, MAX_PRICE_USD),
+                self.number(m, "output_usd_per_mtok", where, 0.0, 0.0, MAX_PRICE_USD),
+            )
+        self._prices = out
+        return out
 
     def task(self, name: str, body: object, path: str) -> TaskPolicy:
         m = self.mapping(
@@ -500,6 +573,9 @@ class _Parser(CompareParser):
                 "review",
                 "segments",
                 "min_outcome_coverage",
+                "model",
+                "cost_ceiling_usd",
+                "human_cost_usd_per_decision",
             },
         )
         sample_rate = self.number(m, "sample_rate", path, 1.0, 0.0, 1.0)
@@ -531,6 +607,7 @@ class _Parser(CompareParser):
             else None
         )
         segments = self.segments(m.get("segments", []), f"{path}.segments")
+        model, ceiling, human = self.costs(m, path, autonomy)
         if not segments:
             for level, gate in autonomy.gates.items():
                 if gate.per_segment is not None:
@@ -550,13 +627,63 @@ class _Parser(CompareParser):
             review,
             segments,
             min_outcome_coverage=coverage,
+            model=model,
+            cost_ceiling_usd=ceiling,
+            human_cost_usd_per_decision=human,
         )
+
+    def costs(
+        self, m: Mapping[str, Any], path: str, autonomy: AutonomyPolicy
+    ) -> tuple[str | None, float | None, float | None]:
+        """A task type's ``model`` (priced in the top-level ``prices``),
+        ``cost_ceiling_usd`` (> 0, at least every gate's cost budget) and
+        ``human_cost_usd_per_decision`` (>= 0)."""
+        model = m.get("model")
+        if model is not None and not isinstance(model, str):
+            self.fail(f"{path}.model", f"expected a model name, got {model!r}")
+            model = None
+        elif model is not None and model not in self._prices:
+            known = ", ".join(sorted(self._prices)) or "none"
+            self.fail(
+                f"{path}.model",
+                f"{model!r} has no price; add it under the top-level prices (priced: {known})",
+            )
+        ceiling = (
+            self.number(m, "cost_ceiling_usd", path, 0.0, 0.0, MAX_PRICE_USD, open_low=True)
+            if "cost_ceiling_usd" in m
+            else None
+        )
+        if ceiling is not None:
+            for level, gate in sorted(autonomy.gates.items()):
+                budget = gate.max_cost_usd_per_decision
+                if budget is not None and budget > ceiling:
+                    self.fail(
+                        f"{path}.cost_ceiling_usd",
+                        f"{ceiling} is below {level}'s max_cost_usd_per_decision {budget}; "
+                        "the ceiling bounds what one decision may cost",
+                    )
+        human = (
+            self.number(m, "human_cost_usd_per_decision", path, 0.0, 0.0, MAX_PRICE_USD)
+            if "human_cost_usd_per_decision" in m
+            else None
+        )
+        return model, ceiling, human
 
     def autonomy(self, raw: object, path: str) -> AutonomyPolicy:
         m = self.mapping(
             raw,
             path,
-            {"start", "ceiling", "mode", "alpha", "gates", "audit_rate", "drift", "two_person"},
+            {
+                "start",
+                "ceiling",
+                "mode",
+                "alpha",
+                "gates",
+                "audit_rate",
+                "drift",
+                "two_person",
+                "budgets",
+            },
         )
         start = self.level(m.get("start"), f"{path}.start", Level.L0)
         mode_raw = m.get("mode", "propose")
@@ -597,6 +724,10 @@ class _Parser(CompareParser):
             drift, "threshold", f"{path}.drift", DEFAULT_THRESHOLD, 0.0, 100.0, open_low=True
         )
         two_person = self.levels_list(m.get("two_person", []), f"{path}.two_person")
+        budget_mode = m.get("budgets", "demote")
+        if budget_mode not in ("demote", "alert"):
+            self.fail(f"{path}.budgets", f"unknown value {budget_mode!r}; use demote or alert")
+            budget_mode = "demote"
         return AutonomyPolicy(
             start,
             ceiling,
@@ -608,6 +739,7 @@ class _Parser(CompareParser):
             threshold,
             audit_rates,
             two_person,
+            budget_mode,
         )
 
     def segments(self, raw: object, path: str) -> tuple[str, ...]:

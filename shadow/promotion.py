@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from shadow.budgets import BudgetEvidence, exceeded_demotion, judge
 from shadow.ladder_state import (
     Answer,
     Decided,
@@ -131,6 +132,7 @@ def decide(
     recent: Recent | None = None,
     segments: Mapping[str, Evidence] | None = None,
     invalid: str | None = None,
+    budgets: BudgetEvidence | None = None,
 ) -> Step:
     """What should happen to ``state`` given the evidence per agent version.
 
@@ -146,6 +148,9 @@ def decide(
     ``invalid`` says why the task type's evidence is invalid (:mod:`shadow.join_health`):
     then nothing is promoted or proposed and a pending proposal is dropped; demotions
     still apply.
+    ``budgets`` is the current version's budget evidence (:mod:`shadow.budgets`): a
+    promotion (or proposal) needs every budget of the target gate met, and a budget of the
+    current level's gate clearly exceeded demotes (``autonomy.budgets: demote``).
     """
     version = current_version if current_version is not None else state.agent_version
     by_segment: Mapping[str, Evidence] = segments or {}
@@ -171,6 +176,8 @@ def decide(
     demotion = _demotion(state, snap, version, policy, recent) or _segment_demotion(
         state, policy, by_segment, snap.alpha
     )
+    if demotion is None:
+        demotion = _budget_demotion(state, policy, budgets)
     if demotion is not None:
         to_level, reason, drifted = demotion
         hold = state.hold if version == state.agent_version else None
@@ -200,7 +207,9 @@ def decide(
         return step(Move.STAY, f"{why}; no promotion")
 
     if state.proposal is not None:
-        drop = stale_proposal(state, state.proposal, snap, version, policy, by_segment)
+        drop = stale_proposal(
+            state, state.proposal, snap, version, policy, by_segment, budgets=budgets
+        )
         if drop:
             return step(Move.DROP_PROPOSAL, drop, proposal=None, agent_version=version)
         return step(Move.STAY, f"proposal for {state.proposal.to_level} awaits approval")
@@ -221,6 +230,10 @@ def decide(
         why = "" if status.met and split.met else f"gate {target} not met: {missing}"
         if snap is not full and not status.met:
             why += f" (on the evidence since the drift demotion from {target})"
+        spend = judge(gate, policy, budgets)  # shadow.budgets
+        if not spend.met:
+            lines = "; ".join(spend.missing)
+            why = f"{why}; {lines}" if why else f"gate {target} not met: {lines}"
     if why or target is None or gate is None:
         if version is not None and version != state.agent_version:
             rebind = f"agent version {state.agent_version} -> {version}; {state.level} carries over"
@@ -261,6 +274,15 @@ def _rejection_hold(
         f"gate {target} met, but {d.actor} rejected {d.proposal_id} at n {d.n}; proposed "
         f"again once n >= {again} (now {snap.n}) or when an operator asks (reconsider)"
     )
+
+
+def _budget_demotion(
+    state: LadderState, policy: TaskPolicy, budgets: BudgetEvidence | None
+) -> tuple[Level, str, bool] | None:
+    """A budget of the current level's gate clearly exceeded (``autonomy.budgets: demote``):
+    down to the highest level whose gate's budgets are not (:mod:`shadow.budgets`)."""
+    found = exceeded_demotion(state.level, policy, budgets)
+    return None if found is None else (found[0], found[1], False)
 
 
 def _segment_demotion(
@@ -395,6 +417,8 @@ def stale_proposal(
     version: str | None,
     policy: TaskPolicy,
     segments: Mapping[str, Evidence] | None = None,
+    *,
+    budgets: BudgetEvidence | None = None,
 ) -> str | None:
     if proposal.to_level != state.level + 1:
         return f"proposal for {proposal.to_level} no longer follows {state.level}"
@@ -410,6 +434,9 @@ def stale_proposal(
     if not status.met or not split.met:
         missing = "; ".join(m for m in (status.missing, *split.missing) if m)
         return f"evidence no longer supports {proposal.to_level}: {missing}"
+    spend = judge(gate, policy, budgets)  # shadow.budgets
+    if not spend.met:
+        return f"evidence no longer supports {proposal.to_level}: {'; '.join(spend.missing)}"
     return None
 
 
@@ -430,6 +457,8 @@ def earned_level(
     policy: TaskPolicy,
     segments: Mapping[str, Evidence] | None = None,
     invalid: str | None = None,
+    *,
+    budgets: BudgetEvidence | None = None,
 ) -> Level:
     """The highest level, up to the ceiling, whose gate and every gate below it the
     evidence meets now (after a drift demotion, judged on what was gathered since; a gate
@@ -446,6 +475,8 @@ def earned_level(
         if not gate_status(gate, gate_snapshot(state, snap, level, version, policy)).met:
             break
         if not promotion_check(gate, policy, segments or {}, snap.alpha).met:
+            break
+        if not judge(gate, policy, budgets).met:
             break
         earned = level
     # Invalid evidence (shadow.join_health) earns nothing above the level held now.

@@ -387,6 +387,11 @@ _V14 = [
     "WHERE comparisons.event_id = e.event_id",
 ]
 
+# v15: how each decision's cost is known (shadow.budgets): ``reported`` by the agent,
+# ``priced`` from the policy's price table, ``unknown`` (cost_usd is then 0 and means
+# nothing: a cost budget cannot be met on it). NULL (decisions stored before): reported.
+_V15 = ["ALTER TABLE decisions ADD COLUMN cost_source VARCHAR"]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -402,6 +407,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (12, _V12),
     (13, _V13),
     (14, _V14),
+    (15, _V15),
 ]
 
 AUDIT_CHAIN_VERSION = 11  # the migration after which the store chains the existing rows

@@ -342,6 +342,7 @@ class IngestPart(StoreBase):
                         u.input_tokens,
                         u.output_tokens,
                         u.cost_usd,
+                        u.cost_source,
                     )
                 )
                 results.append(PutResult(d.event_id, PutStatus.STORED))
@@ -368,11 +369,12 @@ class IngestPart(StoreBase):
                 tx.execute(
                     "INSERT INTO decisions (event_id, agent_version, task_type, body, "
                     "content_hash, error, latency_ms, input_tokens, output_tokens, cost_usd, "
-                    "received_at) SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
-                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[])::JSON, unnest(?::VARCHAR[]), "
-                    "unnest(?::VARCHAR[]), unnest(?::DOUBLE[]), unnest(?::BIGINT[]), "
-                    "unnest(?::BIGINT[]), unnest(?::DOUBLE[]), ?::TIMESTAMPTZ",
-                    [*(_col(rows, i) for i in range(10)), now],
+                    "cost_source, received_at) SELECT unnest(?::VARCHAR[]), "
+                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])::JSON, "
+                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::DOUBLE[]), "
+                    "unnest(?::BIGINT[]), unnest(?::BIGINT[]), unnest(?::DOUBLE[]), "
+                    "unnest(?::VARCHAR[]), ?::TIMESTAMPTZ",
+                    [*(_col(rows, i) for i in range(11)), now],
                 )
                 tx.execute(
                     "UPDATE events SET needs_agent = false WHERE needs_agent AND event_id IN "

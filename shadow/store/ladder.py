@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
 
 from shadow.audit_chain import ChainEntry, ChainState, ChainWalk
+from shadow.budgets import BudgetEvidence
 from shadow.model import (
     AuditEntry,
     Evidence,
@@ -80,6 +81,75 @@ class LadderPart(StoreBase):
             for tt, ver, label, n, agree, critical, errors in rows:
                 out.setdefault(tt, {}).setdefault(ver, {})[label] = Evidence(
                     tt, ver, int(n), int(agree), int(critical), int(errors)
+                )
+            return out
+
+        return await self._run(q)
+
+    async def budget_evidence(
+        self,
+        wanted: Mapping[str, tuple[str | None, float | None, Sequence[float]]],
+        *,
+        now: datetime,
+    ) -> dict[str, BudgetEvidence]:
+        """Per task type, the aggregates its budgets are judged on (shadow.budgets), in one
+        query: ``wanted`` maps a task type to (its current agent version, its cost ceiling
+        or ``None``, its latency budgets in ms). Over that version's decisions: how many,
+        how many failed, the known costs' count, sum, sum capped at the ceiling and largest
+        (a cost is known unless ``cost_source`` is ``unknown``; rows from before schema v15
+        were reported), the observed p95 latency, and per latency budget the decisions
+        slower than it or with no latency (fail closed); and the events of the task type
+        received in the 24 h before ``now``."""
+        names = list(wanted)
+        limits = sorted({t for _, _, ts in wanted.values() for t in ts})
+        over = "".join(
+            ", count(d.event_id) FILTER (WHERE d.latency_ms IS NULL OR d.latency_ms > ?)"
+            for _ in limits
+        )
+        known = "coalesce(d.cost_source, 'reported') <> 'unknown'"
+        sql = (
+            "WITH w AS (SELECT unnest(?::VARCHAR[]) AS task_type, "
+            "unnest(?::VARCHAR[]) AS agent_version, unnest(?::DOUBLE[]) AS ceiling), "
+            "v AS (SELECT task_type, count(*) AS volume FROM events "
+            "WHERE received_at > ?::TIMESTAMPTZ AND task_type IN (SELECT task_type FROM w) "
+            "GROUP BY task_type) "
+            "SELECT w.task_type, count(d.event_id), count(d.error), "
+            f"count(d.event_id) FILTER (WHERE {known}), "
+            f"coalesce(sum(d.cost_usd) FILTER (WHERE {known}), 0), "
+            f"coalesce(sum(least(d.cost_usd, coalesce(w.ceiling, d.cost_usd))) "
+            f"FILTER (WHERE {known}), 0), "
+            f"max(d.cost_usd) FILTER (WHERE {known}), "
+            f"quantile_disc(d.latency_ms, 0.95), any_value(v.volume){over} "
+            "FROM w LEFT JOIN decisions d "
+            "ON d.task_type = w.task_type AND d.agent_version = w.agent_version "
+            "LEFT JOIN v ON v.task_type = w.task_type "
+            "GROUP BY w.task_type"
+        )
+        params: list[Any] = [
+            names,
+            [wanted[t][0] or "" for t in names],
+            [wanted[t][1] for t in names],
+            now - timedelta(hours=24),
+            *limits,
+        ]
+
+        def q() -> dict[str, BudgetEvidence]:
+            out: dict[str, BudgetEvidence] = {}
+            if not names:
+                return out
+            for row in self.con.execute(sql, params).fetchall():
+                tt, n, errors, cost_n, total, clipped, top, p95, volume, *counts = row
+                mine = set(wanted[tt][2])
+                out[tt] = BudgetEvidence(
+                    n=int(n),
+                    errors=int(errors),
+                    cost_n=int(cost_n),
+                    cost_sum=float(total),
+                    cost_clipped=float(clipped),
+                    cost_max=None if top is None else float(top),
+                    over={t: int(c) for t, c in zip(limits, counts, strict=True) if t in mine},
+                    p95=None if p95 is None else float(p95),
+                    volume_per_day=int(volume or 0),
                 )
             return out
 
