@@ -14,6 +14,7 @@ from shadow.join_health import JoinHealth, evidence_fields
 from shadow.model import Evidence, Handling, Level
 from shadow.policy import OTHER_SEGMENT, Gate, Policy, TaskPolicy
 from shadow.promotion import LadderState
+from shadow.segments import promotion_check
 from shadow.stats import lower_bound, upper_bound
 
 __all__ = ["agreement_document", "agreements_needed"]
@@ -97,6 +98,10 @@ def agreement_document(
                 "min_samples": gate.min_samples,
                 "max_critical": gate.max_critical,
                 "evidence": gate.evidence,
+                "per_segment": gate.per_segment,
+                "segments_missing": list(
+                    promotion_check(gate, task, (segments or {}).get(name, {}), snap.alpha).missing
+                ),
                 "met": promotion.gate_status(gate, judged).met,
                 "agreements_needed": agreements_needed(judged.agree, judged.n, gate, snap.alpha),
                 "since_drift_demotion": judged is not snap,

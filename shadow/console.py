@@ -8,7 +8,10 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
+
+from shadow.evidence_view import evidence_invalid, join_health_text, segment_rows
 
 __all__ = ["UsageError", "agreement_table", "fmt", "listen"]
 
@@ -45,10 +48,43 @@ def fmt(value: object, digits: int = 4) -> str:
     return str(value)
 
 
-def agreement_table(doc: dict[str, Any], title: str = "Agreement and autonomy") -> Table:
-    """The per-task-type table of ``shadow status`` and ``shadow demo``. A task type whose
-    evidence is invalid (join health, :mod:`shadow.join_health`) needs ``valid evidence``,
-    and the table's caption says why."""
+def agreement_table(doc: dict[str, Any], title: str = "Agreement and autonomy") -> Group:
+    """The per-task-type table of ``shadow status``, ``shadow demo`` and ``shadow report``,
+    then the evidence beside agreement (:func:`evidence_table`). Under each task type, its
+    segments (:mod:`shadow.segments`): each one's figures, and in the gate column whether it
+    holds the promotion or is routed to humans. A task type whose evidence is invalid (join
+    health, :mod:`shadow.join_health`) needs ``valid evidence``, and the table's caption
+    says why."""
+    tables = [_agreement_table(doc, title)]
+    beside = evidence_table(doc)
+    if beside is not None:
+        tables.append(beside)
+    return Group(*tables)
+
+
+def evidence_table(doc: dict[str, Any]) -> Table | None:
+    """Per task type, the evidence beside agreement: its state and join health (outcome
+    coverage, unknown outcomes, conflicts, routed items never answered); ``None`` when no
+    task type reports any."""
+    rows = []
+    for name, t in doc["task_types"].items():
+        health = t.get("join_health")
+        if health is None and t.get("evidence_state") is None:
+            continue
+        text = join_health_text(t) or "-"
+        rows.append((name, str(t.get("evidence_state") or "-"), text))
+    if not rows:
+        return None
+    table = Table(title="Evidence beside agreement")
+    table.add_column("task type", no_wrap=True)
+    table.add_column("evidence", no_wrap=True)
+    table.add_column("join health")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _agreement_table(doc: dict[str, Any], title: str) -> Table:
     frozen = " (FROZEN: every task type held at L0)" if doc.get("frozen") else ""
     table = Table(title=title + frozen)
     for col in ("task type", "level", "n", "agree", "lower", "upper", "crit", "err"):
@@ -64,14 +100,20 @@ def agreement_table(doc: dict[str, Any], title: str = "Agreement and autonomy") 
             gate_text = f"{gate['level']}: ≥{gate['agreement']} n≥{gate['min_samples']}"
             if gate.get("max_critical") is not None:
                 gate_text += f" crit≤{gate['max_critical']}"
-            gate_text += " ✓" if gate["met"] else ""
+            if gate.get("per_segment") is not None:
+                gate_text += f" per segment ({gate['per_segment']})"
+            held = gate.get("segments_missing") or []
+            gate_text += " ✓" if gate["met"] and not held else ""
             k = gate.get("agreements_needed")
             needs = "-" if gate["met"] else (f"+{k} agreeing" if k is not None else "out of reach")
+            if gate["met"] and held:
+                needs = "segments"
             if gate.get("max_critical") is not None and t["critical"] > gate["max_critical"]:
                 needs = "critical misses"
-        if t.get("evidence_state") == "invalid":  # join health (shadow.join_health)
+        why = evidence_invalid(t)
+        if why is not None:  # join health (shadow.join_health)
             needs = "valid evidence"
-            invalid.append(f"{name}: evidence invalid, no promotion: {t.get('evidence_reason')}")
+            invalid.append(f"{name}: {why}")
         level = t["level"] + (f" → {t['proposal']['to_level']}?" if t.get("proposal") else "")
         table.add_row(
             name,
@@ -85,6 +127,19 @@ def agreement_table(doc: dict[str, Any], title: str = "Agreement and autonomy") 
             gate_text,
             needs,
         )
+        for seg in segment_rows(t):
+            table.add_row(
+                f"  segment {seg['segment']}",
+                "",
+                fmt(seg["n"]),
+                fmt(seg["agreement"]),
+                fmt(seg["lower"]),
+                fmt(seg["upper"]),
+                fmt(seg["critical"]),
+                fmt(seg["errors"]),
+                seg["state"] if not seg["holds"] else f"holds: {seg['holds']}",
+                "",
+            )
     if invalid:
         table.caption = "\n".join(invalid)
     return table

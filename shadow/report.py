@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from shadow.evidence_view import evidence_invalid, join_health_text, segment_rows
 from shadow.promotion import agreement_fields
 from shadow.report_html import (
     ChartRow,
@@ -127,7 +128,12 @@ def reviewed(adjudicated: Mapping[str, Any] | None) -> int:
 
 
 def _gate_status(gate: Mapping[str, Any]) -> str:
-    """``met``, ``needs +k agreeing`` or ``out of reach`` (as ``shadow status`` says)."""
+    """``met``, ``needs +k agreeing`` or ``out of reach`` (as ``shadow status`` says), or
+    ``met overall, held by segment us: ...`` while a ``per_segment`` gate's declared segment
+    falls short."""
+    held = gate.get("segments_missing") or []
+    if gate["met"] and held:
+        return "met overall, held by " + "; ".join(held)
     if gate["met"]:
         return "met"
     k = gate.get("agreements_needed")
@@ -143,6 +149,8 @@ def _gate_text(gate: Mapping[str, Any] | None) -> str:
         text += f", critical ≤ {gate['max_critical']}"
     if gate.get("evidence") == "adjudicated":
         text += ", on the adjudicated bound"
+    if gate.get("per_segment") is not None:
+        text += f", per segment ({gate['per_segment']})"
     return f"{text} ({_gate_status(gate)})"
 
 
@@ -172,6 +180,45 @@ def _adjudicated(adj: Mapping[str, Any] | None) -> str:
     else:
         text += "<p>No case has two blind reviews yet.</p>"
     return text
+
+
+def _segments(t: Mapping[str, Any]) -> str:
+    """The task type's segments: each one's figures and its state (as ``shadow status``)."""
+    rows = []
+    for seg in segment_rows(t):
+        cells = [
+            seg["n"],
+            seg["agree"],
+            pct(seg["agreement"]),
+            pct(seg["lower"]),
+            pct(seg["upper"]),
+            seg["critical"],
+            seg["errors"],
+        ]
+        state = seg["state"] + (f": {seg['holds']}" if seg["holds"] else "")
+        rows.append(
+            f"<tr><td>{e(seg['segment'])}</td>"
+            + "".join(f"<td class=num>{e(c)}</td>" for c in cells)
+            + f"<td>{e(state)}</td></tr>"
+        )
+    head = ("segment", "n", "agree", "agreement", "lower", "upper", "critical", "errors", "state")
+    return (
+        "<h3>Segments</h3><p>Blind comparisons per segment, each with its own anytime-valid "
+        "bounds; undeclared segments count together as <code>other</code>, never gated on "
+        "their own.</p>" + table(head, rows)
+    )
+
+
+def _evidence_state(t: Mapping[str, Any]) -> str:
+    """A badge and the reason while the evidence is invalid, the join health in words."""
+    parts = []
+    why = evidence_invalid(t)
+    if why is not None:
+        parts.append(f'<p><span class="badge bad">Evidence invalid</span> {e(why)}</p>')
+    health = join_health_text(t)
+    if health is not None:
+        parts.append(f"<p>Join health: {e(health)}</p>")
+    return "".join(parts)
 
 
 def _history(entries: Sequence[Mapping[str, Any]]) -> str:
@@ -209,6 +256,7 @@ def _task(name: str, t: Mapping[str, Any]) -> str:
     parts.append(
         f"<p>Level {e(t.get('level'))} (ceiling {e(t.get('ceiling'))}, mode {e(t.get('mode'))})</p>"
     )
+    parts.append(_evidence_state(t))
     gate = t.get("next_gate")
     if gate is None:
         parts.append("<h3>Next gate</h3><p>At its ceiling: no gate above.</p>")
@@ -250,6 +298,8 @@ def _task(name: str, t: Mapping[str, Any]) -> str:
             f"<p>Held after a drift demotion from {e(hold.get('level'))}: that level is "
             "re-earned on the evidence since.</p>"
         )
+    if t.get("segments"):
+        parts.append(_segments(t))
     parts.append("<h3>Adjudicated agreement</h3>" + _adjudicated(t.get("adjudicated")))
     history = t.get("level_history") or []
     parts.append(f"<h3>Level history (newest {len(history)})</h3>" + _history(history))
@@ -294,6 +344,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
             f'<tr><td><a href="#t-{e(name)}">{e(name)}</a></td>'
             + "".join(f"<td class=num>{e(c)}</td>" for c in cells[:-1])
             + f"<td>{e(cells[-1])}{e(level_note)}</td>"
+            + f"<td>{e(evidence_invalid(t) or t.get('evidence_state'))}</td>"
             + f"<td>{e(_gate_text(t.get('next_gate')))}</td>"
             + f"<td>{e(_adjudicated_short(t.get('adjudicated')))}</td>"
             + f"<td>{e(acceptance_text(t.get('acceptance')))}</td></tr>"
@@ -308,6 +359,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
         "critical",
         "errors",
         "level",
+        "evidence",
         "next gate",
         "adjudicated",
         "acceptance (not evidence)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shadow.evidence_view import gate_held_by_segments, join_health_text, segment_rows
 from shadow.policy import TaskPolicy
 from shadow.stats import lower_bound
 
@@ -60,6 +61,7 @@ def _gate_needs(entry: dict[str, Any], gate: dict[str, Any], task: TaskPolicy) -
     limit = gate.get("max_critical")
     if limit is not None and int(entry.get("critical", 0)) > limit:
         out.append(f"critical misses {entry['critical']} over the gate's limit {limit}")
+    out.extend(gate_held_by_segments(entry))  # per_segment: each declared segment on its own
     needed = gate.get("agreements_needed")
     if needed:
         out.append(f"{needed} more agreeing comparisons in a row would meet it")
@@ -87,6 +89,10 @@ def standing(
     elif gate is None:
         top = "the top of the ladder" if entry["level"] == "L4" else "its ceiling"
         headline = f"at {top} ({entry['level']}, ceiling {entry['ceiling']})"
+    elif gate["met"] and gate_held_by_segments(entry):
+        headline = f"to reach {gate['level']}: the gate is met overall, but " + "; ".join(
+            gate_held_by_segments(entry)
+        )
     elif gate["met"]:
         proposal = entry.get("proposal")
         partial = entry.get("partial_approval")
@@ -125,4 +131,6 @@ def standing(
         "details": details,
         "held_writes": held_writes,
         "gate_agreement": gate["agreement"] if gate else None,
+        "segment_rows": segment_rows(entry),
+        "join_text": join_health_text(entry),
     }

@@ -451,7 +451,8 @@ def demo_table(out: str) -> dict[str, tuple[str, int]]:
     rows: dict[str, tuple[str, int]] = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.split("│")]
-        if len(cells) > 4 and cells[1] in DEMO_TYPES:
+        # The first table only (the evidence beside agreement follows it, per task type too).
+        if len(cells) > 4 and cells[1] in DEMO_TYPES and cells[1] not in rows:
             rows[cells[1]] = (cells[2].split()[0], int(cells[3]))
     return rows
 

@@ -51,6 +51,7 @@ tools:
   backoffice: {{url: "{upstream_url}", headers: {{Authorization: "env:BACKOFFICE_TOKEN"}}}}
 task_types:
   refund:
+    segments: [eu, us]
     redact: [payload.customer.email]
     compare:
       fields:
@@ -121,12 +122,13 @@ async def ingest(sc: Sidecar, task_type: str, agree: int, disagree: int) -> None
         {
             "event_id": e,
             "task_type": task_type,
+            "segment": ("eu", "us", "apac")[k % 3],
             "payload": {
                 "expect": {"action": "approve", "amount": 40},
                 "customer": {"email": f"{e}@example.com", "tier": "gold"},
             },
         }
-        for e in ids
+        for k, e in enumerate(ids)
     ]
     outcomes = [
         {

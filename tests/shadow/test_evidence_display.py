@@ -1,0 +1,301 @@
+"""The evidence beside agreement where people read it: ``shadow status`` (text and
+``--json``), the console's overview and task type page, and the live report (JSON and HTML),
+all read from one real sidecar (real store, API, pipeline; the clock injected).
+
+Its two task types have the same per-segment evidence: ``eu`` agrees on all 40 cases, ``us``
+on 10 of 20, and 4 cases of an undeclared segment count as ``other``; the L1 gate
+(``per_segment: each``) is met overall (lower bound 0.69 >= 0.6) but held by ``us`` (lower
+bound 0.21). ``refund`` also lost the outcomes of its first four events, so its outcome
+coverage is 0 against ``min_outcome_coverage: 0.8``: its evidence is invalid, and every
+view says so and why. ``appeal`` (valid evidence) shows the segment holding the promotion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console as RichConsole
+
+from shadow.cli import main
+from shadow.console import agreement_table
+from shadow.evidence_view import join_health_text, segment_rows
+from tests.conftest import FakeClock
+from tests.shadow.conftest import AgentServerFactory, Reply, Sidecar, SidecarFactory, agree_reply
+from tests.shadow.ui.conftest import (  # noqa: F401 (fixtures used by the tests here)
+    Browserless,
+    auth,
+    browserless,
+    secret,
+    tokens_file,
+)
+
+TTL = timedelta(hours=1)
+
+POLICY = """
+task_types:
+  refund:
+    segments: [eu, us]
+    min_outcome_coverage: 0.8
+    compare: {fields: {action: {match: exact, critical: true}}, unlisted: ignore}
+    autonomy:
+      mode: auto
+      ceiling: L2
+      gates:
+        L1: {agreement: 0.6, min_samples: 10, per_segment: each}
+        L2: {agreement: 0.99, min_samples: 100000}
+  appeal:
+    segments: [eu, us]
+    compare: {fields: {action: {match: exact, critical: true}}, unlisted: ignore}
+    autonomy:
+      mode: propose
+      ceiling: L2
+      gates:
+        L1: {agreement: 0.6, min_samples: 10, per_segment: each}
+        L2: {agreement: 0.99, min_samples: 100000}
+"""
+
+
+def approve(request: dict[str, Any]) -> Reply:
+    return agree_reply({"action": "approve"})
+
+
+async def send(sc: Sidecar, path: str, records: list[dict[str, Any]]) -> None:
+    res = await sc.post(path, json_body=records, headers=auth("ingest"))
+    assert res.status == 202, res.body
+
+
+async def feed(sc: Sidecar, task: str) -> None:
+    """eu: 40 agreeing; us: 10 agreeing, 10 not; apac (undeclared): 4 agreeing."""
+    rows = (
+        [("eu", "approve")] * 40
+        + [("us", "approve")] * 10
+        + [("us", "deny")] * 10
+        + [("apac", "approve")] * 4
+    )
+    ids = [f"{task}-{i}" for i in range(len(rows))]
+    await send(
+        sc,
+        "/v1/events",
+        [
+            {"event_id": e, "task_type": task, "segment": seg, "payload": {"i": i}}
+            for i, (e, (seg, _)) in enumerate(zip(ids, rows, strict=True))
+        ],
+    )
+    await sc.pipeline.drain()
+    await send(
+        sc,
+        "/v1/outcomes",
+        [
+            {"event_id": e, "decision": {"action": action}}
+            for e, (_, action) in zip(ids, rows, strict=True)
+        ],
+    )
+
+
+@pytest.fixture
+async def shown(
+    sidecar: SidecarFactory,
+    agent_server: AgentServerFactory,
+    tokens_file: Path,  # noqa: F811
+) -> Sidecar:
+    agent = await agent_server(approve)
+    clock = FakeClock()
+    sc = await sidecar(
+        policy=POLICY,
+        agent=agent.url,
+        clock=clock,
+        join_ttl=TTL.total_seconds(),
+        tokens_file=tokens_file,
+        admin_token=None,
+    )
+    lost = [
+        {"event_id": f"lost-{i}", "task_type": "refund", "segment": "eu", "payload": {}}
+        for i in range(4)
+    ]
+    await send(sc, "/v1/events", lost)
+    await sc.pipeline.drain()
+    clock.advance(hours=2)  # their TTL passes with no outcome: coverage 0
+    for task in ("refund", "appeal"):
+        await feed(sc, task)
+    await sc.pipeline.drain()
+    await sc.pipeline.ladder.evaluate(health=True)
+    return sc
+
+
+async def agreement(sc: Sidecar) -> dict[str, Any]:
+    res = await sc.get("/v1/agreement", headers=auth("viewer"))
+    assert res.status == 200, res.body
+    return dict(res.body)
+
+
+def figures(n: int, agree: int) -> tuple[int, int, float | None]:
+    return n, agree, round(agree / n, 4) if n else None
+
+
+async def test_the_document_has_what_the_views_show(shown: Sidecar) -> None:
+    doc = (await agreement(shown))["task_types"]
+    for name in ("refund", "appeal"):
+        t = doc[name]
+        seg = t["segments"]
+        assert list(seg) == ["eu", "us", "other"]
+        assert (seg["eu"]["n"], seg["eu"]["agree"], seg["eu"]["agreement"]) == figures(40, 40)
+        assert (seg["us"]["n"], seg["us"]["agree"], seg["us"]["agreement"]) == figures(20, 10)
+        assert (seg["other"]["n"], seg["other"]["agree"]) == (4, 4)
+        gate = t["next_gate"]
+        assert (gate["met"], gate["per_segment"]) == (True, "each")
+        assert gate["segments_missing"] == ["segment us: lower bound 0.2109 < 0.6"]
+        assert t["level"] == "L0"
+        assert t["proposal"] is None
+    assert doc["refund"]["evidence_state"] == "invalid"
+    assert doc["refund"]["join_health"]["missing"] == 4
+    assert doc["appeal"]["evidence_state"] == "valid"
+
+    rows = {r["segment"]: r for r in segment_rows(doc["appeal"])}
+    assert rows["us"]["state"] == "holds the promotion"
+    assert rows["us"]["holds"] == "lower bound 0.2109 < 0.6"
+    assert rows["eu"]["state"] == "passes"
+    assert (rows["other"]["state"], rows["other"]["declared"]) == ("not gated", False)
+    assert join_health_text(doc["refund"]) == (
+        "outcome coverage 0.0000 (0 covered, 4 missing, 64 pending); 0 unknown outcomes, "
+        "0 conflicts, 0 routed unanswered"
+    )
+
+
+def status(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["status", *argv])
+    return code, capsys.readouterr().out
+
+
+async def test_shadow_status_shows_segments_and_the_join_health(
+    shown: Sidecar, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHADOW_TOKEN", secret("viewer"))
+    code, text = await asyncio.to_thread(status, capsys, "--url", shown.url)
+    assert code == 0
+    lines = text.splitlines()
+
+    def row(label: str, after: str) -> str:
+        start = next(i for i, line in enumerate(lines) if f"│ {after} " in line)
+        return next(line for line in lines[start:] if f" {label} " in line)
+
+    for name in ("refund", "appeal"):
+        assert "per segment (each)" in row(name, name)
+        us = row("segment us", name)
+        assert "20 │ 0.5000 │ 0.2109" in us
+        assert "holds: lower bound 0.2109 < 0.6" in us
+        assert "passes" in row("segment eu", name)
+        assert "not gated" in row("segment other", name)
+    assert "segments" in row("appeal", "appeal")  # met overall: what it needs is the segments
+    assert row("refund", "refund").endswith("│      valid │")  # needs valid evidence
+    assert "refund: evidence invalid, no promotion: outcome coverage 0 < " in text
+    assert "Evidence beside agreement" in text
+    flat = " ".join(text.split())
+    assert "│ invalid │ outcome coverage 0.0000 (0 covered, 4 missing, 64 pending)" in flat
+
+    code, out = await asyncio.to_thread(status, capsys, "--url", shown.url, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert (
+        doc["task_types"]["appeal"]["segments"]
+        == (await agreement(shown))["task_types"]["appeal"]["segments"]
+    )
+    assert doc["task_types"]["refund"]["evidence_state"] == "invalid"
+
+
+async def test_the_console_shows_segments_and_why_the_evidence_is_invalid(
+    shown: Sidecar,
+    browserless: Any,  # noqa: F811
+) -> None:
+    client: Browserless = browserless(shown.url)
+    await client.sign_in("viewer")
+    status_code, page, _ = await client.get("/ui/")
+    assert status_code == 200
+    text = " ".join(page.split())
+    assert "evidence invalid, no promotion: outcome coverage 0 &lt; min_outcome_coverage" in text
+    assert (
+        "to reach L1: the gate is met overall, but segment us: lower bound 0.2109 &lt; 0.6" in text
+    )
+    assert 'us 50.00% <span class="sub">(n 20)</span>: holds the promotion' in text
+    assert '<span class="tag critical">invalid</span>' in text
+
+    status_code, page, _ = await client.get("/ui/task/appeal")
+    assert status_code == 200
+    text = " ".join(page.split())
+    assert "The L1 gate is judged per segment (each)" in text
+    assert (
+        '<th scope="row">us</th> <td>20</td> <td>50.00%</td> <td>21.09% \u2013 78.91%</td> '
+        "<td>10, 0</td> <td>holds the promotion: lower bound 0.2109 &lt; 0.6</td>"
+    ) in text
+    assert '<th scope="row">other</th> <td>4</td>' in text
+    assert "not gated" in text
+    status_code, page, _ = await client.get("/ui/task/refund")
+    text = " ".join(page.split())
+    assert "outcome coverage 0.0000 (0 covered, 4 missing, 64 pending)" in text
+    assert "evidence invalid, no promotion: outcome coverage 0 &lt;" in text
+
+
+async def test_the_live_report_carries_and_shows_them(
+    shown: Sidecar,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("SHADOW_TOKEN", secret("viewer"))
+    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+
+    def run() -> int:
+        return main(
+            ["report", "--url", shown.url, "--json", str(out_json), "--html", str(out_html)]
+        )
+
+    assert await asyncio.to_thread(run) == 0
+    doc = json.loads(out_json.read_text())
+    live = (await agreement(shown))["task_types"]
+    for name in ("refund", "appeal"):
+        t = doc["task_types"][name]
+        for key in ("segments", "evidence_state", "evidence_reason", "join_health"):
+            assert t[key] == live[name][key], key
+        assert t["next_gate"]["segments_missing"] == ["segment us: lower bound 0.2109 < 0.6"]
+    page = " ".join(out_html.read_text().split())
+    assert '<span class="badge bad">Evidence invalid</span> evidence invalid, no promotion' in page
+    assert "Join health: outcome coverage 0.0000 (0 covered, 4 missing, 64 pending)" in page
+    assert "<h3>Segments</h3>" in page
+    assert (
+        "<tr><td>us</td><td class=num>20</td><td class=num>10</td><td class=num>50.00%</td>"
+        "<td class=num>21.09%</td><td class=num>78.91%</td><td class=num>10</td>"
+        "<td class=num>0</td><td>holds the promotion: lower bound 0.2109 &lt; 0.6</td></tr>"
+    ) in page
+    assert "per segment (each) (met overall, held by segment us: lower bound 0.2109" in page
+
+
+def test_a_document_without_the_new_blocks_still_renders() -> None:
+    """An older sidecar's document (no segments, join health or evidence state) renders as
+    before: nothing invented."""
+    entry = {
+        "level": "L0",
+        "n": 3,
+        "agree": 3,
+        "agreement": 1.0,
+        "lower": 0.3,
+        "upper": 1.0,
+        "critical": 0,
+        "errors": 0,
+        "next_gate": None,
+        "proposal": None,
+    }
+    out = io.StringIO()
+    RichConsole(file=out, width=200).print(
+        agreement_table({"frozen": False, "task_types": {"old": entry}})
+    )
+    text = out.getvalue()
+    assert "segment" not in text
+    assert "Evidence beside agreement" not in text
+    assert segment_rows(entry) == []
+    assert join_health_text(entry) is None
