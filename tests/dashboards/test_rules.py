@@ -26,7 +26,7 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     done = promtool("check", "rules", str(RULES_FILE), cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 27 rules found" in done.stdout
+    assert "SUCCESS: 28 rules found" in done.stdout
 
 
 def test_promtool_unit_tests() -> None:
@@ -65,6 +65,7 @@ def test_every_alert_has_a_runbook_section() -> None:
         "ShadowDeadLetterSpike",
         "ShadowToolApprovalsWaiting",
         "ShadowEvidenceInvalid",
+        "ShadowBudgetExceeded",
         "ShadowSidecarDown",
     }
     anchors = {
