@@ -86,6 +86,33 @@ def _task(name: str, t: Mapping[str, Any], trace_link: str | None = None) -> str
         "<table><tr><th>level</th><th>agreement</th><th>min samples</th><th>max critical</th>"
         f"<th>status</th></tr>{rows}</table>"
     )
+    segments = t.get("segments") or {}
+    if segments:
+        rows = "".join(
+            f"<tr><td>{_e(seg)}</td>"
+            + "".join(
+                f"<td class=num>{_e(c)}</td>"
+                for c in (
+                    f["n"],
+                    f["agree"],
+                    pct(f.get("agreement")),
+                    pct(f.get("lower")),
+                    pct(f.get("upper")),
+                    f.get("critical"),
+                    f.get("errors"),
+                )
+            )
+            + "</tr>"
+            for seg, f in segments.items()
+        )
+        parts.append(
+            "<h3>Segments</h3><p>The blind cases of each event segment, each with its own "
+            "anytime-valid bounds (cases without a segment are in none).</p>"
+            + table(
+                ("segment", "n", "agree", "agreement", "lower", "upper", "critical", "errors"),
+                [rows],
+            )
+        )
     base = t.get("baseline")
     if base:
         cls = "bad" if base["significantly_worse"] else "ok"

@@ -347,7 +347,14 @@ class TaskStats:
                 "cost_usd": round(self.cost_usd, 6),
             },
             "gates": gate_entry(self.task, snap),
-            "segments": segments,
+            "segments": {
+                label: {
+                    **figures,
+                    "lower": round(lower_bound(figures["agree"], figures["n"], snap.alpha), 4),
+                    "upper": round(upper_bound(figures["agree"], figures["n"], snap.alpha), 4),
+                }
+                for label, figures in segments.items()
+            },
             "latency_ms": percentiles(self.latencies),
             "cases": cases,
             "case_segments": case_segments,

@@ -152,6 +152,14 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
             "  acceptance: items the agent handled, or a human decided with its proposal shown"
         )
     for name, t in doc["task_types"].items():
+        segments = t.get("segments") or {}
+        if segments:
+            parts = ", ".join(
+                f"{seg} {_f(f.get('agreement'))} [{_f(f.get('lower'))}, {_f(f.get('upper'))}] "
+                f"of {f['n']}"
+                for seg, f in segments.items()
+            )
+            console.print(f"  {name}: segments: {parts}", markup=False)
         worst = [(p, f) for p, f in t["fields"].items() if f["mismatches"]][:3]
         if worst:
             parts = ", ".join(f"{p} {f['mismatches']}/{f['compared']}" for p, f in worst)
