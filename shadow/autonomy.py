@@ -5,6 +5,7 @@ the next gate and what it still needs, per configured task type. Pure: it format
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from shadow import promotion
@@ -12,6 +13,8 @@ from shadow.adjudicated import adjudicated
 from shadow.budgets import BudgetEvidence, budgets_block, judge, projected_daily_cost
 from shadow.join_health import JoinHealth, evidence_fields
 from shadow.model import Evidence, Handling, Level
+from shadow.noise import Bounded, NoiseFloor, threshold
+from shadow.noise import empty as empty_floor
 from shadow.policy import OTHER_SEGMENT, Gate, Policy, TaskPolicy
 from shadow.promotion import LadderState
 from shadow.segments import promotion_check
@@ -56,6 +59,7 @@ def agreement_document(
     routed: Mapping[str, frozenset[str]] | None = None,
     health: Mapping[str, JoinHealth] | None = None,
     budgets: Mapping[str, BudgetEvidence] | None = None,
+    noise: Mapping[str, NoiseFloor] | None = None,
 ) -> dict[str, Any]:
     """The ``GET /v1/agreement`` document (also ``shadow status --json``): the evidence of
     the current agent version of each configured task type, and beside it (never in it)
@@ -83,6 +87,8 @@ def agreement_document(
         version = versions.get(name) or state.agent_version
         ev = evidence.get(name, {}).get(version or "") or Evidence(name, version or "")
         snap = promotion.snapshot(ev, task, version)
+        # The noise floor (shadow.noise): human ceiling, self-consistency, noisy fields.
+        floor = (noise or {}).get(name) or empty_floor(task.autonomy.alpha)
         spent = (budgets or {}).get(name)  # shadow.budgets: the current version's decisions
         target = Level(state.level + 1) if state.level < Level.L4 else None
         gate = (
@@ -90,6 +96,9 @@ def agreement_document(
         )
         next_gate = None
         if gate is not None and target is not None:
+            # A below_human gate shows the threshold of the moment (shadow.noise.threshold).
+            relative = gate
+            gate = replace(gate, agreement=round(threshold(gate, floor.human_ceiling), 4))
             # After a drift demotion the lost level is judged on the evidence since.
             judged = promotion.gate_snapshot(state, snap, target, version, task)
             next_gate = {
@@ -105,6 +114,7 @@ def agreement_document(
                 "met": promotion.gate_status(gate, judged).met,
                 "agreements_needed": agreements_needed(judged.agree, judged.n, gate, snap.alpha),
                 "since_drift_demotion": judged is not snap,
+                "below_human": _below_human(relative, floor.human_ceiling),
                 "budgets_met": judge(gate, task, spent).met,
                 "budgets_missing": list(judge(gate, task, spent).missing),
             }
@@ -121,6 +131,7 @@ def agreement_document(
                 for h in (Handling.AGENT, Handling.ASSISTED)
             },
             "adjudicated": _adjudicated(snap, ev, (reviewers or {}).get((name, version or ""))),
+            **floor.to_json(),
             "segments": _segments(
                 task, (segments or {}).get(name, {}), (routed or {}).get(name, frozenset())
             ),
@@ -140,6 +151,19 @@ def agreement_document(
             **evidence_fields((health or {}).get(name), task.min_outcome_coverage),
         }
     return {"frozen": frozen, "task_types": out}
+
+
+def _below_human(gate: Gate, ceiling: Bounded) -> dict[str, Any] | None:
+    """``next_gate.below_human``: the margin and the human ceiling the threshold came from
+    (``None`` for a fixed gate)."""
+    if gate.below_human is None:
+        return None
+    return {
+        "margin": gate.below_human,
+        "ceiling_upper": round(ceiling.upper, 4),
+        "ceiling_n": ceiling.n,
+        "threshold": round(threshold(gate, ceiling), 4),
+    }
 
 
 def _adjudicated(

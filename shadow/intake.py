@@ -187,7 +187,11 @@ class Intake:
                 self._metrics.dead_letter(source, Reason.CONFLICT)
                 self._metrics.rejected("outcome", source, Reason.CONFLICT)
         self._metrics.outcome_results(source, [r.status.value for r in put])
-        ready = [r.event_id for r in put if r.status in (PutStatus.STORED, PutStatus.REVERSAL)]
+        ready = [
+            r.event_id
+            for r, o in zip(put, outcomes, strict=True)
+            if r.status in (PutStatus.STORED, PutStatus.REVERSAL) and not o.is_second_opinion
+        ]
         if ready:
             self._hooks.outcomes_stored(ready)
         return [IngestResult(r.event_id, r.status.value, "", r.reason) for r in put]

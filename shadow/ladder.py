@@ -40,6 +40,7 @@ from shadow.errors import AutonomyError, SecondApproverRequired
 from shadow.join_health import JoinHealth, invalid_reason
 from shadow.metrics import Metrics
 from shadow.model import AuditEntry, Comparison, Evidence, Handling, Level, Verdict
+from shadow.noise import Bounded, NoiseFloor, noise_floor
 from shadow.policy import Policy, TaskPolicy
 from shadow.promotion import LadderState, Move, ProposalRef, Recent, Step
 from shadow.segments import below_gate
@@ -242,6 +243,9 @@ class Ladder:
         self._segments: dict[str, dict[str, dict[str, Evidence]]] = {}
         # Per task type, the declared segments a ``per_segment: route`` gate sends to humans.
         self._routed: dict[str, frozenset[str]] = {}
+        # The noise floor per task type (shadow.noise: human ceiling, self-consistency), read
+        # with the join health (it moves with second opinions and repeats, not each batch).
+        self._noise: dict[str, NoiseFloor] = {}
         # Per task type, its current version's budget evidence (shadow.budgets), read with
         # the evidence: one query per evaluation.
         self._budgets: dict[str, BudgetEvidence] = {}
@@ -331,6 +335,25 @@ class Ladder:
 
     async def _read_health(self) -> None:
         self._health = await self._health_now()
+        self._noise = await self._noise_now(self._versions)
+
+    async def _noise_now(self, versions: Mapping[str, str]) -> dict[str, NoiseFloor]:
+        """Each task type's noise floor (the current agent version's for the agent's part)."""
+        current = {
+            name: versions.get(name) or self._states[name].agent_version
+            for name in self.policy.task_types
+        }
+        return noise_floor(
+            self.policy,
+            await self.store.second_opinion_rows(),
+            await self.store.repeat_rows(),
+            current,
+        )
+
+    def ceiling_of(self, name: str) -> Bounded | None:
+        """``name``'s human ceiling as of the last read (``None`` before the first)."""
+        found = self._noise.get(name)
+        return None if found is None else found.human_ceiling
 
     def invalid(self, task_type: str) -> str | None:
         """Why ``task_type``'s evidence is invalid (``min_outcome_coverage``, as of the
@@ -484,6 +507,7 @@ class Ladder:
                 routed=self._routed,
                 health=self._health,
                 budgets=self._budgets,
+                noise=self._noise,
             )
         )
 
@@ -516,6 +540,7 @@ class Ladder:
             self._routed,
             health=await self._health_now(),
             budgets=budgets,
+            noise=await self._noise_now(versions),
         )
         return self._with_partials(doc)
 
@@ -608,6 +633,7 @@ class Ladder:
                 invalid=self.invalid(name),
                 segments=self.segments_of(name),
                 budgets=self.budgets_of(name),
+                human_ceiling=self.ceiling_of(name),
             )
             for name, state in states.items()
         ]
@@ -763,6 +789,7 @@ class Ladder:
                 self.segments_of(task.name),
                 invalid=self.invalid(task.name),
                 budgets=self.budgets_of(task.name),
+                human_ceiling=self.ceiling_of(task.name),
             )
             if target <= earned or target <= state.level:
                 return None  # the evidence earned it, or it is not a raise

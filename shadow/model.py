@@ -58,6 +58,7 @@ __all__ = [
     "JSONObject",
     "Level",
     "Outcome",
+    "SecondOpinion",
     "ShadowDecision",
     "Usage",
     "Verdict",
@@ -263,8 +264,61 @@ def _parse_actions(c: Check, key: str) -> tuple[Action, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class SecondOpinion:
+    """An independent second human decision for an event (the human ceiling,
+    :mod:`shadow.noise`): never evidence about the agent, never a revision of the outcome."""
+
+    decision: JSONObject
+    actions: tuple[Action, ...] = ()
+    decided_by: str | None = None
+
+    def to_json(self) -> JSONObject:
+        out: JSONObject = {"decision": self.decision}
+        if self.actions:
+            out["actions"] = [a.to_json() for a in self.actions]
+        if self.decided_by is not None:
+            out["decided_by"] = self.decided_by
+        return out
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of what was decided (decision and actions), not who."""
+        return content_hash({"decision": self.decision, "actions": self.to_json().get("actions")})
+
+
+def _second_opinion(c: Check, key: str) -> SecondOpinion | bool:
+    """``second_opinion``: an object ``{decision, actions?, decided_by?}`` (checked like an
+    outcome's own fields, paths under ``second_opinion.``), ``true`` (the record itself is a
+    second opinion), or absent/``false``."""
+    raw = c.obj.get(key)
+    if raw is None or raw is False:
+        return False
+    if raw is True:
+        return True
+    if not isinstance(raw, dict):
+        c.fail(
+            key,
+            "expected an object {decision, actions?, decided_by?} or true (this record is "
+            f"the second opinion), got {kind_of(raw)}",
+        )
+        return False
+    inner = Check(raw, "a second opinion")
+    inner.unknown_keys({"decision", "actions", "decided_by"})
+    decision = inner.json_object("decision")
+    actions = _parse_actions(inner, "actions")
+    decided_by = inner.optional_str("decided_by")
+    c.errors.extend(FieldError(f"{key}.{e.path}".rstrip("."), e.message) for e in inner.errors)
+    return SecondOpinion(decision, actions, decided_by)
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
-    """What the human actually decided for an event."""
+    """What the human actually decided for an event.
+
+    ``second_opinion``: an independent second human decision carried with it (stored apart,
+    :mod:`shadow.noise`). ``is_second_opinion``: the record *is* a second opinion
+    (``"second_opinion": true``): its decision, actions and decided_by are stored as the
+    event's second opinion, never as an outcome or a revision of one."""
 
     event_id: str
     decision: JSONObject
@@ -272,13 +326,24 @@ class Outcome:
     decided_by: str | None = None
     decided_at: str | None = None
     handled_by: Handling | None = None  # as the host states it (the sidecar's record wins)
+    second_opinion: SecondOpinion | None = None
+    is_second_opinion: bool = False
 
     @classmethod
     def from_json(cls, obj: object) -> Self:
         c = Check(obj, "a human outcome")
         c.done()
         c.unknown_keys(
-            {"event_id", "decision", "actions", "decided_by", "decided_at", "handled_by", "kind"}
+            {
+                "event_id",
+                "decision",
+                "actions",
+                "decided_by",
+                "decided_at",
+                "handled_by",
+                "kind",
+                "second_opinion",
+            }
         )
         if "kind" in c.obj and c.obj["kind"] != "outcome":
             c.fail("kind", f'expected "outcome", got {brief(c.obj["kind"])}', Reason.BAD_KIND)
@@ -288,8 +353,18 @@ class Outcome:
         decided_by = c.optional_str("decided_by")
         decided_at = c.timestamp("decided_at")
         handled_by = _handling(c, "handled_by")
+        second = _second_opinion(c, "second_opinion")
         c.done()
-        return cls(event_id, decision, actions, decided_by, decided_at, handled_by)
+        return cls(
+            event_id,
+            decision,
+            actions,
+            decided_by,
+            decided_at,
+            handled_by,
+            second if isinstance(second, SecondOpinion) else None,
+            second is True,
+        )
 
     def to_json(self) -> JSONObject:
         out: JSONObject = {"event_id": self.event_id, "decision": self.decision}
@@ -301,7 +376,17 @@ class Outcome:
             out["decided_at"] = self.decided_at
         if self.handled_by is not None:
             out["handled_by"] = self.handled_by.value
+        if self.second_opinion is not None:
+            out["second_opinion"] = self.second_opinion.to_json()
+        elif self.is_second_opinion:
+            out["second_opinion"] = True
         return out
+
+    def as_second_opinion(self) -> SecondOpinion | None:
+        """The second opinion this record carries or is."""
+        if self.is_second_opinion:
+            return SecondOpinion(self.decision, self.actions, self.decided_by)
+        return self.second_opinion
 
     @property
     def content_hash(self) -> str:

@@ -162,6 +162,35 @@ _SCHEMAS: dict[str, Any] = {
             "decided_by": {**_ID, "minLength": 0, "pattern": "^[^\\u0000-\\u001f\\u007f]*$"},
             "decided_at": {"type": "string", "format": "date-time"},
             "handled_by": {"type": "string", "enum": HANDLED_BY},
+            "second_opinion": {
+                "description": "An independent second human decision (the human ceiling), or "
+                "true: this record is the event's second opinion, never an outcome revision",
+                "oneOf": [
+                    {"type": "boolean"},
+                    {
+                        "type": "object",
+                        "required": ["decision"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "decision": {"type": "object", "description": _DEPTH_NOTE},
+                            "actions": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["tool"],
+                                    "additionalProperties": False,
+                                    "properties": {"tool": _ID, "args": {"type": "object"}},
+                                },
+                            },
+                            "decided_by": {
+                                **_ID,
+                                "minLength": 0,
+                                "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+                            },
+                        },
+                    },
+                ],
+            },
         },
     },
     "IngestResult": {

@@ -44,13 +44,16 @@ from shadow.metrics import Metrics
 from shadow.model import Comparison, ShadowDecision, WorkEvent
 from shadow.policy import Policy
 from shadow.promotion import LadderState
-from shadow.store import Store
+from shadow.store import PutStatus, Store
 from shadow.supervisor import Supervisor
 from shadow.tracing import NO_TRACING, Tracer
 
 __all__ = ["Pipeline", "PipelineObserver"]
 
 log = logging.getLogger("shadow.pipeline")
+
+REPEAT_QUEUE = 10_000  # repeated cases waiting for their tries, at most
+REPEAT_WORKERS = 4  # cases repeated at once, at most (each one's tries in turn)
 
 
 class PipelineObserver(Protocol):
@@ -147,6 +150,9 @@ class Pipeline:
         )
         self._results: asyncio.Queue[tuple[WorkEvent, ShadowDecision]] = asyncio.Queue()
         self._inflight: set[str] = set()
+        # Repeated cases (shadow.noise) waiting for their extra tries: (event, tries). Full,
+        # a case is not repeated (logged), never waited for.
+        self._repeats: asyncio.Queue[tuple[WorkEvent, int]] = asyncio.Queue(maxsize=REPEAT_QUEUE)
         # Sampled events submit_events just stored, for the feeder (see _awaiting).
         self._fresh: dict[str, WorkEvent] = {}  # by event_id, oldest first
         self._fresh_max = 2 * max(settings.batch_size, settings.agent_concurrency)
@@ -180,6 +186,9 @@ class Pipeline:
         spawn("expire", self._expire_loop)
         if self.agent is not None:
             spawn("writer", self._writer)
+            if any(t.repeat_rate > 0 for t in self.policy.task_types.values()):
+                for i in range(min(self.settings.agent_concurrency, REPEAT_WORKERS)):
+                    spawn("repeats", self._repeat_loop, name=f"repeats-{i}")
             if self.agent.batches:
                 spawn("feeder", self._batch_feeder)
             else:
@@ -240,6 +249,37 @@ class Pipeline:
         )
 
     # -- background work --------------------------------------------------------------------
+
+    def _repeat(self, events: Sequence[WorkEvent]) -> None:
+        """Queue the cases whose first decision was just stored and that their task type's
+        ``repeat_rate`` repeats (a stable hash of the event id)."""
+        for event in events:
+            task = self.policy.for_task(event.task_type)
+            if task is None or not task.repeated(event.event_id):
+                continue
+            try:
+                self._repeats.put_nowait((event, task.repeats))
+            except asyncio.QueueFull:  # a measurement, not evidence: skipped, not waited for
+                log.warning("repeat queue full: %s is not repeated", event.event_id)
+
+    async def _repeat_loop(self) -> None:
+        """The agent's extra tries of repeated cases (shadow.noise), stored apart from the
+        evidence (``repeats``: never a decision, a comparison or a join). A case's tries run
+        one after the other, each after the one before settled, and only once its first
+        decision was stored (its shadow session closed), so at most one shadow session of a
+        case is open at a time: a repeat's tool calls go through its own shadow session,
+        whose writes are captured, never forwarded."""
+        assert self.agent is not None
+        while True:
+            event, tries = await self._repeats.get()
+            answers = []
+            for attempt in range(1, tries + 1):
+                decision = await self.agent.decide(event, repeat=attempt)
+                answers.append((decision, event.task_type, attempt))
+            try:
+                await self.store.put_repeats(answers, now=self.clock())
+            except Exception as exc:  # a repeat is a measurement: lost, it is only missing
+                log.warning("repeats of %s not stored: %s", event.event_id, exc)
 
     def _schedule_join(self, event_ids: Sequence[str]) -> None:
         if event_ids:
@@ -338,7 +378,7 @@ class Pipeline:
                         break
                 # Tokens without a cost are priced now, from the policy's price table.
                 batch = [(e, self._priced(e.task_type, d)) for e, d in batch]
-                await self.store.put_decisions(
+                put = await self.store.put_decisions(
                     [(d, e.task_type) for e, d in batch], now=self.clock()
                 )
                 for event, decision in batch:
@@ -346,6 +386,8 @@ class Pipeline:
                     self._inflight.discard(event.event_id)
                 self._breaker_gauge()
                 self._schedule_join([e.event_id for e, _ in batch])
+                stored = zip(batch, put, strict=True)
+                self._repeat([e for (e, _), r in stored if r.status is PutStatus.STORED])
                 self._group.recovered("writer")
             except Exception as exc:
                 # The events stay awaiting a decision: the feeder hands them out again.

@@ -120,6 +120,9 @@ class AutonomyMode(enum.StrEnum):
 OTHER_SEGMENT = "other"
 """The segment label of every item whose segment a task type does not declare (or none)."""
 
+MAX_REPEATS = 4
+"""The most extra tries a repeated case gets (a task type's ``repeats``)."""
+
 REDACTED = "[redacted]"
 """What a dead letter shows in place of a payload that is not an object (see
 :meth:`Policy.redact_record`)."""
@@ -149,6 +152,11 @@ class Gate:
     max_cost_usd_per_decision: float | None = None
     max_latency_ms_p95: float | None = None
     max_error_rate: float | None = None
+    # ``agreement: {below_human: m}`` (shadow.noise): the bound is judged against the human
+    # ceiling (promotion: the agent's lower bound >= the ceiling's upper bound - m; demotion:
+    # its upper bound < the ceiling's lower bound - m); ``agreement`` is then 1 - m, the
+    # threshold with no second opinions yet (the ceiling's upper bound is 1 then).
+    below_human: float | None = None
 
     @property
     def window(self) -> int:
@@ -184,8 +192,8 @@ class AutonomyPolicy:
     def drift(self, level: Level) -> Drift | None:
         """The change detector for ``level``'s gate (``None`` without a gate)."""
         gate = self.gates.get(level)
-        if gate is None or not 0.0 < gate.agreement < 1.0:
-            return None
+        if gate is None or not 0.0 < gate.agreement < 1.0 or gate.below_human is not None:
+            return None  # a gate relative to the human ceiling moves with it: no detector
         return Drift.for_gate(gate.agreement, self.drift_margin, self.drift_threshold)
 
     def gate_for(self, level: Level) -> Gate | None:
@@ -211,6 +219,11 @@ class TaskPolicy:
     # Join health (shadow.join_health): below this share of sampled events with an outcome
     # within the join TTL the evidence is invalid and nothing is promoted; None: off.
     min_outcome_coverage: float | None = None
+    # The noise floor (shadow.noise): this share of the sampled events (a stable hash of the
+    # event id, salt "repeat") goes to the agent ``repeats`` more times once its first
+    # decision is stored, marked as a repeat and kept apart from the evidence.
+    repeat_rate: float = 0.0
+    repeats: int = 1
     # Costs (shadow.budgets): the model whose price (Policy.prices) costs a decision's tokens
     # when its usage names none and reports no cost; the largest cost one decision may have
     # for the cost bound (None: 10 x the largest max_cost_usd_per_decision of the gates);
@@ -238,6 +251,12 @@ class TaskPolicy:
     def sampled(self, event_id: str) -> bool:
         """Whether ``event_id`` is mirrored to the agent (``sample_rate``, stable hash)."""
         return self.sample_rate >= 1.0 or stable_fraction(event_id, "sample") < self.sample_rate
+
+    def repeated(self, event_id: str) -> bool:
+        """Whether ``event_id``'s case is sent to the agent again (``repeat_rate``, stable
+        hash of the event id, salt "repeat")."""
+        rate = self.repeat_rate
+        return rate >= 1.0 or (rate > 0.0 and stable_fraction(event_id, "repeat") < rate)
 
     def audited(self, event_id: str, level: Level = Level.L3) -> bool:
         """Whether an item at ``level`` (L1 and up) goes to a human who decides without the
@@ -573,6 +592,8 @@ class _Parser(CompareParser):
                 "review",
                 "segments",
                 "min_outcome_coverage",
+                "repeat_rate",
+                "repeats",
                 "model",
                 "cost_ceiling_usd",
                 "human_cost_usd_per_decision",
@@ -607,6 +628,11 @@ class _Parser(CompareParser):
             else None
         )
         segments = self.segments(m.get("segments", []), f"{path}.segments")
+        repeat_rate = self.number(m, "repeat_rate", path, 0.0, 0.0, 1.0)
+        repeats = self.count(m, "repeats", path, 1)
+        if repeats is not None and not 1 <= repeats <= MAX_REPEATS:
+            self.fail(f"{path}.repeats", f"expected 1 to {MAX_REPEATS} extra tries, got {repeats}")
+            repeats = 1
         model, ceiling, human = self.costs(m, path, autonomy)
         if not segments:
             for level, gate in autonomy.gates.items():
@@ -627,6 +653,8 @@ class _Parser(CompareParser):
             review,
             segments,
             min_outcome_coverage=coverage,
+            repeat_rate=repeat_rate,
+            repeats=repeats or 1,
             model=model,
             cost_ceiling_usd=ceiling,
             human_cost_usd_per_decision=human,
@@ -830,7 +858,12 @@ class _Parser(CompareParser):
             )
             if "agreement" not in g:
                 self.fail(f"{gpath}.agreement", "required; e.g. agreement: 0.95")
-            agreement = self.number(g, "agreement", gpath, 1.0, 0.0, 1.0, open_low=True)
+            below_human = self.below_human(g.get("agreement"), f"{gpath}.agreement")
+            agreement = (
+                1.0 - below_human
+                if below_human is not None
+                else self.number(g, "agreement", gpath, 1.0, 0.0, 1.0, open_low=True)
+            )
             min_samples = self.count(g, "min_samples", gpath, 0)
             max_critical = self.count(g, "max_critical", gpath, None)
             window = self.count(g, "critical_window", gpath, None)
@@ -861,6 +894,7 @@ class _Parser(CompareParser):
                 window,
                 evidence=evidence,
                 per_segment=per_segment,
+                below_human=below_human,
                 **budgets,
             )
         ordered = sorted(gates.values(), key=lambda x: x.level)
@@ -878,6 +912,16 @@ class _Parser(CompareParser):
                     "gates must not get easier as the level rises",
                 )
         return gates
+
+    def below_human(self, raw: object, path: str) -> float | None:
+        """``agreement: {below_human: 0.02}``: the margin below the human ceiling, in
+        [0, 1); ``None`` when ``agreement`` is not a mapping (a number, checked elsewhere)."""
+        if not isinstance(raw, dict):
+            return None
+        m = self.mapping(raw, path, {"below_human"})
+        if "below_human" not in m:
+            self.fail(f"{path}.below_human", "required in a mapping; e.g. below_human: 0.02")
+        return self.number(m, "below_human", path, 0.0, 0.0, 1.0, open_high=True)
 
     def count(self, m: Mapping[str, Any], key: str, path: str, default: int | None) -> int | None:
         if key not in m:

@@ -51,6 +51,7 @@ from shadow.ladder_state import (
     snapshot,
 )
 from shadow.model import Evidence, Level
+from shadow.noise import Bounded, ceiling_note, relative_policy
 from shadow.policy import AutonomyMode, Gate, TaskPolicy
 from shadow.segments import below_gate, promotion_check
 
@@ -133,6 +134,7 @@ def decide(
     segments: Mapping[str, Evidence] | None = None,
     invalid: str | None = None,
     budgets: BudgetEvidence | None = None,
+    human_ceiling: Bounded | None = None,
 ) -> Step:
     """What should happen to ``state`` given the evidence per agent version.
 
@@ -151,7 +153,12 @@ def decide(
     ``budgets`` is the current version's budget evidence (:mod:`shadow.budgets`): a
     promotion (or proposal) needs every budget of the target gate met, and a budget of the
     current level's gate clearly exceeded demotes (``autonomy.budgets: demote``).
+    ``human_ceiling``: the task type's human-vs-human agreement (:mod:`shadow.noise`); a
+    gate with ``agreement: {below_human: m}`` is judged against it (promotion: the ceiling's
+    upper bound - m; demotion: its lower bound - m; none given: no second opinions yet).
     """
+    lowered = relative_policy(policy, human_ceiling, demotion=True)
+    policy = relative_policy(policy, human_ceiling)
     version = current_version if current_version is not None else state.agent_version
     by_segment: Mapping[str, Evidence] = segments or {}
     snap = snap_for(state, evidence, current_version, policy)
@@ -173,13 +180,16 @@ def decide(
             )
         return step(Move.STAY, "frozen")
 
-    demotion = _demotion(state, snap, version, policy, recent) or _segment_demotion(
-        state, policy, by_segment, snap.alpha
+    demotion = _demotion(state, snap, version, lowered, recent) or _segment_demotion(
+        state, lowered, by_segment, snap.alpha
     )
     if demotion is None:
         demotion = _budget_demotion(state, policy, budgets)
     if demotion is not None:
         to_level, reason, drifted = demotion
+        kept = auto.gate_for(state.level)
+        note = "" if kept is None else ceiling_note(kept, human_ceiling, demotion=True)
+        reason = f"{reason} ({note})" if note and "bound" in reason else reason
         hold = state.hold if version == state.agent_version else None
         if drifted:
             hold = Hold(state.level, snap.n, snap.agree, snap.critical, snap.errors, snap.reviewed)
@@ -230,6 +240,8 @@ def decide(
         why = "" if status.met and split.met else f"gate {target} not met: {missing}"
         if snap is not full and not status.met:
             why += f" (on the evidence since the drift demotion from {target})"
+        if why and gate.below_human is not None:
+            why += f" ({ceiling_note(gate, human_ceiling)})"
         spend = judge(gate, policy, budgets)  # shadow.budgets
         if not spend.met:
             lines = "; ".join(spend.missing)
@@ -243,6 +255,8 @@ def decide(
         f"gate {target} met: {_bound_name(gate)} {snap.bounds(gate)[0]:.4f} >= {gate.agreement}, "
         f"n {snap.n} >= {gate.min_samples}, critical {snap.critical}"
     )
+    if gate.below_human is not None:
+        met += f" ({ceiling_note(gate, human_ceiling)})"
     cleared = state.hold if state.hold is not None and target < state.hold.level else None
     if auto.mode is AutonomyMode.AUTO:
         return step(Move.PROMOTE, met, level=target, agent_version=version, hold=cleared)
@@ -459,10 +473,13 @@ def earned_level(
     invalid: str | None = None,
     *,
     budgets: BudgetEvidence | None = None,
+    human_ceiling: Bounded | None = None,
 ) -> Level:
     """The highest level, up to the ceiling, whose gate and every gate below it the
     evidence meets now (after a drift demotion, judged on what was gathered since; a gate
-    with ``per_segment`` in every declared segment too)."""
+    with ``per_segment`` in every declared segment too; a ``below_human`` gate against
+    ``human_ceiling``, :func:`shadow.noise.threshold`)."""
+    policy = relative_policy(policy, human_ceiling)
     version = current_version if current_version is not None else state.agent_version
     snap = snap_for(state, evidence, current_version, policy)
     earned = Level.L0

@@ -392,6 +392,39 @@ _V14 = [
 # nothing: a cost budget cannot be met on it). NULL (decisions stored before): reported.
 _V15 = ["ALTER TABLE decisions ADD COLUMN cost_source VARCHAR"]
 
+# v16: the noise floor (shadow.noise). ``second_opinions``: an event's independent second
+# human decision, one per event (a later decided_at, or the later arrival when either has
+# none, replaces it); never an outcome revision, never evidence about the agent.
+# ``repeats``: the agent's extra tries of a repeated case (``repeat_rate``), try 1, 2, ...,
+# kept apart from ``decisions`` so they are never compared with an outcome or counted.
+_V16 = [
+    """
+    CREATE TABLE second_opinions (
+        event_id      VARCHAR PRIMARY KEY,
+        decision      JSON NOT NULL,
+        actions       JSON NOT NULL,
+        decided_by    VARCHAR,
+        decided_at    VARCHAR,
+        decided_at_ts TIMESTAMPTZ,
+        content_hash  VARCHAR NOT NULL,
+        source        VARCHAR NOT NULL,
+        received_at   TIMESTAMPTZ NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE repeats (
+        event_id      VARCHAR NOT NULL,
+        attempt       INTEGER NOT NULL,       -- 1, 2, ...: the request's "repeat"
+        task_type     VARCHAR NOT NULL,
+        agent_version VARCHAR NOT NULL,
+        body          JSON NOT NULL,          -- the decision as ShadowDecision.to_json
+        error         VARCHAR,
+        received_at   TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (event_id, attempt)
+    )
+    """,
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -408,6 +441,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (13, _V13),
     (14, _V14),
     (15, _V15),
+    (16, _V16),
 ]
 
 AUDIT_CHAIN_VERSION = 11  # the migration after which the store chains the existing rows

@@ -83,6 +83,8 @@ class HttpAgent:
         }
         if request.get("tools_url"):
             headers["X-Shadow-Tools-Url"] = str(request["tools_url"])
+        if request.get("repeat") is not None:  # a repeated case's try (shadow.noise)
+            headers["X-Shadow-Repeat"] = str(request["repeat"])
         if self._traceparent is not None:
             parent = self._traceparent(headers["X-Shadow-Event-Id"])
             if parent is not None:

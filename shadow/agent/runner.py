@@ -312,9 +312,11 @@ class AgentRunner:
             ok = None if isinstance(answer, AgentError) else answer
             deliver(i, self._settle(events[i], ok, reason, (end - start) * 1000.0))
 
-    async def decide(self, event: WorkEvent) -> ShadowDecision:
+    async def decide(self, event: WorkEvent, *, repeat: int | None = None) -> ShadowDecision:
         """The agent's decision for ``event``, or a failed one saying why; never raises for
-        an agent problem."""
+        an agent problem. ``repeat``: the try number of a repeated case (shadow.noise), sent
+        as the request's ``repeat`` (``X-Shadow-Repeat`` over HTTP); its tool calls go
+        through a shadow session of its own like any case's, and it is not traced."""
         self._check_open()
         if self._breaker.state == "open":  # reject without queueing for a slot
             return self._rejected(event)
@@ -325,7 +327,7 @@ class AgentRunner:
             self._in_flight += 1
             self._idle.clear()
             try:
-                return await self._call(event)
+                return await self._call(event, repeat)
             finally:
                 self._in_flight -= 1
                 if self._in_flight == 0:
@@ -341,27 +343,29 @@ class AgentRunner:
         reason = f"circuit open: agent failed {b.failures} {times} in a row; {when}"
         return ShadowDecision.failed(event.event_id, self.version, reason, latency_ms=None)
 
-    def _request(self, event: WorkEvent) -> dict[str, Any]:
+    def _request(self, event: WorkEvent, repeat: int | None = None) -> dict[str, Any]:
         request: dict[str, Any] = {
             "event_id": event.event_id,
             "task_type": event.task_type,
             "payload": event.payload,
             "shadow": True,
         }
+        if repeat is not None:
+            request["repeat"] = repeat
         if self._tools is not None:
             url = self._tools.shadow_tools_url(event)
             if url is not None:
                 request["tools_url"] = url
         return request
 
-    async def _call(self, event: WorkEvent) -> ShadowDecision:
+    async def _call(self, event: WorkEvent, repeat: int | None = None) -> ShadowDecision:
         start = self._clock()
         answer: Mapping[str, Any] | None = None
         reason = ""
         for attempt in range(self.retries + 1):
             # A fresh request each attempt: with a tool gateway, a new shadow session, so the
             # writes an abandoned attempt made through its tools URL are not the case's.
-            request = self._request(event)
+            request = self._request(event, repeat)
             try:
                 answer = await self.transport.call(request)
                 break
@@ -377,10 +381,17 @@ class AgentRunner:
                 reason = f"agent transport raised {describe(exc)}"
                 break
             await self._sleep(self.backoff * 2**attempt)
-        return self._settle(event, answer, reason, (self._clock() - start) * 1000.0)
+        ms = (self._clock() - start) * 1000.0
+        return self._settle(event, answer, reason, ms, traced=repeat is None)
 
     def _settle(
-        self, event: WorkEvent, answer: Mapping[str, Any] | None, reason: str, latency_ms: float
+        self,
+        event: WorkEvent,
+        answer: Mapping[str, Any] | None,
+        reason: str,
+        latency_ms: float,
+        *,
+        traced: bool = True,
     ) -> ShadowDecision:
         """The decision for an answer (validated) or a failure; the breaker learns which;
         the case's tool session closes here (its captured writes are the actions), and the
@@ -388,7 +399,8 @@ class AgentRunner:
         decision = self._decision(event, answer, reason, latency_ms)
         if self._tools is not None:
             decision = self._tools.settle(event, decision)
-        self._tracer.agent_called(event, decision)
+        if traced:
+            self._tracer.agent_called(event, decision)
         return decision
 
     def _decision(

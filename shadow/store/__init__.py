@@ -27,6 +27,7 @@ letters page by page),
 :mod:`~shadow.store.handling` (how each item was routed: the evidence's independence),
 :mod:`~shadow.store.health` (join health: outcome coverage and what failed to join),
 :mod:`~shadow.store.ingest`, :mod:`~shadow.store.joins`, :mod:`~shadow.store.ladder`,
+:mod:`~shadow.store.noise` (second opinions and the agent's repeated tries),
 :mod:`~shadow.store.outbox`, :mod:`~shadow.store.gateway` (tool calls and held approvals),
 :mod:`~shadow.store.positions` (where Kafka records came
 from, and how far each partition may be committed) and :mod:`~shadow.store.retention`
@@ -43,6 +44,7 @@ from shadow.store.health import HealthPart
 from shadow.store.ingest import IngestPart
 from shadow.store.joins import JoinPart
 from shadow.store.ladder import LadderPart
+from shadow.store.noise import NoisePart
 from shadow.store.outbox import OutboxPart
 from shadow.store.positions import PositionPart
 from shadow.store.records import DeadLetter, JoinRow, PutResult, PutStatus, ReplayEvidence, Reversal
@@ -81,6 +83,7 @@ class Store(
     IngestPart,
     JoinPart,
     LadderPart,
+    NoisePart,
     OutboxPart,
     PositionPart,
     RetentionPart,

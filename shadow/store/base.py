@@ -391,6 +391,8 @@ class StoreBase:
             "tool_calls",
             "tool_approvals",
             "handling",
+            "second_opinions",
+            "repeats",
         }:
             raise ValueError(f"unknown table {table!r}")
 

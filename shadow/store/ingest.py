@@ -19,6 +19,7 @@ from shadow.model import (
     WorkEvent,
 )
 from shadow.store.base import StoreBase, storable
+from shadow.store.noise import SecondOpinions
 from shadow.store.records import (
     DeadLetter,
     PutResult,
@@ -179,17 +180,22 @@ class IngestPart(StoreBase):
         rows: list[tuple[Any, ...]] = []
         demote: list[tuple[str, int]] = []  # revisions that stop being current
         dead: list[DeadLetter] = []
+        seconds = SecondOpinions(self.con, source, now)  # shadow.store.noise
         for o, location in zip(outcomes, where, strict=True):
             digest = o.content_hash
             ts = o.decided_at_ts
             if ts is not None and ts.tzinfo is None:
                 ts = ts.replace(tzinfo=UTC)
+            if o.is_second_opinion:  # stored as the event's second opinion, nothing else
+                results.append(PutResult(o.event_id, seconds.add(o, ts)))
+                continue
             revs = known.setdefault(o.event_id, [])
             current = next((r for r in revs if r[3]), None)
             if (current is not None and current[1] == digest) or any(
                 r[1] == digest and (ts is None or r[2] == ts) for r in revs
             ):
                 results.append(PutResult(o.event_id, PutStatus.DUPLICATE))
+                seconds.add(o, None)  # a second opinion it carries (none: nothing)
                 continue
             if current is None:
                 status = PutStatus.STORED
@@ -239,6 +245,7 @@ class IngestPart(StoreBase):
                 )
             )
             results.append(PutResult(o.event_id, status))
+            seconds.add(o, None)
         with self._tx() as tx:
             # A revision inserted in this batch and demoted in the same batch is written
             # with its final flag, so only rows already on disk need the UPDATE.
@@ -267,6 +274,7 @@ class IngestPart(StoreBase):
                         _col(rows, 9),
                     ],
                 )
+            seconds.write(tx)
             self._insert_dead(tx, dead, now)
         return results
 

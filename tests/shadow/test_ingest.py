@@ -323,7 +323,9 @@ def test_kind_must_match_the_endpoint() -> None:
     assert [line for line, _ in parsed.records] == [1]
     assert errors(parsed) == [(2, "kind", "expected \"event\", got 'outcome'")]
 
-    allowed = "actions, decided_at, decided_by, decision, event_id, handled_by, kind"
+    allowed = (
+        "actions, decided_at, decided_by, decision, event_id, handled_by, kind, second_opinion"
+    )
     parsed_outcomes = parse_outcomes(nd({**EVENT, "kind": "event"}), NDJSON, max_records=5)
     assert errors(parsed_outcomes) == [
         (1, "kind", "expected \"outcome\", got 'event'"),
