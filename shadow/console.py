@@ -11,7 +11,14 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from shadow.evidence_view import evidence_invalid, join_health_text, segment_rows
+from shadow.evidence_view import (
+    beside_lines,
+    cost_per_decision,
+    evidence_invalid,
+    gate_held,
+    gate_held_by_segments,
+    segment_rows,
+)
 
 __all__ = ["UsageError", "agreement_table", "fmt", "listen"]
 
@@ -63,22 +70,32 @@ def agreement_table(doc: dict[str, Any], title: str = "Agreement and autonomy") 
 
 
 def evidence_table(doc: dict[str, Any]) -> Table | None:
-    """Per task type, the evidence beside agreement: its state and join health (outcome
-    coverage, unknown outcomes, conflicts, routed items never answered); ``None`` when no
-    task type reports any."""
+    """Per task type, the evidence beside agreement (:func:`shadow.evidence_view.beside_lines`):
+    its state, the agent's mean cost per decision, then a line each for the join health
+    (outcome coverage, unknown outcomes, conflicts, routed items never answered), the noise
+    floor (human ceiling, self-consistency), each budget of the judged gate and the projected
+    daily cost; ``None`` when no task type reports any."""
     rows = []
     for name, t in doc["task_types"].items():
-        health = t.get("join_health")
-        if health is None and t.get("evidence_state") is None:
+        lines = beside_lines(t)
+        if not lines and t.get("evidence_state") is None:
             continue
-        text = join_health_text(t) or "-"
-        rows.append((name, str(t.get("evidence_state") or "-"), text))
+        cost = cost_per_decision(t)
+        rows.append(
+            (
+                name,
+                str(t.get("evidence_state") or "-"),
+                "-" if cost is None else f"${cost:.4f}",
+                "\n".join(lines) or "-",
+            )
+        )
     if not rows:
         return None
     table = Table(title="Evidence beside agreement")
     table.add_column("task type", no_wrap=True)
     table.add_column("evidence", no_wrap=True)
-    table.add_column("join health")
+    table.add_column("cost/decision", justify="right", no_wrap=True)
+    table.add_column("join health, noise floor, budgets, daily cost")
     for row in rows:
         table.add_row(*row)
     return table
@@ -102,12 +119,16 @@ def _agreement_table(doc: dict[str, Any], title: str) -> Table:
                 gate_text += f" crit≤{gate['max_critical']}"
             if gate.get("per_segment") is not None:
                 gate_text += f" per segment ({gate['per_segment']})"
-            held = gate.get("segments_missing") or []
+            held = gate_held(t)
             gate_text += " ✓" if gate["met"] and not held else ""
             k = gate.get("agreements_needed")
             needs = "-" if gate["met"] else (f"+{k} agreeing" if k is not None else "out of reach")
             if gate["met"] and held:
-                needs = "segments"
+                by_segment = bool(gate_held_by_segments(t))
+                by_budget = len(held) > len(gate_held_by_segments(t))
+                needs = ", ".join(
+                    w for w, on in (("segments", by_segment), ("budgets", by_budget)) if on
+                )
             if gate.get("max_critical") is not None and t["critical"] > gate["max_critical"]:
                 needs = "critical misses"
         why = evidence_invalid(t)

@@ -1,5 +1,7 @@
 """The evidence beside agreement, in words and rows: each segment's figures and what holds it,
-the join health and the evidence state. ``shadow status`` and ``shadow demo``
+the join health and the evidence state, the budgets and the projected daily cost
+(:mod:`shadow.budgets`), the human ceiling and the agent's self-consistency
+(:mod:`shadow.noise`). ``shadow status`` and ``shadow demo``
 (:mod:`shadow.console`), the console (:mod:`shadow.ui`) and the live report
 (:mod:`shadow.report`) all show it this way, so they say the same thing.
 
@@ -16,9 +18,15 @@ from typing import Any
 from shadow.policy import OTHER_SEGMENT
 
 __all__ = [
+    "beside_lines",
+    "budget_rows",
+    "cost_per_decision",
+    "daily_cost_text",
     "evidence_invalid",
+    "gate_held",
     "gate_held_by_segments",
     "join_health_text",
+    "noise_text",
     "segment_rows",
 ]
 
@@ -92,3 +100,143 @@ def evidence_invalid(entry: Mapping[str, Any]) -> str | None:
     if entry.get("evidence_state") != "invalid":
         return None
     return f"evidence invalid, no promotion: {entry.get('evidence_reason')}"
+
+
+def gate_held(entry: Mapping[str, Any]) -> list[str]:
+    """Everything that holds the next gate besides the agreement bound itself: each declared
+    segment short of it (``per_segment``) and each budget not met
+    (``cost budget: upper bound $0.0123 > $0.0100 per decision (+23%)``)."""
+    gate = entry.get("next_gate") or {}
+    return [*gate_held_by_segments(entry), *(str(x) for x in gate.get("budgets_missing") or ())]
+
+
+def _state(result: Mapping[str, Any]) -> str:
+    if result.get("exceeded"):
+        return "exceeded"
+    return "met" if result.get("met") else "not met"
+
+
+def _usd(value: Any) -> str:
+    return f"${value:.4f}" if isinstance(value, int | float) else "-"
+
+
+def budget_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Each budget the judged gate states (``budgets.gate``): ``budget`` (its name),
+    ``limit``, ``observed``, ``bound`` (what is judged against the limit) and ``state``
+    (``met``, ``not met`` or ``exceeded``: its lower bound is over the limit)."""
+    block = entry.get("budgets") or {}
+    rows = []
+    cost = block.get("cost_usd_per_decision")
+    if cost:
+        unknown = f", {cost['unknown']} unknown" if cost.get("unknown") else ""
+        rows.append(
+            {
+                "budget": "cost per decision",
+                "limit": _usd(cost.get("budget")),
+                "observed": f"mean {_usd(cost.get('mean'))} over {cost.get('n')}{unknown}",
+                "bound": f"[{_usd(cost.get('lower'))}, {_usd(cost.get('upper'))}]",
+                "state": _state(cost),
+            }
+        )
+    latency = block.get("latency_ms_p95")
+    if latency:
+        p95 = latency.get("p95")
+        rows.append(
+            {
+                "budget": "p95 latency",
+                "limit": f"{latency.get('budget'):g} ms",
+                "observed": f"p95 {_num(p95, 1)} ms, {latency.get('over')} of "
+                f"{latency.get('n')} over the limit",
+                "bound": f"share over ≤ {_num(latency.get('upper_share_over'))} (needs ≤ 0.05)",
+                "state": _state(latency),
+            }
+        )
+    errors = block.get("error_rate")
+    if errors:
+        rows.append(
+            {
+                "budget": "error rate",
+                "limit": f"{errors.get('budget'):g}",
+                "observed": f"{errors.get('errors')} of {errors.get('n')} "
+                f"({_num(errors.get('rate'))})",
+                "bound": f"[{_num(errors.get('lower'))}, {_num(errors.get('upper'))}]",
+                "state": _state(errors),
+            }
+        )
+    return rows
+
+
+def cost_per_decision(entry: Mapping[str, Any]) -> float | None:
+    """The agent's mean known cost per decision: the cost budget's ``mean`` when the gate
+    states one, else the projected daily cost over the volume; ``None`` when not known."""
+    cost = (entry.get("budgets") or {}).get("cost_usd_per_decision") or {}
+    if isinstance(cost.get("mean"), int | float):
+        return float(cost["mean"])
+    daily = entry.get("projected_daily_cost") or {}
+    agent, volume = daily.get("agent_usd"), daily.get("volume_per_day")
+    if isinstance(agent, int | float) and isinstance(volume, int) and volume > 0:
+        return float(agent) / volume
+    return None
+
+
+def daily_cost_text(entry: Mapping[str, Any]) -> str | None:
+    """``projected daily cost at 412 decisions a day: agent $0.8611, humans $329.6000``
+    (humans only when the policy states ``human_cost_usd_per_decision``); ``None`` when the
+    entry has no projection."""
+    daily = entry.get("projected_daily_cost")
+    if not daily:
+        return None
+    agent = daily.get("agent_usd")
+    text = f"projected daily cost at {daily.get('volume_per_day')} decisions a day: agent " + (
+        _usd(agent) if agent is not None else "unknown (no cost reported)"
+    )
+    if daily.get("human_usd") is not None:
+        text += f", humans {_usd(daily['human_usd'])}"
+    return text
+
+
+def _share(name: str, block: Mapping[str, Any] | None, key: str = "agreement") -> str | None:
+    if not block or not block.get("n"):
+        return None
+    return (
+        f"{name} {_num(block.get(key))} [{_num(block.get('lower'))}, "
+        f"{_num(block.get('upper'))}] of {block['n']}"
+    )
+
+
+def noise_text(entry: Mapping[str, Any]) -> str | None:
+    """The noise floor in one line: ``human ceiling 0.9300 [0.8800, 0.9600] of 120;
+    self-consistency ...; stable ...; noisy fields: reason``; ``None`` while it has
+    nothing (no second opinion, no repeat)."""
+    parts = [
+        _share("human ceiling", entry.get("human_ceiling")),
+        _share("self-consistency", entry.get("self_consistency")),
+        _share("stable", entry.get("stable"), "rate"),
+    ]
+    noisy = [str(f.get("field")) for f in entry.get("noisy_fields") or () if f.get("field")]
+    if noisy:
+        parts.append("noisy fields: " + ", ".join(noisy))
+    shown = [p for p in parts if p]
+    return "; ".join(shown) if shown else None
+
+
+def beside_lines(entry: Mapping[str, Any]) -> list[str]:
+    """Every line of evidence beside the agreement, in the order the views show them: join
+    health, the noise floor, each budget, the projected daily cost."""
+    lines = []
+    health = join_health_text(entry)
+    if health:
+        lines.append(health)
+    noise = noise_text(entry)
+    if noise:
+        lines.append(noise)
+    block = entry.get("budgets") or {}
+    for row in budget_rows(entry):
+        lines.append(
+            f"{row['budget']} ({block.get('gate')} budget {row['limit']}): {row['observed']}, "
+            f"bound {row['bound']}: {row['state']}"
+        )
+    daily = daily_cost_text(entry)
+    if daily:
+        lines.append(daily)
+    return lines

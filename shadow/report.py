@@ -24,7 +24,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from shadow.evidence_view import evidence_invalid, join_health_text, segment_rows
+from shadow.evidence_view import (
+    beside_lines,
+    budget_rows,
+    cost_per_decision,
+    evidence_invalid,
+    gate_held,
+    segment_rows,
+)
 from shadow.promotion import agreement_fields
 from shadow.report_html import (
     ChartRow,
@@ -130,8 +137,8 @@ def reviewed(adjudicated: Mapping[str, Any] | None) -> int:
 def _gate_status(gate: Mapping[str, Any]) -> str:
     """``met``, ``needs +k agreeing`` or ``out of reach`` (as ``shadow status`` says), or
     ``met overall, held by segment us: ...`` while a ``per_segment`` gate's declared segment
-    falls short."""
-    held = gate.get("segments_missing") or []
+    or a budget falls short."""
+    held = gate_held({"next_gate": gate})
     if gate["met"] and held:
         return "met overall, held by " + "; ".join(held)
     if gate["met"]:
@@ -210,15 +217,35 @@ def _segments(t: Mapping[str, Any]) -> str:
 
 
 def _evidence_state(t: Mapping[str, Any]) -> str:
-    """A badge and the reason while the evidence is invalid, the join health in words."""
+    """A badge and the reason while the evidence is invalid, then the evidence beside the
+    agreement (join health, noise floor, budgets, daily cost), a line each, and the budgets
+    of the judged gate as a table."""
     parts = []
     why = evidence_invalid(t)
     if why is not None:
         parts.append(f'<p><span class="badge bad">Evidence invalid</span> {e(why)}</p>')
-    health = join_health_text(t)
-    if health is not None:
-        parts.append(f"<p>Join health: {e(health)}</p>")
+    lines = beside_lines(t)
+    if lines:
+        items = "".join(f"<li>{e(line)}</li>" for line in lines)
+        parts.append(f"<h3>Beside the agreement</h3><ul>{items}</ul>")
+    rows = [
+        "<tr>"
+        + "".join(f"<td>{e(b[k])}</td>" for k in ("budget", "limit", "observed", "bound"))
+        + f'<td><span class="badge {"ok" if b["state"] == "met" else "bad"}">'
+        f"{e(b['state'])}</span></td></tr>"
+        for b in budget_rows(t)
+    ]
+    if rows:
+        gate = (t.get("budgets") or {}).get("gate")
+        parts.append(
+            f"<h3>Budgets of the {e(gate)} gate</h3>"
+            + table(("budget", "limit", "observed", "bounds", "state"), rows)
+        )
     return "".join(parts)
+
+
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:.4f}"
 
 
 def _history(entries: Sequence[Mapping[str, Any]]) -> str:
@@ -345,6 +372,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
             + "".join(f"<td class=num>{e(c)}</td>" for c in cells[:-1])
             + f"<td>{e(cells[-1])}{e(level_note)}</td>"
             + f"<td>{e(evidence_invalid(t) or t.get('evidence_state'))}</td>"
+            + f"<td class=num>{e(_usd(cost_per_decision(t)))}</td>"
             + f"<td>{e(_gate_text(t.get('next_gate')))}</td>"
             + f"<td>{e(_adjudicated_short(t.get('adjudicated')))}</td>"
             + f"<td>{e(acceptance_text(t.get('acceptance')))}</td></tr>"
@@ -360,6 +388,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
         "errors",
         "level",
         "evidence",
+        "cost/decision",
         "next gate",
         "adjudicated",
         "acceptance (not evidence)",

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from shadow.evidence_view import gate_held_by_segments, join_health_text, segment_rows
+from shadow.evidence_view import (
+    budget_rows,
+    cost_per_decision,
+    daily_cost_text,
+    gate_held,
+    join_health_text,
+    noise_text,
+    segment_rows,
+)
 from shadow.policy import TaskPolicy
 from shadow.stats import lower_bound
 
@@ -61,7 +69,7 @@ def _gate_needs(entry: dict[str, Any], gate: dict[str, Any], task: TaskPolicy) -
     limit = gate.get("max_critical")
     if limit is not None and int(entry.get("critical", 0)) > limit:
         out.append(f"critical misses {entry['critical']} over the gate's limit {limit}")
-    out.extend(gate_held_by_segments(entry))  # per_segment: each declared segment on its own
+    out.extend(gate_held(entry))  # each declared segment on its own (per_segment), budgets
     needed = gate.get("agreements_needed")
     if needed:
         out.append(f"{needed} more agreeing comparisons in a row would meet it")
@@ -89,9 +97,9 @@ def standing(
     elif gate is None:
         top = "the top of the ladder" if entry["level"] == "L4" else "its ceiling"
         headline = f"at {top} ({entry['level']}, ceiling {entry['ceiling']})"
-    elif gate["met"] and gate_held_by_segments(entry):
+    elif gate["met"] and gate_held(entry):
         headline = f"to reach {gate['level']}: the gate is met overall, but " + "; ".join(
-            gate_held_by_segments(entry)
+            gate_held(entry)
         )
     elif gate["met"]:
         proposal = entry.get("proposal")
@@ -133,4 +141,8 @@ def standing(
         "gate_agreement": gate["agreement"] if gate else None,
         "segment_rows": segment_rows(entry),
         "join_text": join_health_text(entry),
+        "budget_rows": budget_rows(entry),
+        "cost_per_decision": cost_per_decision(entry),
+        "daily_text": daily_cost_text(entry),
+        "noise_text": noise_text(entry),
     }

@@ -5,7 +5,8 @@ all read from one real sidecar (real store, API, pipeline; the clock injected).
 Its two task types have the same per-segment evidence: ``eu`` agrees on all 40 cases, ``us``
 on 10 of 20, and 4 cases of an undeclared segment count as ``other``; the L1 gate
 (``per_segment: each``) is met overall (lower bound 0.69 >= 0.6) but held by ``us`` (lower
-bound 0.21). ``refund`` also lost the outcomes of its first four events, so its outcome
+bound 0.21), and appeal's also by its cost budget ($0.001 a decision; the agent reports
+$0.002). ``refund`` also lost the outcomes of its first four events, so its outcome
 coverage is 0 against ``min_outcome_coverage: 0.8``: its evidence is invalid, and every
 view says so and why. ``appeal`` (valid evidence) shows the segment holding the promotion.
 """
@@ -51,18 +52,28 @@ task_types:
         L2: {agreement: 0.99, min_samples: 100000}
   appeal:
     segments: [eu, us]
+    human_cost_usd_per_decision: 0.8
     compare: {fields: {action: {match: exact, critical: true}}, unlisted: ignore}
     autonomy:
       mode: propose
       ceiling: L2
       gates:
-        L1: {agreement: 0.6, min_samples: 10, per_segment: each}
+        L1:
+          agreement: 0.6
+          min_samples: 10
+          per_segment: each
+          max_cost_usd_per_decision: 0.001
+          max_error_rate: 0.5
         L2: {agreement: 0.99, min_samples: 100000}
 """
 
 
 def approve(request: dict[str, Any]) -> Reply:
-    return agree_reply({"action": "approve"})
+    """Approves everything, at $0.002 a decision (twice appeal's cost budget)."""
+    reply = agree_reply({"action": "approve"})
+    assert isinstance(reply.body, dict)
+    reply.body["usage"] = {"input_tokens": 800, "output_tokens": 40, "cost_usd": 0.002}
+    return reply
 
 
 async def send(sc: Sidecar, path: str, records: list[dict[str, Any]]) -> None:
@@ -192,12 +203,34 @@ async def test_shadow_status_shows_segments_and_the_join_health(
         assert "holds: lower bound 0.2109 < 0.6" in us
         assert "passes" in row("segment eu", name)
         assert "not gated" in row("segment other", name)
-    assert "segments" in row("appeal", "appeal")  # met overall: what it needs is the segments
+    assert row("appeal", "appeal").endswith("│  segments, │")  # met overall: what else it needs
+    assert "budgets" in lines[lines.index(row("appeal", "appeal")) + 1]
     assert row("refund", "refund").endswith("│      valid │")  # needs valid evidence
     assert "refund: evidence invalid, no promotion: outcome coverage 0 < " in text
     assert "Evidence beside agreement" in text
     flat = " ".join(text.split())
-    assert "│ invalid │ outcome coverage 0.0000 (0 covered, 4 missing, 64 pending)" in flat
+    assert (
+        "│ invalid │ $0.0020 │ outcome coverage 0.0000 (0 covered, 4 missing, 64 pending)" in flat
+    )
+    flat = " ".join(text.replace("│", " ").split())  # a cell's wrapped lines, joined
+    appeal = (await agreement(shown))["task_types"]["appeal"]
+    cost = appeal["budgets"]["cost_usd_per_decision"]
+    assert (cost["n"], cost["mean"], cost["met"]) == (64, 0.002, False)
+    assert (
+        f"cost per decision (L1 budget $0.0010): mean $0.0020 over 64, bound "
+        f"[${cost['lower']:.4f}, ${cost['upper']:.4f}]: not met"
+    ) in flat
+    assert appeal["projected_daily_cost"] == {
+        "volume_per_day": 64,
+        "agent_usd": 0.128,
+        "human_usd": 51.2,
+    }
+    assert "projected daily cost at 64 decisions a day: agent $0.1280, humans $51.2000" in flat
+    errors = appeal["budgets"]["error_rate"]
+    assert (
+        f"error rate (L1 budget 0.5): 0 of 64 (0.0000), bound [0.0000, {errors['upper']:.4f}]"
+        in flat
+    )
 
     code, out = await asyncio.to_thread(status, capsys, "--url", shown.url, "--json")
     assert code == 0
@@ -224,6 +257,12 @@ async def test_the_console_shows_segments_and_why_the_evidence_is_invalid(
     )
     assert 'us 50.00% <span class="sub">(n 20)</span>: holds the promotion' in text
     assert '<span class="tag critical">invalid</span>' in text
+    assert "but segment us: lower bound 0.2109 &lt; 0.6; cost budget: upper bound $" in text
+    assert "<dt>Budgets (L1)</dt><dd>cost per decision not met; error rate met</dd>" in text
+    assert (
+        '<dt>Cost per decision</dt><dd>$0.0020 <span class="sub">(projected daily cost at '
+        "64 decisions a day: agent $0.1280, humans $51.2000)</span>"
+    ) in text
 
     status_code, page, _ = await client.get("/ui/task/appeal")
     assert status_code == 200
@@ -235,6 +274,11 @@ async def test_the_console_shows_segments_and_why_the_evidence_is_invalid(
     ) in text
     assert '<th scope="row">other</th> <td>4</td>' in text
     assert "not gated" in text
+    assert "<caption>Budgets of the L1 gate (demote when exceeded at the current level)" in text
+    assert (
+        '<th scope="row">cost per decision</th><td>$0.0010</td><td>mean $0.0020 over 64</td>'
+    ) in text
+    assert "Noise floor: no second opinion and no repeated case yet." in text
     status_code, page, _ = await client.get("/ui/task/refund")
     text = " ".join(page.split())
     assert "outcome coverage 0.0000 (0 covered, 4 missing, 64 pending)" in text
@@ -265,7 +309,14 @@ async def test_the_live_report_carries_and_shows_them(
         assert t["next_gate"]["segments_missing"] == ["segment us: lower bound 0.2109 < 0.6"]
     page = " ".join(out_html.read_text().split())
     assert '<span class="badge bad">Evidence invalid</span> evidence invalid, no promotion' in page
-    assert "Join health: outcome coverage 0.0000 (0 covered, 4 missing, 64 pending)" in page
+    assert "<li>outcome coverage 0.0000 (0 covered, 4 missing, 64 pending);" in page
+    assert "<h3>Budgets of the L1 gate</h3>" in page
+    assert ("<td>cost per decision</td><td>$0.0010</td><td>mean $0.0020 over 64</td>") in page
+    assert (
+        "<li>projected daily cost at 64 decisions a day: agent $0.1280, humans $51.2000</li>"
+        in page
+    )
+    assert "<td class=num>$0.0020</td>" in page  # the summary's cost per decision
     assert "<h3>Segments</h3>" in page
     assert (
         "<tr><td>us</td><td class=num>20</td><td class=num>10</td><td class=num>50.00%</td>"
