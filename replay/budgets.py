@@ -108,7 +108,7 @@ def task_budgets(task: TaskPolicy) -> TaskBudgets | None:
                 values[name], levels[name] = float(value), str(level)
     # The range of the live cost bound (shadow.budgets): the ceiling, else 10 x the largest
     # cost budget of every gate.
-    ceiling: float | None = getattr(task, "cost_ceiling_usd", None)
+    ceiling = task.cost_ceiling_usd
     stated = [
         g.max_cost_usd_per_decision
         for g in auto.gates.values()

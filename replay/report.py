@@ -38,9 +38,10 @@ from typing import Any
 from replay.cases import AGREE, CRITICAL, DISAGREE, ERROR, CaseLog, CostLog
 from replay.gate import gate_entry
 from replay.model import Case, most_common_version
+from shadow.budgets import price
 from shadow.diff import normalize_text
 from shadow.model import Comparison, Evidence, Handling, ShadowDecision, Verdict
-from shadow.policy import MatchKind, TaskPolicy
+from shadow.policy import MatchKind, Price, TaskPolicy
 from shadow.promotion import agreement_fields, snapshot
 from shadow.stats import lower_bound, upper_bound
 
@@ -125,9 +126,19 @@ def percentiles(values: array[float] | list[float]) -> dict[str, Any]:
 class TaskStats:
     """Tallies for one task type; ``entry()`` is its JSON report entry."""
 
-    def __init__(self, name: str, task: TaskPolicy, *, examples: int = 5) -> None:
+    def __init__(
+        self,
+        name: str,
+        task: TaskPolicy,
+        *,
+        examples: int = 5,
+        prices: Mapping[str, Price] | None = None,
+    ) -> None:
         self.name = name
         self.task = task
+        # The policy's price table: an answer with tokens but no cost is priced as the live
+        # sidecar prices it (shadow.budgets.price), so replay and live agree on its cost.
+        self.prices: Mapping[str, Price] = prices if prices is not None else {}
         self.examples = examples
         self.n = self.agree = self.disagree = self.critical = self.errors = 0
         # Comparisons that are not evidence (agent-handled, assisted), by handling.
@@ -176,13 +187,14 @@ class TaskStats:
         self.versions[d.agent_version] += 1
         if d.latency_ms is not None:
             self.latencies.append(d.latency_ms)
-        self.input_tokens += d.usage.input_tokens
-        self.output_tokens += d.usage.output_tokens
-        if d.usage.cost_usd:
-            self.costs.append(d.usage.cost_usd)
+        usage = price(d.usage, self.task.model, self.prices)
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        if usage.cost_usd:
+            self.costs.append(usage.cost_usd)
         # A cost the agent did not report and nothing priced is unknown (NaN), never 0.
-        unknown = getattr(d.usage, "cost_source", "reported") == "unknown"
-        self.case_costs.add(case.event_id, math.nan if unknown else d.usage.cost_usd)
+        unknown = usage.cost_source == "unknown"
+        self.case_costs.add(case.event_id, math.nan if unknown else usage.cost_usd)
         if c.verdict is Verdict.AGENT_ERROR:
             self.answer_errors += 1
         if not c.evidence:

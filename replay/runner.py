@@ -201,7 +201,9 @@ class ReplayRunner:
             if stats is None:
                 task = self.policy.for_task(tt)
                 assert task is not None
-                stats = tasks[tt] = TaskStats(tt, task, examples=self.examples)
+                stats = tasks[tt] = TaskStats(
+                    tt, task, examples=self.examples, prices=self.policy.prices
+                )
             # The live join's row, with the sidecar's routing record: ``c.handled_by`` is
             # the live rule's label, so only what the live ladder counts is evidence.
             c = compare(JoinRow(tt, answer, case.outcome, "", case.recorded), self._differ(tt))

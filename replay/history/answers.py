@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import duckdb
 
@@ -33,18 +34,35 @@ CREATE TABLE IF NOT EXISTS replay_answers (
 def encode_answers(
     answers: Sequence[tuple[str, ShadowDecision]],
 ) -> tuple[list[str], list[str], str]:
-    """Hashes, versions and one JSON array of the answers (``ShadowDecision.to_json``)."""
+    """Hashes, versions and one JSON array of the answers (``ShadowDecision.to_json``, with
+    ``usage.cost_source`` when the cost was not reported: an answer with tokens and no cost
+    read back is priced again, never taken for a reported cost of 0)."""
     return (
         [h for h, _ in answers],
         [d.agent_version for _, d in answers],
-        dumps([d.to_json() for _, d in answers]),
+        dumps([_body(d) for _, d in answers]),
     )
+
+
+def _body(d: ShadowDecision) -> dict[str, Any]:
+    body = d.to_json()
+    if d.usage.cost_source != "reported":
+        body["usage"] = {**d.usage.to_json(), "cost_source": d.usage.cost_source}
+    return body
+
+
+def _answer(body: dict[str, Any]) -> ShadowDecision:
+    d = ShadowDecision.from_stored(body)
+    source = (body.get("usage") or {}).get("cost_source")
+    if source in ("unknown", "priced"):
+        d = replace(d, usage=replace(d.usage, cost_source=source))
+    return d
 
 
 def decode_answers(rows: Sequence[tuple[str, str]]) -> dict[str, ShadowDecision]:
     """Inverse of :func:`encode_answers` for rows read back: ``{request_hash: answer}``."""
     bodies = _json_column([body for _, body in rows])
-    return {h: ShadowDecision.from_stored(b) for (h, _), b in zip(rows, bodies, strict=True)}
+    return {h: _answer(b) for (h, _), b in zip(rows, bodies, strict=True)}
 
 
 class ResponseCache:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -87,6 +88,7 @@ class History:
         self._stated = False
         self._routed = False
         self._traced = False
+        self._cost_source = False  # decisions.cost_source (schema v15 on)
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -193,6 +195,9 @@ class History:
         self._routed = {"event_id", "handled_by"} <= cols.get("handling", set())
         # Schema v13 on: the live comparisons' trace ids (shadow.tracing), for the examples.
         self._traced = "trace_id" in cols.get("comparisons", set())
+        # Schema v15 on: how each stored decision's cost is known (a cost never reported nor
+        # priced is unknown, not the 0 its body says).
+        self._cost_source = "cost_source" in cols.get("decisions", set())
 
     def _check_parquet(self) -> None:
         src = f"read_parquet({_sql_str(str(self.path))}, file_row_number=true)"
@@ -419,13 +424,15 @@ class History:
         """The decisions ``version`` made live for ``event_ids`` (those it has)."""
         self._need_store()
 
+        source = "cost_source" if self._cost_source else "NULL"
+
         def q() -> dict[str, ShadowDecision]:
             rows = self._con.execute(
-                "SELECT event_id, CAST(body AS VARCHAR) FROM decisions WHERE agent_version = ? "
-                "AND event_id IN (SELECT unnest(?::VARCHAR[]))",
+                f"SELECT event_id, CAST(body AS VARCHAR), {source} FROM decisions "
+                "WHERE agent_version = ? AND event_id IN (SELECT unnest(?::VARCHAR[]))",
                 [version, list(event_ids)],
             ).fetchall()
-            return {eid: ShadowDecision.from_stored(loads(body)) for eid, body in rows}
+            return {eid: _stored_decision(body, how) for eid, body, how in rows}
 
         return await self._worker.run(q)
 
@@ -440,6 +447,17 @@ class History:
 def _row_error(path: Path, row: object, exc: ValidationError) -> HistoryError:
     lines = [f"{path}: row {row}, column {e.path or '(record)'}: {e.message}" for e in exc.errors]
     return HistoryError("\n".join(lines[:MAX_ERRORS]))
+
+
+def _stored_decision(body: str, cost_source: str | None) -> ShadowDecision:
+    """A decision the sidecar stored, with how its cost is known (its column, when the
+    schema has it: the body alone reads every cost as reported)."""
+    d = ShadowDecision.from_stored(loads(body))
+    if cost_source == "unknown":
+        d = replace(d, usage=replace(d.usage, cost_source="unknown"))
+    elif cost_source == "priced":
+        d = replace(d, usage=replace(d.usage, cost_source="priced"))
+    return d
 
 
 def _json_column(texts: Sequence[str]) -> list[Any]:
