@@ -84,6 +84,7 @@ dashboards: install
 bench-stats: install
 	$(BIN)/python tests/bench/bench_stats.py
 	$(BIN)/python -m tests.bench.bench_segments
+	$(BIN)/python -m tests.bench.bench_budgets
 
 bench: bench-stats tools
 	$(BIN)/python tests/bench/bench_store.py
