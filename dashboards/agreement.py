@@ -3,11 +3,14 @@ agreement over time, the anytime-valid bounds against each gate's threshold line
 autonomy level as a state timeline with promotions and demotions as annotations, critical
 misses, top disagreeing fields, proposals waiting for approval, and per segment (variable
 ``$segment``: the declared segments and ``other``) agreement with its lower bound and whether
-a ``per_segment: route`` gate sends the segment to humans."""
+a ``per_segment: route`` gate sends the segment to humans; budget burn (each budget's upper
+bound over it, with a line at 1), the budgets clearly exceeded, and the projected daily cost
+of the agent and of humans."""
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import bargauge, statetimeline, table, timeseries
+from grafana_foundation_sdk.builders import bargauge, dashboard, statetimeline, table, timeseries
+from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders.dashboard import Dashboard, Row
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
@@ -235,6 +238,80 @@ def agreement() -> Dashboard:
                     "{{task_type}} {{segment}} n",
                     "B",
                     instant=True,
+                )
+            )
+        )
+        .with_row(Row("Budgets"))
+        .with_panel(
+            timeseries.Panel()
+            .title("Budget burn")
+            .description(
+                "Per budget the gate judged states (cost_usd_per_decision, latency_ms_p95, "
+                "error_rate): its upper confidence bound over the budget. At or above the line "
+                "at 1 the budget is not met and holds the promotion."
+            )
+            .unit("percentunit")
+            .min(0)
+            .thresholds(
+                dashboard.ThresholdsConfig()
+                .mode(model.ThresholdsMode.ABSOLUTE)
+                .steps(
+                    [
+                        model.Threshold(value=None, color="green"),
+                        model.Threshold(value=1.0, color="red"),
+                    ]
+                )
+            )
+            .thresholds_style(
+                common_builders.GraphThresholdsStyleConfig().mode(
+                    common.GraphTresholdsStyleMode.LINE
+                )
+            )
+            .span(10)
+            .height(8)
+            .with_target(
+                query(
+                    f"shadow_budget_burn_ratio{{{TASK}}}",
+                    "{{task_type}} {{budget}}",
+                    "A",
+                )
+            )
+        )
+        .with_panel(
+            table.Panel()
+            .title("Budgets exceeded")
+            .description(
+                "1 while a budget of the current level's gate is clearly exceeded (its lower "
+                "bound above it): autonomy.budgets: demote has demoted, alert only alerts "
+                "(ShadowBudgetExceeded)."
+            )
+            .span(6)
+            .height(8)
+            .with_target(
+                query(
+                    f"shadow_budget_exceeded{{{TASK}}}",
+                    "{{task_type}} {{budget}}",
+                    "A",
+                    instant=True,
+                )
+            )
+        )
+        .with_panel(
+            timeseries.Panel()
+            .title("Projected daily cost: agent vs human")
+            .description(
+                "The events of the last 24 h times the agent's mean known cost per decision "
+                "(agent) and times the policy's human_cost_usd_per_decision (human)."
+            )
+            .unit("currencyUSD")
+            .min(0)
+            .span(8)
+            .height(8)
+            .with_target(
+                query(
+                    f"shadow_projected_daily_cost_usd{{{TASK}}}",
+                    "{{task_type}} {{who}}",
+                    "A",
                 )
             )
         )
