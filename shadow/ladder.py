@@ -591,6 +591,7 @@ class Ladder:
                 {name: self.segments_of(name) for name in self._declared}, self._routed
             )
             self.metrics.budgets(states, self._budgets)
+            self.metrics.noise_floor(self._noise)
             self.metrics.ladder(states, self._frozen)
         for observer in self._observers:
             observer.ladder(states)

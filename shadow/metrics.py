@@ -23,6 +23,7 @@ from shadow.budgets import BUDGET_NAMES, BudgetEvidence, judge, judged_gate, pro
 from shadow.errors import Reason
 from shadow.join_health import JoinHealth
 from shadow.model import Comparison, Evidence, Handling, ShadowDecision
+from shadow.noise import NoiseFloor
 from shadow.policy import OTHER_SEGMENT, Policy
 from shadow.promotion import LadderState, Move, Step
 from shadow.stats import lower_bound, upper_bound
@@ -31,6 +32,7 @@ __all__ = [
     "DEAD_LETTER_REASONS",
     "KINDS",
     "OTHER",
+    "REPEAT_SKIPS",
     "UNSTORABLE_TABLES",
     "Metrics",
     "TraceCounters",
@@ -57,6 +59,8 @@ DEAD_LETTER_REASONS = (
 """The reasons a record can be dead-lettered for (each exported at 0 from start-up)."""
 UNSTORABLE_TABLES = ("events", "outcomes", "decisions", "comparisons", "tool_calls", "handling")
 """The tables whose batch writers set aside rows they cannot hold (anything else: ``other``)."""
+REPEAT_SKIPS = ("queue_full", "not_stored")
+"""Why a repeated case's extra tries are missing (``shadow_repeats_skipped_total``)."""
 _TOOL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0, 300.0)
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -333,6 +337,34 @@ class Metrics:
             ["task_type"],
             registry=r,
         )
+        # The noise floor (shadow.noise), per task type; bound is estimate, lower or upper.
+        self.human_ceiling = Gauge(
+            "shadow_human_ceiling",
+            "Human-vs-human agreement (first outcomes decided blind against their second "
+            "opinions): the estimate and its anytime-valid bounds",
+            ["task_type", "bound"],
+            registry=r,
+        )
+        self.self_consistency = Gauge(
+            "shadow_self_consistency",
+            "The current agent version's agreement with itself on repeated cases: the "
+            "estimate and its anytime-valid bounds",
+            ["task_type", "bound"],
+            registry=r,
+        )
+        self.noisy_fields = Gauge(
+            "shadow_noisy_fields",
+            "Compared fields flagged noisy: humans disagree on them with each other at least "
+            "as often as with the agent",
+            ["task_type"],
+            registry=r,
+        )
+        self.repeats_skipped = Counter(
+            "shadow_repeats_skipped",
+            "Repeated cases whose extra tries were not made or not stored, by reason",
+            ["task_type", "reason"],
+            registry=r,
+        )
         self.agent_latency = Histogram(
             "shadow_agent_latency_seconds",
             "Agent call latency (retries included)",
@@ -502,6 +534,9 @@ class Metrics:
             for handling in Handling:
                 self.routes.labels(name, handling.value)
             self.handling_conflicts.labels(name)
+            if self.policy.task_types[name].repeat_rate > 0:
+                for reason in REPEAT_SKIPS:
+                    self.repeats_skipped.labels(name, reason)
         for source in ("http", "file", "kafka", "mirror", "proxy"):
             for reason in DEAD_LETTER_REASONS:
                 self.dead_letters.labels(source, reason.value)
@@ -697,6 +732,32 @@ class Metrics:
             self.evidence_invalid.labels(name).set(1 if invalid.get(name) else 0)
             unknown = h.unknown_outcomes  # the sidecar's: the same for every task type
         self.unknown_outcomes.set(unknown)
+
+    def noise_floor(self, floors: Mapping[str, NoiseFloor]) -> None:
+        """Set the noise-floor gauges (:mod:`shadow.noise`) from each task type's floor:
+        no human-ceiling or self-consistency series while nothing is measured (n 0)."""
+        for name, floor in floors.items():
+            if name not in self.policy.task_types:
+                continue
+            for gauge, found in (
+                (self.human_ceiling, floor.human_ceiling),
+                (self.self_consistency, floor.self_consistency),
+            ):
+                for bound, value in (
+                    ("estimate", found.share),
+                    ("lower", found.lower),
+                    ("upper", found.upper),
+                ):
+                    if value is None or found.n == 0:
+                        with contextlib.suppress(KeyError):
+                            gauge.remove(name, bound)
+                    else:
+                        gauge.labels(name, bound).set(value)
+            self.noisy_fields.labels(name).set(len(floor.noisy_fields))
+
+    def repeat_skipped(self, task_type: str, reason: str) -> None:
+        """A repeated case's tries not made (``queue_full``) or not stored (``not_stored``)."""
+        self.repeats_skipped.labels(self.task_label(task_type), reason).inc()
 
     def tool_call(
         self, task_type: str, tool: str, tool_class: str, outcome: str, seconds: float

@@ -261,6 +261,7 @@ class Pipeline:
                 self._repeats.put_nowait((event, task.repeats))
             except asyncio.QueueFull:  # a measurement, not evidence: skipped, not waited for
                 log.warning("repeat queue full: %s is not repeated", event.event_id)
+                self.metrics.repeat_skipped(event.task_type, "queue_full")
 
     async def _repeat_loop(self) -> None:
         """The agent's extra tries of repeated cases (shadow.noise), stored apart from the
@@ -280,6 +281,7 @@ class Pipeline:
                 await self.store.put_repeats(answers, now=self.clock())
             except Exception as exc:  # a repeat is a measurement: lost, it is only missing
                 log.warning("repeats of %s not stored: %s", event.event_id, exc)
+                self.metrics.repeat_skipped(event.task_type, "not_stored")
 
     def _schedule_join(self, event_ids: Sequence[str]) -> None:
         if event_ids:

@@ -5,12 +5,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from shadow.demo import DEMO_POLICY
 from shadow.errors import Reason
-from shadow.metrics import DEAD_LETTER_REASONS, OTHER, Metrics, auth_refusals, trace_counters
+from shadow.metrics import (
+    DEAD_LETTER_REASONS,
+    OTHER,
+    REPEAT_SKIPS,
+    Metrics,
+    auth_refusals,
+    trace_counters,
+)
+from shadow.noise import Bounded, NoiseFloor
 from shadow.policy import parse_policy
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -103,3 +112,46 @@ def test_rejections_count_per_kind_source_and_reason() -> None:
         )
         == 1
     )
+
+
+def test_the_noise_floor_gauges_have_no_series_until_measured() -> None:
+    policy = parse_policy(
+        "task_types:\n  refund:\n    repeat_rate: 0.1\n  other_task: {}\n", source="t"
+    )
+    m = Metrics(CollectorRegistry(), policy)
+    value = m.registry.get_sample_value
+    # Skipped repeats are exported at 0 for a task type that repeats, none for one that doesn't.
+    for reason in REPEAT_SKIPS:
+        labels = {"task_type": "refund", "reason": reason}
+        assert value("shadow_repeats_skipped_total", labels) == 0
+        assert value("shadow_repeats_skipped_total", {**labels, "task_type": "other_task"}) is None
+    m.repeat_skipped("refund", "queue_full")
+    m.repeat_skipped("attacker-chosen", "queue_full")
+    assert (
+        value("shadow_repeats_skipped_total", {"task_type": "refund", "reason": "queue_full"}) == 1
+    )
+    assert value("shadow_repeats_skipped_total", {"task_type": OTHER, "reason": "queue_full"}) == 1
+    nothing = Bounded.of(0, 0, 0.05)
+    measured = Bounded.of(7, 10, 0.05)
+    noisy = ({"field": "reason", "n": 25, "human_disagree": 8, "agent_disagree": 6},)
+    m.noise_floor({"refund": NoiseFloor(measured, nothing, nothing, noisy)})
+    for bound, expected in (
+        ("estimate", 0.7),
+        ("lower", measured.lower),
+        ("upper", measured.upper),
+    ):
+        labels = {"task_type": "refund", "bound": bound}
+        assert value("shadow_human_ceiling", labels) == pytest.approx(expected)
+        assert value("shadow_self_consistency", labels) is None  # n 0: nothing measured
+    assert value("shadow_noisy_fields", {"task_type": "refund"}) == 1
+    # A floor read without the second opinions (none left for the current rules): removed.
+    m.noise_floor(
+        {
+            "refund": NoiseFloor(nothing, measured, nothing),
+            "unknown": NoiseFloor(measured, measured, measured),
+        }
+    )
+    assert value("shadow_human_ceiling", {"task_type": "refund", "bound": "lower"}) is None
+    assert value("shadow_self_consistency", {"task_type": "refund", "bound": "estimate"}) == 0.7
+    assert value("shadow_noisy_fields", {"task_type": "refund"}) == 0
+    assert value("shadow_human_ceiling", {"task_type": "unknown", "bound": "lower"}) is None
