@@ -118,7 +118,7 @@ def _agreement_table(doc: dict[str, Any], title: str) -> Table:
             if gate.get("max_critical") is not None:
                 gate_text += f" crit≤{gate['max_critical']}"
             if gate.get("per_segment") is not None:
-                gate_text += f" per segment ({gate['per_segment']})"
+                gate_text += " per segment"
             held = gate_held(t)
             gate_text += " ✓" if gate["met"] and not held else ""
             k = gate.get("agreements_needed")

@@ -195,6 +195,7 @@ async def _run(
         await drained
         progress.update(bar, completed=pipeline.comparisons - start)
     await pipeline.evaluate()
+    await pipeline.ladder.evaluate(health=True)  # the join health as it is now
     doc = pipeline.ladder.agreement()
     console.print(agreement_table(doc, title="shadow demo: agreement and autonomy"))
     for name in doc["task_types"]:

@@ -75,8 +75,9 @@ def segment_rows(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def join_health_text(entry: Mapping[str, Any]) -> str | None:
-    """``outcome coverage 0.9500 (95 covered, 5 missing, 12 pending); 0 unknown outcomes,
-    0 conflicts, 0 routed unanswered``; ``None`` when the entry has no join health."""
+    """``outcome coverage 0.9500 (95 covered, 5 missing, 12 pending)``, then what went wrong
+    when anything did (``; 3 unknown outcomes, 1 conflict, 2 routed unanswered``); ``None``
+    when the entry has no join health."""
     health = entry.get("join_health")
     if not health:
         return None
@@ -86,12 +87,20 @@ def join_health_text(entry: Mapping[str, Any]) -> str | None:
         if coverage is not None
         else "outcome coverage not judged yet"
     )
-    return (
+    text = (
         f"{head} ({health.get('covered', 0)} covered, {health.get('missing', 0)} missing, "
-        f"{health.get('pending', 0)} pending); {health.get('unknown_outcomes', 0)} unknown "
-        f"outcomes, {health.get('conflicts', 0)} conflicts, "
-        f"{health.get('routed_unanswered', 0)} routed unanswered"
+        f"{health.get('pending', 0)} pending)"
     )
+    wrong = [
+        f"{health[key]} {name}"
+        for key, name in (
+            ("unknown_outcomes", "unknown outcomes"),
+            ("conflicts", "conflicting duplicates"),
+            ("routed_unanswered", "routed unanswered"),
+        )
+        if health.get(key)
+    ]
+    return "; ".join([text, *wrong])
 
 
 def evidence_invalid(entry: Mapping[str, Any]) -> str | None:
@@ -118,6 +127,11 @@ def _state(result: Mapping[str, Any]) -> str:
 
 def _usd(value: Any) -> str:
     return f"${value:.4f}" if isinstance(value, int | float) else "-"
+
+
+def _money(value: float) -> str:
+    """A daily amount: cents from a dollar up (``$1,231.80``), else four places."""
+    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
 
 
 def budget_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -180,7 +194,7 @@ def cost_per_decision(entry: Mapping[str, Any]) -> float | None:
 
 
 def daily_cost_text(entry: Mapping[str, Any]) -> str | None:
-    """``projected daily cost at 412 decisions a day: agent $0.8611, humans $329.6000``
+    """``projected daily cost at 412 decisions a day: agent $0.8611, humans $329.60``
     (humans only when the policy states ``human_cost_usd_per_decision``); ``None`` when the
     entry has no projection."""
     daily = entry.get("projected_daily_cost")
@@ -188,10 +202,10 @@ def daily_cost_text(entry: Mapping[str, Any]) -> str | None:
         return None
     agent = daily.get("agent_usd")
     text = f"projected daily cost at {daily.get('volume_per_day')} decisions a day: agent " + (
-        _usd(agent) if agent is not None else "unknown (no cost reported)"
+        _money(agent) if agent is not None else "unknown (no cost reported)"
     )
     if daily.get("human_usd") is not None:
-        text += f", humans {_usd(daily['human_usd'])}"
+        text += f", humans {_money(daily['human_usd'])}"
     return text
 
 

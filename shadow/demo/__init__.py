@@ -40,11 +40,24 @@ The three task types
     appeal was filed; the member's name and date of birth are redacted. Decision ``{outcome:
     overturn|uphold|escalate, payable_amount, denial_code, rationale}`` plus one action
     (``overturn_denial(payable_amount)``, ``uphold_denial`` or
-    ``refer_to_medical_director``). The agent is
-    **poor**: too lenient on medical necessity, blind to the filing deadline and to the
-    medical-director threshold, and it forgets the deductible, so it agrees only about 72% of
-    the time, mostly with *critical* misses (overturn vs uphold). Policy ``mode: propose``; it
-    stays at L0.
+    ``refer_to_medical_director``). Appeals come from two regions (the segments ``east``, 60%,
+    and ``west``; ``claim.region`` in the payload), and the agent was tuned on the east's: there
+    it reads the handbook as the reviewers do and agrees about 92% of the time. On the west's it
+    is **poor**: too lenient on medical necessity, blind to the filing deadline and to the
+    medical-director threshold, and it forgets the deductible, so it agrees only about 70% of
+    the time, mostly with *critical* misses (overturn vs uphold). Overall (about 0.83, lower
+    bound 0.77 for seed 7) it clears its L1 gate of 0.75, but the gate is ``per_segment:
+    each``: west's lower bound (0.60) holds the promotion, and the table says so. Policy
+    ``mode: propose``; it stays at L0.
+
+Segments, cost and budgets
+--------------------------
+Each task type declares two segments (``refund_request`` and ``invoice_match``: ``eu`` and
+``us``, the refunds' ``uk`` reported as ``other``; ``claim_appeal``: ``east`` and ``west``) and
+what a human decision costs (``human_cost_usd_per_decision``: $0.60, $1.20, $4.50), so the
+table projects the daily cost of the agent and of humans. The agent reports its usage with
+tokens and ``cost_usd`` (``_PRICING``: about $0.0003, $0.0011 and $0.0059 a decision); the
+refund gates L2 and L3 and the claims gate L1 state a cost budget the agents stay within.
 
 Human inconsistency
 -------------------
@@ -119,6 +132,9 @@ tools:
 task_types:
   refund_request:
     sample_rate: 1.0
+    segments: [eu, us]               # uk is reported as other
+    human_cost_usd_per_decision: 0.60
+    cost_ceiling_usd: 0.004
     redact: [payload.customer.email]
     compare:
       fields:
@@ -142,8 +158,8 @@ task_types:
       alpha: 0.05
       gates:
         L1: {agreement: 0.90, min_samples: 50}
-        L2: {agreement: 0.95, min_samples: 150}
-        L3: {agreement: 0.98, min_samples: 400, max_critical: 0}
+        L2: {agreement: 0.95, min_samples: 150, max_cost_usd_per_decision: 0.002}
+        L3: {agreement: 0.98, min_samples: 400, max_critical: 0, max_cost_usd_per_decision: 0.002}
       audit_rate: 0.05
     tools:
       allow: [get_order, issue_refund, send_email, open_case]
@@ -151,6 +167,8 @@ task_types:
       write: [issue_refund, send_email, open_case]
   invoice_match:
     sample_rate: 1.0
+    segments: [eu, us]
+    human_cost_usd_per_decision: 1.20
     redact: [payload.remit_to.iban]
     compare:
       fields:
@@ -180,6 +198,9 @@ task_types:
       write: [approve_payment, flag_exception]
   claim_appeal:
     sample_rate: 1.0
+    segments: [east, west]           # the appeals unit's region; the agent is poor on west
+    human_cost_usd_per_decision: 4.50
+    cost_ceiling_usd: 0.02
     redact: [payload.member.name, payload.member.date_of_birth]
     compare:
       fields:
@@ -198,7 +219,9 @@ task_types:
       mode: propose
       alpha: 0.05
       gates:
-        L1: {agreement: 0.90, min_samples: 50}
+        # Good enough overall for L1 (its proposals shown to the reviewers), but every region
+        # must be on its own: west holds it.
+        L1: {agreement: 0.75, min_samples: 50, per_segment: each, max_cost_usd_per_decision: 0.008}
         L2: {agreement: 0.95, min_samples: 150, max_critical: 0}
       audit_rate: 0.10
     tools:

@@ -23,6 +23,9 @@ _DENIALS: Final = (
     ("CO-29", 0.10),  # timely filing limit expired
     ("PR-204", 0.14),  # service not covered by the plan
 )
+#: The claims' segments (the appeals unit's region): the agent handles ``west`` badly.
+EAST, WEST = "east", "west"
+SEGMENTS: Final = (EAST, WEST)
 _APPEAL_REVIEWERS: Final = ("appeals/dr-okafor", "appeals/nurse-berg", "appeals/dr-haddad")
 _LENIENT_APPEALS: Final = "appeals/dr-okafor"  # overturns necessity denials on records alone
 _DIRECTOR_THRESHOLD: Final = 25000.0
@@ -48,7 +51,8 @@ _RATIONALES: Final = (
 
 
 def _build_claim(rng: random.Random, event_id: str, occurred: datetime) -> DemoCase:
-    segment = rng.choices(("us-east", "us-west", "us-central"), (0.4, 0.35, 0.25))[0]
+    # One draw, as ever: the region decides which appeals unit reviews it (_claim_agent).
+    segment = rng.choices(SEGMENTS, (0.6, 0.4))[0]
     code = rng.choices([d[0] for d in _DENIALS], [d[1] for d in _DENIALS])[0]
     amount = _money(max(120.0, 3200.0 * math.exp(rng.gauss(0.0, 1.1))))
     plan = rng.choice(("bronze", "silver", "gold"))
@@ -63,6 +67,7 @@ def _build_claim(rng: random.Random, event_id: str, occurred: datetime) -> DemoC
             "procedure_code": rng.choice(_PROCEDURES),
             "service_date": (occurred - timedelta(days=rng.randint(60, 400))).date().isoformat(),
             "denial_code": code,
+            "region": segment,
         },
         "member": {
             "id": f"M-{rng.randint(100000, 999999)}",
@@ -201,15 +206,22 @@ def _claim_actions(p: Mapping[str, Any], d: Mapping[str, Any]) -> list[JSON]:
 
 
 def _claim_agent(p: Mapping[str, Any]) -> tuple[JSON, list[JSON], float]:
+    """The appeals agent was tuned on the east region's appeals and reads the handbook as
+    its reviewers do; on the west's it is the poor reader it always was: too lenient on
+    medical necessity, blind to the filing deadline and to the medical-director threshold,
+    and it forgets the deductible."""
     docs = p["documentation"]
-    d = _claim_rules(
-        p,
-        lenient_necessity=True,
-        deadline=False,
-        director=False,
-        deductible=False,
-        letter_is_enough=True,
-    )
+    if p["claim"].get("region") == EAST:
+        d = _claim_rules(p, lenient_necessity=False, deadline=True, director=True, deductible=True)
+    else:
+        d = _claim_rules(
+            p,
+            lenient_necessity=True,
+            deadline=False,
+            director=False,
+            deductible=False,
+            letter_is_enough=True,
+        )
     d["rationale"] = f"agent: {d['rationale']}"
     if p["claim"]["denial_code"] == "CO-50":  # the agent reads either document as enough
         enough = bool(docs["medical_records"]) or bool(docs["physician_letter"])

@@ -12,7 +12,7 @@ import json
 import re
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -24,6 +24,7 @@ import yaml
 from rich.console import Console
 
 from shadow import demo, promotion
+from shadow.budgets import BudgetEvidence, judge
 from shadow.cli import _parser
 from shadow.demo_run import run_demo
 from shadow.diff import Differ
@@ -32,6 +33,7 @@ from shadow.model import Evidence, Level, Outcome, ShadowDecision, WorkEvent
 from shadow.policy import AutonomyMode, Policy, parse_policy
 from shadow.promotion import LadderState, Move
 from shadow.roles import digest, parse_tokens
+from shadow.segments import promotion_check
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 EVALUATE_EVERY = 25
@@ -62,6 +64,9 @@ class Run:
     states: dict[str, LadderState]
     evidence: dict[str, Evidence]
     moves: list[tuple[int, str, Move, Level]] = field(default_factory=list)
+    # Per task type, the evidence per segment label (declared, else other) and the cost.
+    segments: dict[str, dict[str, Evidence]] = field(default_factory=dict)
+    spent: dict[str, BudgetEvidence] = field(default_factory=dict)
     absorbed: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self, task_type: str) -> promotion.Snapshot:
@@ -78,7 +83,8 @@ class Run:
 def offline_run(n_events: int, seed: int) -> Run:
     """What the pipeline does, minus I/O: comparisons in arrival order (an outcome arrives
     at ``decided_at``; the agent answered within seconds of the event), the ladder decided
-    for every task type after every 25 comparisons and once at the end."""
+    for every task type after every 25 comparisons and once at the end, on the evidence per
+    segment and the agent's cost too."""
     pol = policy()
     differs = {name: Differ(task.compare) for name, task in pol.task_types.items()}
     evidence: dict[str, Evidence] = {}
@@ -87,8 +93,9 @@ def offline_run(n_events: int, seed: int) -> Run:
     cases = sorted(demo.generate(n_events, seed), key=lambda c: c.outcome["decided_at"])
     for i, case in enumerate(cases, 1):
         tt = case.task_type
+        response = demo.reference_agent(request_for(case))
         answer = ShadowDecision.from_agent_response(
-            case.event["event_id"], demo.reference_agent(request_for(case)), default_version="?"
+            case.event["event_id"], response, default_version="?"
         )
         human = Outcome.from_json(case.outcome)
         assert answer.decision is not None
@@ -102,6 +109,28 @@ def offline_run(n_events: int, seed: int) -> Run:
             ev.agree + result.agree,
             ev.critical + result.critical_miss,
             ev.errors,
+        )
+        label = pol.task_types[tt].segment_of(case.event.get("segment"))
+        by_label = run.segments.setdefault(tt, {})
+        seg = by_label.get(label) or Evidence(tt, answer.agent_version)
+        by_label[label] = Evidence(
+            tt,
+            seg.agent_version,
+            seg.n + 1,
+            seg.agree + result.agree,
+            seg.critical + result.critical_miss,
+            seg.errors,
+        )
+        cost = float(response["usage"]["cost_usd"])
+        spent = run.spent.get(tt) or BudgetEvidence()
+        ceiling = pol.task_types[tt].cost_ceiling() or cost
+        run.spent[tt] = replace(
+            spent,
+            n=spent.n + 1,
+            cost_n=spent.cost_n + 1,
+            cost_sum=spent.cost_sum + cost,
+            cost_clipped=spent.cost_clipped + min(cost, ceiling),
+            cost_max=max(spent.cost_max or 0.0, cost),
         )
         if result.agree:
             for name in ("reason", "tags", "queue", "payment_ids"):
@@ -117,12 +146,18 @@ def offline_run(n_events: int, seed: int) -> Run:
                     pol.task_types[name],
                     frozen=False,
                     now=NOW,
+                    segments=run.segments.get(name, {}),
+                    budgets=run.spent.get(name),
                 )
                 # Promotions apply (mode auto), proposals stay pending, demotions apply.
                 states[name] = step.after
                 if step.move in (Move.PROMOTE, Move.PROPOSE, Move.DEMOTE):
                     run.moves.append((i, name, step.move, step.after.level))
     return run
+
+
+def l1_alpha(task_type: str) -> float:
+    return policy().task_types[task_type].autonomy.alpha
 
 
 def report(run: Run, seed: int) -> str:
@@ -351,13 +386,31 @@ def test_default_run_reaches_the_targets(seed: int) -> None:
     assert "min_samples" not in status.missing
     assert not any(tt == INVOICE and m is Move.DEMOTE for _, tt, m, _ in run.moves)
 
-    # claim_appeal: poor agent with critical misses, never leaves L0, nothing proposed.
+    # claim_appeal: good on east, poor on west with critical misses. Overall it clears its
+    # L1 gate (0.75), but per segment west does not: it never leaves L0, nothing proposed.
     claims = run.snapshot(CLAIMS)
+    l1 = pol.task_types[CLAIMS].autonomy.gates[Level.L1]
     assert run.states[CLAIMS].level == Level.L0
     assert run.states[CLAIMS].proposal is None
-    assert run.agreement(CLAIMS) <= 0.80
-    assert claims.critical >= 0.1 * claims.n
+    assert promotion.gate_status(l1, claims).met  # overall
+    east, west = (run.segments[CLAIMS][s] for s in ("east", "west"))
+    assert east.agreement is not None
+    assert west.agreement is not None
+    assert east.agreement >= 0.90
+    assert west.agreement <= 0.78
+    assert east.agreement - west.agreement >= 0.15
+    check = promotion_check(l1, pol.task_types[CLAIMS], run.segments[CLAIMS], l1_alpha(CLAIMS))
+    assert not check.met
+    assert [m.split(":")[0] for m in check.missing] == ["segment west"]
+    assert claims.critical >= 0.08 * claims.n
+    assert west.critical >= 2 * east.critical  # the west misses are mostly critical
     assert not any(tt == CLAIMS for _, tt, _, _ in run.moves)
+    # The agents' cost is within every budget a gate states: the segment alone holds claims.
+    for tt in (REFUND, CLAIMS):
+        task = pol.task_types[tt]
+        for level, gate in task.autonomy.gates.items():
+            if gate.max_cost_usd_per_decision is not None:
+                assert judge(gate, task, run.spent[tt]).met, (tt, level)
 
 
 def test_default_run_shows_what_the_diff_rules_absorb() -> None:
@@ -475,3 +528,51 @@ async def test_serve_prints_the_console_and_a_viewer_and_an_admin_token(tmp_path
             await task
         for directory in made:
             shutil.rmtree(directory)
+
+
+# -- shadow demo through the real pipeline: segments and cost in its table -------------------
+
+
+def segment_row(text: str, task_type: str, label: str) -> list[str]:
+    """The cells of ``segment LABEL``'s row under ``task_type`` in the demo's table."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if f"│ {task_type} " in line)
+    line = next(line for line in lines[start:] if f" segment {label} " in line)
+    return [c.strip() for c in line.split("│")[1:-1]]
+
+
+async def test_the_demo_table_shows_the_bad_segment_and_the_cost(tmp_path: Path) -> None:
+    out = io.StringIO()
+    args = _parser().parse_args(
+        ["demo", "--events", "1500", "--no-progress", "--db", str(tmp_path / "d.duckdb")]
+    )
+    assert await run_demo(args, Console(file=out, width=200)) == 0
+    text = out.getvalue()
+    east, west = (segment_row(text, CLAIMS, s) for s in ("east", "west"))
+    # cells: label, level, n, agree, lower, upper, crit, err, gate column, needs
+    assert float(east[3]) - float(west[3]) >= 0.12
+    assert float(east[3]) >= 0.88
+    assert int(west[6]) > int(east[6])  # the west misses are critical ones
+    assert east[8] == "passes"
+    assert west[8].startswith("holds: lower bound ")
+    assert west[8].endswith(" < 0.75")
+    assert segment_row(text, REFUND, "other")[8] == "not gated"  # uk: undeclared
+    flat = " ".join(text.replace("│", " ").split())
+    for name, human in ((REFUND, 0.60), (INVOICE, 1.20), (CLAIMS, 4.50)):
+        found = re.search(
+            rf"{name} valid \$(\d\.\d{{4}}) .*?projected daily cost at (\d+) decisions a day: "
+            r"agent \$([\d,]+\.\d+), humans \$([\d,]+\.\d{2})",
+            flat,
+        )
+        assert found is not None, (name, flat[-3000:])
+        cost, volume = float(found.group(1)), int(found.group(2))
+        assert cost > 0
+        assert float(found.group(4).replace(",", "")) == pytest.approx(human * volume, abs=0.005)
+        # The cost column is rounded to 4 places: within half a unit of it per decision.
+        agent = float(found.group(3).replace(",", ""))
+        assert agent == pytest.approx(cost * volume, abs=0.00005 * volume + 0.005)
+    assert re.search(
+        r"cost per decision \(L1 budget \$0\.0080\): mean \$0\.0059 over \d+, bound "
+        r"\[\$\d\.\d{4}, \$\d\.\d{4}\]: (not )?met",
+        flat,
+    )

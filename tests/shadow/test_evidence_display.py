@@ -173,8 +173,19 @@ async def test_the_document_has_what_the_views_show(shown: Sidecar) -> None:
     assert rows["eu"]["state"] == "passes"
     assert (rows["other"]["state"], rows["other"]["declared"]) == ("not gated", False)
     assert join_health_text(doc["refund"]) == (
-        "outcome coverage 0.0000 (0 covered, 4 missing, 64 pending); 0 unknown outcomes, "
-        "0 conflicts, 0 routed unanswered"
+        "outcome coverage 0.0000 (0 covered, 4 missing, 64 pending)"
+    )
+    troubled = {
+        "join_health": {
+            **doc["refund"]["join_health"],
+            "unknown_outcomes": 3,
+            "conflicts": 1,
+            "routed_unanswered": 2,
+        }
+    }
+    assert join_health_text(troubled) == (
+        "outcome coverage 0.0000 (0 covered, 4 missing, 64 pending); 3 unknown outcomes; "
+        "1 conflicting duplicates; 2 routed unanswered"
     )
 
 
@@ -197,15 +208,15 @@ async def test_shadow_status_shows_segments_and_the_join_health(
         return next(line for line in lines[start:] if f" {label} " in line)
 
     for name in ("refund", "appeal"):
-        assert "per segment (each)" in row(name, name)
+        assert "L1: ≥0.6 n≥10 per segment" in row(name, name)
         us = row("segment us", name)
         assert "20 │ 0.5000 │ 0.2109" in us
         assert "holds: lower bound 0.2109 < 0.6" in us
         assert "passes" in row("segment eu", name)
         assert "not gated" in row("segment other", name)
-    assert row("appeal", "appeal").endswith("│  segments, │")  # met overall: what else it needs
+    assert row("appeal", "appeal").endswith(" segments, │")  # met overall: what else it needs
     assert "budgets" in lines[lines.index(row("appeal", "appeal")) + 1]
-    assert row("refund", "refund").endswith("│      valid │")  # needs valid evidence
+    assert row("refund", "refund").endswith(" valid │")  # needs valid evidence
     assert "refund: evidence invalid, no promotion: outcome coverage 0 < " in text
     assert "Evidence beside agreement" in text
     flat = " ".join(text.split())
@@ -225,7 +236,7 @@ async def test_shadow_status_shows_segments_and_the_join_health(
         "agent_usd": 0.128,
         "human_usd": 51.2,
     }
-    assert "projected daily cost at 64 decisions a day: agent $0.1280, humans $51.2000" in flat
+    assert "projected daily cost at 64 decisions a day: agent $0.1280, humans $51.20" in flat
     errors = appeal["budgets"]["error_rate"]
     assert (
         f"error rate (L1 budget 0.5): 0 of 64 (0.0000), bound [0.0000, {errors['upper']:.4f}]"
@@ -261,7 +272,7 @@ async def test_the_console_shows_segments_and_why_the_evidence_is_invalid(
     assert "<dt>Budgets (L1)</dt><dd>cost per decision not met; error rate met</dd>" in text
     assert (
         '<dt>Cost per decision</dt><dd>$0.0020 <span class="sub">(projected daily cost at '
-        "64 decisions a day: agent $0.1280, humans $51.2000)</span>"
+        "64 decisions a day: agent $0.1280, humans $51.20)</span>"
     ) in text
 
     status_code, page, _ = await client.get("/ui/task/appeal")
@@ -309,11 +320,11 @@ async def test_the_live_report_carries_and_shows_them(
         assert t["next_gate"]["segments_missing"] == ["segment us: lower bound 0.2109 < 0.6"]
     page = " ".join(out_html.read_text().split())
     assert '<span class="badge bad">Evidence invalid</span> evidence invalid, no promotion' in page
-    assert "<li>outcome coverage 0.0000 (0 covered, 4 missing, 64 pending);" in page
+    assert "<li>outcome coverage 0.0000 (0 covered, 4 missing, 64 pending)</li>" in page
     assert "<h3>Budgets of the L1 gate</h3>" in page
     assert ("<td>cost per decision</td><td>$0.0010</td><td>mean $0.0020 over 64</td>") in page
     assert (
-        "<li>projected daily cost at 64 decisions a day: agent $0.1280, humans $51.2000</li>"
+        "<li>projected daily cost at 64 decisions a day: agent $0.1280, humans $51.20</li>"
         in page
     )
     assert "<td class=num>$0.0020</td>" in page  # the summary's cost per decision
