@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from shadow import moves, promotion
 from shadow.autonomy import agreement_document
-from shadow.budgets import BudgetEvidence
+from shadow.budgets import BudgetEvidence, judge
 from shadow.config import DEFAULT_JOIN_TTL_S
 from shadow.errors import AutonomyError, SecondApproverRequired
 from shadow.join_health import JoinHealth, invalid_reason
@@ -249,6 +249,8 @@ class Ladder:
         # Per task type, its current version's budget evidence (shadow.budgets), read with
         # the evidence: one query per evaluation.
         self._budgets: dict[str, BudgetEvidence] = {}
+        # (task type, budget) clearly exceeded at the current level, as last logged.
+        self._exceeded: set[tuple[str, str]] = set()
 
     def _task(self, task_type: str) -> TaskPolicy:
         task = self.policy.task_types.get(task_type)
@@ -593,8 +595,35 @@ class Ladder:
             self.metrics.budgets(states, self._budgets)
             self.metrics.noise_floor(self._noise)
             self.metrics.ladder(states, self._frozen)
+        self._note_budgets(states)
         for observer in self._observers:
             observer.ladder(states)
+
+    def _note_budgets(self, states: Mapping[str, LadderState]) -> None:
+        """One WARNING line when a budget of a task type's current level becomes clearly
+        exceeded, one INFO line when it no longer is: with ``autonomy.budgets: alert`` (no
+        demotion) the line and the metric are what an operator sees."""
+        now: dict[tuple[str, str], str] = {}
+        for name, state in states.items():
+            task = self.policy.task_types.get(name)
+            gate = task.autonomy.gate_for(state.level) if task is not None else None
+            if task is None or gate is None:
+                continue
+            for r in judge(gate, task, self._budgets.get(name)).exceeded:
+                now[(name, r.name)] = r.excess
+        for name, budget in sorted(now.keys() - self._exceeded):
+            task = self.policy.task_types[name]
+            log.warning(
+                'budget exceeded task_type=%s budget=%s level=%s mode=%s reason="%s"',
+                name,
+                budget,
+                states[name].level,
+                task.autonomy.budgets,
+                _clean(now[(name, budget)]),
+            )
+        for name, budget in sorted(self._exceeded - now.keys()):
+            log.info("budget no longer exceeded task_type=%s budget=%s", name, budget)
+        self._exceeded = set(now)
 
     async def evaluate(self, *, health: bool = False) -> list[Step]:
         """Re-decide every configured task type on fresh evidence; apply, audit and count

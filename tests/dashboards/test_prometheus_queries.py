@@ -75,7 +75,8 @@ def feed_policy(backoffice_url: str) -> Policy:
     """The demo policy with gates a few hundred events can clear: refunds climb to L3 (and
     hold L3 only while critical misses stay within 5); invoices wait for approval of L1. Its
     tools are the demo back office at ``backoffice_url``. Claim appeals need an outcome
-    coverage of 0.9 (``min_outcome_coverage``), which :func:`drive` breaks."""
+    coverage of 0.9 (``min_outcome_coverage``), which :func:`drive` breaks, and hold L1
+    over an error budget their agent exceeds (``budgets: alert``)."""
     doc = yaml.safe_load(demo_policy(backoffice_url))
     refund = doc["task_types"]["refund_request"]["autonomy"]
     refund["gates"] = {
@@ -88,7 +89,19 @@ def feed_policy(backoffice_url: str) -> Policy:
     invoice = doc["task_types"]["invoice_match"]["autonomy"]
     invoice["mode"] = "propose"
     invoice["gates"]["L1"] = {"agreement": 0.70, "min_samples": 30}
-    doc["task_types"]["claim_appeal"]["min_outcome_coverage"] = 0.9
+    claim = doc["task_types"]["claim_appeal"]
+    claim["min_outcome_coverage"] = 0.9
+    # Claim appeals start at L1 with an error budget their agent (one call in ten fails)
+    # clearly exceeds; budgets: alert keeps the level, so only the alert says it. A human
+    # decision's cost gives the projected daily cost its human series.
+    claim["human_cost_usd_per_decision"] = 4.0
+    claim["autonomy"] = {
+        "start": "L1",
+        "ceiling": "L1",
+        "mode": "propose",
+        "budgets": "alert",
+        "gates": {"L1": {"agreement": 0.5, "min_samples": 20, "max_error_rate": 0.02}},
+    }
     return parse_policy(yaml.safe_dump(doc), source="dashboards feed policy")
 
 
@@ -324,6 +337,7 @@ async def test_every_panel_and_rule_returns_series(tmp_path: Path) -> None:
             "ShadowDeadLetterSpike": [("", "http/conflict")],
             "ShadowToolApprovalsWaiting": [(sidecar.url, "refund_request")],
             "ShadowEvidenceInvalid": [(sidecar.url, "claim_appeal")],
+            "ShadowBudgetExceeded": [(sidecar.url, "claim_appeal")],
             "ShadowSidecarDown": [(sidecar.url, "")],
         }
 

@@ -7,6 +7,7 @@ Through the real store, app and ladder."""
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -498,9 +499,11 @@ async def test_an_unknown_model_holds_the_promotion_and_says_why(
 
 
 async def test_a_clear_excess_at_the_current_level_demotes_or_alerts(
-    sidecar: SidecarFactory, agent_server: AgentServerFactory
+    sidecar: SidecarFactory, agent_server: AgentServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="shadow.autonomy")
     for mode in ("demote", "alert"):
+        caplog.clear()
         sc, _ = await start(sidecar, agent_server, budgets=mode)
         await feed(sc, f"{mode}-ok", 600, usage={"cost_usd": 0.0001})
         body = await doc(sc)
@@ -525,6 +528,19 @@ async def test_a_clear_excess_at_the_current_level_demotes_or_alerts(
                 metric(samples, "shadow_budget_exceeded", task_type="refund", budget="error_rate")
                 == 1
             )
+            # No move, so one log line per budget says it (once, not at every evaluation).
+            lines = [r.getMessage() for r in caplog.records if "budget exceeded" in r.getMessage()]
+            assert sorted(line.split()[3] for line in lines) == [
+                "budget=error_rate",
+                "budget=latency_ms_p95",
+            ], lines
+            assert all(
+                r.levelno == logging.WARNING
+                for r in caplog.records
+                if "budget exc" in r.getMessage()
+            )
+            assert "mode=alert" in lines[0]
+            assert 'reason="error budget: lower bound' in " ".join(lines)
 
 
 async def test_projected_daily_cost_counts_the_last_24_hours(
