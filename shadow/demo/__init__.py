@@ -58,6 +58,9 @@ what a human decision costs (``human_cost_usd_per_decision``: $0.60, $1.20, $4.5
 table projects the daily cost of the agent and of humans. The agent reports its usage with
 tokens and ``cost_usd`` (``_PRICING``: about $0.0003, $0.0011 and $0.0059 a decision); the
 refund gates L2 and L3 and the claims gate L1 state a cost budget the agents stay within.
+About 15% of the outcomes carry a second reviewer's independent decision
+(``second_opinion``, :func:`_second_opinions`), which gives each task type its human
+ceiling.
 
 Human inconsistency
 -------------------
@@ -82,9 +85,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from shadow.demo.cases import JSON, DemoCase
-from shadow.demo.claims import _build_claim, _claim_agent
-from shadow.demo.invoices import _build_invoice, _invoice_agent
-from shadow.demo.refunds import _build_refund, _refund_agent
+from shadow.demo.claims import _APPEAL_REVIEWERS, _build_claim, _claim_agent
+from shadow.demo.invoices import _AP_REVIEWERS, _build_invoice, _invoice_agent
+from shadow.demo.refunds import _REFUND_REVIEWERS, _build_refund, _refund_agent
 
 __all__ = [
     "AGENT_VERSIONS",
@@ -92,6 +95,7 @@ __all__ = [
     "DEFAULT_LATE_SHARE",
     "DEMO_BACKOFFICE_URL",
     "DEMO_POLICY",
+    "SECOND_OPINION_SHARE",
     "TASK_TYPES",
     "DemoCase",
     "demo_policy",
@@ -108,6 +112,8 @@ __all__ = [
 DEFAULT_EVENTS: Final = 4000
 # The share of a demo run that is its late phase (see ``generate``).
 DEFAULT_LATE_SHARE: Final = 0.3
+#: The share of cases a second reviewer decides again, independently (``second_opinion``).
+SECOND_OPINION_SHARE: Final = 0.15
 
 TASK_TYPES: Final = ("refund_request", "invoice_match", "claim_appeal")
 
@@ -274,7 +280,47 @@ def generate(n_events: int, seed: int = 7, *, late_share: float = 0.0) -> list[D
             cases.append(_build_refund(rng, event_id, t, handbook=2))
         else:
             cases.append(_BUILDERS[task_type](rng, event_id, t))
-    return cases
+    return _second_opinions(cases, seed)
+
+
+# Per task type: the decision field a second reviewer may decide otherwise, its values, how
+# often they do, and who the second reviewers are.
+_SECOND: Final[Mapping[str, tuple[str, tuple[str, ...], float, tuple[str, ...]]]] = {
+    "refund_request": (
+        "action",
+        ("approve", "partial", "deny", "escalate"),
+        0.04,
+        _REFUND_REVIEWERS,
+    ),
+    "invoice_match": ("status", ("match", "partial", "no_match"), 0.06, _AP_REVIEWERS),
+    "claim_appeal": ("outcome", ("overturn", "uphold", "escalate"), 0.10, _APPEAL_REVIEWERS),
+}
+
+
+def _second_opinions(cases: list[DemoCase], seed: int) -> list[DemoCase]:
+    """:data:`SECOND_OPINION_SHARE` of the cases get ``"second_opinion": {"decision",
+    "actions", "decided_by"}`` on their outcome: another reviewer of the same desk, deciding
+    alone. Most decide as the first did; a few (4% of refunds, 6% of invoices, 10% of
+    appeals) decide the main field otherwise, which is what the human ceiling measures. Drawn
+    from a stream of its own, so the cases themselves are those of a run without them."""
+    rng = random.Random(f"second-opinion/{seed}")
+    out = []
+    for case in cases:
+        field, values, differ, reviewers = _SECOND[case.task_type]
+        if rng.random() >= SECOND_OPINION_SHARE:
+            out.append(case)
+            continue
+        first = case.outcome
+        decision = dict(first["decision"])
+        if rng.random() < differ:
+            decision[field] = rng.choice([v for v in values if v != decision[field]])
+        second: JSON = {
+            "decision": decision,
+            "actions": list(first.get("actions") or []),
+            "decided_by": rng.choice([r for r in reviewers if r != first["decided_by"]]),
+        }
+        out.append(DemoCase(case.event, {**first, "second_opinion": second}))
+    return out
 
 
 def timeline(cases: list[DemoCase]) -> list[dict[str, Any]]:

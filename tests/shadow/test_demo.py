@@ -432,6 +432,40 @@ def test_refund_misses_are_human_habits_and_slips() -> None:
     assert run.states[REFUND].level == Level.L2
 
 
+def test_a_share_of_outcomes_carry_a_second_opinion_mostly_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """About 15% of the cases get a second reviewer's decision, from another reviewer of the
+    desk; it differs from the first on the main field now and then, more for appeals."""
+    cases = demo.generate(demo.DEFAULT_EVENTS, seed=7)
+    plain = [c.outcome for c in cases]
+    seconds = [(c.task_type, c.outcome) for c in cases if "second_opinion" in c.outcome]
+    assert 0.12 <= len(seconds) / len(cases) <= 0.18
+    main = {"refund_request": "action", "invoice_match": "status", "claim_appeal": "outcome"}
+    differ: Counter[str] = Counter()
+    count: Counter[str] = Counter()
+    for task_type, outcome in seconds:
+        second = outcome["second_opinion"]
+        Outcome.from_json(outcome)  # the outcome contract takes it
+        assert second["decided_by"] != outcome["decided_by"]
+        assert second["decided_by"].split("/")[0] == outcome["decided_by"].split("/")[0]
+        field = main[task_type]
+        count[task_type] += 1
+        differ[task_type] += second["decision"][field] != outcome["decision"][field]
+        rest = {k: v for k, v in second["decision"].items() if k != field}
+        assert rest == {k: v for k, v in outcome["decision"].items() if k != field}
+    rates = {t: differ[t] / count[t] for t in count}
+    assert 0 < rates["refund_request"] < rates["claim_appeal"] <= 0.2
+    assert all(rate <= 0.2 for rate in rates.values())
+    # Drawn from a stream of their own: without them the cases are the same.
+    monkeypatch.setattr(demo, "SECOND_OPINION_SHARE", 0.0)
+    without = demo.generate(demo.DEFAULT_EVENTS, seed=7)
+    assert not any("second_opinion" in c.outcome for c in without)
+    assert [{k: v for k, v in o.items() if k != "second_opinion"} for o in plain] == [
+        c.outcome for c in without
+    ]
+
+
 def test_the_late_phase_changes_only_late_refund_decisions() -> None:
     """``late_share`` keeps every case before the late phase, and in it the reviewers'
     revised handbook turns about one refund in five against the agent."""
@@ -571,6 +605,27 @@ async def test_the_demo_table_shows_the_bad_segment_and_the_cost(tmp_path: Path)
         # The cost column is rounded to 4 places: within half a unit of it per decision.
         agent = float(found.group(3).replace(",", ""))
         assert agent == pytest.approx(cost * volume, abs=0.00005 * volume + 0.005)
+    # The second opinions make a human ceiling: exactly the first outcome against the second
+    # under the task type's compare rules, on the very cases the demo sent.
+    cases = demo.generate(1500, seed=7, late_share=demo.DEFAULT_LATE_SHARE)
+    for name in demo.TASK_TYPES:
+        differ = Differ(policy().task_types[name].compare)
+        pairs = [
+            (
+                Outcome.from_json(c.outcome),
+                Outcome.from_json({"event_id": "x", **c.outcome["second_opinion"]}),
+            )
+            for c in cases
+            if c.task_type == name and "second_opinion" in c.outcome
+        ]
+        alike = sum(differ(a.decision, b.decision, a.actions, b.actions).agree for a, b in pairs)
+        assert 0 < alike < len(pairs)
+        assert f"{name} valid " in flat
+        shown = re.search(
+            rf"{name} valid .*?human ceiling (\d\.\d{{4}}) \[[\d.]+, [\d.]+\] of (\d+)", flat
+        )
+        assert shown is not None, name
+        assert (shown.group(1), int(shown.group(2))) == (f"{alike / len(pairs):.4f}", len(pairs))
     assert re.search(
         r"cost per decision \(L1 budget \$0\.0080\): mean \$0\.0059 over \d+, bound "
         r"\[\$\d\.\d{4}, \$\d\.\d{4}\]: (not )?met",

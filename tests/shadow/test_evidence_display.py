@@ -6,7 +6,8 @@ Its two task types have the same per-segment evidence: ``eu`` agrees on all 40 c
 on 10 of 20, and 4 cases of an undeclared segment count as ``other``; the L1 gate
 (``per_segment: each``) is met overall (lower bound 0.69 >= 0.6) but held by ``us`` (lower
 bound 0.21), and appeal's also by its cost budget ($0.001 a decision; the agent reports
-$0.002). ``refund`` also lost the outcomes of its first four events, so its outcome
+$0.002); twenty of appeal's outcomes carry a second opinion, ten of them the other way (a
+human ceiling of 0.5). ``refund`` also lost the outcomes of its first four events, so its outcome
 coverage is 0 against ``min_outcome_coverage: 0.8``: its evidence is invalid, and every
 view says so and why. ``appeal`` (valid evidence) shows the segment holding the promotion.
 """
@@ -25,7 +26,7 @@ from rich.console import Console as RichConsole
 
 from shadow.cli import main
 from shadow.console import agreement_table
-from shadow.evidence_view import join_health_text, segment_rows
+from shadow.evidence_view import join_health_text, noise_text, segment_rows
 from tests.conftest import FakeClock
 from tests.shadow.conftest import AgentServerFactory, Reply, Sidecar, SidecarFactory, agree_reply
 from tests.shadow.ui.conftest import (  # noqa: F401 (fixtures used by the tests here)
@@ -99,14 +100,19 @@ async def feed(sc: Sidecar, task: str) -> None:
         ],
     )
     await sc.pipeline.drain()
-    await send(
-        sc,
-        "/v1/outcomes",
-        [
-            {"event_id": e, "decision": {"action": action}}
-            for e, (_, action) in zip(ids, rows, strict=True)
-        ],
-    )
+    outcomes: list[dict[str, Any]] = [
+        {"event_id": e, "decision": {"action": action}}
+        for e, (_, action) in zip(ids, rows, strict=True)
+    ]
+    if task == "appeal":
+        # Second opinions: the same on ten eu cases, the other way on the ten us denials
+        # (a human ceiling of 10 of 20).
+        for k in [*range(10), *range(50, 60)]:
+            outcomes[k]["second_opinion"] = {
+                "decision": {"action": "approve"},
+                "decided_by": "second/reviewer",
+            }
+    await send(sc, "/v1/outcomes", outcomes)
 
 
 @pytest.fixture
@@ -166,6 +172,13 @@ async def test_the_document_has_what_the_views_show(shown: Sidecar) -> None:
     assert doc["refund"]["evidence_state"] == "invalid"
     assert doc["refund"]["join_health"]["missing"] == 4
     assert doc["appeal"]["evidence_state"] == "valid"
+    ceiling = doc["appeal"]["human_ceiling"]
+    assert (ceiling["n"], ceiling["agree"], ceiling["agreement"]) == (20, 10, 0.5)
+    assert noise_text(doc["appeal"]) == (
+        f"human ceiling 0.5000 [{ceiling['lower']:.4f}, {ceiling['upper']:.4f}] of 20; "
+        "noisy fields: action"
+    )
+    assert noise_text(doc["refund"]) is None  # no second opinion, no repeat
 
     rows = {r["segment"]: r for r in segment_rows(doc["appeal"])}
     assert rows["us"]["state"] == "holds the promotion"
@@ -237,6 +250,7 @@ async def test_shadow_status_shows_segments_and_the_join_health(
         "human_usd": 51.2,
     }
     assert "projected daily cost at 64 decisions a day: agent $0.1280, humans $51.20" in flat
+    assert noise_text(appeal) in flat
     errors = appeal["budgets"]["error_rate"]
     assert (
         f"error rate (L1 budget 0.5): 0 of 64 (0.0000), bound [0.0000, {errors['upper']:.4f}]"
@@ -269,6 +283,7 @@ async def test_the_console_shows_segments_and_why_the_evidence_is_invalid(
     assert 'us 50.00% <span class="sub">(n 20)</span>: holds the promotion' in text
     assert '<span class="tag critical">invalid</span>' in text
     assert "but segment us: lower bound 0.2109 &lt; 0.6; cost budget: upper bound $" in text
+    assert "<dt>Noise floor</dt><dd>human ceiling 0.5000 [" in text
     assert "<dt>Budgets (L1)</dt><dd>cost per decision not met; error rate met</dd>" in text
     assert (
         '<dt>Cost per decision</dt><dd>$0.0020 <span class="sub">(projected daily cost at '
@@ -289,9 +304,10 @@ async def test_the_console_shows_segments_and_why_the_evidence_is_invalid(
     assert (
         '<th scope="row">cost per decision</th><td>$0.0010</td><td>mean $0.0020 over 64</td>'
     ) in text
-    assert "Noise floor: no second opinion and no repeated case yet." in text
+    assert "Noise floor: human ceiling 0.5000 [" in text
     status_code, page, _ = await client.get("/ui/task/refund")
     text = " ".join(page.split())
+    assert "Noise floor: no second opinion and no repeated case yet." in text
     assert "outcome coverage 0.0000 (0 covered, 4 missing, 64 pending)" in text
     assert "evidence invalid, no promotion: outcome coverage 0 &lt;" in text
 
@@ -322,10 +338,10 @@ async def test_the_live_report_carries_and_shows_them(
     assert '<span class="badge bad">Evidence invalid</span> evidence invalid, no promotion' in page
     assert "<li>outcome coverage 0.0000 (0 covered, 4 missing, 64 pending)</li>" in page
     assert "<h3>Budgets of the L1 gate</h3>" in page
+    assert "<li>human ceiling 0.5000 [" in page
     assert ("<td>cost per decision</td><td>$0.0010</td><td>mean $0.0020 over 64</td>") in page
     assert (
-        "<li>projected daily cost at 64 decisions a day: agent $0.1280, humans $51.20</li>"
-        in page
+        "<li>projected daily cost at 64 decisions a day: agent $0.1280, humans $51.20</li>" in page
     )
     assert "<td class=num>$0.0020</td>" in page  # the summary's cost per decision
     assert "<h3>Segments</h3>" in page
