@@ -113,6 +113,21 @@ def _task(name: str, t: Mapping[str, Any], trace_link: str | None = None) -> str
                 [rows],
             )
         )
+    budgets = t.get("budgets") or {}
+    stated = [
+        (name, b)
+        for name in ("cost_usd_per_decision", "latency_ms_p95", "error_rate")
+        if (b := budgets.get(name))
+    ]
+    if stated:
+        items = "".join(
+            f'<li><span class="badge {"bad" if b.get("exceeded") else "ok"}">'
+            f"{'exceeded' if b.get('exceeded') else 'within'}</span> "
+            f"{_e(b.get('statement'))} (the {_e((budgets.get('levels') or {}).get(name))} "
+            "gate's budget)</li>"
+            for name, b in stated
+        )
+        parts.append(f"<h3>Budgets</h3><ul>{items}</ul>")
     base = t.get("baseline")
     if base:
         cls = "bad" if base["significantly_worse"] else "ok"

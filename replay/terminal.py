@@ -160,6 +160,11 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
                 for seg, f in segments.items()
             )
             console.print(f"  {name}: segments: {parts}", markup=False)
+        budgets = t.get("budgets") or {}
+        for key in ("cost_usd_per_decision", "latency_ms_p95", "error_rate"):
+            judged = budgets.get(key)
+            if judged and judged.get("statement"):
+                console.print(f"  {name}: {judged['statement']}", markup=False)
         worst = [(p, f) for p, f in t["fields"].items() if f["mismatches"]][:3]
         if worst:
             parts = ", ".join(f"{p} {f['mismatches']}/{f['compared']}" for p, f in worst)
