@@ -117,6 +117,8 @@ def _agreement_table(doc: dict[str, Any], title: str) -> Table:
             gate_text = f"{gate['level']}: ≥{gate['agreement']} n≥{gate['min_samples']}"
             if gate.get("max_critical") is not None:
                 gate_text += f" crit≤{gate['max_critical']}"
+            if gate.get("below_human"):  # the threshold of the moment (shadow.noise)
+                gate_text += f" (ceiling-{gate['below_human']['margin']:g})"
             if gate.get("per_segment") is not None:
                 gate_text += " per segment"
             held = gate_held(t)

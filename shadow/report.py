@@ -156,6 +156,12 @@ def _gate_text(gate: Mapping[str, Any] | None) -> str:
         text += f", critical ≤ {gate['max_critical']}"
     if gate.get("evidence") == "adjudicated":
         text += ", on the adjudicated bound"
+    relative = gate.get("below_human")
+    if relative:  # a gate relative to the human ceiling (shadow.noise): where it came from
+        text += (
+            f" (the human ceiling's upper bound {relative['ceiling_upper']} less "
+            f"{relative['margin']:g}, over {relative['ceiling_n']} second opinions)"
+        )
     if gate.get("per_segment") is not None:
         text += f", per segment ({gate['per_segment']})"
     return f"{text} ({_gate_status(gate)})"

@@ -377,3 +377,46 @@ def test_a_document_without_the_new_blocks_still_renders() -> None:
     assert "Evidence beside agreement" not in text
     assert segment_rows(entry) == []
     assert join_health_text(entry) is None
+
+
+def test_a_gate_relative_to_the_human_ceiling_says_where_its_threshold_came_from() -> None:
+    """``next_gate.below_human`` (shadow.noise): the status table and the report name the
+    margin and the ceiling the threshold of the moment came from."""
+    from datetime import UTC, datetime
+
+    from shadow.report import build_report, render_html
+
+    entry = {
+        "level": "L0",
+        "n": 300,
+        "agree": 290,
+        "agreement": 0.9667,
+        "lower": 0.93,
+        "upper": 0.99,
+        "critical": 0,
+        "errors": 0,
+        "next_gate": {
+            "level": "L1",
+            "agreement": 0.93,
+            "min_samples": 100,
+            "max_critical": None,
+            "met": True,
+            "agreements_needed": 0,
+            "below_human": {
+                "margin": 0.02,
+                "ceiling_upper": 0.95,
+                "ceiling_n": 80,
+                "threshold": 0.93,
+            },
+        },
+        "proposal": None,
+    }
+    out = io.StringIO()
+    doc = {"frozen": False, "task_types": {"t": entry}}
+    RichConsole(file=out, width=200).print(agreement_table(doc))
+    assert "L1: ≥0.93 n≥100 (ceiling-0.02) ✓" in out.getvalue()
+    page = render_html(build_report(doc, {}, source={"db": "x"}, generated_at=datetime.now(UTC)))
+    assert (
+        "L1: ≥ 0.93, n ≥ 100 (the human ceiling&#x27;s upper bound 0.95 less 0.02, over 80 "
+        "second opinions) (met)"
+    ) in page
