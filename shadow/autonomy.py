@@ -96,6 +96,8 @@ def agreement_document(
         )
         next_gate = None
         if gate is not None and target is not None:
+            # ``met``: everything the gate asks (what a promotion needs besides valid
+            # evidence); ``agreement_met``: its bound, sample size and critical misses alone.
             # A below_human gate shows the threshold of the moment (shadow.noise.threshold).
             relative = gate
             gate = replace(gate, agreement=round(threshold(gate, floor.human_ceiling), 4))
@@ -111,13 +113,18 @@ def agreement_document(
                 "segments_missing": list(
                     promotion_check(gate, task, (segments or {}).get(name, {}), snap.alpha).missing
                 ),
-                "met": promotion.gate_status(gate, judged).met,
+                "agreement_met": promotion.gate_status(gate, judged).met,
                 "agreements_needed": agreements_needed(judged.agree, judged.n, gate, snap.alpha),
                 "since_drift_demotion": judged is not snap,
                 "below_human": _below_human(relative, floor.human_ceiling),
                 "budgets_met": judge(gate, task, spent).met,
                 "budgets_missing": list(judge(gate, task, spent).missing),
             }
+            next_gate["met"] = (
+                next_gate["agreement_met"]
+                and not next_gate["segments_missing"]
+                and next_gate["budgets_met"]
+            )
         out[name] = {
             "level": str(state.level),
             "agent_version": version,

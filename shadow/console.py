@@ -12,6 +12,7 @@ from rich.console import Group
 from rich.table import Table
 
 from shadow.evidence_view import (
+    agreement_met,
     beside_lines,
     cost_per_decision,
     evidence_invalid,
@@ -122,10 +123,14 @@ def _agreement_table(doc: dict[str, Any], title: str) -> Table:
             if gate.get("per_segment") is not None:
                 gate_text += " per segment"
             held = gate_held(t)
-            gate_text += " ✓" if gate["met"] and not held else ""
+            gate_text += " ✓" if gate["met"] else ""
             k = gate.get("agreements_needed")
-            needs = "-" if gate["met"] else (f"+{k} agreeing" if k is not None else "out of reach")
-            if gate["met"] and held:
+            needs = (
+                "-"
+                if agreement_met(gate)
+                else (f"+{k} agreeing" if k is not None else "out of reach")
+            )
+            if agreement_met(gate) and held:
                 by_segment = bool(gate_held_by_segments(t))
                 by_budget = len(held) > len(gate_held_by_segments(t))
                 needs = ", ".join(

@@ -18,6 +18,7 @@ from typing import Any
 from shadow.policy import OTHER_SEGMENT
 
 __all__ = [
+    "agreement_met",
     "beside_lines",
     "budget_rows",
     "cost_per_decision",
@@ -109,6 +110,12 @@ def evidence_invalid(entry: Mapping[str, Any]) -> str | None:
     if entry.get("evidence_state") != "invalid":
         return None
     return f"evidence invalid, no promotion: {entry.get('evidence_reason')}"
+
+
+def agreement_met(gate: Mapping[str, Any]) -> bool:
+    """Whether the next gate's bound, sample size and critical misses are met on the whole
+    evidence (``agreement_met``; a document from before it has only ``met``)."""
+    return bool(gate.get("agreement_met", gate.get("met")))
 
 
 def gate_held(entry: Mapping[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from shadow.evidence_view import (
+    agreement_met,
     beside_lines,
     budget_rows,
     cost_per_decision,
@@ -139,7 +140,7 @@ def _gate_status(gate: Mapping[str, Any]) -> str:
     ``met overall, held by segment us: ...`` while a ``per_segment`` gate's declared segment
     or a budget falls short."""
     held = gate_held({"next_gate": gate})
-    if gate["met"] and held:
+    if agreement_met(gate) and held:
         return "met overall, held by " + "; ".join(held)
     if gate["met"]:
         return "met"

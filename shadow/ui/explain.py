@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from shadow.evidence_view import (
+    agreement_met,
     budget_rows,
     cost_per_decision,
     daily_cost_text,
@@ -97,7 +98,7 @@ def standing(
     elif gate is None:
         top = "the top of the ladder" if entry["level"] == "L4" else "its ceiling"
         headline = f"at {top} ({entry['level']}, ceiling {entry['ceiling']})"
-    elif gate["met"] and gate_held(entry):
+    elif agreement_met(gate) and gate_held(entry):
         headline = f"to reach {gate['level']}: the gate is met overall, but " + "; ".join(
             gate_held(entry)
         )

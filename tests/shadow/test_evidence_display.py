@@ -165,7 +165,7 @@ async def test_the_document_has_what_the_views_show(shown: Sidecar) -> None:
         assert (seg["us"]["n"], seg["us"]["agree"], seg["us"]["agreement"]) == figures(20, 10)
         assert (seg["other"]["n"], seg["other"]["agree"]) == (4, 4)
         gate = t["next_gate"]
-        assert (gate["met"], gate["per_segment"]) == (True, "each")
+        assert (gate["met"], gate["agreement_met"], gate["per_segment"]) == (False, True, "each")
         assert gate["segments_missing"] == ["segment us: lower bound 0.2109 < 0.6"]
         assert t["level"] == "L0"
         assert t["proposal"] is None
