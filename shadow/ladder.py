@@ -40,7 +40,8 @@ from shadow.errors import AutonomyError, SecondApproverRequired
 from shadow.join_health import JoinHealth, invalid_reason
 from shadow.metrics import Metrics
 from shadow.model import AuditEntry, Comparison, Evidence, Handling, Level, Verdict
-from shadow.noise import Bounded, NoiseFloor, noise_floor
+from shadow.noise import Bounded, NoiseFloor
+from shadow.noise_read import read_noise_floor
 from shadow.policy import Policy, TaskPolicy
 from shadow.promotion import LadderState, Move, ProposalRef, Recent, Step
 from shadow.segments import below_gate
@@ -345,12 +346,8 @@ class Ladder:
             name: versions.get(name) or self._states[name].agent_version
             for name in self.policy.task_types
         }
-        return noise_floor(
-            self.policy,
-            await self.store.second_opinion_rows(),
-            await self.store.repeat_rows(),
-            current,
-        )
+        # Judges what is new since the last read, then counts the stored verdicts.
+        return await read_noise_floor(self.store, self.policy, current, self.clock)
 
     def ceiling_of(self, name: str) -> Bounded | None:
         """``name``'s human ceiling as of the last read (``None`` before the first)."""

@@ -543,8 +543,9 @@ class Metrics:
         for rule in (*(r.name for r in self.policy.mirror), OTHER):
             for result in ("accepted", "dropped"):
                 self.mirror_requests.labels(rule, result)
-        for table in ("events", "outcomes", "decisions", "dead_letters"):
+        for table in ("events", "outcomes", "decisions", "second_opinions", "repeats"):
             self.purged.labels(table)
+        self.purged.labels("dead_letters")
         for table in UNSTORABLE_TABLES:
             self.unstorable.labels(table)
 

@@ -1,12 +1,17 @@
 """The noise floor: how often two humans agree (the human ceiling), how often the agent
 agrees with itself (self-consistency, stability), and the fields where humans disagree with
-each other as often as with the agent (noisy fields). Pure: the store reads the rows
-(:mod:`shadow.store.noise`), this judges them with each task type's own compare rules
-(:mod:`shadow.diff`) and bounds them with :mod:`shadow.stats` at the task type's alpha.
+each other as often as with the agent (noisy fields). Pure: each human-vs-human pair and
+each repeated try is judged once with the task type's own compare rules (:mod:`shadow.diff`)
+by :func:`judge_human` and :func:`judge_repeat`; the store keeps those verdicts (like
+comparisons: evidence that outlives retention) and counts them (:mod:`shadow.store.noise`,
+driven by :mod:`shadow.noise_read`); :func:`floor_of` bounds the counts with
+:mod:`shadow.stats` at the task type's alpha.
 
-- **human_ceiling** ``{n, agree, agreement, lower, upper}``: over the events with a current
-  outcome and a second opinion, ``agree`` those whose two decisions (and actions) compare
-  equal. Humans only: the agent's evidence (``n``, ``agree``) never changes.
+- **human_ceiling** ``{n, agree, agreement, lower, upper}``: over the events whose current
+  outcome was decided **blind** and that have a second opinion, ``agree`` those whose two
+  decisions (and actions) compare equal. An outcome decided with the agent's answer shown
+  (``assisted``) or by the agent is not the humans' own noise: not counted. Humans only:
+  the agent's evidence (``n``, ``agree``) never changes.
 - **self_consistency** ``{n, agree, agreement, lower, upper}``: over the current agent
   version's repeated cases whose first answer and every repeat (``repeats`` of them) were
   answers (no error), ``agree`` those where each repeat compares equal to the first.
@@ -14,12 +19,20 @@ each other as often as with the agent (noisy fields). Pure: the store reads the 
   every try recorded (errors included), ``stable`` those answered on every try and the same
   on every pair of tries. A try that errors is a failed try: the case is not stable. With
   ``repeats: 1`` and no errors it equals self_consistency.
-- **noisy_fields**: per compared field over the events with a second opinion *and* a
-  decision of the current agent version: ``human_disagree`` (the two humans differ on it)
-  and ``agent_disagree`` (the agent differs from the first outcome on it). A field is noisy
-  when ``n >= NOISY_MIN_CASES`` and ``human_disagree >= max(agent_disagree, 1)``: humans
-  disagree with each other at least as often as with the agent, so the agent's misses there
-  are not evidence against it (Diffy's noise idea, applied to people).
+- **noisy_fields**: per compared field over the events with a blind first outcome, a second
+  opinion *and* a comparison of the current agent version against that outcome revision:
+  ``human_disagree`` (the two humans differ on it) and ``agent_disagree`` (the agent differs
+  from the first outcome on it). A field is noisy when ``n >= NOISY_MIN_CASES`` and
+  ``human_disagree >= max(agent_disagree, 1)``: humans disagree with each other at least as
+  often as with the agent, so the agent's misses there are not evidence against it (Diffy's
+  noise idea, applied to people).
+
+A verdict records what it judged: the outcome revision and second opinion (their content
+hashes), how the first outcome was handled, and the compare rules (``compare_hash``); when
+any of these changes (an outcome revision, a newer second opinion, a routing record, new
+compare rules: a new evidence epoch) it is judged again, once. A repeated try is judged
+against its case's first decision and every earlier try when it is stored, and again under
+new compare rules. After retention deletes the bodies the verdicts stay, as they are.
 
 The bounds are the anytime-valid ones of the agreement (:func:`shadow.stats.lower_bound`,
 :func:`~shadow.stats.upper_bound`), each at the task type's alpha; with nothing counted
@@ -28,58 +41,33 @@ they are 0 and 1.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from shadow.diff import Differ
 from shadow.model import Action, ShadowDecision
-from shadow.policy import Gate, Policy, TaskPolicy
+from shadow.policy import Gate, TaskPolicy
 from shadow.stats import lower_bound, upper_bound
 
 __all__ = [
     "NOISY_MIN_CASES",
     "Bounded",
-    "CeilingRow",
+    "HumanPair",
+    "HumanVerdict",
+    "NoiseCounts",
     "NoiseFloor",
-    "RepeatRow",
+    "RepeatTry",
+    "RepeatVerdict",
     "ceiling_note",
-    "human_ceilings",
-    "noise_floor",
-    "noisy_fields",
+    "floor_of",
+    "judge_human",
+    "judge_repeat",
     "relative_policy",
-    "self_consistency",
     "threshold",
 ]
 
 NOISY_MIN_CASES = 20
-"""Events (with a second opinion and an agent decision) a field needs to be judged noisy."""
-
-
-@dataclass(frozen=True, slots=True)
-class CeilingRow:
-    """One event with a current outcome and a second opinion, and the agent's decisions for
-    it by version (for the noisy-field count)."""
-
-    event_id: str
-    task_type: str
-    decision: dict[str, Any]
-    actions: tuple[Action, ...]
-    second: dict[str, Any]
-    second_actions: tuple[Action, ...]
-    agent: dict[str, ShadowDecision]
-
-
-@dataclass(frozen=True, slots=True)
-class RepeatRow:
-    """A repeated case: its first decision and the repeats by the same agent version."""
-
-    event_id: str
-    task_type: str
-    agent_version: str
-    first: ShadowDecision
-    tries: dict[int, ShadowDecision]  # by attempt (1, 2, ...)
+"""Events (with a second opinion and an agent comparison) a field needs to be judged noisy."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,91 +131,129 @@ def _alike(differ: Differ, a: ShadowDecision, b: ShadowDecision) -> bool:
     return differ(a.decision, b.decision, a.actions, b.actions).agree
 
 
-def human_ceilings(policy: Policy, rows: Iterable[CeilingRow]) -> dict[str, Bounded]:
-    """Per configured task type: the first outcome against the second opinion."""
-    counts: dict[str, list[int]] = {}
-    differs = {name: Differ(t.compare) for name, t in policy.task_types.items()}
-    for row in rows:
-        differ = differs.get(row.task_type)
-        if differ is None:
-            continue
-        c = counts.setdefault(row.task_type, [0, 0])
-        c[0] += 1
-        c[1] += differ(row.decision, row.second, row.actions, row.second_actions).agree
-    out: dict[str, Bounded] = {}
-    for name, t in policy.task_types.items():
-        n, agree = counts.get(name, [0, 0])
-        out[name] = Bounded.of(agree, n, t.autonomy.alpha)
-    return out
+@dataclass(frozen=True, slots=True)
+class HumanPair:
+    """An event's current outcome and its second opinion, to be judged (or judged again)."""
+
+    event_id: str
+    task_type: str
+    decision: dict[str, Any]
+    actions: tuple[Action, ...]
+    outcome_hash: str
+    second: dict[str, Any]
+    second_actions: tuple[Action, ...]
+    second_hash: str
+    handled_by: str  # the first outcome's: the routing record's, else as stated, else blind
 
 
-def self_consistency(
-    differ: Differ, rows: Iterable[RepeatRow], repeats: int, alpha: float
-) -> tuple[Bounded, Bounded]:
-    """(self_consistency, stable) over ``rows`` (one task type, one agent version), each
-    case judged on its first ``repeats`` tries."""
-    answered = agree = made = stable = 0
-    for row in rows:
-        tries = [row.tries.get(k) for k in range(1, repeats + 1)]
-        if any(t is None for t in tries):
-            continue
-        every: list[ShadowDecision] = [row.first, *(t for t in tries if t is not None)]
-        made += 1
-        ok = all(t.error is None and t.decision is not None for t in every)
-        if not ok:
-            continue
-        answered += 1
-        if all(_alike(differ, row.first, t) for t in every[1:]):
-            agree += 1
-            if all(_alike(differ, a, b) for a, b in itertools.combinations(every, 2)):
-                stable += 1
-    return Bounded.of(agree, answered, alpha), Bounded.of(stable, made, alpha)
+@dataclass(frozen=True, slots=True)
+class HumanVerdict:
+    """The first outcome against the second opinion, and what was judged."""
+
+    event_id: str
+    task_type: str
+    alike: bool
+    fields: tuple[tuple[str, bool], ...]  # (path, matched) of every compared field
+    outcome_hash: str
+    second_hash: str
+    compare_hash: str
+    handled_by: str
 
 
-def noisy_fields(
-    differ: Differ, rows: Iterable[CeilingRow], version: str | None
-) -> tuple[dict[str, Any], ...]:
-    """The fields flagged noisy (see the module docstring), most human disagreement first."""
-    seen: dict[str, list[int]] = {}  # field -> [n, human_disagree, agent_disagree]
-    for row in rows:
-        agent = row.agent.get(version or "")
-        if agent is None or agent.decision is None:
-            continue
-        humans = differ(row.decision, row.second, row.actions, row.second_actions)
-        versus = differ(agent.decision, row.decision, agent.actions, row.actions)
-        missed_h = {f.path for f in humans.fields if not f.matched}
-        missed_a = {f.path for f in versus.fields if not f.matched}
-        for path in {f.path for f in humans.fields} | {f.path for f in versus.fields}:
-            c = seen.setdefault(path, [0, 0, 0])
-            c[0] += 1
-            c[1] += path in missed_h
-            c[2] += path in missed_a
+@dataclass(frozen=True, slots=True)
+class RepeatTry:
+    """A stored repeated try, its case's first decision and the earlier tries (the same
+    agent version's), to be judged."""
+
+    event_id: str
+    attempt: int
+    task_type: str
+    agent_version: str
+    first: ShadowDecision
+    earlier: tuple[ShadowDecision, ...]
+    this: ShadowDecision
+
+
+@dataclass(frozen=True, slots=True)
+class RepeatVerdict:
+    """One repeated try judged: ``answered`` (it and the first decision are answers),
+    ``alike_first`` (it compares equal to the first), ``alike_all`` (and to every earlier
+    try: every pair of a case's tries is covered by its tries' verdicts)."""
+
+    event_id: str
+    attempt: int
+    task_type: str
+    agent_version: str
+    answered: bool
+    alike_first: bool
+    alike_all: bool
+    compare_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseCounts:
+    """One task type's counted verdicts (the store's aggregates)."""
+
+    ceiling_n: int = 0
+    ceiling_agree: int = 0
+    consistency_n: int = 0  # cases answered on every try
+    consistency_agree: int = 0
+    stable_n: int = 0  # cases with every try recorded
+    stable: int = 0
+    fields: tuple[tuple[str, int, int, int], ...] = ()  # (path, n, human, agent disagree)
+
+
+def _answered(d: ShadowDecision) -> bool:
+    return d.error is None and d.decision is not None
+
+
+def judge_human(pair: HumanPair, differ: Differ, compare_hash: str) -> HumanVerdict:
+    """The first outcome against the second opinion under ``differ`` (the task type's
+    rules, whose hash is ``compare_hash``)."""
+    result = differ(pair.decision, pair.second, pair.actions, pair.second_actions)
+    return HumanVerdict(
+        pair.event_id,
+        pair.task_type,
+        result.agree,
+        tuple((f.path, f.matched) for f in result.fields),
+        pair.outcome_hash,
+        pair.second_hash,
+        compare_hash,
+        pair.handled_by,
+    )
+
+
+def judge_repeat(t: RepeatTry, differ: Differ, compare_hash: str) -> RepeatVerdict:
+    """A repeated try against its case's first decision and each earlier try."""
+    answered = _answered(t.first) and _answered(t.this)
+    alike_first = answered and _alike(differ, t.first, t.this)
+    alike_all = alike_first and all(_alike(differ, e, t.this) for e in t.earlier)
+    return RepeatVerdict(
+        t.event_id,
+        t.attempt,
+        t.task_type,
+        t.agent_version,
+        answered,
+        alike_first,
+        alike_all,
+        compare_hash,
+    )
+
+
+def floor_of(counts: NoiseCounts, alpha: float) -> NoiseFloor:
+    """The :class:`NoiseFloor` of one task type's counts, bounded at ``alpha``; the noisy
+    fields (see the module docstring) most human disagreement first."""
     flagged = [
         {"field": path, "n": n, "human_disagree": h, "agent_disagree": a}
-        for path, (n, h, a) in seen.items()
+        for path, n, h, a in counts.fields
         if n >= NOISY_MIN_CASES and h >= max(a, 1)
     ]
-    return tuple(sorted(flagged, key=lambda f: (-f["human_disagree"], f["field"])))
-
-
-def noise_floor(
-    policy: Policy,
-    ceiling_rows: Sequence[CeilingRow],
-    repeat_rows: Sequence[RepeatRow],
-    versions: Mapping[str, str | None],
-) -> dict[str, NoiseFloor]:
-    """Every configured task type's :class:`NoiseFloor`, the agent's parts for its version
-    in ``versions``."""
-    ceilings = human_ceilings(policy, ceiling_rows)
-    out: dict[str, NoiseFloor] = {}
-    for name, task in policy.task_types.items():
-        differ = Differ(task.compare)
-        version = versions.get(name)
-        mine = [r for r in repeat_rows if r.task_type == name and r.agent_version == version]
-        consistent, stable = self_consistency(differ, mine, task.repeats, task.autonomy.alpha)
-        noisy = noisy_fields(differ, [r for r in ceiling_rows if r.task_type == name], version)
-        out[name] = NoiseFloor(ceilings[name], consistent, stable, noisy)
-    return out
+    return NoiseFloor(
+        Bounded.of(counts.ceiling_agree, counts.ceiling_n, alpha),
+        Bounded.of(counts.consistency_agree, counts.consistency_n, alpha),
+        Bounded.of(counts.stable, counts.stable_n, alpha),
+        tuple(sorted(flagged, key=lambda f: (-f["human_disagree"], f["field"]))),
+    )
 
 
 # -- gates relative to the human ceiling (``agreement: {below_human: m}``) ------------------

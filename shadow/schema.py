@@ -425,6 +425,43 @@ _V16 = [
     """,
 ]
 
+# v17: the noise floor's verdicts (shadow.noise), each judged once and kept as evidence like
+# comparisons: retention deletes the second opinions' and repeats' bodies with their cases,
+# never these. ``human_verdicts``: an event's first outcome against its second opinion, with
+# what it judged (the outcome revision, the second opinion, the compare rules, how the first
+# outcome was handled: a change of any judges it again); only blind ones are the human
+# ceiling. ``repeat_verdicts``: a repeated try against its case's first decision and every
+# earlier try. Verdicts for what v16 stored are judged at the first read.
+_V17 = [
+    """
+    CREATE TABLE human_verdicts (
+        event_id      VARCHAR PRIMARY KEY,
+        task_type     VARCHAR NOT NULL,
+        alike         BOOLEAN NOT NULL,
+        fields        JSON NOT NULL,          -- [{path, matched}]: human vs human per field
+        outcome_hash  VARCHAR NOT NULL,       -- the outcome revision judged
+        second_hash   VARCHAR NOT NULL,       -- the second opinion judged
+        compare_hash  VARCHAR NOT NULL,       -- the task type's compare rules
+        handled_by    VARCHAR NOT NULL,       -- the first outcome's: blind | assisted | agent
+        judged_at     TIMESTAMPTZ NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE repeat_verdicts (
+        event_id      VARCHAR NOT NULL,
+        attempt       INTEGER NOT NULL,
+        task_type     VARCHAR NOT NULL,
+        agent_version VARCHAR NOT NULL,
+        answered      BOOLEAN NOT NULL,       -- this try and the first decision answered
+        alike_first   BOOLEAN NOT NULL,       -- alike the first decision
+        alike_all     BOOLEAN NOT NULL,       -- alike the first and every earlier try
+        compare_hash  VARCHAR NOT NULL,
+        judged_at     TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (event_id, attempt)
+    )
+    """,
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -442,6 +479,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (14, _V14),
     (15, _V15),
     (16, _V16),
+    (17, _V17),
 ]
 
 AUDIT_CHAIN_VERSION = 11  # the migration after which the store chains the existing rows

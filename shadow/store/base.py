@@ -393,6 +393,8 @@ class StoreBase:
             "handling",
             "second_opinions",
             "repeats",
+            "human_verdicts",
+            "repeat_verdicts",
         }:
             raise ValueError(f"unknown table {table!r}")
 

@@ -5,17 +5,24 @@ busy stream fills its disk, and the deduplicating lookups and join queries, whic
 tables, slow down as it grows. :meth:`RetentionPart.purge` deletes, in transactions of at
 most ``limit`` cases:
 
-- a **case** (its event, every outcome revision, every agent decision), when all of its rows
-  arrived before ``cutoff`` and nothing about it is still open: the event is not awaiting
-  the agent, every decision has its comparison, and no comparison waits to be redone for a
-  newer current outcome (what :meth:`shadow.store.Store.ready_pairs` would return);
+- a **case** (its event, every outcome revision, every agent decision, its second opinion
+  and the agent's repeated tries: they carry human and agent decisions), when all of its
+  rows arrived before ``cutoff`` and nothing about it is still open: the event is not
+  awaiting the agent, every decision has its comparison, and no comparison waits to be
+  redone for a newer current outcome (what :meth:`shadow.store.Store.ready_pairs` would
+  return), and no second opinion or repeated try waits for its verdict (shadow.noise_read);
 - an **orphan outcome** (no event stored for its ``event_id``), when every revision arrived
-  before ``cutoff`` and was expired by :meth:`shadow.store.Store.expire`;
+  before ``cutoff`` and was expired by :meth:`shadow.store.Store.expire`, with its second
+  opinion;
+- a **lone second opinion** (neither its event nor an outcome ever came) received before
+  ``cutoff``;
 - **dead letters** recorded before ``cutoff``.
 
 Comparisons are kept: they are the evidence behind the gates (the ``agreement`` view counts
-every one), small, and what the audit log points at; the audit log, the ladder and the
-replay evidence are kept too. Kafka positions need nothing: only open joins hold a commit,
+every one), small, and what the audit log points at; the noise floor's verdicts
+(``human_verdicts``, ``repeat_verdicts``) are kept for the same reason, so the human ceiling,
+self-consistency and noisy fields are the same after a purge; the audit log, the ladder and
+the replay evidence are kept too. Kafka positions need nothing: only open joins hold a commit,
 and a purged case is closed.
 
 What a purge changes, and why ``retention`` must be longer than ``join_ttl``
@@ -54,6 +61,22 @@ WHERE e.received_at < $cutoff AND NOT e.needs_agent
                     AND (c.event_id IS NULL
                          OR (o.event_id IS NOT NULL
                              AND c.outcome_hash IS DISTINCT FROM o.content_hash)))
+  AND NOT EXISTS (SELECT 1 FROM second_opinions s
+                  WHERE s.event_id = e.event_id AND s.received_at >= $cutoff)
+  AND NOT EXISTS (SELECT 1 FROM repeats r
+                  WHERE r.event_id = e.event_id AND r.received_at >= $cutoff)
+  AND NOT EXISTS (SELECT 1 FROM second_opinions s
+                  JOIN outcomes o ON o.event_id = s.event_id AND o.is_current
+                  LEFT JOIN human_verdicts v ON v.event_id = s.event_id
+                  WHERE s.event_id = e.event_id
+                    AND (v.event_id IS NULL OR v.outcome_hash <> o.content_hash
+                         OR v.second_hash <> s.content_hash))
+  AND NOT EXISTS (SELECT 1 FROM repeats r
+                  JOIN decisions d ON d.event_id = r.event_id
+                       AND d.agent_version = r.agent_version
+                  LEFT JOIN repeat_verdicts v ON v.event_id = r.event_id
+                       AND v.attempt = r.attempt
+                  WHERE r.event_id = e.event_id AND v.event_id IS NULL)
 ORDER BY e.received_at, e.event_id
 LIMIT $limit
 """
@@ -69,6 +92,20 @@ LIMIT $limit
 """
 
 
+# Second opinions whose event and outcome never came, received before $cutoff.
+_LONE_SECOND_OPINIONS = """
+SELECT s.event_id FROM second_opinions s
+WHERE s.received_at < $cutoff
+  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = s.event_id)
+  AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.event_id = s.event_id)
+ORDER BY s.received_at, s.event_id
+LIMIT $limit
+"""
+
+_TABLES = ("events", "outcomes", "decisions", "second_opinions", "repeats")
+"""The tables a purged case leaves (by ``event_id``), in :class:`Purged`'s order."""
+
+
 @dataclass(frozen=True, slots=True)
 class Purged:
     """Rows deleted by one :meth:`RetentionPart.purge`, per table."""
@@ -76,6 +113,8 @@ class Purged:
     events: int = 0
     outcomes: int = 0
     decisions: int = 0
+    second_opinions: int = 0
+    repeats: int = 0
     dead_letters: int = 0
 
     def __add__(self, other: Purged) -> Purged:
@@ -96,7 +135,7 @@ class RetentionPart(StoreBase):
         if limit < 1:
             raise ValueError("limit must be at least 1")
         total = Purged()
-        for select in (_CLOSED_CASES, _ORPHANS):
+        for select in (_CLOSED_CASES, _ORPHANS, _LONE_SECOND_OPINIONS):
             while True:
                 step, cases = await self._run(self._purge_cases, select, cutoff, limit)
                 total += step
@@ -119,9 +158,9 @@ class RetentionPart(StoreBase):
                         [ids],
                     ).fetchone()
                 )
-                for table in ("events", "outcomes", "decisions")
+                for table in _TABLES
             ]
-        return Purged(events=counts[0], outcomes=counts[1], decisions=counts[2]), len(ids)
+        return Purged(*counts), len(ids)
 
     def _purge_dead_letters(self, cutoff: datetime) -> Purged:
         with self._tx() as tx:

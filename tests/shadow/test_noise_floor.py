@@ -5,7 +5,7 @@ and noisy fields; through the real store, API, agents on loopback and the tool g
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,12 +14,17 @@ from mcp import Client
 from shadow import promotion
 from shadow.diff import Differ
 from shadow.errors import ValidationError
-from shadow.model import Action, Evidence, Level, Outcome, ShadowDecision
-from shadow.noise import Bounded, CeilingRow, noisy_fields, threshold
+from shadow.joiner import Joiner, compare
+from shadow.ladder import Ladder
+from shadow.model import Action, Evidence, Handling, Level, Outcome, ShadowDecision, WorkEvent
+from shadow.noise import Bounded, NoiseFloor, floor_of, threshold
+from shadow.noise_read import judge_noise, read_noise_floor
 from shadow.policy import parse_policy
 from shadow.promotion import LadderState, Move
 from shadow.stats import lower_bound, upper_bound
-from tests.shadow.conftest import AgentServerFactory, Reply, Sidecar, SidecarFactory
+from shadow.store import PutStatus, Routed, Store
+from tests.conftest import FakeClock
+from tests.shadow.conftest import AgentServerFactory, Reply, Sidecar, SidecarFactory, metric
 from tests.shadow.gateway.conftest import (  # noqa: F401 (fixtures)
     UpstreamFactory,
     gateway_policy,
@@ -426,29 +431,418 @@ def test_a_wrong_below_human_is_named(gate: str, says: str) -> None:
 # -- noisy fields --------------------------------------------------------------------------------
 
 
-def test_a_field_humans_disagree_on_as_often_as_with_the_agent_is_noisy() -> None:
-    t = relative_task()
-    differ = Differ(t.compare)
-    rows = []
+async def test_a_field_humans_disagree_on_as_often_as_with_the_agent_is_noisy(
+    sidecar: SidecarFactory, agent_server: AgentServerFactory
+) -> None:
+    agent = await agent_server(agree_with_payload)
+    sc = await sidecar(policy=POLICY % (0, 1), agent=agent.url)
+    events, outcomes = [], []
     for i in range(25):
         first = {"action": "approve", "reason": "ok"}
         second = {"action": "approve", "reason": "other" if i < 8 else "ok"}
-        agent = {"action": "deny" if i < 2 else "approve", "reason": "x" if i < 6 else "ok"}
-        rows.append(
-            CeilingRow(
-                f"n-{i}",
-                "refund",
-                first,
-                (),
-                second,
-                (),
-                {"a@1": ShadowDecision(f"n-{i}", "a@1", agent)},
-            )
+        mine = {"action": "deny" if i < 2 else "approve", "reason": "x" if i < 6 else "ok"}
+        events.append({"event_id": f"n-{i}", "task_type": "refund", "payload": {"agent": mine}})
+        outcomes.append(
+            {"event_id": f"n-{i}", "decision": first, "second_opinion": {"decision": second}}
         )
-    flagged = noisy_fields(differ, rows, "a@1")
-    # reason: humans 8, agent 6 -> noisy; action: humans 0 -> not.
-    assert flagged == ({"field": "reason", "n": 25, "human_disagree": 8, "agent_disagree": 6},)
+    await post(sc, "/v1/events", events[:19])
+    await post(sc, "/v1/outcomes", outcomes[:19])
     # Below the minimum of cases nothing is judged.
-    assert noisy_fields(differ, rows[:19], "a@1") == ()
-    # Another version's answers are not the current agent's.
-    assert noisy_fields(differ, rows, "b@2") == ()
+    assert (await settle(sc))["noisy_fields"] == []
+    await post(sc, "/v1/events", events[19:])
+    await post(sc, "/v1/outcomes", outcomes[19:])
+    body = await settle(sc)
+    # reason: humans 8, agent 6 -> noisy; action: humans 0 -> not.
+    assert body["noisy_fields"] == [
+        {"field": "reason", "n": 25, "human_disagree": 8, "agent_disagree": 6}
+    ]
+    samples = await sc.metrics()
+    assert metric(samples, "shadow_noisy_fields", task_type="refund") == 1
+
+
+# -- stored verdicts: judged once, kept, re-judged when what they judged changes ----------------
+
+RULES = """
+task_types:
+  refund:
+    compare: {fields: {action: {match: exact}, reason: {match: exact}}, unlisted: ignore}
+    repeat_rate: 1
+    repeats: 2
+"""
+LOOSE = RULES.replace("reason: {match: exact}", "reason: {match: ignore}")
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # FakeClock's start
+
+
+def case(eid: str, reason: str = "ok", second: str | None = "ok", **extra: Any) -> Outcome:
+    """An outcome of ``approve/ok`` with a second opinion giving ``second`` as the reason."""
+    body: dict[str, Any] = {"event_id": eid, "decision": {"action": "approve", "reason": reason}}
+    if second is not None:
+        body["second_opinion"] = {"decision": {"action": "approve", "reason": second}}
+    return Outcome.from_json({**body, **extra})
+
+
+def answer(eid: str, reason: str = "ok", *, error: str | None = None) -> ShadowDecision:
+    if error is not None:
+        return ShadowDecision(eid, "a@1", None, error=error)
+    return ShadowDecision(eid, "a@1", {"action": "approve", "reason": reason})
+
+
+async def seed(store: Store, clock: FakeClock, n: int = 10, alike: int = 7) -> None:
+    """``n`` compared cases, the first ``alike`` with an alike second opinion; each case
+    repeated twice, the first three answering differently on the second try."""
+    now = clock()
+    ids = [f"c-{i}" for i in range(n)]
+    await store.put_events([WorkEvent(e, "refund", {}) for e in ids], source="t", now=now)
+    await store.put_decisions([(answer(e), "refund") for e in ids], now=now)
+    await store.put_outcomes(
+        [case(e, second="ok" if i < alike else "other") for i, e in enumerate(ids)],
+        source="t",
+        now=now,
+    )
+    differ = Differ(parse_policy(RULES).task_types["refund"].compare)
+    rows = await store.ready_pairs()
+    await store.put_comparisons([compare(r, differ) for r in rows], now=now)
+    await store.put_repeats(
+        [(answer(e), "refund", 1) for e in ids]
+        + [(answer(e, "changed" if i < 3 else "ok"), "refund", 2) for i, e in enumerate(ids)],
+        now=now,
+    )
+
+
+async def floor(store: Store, clock: FakeClock, text: str = RULES) -> NoiseFloor:
+    found = await read_noise_floor(store, parse_policy(text), {"refund": "a@1"}, clock)
+    return found["refund"]
+
+
+async def test_each_verdict_is_judged_once_and_again_only_when_what_it_judged_changes(
+    store: Store, clock: FakeClock
+) -> None:
+    await seed(store, clock)
+    policy = parse_policy(RULES)
+    assert await judge_noise(store, policy, clock) == (10, 20)
+    assert await judge_noise(store, policy, clock) == (0, 0)  # nothing new: nothing diffed
+    got = await floor(store, clock)
+    assert (got.human_ceiling.n, got.human_ceiling.agree) == (10, 7)
+    assert (got.self_consistency.n, got.self_consistency.agree) == (10, 7)
+    assert (got.stable.n, got.stable.agree) == (10, 7)
+    # An outcome revision (a later decided_at) re-judges that event only: c-0's outcome now
+    # says "other", its second opinion "ok".
+    revised = case("c-0", reason="other", second=None, decided_at="2026-11-21T10:00:00Z")
+    (put,) = await store.put_outcomes([revised], source="t", now=clock())
+    assert put.status is PutStatus.REVERSAL
+    assert await judge_noise(store, policy, clock) == (1, 0)
+    assert (await floor(store, clock)).human_ceiling.agree == 6
+    # A newer second opinion on c-9 agreeing with its outcome: judged again, once.
+    newer = Outcome.from_json(
+        {
+            "event_id": "c-9",
+            "decision": {"action": "approve", "reason": "ok"},
+            "second_opinion": True,
+            "decided_at": "2026-11-21T11:00:00Z",
+        }
+    )
+    await store.put_outcomes([newer], source="t", now=clock())
+    assert await judge_noise(store, policy, clock) == (1, 0)
+    assert (await floor(store, clock)).human_ceiling.agree == 7
+    # Another agent version's counts nothing for this one.
+    other = await read_noise_floor(store, policy, {"refund": "b@2"}, clock)
+    assert other["refund"].self_consistency.n == 0
+    assert other["refund"].human_ceiling.n == 10  # humans only: any version
+
+
+async def test_new_compare_rules_re_judge_the_stored_verdicts(
+    store: Store, clock: FakeClock
+) -> None:
+    await seed(store, clock)
+    strict = await floor(store, clock)
+    assert (strict.human_ceiling.agree, strict.self_consistency.agree) == (7, 7)
+    # Rules that ignore reason: every stored pair and try is judged again under them.
+    assert await judge_noise(store, parse_policy(LOOSE), clock) == (10, 20)
+    loose = await floor(store, clock, LOOSE)
+    assert (loose.human_ceiling.n, loose.human_ceiling.agree) == (10, 10)
+    assert (loose.self_consistency.agree, loose.stable.agree) == (10, 10)
+    # And back: the stricter rules again.
+    back = await floor(store, clock)
+    assert (back.human_ceiling.agree, back.self_consistency.agree) == (7, 7)
+
+
+async def test_a_new_evidence_epoch_re_judges_the_noise_floor_the_ladder_loads(
+    store: Store, clock: FakeClock
+) -> None:
+    """As the pipeline starts: the joiner starts a new evidence epoch for the new rules
+    (re-scoring the comparisons), then the ladder loads and reads the noise floor, whose
+    stale verdicts are judged under the new rules before they are counted."""
+    await seed(store, clock)
+    for text, ceiling, consistent in ((RULES, 7, 7), (LOOSE, 10, 10)):
+        policy = parse_policy(text)
+        await Joiner(store, policy, clock).new_epochs()
+        ladder = Ladder(store, policy, clock)
+        await ladder.load()
+        found = ladder.ceiling_of("refund")
+        assert found is not None
+        assert (found.n, found.agree) == (10, ceiling)
+        body = ladder.agreement()["task_types"]["refund"]
+        assert body["self_consistency"]["agree"] == consistent
+    epochs = [
+        e for _, e in await store.audit_log(task_type="refund") if e.action == "evidence_epoch"
+    ]
+    assert [e.evidence["epoch"] for e in epochs] == [2]
+
+
+async def test_the_noise_floor_outlives_the_bodies_retention_deletes(
+    store: Store, clock: FakeClock
+) -> None:
+    await seed(store, clock)
+    before = await floor(store, clock)  # judged now
+    assert before.human_ceiling == Bounded.of(7, 10, 0.05)
+    # A case whose second opinion and try arrived but were not judged yet stays open.
+    now = clock()
+    await store.put_events([WorkEvent("late", "refund", {})], source="t", now=now)
+    await store.put_decisions([(answer("late"), "refund")], now=now)
+    await store.put_outcomes([case("late")], source="t", now=now)
+    differ = Differ(parse_policy(RULES).task_types["refund"].compare)
+    await store.put_comparisons([compare(r, differ) for r in await store.ready_pairs()], now=now)
+    await store.put_repeats([(answer("late"), "refund", 1)], now=now)
+    clock.advance(days=3)
+    purged = await store.purge(cutoff=clock() - timedelta(days=1))
+    # Every judged case went, bodies and all; "late" (its verdicts pending) stayed.
+    assert (purged.events, purged.second_opinions, purged.repeats) == (10, 10, 20)
+    assert await store.count("second_opinions") == 1
+    assert await store.count("repeats") == 1
+    assert await store.count("human_verdicts") == 10
+    assert await store.count("repeat_verdicts") == 20
+    # The same noise floor without the bodies.
+    assert await floor_without(store) == before
+    after = await floor(store, clock)  # judges "late"
+    assert after.human_ceiling == Bounded.of(7 + 1, 10 + 1, 0.05)
+    assert after.self_consistency == before.self_consistency  # late: 1 of 2 tries, not a case
+    # Judged now, "late" goes too; the counts stay.
+    purged = await store.purge(cutoff=clock() - timedelta(days=1))
+    assert (purged.events, purged.second_opinions, purged.repeats) == (1, 1, 1)
+    assert await floor(store, clock) == after
+    # A second opinion whose event and outcome never came leaves after the cutoff.
+    await store.put_outcomes(
+        [Outcome.from_json({"event_id": "lone", "decision": {}, "second_opinion": True})],
+        source="t",
+        now=clock(),
+    )
+    assert (await store.purge(cutoff=clock() - timedelta(days=1))).second_opinions == 0
+    clock.advance(days=3)
+    purged = await store.purge(cutoff=clock() - timedelta(days=1))
+    assert purged.second_opinions == 1
+    assert await store.count("second_opinions") == 0
+
+
+async def test_the_noise_floor_survives_a_sidecar_purge_with_an_injected_clock(
+    sidecar: SidecarFactory, agent_server: AgentServerFactory
+) -> None:
+    """Through the sidecar: retention on, the clock moved past it, the purge deletes the
+    bodies and /v1/agreement reports the same human ceiling and self-consistency."""
+    clock = FakeClock(T0)
+    agent = await agent_server(agree_with_payload)
+    sc = await sidecar(
+        policy=POLICY % (1.0, 1),
+        agent=agent.url,
+        clock=clock,
+        retention=3 * 86400.0,
+        join_ttl=86400.0,
+    )
+    decision = {"action": "approve", "reason": "ok"}
+    ids = [f"k-{i}" for i in range(6)]
+    await post(
+        sc,
+        "/v1/events",
+        [{"event_id": e, "task_type": "refund", "payload": {"agent": decision}} for e in ids],
+    )
+    await post(
+        sc,
+        "/v1/outcomes",
+        [
+            {
+                "event_id": e,
+                "decision": decision,
+                "second_opinion": {"decision": {**decision, "reason": "x" if i < 2 else "ok"}},
+            }
+            for i, e in enumerate(ids)
+        ],
+    )
+    await sc.pipeline.drain()
+
+    async def repeated() -> bool:
+        return await sc.pipeline.store.count("repeats") == 6
+
+    await until(repeated)
+    before = await settle(sc)
+    assert (before["human_ceiling"]["n"], before["human_ceiling"]["agree"]) == (6, 4)
+    assert (before["self_consistency"]["n"], before["self_consistency"]["agree"]) == (6, 6)
+    clock.advance(days=5)
+    await sc.pipeline.purge()
+    assert await sc.pipeline.store.count("second_opinions") == 0
+    assert await sc.pipeline.store.count("repeats") == 0
+    assert await sc.pipeline.store.count("events") == 0
+    after = await settle(sc)
+    for key in ("human_ceiling", "self_consistency", "stable", "noisy_fields"):
+        assert after[key] == before[key], key
+    samples = await sc.metrics()
+    assert metric(samples, "shadow_purged_rows_total", table="second_opinions") == 6
+    assert metric(samples, "shadow_purged_rows_total", table="repeats") == 6
+
+
+async def floor_without(store: Store) -> NoiseFloor:
+    """The floor as the stored verdicts count it (no judging)."""
+    counts = await store.noise_counts([("refund", "a@1", 2)])
+    return floor_of(counts["refund"], 0.05)
+
+
+# -- independence: only blind first outcomes make the human ceiling ----------------------------
+
+
+async def test_an_assisted_outcome_with_a_second_opinion_is_not_the_human_ceiling(
+    store: Store, clock: FakeClock
+) -> None:
+    now = clock()
+    ids = ["blind-record", "assisted-record", "assisted-stated", "agent-record", "never-routed"]
+    await store.put_events([WorkEvent(e, "refund", {}) for e in ids], source="t", now=now)
+    await store.put_handling(
+        [
+            Routed("blind-record", "refund", Handling.BLIND, Level.L1, now),
+            Routed("assisted-record", "refund", Handling.ASSISTED, Level.L1, now),
+            Routed("agent-record", "refund", Handling.AGENT, Level.L3, now),
+        ]
+    )
+    clock.advance(minutes=1)
+    await store.put_outcomes(
+        [
+            case(e, second="other", handled_by="assisted" if e == "assisted-stated" else None)
+            for e in ids
+        ],
+        source="t",
+        now=clock(),
+    )
+    got = await floor(store, clock)
+    # Blind by its record, and never routed (decided without the agent): two, both differ.
+    assert (got.human_ceiling.n, got.human_ceiling.agree) == (2, 0)
+    handled = dict(store.con.execute("SELECT event_id, handled_by FROM human_verdicts").fetchall())
+    assert handled == {
+        "blind-record": "blind",
+        "assisted-record": "assisted",
+        "assisted-stated": "assisted",
+        "agent-record": "agent",
+        "never-routed": "blind",
+    }
+
+
+async def test_a_routing_record_committed_after_the_verdict_takes_it_out(
+    store: Store, clock: FakeClock
+) -> None:
+    """A route answered before the outcome whose record commits after it relabels the
+    comparison (shadow.handling); the human verdict is judged again and leaves the ceiling."""
+    routed_at = clock()
+    await store.put_events([WorkEvent("x", "refund", {})], source="t", now=routed_at)
+    clock.advance(minutes=1)
+    await store.put_outcomes([case("x")], source="t", now=clock())
+    assert (await floor(store, clock)).human_ceiling.n == 1
+    await store.put_handling([Routed("x", "refund", Handling.ASSISTED, Level.L1, routed_at)])
+    assert (await floor(store, clock)).human_ceiling.n == 0
+
+
+async def test_the_human_ceiling_is_exported_and_an_assisted_second_opinion_is_not_counted(
+    sidecar: SidecarFactory, agent_server: AgentServerFactory
+) -> None:
+    """Through the API: an item routed at L1 (assisted) whose outcome has a second opinion
+    adds nothing to the human ceiling; the blind ones do, and the gauges say so."""
+    agent = await agent_server(agree_with_payload)
+    sc = await sidecar(policy=POLICY % (0, 1), agent=agent.url)
+    await set_level(sc, "L1")
+    decision = {"action": "approve", "reason": "ok"}
+    handled = {}
+    for i in range(10):
+        routed = await sc.get(f"/v1/route/refund?event_id=seen-{i}", headers=sc.admin)
+        assert routed.status == 200, routed.body
+        handled[f"seen-{i}"] = routed.body["handled_by"]
+    assert "assisted" in handled.values()  # the audit sample is a share, not all
+    ids = [*handled, "never-routed-1", "never-routed-2"]
+    await post(
+        sc,
+        "/v1/events",
+        [{"event_id": e, "task_type": "refund", "payload": {"agent": decision}} for e in ids],
+    )
+    await post(
+        sc,
+        "/v1/outcomes",
+        [
+            {"event_id": e, "decision": decision, "second_opinion": {"decision": decision}}
+            for e in ids
+        ],
+    )
+    body = await settle(sc)
+    expected_n = 2 + sum(1 for h in handled.values() if h == "blind")
+    assert (body["human_ceiling"]["n"], body["human_ceiling"]["agree"]) == (expected_n, expected_n)
+    samples = await sc.metrics()
+    for bound in ("estimate", "lower", "upper"):
+        value = metric(samples, "shadow_human_ceiling", task_type="refund", bound=bound)
+        assert value == pytest.approx(
+            {"estimate": 1.0, "lower": lower_bound(expected_n, expected_n, 0.05), "upper": 1.0}[
+                bound
+            ],
+            abs=1e-9,
+        )
+    assert metric(samples, "shadow_self_consistency", task_type="refund", bound="lower") is None
+
+
+# -- skipped repeats are counted ----------------------------------------------------------------
+
+
+async def test_repeats_skipped_for_a_full_queue_are_counted(
+    sidecar: SidecarFactory, agent_server: AgentServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shadow.pipeline.REPEAT_QUEUE", 1)
+    release = asyncio.Event()
+
+    async def slow_repeats(body: dict[str, Any]) -> Reply:
+        if "repeat" in body:
+            await release.wait()
+        return agree_with_payload(body)
+
+    agent = await agent_server(slow_repeats)
+    sc = await sidecar(policy=POLICY % (1.0, 1), agent=agent.url)
+    decision = {"action": "approve", "reason": "ok"}
+    ids = [f"q-{i}" for i in range(8)]
+    await post(
+        sc,
+        "/v1/events",
+        [{"event_id": e, "task_type": "refund", "payload": {"agent": decision}} for e in ids],
+    )
+
+    async def decided() -> bool:
+        return await sc.pipeline.store.count("decisions") == 8
+
+    await until(decided)
+
+    async def skipped() -> float:
+        samples = await sc.metrics()
+        found = metric(
+            samples, "shadow_repeats_skipped_total", task_type="refund", reason="queue_full"
+        )
+        assert found is not None
+        return found
+
+    async def settled() -> bool:
+        # Every case is either waiting (a worker or the queue of one) or skipped.
+        waiting = len([r for r in agent.requests if "repeat" in r.body])
+        return waiting + sc.pipeline._repeats.qsize() + await skipped() == 8
+
+    await until(settled)
+    count = int(await skipped())
+    assert count >= 1  # a queue of one cannot hold the rest
+    release.set()
+
+    async def repeated() -> bool:
+        return await sc.pipeline.store.count("repeats") == 8 - count
+
+    await until(repeated)
+    samples = await sc.metrics()
+    assert (
+        metric(samples, "shadow_repeats_skipped_total", task_type="refund", reason="not_stored")
+        == 0
+    )
