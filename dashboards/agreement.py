@@ -3,7 +3,8 @@ agreement over time, the anytime-valid bounds against each gate's threshold line
 autonomy level as a state timeline with promotions and demotions as annotations, critical
 misses, top disagreeing fields, proposals waiting for approval, and per segment (variable
 ``$segment``: the declared segments and ``other``) agreement with its lower bound and whether
-a ``per_segment: route`` gate sends the segment to humans; budget burn (each budget's upper
+a ``per_segment: route`` gate sends the segment to humans; agreement against the noise floor
+(the human ceiling with its bounds, the agent's self-consistency); budget burn (each budget's upper
 bound over it, with a line at 1), the budgets clearly exceeded, and the projected daily cost
 of the agent and of humans."""
 
@@ -97,6 +98,49 @@ def agreement() -> Dashboard:
                     f"shadow_gate_agreement_ratio{{{TASK}}}",
                     "{{task_type}} gate {{level}}",
                     "C",
+                )
+            )
+        )
+        .with_panel(
+            dashed(".* (lower|upper)$")
+            .title("Agreement against the noise floor")
+            .description(
+                "The agent's agreement with the humans next to the humans' agreement with "
+                "each other (human ceiling: blind first outcomes against second opinions, "
+                "dashed: its bounds) and the agent's agreement with itself on repeated cases "
+                "(self-consistency). An agent near the ceiling is as good as the humans' "
+                "own noise lets anyone look; a below_human gate is judged against it."
+            )
+            .unit("percentunit")
+            .max(1)
+            .span(24)
+            .height(8)
+            .with_target(
+                query(
+                    f"shadow_agreement_ratio{{{TASK_VERSION}}}",
+                    "{{task_type}} {{agent_version}} agreement",
+                    "A",
+                )
+            )
+            .with_target(
+                query(
+                    f'shadow_human_ceiling{{{TASK}, bound="estimate"}}',
+                    "{{task_type}} human ceiling",
+                    "B",
+                )
+            )
+            .with_target(
+                query(
+                    f'shadow_human_ceiling{{{TASK}, bound=~"lower|upper"}}',
+                    "{{task_type}} human ceiling {{bound}}",
+                    "C",
+                )
+            )
+            .with_target(
+                query(
+                    f'shadow_self_consistency{{{TASK}, bound="estimate"}}',
+                    "{{task_type}} self-consistency",
+                    "D",
                 )
             )
         )

@@ -81,6 +81,7 @@ def test_dashboards_have_their_panels_and_variables() -> None:
     assert titles == {
         "Agreement over time",
         "Lower and upper bound against each gate",
+        "Agreement against the noise floor",
         "Evidence",
         "Autonomy level",
         "Critical misses",
