@@ -193,6 +193,7 @@ async def _run(
             progress.update(bar, completed=pipeline.comparisons - start)
             await asyncio.sleep(0.1)
         await drained
+        await pipeline.repeats_done()  # the repeated cases' tries: self-consistency
         progress.update(bar, completed=pipeline.comparisons - start)
     await pipeline.evaluate()
     await pipeline.ladder.evaluate(health=True)  # the join health as it is now

@@ -273,15 +273,24 @@ class Pipeline:
         assert self.agent is not None
         while True:
             event, tries = await self._repeats.get()
-            answers = []
-            for attempt in range(1, tries + 1):
-                decision = await self.agent.decide(event, repeat=attempt)
-                answers.append((decision, event.task_type, attempt))
             try:
-                await self.store.put_repeats(answers, now=self.clock())
-            except Exception as exc:  # a repeat is a measurement: lost, it is only missing
-                log.warning("repeats of %s not stored: %s", event.event_id, exc)
-                self.metrics.repeat_skipped(event.task_type, "not_stored")
+                answers = []
+                for attempt in range(1, tries + 1):
+                    decision = await self.agent.decide(event, repeat=attempt)
+                    answers.append((decision, event.task_type, attempt))
+                try:
+                    await self.store.put_repeats(answers, now=self.clock())
+                except Exception as exc:  # a repeat is a measurement: lost, it is only missing
+                    log.warning("repeats of %s not stored: %s", event.event_id, exc)
+                    self.metrics.repeat_skipped(event.task_type, "not_stored")
+            finally:
+                self._repeats.task_done()
+
+    async def repeats_done(self) -> None:
+        """Wait until every repeated case queued so far has had its tries stored (or
+        counted as not stored). :meth:`drain` does not wait for them: they are a
+        measurement, never evidence."""
+        await self._repeats.join()
 
     def _schedule_join(self, event_ids: Sequence[str]) -> None:
         if event_ids:

@@ -62,6 +62,20 @@ About 15% of the outcomes carry a second reviewer's independent decision
 (``second_opinion``, :func:`_second_opinions`), which gives each task type its human
 ceiling.
 
+Self-consistency
+----------------
+A fifth of the refunds and of the appeals (``repeat_rate: 0.2``) go to the agent again once
+their first answer is stored, the appeals twice more (``repeats: 2``): the request carries
+``"repeat": n``, and the agent's draw for that try is a hash of the event id and ``n``
+(:func:`_waver`), so a run stays reproducible and the first answers are the same as without
+repeats. The appeals agent is unsure on borderline medical necessity (a CO-50 appeal with
+the records or the physician's letter, not both) and reads it the other way on about 30% of
+its tries there: self-consistency about 0.91 (0.92 for seed 7, 147 cases), the same on all
+three tries. The refund agent wavers only on a borderline refund's window or limit, on 20%
+of its tries there, and most of those come out the same: about 0.99 (0.995, 398 cases).
+Invoices are not repeated. The repeats are a measurement, never evidence: every case counts
+once in ``n``.
+
 Human inconsistency
 -------------------
 Reviewers (``decided_by``) have their habits: one is lenient with return windows, some route
@@ -80,6 +94,7 @@ from __future__ import annotations
 import json
 import random
 import string
+import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -141,6 +156,7 @@ task_types:
     segments: [eu, us]               # uk is reported as other
     human_cost_usd_per_decision: 0.60
     cost_ceiling_usd: 0.004
+    repeat_rate: 0.2                 # a fifth of the cases asked again: self-consistency
     redact: [payload.customer.email]
     compare:
       fields:
@@ -207,6 +223,8 @@ task_types:
     segments: [east, west]           # the appeals unit's region; the agent is poor on west
     human_cost_usd_per_decision: 4.50
     cost_ceiling_usd: 0.02
+    repeat_rate: 0.2                 # asked twice more: the agent wavers on medical necessity
+    repeats: 2
     redact: [payload.member.name, payload.member.date_of_birth]
     compare:
       fields:
@@ -341,7 +359,8 @@ _BUILDERS: Final[Mapping[str, Callable[[random.Random, str, datetime], DemoCase]
     "invoice_match": _build_invoice,
     "claim_appeal": _build_claim,
 }
-_AGENTS: Final[Mapping[str, Callable[[Mapping[str, Any]], tuple[JSON, list[JSON], float]]]] = {
+_Agent = Callable[[Mapping[str, Any], float | None], tuple[JSON, list[JSON], float]]
+_AGENTS: Final[Mapping[str, _Agent]] = {
     "refund_request": _refund_agent,
     "invoice_match": _invoice_agent,
     "claim_appeal": _claim_agent,
@@ -354,12 +373,25 @@ _PRICING: Final[Mapping[str, tuple[int, float, float]]] = {
 }
 
 
+def _waver(request: Mapping[str, Any]) -> float | None:
+    """A repeated try's draw in [0, 1): a hash of the event id and the request's ``repeat``
+    (the try number), so a run is reproducible; ``None`` for a first answer."""
+    attempt = request.get("repeat")
+    if attempt is None:
+        return None
+    key = f"{request.get('event_id')}/repeat/{attempt}".encode()
+    return zlib.crc32(key) / 2**32
+
+
 def reference_agent(request: Mapping[str, Any]) -> dict[str, Any]:
     """The built-in agent (``shadow.demo:reference_agent``): the agent contract's request
     ``{"event_id", "task_type", "payload", "shadow": true}`` in, its response out.
 
     Deterministic and free of side effects: it only *proposes*. A task type it does not
-    know, or a payload it cannot read, raises ``ValueError`` (an ``agent_error``)."""
+    know, or a payload it cannot read, raises ``ValueError`` (an ``agent_error``). A
+    repeated try (the request's ``"repeat": n``) is answered the same as the first, except
+    on the borderline cases where the refund and appeals agents waver (:func:`_waver`: the
+    same try of the same case always wavers the same way)."""
     task_type = request.get("task_type")
     payload = request.get("payload")
     agent = _AGENTS.get(task_type) if isinstance(task_type, str) else None
@@ -368,7 +400,7 @@ def reference_agent(request: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(payload, Mapping):
         raise ValueError("reference agent needs a payload object")
     try:
-        decision, actions, confidence = agent(payload)
+        decision, actions, confidence = agent(payload, _waver(request))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"reference agent cannot read this {task_type} payload: {exc!r}") from exc
     prompt, usd_in, usd_out = _PRICING[str(task_type)]

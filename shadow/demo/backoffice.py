@@ -27,7 +27,9 @@ the member's name and date of birth).
 for a ``share`` of the cases whose request carries a ``tools_url`` (chosen by a hash of the
 event id), it opens the SDK ``Client`` on that URL, reads the case's record, decides with
 :func:`shadow.demo.reference_agent`'s rules on it, and makes its writes as tool calls (the
-same actions its answer lists). The other cases are answered without tools.
+same actions its answer lists). The other cases are answered without tools, and so is a
+repeated case's extra try (the request's ``repeat``, :mod:`shadow.noise`): the demo's tool
+counts are its cases' first answers, one session each.
 """
 
 from __future__ import annotations
@@ -334,6 +336,7 @@ class ToolAgent:
         if (
             not isinstance(url, str)
             or task_type not in _LOOKUP
+            or request.get("repeat") is not None
             or not self.uses_tools(str(request.get("event_id")))
         ):
             return reference_agent(request)

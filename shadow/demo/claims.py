@@ -205,23 +205,41 @@ def _claim_actions(p: Mapping[str, Any], d: Mapping[str, Any]) -> list[JSON]:
     return [{"tool": _OUTCOME_TOOLS[str(d["outcome"])], "args": args}]
 
 
-def _claim_agent(p: Mapping[str, Any]) -> tuple[JSON, list[JSON], float]:
+#: On a repeated try, the share of borderline medical-necessity appeals the agent reads the
+#: other way (:func:`_claim_agent`).
+WAVER: Final = 0.3
+
+
+def _claim_agent(
+    p: Mapping[str, Any], waver: float | None = None
+) -> tuple[JSON, list[JSON], float]:
     """The appeals agent was tuned on the east region's appeals and reads the handbook as
     its reviewers do; on the west's it is the poor reader it always was: too lenient on
     medical necessity, blind to the filing deadline and to the medical-director threshold,
-    and it forgets the deductible."""
+    and it forgets the deductible.
+
+    It is **unstable** on borderline medical necessity (a CO-50 denial appealed with the
+    medical records or the physician's letter, not both): on a repeated try (``waver``, a
+    draw in [0, 1) the caller makes from the event id and the try number; ``None`` for the
+    first answer) it reads the one document the other way :data:`WAVER` of the time, so over
+    its three tries (the demo policy's ``repeats: 2``) it answers about nine appeals in ten
+    the same."""
     docs = p["documentation"]
-    if p["claim"].get("region") == EAST:
-        d = _claim_rules(p, lenient_necessity=False, deadline=True, director=True, deductible=True)
-    else:
-        d = _claim_rules(
-            p,
-            lenient_necessity=True,
-            deadline=False,
-            director=False,
-            deductible=False,
-            letter_is_enough=True,
-        )
+    east = p["claim"].get("region") == EAST
+    lenient = not east  # in the west, either document is enough
+    borderline = p["claim"]["denial_code"] == "CO-50" and (
+        bool(docs["medical_records"]) != bool(docs["physician_letter"])
+    )
+    if waver is not None and waver < WAVER and borderline:
+        lenient = not lenient  # this try reads the one document the other way
+    d = _claim_rules(
+        p,
+        lenient_necessity=lenient,
+        letter_is_enough=lenient,
+        deadline=east,
+        director=east,
+        deductible=east,
+    )
     d["rationale"] = f"agent: {d['rationale']}"
     if p["claim"]["denial_code"] == "CO-50":  # the agent reads either document as enough
         enough = bool(docs["medical_records"]) or bool(docs["physician_letter"])

@@ -208,7 +208,11 @@ def _invoice_actions(p: Mapping[str, Any], d: Mapping[str, Any]) -> list[JSON]:
     return actions
 
 
-def _invoice_agent(p: Mapping[str, Any]) -> tuple[JSON, list[JSON], float]:
+def _invoice_agent(
+    p: Mapping[str, Any], waver: float | None = None
+) -> tuple[JSON, list[JSON], float]:
+    """Rules with no judgement call in them: the same answer on every try (``waver``, the
+    draw of a repeated try, changes nothing)."""
     d = _invoice_rules(p, relative_tolerance=False, add_splits=False, by_reference=False)
     d["note"] = f"{d['status']} on vendor and amount"
     same_vendor = sum(1 for x in p["payments"] if x["vendor_id"] == p["invoice"]["vendor_id"])

@@ -263,9 +263,26 @@ def _refund_actions(p: Mapping[str, Any], d: Mapping[str, Any]) -> list[JSON]:
     return [{"tool": "open_case", "args": {"queue": d["queue"], "order_id": p["order_id"]}}]
 
 
-def _refund_agent(p: Mapping[str, Any]) -> tuple[JSON, list[JSON], float]:
-    d = _refund_rules(p, window=30, platinum_goodwill=False)
-    d["note"] = f"rule: {d['reason'].lower()}"
+#: On a repeated try, the share of borderline refunds the agent reads the other way
+#: (:func:`_refund_agent`).
+WAVER: Final = 0.2
+
+
+def _refund_agent(
+    p: Mapping[str, Any], waver: float | None = None
+) -> tuple[JSON, list[JSON], float]:
+    """The refund handbook as written (no platinum goodwill, the 30-day window).
+
+    Nearly stable: on a repeated try (``waver``, a draw in [0, 1) the caller makes from the
+    event id and the try number; ``None`` for the first answer) it reads a borderline case
+    (five days either side of the window, an amount near the high-value limit) the other way
+    :data:`WAVER` of the time: a window of 35 days, a limit of 1,150. Most borderline cases
+    come out the same either way, so it agrees with itself on about 99 refunds in 100."""
     days = int(p["days_since_purchase"])
     borderline = abs(days - 30) <= 5 or 900 <= float(p["amount"]) <= 1150
+    if waver is not None and waver < WAVER and borderline:
+        d = _refund_rules(p, window=35, platinum_goodwill=False, limit=1150.0)
+    else:
+        d = _refund_rules(p, window=30, platinum_goodwill=False)
+    d["note"] = f"rule: {d['reason'].lower()}"
     return d, _refund_actions(p, d), 0.71 if borderline else 0.96

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import duckdb
 import pytest
 import yaml
 from rich.console import Console
 
 from shadow import demo, promotion
 from shadow.budgets import BudgetEvidence, judge
-from shadow.cli import _parser
+from shadow.cli import _parser, _status_from_db
+from shadow.demo.backoffice import tool_agent
 from shadow.demo_run import run_demo
 from shadow.diff import Differ
 from shadow.errors import ValidationError
@@ -575,13 +577,38 @@ def segment_row(text: str, task_type: str, label: str) -> list[str]:
     return [c.strip() for c in line.split("│")[1:-1]]
 
 
-async def test_the_demo_table_shows_the_bad_segment_and_the_cost(tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class RealDemo:
+    """A ``shadow demo`` run through the real pipeline: what it printed, its database and
+    ``/v1/agreement`` as ``shadow status --db`` reads it back."""
+
+    text: str
+    db: Path
+    doc: dict[str, Any]
+
+
+REAL_EVENTS = 1500
+
+
+@pytest.fixture(scope="module")
+def real_demo(tmp_path_factory: pytest.TempPathFactory) -> RealDemo:
+    """One real run for the tests below (its own event loop: a module-scoped fixture)."""
+    db = tmp_path_factory.mktemp("real-demo") / "d.duckdb"
     out = io.StringIO()
     args = _parser().parse_args(
-        ["demo", "--events", "1500", "--no-progress", "--db", str(tmp_path / "d.duckdb")]
+        ["demo", "--events", str(REAL_EVENTS), "--no-progress", "--db", str(db)]
     )
-    assert await run_demo(args, Console(file=out, width=200)) == 0
-    text = out.getvalue()
+
+    async def run() -> dict[str, Any]:
+        assert await run_demo(args, Console(file=out, width=200)) == 0
+        return await _status_from_db(str(db))
+
+    doc = asyncio.run(run())
+    return RealDemo(out.getvalue(), db, doc)
+
+
+def test_the_demo_table_shows_the_bad_segment_and_the_cost(real_demo: RealDemo) -> None:
+    text = real_demo.text
     east, west = (segment_row(text, CLAIMS, s) for s in ("east", "west"))
     # cells: label, level, n, agree, lower, upper, crit, err, gate column, needs
     assert float(east[3]) - float(west[3]) >= 0.12
@@ -607,7 +634,7 @@ async def test_the_demo_table_shows_the_bad_segment_and_the_cost(tmp_path: Path)
         assert agent == pytest.approx(cost * volume, abs=0.00005 * volume + 0.005)
     # The second opinions make a human ceiling: exactly the first outcome against the second
     # under the task type's compare rules, on the very cases the demo sent.
-    cases = demo.generate(1500, seed=7, late_share=demo.DEFAULT_LATE_SHARE)
+    cases = demo.generate(REAL_EVENTS, seed=7, late_share=demo.DEFAULT_LATE_SHARE)
     for name in demo.TASK_TYPES:
         differ = Differ(policy().task_types[name].compare)
         pairs = [
@@ -631,3 +658,124 @@ async def test_the_demo_table_shows_the_bad_segment_and_the_cost(tmp_path: Path)
         r"\[\$\d\.\d{4}, \$\d\.\d{4}\]: (not )?met",
         flat,
     )
+
+
+def test_the_demo_reports_self_consistency_and_never_counts_a_repeat_as_evidence(
+    real_demo: RealDemo,
+) -> None:
+    """The refund and appeals agents are asked again on a fifth of their cases (the appeals
+    twice more): self-consistency over exactly the repeated cases, the appeals agent
+    wavering on borderline medical necessity, the refund agent nearly stable; the evidence
+    counts each case once, as a run without repeats does."""
+    cases = demo.generate(REAL_EVENTS, seed=7, late_share=demo.DEFAULT_LATE_SHARE)
+    counted = Counter(c.task_type for c in cases)
+    pol = policy()
+    repeated = Counter(
+        c.task_type for c in cases if pol.task_types[c.task_type].repeated(c.event["event_id"])
+    )
+    assert pol.task_types[INVOICE].repeat_rate == 0
+    assert (pol.task_types[REFUND].repeats, pol.task_types[CLAIMS].repeats) == (1, 2)
+    doc = real_demo.doc["task_types"]
+    flat = " ".join(real_demo.text.replace("│", " ").split())
+    for name in demo.TASK_TYPES:
+        t = doc[name]
+        # Every case compared once, repeated or not: n is the cases, as without repeats.
+        assert t["n"] == counted[name], name
+        assert sum(s["n"] for s in t["segments"].values()) == counted[name]
+        consistency, stable = t["self_consistency"], t["stable"]
+        if name == INVOICE:
+            assert consistency["n"] == stable["n"] == 0
+            row = flat[flat.index(f"{name} valid ") : flat.index(f"{CLAIMS} valid ")]
+            assert "human ceiling" in row
+            assert "self-consistency" not in row
+            continue
+        assert 0.15 <= repeated[name] / counted[name] <= 0.25
+        # Every try of every repeated case answered: n is exactly the repeated cases.
+        assert consistency["n"] == stable["n"] == repeated[name], name
+        assert consistency["lower"] <= consistency["agreement"] <= consistency["upper"]
+        shown = re.search(
+            rf"{name} valid .*?self-consistency (?:and stable )?(\d\.\d{{4}}) "
+            rf"\[(\d\.\d{{4}}), (\d\.\d{{4}})\] of (\d+)",
+            flat,
+        )
+        assert shown is not None, (name, flat[-3000:])
+        assert shown.groups() == (
+            f"{consistency['agreement']:.4f}",
+            f"{consistency['lower']:.4f}",
+            f"{consistency['upper']:.4f}",
+            str(repeated[name]),
+        )
+    refunds, appeals = doc[REFUND]["self_consistency"], doc[CLAIMS]["self_consistency"]
+    assert appeals["agree"] < appeals["n"]  # the appeals agent answers some cases otherwise
+    assert 0.8 <= appeals["agreement"] <= 0.97
+    assert refunds["agreement"] >= 0.97
+    # No errors: stable (the same on all three tries) counts what self-consistency does.
+    assert doc[CLAIMS]["stable"]["stable"] == appeals["agree"]
+    # The store: one decision per case, the tries apart (one row per try).
+    with duckdb.connect(str(real_demo.db), read_only=True) as con:
+        decisions = dict(
+            con.execute("SELECT task_type, count(*) FROM decisions GROUP BY 1").fetchall()
+        )
+        tries = dict(con.execute("SELECT task_type, count(*) FROM repeats GROUP BY 1").fetchall())
+    assert decisions == dict(counted)
+    assert tries == {REFUND: repeated[REFUND], CLAIMS: 2 * repeated[CLAIMS]}
+
+
+def test_a_repeated_try_wavers_only_on_borderline_cases_and_reproducibly() -> None:
+    """The first answer is the agent's answer without ``repeat`` (unchanged); a try differs
+    from it only where the agent is unsure (a borderline refund, a medical-necessity appeal
+    with one of the two documents), never on invoices, and the same try of the same case is
+    answered the same every time."""
+    pol = policy()
+    changed: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for case in demo.generate(1200, seed=7):
+        request = request_for(case)
+        first = demo.reference_agent(request)
+        assert demo.reference_agent({**request, "repeat": None}) == first
+        p = case.event["payload"]
+        for attempt in (1, 2):
+            again = demo.reference_agent({**request, "repeat": attempt})
+            assert again == demo.reference_agent({**request, "repeat": attempt})
+            differ = Differ(pol.task_types[case.task_type].compare)
+            a = ShadowDecision.from_agent_response("x", first, default_version="?")
+            b = ShadowDecision.from_agent_response("x", again, default_version="?")
+            assert a.decision is not None
+            assert b.decision is not None
+            same = differ(b.decision, a.decision, b.actions, a.actions).agree
+            total[case.task_type] += 1
+            if same:
+                continue
+            changed[case.task_type] += 1
+            if case.task_type == REFUND:
+                days, amount = int(p["days_since_purchase"]), float(p["amount"])
+                assert abs(days - 30) <= 5 or 900 <= amount <= 1150, p
+            else:
+                assert case.task_type == CLAIMS, case.task_type
+                docs = p["documentation"]
+                assert p["claim"]["denial_code"] == "CO-50"
+                assert docs["medical_records"] != docs["physician_letter"]
+    assert changed[INVOICE] == 0
+    assert 0 < changed[REFUND] <= 0.02 * total[REFUND]
+    assert 0.02 * total[CLAIMS] <= changed[CLAIMS] <= 0.1 * total[CLAIMS]
+
+
+async def test_a_repeated_try_is_answered_without_tools() -> None:
+    """The demo agent works a sampled case through its tools on the first answer only: a
+    repeated try answers from the request, so the demo's tool counts are the first answers'.
+    The tools URL here refuses connections: a try that opened it would fail."""
+    cases = demo.generate(400, seed=7)
+    case = next(c for c in cases if tool_agent.uses_tools(c.event["event_id"]))
+    request = {**request_for(case), "tools_url": "http://127.0.0.1:9/mcp"}
+    for attempt in (1, 2):
+        answer = await tool_agent({**request, "repeat": attempt})
+        assert answer == demo.reference_agent({**request, "repeat": attempt})
+    with pytest.raises(ExceptionGroup) as raised:
+        await tool_agent(request)  # the first answer does use the tools
+
+    def leaves(exc: BaseException) -> list[BaseException]:
+        if isinstance(exc, BaseExceptionGroup):
+            return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+        return [exc]
+
+    assert [type(e).__name__ for e in leaves(raised.value)] == ["ConnectError"]
