@@ -22,6 +22,11 @@ Version check (no ``--agent-version``)
     version, so a report never mixes two versions silently and nothing is called twice.
     Later version changes (e.g. a rolling deploy) are kept and listed in the report.
     With ``--agent-version`` the declared name is trusted as is.
+Repeated tries
+    A repeated case's try ``k`` (the noise floor: the request marked ``repeat: k``) is
+    cached under its own ``request_hash`` (:func:`hash_text` with ``repeat``): never
+    answered from the case's first answer or another try, and reused try by try on a
+    re-run.
 Not cached
     Failed calls (HTTP errors, timeouts, invalid answers): the next run retries them.
 Bounded work
@@ -101,10 +106,14 @@ def canonical_request(event: WorkEvent) -> bytes:
     )
 
 
-def hash_text(canonical: bytes) -> str:
+def hash_text(canonical: bytes, repeat: int | None = None) -> str:
     """The request hash (hex SHA-256, first 32 chars) of a :func:`canonical_request` text,
-    tagged with :data:`REQUEST_FORMAT`."""
-    return hashlib.sha256(REQUEST_FORMAT + canonical).hexdigest()[:32]
+    tagged with :data:`REQUEST_FORMAT`; a repeated case's try ``repeat`` (1, 2, ...) has a
+    hash of its own (the text followed by a line ``repeat=k``, which no canonical text
+    ends with), so a try is never answered from the first answer's entry or another
+    try's."""
+    tail = b"" if repeat is None else b"\nrepeat=%d" % repeat
+    return hashlib.sha256(REQUEST_FORMAT + canonical + tail).hexdigest()[:32]
 
 
 def request_hash(event: WorkEvent) -> str:
@@ -242,13 +251,16 @@ class CachedAgent:
         *,
         texts: Sequence[bytes] | None = None,
         handover: bool = False,
+        repeat: int | None = None,
     ) -> list[ShadowDecision | None]:
         """``texts``: the events' :func:`canonical_request` when the caller has them;
         ``handover``: the caller never reads the events' payloads again, so an in-process
-        agent may get them without a copy (:meth:`shadow.agent.AgentRunner.decide_batch`)."""
+        agent may get them without a copy (:meth:`shadow.agent.AgentRunner.decide_batch`).
+        ``repeat``: the try number of repeated cases (the request's ``repeat``,
+        ``X-Shadow-Repeat`` over HTTP), cached under a key of its own."""
         if texts is None:
             texts = [canonical_request(e) for e in events]
-        hashes = [hash_text(t) for t in texts]
+        hashes = [hash_text(t, repeat) for t in texts]
         await self.flush()  # the previous batch's answers are on disk before any new call
         skip = self.refresh or self._nothing_cached
         cached = {} if skip else await self.cache.get(self.key, hashes)
@@ -260,7 +272,7 @@ class CachedAgent:
         # Rows of these hashes exist when another version answered them (or --refresh-cache
         # skipped the lookup): only then must the write replace rows.
         overwrite = self.refresh or any(cached.get(hashes[i]) is not None for i in todo)
-        await self._call(events, hashes, todo, out, stop, handover, overwrite)
+        await self._call(events, hashes, todo, out, stop, handover, overwrite, repeat)
         changed = first_live and self._confirmed and before is not None
         if changed and self.expected != before and self._used_unconfirmed:
             # Cached answers of the old version were used (in this batch or before): score
@@ -296,6 +308,7 @@ class CachedAgent:
         stop: asyncio.Event | None,
         handover: bool,
         overwrite: bool,
+        repeat: int | None = None,
     ) -> None:
         if not todo:
             return
@@ -314,7 +327,9 @@ class CachedAgent:
                     d = replace(d, agent_version=self.expected)
             out[i] = d
 
-        if self.limiter.limited:
+        if self.limiter.limited or repeat is not None:
+            # A try of a repeated case goes through ``decide``, which marks it (the batch
+            # call knows no repeats).
             queue = iter(todo)
 
             async def worker() -> None:
@@ -322,7 +337,7 @@ class CachedAgent:
                     if stop is not None and stop.is_set():
                         return
                     await self.limiter.acquire()
-                    got(i, await self.runner.decide(events[i]))
+                    got(i, await self.runner.decide(events[i], repeat=repeat))
 
             workers: asyncio.Future[Any] = asyncio.gather(
                 *(worker() for _ in range(min(self.runner.concurrency, len(todo))))

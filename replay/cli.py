@@ -97,6 +97,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--examples", type=int, default=5, help="example cases per task type (5)")
     p.add_argument(
+        "--no-repeats",
+        action="store_true",
+        help="no repeated tries of the policy's repeat_rate cases (saves agent calls)",
+    )
+    p.add_argument(
         "--record-evidence",
         action="store_true",
         help="audit the results as replay evidence in a sidecar store (never live evidence)",
@@ -239,6 +244,7 @@ async def _replay(args: argparse.Namespace, console: Console) -> int:
                 batch=args.batch_size,
                 examples=args.examples,
                 rate=args.rate,
+                repeats=not args.no_repeats,
             )
             with (
                 _interrupts(stop, console),
@@ -266,7 +272,13 @@ async def _replay(args: argparse.Namespace, console: Console) -> int:
                 Progress(err, history.total, stats, enabled=not args.no_progress) as bar,
             ):
                 runner = ReplayRunner(
-                    history, policy, source, examples=args.examples, stop=stop, progress=bar.advance
+                    history,
+                    policy,
+                    source,
+                    examples=args.examples,
+                    stop=stop,
+                    progress=bar.advance,
+                    repeats=not args.no_repeats,
                 )
                 result = await runner.run()
         if args.baseline_version and not stop.is_set():
@@ -275,6 +287,7 @@ async def _replay(args: argparse.Namespace, console: Console) -> int:
                 policy,
                 StoreAnswers(history, args.baseline_version),
                 examples=args.examples,
+                repeats=False,  # the live tries are the live noise floor's, not replayed
             ).run()
             baseline_doc = build_document(
                 base_result,

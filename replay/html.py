@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from replay.noise import noise_line
 from shadow.report_html import (
     ChartRow,
     acceptance_text,
@@ -70,6 +71,11 @@ def _task(name: str, t: Mapping[str, Any], trace_link: str | None = None) -> str
         f"[{pct(t['lower'])}, {pct(t['upper'])}], critical misses {t['critical']}, "
         f"agent errors {t['errors']}; agent {_e(t.get('agent_version'))}</p>"
     )
+    noise = noise_line(t)
+    if noise:
+        # Next to the agreement, as the live report shows it: how often two humans agree,
+        # and how often the candidate agrees with itself on repeated tries.
+        parts.append(f"<p>Noise floor (not evidence): {_e(noise)}</p>")
     parts.append(
         f"<p>Acceptance (not evidence: items the agent handled, or decided by a human shown "
         f"its proposal): {_e(acceptance_text(t.get('acceptance')))}</p>"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shadow.model import Handling, Outcome, WorkEvent
+from shadow.model import Handling, Outcome, SecondOpinion, WorkEvent
 from shadow.policy import stable_fraction
 
 __all__ = ["Case", "HistoryStats", "Selection", "most_common_version"]
@@ -44,12 +44,15 @@ class Case:
     case is evidence, by the live rule (:attr:`shadow.store.JoinRow.handled_by`): the
     record, else what the outcome states, else blind. ``trace_id`` is the case's live
     OpenTelemetry trace (a sidecar history whose comparison kept one: shadow.tracing), shown
-    with the report's example cases."""
+    with the report's example cases. ``second`` is the event's second opinion (an
+    independent second human decision: the human ceiling, :mod:`replay.noise`), never
+    evidence about the agent."""
 
     event: WorkEvent
     outcome: Outcome
     recorded: Handling | None = None
     trace_id: str | None = None
+    second: SecondOpinion | None = None
 
     @property
     def event_id(self) -> str:
@@ -124,6 +127,7 @@ class HistoryStats:
     without_outcome: int = 0
     outcomes_without_event: int = 0
     selected: int = 0  # cases handed out so far
+    second_opinions: int = 0  # selected cases with a second opinion (the human ceiling)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +138,7 @@ class HistoryStats:
             "without_outcome": self.without_outcome,
             "outcomes_without_event": self.outcomes_without_event,
             "selected": self.selected,
+            "second_opinions": self.second_opinions,
         }
 
 

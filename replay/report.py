@@ -24,6 +24,11 @@ with its proposal shown are ``acceptance``, with ``GET /v1/agreement``'s shape (
 and ``assisted``, each ``{n, agree, agreement}``). ``agent_versions``, ``usage`` and
 ``latency_ms`` describe the agent's answers, so they cover every compared case, and so do
 the budget gates (:mod:`replay.budgets`) and ``case_costs``.
+
+The noise floor (:mod:`replay.noise`, the live rules and bounds): ``human_ceiling`` and
+``noisy_fields`` from the cases' second opinions, ``self_consistency`` and ``stable`` from
+the repeated tries (:meth:`TaskStats.add_repeat`), which are never tallied anywhere else:
+not in ``n``, the latencies, the usage or the costs.
 """
 
 from __future__ import annotations
@@ -32,14 +37,15 @@ import bisect
 import math
 from array import array
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from replay.cases import AGREE, CRITICAL, DISAGREE, ERROR, CaseLog, CostLog
 from replay.gate import gate_entry
 from replay.model import Case, most_common_version
+from replay.noise import NoiseTally
 from shadow.budgets import price
-from shadow.diff import normalize_text
+from shadow.diff import Differ, normalize_text
 from shadow.model import Comparison, Evidence, Handling, ShadowDecision, Verdict
 from shadow.policy import MatchKind, Price, TaskPolicy
 from shadow.promotion import agreement_fields, snapshot
@@ -133,6 +139,7 @@ class TaskStats:
         *,
         examples: int = 5,
         prices: Mapping[str, Price] | None = None,
+        repeats: bool = True,
     ) -> None:
         self.name = name
         self.task = task
@@ -177,6 +184,10 @@ class TaskStats:
         # budget gates judge (replay.budgets) and the cost regression pairs on.
         self.case_costs = CostLog()
         self.answer_errors = 0
+        # The noise floor (replay.noise): second opinions and repeated tries, never evidence.
+        self.noise = NoiseTally()
+        self.repeats = repeats  # whether this run repeats the policy's repeat_rate cases
+        self._differ: Differ | None = None
 
     @property
     def compared_cases(self) -> int:
@@ -197,6 +208,8 @@ class TaskStats:
         self.case_costs.add(case.event_id, math.nan if unknown else usage.cost_usd)
         if c.verdict is Verdict.AGENT_ERROR:
             self.answer_errors += 1
+        if case.second is not None:
+            self.noise.add_pair(self.task, self.differ, case.event_id, c, case.outcome, case.second)
         if not c.evidence:
             # The outcome echoes the agent (or a human anchored by its proposal): counted
             # beside the evidence, as the live acceptance view does, never in it.
@@ -240,6 +253,22 @@ class TaskStats:
                 },
             )
         self._confuse(case.outcome.decision, d.decision or {})
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a shard's tallies) without the compiled compare rules (made again)."""
+        return {**self.__dict__, "_differ": None}
+
+    @property
+    def differ(self) -> Differ:
+        """The task type's compare rules (the live sidecar's :class:`shadow.diff.Differ`)."""
+        if self._differ is None:
+            self._differ = Differ(self.task.compare)
+        return self._differ
+
+    def add_repeat(self, first: ShadowDecision, tries: Sequence[ShadowDecision]) -> None:
+        """A repeated case's tries (1, 2, ...), judged against its first answer ``first``
+        (:mod:`replay.noise`); never counted in the evidence."""
+        self.noise.add_repeat(self.task, self.differ, self.name, first, tries)
 
     def _confuse(self, human: Mapping[str, Any], agent: Mapping[str, Any]) -> None:
         for path, parts, text in self._categorical:
@@ -299,6 +328,7 @@ class TaskStats:
         self.cases.merge(other.cases)
         self.case_costs.merge(other.case_costs)
         self.answer_errors += other.answer_errors
+        self.noise.merge(other.noise)
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         for path, _, _ in self._categorical:
@@ -367,6 +397,7 @@ class TaskStats:
                 }
                 for label, figures in segments.items()
             },
+            **self.noise.entry(self.task, repeats=self.repeats),
             "latency_ms": percentiles(self.latencies),
             "cases": cases,
             "case_segments": case_segments,

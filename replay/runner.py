@@ -10,6 +10,13 @@ the item was handled (:attr:`shadow.store.JoinRow.handled_by`: the sidecar's rou
 else the outcome's ``handled_by``, else blind): only blind comparisons are evidence, the
 others are tallied as acceptance, as in ``GET /v1/agreement``.
 
+Repeated cases (the noise floor, :mod:`replay.noise`): after a batch is scored, the cases
+of a task type with ``repeat_rate`` that its stable hash picks
+(:meth:`shadow.policy.TaskPolicy.repeated`, as live) go to the agent ``repeats`` more times,
+marked ``repeat: k`` as the live sidecar marks them; the tries are judged against the
+case's first answer and tallied apart from the evidence (``ReplayRunner(repeats=False)``,
+``--no-repeats``: no repeat call at all).
+
 Batches run one after another: every answer of a batch is cached (one transaction) before
 the next batch's first call, so after ``kill -9`` at most the calls of one batch were
 made and not kept. Setting ``stop`` (Ctrl-C) ends the run after the answers in flight are
@@ -56,10 +63,14 @@ class AnswerSource(Protocol):
         *,
         texts: Sequence[bytes] | None = None,
         handover: bool = False,
+        repeat: int | None = None,
     ) -> list[ShadowDecision | None]:
         """``texts`` are the events' canonical request JSON
         (:func:`replay.cache.canonical_request`); with ``handover`` the caller never reads
-        the events' payloads again (an in-process agent may keep or change them)."""
+        the events' payloads again (an in-process agent may keep or change them).
+        ``repeat``: these are the ``repeat``-th tries of repeated cases (the noise floor,
+        marked as the live sidecar marks them; a source that cannot repeat answers
+        ``None``)."""
         ...
 
     async def flush(self) -> None:
@@ -81,7 +92,10 @@ class StoreAnswers:
         *,
         texts: Sequence[bytes] | None = None,
         handover: bool = False,
+        repeat: int | None = None,
     ) -> list[ShadowDecision | None]:
+        if repeat is not None:  # the live tries are not a baseline's: none to replay
+            return [None] * len(events)
         found = await self.history.stored_decisions(self.version, [e.event_id for e in events])
         return [found.get(e.event_id) for e in events]
 
@@ -117,8 +131,12 @@ class ReplayRunner:
         stop: asyncio.Event | None = None,
         progress: Progress | None = None,
         clock: Callable[[], float] = time.monotonic,
+        repeats: bool = True,
     ) -> None:
+        """``repeats``: send the policy's repeated cases (``repeat_rate``) to the agent
+        again, ``repeats`` tries each (``--no-repeats``: off)."""
         self.history = history
+        self.repeats = repeats
         self.policy = policy
         self.source = source
         self.examples = examples
@@ -191,6 +209,7 @@ class ReplayRunner:
             [e for _, e in known], self.stop, texts=texts, handover=True
         )
         stopped = self.stop is not None and self.stop.is_set()
+        again: list[tuple[Case, bytes, ShadowDecision]] = []
         for (case, _), text, answer in zip(known, texts, answers, strict=True):
             if answer is None:
                 if not stopped:
@@ -202,7 +221,11 @@ class ReplayRunner:
                 task = self.policy.for_task(tt)
                 assert task is not None
                 stats = tasks[tt] = TaskStats(
-                    tt, task, examples=self.examples, prices=self.policy.prices
+                    tt,
+                    task,
+                    examples=self.examples,
+                    prices=self.policy.prices,
+                    repeats=self.repeats,
                 )
             # The live join's row, with the sidecar's routing record: ``c.handled_by`` is
             # the live rule's label, so only what the live ladder counts is evidence.
@@ -210,9 +233,42 @@ class ReplayRunner:
             # Only a critical miss shows the payload (an example): parse it back then.
             payload = loads(text)["payload"] if c.critical_miss else _NO_PAYLOAD
             stats.add(case, payload, answer, c)
+            if self.repeats and stats.task.repeated(case.event_id):
+                again.append((case, text, answer))
+        if again and not stopped:
+            await self._repeat(again, tasks)
+            stopped = self.stop is not None and self.stop.is_set()
         if self.progress is not None:
             self.progress(len(batch))
         return stopped
+
+    async def _repeat(
+        self, cases: list[tuple[Case, bytes, ShadowDecision]], tasks: dict[str, TaskStats]
+    ) -> None:
+        """The repeated cases' extra tries, as the live sidecar makes them: try ``k`` of a
+        case only after its try ``k - 1`` came back, each marked ``repeat: k``; a case whose
+        tries did not all come back (the run was stopped) is not counted."""
+        tries: list[list[ShadowDecision]] = [[] for _ in cases]
+        wanted = [tasks[case.task_type].task.repeats for case, _, _ in cases]
+        for attempt in range(1, max(wanted) + 1):
+            idx = [i for i, w in enumerate(wanted) if w >= attempt and len(tries[i]) == attempt - 1]
+            if not idx or (self.stop is not None and self.stop.is_set()):
+                break
+            # A fresh copy of each (redacted) payload: the first call handed its over.
+            events = [_event(cases[i][0], cases[i][1]) for i in idx]
+            answers = await self.source.answers(
+                events,
+                self.stop,
+                texts=[cases[i][1] for i in idx],
+                handover=True,
+                repeat=attempt,
+            )
+            for i, answer in zip(idx, answers, strict=True):
+                if answer is not None:
+                    tries[i].append(answer)
+        for (case, _, first), got, want in zip(cases, tries, wanted, strict=True):
+            if len(got) == want:
+                tasks[case.task_type].add_repeat(first, got)
 
     def _differ(self, task_type: str) -> Differ:
         found = self._differs.get(task_type)
@@ -221,6 +277,13 @@ class ReplayRunner:
             assert task is not None
             found = self._differs[task_type] = Differ(task.compare)
         return found
+
+
+def _event(case: Case, text: bytes) -> WorkEvent:
+    """``case``'s event as the agent was sent it (payload redacted), from the canonical
+    request text."""
+    e = case.event
+    return WorkEvent(e.event_id, e.task_type, loads(text)["payload"], e.occurred_at, e.segment)
 
 
 def summary(result: ReplayResult) -> dict[str, Any]:

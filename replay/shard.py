@@ -85,6 +85,7 @@ class ShardJob:
     batch: int = 500
     examples: int = 5
     rate: float | None = None  # agent calls started per second, over all the workers
+    repeats: bool = True  # the policy's repeated cases get their tries (--no-repeats: off)
     shard: int = 0
     shards: int = 1
     expected: str | None = None
@@ -204,7 +205,13 @@ async def _work(
             if job.expected is not None:
                 source.expected = job.expected
             result = await ReplayRunner(
-                history, job.policy, source, examples=job.examples, stop=stop, progress=progress
+                history,
+                job.policy,
+                source,
+                examples=job.examples,
+                stop=stop,
+                progress=progress,
+                repeats=job.repeats,
             ).run()
     finally:
         done.set()
@@ -386,6 +393,7 @@ def _merge(results: list[ReplayResult], passes: int) -> ReplayResult:
                 tasks[name] = t
     stats = results[0].stats
     stats.selected = sum(r.stats.selected for r in results)
+    stats.second_opinions = sum(r.stats.second_opinions for r in results)
     return ReplayResult(
         dict(sorted(tasks.items())),
         stats,

@@ -20,6 +20,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from replay.cache import CallStats
+from replay.noise import noise_line
 
 __all__ = ["Progress", "print_report"]
 
@@ -160,6 +161,9 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
                 for seg, f in segments.items()
             )
             console.print(f"  {name}: segments: {parts}", markup=False)
+        noise = noise_line(t)
+        if noise:
+            console.print(f"  {name}: noise floor: {noise}", markup=False)
         budgets = t.get("budgets") or {}
         for key in ("cost_usd_per_decision", "latency_ms_p95", "error_rate"):
             judged = budgets.get(key)

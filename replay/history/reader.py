@@ -19,16 +19,31 @@ from replay.jsonl import MAX_ERRORS, read_jsonl
 from replay.model import Case, HistoryStats, Selection
 from shadow.errors import ValidationError
 from shadow.fastjson import loads
-from shadow.model import Handling, Outcome, ShadowDecision, WorkEvent, as_actions
+from shadow.model import (
+    Handling,
+    Outcome,
+    SecondOpinion,
+    ShadowDecision,
+    WorkEvent,
+    as_actions,
+)
 
 Format = Literal["duckdb", "parquet", "jsonl"]
 
 _EVENT_COLS = ("event_id", "task_type", "payload", "occurred_at", "segment")
-_OUTCOME_COLS = ("decision", "actions", "decided_by", "decided_at", "handled_by")
+# ``second_opinion`` (Parquet): the outcome's embedded second opinion object (JSON).
+_OUTCOME_COLS = (
+    "decision",
+    "actions",
+    "decided_by",
+    "decided_at",
+    "handled_by",
+    "second_opinion",
+)
 # A sidecar file's outcomes table needs these; ``handled_by`` arrived with schema v8.
 _STORED_OUTCOME_COLS = ("decision", "actions", "decided_by", "decided_at")
 _REQUIRED = ("event_id", "task_type", "payload", "decision")
-_JSON_COLS = frozenset({"payload", "decision", "actions"})
+_JSON_COLS = frozenset({"payload", "decision", "actions", "second_opinion"})
 
 
 def detect_format(path: Path) -> Format:
@@ -89,6 +104,7 @@ class History:
         self._routed = False
         self._traced = False
         self._cost_source = False  # decisions.cost_source (schema v15 on)
+        self._seconds = False  # the second_opinions table (schema v16 on)
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -162,7 +178,8 @@ class History:
         cols: dict[str, set[str]] = {}
         for table, column in self._con.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
-            "WHERE table_name IN ('events', 'outcomes', 'decisions', 'handling', 'comparisons')"
+            "WHERE table_name IN ('events', 'outcomes', 'decisions', 'handling', 'comparisons', "
+            "'second_opinions')"
         ).fetchall():
             cols.setdefault(table, set()).add(column)
         need = {
@@ -198,6 +215,10 @@ class History:
         # Schema v15 on: how each stored decision's cost is known (a cost never reported nor
         # priced is unknown, not the 0 its body says).
         self._cost_source = "cost_source" in cols.get("decisions", set())
+        # Schema v16 on: each event's second opinion (the human ceiling, replay.noise).
+        self._seconds = {"event_id", "decision", "actions", "decided_by"} <= cols.get(
+            "second_opinions", set()
+        )
 
     def _check_parquet(self) -> None:
         src = f"read_parquet({_sql_str(str(self.path))}, file_row_number=true)"
@@ -274,8 +295,8 @@ class History:
         """Columns: row numbers (event, outcome; NULL for the sidecar file), the event's
         five columns, the outcome's five (``handled_by``: what the outcome states), and for
         the sidecar file the sidecar's routing record (``handling.handled_by``, the live
-        join's ``h.handled_by``) and its comparisons' trace id (shadow.tracing), ordered by
-        event_id."""
+        join's ``h.handled_by``), its comparisons' trace id (shadow.tracing) and its second
+        opinion (decision, actions, decided_by: the human ceiling), ordered by event_id."""
         rules = []
         if self.selection.task_types is not None:
             rules.append("task_type IN (SELECT unnest(?::VARCHAR[]))")
@@ -290,6 +311,11 @@ class History:
             recorded = "h.handled_by" if self._routed else "NULL"
             routing = " LEFT JOIN handling h ON h.event_id = e.event_id" if self._routed else ""
             traced = "t.trace_id" if self._traced else "NULL"
+            if self._seconds:
+                second = "CAST(s.decision AS VARCHAR), CAST(s.actions AS VARCHAR), s.decided_by"
+                routing += " LEFT JOIN second_opinions s ON s.event_id = e.event_id"
+            else:
+                second = "NULL, NULL, NULL"
             if self._traced:
                 routing += (
                     " LEFT JOIN (SELECT event_id, max(trace_id) AS trace_id FROM comparisons "
@@ -299,7 +325,7 @@ class History:
                 "SELECT NULL, NULL, e.event_id, e.task_type, CAST(e.payload AS VARCHAR), "
                 "e.occurred_at, e.segment, CAST(o.decision AS VARCHAR), "
                 f"CAST(o.actions AS VARCHAR), o.decided_by, o.decided_at, {stated}, {recorded}, "
-                f"{traced} "
+                f"{traced}, {second} "
                 "FROM events e JOIN outcomes o ON o.event_id = e.event_id AND o.is_current"
                 + routing
                 + where.replace("task_type", "e.task_type").replace("(event_id)", "(e.event_id)")
@@ -341,6 +367,7 @@ class History:
         sel = self.selection
         left = sel.limit
         self.stats.selected = 0
+        self.stats.second_opinions = 0
         if self._jsonl is not None:
             source: Iterator[list[Case]] = _chunks(self._jsonl, self.batch)
 
@@ -363,6 +390,7 @@ class History:
                 left -= len(kept)
             if kept:
                 self.stats.selected += len(kept)
+                self.stats.second_opinions += sum(1 for c in kept if c.second is not None)
                 yield kept
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -383,7 +411,7 @@ class History:
     def _parquet_case(self, row: tuple[Any, ...]) -> Case:
         ev_row, oc_row = row[0], row[1]
         event = {k: v for k, v in zip(_EVENT_COLS, row[2:7], strict=True) if v is not None}
-        outcome = {k: v for k, v in zip(_OUTCOME_COLS, row[7:12], strict=True) if v is not None}
+        outcome = {k: v for k, v in zip(_OUTCOME_COLS, row[7:13], strict=True) if v is not None}
         outcome["event_id"] = event["event_id"]
         for rec, keys, where in ((event, ("payload",), ev_row), (outcome, _JSON_COLS, oc_row)):
             for key in keys:
@@ -402,7 +430,13 @@ class History:
             parsed_outcome = Outcome.from_json(outcome)
         except ValidationError as exc:
             raise _row_error(self.path, oc_row, exc) from None
-        return Case(parsed_event, parsed_outcome)
+        if parsed_outcome.is_second_opinion:
+            raise HistoryError(
+                f"{self.path}: row {oc_row}, column second_opinion: a second opinion record "
+                "(true) is read from JSONL or a sidecar file only; in Parquet give the "
+                "outcome's second_opinion as an object {decision, actions?, decided_by?}"
+            )
+        return Case(parsed_event, parsed_outcome, second=parsed_outcome.second_opinion)
 
     # -- the sidecar's recorded decisions (baseline from the store) -----------------------
 
@@ -471,15 +505,21 @@ def _stored_cases(rows: Sequence[tuple[Any, ...]], path: Path) -> list[Case]:
     decisions = _json_column([r[7] for r in rows])
     out = []
     for row, payload, decision in zip(rows, payloads, decisions, strict=True):
-        _, _, eid, tt, _, occurred, segment, _, actions, by, at, stated, recorded, trace = row
+        _, _, eid, tt, _, occurred, segment, _, actions, by, at, stated, recorded, trace = row[:14]
         acts = () if actions == "[]" else as_actions(loads(actions))
         outcome = Outcome(eid, decision, acts, by, at, _handling(stated, path, "outcomes", eid))
+        s_decision, s_actions, s_by = row[14:17]
+        second = None
+        if s_decision is not None:
+            s_acts = () if s_actions in (None, "[]") else as_actions(loads(s_actions))
+            second = SecondOpinion(loads(s_decision), s_acts, s_by)
         out.append(
             Case(
                 WorkEvent(eid, tt, payload, occurred, segment),
                 outcome,
                 _handling(recorded, path, "handling", eid),
                 trace,
+                second,
             )
         )
     return out

@@ -41,6 +41,7 @@ async def test_jsonl_cases_in_event_id_order(jsonl_history: Path) -> None:
             "without_outcome": 0,
             "outcomes_without_event": 0,
             "selected": 100,
+            "second_opinions": 0,
         }
     ids = [c.event_id for c in cases]
     assert ids == sorted(ids)
