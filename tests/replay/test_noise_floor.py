@@ -371,12 +371,12 @@ def test_no_repeats_makes_no_repeat_call(
     history = write_jsonl(tmp_path / "h.jsonl")
     config = tmp_path / "p.yaml"
     config.write_text(POLICY.format(rate=0.5))
-    out = tmp_path / "r.json"
+    out, html = tmp_path / "r.json", tmp_path / "r.html"
     CALLS.clear()
     argv = [
         "replay", "--history", str(history), "--agent",
         "tests.replay.test_noise_floor:recording_agent", "--config", str(config),
-        "--no-progress", "--no-cache", "--json", str(out),
+        "--no-progress", "--no-cache", "--json", str(out), "--html", str(html),
     ]  # fmt: skip
     assert main(argv + (["--no-repeats"] if off else [])) == 0
     k = len(repeated_ids(policy(0.5)))
@@ -392,8 +392,11 @@ def test_no_repeats_makes_no_repeat_call(
     else:
         assert sorted(c["repeat"] for c in marked) == [1] * k + [2] * k
         assert entry["self_consistency"]["n"] == k
-        assert "self-consistency 1.0000" in text
-    assert "human ceiling 0.7000" in text
+        assert "self-consistency" in text
+        assert f"1.0000 [0.6169, 1.0000] of {k}" in text  # Bounded.of(9, 9, 0.05)
+    assert "claim: noise floor: human ceiling 0.7000 [0.2821, 0.9629] of 10" in text
+    page = html.read_text()
+    assert "Noise floor (not evidence): human ceiling 0.7000 [0.2821, 0.9629] of 10" in page
 
 
 # -- bad history ------------------------------------------------------------------------------
@@ -421,3 +424,63 @@ async def test_a_malformed_second_opinion_is_reported_with_its_line(
             pass
     assert f"{history}:{bad + 1}: " in str(err.value)
     assert message in str(err.value)
+
+
+def test_a_sharded_run_gives_the_noise_floor_of_one_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = write_jsonl(tmp_path / "h.jsonl")
+    config = tmp_path / "p.yaml"
+    config.write_text(POLICY.format(rate=0.5))
+    docs = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"r{workers}.json"
+        argv = [
+            "replay", "--history", str(history), "--agent",
+            "tests.replay.test_noise_floor:unstable_agent", "--config", str(config),
+            "--no-progress", "--no-cache", "--json", str(out), "--workers", workers,
+        ]  # fmt: skip
+        assert main(argv) == 0
+        docs.append(json.loads(out.read_text()))
+    capsys.readouterr()
+    keys = ("human_ceiling", "self_consistency", "stable", "noisy_fields", "repeats", "n")
+    one, two = (d["task_types"]["claim"] for d in docs)
+    assert {k: one[k] for k in keys} == {k: two[k] for k in keys}
+    assert one["self_consistency"]["agreement"] < 1
+    assert docs[0]["history"]["second_opinions"] == docs[1]["history"]["second_opinions"] == 11
+
+
+def unstable_agent(request: dict[str, Any]) -> dict[str, Any]:
+    """:func:`unstable_answer` in process (``module:callable``)."""
+    reply = unstable_answer(request)
+    assert isinstance(reply.body, dict)
+    return reply.body
+
+
+async def test_parquet_reads_the_second_opinion_object_and_refuses_a_record(
+    agent_server: AgentServerFactory, tmp_path: Path
+) -> None:
+    from tests.replay.conftest import write_parquet
+
+    rows: list[dict[str, Any]] = []
+    for r in records():
+        if r.get("second_opinion") is True:  # as the outcome's object instead
+            outcome = next(
+                o for o in rows if o["kind"] == "outcome" and o["event_id"] == r["event_id"]
+            )
+            outcome["second_opinion"] = json.dumps({"decision": r["decision"]})
+            continue
+        row = dict(r)
+        if isinstance(row.get("second_opinion"), dict):
+            row["second_opinion"] = json.dumps(row["second_opinion"])
+        rows.append(row)
+    history = write_parquet(tmp_path / "h.parquet", rows, extra=("handled_by", "second_opinion"))
+    server = await agent_server(human_answer)
+    doc, _ = await replay(history, server, ":memory:", rules=policy(0.0))
+    assert doc["task_types"]["claim"]["human_ceiling"] == Bounded.of(7, 10, 0.05).to_json()
+    # A second opinion record of its own (true) is refused, naming the row.
+    rows[1] = {**rows[1], "second_opinion": "true"}
+    bad = write_parquet(tmp_path / "bad.parquet", rows, extra=("handled_by", "second_opinion"))
+    with pytest.raises(HistoryError, match=r"row 2, column second_opinion: a second opinion"):
+        async with History(bad) as h:
+            [c async for b in h.batches() for c in b]
