@@ -17,7 +17,8 @@ History formats (detected from the file's first bytes, then its extension)
     like the JSONL below), or one case per row (event and outcome columns side by side).
     Columns: ``event_id``, ``task_type``, ``payload``, ``decision`` (required);
     ``occurred_at``, ``segment``, ``actions``, ``decided_by``, ``decided_at``, ``handled_by``
-    (optional; ``agent``, ``assisted`` or ``blind``, null: blind).
+    (optional; ``agent``, ``assisted`` or ``blind``, null: blind), ``second_opinion`` (optional:
+    the outcome's second opinion object, :mod:`replay.noise`).
     ``payload``/``decision``/``actions`` are JSON text or nested Parquet types.
     *JSONL* -- one object per line with ``"kind": "event"`` or ``"kind": "outcome"`` (the
     data contracts of DESIGN.md), validated line by line.
@@ -25,7 +26,10 @@ Joining
     An event without an outcome (or an outcome without its event) is not a case; both are
     counted in :class:`HistoryStats`. Of several outcomes for one event the latest
     ``decided_at`` wins (ties: the later record), as in the sidecar; of duplicate events
-    the first is kept. Cases come in ``event_id`` order.
+    the first is kept. An event's second opinion (the sidecar file's ``second_opinions``
+    table; in JSONL an outcome's ``second_opinion`` object or a record with
+    ``"second_opinion": true``, never an outcome) is kept one per event by the live rule.
+    Cases come in ``event_id`` order.
 Errors
     :class:`~replay.errors.HistoryError` names the file and the line (JSONL), the row
     (Parquet, 1-based) or the table/column that is wrong. JSONL is validated whole before
