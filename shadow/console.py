@@ -110,6 +110,7 @@ def _agreement_table(doc: dict[str, Any], title: str) -> Table:
     table.add_column("next gate", no_wrap=True)
     table.add_column("needs", justify="right")
     invalid: list[str] = []
+    holding: list[str] = []  # the segments holding a promotion, and why
     for name, t in doc["task_types"].items():
         gate = t.get("next_gate")
         if gate is None:
@@ -137,7 +138,7 @@ def _agreement_table(doc: dict[str, Any], title: str) -> Table:
                     w for w, on in (("segments", by_segment), ("budgets", by_budget)) if on
                 )
             if gate.get("max_critical") is not None and t["critical"] > gate["max_critical"]:
-                needs = "critical misses"
+                needs = f"crit {t['critical']} > {gate['max_critical']}"  # more cases won't do
         why = evidence_invalid(t)
         if why is not None:  # join health (shadow.join_health)
             needs = "valid evidence"
@@ -165,9 +166,15 @@ def _agreement_table(doc: dict[str, Any], title: str) -> Table:
                 fmt(seg["upper"]),
                 fmt(seg["critical"]),
                 fmt(seg["errors"]),
-                seg["state"] if not seg["holds"] else f"holds: {seg['holds']}",
+                seg["state"],
                 "",
             )
-    if invalid:
-        table.caption = "\n".join(invalid)
+            if seg["holds"]:  # why, under the table: the row stays narrow
+                holding.append(
+                    f"{name}: segment {seg['segment']} holds the promotion to "
+                    f"{(gate or {}).get('level')}: {seg['holds']}"
+                )
+    if invalid or holding:
+        table.caption = "\n".join([*holding, *invalid])
+        table.caption_justify = "left"
     return table

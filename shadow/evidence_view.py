@@ -27,6 +27,7 @@ __all__ = [
     "gate_held",
     "gate_held_by_segments",
     "join_health_text",
+    "noise_lines",
     "noise_text",
     "segment_rows",
 ]
@@ -225,20 +226,34 @@ def _share(name: str, block: Mapping[str, Any] | None, key: str = "agreement") -
     )
 
 
-def noise_text(entry: Mapping[str, Any]) -> str | None:
-    """The noise floor in one line: ``human ceiling 0.9300 [0.8800, 0.9600] of 120;
-    self-consistency ...; stable ...; noisy fields: reason``; ``None`` while it has
-    nothing (no second opinion, no repeat)."""
-    parts = [
-        _share("human ceiling", entry.get("human_ceiling")),
-        _share("self-consistency", entry.get("self_consistency")),
-        _share("stable", entry.get("stable"), "rate"),
-    ]
+def noise_lines(entry: Mapping[str, Any]) -> list[str]:
+    """The noise floor, the humans' part then the agent's, each once there is any:
+    ``human ceiling 0.9300 [0.8800, 0.9600] of 120; noisy fields: reason`` and
+    ``self-consistency 0.9184 [0.8391, 0.9742] of 147; stable 0.9000 [...] of 150``. When
+    stable counts the very cases self-consistency counts alike (``repeats: 1``, or no try
+    failed), they are one figure: ``self-consistency and stable 0.9184 [...] of 147``."""
+    human = [_share("human ceiling", entry.get("human_ceiling"))]
     noisy = [str(f.get("field")) for f in entry.get("noisy_fields") or () if f.get("field")]
     if noisy:
-        parts.append("noisy fields: " + ", ".join(noisy))
-    shown = [p for p in parts if p]
-    return "; ".join(shown) if shown else None
+        human.append("noisy fields: " + ", ".join(noisy))
+    consistency, stable = entry.get("self_consistency") or {}, entry.get("stable") or {}
+    same = bool(consistency.get("n")) and (consistency.get("n"), consistency.get("agree")) == (
+        stable.get("n"),
+        stable.get("stable"),
+    )
+    agent = (
+        [_share("self-consistency and stable", consistency)]
+        if same
+        else [_share("self-consistency", consistency), _share("stable", stable, "rate")]
+    )
+    lines = ["; ".join(p for p in parts if p) for parts in (human, agent)]
+    return [line for line in lines if line]
+
+
+def noise_text(entry: Mapping[str, Any]) -> str | None:
+    """The noise floor in one line (:func:`noise_lines`, joined with ``; ``); ``None`` while
+    it has nothing (no second opinion, no repeat)."""
+    return "; ".join(noise_lines(entry)) or None
 
 
 def beside_lines(entry: Mapping[str, Any]) -> list[str]:
@@ -248,9 +263,7 @@ def beside_lines(entry: Mapping[str, Any]) -> list[str]:
     health = join_health_text(entry)
     if health:
         lines.append(health)
-    noise = noise_text(entry)
-    if noise:
-        lines.append(noise)
+    lines.extend(noise_lines(entry))
     block = entry.get("budgets") or {}
     for row in budget_rows(entry):
         lines.append(

@@ -64,15 +64,16 @@ ceiling.
 
 Self-consistency
 ----------------
-A fifth of the refunds and of the appeals (``repeat_rate: 0.2``) go to the agent again once
-their first answer is stored, the appeals twice more (``repeats: 2``): the request carries
+A tenth of the refunds (``repeat_rate: 0.1``) and a fifth of the appeals (``0.2``) go to the
+agent again once their first answer is stored, the appeals twice more (``repeats: 2``): the
+request carries
 ``"repeat": n``, and the agent's draw for that try is a hash of the event id and ``n``
 (:func:`_waver`), so a run stays reproducible and the first answers are the same as without
 repeats. The appeals agent is unsure on borderline medical necessity (a CO-50 appeal with
 the records or the physician's letter, not both) and reads it the other way on about 30% of
 its tries there: self-consistency about 0.91 (0.92 for seed 7, 147 cases), the same on all
 three tries. The refund agent wavers only on a borderline refund's window or limit, on 20%
-of its tries there, and most of those come out the same: about 0.99 (0.995, 398 cases).
+of its tries there, and most of those come out the same: about 0.99 (0.995, 196 cases).
 Invoices are not repeated. The repeats are a measurement, never evidence: every case counts
 once in ``n``.
 
@@ -156,7 +157,7 @@ task_types:
     segments: [eu, us]               # uk is reported as other
     human_cost_usd_per_decision: 0.60
     cost_ceiling_usd: 0.004
-    repeat_rate: 0.2                 # a fifth of the cases asked again: self-consistency
+    repeat_rate: 0.1                 # a tenth of the cases asked again: self-consistency
     redact: [payload.customer.email]
     compare:
       fields:

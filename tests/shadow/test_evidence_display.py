@@ -26,7 +26,7 @@ from rich.console import Console as RichConsole
 
 from shadow.cli import main
 from shadow.console import agreement_table
-from shadow.evidence_view import join_health_text, noise_text, segment_rows
+from shadow.evidence_view import join_health_text, noise_lines, noise_text, segment_rows
 from tests.conftest import FakeClock
 from tests.shadow.conftest import AgentServerFactory, Reply, Sidecar, SidecarFactory, agree_reply
 from tests.shadow.ui.conftest import (  # noqa: F401 (fixtures used by the tests here)
@@ -224,12 +224,13 @@ async def test_shadow_status_shows_segments_and_the_join_health(
         assert "L1: ≥0.6 n≥10 per segment" in row(name, name)
         us = row("segment us", name)
         assert "20 │ 0.5000 │ 0.2109" in us
-        assert "holds: lower bound 0.2109 < 0.6" in us
+        assert "│ holds the promotion " in us
+        # Why, under the table, so the row stays narrow.
+        assert f"{name}: segment us holds the promotion to L1: lower bound 0.2109 < 0.6" in text
         assert "passes" in row("segment eu", name)
         assert "not gated" in row("segment other", name)
-    assert row("appeal", "appeal").endswith(" segments, │")  # met overall: what else it needs
-    assert "budgets" in lines[lines.index(row("appeal", "appeal")) + 1]
-    assert row("refund", "refund").endswith(" valid │")  # needs valid evidence
+    assert row("appeal", "appeal").endswith(" segments, budgets │")  # met overall: what else
+    assert row("refund", "refund").endswith(" valid evidence │")  # needs valid evidence
     assert "refund: evidence invalid, no promotion: outcome coverage 0 < " in text
     assert "Evidence beside agreement" in text
     flat = " ".join(text.split())
@@ -420,3 +421,28 @@ def test_a_gate_relative_to_the_human_ceiling_says_where_its_threshold_came_from
         "L1: ≥ 0.93, n ≥ 100 (the human ceiling&#x27;s upper bound 0.95 less 0.02, over 80 "
         "second opinions) (met)"
     ) in page
+
+
+def test_the_noise_floor_lines_say_self_consistency_and_stable_once_when_they_agree() -> None:
+    """The humans' line, then the agent's; self-consistency and stable are one figure when
+    they count the same cases alike (``repeats: 1``, no failed try), two when a try failed."""
+    ceiling = {"n": 88, "agree": 80, "agreement": 0.9091, "lower": 0.7993, "upper": 0.9781}
+    consistency = {"n": 147, "agree": 135, "agreement": 0.9184, "lower": 0.8391, "upper": 0.9742}
+    alike = {"n": 147, "stable": 135, "rate": 0.9184, "lower": 0.8391, "upper": 0.9742}
+    entry: dict[str, Any] = {
+        "human_ceiling": ceiling,
+        "self_consistency": consistency,
+        "stable": alike,
+        "noisy_fields": [{"field": "outcome"}],
+    }
+    assert noise_lines(entry) == [
+        "human ceiling 0.9091 [0.7993, 0.9781] of 88; noisy fields: outcome",
+        "self-consistency and stable 0.9184 [0.8391, 0.9742] of 147",
+    ]
+    assert noise_text(entry) == "; ".join(noise_lines(entry))
+    failed = {"n": 150, "stable": 135, "rate": 0.9, "lower": 0.8, "upper": 0.95}
+    assert noise_lines({"self_consistency": consistency, "stable": failed}) == [
+        "self-consistency 0.9184 [0.8391, 0.9742] of 147; stable 0.9000 [0.8000, 0.9500] of 150"
+    ]
+    assert noise_lines({"self_consistency": {"n": 0}, "stable": {"n": 0, "stable": 0}}) == []
+    assert noise_text({"human_ceiling": {"n": 0}}) is None
