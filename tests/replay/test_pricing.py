@@ -68,7 +68,8 @@ class Replay:
         )
         out = self.capsys.readouterr()
         assert code == 0, out.err  # no --fail-if-worse: a failure is reported, not an exit code
-        return json.loads(out_path.read_text())
+        doc: dict[str, Any] = json.loads(out_path.read_text())
+        return doc
 
 
 @pytest.fixture

@@ -251,7 +251,9 @@ async def test_shadow_status_shows_segments_and_the_join_health(
         "human_usd": 51.2,
     }
     assert "projected daily cost at 64 decisions a day: agent $0.1280, humans $51.20" in flat
-    assert noise_text(appeal) in flat
+    noise = noise_text(appeal)
+    assert noise is not None
+    assert noise in flat
     errors = appeal["budgets"]["error_rate"]
     assert (
         f"error rate (L1 budget 0.5): 0 of 64 (0.0000), bound [0.0000, {errors['upper']:.4f}]"
