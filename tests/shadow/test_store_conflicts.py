@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from shadow.model import Action, Handling, Outcome, ShadowDecision, Usage, WorkEvent
+from shadow.model import (
+    Action,
+    Handling,
+    Outcome,
+    SecondOpinion,
+    ShadowDecision,
+    Usage,
+    WorkEvent,
+)
 from shadow.store import PutStatus, Store
 from tests.conftest import FakeClock
 from tests.shadow.test_store import AGENT, TASK, at, dec, oc
@@ -38,7 +46,11 @@ OUTCOME_CHANGES: dict[str, Any] = {
     "decided_by": "ops/bob",
     "decided_at": at(60),
     "handled_by": Handling.AGENT,
+    "second_opinion": SecondOpinion({"action": "deny", "amount": 0}, decided_by="ops/bob"),
+    "is_second_opinion": True,
 }
+# Fields whose change is stored as the event's second opinion, never as an outcome revision.
+SECOND_OPINION_FIELDS = {"second_opinion", "is_second_opinion"}
 
 
 def documented() -> dict[tuple[str, str], str]:
@@ -95,7 +107,9 @@ async def test_an_outcome_re_sent_with_one_field_changed(
     await store.put_outcomes([OUTCOME], source="t", now=clock())
     [res] = await store.put_outcomes([changed], source="t", now=clock())
     assert res.status.value == expected
-    assert await store.count("outcomes") == (2 if expected not in ("duplicate", "conflict") else 1)
+    revised = expected not in ("duplicate", "conflict") and field not in SECOND_OPINION_FIELDS
+    assert await store.count("outcomes") == (2 if revised else 1)
+    assert await store.count("second_opinions") == (field in SECOND_OPINION_FIELDS)
     assert len(await store.dead_letters()) == (expected == "conflict")
 
 
