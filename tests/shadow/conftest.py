@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,6 +36,7 @@ from shadow.app import build_app
 from shadow.config import Settings
 from shadow.pipeline import Pipeline
 from shadow.policy import Policy, parse_policy
+from shadow.roles import digest
 from shadow.server import Listener
 
 ADMIN_TOKEN = "s3cret-admin-token"
@@ -387,3 +389,19 @@ async def raw_http() -> AsyncIterator[RawHttpFactory]:
     yield connect
     for conn in opened:
         await conn.close()
+
+
+def secret_auth(name: str) -> dict[str, str]:
+    """The ``Authorization`` header of ``name``'s token in a file :func:`write_tokens` wrote."""
+    return {"Authorization": f"Bearer secret-of-{name}"}
+
+
+def write_tokens(path: Path, tokens: Mapping[str, Mapping[str, Any]]) -> Path:
+    """A tokens file (``SHADOW_TOKENS_FILE``) with one entry per name, its body as given
+    (``roles``, ``task_types``), and the token ``secret-of-<name>`` (:func:`secret_auth`)."""
+    entries = [
+        {"name": name, "sha256": digest(f"secret-of-{name}"), **body}
+        for name, body in tokens.items()
+    ]
+    path.write_text(yaml.safe_dump({"tokens": entries}))
+    return path

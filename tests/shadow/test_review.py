@@ -13,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from shadow.roles import digest
 from tests.conftest import FakeClock
-from tests.shadow.conftest import AgentServerFactory, HttpResult, Sidecar, SidecarFactory
+from tests.shadow.conftest import (
+    AgentServerFactory,
+    HttpResult,
+    Sidecar,
+    SidecarFactory,
+    secret_auth,
+    write_tokens,
+)
 from tests.shadow.test_api_autonomy import answer
 
 POLICY = """
@@ -51,19 +56,12 @@ ROLES: dict[str, dict[str, Any]] = {
 }
 
 
-def auth(name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer secret-of-{name}"}
+auth = secret_auth
 
 
 @pytest.fixture
 def tokens_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tokens.yaml"
-    entries = [
-        {"name": name, "sha256": digest(f"secret-of-{name}"), **body}
-        for name, body in ROLES.items()
-    ]
-    path.write_text(yaml.safe_dump({"tokens": entries}))
-    return path
+    return write_tokens(tmp_path / "tokens.yaml", ROLES)
 
 
 async def start(

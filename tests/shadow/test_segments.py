@@ -13,19 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from shadow import promotion
 from shadow.model import Comparison, Evidence, Level, Verdict, WorkEvent
 from shadow.policy import TaskPolicy, parse_policy
 from shadow.promotion import LadderState, Move
-from shadow.roles import digest
 from shadow.segments import below_gate, promotion_check
 from shadow.sources.publish import comparison_from_json, comparison_json
 from shadow.stats import lower_bound
 from shadow.store import Store
 from tests.conftest import FakeClock, StoreFactory
-from tests.shadow.conftest import AgentServerFactory, Sidecar, SidecarFactory, metric
+from tests.shadow.conftest import (
+    AgentServerFactory,
+    Sidecar,
+    SidecarFactory,
+    metric,
+    secret_auth,
+    write_tokens,
+)
 from tests.shadow.test_api_autonomy import answer
 from tests.shadow.test_store import AGENT, TASK, dec, join_all, oc
 
@@ -163,19 +168,13 @@ task_types:
 """
 
 
-def auth(name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer secret-of-{name}"}
+auth = secret_auth
 
 
 @pytest.fixture
 def tokens_file(tmp_path: Path) -> Path:
     roles = {"ops": ["operator", "approver"], "host": ["host"], "ingest": ["ingest"]}
-    path = tmp_path / "tokens.yaml"
-    entries = [
-        {"name": n, "roles": r, "sha256": digest(f"secret-of-{n}")} for n, r in roles.items()
-    ]
-    path.write_text(yaml.safe_dump({"tokens": entries}))
-    return path
+    return write_tokens(tmp_path / "tokens.yaml", {n: {"roles": r} for n, r in roles.items()})
 
 
 async def start(

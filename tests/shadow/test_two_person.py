@@ -12,17 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from shadow.app import build_app
 from shadow.errors import ConfigError, PolicyError
 from shadow.ladder import Ladder
 from shadow.model import AuditEntry, Level
 from shadow.policy import parse_policy
-from shadow.roles import digest
 from shadow.store import Store
 from tests.conftest import FakeClock
-from tests.shadow.conftest import AgentServerFactory, Sidecar, SidecarFactory, clean_settings
+from tests.shadow.conftest import (
+    AgentServerFactory,
+    Sidecar,
+    SidecarFactory,
+    clean_settings,
+    secret_auth,
+    write_tokens,
+)
 from tests.shadow.test_api_autonomy import answer
 
 POLICY = """
@@ -49,19 +54,12 @@ ROLES = {
 }
 
 
-def auth(name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer secret-of-{name}"}
+auth = secret_auth
 
 
 @pytest.fixture
 def tokens_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tokens.yaml"
-    entries = [
-        {"name": name, "roles": roles, "sha256": digest(f"secret-of-{name}")}
-        for name, roles in ROLES.items()
-    ]
-    path.write_text(yaml.safe_dump({"tokens": entries}))
-    return path
+    return write_tokens(tmp_path / "tokens.yaml", {n: {"roles": r} for n, r in ROLES.items()})
 
 
 @pytest.fixture
