@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,18 @@ task_types:
 class Run:
     """``shadow replay`` in this process, on a JSONL history, with a given policy."""
 
-    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def __init__(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], agents: str = AGENTS
+    ) -> None:
         self.dir = tmp_path
         self.capsys = capsys
+        self.agents = agents  # the module the agents are named in
         self.history, _ = paired.write(tmp_path)
         self.policy = tmp_path / "budgets.yaml"
 
-    def __call__(self, agent: str, *extra: str) -> tuple[int, str, dict[str, Any]]:
+    def __call__(
+        self, agent: str, *extra: str, cache: Sequence[str] = ("--no-cache",)
+    ) -> tuple[int, str, dict[str, Any]]:
         out_path = self.dir / f"{agent}-{len(list(self.dir.iterdir()))}.json"
         code = main(
             [
@@ -68,11 +74,11 @@ class Run:
                 "--history",
                 str(self.history),
                 "--agent",
-                f"{AGENTS}:{agent}",
+                f"{self.agents}:{agent}",
                 "--config",
                 str(self.policy),
                 "--no-progress",
-                "--no-cache",
+                *cache,
                 "--json",
                 str(out_path),
                 *extra,

@@ -6,18 +6,16 @@ priced again, not taken for a reported cost of 0."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shadow.budgets import price
-from shadow.cli import main
 from shadow.model import Usage
 from shadow.policy import parse_policy
-from tests.replay import paired
-from tests.replay.test_budgets import COMPARE
+from tests.replay.test_budgets import COMPARE, Run
 
 AGENTS = "tests.replay.priced"
 CASES = 200
@@ -37,44 +35,22 @@ task_types:
 """
 
 
-class Replay:
-    """``shadow replay`` in this process on the paired history, with a given policy."""
-
-    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.dir = tmp_path
-        self.capsys = capsys
-        self.history, _ = paired.write(tmp_path)
-        self.policy = tmp_path / "priced.yaml"
-        self.runs = 0
-
-    def __call__(self, agent: str, policy: str, *cache: str) -> dict[str, Any]:
-        self.policy.write_text(policy)
-        self.runs += 1
-        out_path = self.dir / f"{agent}-{self.runs}.json"
-        code = main(
-            [
-                "replay",
-                "--history",
-                str(self.history),
-                "--agent",
-                f"{AGENTS}:{agent}",
-                "--config",
-                str(self.policy),
-                "--no-progress",
-                "--json",
-                str(out_path),
-                *(cache or ("--no-cache",)),
-            ]
-        )
-        out = self.capsys.readouterr()
-        assert code == 0, out.err  # no --fail-if-worse: a failure is reported, not an exit code
-        doc: dict[str, Any] = json.loads(out_path.read_text())
-        return doc
+Replay = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture
 def replay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Replay:
-    return Replay(tmp_path, capsys)
+    """``shadow replay`` (test_budgets.Run) on the paired history with the policy given per
+    call and the cache options (default ``--no-cache``); answers the report."""
+    run = Run(tmp_path, capsys, AGENTS)
+
+    def priced(agent: str, policy: str, *cache: str) -> dict[str, Any]:
+        run.policy.write_text(policy)
+        code, _, doc = run(agent, cache=cache or ("--no-cache",))
+        assert code == 0  # no --fail-if-worse: a failure is reported, not an exit code
+        return doc
+
+    return priced
 
 
 def budget_failures(doc: dict[str, Any]) -> list[dict[str, Any]]:
