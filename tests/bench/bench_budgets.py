@@ -43,6 +43,7 @@ from shadow.budgets import BudgetEvidence, cost_bounds, judge
 from shadow.model import Level
 from shadow.policy import TaskPolicy, parse_policy
 from shadow.stats import upper_bound
+from tests.bench.bench_segments import summary
 
 SEED = 20261208
 STREAMS = 10_000
@@ -211,18 +212,6 @@ def two_point_costs(rng: np.random.Generator, size: int, horizon: int) -> Floats
     return np.where(rng.random((size, horizon)) < COST / CEILING, CEILING, 0.0)
 
 
-def summary(first: Floats) -> tuple[float, str, str]:
-    rate = float(np.isfinite(first).mean())
-    finite = first[np.isfinite(first)]
-
-    def q(x: float) -> str:
-        if len(finite) < len(first) * x:
-            return f">{HORIZON}"
-        return f"{np.quantile(first, x, method='inverted_cdf'):.0f}"
-
-    return rate, q(0.5), q(0.9)
-
-
 def main() -> int:
     started = time.perf_counter()
     rng = np.random.default_rng(SEED)
@@ -270,7 +259,7 @@ def main() -> int:
     for case, limits in cases:
         first, wrong = first_met(rng, case, limits, task, P95)
         disagreed += wrong
-        rate, median, p90 = summary(first)
+        rate, median, p90 = summary(first, HORIZON)
         se = math.sqrt(rate * (1.0 - rate) / STREAMS)
         false = f"{rate:.4f} ± {se:.4f}" if case.at_budget else "-"
         met = "-" if case.at_budget else f"{rate:.3f}"

@@ -86,13 +86,15 @@ def first_promotion(
     return np.concatenate(found)
 
 
-def summary(first: npt.NDArray[np.float64]) -> tuple[float, str, str]:
+def summary(first: npt.NDArray[np.float64], horizon: int = HORIZON) -> tuple[float, str, str]:
+    """The share of streams that got there (finite first time), and the median and p90 of
+    the first time (``>horizon`` while fewer than that share got there)."""
     rate = float(np.isfinite(first).mean())
     finite = first[np.isfinite(first)]
 
     def q(x: float) -> str:
         if len(finite) < len(first) * x:
-            return f">{HORIZON}"
+            return f">{horizon}"
         return f"{np.quantile(first, x, method='inverted_cdf'):.0f}"
 
     return rate, q(0.5), q(0.9)
